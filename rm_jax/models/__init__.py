@@ -1,0 +1,57 @@
+"""Model registry: the Llama-family decoder + reward head, created already sharded."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from rm_jax.models.llama import DecoderConfig, RewardModel
+from rm_jax.sharding import activate, param_shardings
+
+__all__ = ["DecoderConfig", "RewardModel", "abstract_params", "param_logical_specs", "param_shardings_for",
+           "init_params", "apply_model"]
+
+
+def _dummy_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
+    ids = jnp.zeros((1, 4), jnp.int32)
+    return ids, jnp.ones_like(ids), jnp.arange(4, dtype=jnp.int32)[None]
+
+
+def _boxed_abstract(cfg: DecoderConfig) -> Any:
+    return jax.eval_shape(lambda r: RewardModel(cfg).init(r, *_dummy_inputs())["params"], jax.random.key(0))
+
+
+def param_logical_specs(cfg: DecoderConfig) -> Any:
+    """Tree of PartitionSpecs whose entries are logical axis names."""
+    return nn.get_partition_spec(_boxed_abstract(cfg))
+
+
+def abstract_params(cfg: DecoderConfig) -> Any:
+    """Tree of ShapeDtypeStructs (no memory used)."""
+    return nn.meta.unbox(_boxed_abstract(cfg))
+
+
+def param_shardings_for(cfg: DecoderConfig, mesh: Mesh) -> Any:
+    return param_shardings(param_logical_specs(cfg), abstract_params(cfg), mesh)
+
+
+def init_params(cfg: DecoderConfig, mesh: Mesh, seed: int = 0) -> Any:
+    """Random parameters created directly in their sharded layout (never whole on one device)."""
+    shardings = param_shardings_for(cfg, mesh)
+
+    def init(key: jax.Array) -> Any:
+        return nn.meta.unbox(RewardModel(cfg).init(key, *_dummy_inputs())["params"])
+
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def apply_model(cfg: DecoderConfig, params: Any, batch: dict, max_segments: int,
+                mesh: Optional[Mesh] = None) -> jax.Array:
+    """Scores [B, S, num_labels] for a batch dict with input_ids, segment_ids, positions."""
+    with activate(mesh):
+        return RewardModel(cfg).apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                                      batch["positions"], max_segments=max_segments)

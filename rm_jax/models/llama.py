@@ -1,0 +1,297 @@
+"""The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3) and its reward head.
+
+One readable file, pure-functional Linen. The differences between the family members are
+config switches: q/k/v bias (Qwen2), q/k RMSNorm (Qwen3), sliding window (Mistral), explicit
+head_dim, grouped-query attention with any kv-head count, and RoPE scaling.
+
+Weights are kept in the layout HF checkpoints use after a transpose/reshape only (RoPE in the
+``rotate_half`` convention), so safetensors load without permuting q/k rows.
+
+Inputs are always (input_ids, segment_ids, positions): segment 0 is padding, 1..S are the
+conversations packed into a row. Padding on either side and packing are the same code path,
+so the reward is read from the same place in all three.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rm_jax.sharding import constrain
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Architecture (from an HF config.json) plus how to run it."""
+
+    model_type: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None  # {"rope_type": "llama3"|"linear", ...}; None = default
+    max_position_embeddings: int = 8192
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: Optional[int] = None
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    # Reward head.
+    num_labels: int = 5
+    # How to run: compute dtype (params stay float32), remat policy, scan over layers, attention kernel.
+    dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = False
+    attention: str = "xla"  # "xla" (einsum, any mask) | "cudnn" (jax.nn.dot_product_attention on GPU)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads ({self.num_key_value_heads})")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.dtype={self.dtype!r}; choose float32 or bfloat16")
+        if self.attention not in ("xla", "cudnn"):
+            raise ValueError(f"model.attention={self.attention!r}; choose xla or cudnn")
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+    def replace(self, **kw: Any) -> "DecoderConfig":
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        h, i, n, k, d = self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim
+        attn = h * n * d * 2 + h * k * d * 2 + (n * d + 2 * k * d if self.qkv_bias else 0) + (2 * d if self.qk_norm else 0)
+        layer = attn + 3 * h * i + 2 * h
+        total = self.num_hidden_layers * layer + h + h * self.num_labels
+        return total + (self.vocab_size * h if include_embedding else 0)
+
+
+# ---------------------------------------------------------------- building blocks
+
+def _param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: tuple[Optional[str], ...]) -> jax.Array:
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,))
+        # As HF: normalise in float32, cast back, then scale in the compute dtype.
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
+    """Inverse frequencies as HF computes them (float32), with linear / llama3 scaling."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
+    inv = inv.astype(np.float32)
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return (inv / np.float32(rs["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        old = rs.get("original_max_position_embeddings", cfg.max_position_embeddings)
+        lo_wl, hi_wl = old / lo, old / hi
+        wl = (2 * math.pi / inv).astype(np.float32)
+        out = np.where(wl > lo_wl, inv / factor, inv).astype(np.float32)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wl < hi_wl) & ~(wl > lo_wl)
+        return np.where(medium, smoothed, out).astype(np.float32)
+    raise ValueError(f"unsupported rope scaling type {kind!r} (supported: default, linear, llama3)")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """x [B, T, heads, D]; HF rotate_half layout: the two halves of D are the (re, im) pairs."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]  # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    cos, sin = jnp.cos(emb)[:, :, None, :], jnp.sin(emb)[:, :, None, :]
+    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+def attention_mask(segment_ids: jax.Array, sliding_window: Optional[int]) -> jax.Array:
+    """[B, 1, 1, T, T] bool: causal, within one segment. Pads (segment 0) see only pads, so no row is
+    fully masked and no NaN appears; their outputs are never read."""
+    t = segment_ids.shape[-1]
+    idx = jnp.arange(t)
+    causal = idx[:, None] >= idx[None, :]
+    if sliding_window is not None:
+        causal &= (idx[:, None] - idx[None, :]) < sliding_window
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & causal[None])[:, None, None]
+
+
+class Attention(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        init = nn.initializers.normal(cfg.initializer_range)
+
+        def proj(name: str, heads: int, heads_axis: str) -> jax.Array:
+            w = _param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
+            y = jnp.einsum("bte,ehd->bthd", x, w.astype(dt))
+            if cfg.qkv_bias:
+                y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
+            return y
+
+        q, kk, v = proj("q", n, "heads"), proj("k", k, "kv_heads"), proj("v", k, "kv_heads")
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="q_norm")(q)
+            kk = RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="k_norm")(kk)
+        inv_freq = rope_inv_freq(cfg)
+        q, kk = apply_rope(q, positions, inv_freq), apply_rope(kk, positions, inv_freq)
+        q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+        kk = constrain(kk, ("act_batch", "act_length", "act_kv_heads", None))
+        v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
+
+        if cfg.attention == "cudnn":
+            mask = attention_mask(segment_ids, cfg.sliding_window)[:, 0]  # [B, 1, T, T]
+            out = jax.nn.dot_product_attention(q, kk, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
+        else:
+            g = n // k
+            b, t = x.shape[:2]
+            qg = q.reshape(b, t, k, g, d)
+            scores = jnp.einsum("btkgd,bskd->bkgts", qg, kk).astype(jnp.float32) * (d ** -0.5)
+            mask = attention_mask(segment_ids, cfg.sliding_window)
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+            out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n, d)
+
+        wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
+        y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
+        if cfg.o_bias:
+            y = y + _param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
+        return y
+
+
+class MLP(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        init = nn.initializers.normal(cfg.initializer_range)
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        gate = _param(self, "gate_kernel", init, (h, i), ("embed", "mlp"))
+        up = _param(self, "up_kernel", init, (h, i), ("embed", "mlp"))
+        down = _param(self, "down_kernel", init, (i, h), ("mlp", "embed"))
+        a = jax.nn.silu(jnp.einsum("bte,em->btm", x, gate.astype(dt))) * jnp.einsum("bte,em->btm", x, up.astype(dt))
+        a = constrain(a, ("act_batch", "act_length", "act_mlp"))
+        return jnp.einsum("btm,me->bte", a, down.astype(dt))
+
+
+class DecoderLayer(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
+        x = x + Attention(cfg, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions)
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x))
+        return x
+
+
+class _ScanLayer(DecoderLayer):
+    """DecoderLayer with the (carry, xs) -> (carry, ys) signature nn.scan wants."""
+
+    def __call__(self, x, segment_ids, positions):  # type: ignore[override]
+        return super().__call__(x, segment_ids, positions), None
+
+
+def _remat_policy(name: str) -> Any:
+    return {
+        "full": None,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    }[name]
+
+
+def last_token_index(segment_ids: jax.Array, max_segments: int) -> tuple[jax.Array, jax.Array]:
+    """Index of the last token of segments 1..S in each row ([B, S]) and whether the segment exists.
+
+    Uses segment ids, never the pad token id, so it is right for left, right and packed layouts.
+    """
+    t = segment_ids.shape[-1]
+    idx = jnp.arange(t, dtype=jnp.int32)
+
+    def one_row(seg: jax.Array) -> jax.Array:
+        return jax.ops.segment_max(idx, seg, num_segments=max_segments + 1)[1:]
+
+    last = jax.vmap(one_row)(segment_ids)
+    present = last >= 0
+    return jnp.where(present, last, 0), present
+
+
+class RewardModel(nn.Module):
+    """Decoder + linear head (hidden -> num_labels, no bias, as HF's ``score``) at each segment's last token."""
+
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                 max_segments: int = 1) -> jax.Array:
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        emb = _param(self, "embedding", nn.initializers.normal(cfg.initializer_range),
+                     (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        x = jnp.take(emb, input_ids, axis=0).astype(dt)
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
+
+        if cfg.scan_layers:
+            layer_cls = _ScanLayer
+            if cfg.remat != "none":
+                layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat), prevent_cse=False)
+            stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = stack(cfg, name="layers")(x, segment_ids, positions)
+        else:
+            layer_cls = DecoderLayer
+            if cfg.remat != "none":
+                layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat))
+            for i in range(cfg.num_hidden_layers):
+                x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
+
+        x = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(x)
+        last, present = last_token_index(segment_ids, max_segments)
+        pooled = jnp.take_along_axis(x, last[..., None], axis=1).astype(jnp.float32)  # [B, S, H]
+        w = _param(self, "head_kernel", nn.initializers.normal(cfg.initializer_range),
+                   (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))
+        scores = jnp.einsum("bsh,ha->bsa", pooled, w)
+        return jnp.where(present[..., None], scores, 0.0)

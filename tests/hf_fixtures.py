@@ -1,0 +1,90 @@
+"""Tiny random HF models of each supported family, written with transformers + torch (test-only)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+FAMILIES = {
+    # Llama 3.1-style: llama3 rope scaling, explicit head_dim != hidden/heads, GQA.
+    "llama": dict(model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                  rope_theta=500000.0, max_position_embeddings=256,
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
+    # Mistral: one kv head, a sliding window smaller than the test sequences.
+    "mistral": dict(model_type="mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=7,
+                    rope_theta=10000.0, max_position_embeddings=256),
+    # Qwen2: q/k/v bias, linear rope scaling.
+    "qwen2": dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0,
+                  max_position_embeddings=256, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    # Qwen3: q/k RMSNorm, explicit head_dim.
+    "qwen3": dict(model_type="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1000000.0,
+                  max_position_embeddings=256),
+}
+
+VOCAB = 97
+PAD = 0
+
+
+def make_hf_model(family: str, out_dir: str, kind: str = "seqcls", num_labels: int = 5, seed: int = 0,
+                  max_shard_size: str | None = None):
+    """Save a random tiny model; returns the torch model (eval mode, float32)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    spec = dict(FAMILIES[family])
+    model_type = spec.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, pad_token_id=PAD, num_labels=num_labels,
+                               tie_word_embeddings=False, attn_implementation="eager", **spec)
+    if num_labels == 5:
+        from rm_jax.attributes import ATTRIBUTES
+        cfg.id2label = dict(enumerate(ATTRIBUTES))
+        cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    torch.manual_seed(seed)
+    cls = AutoModelForSequenceClassification if kind == "seqcls" else AutoModelForCausalLM
+    model = cls.from_config(cfg).float().eval()
+    with torch.no_grad():  # perturb norms and biases so a dropped parameter shows in the outputs
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.3)
+            if name.endswith("score.weight"):
+                p.normal_(0, 0.5)
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **kw)
+    return model
+
+
+def torch_scores(model, ids_list: list[np.ndarray]) -> np.ndarray:
+    """Reference: each conversation alone through transformers -> [N, num_labels]."""
+    import torch
+    out = []
+    with torch.no_grad():
+        for ids in ids_list:
+            t = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+            out.append(model(input_ids=t).logits[0].numpy())
+    return np.stack(out)
+
+
+def torch_batch_scores(model, ids_list: list[np.ndarray], side: str) -> np.ndarray:
+    """Reference: one padded batch through transformers, with position ids from the mask."""
+    import torch
+    n, t = len(ids_list), max(len(x) for x in ids_list)
+    ids = np.full((n, t), PAD, np.int64)
+    mask = np.zeros((n, t), np.int64)
+    for i, x in enumerate(ids_list):
+        sl = slice(t - len(x), t) if side == "left" else slice(0, len(x))
+        ids[i, sl], mask[i, sl] = x, 1
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    with torch.no_grad():
+        return model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+                     position_ids=torch.as_tensor(pos)).logits.numpy()
+
+
+def random_conversations(n: int, lo: int, hi: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, VOCAB, size=rng.integers(lo, hi + 1)).astype(np.int32) for _ in range(n)]

@@ -1,0 +1,98 @@
+"""rm_jax against transformers (torch, CPU) on the same weights: every family, every layout."""
+
+import numpy as np
+import pytest
+
+from rm_jax.data.packing import build_batch, plan_packed
+from rm_jax.hf_io import load_hf_reward_model
+from rm_jax.models import apply_model
+from tests.hf_fixtures import FAMILIES, PAD, make_hf_model, random_conversations, torch_batch_scores, torch_scores
+
+TOL = 1e-4
+
+
+def _batch(convs, bins, seq_len, max_segments, side="right"):
+    n = len(convs)
+    return build_batch(convs, np.zeros((n, 5), np.float32), np.ones((n, 5), np.float32), bins,
+                       seq_len, max_segments, PAD, padding_side=side)
+
+
+def _scores_by_example(out, batch, n):
+    res = np.full((n, out.shape[-1]), np.nan, np.float32)
+    for (r, s), idx in np.ndenumerate(batch["example_index"]):
+        if idx >= 0:
+            res[idx] = out[r, s]
+    return res
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_model(request, tmp_path_factory):
+    d = str(tmp_path_factory.mktemp(request.param))
+    torch_model = make_hf_model(request.param, d)
+    return request.param, d, torch_model, load_hf_reward_model(d)
+
+
+def test_single_rows(family_model):
+    _, _, tm, lm = family_model
+    convs = random_conversations(3, 3, 20, seed=1)
+    want = torch_scores(tm, convs)
+    for i, c in enumerate(convs):
+        b = _batch([c], [[0]], len(c), 1)
+        got = np.asarray(apply_model(lm.cfg, lm.params, b, 1))[0, 0]
+        np.testing.assert_allclose(got, want[i], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batches(family_model, side):
+    _, _, tm, lm = family_model
+    convs = random_conversations(4, 2, 18, seed=2)
+    want = torch_batch_scores(tm, convs, side)
+    np.testing.assert_allclose(want, torch_scores(tm, convs), atol=TOL)  # the reference agrees with itself
+    b = _batch(convs, [[i] for i in range(4)], 20, 1, side)
+    got = np.asarray(apply_model(lm.cfg, lm.params, b, 1))[:, 0]
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+def test_packed_rows_score_each_conversation_as_alone(family_model):
+    _, _, tm, lm = family_model
+    convs = random_conversations(9, 2, 15, seed=3)
+    bins = plan_packed([len(c) for c in convs], 32, 6)
+    assert any(len(b) > 1 for b in bins)
+    b = _batch(convs, bins, 32, 6)
+    got = _scores_by_example(np.asarray(apply_model(lm.cfg, lm.params, b, 6)), b, len(convs))
+    np.testing.assert_allclose(got, torch_scores(tm, convs), atol=TOL, rtol=0)
+
+
+def test_head_and_names_loaded(family_model):
+    _, d, tm, lm = family_model
+    assert lm.head_loaded
+    assert lm.attribute_names == ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+    np.testing.assert_array_equal(np.asarray(lm.params["head_kernel"]), tm.score.weight.detach().numpy().T)
+
+
+def test_scan_and_remat_give_the_same_scores(family_model):
+    _, d, tm, lm = family_model
+    scanned = load_hf_reward_model(d, scan_layers=True, remat="full")
+    convs = random_conversations(5, 2, 12, seed=4)
+    b = _batch(convs, plan_packed([len(c) for c in convs], 24, 4), 24, 4)
+    a = np.asarray(apply_model(lm.cfg, lm.params, b, 4))
+    s = np.asarray(apply_model(scanned.cfg, scanned.params, b, 4))
+    np.testing.assert_allclose(s, a, atol=1e-5, rtol=0)
+
+
+def test_bf16_compute_is_close(family_model):
+    _, d, tm, lm = family_model
+    bf = load_hf_reward_model(d, dtype="bfloat16")
+    convs = random_conversations(3, 4, 16, seed=5)
+    b = _batch(convs, [[i] for i in range(3)], 16, 1)
+    got = np.asarray(apply_model(bf.cfg, bf.params, b, 1))[:, 0]
+    want = torch_scores(tm, convs)
+    assert np.abs(got - want).max() < 0.05 * (np.abs(want).max() + 1)
+
+
+def test_causal_lm_gets_a_new_head(tmp_path):
+    make_hf_model("llama", str(tmp_path), kind="causal")
+    lm = load_hf_reward_model(str(tmp_path), seed=3)
+    assert not lm.head_loaded and lm.cfg.num_labels == 5
+    w = np.asarray(lm.params["head_kernel"])
+    assert w.shape == (48, 5) and 0.01 < w.std() < 0.03

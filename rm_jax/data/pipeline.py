@@ -1,0 +1,249 @@
+"""Rows -> token ids (with the over-length policy) -> fixed-shape batches, deterministically.
+
+A *unit* is what is sampled and kept together: one response for attribute regression, a
+(chosen, rejected) pair for pair losses. Units are shuffled per epoch with (seed, epoch), packed
+into rows (best-fit-decreasing, the whole epoch at once), and cut into batches. The loader's
+position is two integers (epoch, batch), saved with every checkpoint, so a restored loader
+continues with exactly the next batch. Every process builds the same global batch and places
+only its own rows on its devices.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from rm_jax.attributes import ATTRIBUTES
+from rm_jax.conversation import encode_with_prompt_lengths, row_to_messages
+from rm_jax.data.packing import build_batch, plan_packed
+from rm_jax.data.sources import pair_ids
+
+BUNDLED = "bundled"
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
+
+
+def resolve_source(source: str) -> str:
+    """``bundled`` -> the sample folder shipped with the package."""
+    return os.path.join(ASSETS, "sample") if source == BUNDLED else source
+
+
+def bundled_tokenizer_path() -> str:
+    return os.path.join(ASSETS, "tokenizer")
+
+
+@dataclass
+class LengthReport:
+    rows: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+    def as_dict(self, prefix: str) -> dict:
+        return {f"{prefix}_rows": self.rows, f"{prefix}_truncated": self.truncated, f"{prefix}_dropped": self.dropped}
+
+
+@dataclass
+class Encoded:
+    """Token ids of every kept example plus what each one is for."""
+    ids: list[np.ndarray]
+    labels: np.ndarray  # [N, A] float32 (0 where missing)
+    label_mask: np.ndarray  # [N, A] float32
+    units: list[tuple[int, ...]]  # example indices sampled together
+    source_rows: np.ndarray  # [N] the row each example came from
+    group: np.ndarray  # [N] prompt group (HelpSteer2 pair id) or pair index
+    strength: np.ndarray  # [U] preference strength of pair units (1 when unknown)
+    report: LengthReport = field(default_factory=LengthReport)
+
+    @property
+    def unit_lengths(self) -> np.ndarray:
+        return np.asarray([sum(len(self.ids[i]) for i in u) for u in self.units], dtype=np.int64)
+
+
+def fit_length(ids: np.ndarray, prompt_len: int, seq_len: int, policy: str,
+               bos_id: Optional[int]) -> tuple[Optional[np.ndarray], bool]:
+    """Apply the over-length policy to one conversation: (ids or None if dropped, truncated?).
+
+    ``truncate`` removes prompt tokens from the left (after a leading BOS, which is kept) and
+    keeps the whole response; a response that alone does not fit is dropped.
+    """
+    if len(ids) <= seq_len:
+        return ids, False
+    if policy == "drop":
+        return None, False
+    keep_bos = bos_id is not None and len(ids) > 0 and ids[0] == bos_id
+    head = ids[:1] if keep_bos else ids[:0]
+    response_len = len(ids) - prompt_len
+    if response_len + len(head) >= seq_len:  # no room for any prompt token
+        return None, False
+    tail = ids[len(ids) - (seq_len - len(head)):]
+    return np.concatenate([head, tail]).astype(np.int32), True
+
+
+def _encode(tokenizer: Any, conversations: list, template: Optional[str], seq_len: int,
+            policy: str, report: LengthReport) -> list[Optional[np.ndarray]]:
+    ids, plen = encode_with_prompt_lengths(tokenizer, conversations, template)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    out = []
+    for x, p in zip(ids, plen):
+        y, truncated = fit_length(x, int(p), seq_len, policy, bos)
+        report.truncated += truncated
+        out.append(y)
+    return out
+
+
+def encode_helpsteer(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Optional[str] = None,
+                     overlength: str = "truncate", attributes: Sequence[str] = ATTRIBUTES) -> Encoded:
+    report = LengthReport(rows=len(rows))
+    convs = [row_to_messages(r, where=f"row {r.get('_row', i)}") for i, r in enumerate(rows)]
+    ids = _encode(tokenizer, convs, template, seq_len, overlength, report)
+    groups = np.asarray(pair_ids(rows), dtype=np.int64) if rows else np.zeros(0, np.int64)
+    keep = [i for i, x in enumerate(ids) if x is not None]
+    report.dropped = len(rows) - len(keep)
+    labels = np.zeros((len(keep), len(attributes)), np.float32)
+    mask = np.zeros_like(labels)
+    for j, i in enumerate(keep):
+        for a, name in enumerate(attributes):
+            v = rows[i].get(name)
+            if v is not None:
+                labels[j, a], mask[j, a] = float(v), 1.0
+    return Encoded(ids=[ids[i] for i in keep], labels=labels, label_mask=mask, units=[(j,) for j in range(len(keep))],
+                   source_rows=np.asarray([rows[i].get("_row", i) for i in keep], np.int64),
+                   group=groups[keep] if len(keep) else groups, strength=np.ones(len(keep), np.float32),
+                   report=report)
+
+
+def encode_pairs(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Optional[str] = None,
+                 overlength: str = "truncate", n_attributes: int = len(ATTRIBUTES)) -> Encoded:
+    """Pairs: examples 2k (chosen) and 2k+1 (rejected); a pair with either side dropped is dropped."""
+    report = LengthReport(rows=len(rows))
+    convs = []
+    for i, r in enumerate(rows):
+        where = f"row {r.get('_row', i)}"
+        convs.append(row_to_messages({"prompt": r["prompt"], "response": r["chosen"]}, where))
+        convs.append(row_to_messages({"prompt": r["prompt"], "response": r["rejected"]}, where))
+    ids = _encode(tokenizer, convs, template, seq_len, overlength, report)
+    kept_ids, units, src, strength = [], [], [], []
+    for i, r in enumerate(rows):
+        c, rj = ids[2 * i], ids[2 * i + 1]
+        if c is None or rj is None:
+            report.dropped += 1
+            continue
+        units.append((len(kept_ids), len(kept_ids) + 1))
+        kept_ids += [c, rj]
+        src += [r.get("_row", i)] * 2
+        s = r.get("strength")
+        strength.append(1.0 if s is None else float(s))
+    n = len(kept_ids)
+    return Encoded(ids=kept_ids, labels=np.zeros((n, n_attributes), np.float32),
+                   label_mask=np.zeros((n, n_attributes), np.float32), units=units,
+                   source_rows=np.asarray(src, np.int64), group=np.repeat(np.arange(len(units)), 2),
+                   strength=np.asarray(strength, np.float32), report=report)
+
+
+def subset_prompts(rows: Sequence[dict], fraction: float = 1.0, max_prompts: Optional[int] = None,
+                   seed: int = 0) -> list[int]:
+    """Row indices of a random subset of whole prompts (both responses kept together).
+
+    Prompts are ranked once by a seeded permutation and the first k are taken, so for one seed
+    the 10% subset lies inside the 25% subset. Rows keep their original order.
+    """
+    groups = np.asarray(pair_ids(rows), dtype=np.int64)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    if max_prompts is not None:
+        k = min(int(max_prompts), n_groups)
+    else:
+        k = n_groups if fraction >= 1 else max(1, int(round(fraction * n_groups)))
+    rank = np.random.default_rng(seed).permutation(n_groups)
+    chosen = np.zeros(n_groups, bool)
+    chosen[rank[:k]] = True
+    return [i for i, g in enumerate(groups) if chosen[g]]
+
+
+# ---------------------------------------------------------------- batches
+
+class Loader:
+    """Deterministic, restorable iterator of global batches (numpy dicts)."""
+
+    def __init__(self, enc: Encoded, seq_len: int, max_segments: int, rows_per_batch: int, pad_id: int,
+                 packing: bool = True, padding_side: str = "right", seed: int = 0, shuffle: bool = True):
+        if not enc.units:
+            raise ValueError("no training examples left (after subsetting and the over-length policy)")
+        self.enc, self.seq_len, self.rows = enc, seq_len, rows_per_batch
+        self.unit_size = len(enc.units[0])
+        self.max_segments = max_segments if packing else self.unit_size
+        if self.max_segments < self.unit_size:
+            raise ValueError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
+        self.pad_id, self.packing, self.padding_side = pad_id, packing, padding_side
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.index = 0, 0
+        self._plan_epoch: Optional[int] = None
+        self._plan: list[list[list[int]]] = []
+
+    def _epoch_plan(self, epoch: int) -> list[list[list[int]]]:
+        if self._plan_epoch != epoch:
+            n = len(self.enc.units)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            lengths = self.enc.unit_lengths[order]
+            if self.packing:
+                unit_bins = plan_packed(lengths.tolist(), self.seq_len, self.max_segments // self.unit_size)
+            else:
+                unit_bins = [[i] for i in range(n)]
+            bins = [[e for u in b for e in self.enc.units[order[u]]] for b in unit_bins]
+            self._plan = [bins[i:i + self.rows] for i in range(0, len(bins), self.rows)]
+            self._plan_epoch = epoch
+        return self._plan
+
+    def steps_per_epoch(self) -> int:
+        return len(self._epoch_plan(0))
+
+    def get_state(self) -> dict:
+        return {"epoch": int(self.epoch), "index": int(self.index), "seed": int(self.seed)}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        plan = self._epoch_plan(self.epoch)
+        if self.index >= len(plan):
+            self.epoch, self.index = self.epoch + 1, 0
+            plan = self._epoch_plan(self.epoch)
+        bins = plan[self.index]
+        self.index += 1
+        return make_batch(self.enc, bins, self.seq_len, self.max_segments, self.rows, self.pad_id,
+                          self.padding_side, self.unit_size)
+
+
+def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segments: int, rows: int,
+               pad_id: int, padding_side: str = "right", unit_size: int = 1) -> dict:
+    """One fixed-shape batch; pair units add chosen/rejected slot indices into the flat [B*S] outputs."""
+    b = build_batch(enc.ids, enc.labels, enc.label_mask, bins, seq_len, max_segments, pad_id,
+                    rows=rows, padding_side=padding_side if max_segments == 1 else "right")
+    if unit_size == 2:
+        n_pairs = rows * max_segments // 2
+        flat = b["example_index"].reshape(-1)
+        slot_of = {int(e): s for s, e in enumerate(flat) if e >= 0}
+        chosen = np.zeros(n_pairs, np.int32)
+        rejected = np.zeros(n_pairs, np.int32)
+        pmask = np.zeros(n_pairs, np.float32)
+        strength = np.zeros(n_pairs, np.float32)
+        k = 0
+        for e in sorted(slot_of):
+            if e % 2 == 0:  # chosen examples are even, their rejected partner is e + 1
+                chosen[k], rejected[k], pmask[k] = slot_of[e], slot_of[e + 1], 1.0
+                strength[k] = enc.strength[e // 2]
+                k += 1
+        b.update(pair_chosen=chosen, pair_rejected=rejected, pair_mask=pmask, pair_strength=strength)
+    return b
+
+
+def eval_batches(enc: Encoded, seq_len: int, max_segments: int, rows: int, pad_id: int,
+                 packing: bool = True) -> list[dict]:
+    """Every example exactly once, in fixed-shape batches (outputs map back via example_index)."""
+    ms = max_segments if packing else 1
+    bins = plan_packed([len(x) for x in enc.ids], seq_len, ms) if packing else [[i] for i in range(len(enc.ids))]
+    return [make_batch(enc, bins[i:i + rows], seq_len, ms, rows, pad_id) for i in range(0, len(bins), rows)]

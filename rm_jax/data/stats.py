@@ -1,0 +1,103 @@
+"""Descriptive statistics of HelpSteer2-format data: the paper's Table 2 for any rows.
+
+``helpsteer_stats`` is what ``rm-jax data stats FILE --json`` prints, so its dict shape is a
+contract: ``{"rows", "prompts", "stats": {name: {"mean", "std", "pearson_helpfulness"}}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from rm_jax.attributes import ATTRIBUTES
+from rm_jax.conversation import count_turns
+
+STAT_NAMES: tuple[str, ...] = ATTRIBUTES + ("turns", "prompt_chars", "response_chars")
+_TABLE_LABELS = {"turns": "turns in prompt", "prompt_chars": "prompt chars", "response_chars": "response chars"}
+_MISSING = -100
+
+
+def helpsteer_stats(rows: Sequence[Mapping[str, Any]]) -> dict:
+    """Row count, unique prompts, and per quantity mean, std and Pearson r with helpfulness.
+
+    Quantities: the five attributes, ``turns`` (``count_turns`` of the prompt: messages
+    before the response), ``prompt_chars`` and ``response_chars``. Missing labels (None,
+    -100, NaN) are left out: means and stds over the present values, Pearson over rows where
+    both values are present. ``std`` is the sample standard deviation (ddof=1). A value that
+    is undefined (fewer than 2 values, or a constant column for Pearson) is None, so the dict
+    stays valid JSON.
+    """
+    columns = {name: _column(rows, name) for name in STAT_NAMES}
+    helpfulness = columns["helpfulness"]
+    out: dict[str, dict[str, float | None]] = {}
+    for name, col in columns.items():
+        present = col[~np.isnan(col)]
+        both = ~np.isnan(col) & ~np.isnan(helpfulness)
+        out[name] = {
+            "mean": float(present.mean()) if present.size else None,
+            "std": float(present.std(ddof=1)) if present.size >= 2 else None,
+            "pearson_helpfulness": _pearson(col[both], helpfulness[both]),
+        }
+    return {"rows": len(rows), "prompts": len({r["prompt"] for r in rows}), "stats": out}
+
+
+def token_length_stats(lengths: Iterable[int]) -> dict:
+    """Summary of token counts per conversation: mean, std (sample, ddof=1), min, p50, p90, p99, max.
+
+    Percentiles use numpy's default linear interpolation. Raises ValueError on no lengths.
+    """
+    x = np.asarray(list(lengths), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("token_length_stats: no lengths given")
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size >= 2 else None,
+        "min": int(x.min()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": int(x.max()),
+    }
+
+
+def format_stats_table(stats: Mapping[str, Any]) -> str:
+    """``helpsteer_stats`` output (or just its ``"stats"`` part) as a Markdown table like Table 2."""
+    per_name = stats.get("stats", stats)
+    lines = []
+    if "rows" in stats:
+        lines += [f"rows: {stats['rows']}, unique prompts: {stats['prompts']}", ""]
+    lines += ["| quantity | mean | std | Pearson r with helpfulness |", "|---|---|---|---|"]
+    for name in STAT_NAMES:
+        if name not in per_name:
+            continue
+        s = per_name[name]
+        digits = 1 if name.endswith("_chars") else 4  # the paper's precision
+        lines.append(f"| {_TABLE_LABELS.get(name, name)} | {_num(s['mean'], digits)} | "
+                     f"{_num(s['std'], digits)} | {_num(s['pearson_helpfulness'], 4)} |")
+    return "\n".join(lines)
+
+
+def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
+    if name == "turns":
+        return np.asarray([count_turns(r["prompt"]) for r in rows], dtype=np.float64)
+    if name == "prompt_chars":
+        return np.asarray([len(r["prompt"]) for r in rows], dtype=np.float64)
+    if name == "response_chars":
+        return np.asarray([len(r["response"]) for r in rows], dtype=np.float64)
+    values = [r.get(name) for r in rows]
+    return np.asarray([np.nan if v is None or v == _MISSING else float(v) for v in values], dtype=np.float64)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    r = float(sps.pearsonr(x, y).statistic)
+    return r if math.isfinite(r) else None
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

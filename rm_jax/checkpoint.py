@@ -63,9 +63,10 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters (e.g. to initialise a new run from this one)."""
         target = {"params": abstract_params}
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target, strict=False)))
-        return out["state"]["params"]
+        ckptr = ocp.PyTreeCheckpointer()
+        out = ckptr.restore(os.path.join(self.directory, str(step), "state"), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+        return out["params"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

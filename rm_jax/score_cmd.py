@@ -1,0 +1,93 @@
+"""``rm-jax score``: attribute scores and a scalar reward for every row of a jsonl file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from rm_jax.attributes import resolve_reward_weights
+from rm_jax.conversation import ConversationError, encode, row_to_messages
+
+
+class InputError(ValueError):
+    pass
+
+
+def read_jsonl_rows(path: str) -> list[dict]:
+    """Every row parsed and checked before any scoring: errors name the file and the 1-based line."""
+    rows = []
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: line {lineno}: invalid UTF-8") from None
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {lineno}: expected a JSON object")
+            try:
+                row_to_messages(obj, where=f"{path}: line {lineno}")
+            except ConversationError as e:
+                raise InputError(str(e)) from None
+            rows.append(obj)
+    return rows
+
+
+def score_rows(model: Any, rows: Sequence[dict], weights: Any = "70b-rewardbench", batch_rows: int = 16,
+               max_segments: int = 16, seq_len: Optional[int] = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(attributes [N, A], reward [N]) for rows in either input form."""
+    from rm_jax.scoring import Scorer
+    w = resolve_reward_weights(weights, model.cfg.num_labels)
+    ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
+    longest = max((len(x) for x in ids), default=1)
+    seq_len = seq_len or max(512, ((longest + 127) // 128) * 128)
+    pred = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
+        ids, seq_len, batch_rows, max_segments, progress=progress)
+    return pred, pred.astype(np.float64) @ w
+
+
+def write_scored(path: str, rows: Sequence[dict], attributes: Sequence[str], pred: np.ndarray, reward: np.ndarray) -> None:
+    """Written to a temporary file and renamed: a crash never leaves a half-written output."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r, p, s in zip(rows, pred, reward):
+            out = dict(r)
+            out["attributes"] = {a: float(v) for a, v in zip(attributes, p)}
+            out["reward"] = float(s)
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="rm-jax score", description=__doc__)
+    ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
+    ap.add_argument("--input", required=True, help="jsonl rows: {prompt, response} or {messages: [...]}")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--weights", default="70b-rewardbench", help="preset name or w1,...,w5")
+    ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
+    ap.add_argument("--batch-rows", type=int, default=16)
+    ap.add_argument("--max-segments", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    from rm_jax.runs import load_scoring_model
+    rows = read_jsonl_rows(a.input)
+    model = load_scoring_model(a.model, dtype=a.dtype, template=a.template)
+    resolve_reward_weights(a.weights, model.cfg.num_labels)  # fail before the forward pass
+    pred, reward = score_rows(model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress)
+    write_scored(a.output, rows, model.attributes, pred, reward)
+    print(f"scored {len(rows)} rows -> {a.output}")
+    return 0

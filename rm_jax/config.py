@@ -86,9 +86,10 @@ class LossConfig:
 
 @dataclass
 class MeshConfig:
-    data: int = 1
+    data: int = -1
     fsdp: int = 1
     tensor: int = 1  # any one of the three may be -1 = the rest of the devices
+    num_devices: int = 0  # use only the first N devices (0 = all); e.g. 1 for a single-device baseline
 
 
 @dataclass

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from rm_jax.data.packing import build_batch, plan_packed
 from rm_jax.models.llama import DecoderConfig
-from rm_jax.sharding import make_mesh
+from rm_jax.sharding import make_mesh, replicated
 from rm_jax.step import batch_shardings, make_score_fn, put_batch
 
 
@@ -28,7 +28,9 @@ class Scorer:
 
     def _fn(self, max_segments: int) -> Any:
         if max_segments not in self._fns:
-            self._fns[max_segments] = jax.jit(make_score_fn(self.cfg, max_segments, self.mesh))
+            # Replicated output: every process can read all scores (multi-host validation).
+            self._fns[max_segments] = jax.jit(make_score_fn(self.cfg, max_segments, self.mesh),
+                                              out_shardings=replicated(self.mesh))
         return self._fns[max_segments]
 
     def score_batch(self, batch: dict, max_segments: int) -> np.ndarray:

@@ -150,7 +150,7 @@ def make_train_step(model_cfg: DecoderConfig, loss_cfg: LossConfig, tx: optax.Gr
         den = jnp.maximum(sums["den"], 1e-9)
         grads = jax.tree.map(lambda g: g / den, grads)
         loss = sums["num"] / den
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)

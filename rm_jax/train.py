@@ -37,7 +37,7 @@ from rm_jax.metrics import helpsteer_report
 from rm_jax.models import abstract_params, init_params, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.scoring import Scorer
-from rm_jax.sharding import MeshError, make_mesh
+from rm_jax.sharding import MeshError, make_mesh, replicated
 from rm_jax.step import batch_shardings, create_state, lr_schedule, make_optimizer, make_train_step, put_batch
 
 # bf16 dense peak per device, for MFU; pass logging.peak_flops for anything else.
@@ -68,7 +68,12 @@ def maybe_init_distributed(cfg: RunConfig) -> None:
 
 def build_mesh(cfg: RunConfig) -> Any:
     try:
-        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        devices = jax.devices()
+        if cfg.mesh.num_devices:
+            if cfg.mesh.num_devices > len(devices):
+                raise MeshError(f"mesh.num_devices={cfg.mesh.num_devices} but only {len(devices)} devices exist")
+            devices = devices[:cfg.mesh.num_devices]
+        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
     except MeshError as e:
         raise ConfigError(str(e)) from None
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -389,7 +394,7 @@ def train(cfg: RunConfig) -> str:
 
     max_segments = loader.max_segments
     step_fn = jax.jit(make_train_step(dcfg, cfg.loss, tx, max_segments, schedule, mesh),
-                      in_shardings=(shard, None), out_shardings=(shard, None), donate_argnums=0)
+                      in_shardings=(shard, None), out_shardings=(shard, replicated(mesh)), donate_argnums=0)
     accum = cfg.train.grad_accum
     scorer = Scorer(dcfg, state["params"], mesh, pad_id)
     fpt = flops_per_token(dcfg, cfg.data.seq_len)

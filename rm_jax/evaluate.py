@@ -62,7 +62,7 @@ def check_weights(spec: WeightSpec, attributes: Sequence[str]) -> np.ndarray:
 
 def weight_sets(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, np.ndarray]:
     """Every preset (when the attributes are HelpSteer2's five, in order) plus the user's weights,
-    keyed by :func:`weights_label` (a preset's name, or ``w<v1>_<v2>...``)."""
+    keyed by name (a preset's name, or ``w<v1>_<v2>...``)."""
     out: dict[str, np.ndarray] = {}
     if tuple(attributes) == ATTRIBUTES:
         out.update({name: np.asarray(w, np.float64) for name, w in REWARD_PRESETS.items()})
@@ -185,13 +185,14 @@ def evaluate_helpsteer(model: Any, rows: Sequence[dict], weights: Optional[Weigh
 def evaluate_rewardbench(model: Any, rows: Sequence[dict], weights: Optional[WeightSpec] = None, *,
                          seq_len: Optional[int] = None, batch_rows: int = 16, max_segments: int = 16,
                          overlength: str = "truncate", progress: bool = True
-                         ) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]:
-    """Score RewardBench-format pairs (rows from :func:`rm_jax.data.sources.load_pairs`).
+                         ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Score RewardBench-format pairs (rows as :func:`rm_jax.data.sources.load_pairs` gives them).
 
-    Returns ``(report, chosen_pred, rejected_pred, meta)``: the :func:`rewardbench_metrics`
-    report plus ``counts``, attribute predictions [P, A] of the chosen and rejected responses of
-    the P scored pairs, and per scored pair ``{"row", "id", "subset"}``. A pair is dropped
-    (and counted) only if one of its responses alone does not fit ``seq_len``.
+    Returns ``(report, chosen_pred, rejected_pred)``: the :func:`rewardbench_metrics` report plus
+    ``counts``, and attribute predictions [len(rows), A] of each row's chosen and rejected
+    response, aligned with ``rows``. Over-long conversations have their prompt cut from the left;
+    a pair is dropped (NaN predictions, left out of every score, counted in ``counts``) only
+    if one of its responses alone does not fit ``seq_len``.
     """
     from rm_jax.data.pipeline import encode_pairs
     attributes = list(model.attributes)
@@ -200,16 +201,33 @@ def evaluate_rewardbench(model: Any, rows: Sequence[dict], weights: Optional[Wei
     limit = _limit(model, seq_len)
     enc = encode_pairs(rows, model.tokenizer, limit, model.template, overlength, n_attributes=len(attributes))
     pred = _predict(model, enc.ids, limit, batch_rows, max_segments, progress, "rewardbench")
-    by_row = {r.get("_row", i): r for i, r in enumerate(rows)}
-    meta = []
-    for src in enc.source_rows[0::2]:
-        r = by_row[int(src)]
-        meta.append({"row": int(src), "id": r.get("id"), "subset": r.get("subset") or NO_SUBSET})
-    chosen, rejected = pred[0::2], pred[1::2]
-    report = rewardbench_metrics([m["subset"] for m in meta], chosen, rejected, attributes, weights)
-    report["counts"] = {"rows": enc.report.rows, "scored": len(meta), "truncated": enc.report.truncated,
+    position = {r.get("_row", i): i for i, r in enumerate(rows)}
+    scored = np.asarray([position[int(src)] for src in enc.source_rows[0::2]], np.int64)
+    chosen = np.full((len(rows), len(attributes)), np.nan, np.float32)
+    rejected = np.full_like(chosen, np.nan)
+    chosen[scored], rejected[scored] = pred[0::2], pred[1::2]
+    report = rewardbench_metrics([_subset(rows[i]) for i in scored], chosen[scored], rejected[scored],
+                                 attributes, weights)
+    report["counts"] = {"rows": enc.report.rows, "scored": int(len(scored)), "truncated": enc.report.truncated,
                         "dropped": enc.report.dropped, "seq_len": limit}
-    return report, chosen, rejected, meta
+    return report, chosen, rejected
+
+
+def _subset(row: Mapping[str, Any]) -> str:
+    return str(row.get("subset") or NO_SUBSET)
+
+
+def rewardbench_records(rows: Sequence[dict], chosen_pred: np.ndarray, rejected_pred: np.ndarray,
+                        attributes: Sequence[str]) -> list[dict]:
+    """One predictions-file record per scored pair: ``{"row", "id", "subset", "chosen", "rejected"}``."""
+    out = []
+    for i, r in enumerate(rows):
+        if np.isnan(chosen_pred[i]).any():
+            continue  # dropped as over-long
+        out.append({"row": int(r.get("_row", i)), "id": r.get("id"), "subset": _subset(r),
+                    "chosen": {a: float(v) for a, v in zip(attributes, chosen_pred[i])},
+                    "rejected": {a: float(v) for a, v in zip(attributes, rejected_pred[i])}})
+    return out
 
 
 # ----------------------------------------------------------------------------- files
@@ -521,6 +539,12 @@ def main(argv: Sequence[str]) -> int:
     # Everything that can be checked without the model's weights is checked first.
     if a.weights is not None:
         check_weights(a.weights, _model_attributes_cheaply(a.model) or ATTRIBUTES)
+    if a.template:
+        from rm_jax.conversation import resolve_template
+        try:
+            resolve_template(None, a.template)  # a built-in name or a literal jinja template
+        except ValueError as e:
+            raise InputError(f"--template: {e}") from None
     from rm_jax.data.pipeline import resolve_source
     from rm_jax.data.sources import load_helpsteer, load_pairs
     hs_rows = load_helpsteer(resolve_source(a.helpsteer), a.helpsteer_split).rows if a.helpsteer else None
@@ -538,12 +562,6 @@ def main(argv: Sequence[str]) -> int:
     attributes = list(model.attributes)
     weights = a.weights if a.weights is not None else default_weights(attributes)
     check_weights(weights, attributes)
-    if a.template:
-        from rm_jax.conversation import resolve_template
-        try:
-            resolve_template(model.tokenizer, a.template)
-        except ValueError as e:
-            raise InputError(f"--template: {e}") from None
 
     out_path = a.output or "eval_results.json"
     if not out_path.endswith(".json"):
@@ -563,14 +581,11 @@ def main(argv: Sequence[str]) -> int:
         _report_lengths("HelpSteer2 rows", result["counts"]["helpsteer"])
         write_jsonl(stem + HELPSTEER_SUFFIX, preds)
     if rb_rows is not None:
-        rep, chosen, rejected, meta = evaluate_rewardbench(model, rb_rows, weights, **opts)
+        rep, chosen, rejected = evaluate_rewardbench(model, rb_rows, weights, **opts)
         result["counts"]["rewardbench"] = dict(rep.pop("counts"), source=a.rewardbench, split=a.rewardbench_split)
         result["rewardbench"] = rep
         _report_lengths("RewardBench pairs", result["counts"]["rewardbench"])
-        write_jsonl(stem + REWARDBENCH_SUFFIX, [
-            dict(m, chosen={x: float(v) for x, v in zip(attributes, c)},
-                 rejected={x: float(v) for x, v in zip(attributes, r)})
-            for m, c, r in zip(meta, chosen, rejected)])
+        write_jsonl(stem + REWARDBENCH_SUFFIX, rewardbench_records(rb_rows, chosen, rejected, attributes))
     result = _ordered(result)
     write_json(out_path, result)
     print(format_report(result))

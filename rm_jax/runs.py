@@ -57,4 +57,22 @@ def export_run(run_dir: str, out_dir: str, step: Optional[int] = None) -> str:
         raise FileNotFoundError(f"{run_dir}: not an rm_jax run folder (no model_meta.json)")
     m = load_scoring_model(run_dir, step=step)
     m.tokenizer.chat_template = resolve_template(m.tokenizer, m.template)
-    return export_hf(m.cfg, m.params, out_dir, m.attributes, m.tokenizer, m.hf_config)
+    out = export_hf(m.cfg, m.params, out_dir, m.attributes, m.tokenizer, m.hf_config)
+    check_exported_tokenizer(m.tokenizer, out)
+    return out
+
+
+PROBE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 plus 30?"},
+         {"role": "assistant", "content": "12 plus 30 is 42.\nAnything else?"}]
+
+
+def check_exported_tokenizer(tokenizer: Any, out_dir: str) -> None:
+    """transformers may pick a tokenizer class from config.json's model_type (e.g. Qwen2's digit
+    splitting) that encodes differently from the tokenizer the run trained with: refuse such an export."""
+    reloaded = load_tokenizer(out_dir)
+    a = tokenizer.apply_chat_template(PROBE, tokenize=True, return_dict=False)
+    b = reloaded.apply_chat_template(PROBE, tokenize=True, return_dict=False)
+    if list(a) != list(b):
+        raise ValueError(f"{out_dir}: transformers loads the exported tokenizer as {type(reloaded).__name__}, which "
+                         f"encodes differently from the tokenizer this run trained with; use a tokenizer made for "
+                         f"this model family (the export is left in place for inspection)")

@@ -88,3 +88,34 @@ def torch_batch_scores(model, ids_list: list[np.ndarray], side: str) -> np.ndarr
 def random_conversations(n: int, lo: int, hi: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(1, VOCAB, size=rng.integers(lo, hi + 1)).astype(np.int32) for _ in range(n)]
+
+
+def bundled_tokenizer():
+    from transformers import AutoTokenizer
+    from rm_jax.data.pipeline import bundled_tokenizer_path
+    return AutoTokenizer.from_pretrained(bundled_tokenizer_path())
+
+
+def make_hf_rm_with_tokenizer(family: str, out_dir: str, seed: int = 0, max_shard_size: str | None = None):
+    """A tiny random ``*ForSequenceClassification`` folder with the bundled tokenizer (vocab 1000)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from rm_jax.attributes import ATTRIBUTES
+
+    tok = bundled_tokenizer()
+    spec = dict(FAMILIES[family])
+    model_type = spec.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=5,
+                               tie_word_embeddings=False, attn_implementation="eager", **spec)
+    if "sliding_window" in spec:
+        cfg.sliding_window = 4096  # chat-templated rows are longer than the parity tests' window
+    cfg.id2label = dict(enumerate(ATTRIBUTES))
+    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(cfg).float().eval()
+    with torch.no_grad():
+        model.score.weight.normal_(0, 0.5)
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **kw)
+    tok.save_pretrained(out_dir)
+    return model, tok

@@ -306,6 +306,9 @@ def test_reweight_one_attribute_predictions(tmp_path):
     assert list(res["pairwise"]) == ["w1"] and list(res["per_attribute"]) == ["helpfulness"]
     assert res["pairwise"]["w1"] == {"accuracy": 0.5, "n_pairs": 2, "n_correct": 1, "n_label_ties": 1,
                                      "n_skipped_groups": 0}
+    run = tmp_path / "run"  # a training run folder's predictions/validation.jsonl reads the same
+    _write_jsonl((run / "predictions").mkdir(parents=True) or run / "predictions" / "validation.jsonl", recs)
+    assert reweight_from_predictions(str(run))["pairwise"] == res["pairwise"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -359,3 +362,29 @@ def test_usage_errors(tmp_path, capsys, data, tiny_rm):
     _fails(["--model", tiny_rm[0], "--from-predictions", "x.json"], capsys, "do not also give --model")
     _fails(["--model", tiny_rm[0], "--rewardbench", str(tmp_path / "missing.jsonl")], capsys,
            "missing.jsonl", "no such file")
+
+
+def test_python_api_drops_and_counts_overlong_pairs(tiny_rm, data):
+    from rm_jax.data.sources import load_pairs
+    from rm_jax.evaluate import evaluate_rewardbench, rewardbench_records
+    from rm_jax.runs import load_scoring_model
+
+    rows = load_pairs(data["rb"]).rows
+    rows[3]["rejected"] = _text(np.random.default_rng(4), 150, 150)  # longer than seq_len alone
+    model = load_scoring_model(tiny_rm[0])
+    rep, chosen, rejected = evaluate_rewardbench(model, rows, "goodness", seq_len=SEQ_LEN, progress=False)
+    assert chosen.shape == rejected.shape == (len(rows), 5)
+    assert np.isnan(chosen[3]).all() and not np.isnan(np.delete(chosen, 3, axis=0)).any()
+    assert rep["counts"]["dropped"] == 1 and rep["counts"]["scored"] == rep["n_pairs"] == len(rows) - 1
+    assert rep["subset_counts"]["mt-bench-med"] == 1  # the dropped pair is in no score
+    w = np.asarray(REWARD_PRESETS["goodness"])
+    keep = [i for i in range(len(rows)) if i != 3]
+    want = score_pairs([rows[i]["subset"] for i in keep], chosen[keep] @ w, rejected[keep] @ w)
+    assert rep["overall"] == pytest.approx(want["overall"])
+    recs = rewardbench_records(rows, chosen, rejected, model.attributes)
+    assert [r["id"] for r in recs] == [rows[i]["id"] for i in keep]
+
+
+def test_unknown_template_named(capsys, data, tiny_rm):
+    _fails(["--model", tiny_rm[0], "--rewardbench", data["rb"], "--template", "chatml"], capsys,
+           "--template", "unknown chat template 'chatml'")

@@ -1,0 +1,779 @@
+"""``rm-jax sweep``: expand an experiment file into runs, train or resume each, tabulate and plot.
+
+An experiment file is YAML (full format in docs/experiments.md)::
+
+    name: demo                       # optional; default: the file stem
+    sweep_dir: runs/demo             # optional; default: runs/<file stem>
+    base: {...}                      # a run config, exactly as for ``rm-jax train``
+    sweep:                           # grid axes (their product); dotted config keys
+      data.fraction: [0.1, 0.3, 1.0]                    # a list: values named automatically
+      loss.attribute_weights:                           # a mapping: named values
+        all: [1, 1, 1, 1, 1]
+        helpfulness_only: [1, 0, 0, 0, 0]
+      eval.reward_weights: [340b-rewardbench, 70b-rewardbench, helpfulness-only]   # evaluation only
+    zip:                             # axes stepped together (one group, or a list of groups)
+      train.lr: [1.0e-3, 3.0e-3]
+      train.seed: [0, 1]
+    members:                         # named variants (each crossed with the grid)
+      regression: {loss.attribute_weights: [1, 0, 0, 0, 0]}
+      scaled_bt:
+        after: regression            # trained after it; ``{run:regression}`` = its run folder
+        data.kind: pairs
+        model.init_from: "{run:regression}"
+
+``eval.reward_weights`` never starts a training: every trained run is scored under each of its
+values from the saved ``predictions/validation.jsonl``. The sweep folder holds ``plan.json`` (what
+``rm-jax report`` rebuilds the table from), one run folder per training, ``results.csv``,
+``results.md`` and PNG plots (:mod:`rm_jax.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
+
+from rm_jax.attributes import resolve_reward_weights
+from rm_jax.config import (ConfigError, RunConfig, _yaml_floats, build_config, load_yaml, parse_override,
+                           to_dict)
+
+EXPERIMENT_KEYS = ("name", "description", "sweep_dir", "base", "sweep", "zip", "members")
+EVAL_AXES = ("eval.reward_weights",)  # axes scored from saved predictions: never another training
+PLAN_VERSION = 1
+# Config sections whose change makes an existing run folder hold a different training.
+TRAINING_SECTIONS = ("model", "data", "train", "loss")
+_PREFIX = {"data.fraction": "frac", "train.lr": "lr", "train.seed": "seed", "model.seed": "mseed",
+           "data.subset_seed": "sseed", "data.max_prompts": "prompts", "train.max_steps": "steps",
+           "train.epochs": "ep", "train.batch_rows": "bs", "data.seq_len": "len", "train.warmup_steps": "warmup",
+           "train.weight_decay": "wd", "loss.centering": "center"}
+_PLACEHOLDER = re.compile(r"\{(sweep_dir|run:([A-Za-z0-9_.+=-]+))\}")
+_NAME_OK = re.compile(r"^[A-Za-z0-9_.+=-]+$")
+
+
+def log(msg: str) -> None:
+    if _is_main():
+        print(f"[sweep] {msg}", file=sys.stderr, flush=True)
+
+
+def _is_main() -> bool:
+    if "jax" not in sys.modules:
+        return True
+    import jax
+    return jax.process_index() == 0
+
+
+# ---------------------------------------------------------------- file format
+
+@dataclass
+class Axis:
+    key: str
+    values: list
+    labels: list  # readable names of the values (mapping keys, or made from the values)
+    named: bool  # the file gave a mapping name -> value
+
+
+@dataclass
+class Member:
+    name: Optional[str]
+    overrides: dict  # dotted key -> value
+    after: list
+
+
+@dataclass
+class Experiment:
+    path: str
+    name: str
+    sweep_dir: str
+    base: dict
+    grid: list  # [Axis] crossed with each other
+    zips: list  # [[Axis, ...]] stepped together, crossed with the grid
+    evals: Optional[Axis]  # eval.reward_weights
+    members: list  # [Member]
+    overrides: list = field(default_factory=list)
+
+
+def known_key(key: str) -> Optional[str]:
+    """None if ``key`` (dotted) names a RunConfig field, else an error message with a suggestion."""
+    parts = key.split(".")
+    cls: Any = RunConfig
+    for i, p in enumerate(parts):
+        if cls is dict:
+            return None  # free-form mapping (model.arch): checked when the member config is built
+        if not is_dataclass(cls):
+            return f"{'.'.join(parts[:i])!r} is not a section"
+        names = {f.name: f for f in fields(cls)}
+        if p not in names:
+            prefix = ".".join(parts[:i])
+            cands = [f"{prefix}.{n}" if prefix else n for n in names]
+            close = difflib.get_close_matches(key, _all_keys(), n=1) or difflib.get_close_matches(
+                ".".join(parts[: i + 1]), cands, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"unknown config key {key!r}{hint}"
+        hints = typing.get_type_hints(cls)
+        tp = hints[p]
+        cls = tp if is_dataclass(tp) or tp is dict else None
+    return None
+
+
+def _all_keys(cls: Any = RunConfig, prefix: str = "") -> list:
+    out = []
+    for f in fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        k = f"{prefix}{f.name}"
+        out += _all_keys(tp, k + ".") if is_dataclass(tp) else [k]
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "_".join(_fmt(x) for x in v)
+    if isinstance(v, dict):
+        return hashlib.sha1(json.dumps(v, sort_keys=True).encode()).hexdigest()[:6]
+    return str(v)
+
+
+def sanitize(s: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", s).strip("._")
+    return s or "x"
+
+
+def attribute_weights_label(w: Sequence[float], attributes: Sequence[str]) -> str:
+    """``all`` (all ones), ``<attribute>_only`` (one-hot), else ``aw<w1>_<w2>...``."""
+    try:
+        w = [float(x) for x in w]
+    except (TypeError, ValueError):
+        return sanitize(_fmt(w))
+    if w and all(x == 1 for x in w):
+        return "all"
+    nz = [i for i, x in enumerate(w) if x != 0]
+    if len(nz) == 1 and w[nz[0]] == 1 and nz[0] < len(attributes):
+        return f"{attributes[nz[0]]}_only"
+    return "aw" + "_".join(f"{x:g}" for x in w)
+
+
+def reward_weights_label(spec: Any) -> str:
+    if isinstance(spec, str):
+        return sanitize(spec.strip())
+    try:
+        return "w" + "_".join(f"{float(x):g}" for x in spec)
+    except (TypeError, ValueError):
+        return sanitize(_fmt(spec))
+
+
+def value_label(key: str, v: Any, attributes: Sequence[str]) -> str:
+    last = key.split(".")[-1]
+    if key == "loss.attribute_weights":
+        return attribute_weights_label(v, attributes)
+    if key in EVAL_AXES:
+        return reward_weights_label(v)
+    if key == "loss.type":
+        return sanitize(str(v))
+    if key in ("model.path", "model.init_from", "model.tokenizer", "data.train", "data.validation") and isinstance(v, str):
+        return sanitize(os.path.basename(v.rstrip("/")) or v)
+    return sanitize(_PREFIX.get(key, last) + _fmt(v))
+
+
+def _is_seed_axis(key: str) -> bool:
+    return key.split(".")[-1].endswith("seed")
+
+
+def _parse_axis(key: Any, spec: Any, where: str, attributes: Sequence[str]) -> Axis:
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: axis {key!r}: axis names are dotted config keys like data.fraction")
+    err = known_key(key)
+    if err:
+        raise ConfigError(f"{where}: axis {key!r}: {err}")
+    if key == "run_dir":
+        raise ConfigError(f"{where}: run_dir cannot be an axis: the sweep names each run's folder")
+    if isinstance(spec, dict):
+        if not spec:
+            raise ConfigError(f"{where}: axis {key!r} has no values")
+        labels = [str(k) for k in spec]
+        bad = [n for n in labels if not _NAME_OK.match(n)]
+        if bad:
+            raise ConfigError(f"{where}: axis {key!r}: value name {bad[0]!r} may hold only letters, digits and _ . + = -")
+        axis = Axis(key, list(spec.values()), labels, True)
+    elif isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{where}: axis {key!r} has no values")
+        axis = Axis(key, list(spec), [value_label(key, v, attributes) for v in spec], False)
+    else:
+        raise ConfigError(f"{where}: axis {key!r}: expected a list of values or a mapping name: value, got {spec!r}")
+    dup = [lab for lab in axis.labels if axis.labels.count(lab) > 1]
+    if dup:
+        raise ConfigError(f"{where}: axis {key!r}: two values share the name {dup[0]!r} "
+                          f"(give the axis as a mapping name: value to name them)")
+    return axis
+
+
+def _nest(flat: dict, where: str) -> dict:
+    """{'a.b': 1, 'c': {'d': 2}} -> nested dict (dotted keys expanded)."""
+    out: dict = {}
+    for k, v in flat.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{where}: key {k!r} is not a string")
+        _set(out, k, v, where)
+    return out
+
+
+def _set(data: dict, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: {key!r}: {p!r} is not a section")
+        node = nxt
+    last = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = _merge(node[last], _nest(value, where))
+    else:
+        node[last] = copy.deepcopy(value)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list:
+    out = []
+    for k, v in d.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict) and full != "model.arch" and not full.startswith("model.arch."):
+            out += _flat_keys(v, full + ".")
+        else:
+            out.append(full)
+    return out
+
+
+def load_experiment(path: str, overrides: Sequence[str] = ()) -> Experiment:
+    """Parse and check an experiment file. ``overrides``: ``key=value`` applied to ``base``;
+    ``sweep_dir=DIR``; ``sweep.KEY=[v1, v2]`` replaces (or adds) a grid axis."""
+    raw = load_yaml(path)
+    where = path
+    unknown = [k for k in raw if k not in EXPERIMENT_KEYS]
+    if unknown:
+        hint = ""
+        if all(isinstance(k, str) for k in unknown) and any(k in {f.name for f in fields(RunConfig)} for k in unknown):
+            hint = " (a run config's keys go under 'base:'; plain run configs are for rm-jax train)"
+        raise ConfigError(f"{where}: unknown experiment key {unknown[0]!r}; known: {', '.join(EXPERIMENT_KEYS)}{hint}")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = str(raw.get("name") or stem)
+    sweep_dir = raw.get("sweep_dir") or os.path.join("runs", stem)
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{where}: base: expected a run config mapping")
+    base = _nest(base, f"{where}: base")
+    sweep = raw.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{where}: sweep: expected a mapping axis -> values")
+    sweep = dict(sweep)
+
+    base_overrides = []
+    for item in overrides:
+        path_parts, value = parse_override(item)
+        key = ".".join(path_parts)
+        if key == "sweep_dir":
+            sweep_dir = str(value)
+        elif path_parts[0] == "sweep" and len(path_parts) > 1:
+            sweep[".".join(path_parts[1:])] = _yaml_floats(value)
+        else:
+            base_overrides.append((key, _yaml_floats(value), item))
+    if not isinstance(sweep_dir, str) or not sweep_dir:
+        raise ConfigError(f"{where}: sweep_dir: expected a folder path")
+
+    attributes = list(base.get("model", {}).get("attributes") or RunConfig().model.attributes)
+    for key, value, item in base_overrides:
+        if key in ("model.attributes",):
+            attributes = list(value)
+
+    grid, evals = [], None
+    for key, spec in sweep.items():
+        axis = _parse_axis(key, spec, f"{where}: sweep", attributes)
+        if key in EVAL_AXES:
+            evals = axis
+        else:
+            grid.append(axis)
+
+    zraw = raw.get("zip") or []
+    groups = [zraw] if isinstance(zraw, dict) else zraw
+    if not isinstance(groups, list):
+        raise ConfigError(f"{where}: zip: expected a mapping of axes (or a list of such mappings)")
+    zips = []
+    for gi, group in enumerate(groups):
+        if not isinstance(group, dict) or not group:
+            raise ConfigError(f"{where}: zip group {gi}: expected a non-empty mapping of axes")
+        axes = [_parse_axis(k, v, f"{where}: zip", attributes) for k, v in group.items()]
+        lengths = {a.key: len(a.values) for a in axes}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"{where}: zip axes must have the same number of values; got "
+                              + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+        for a in axes:
+            if a.key in EVAL_AXES:
+                raise ConfigError(f"{where}: zip: {a.key} only changes evaluation; put it under sweep:")
+        zips.append(axes)
+
+    axis_keys = [a.key for a in grid] + [a.key for g in zips for a in g] + ([evals.key] if evals else [])
+    dup = [k for k in axis_keys if axis_keys.count(k) > 1]
+    if dup:
+        raise ConfigError(f"{where}: axis {dup[0]!r} appears twice (sweep and zip)")
+    for key, value, item in base_overrides:
+        err = known_key(key)
+        if err:
+            raise ConfigError(f"override {item!r}: {err}")
+        if key in axis_keys:
+            raise ConfigError(f"override {item!r}: {key} is a sweep axis; replace its values with sweep.{key}=[...]")
+        _set(base, key, value, f"override {item!r}")
+    if "run_dir" in base:
+        base.pop("run_dir")  # the sweep names each run's folder
+
+    members = _parse_members(raw.get("members"), where, axis_keys)
+    return Experiment(path=path, name=name, sweep_dir=sweep_dir, base=base, grid=grid, zips=zips, evals=evals,
+                      members=members, overrides=list(overrides))
+
+
+def _parse_members(raw: Any, where: str, axis_keys: list) -> list:
+    if raw is None:
+        return [Member(None, {}, [])]
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: members: expected a mapping name -> config overrides")
+    out = []
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not _NAME_OK.match(name):
+            raise ConfigError(f"{where}: member name {name!r} may hold only letters, digits and _ . + = -")
+        spec = dict(spec or {})
+        after = spec.pop("after", [])
+        after = [after] if isinstance(after, str) else list(after or [])
+        nested = _nest(spec, f"{where}: members.{name}")
+        for key in _flat_keys(nested):
+            err = known_key(key)
+            if err:
+                raise ConfigError(f"{where}: members.{name}: {err}")
+            if key in axis_keys:
+                raise ConfigError(f"{where}: members.{name} sets {key}, which is also a sweep axis")
+            if key == "run_dir":
+                raise ConfigError(f"{where}: members.{name}: run_dir is set by the sweep ({{sweep_dir}}/<run name>)")
+        deps = set(after) | set(m.group(2) for m in _PLACEHOLDER.finditer(json.dumps(nested)) if m.group(2))
+        for d in sorted(deps):
+            if d not in raw:
+                raise ConfigError(f"{where}: members.{name}: depends on {d!r}, which is not a member "
+                                  f"(members: {', '.join(map(str, raw))})")
+            if d == name:
+                raise ConfigError(f"{where}: members.{name} depends on itself")
+        out.append(Member(name, nested, sorted(deps)))
+    # order: file order, each member after its dependencies
+    ordered, done, by_name = [], set(), {m.name: m for m in out}
+
+    def visit(m: Member, stack: tuple) -> None:
+        if m.name in done:
+            return
+        if m.name in stack:
+            raise ConfigError(f"{where}: members: dependency cycle {' -> '.join(stack + (m.name,))}")
+        for d in m.after:
+            visit(by_name[d], stack + (m.name,))
+        done.add(m.name)
+        ordered.append(m)
+
+    for m in out:
+        visit(m, ())
+    return ordered
+
+
+# ---------------------------------------------------------------- expansion into runs
+
+@dataclass
+class Run:
+    index: int
+    name: str
+    run_dir: str
+    member: Optional[str]
+    config: dict  # the resolved RunConfig as a dict
+    labels: dict  # axis key -> value label, for every axis with more than one value
+    evals: list  # [(label, spec)]: the reward weightings it is scored under
+    after: list  # names of runs that must finish first
+
+
+@dataclass
+class Plan:
+    experiment: Experiment
+    runs: list
+    attributes: list
+    varying: list  # axis keys with more than one value, in name order
+
+
+def _placeholders(obj: Any, sweep_dir: str, run_dirs: dict, where: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _placeholders(v, sweep_dir, run_dirs, where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_placeholders(v, sweep_dir, run_dirs, where) for v in obj]
+    if isinstance(obj, str):
+        def sub(m: re.Match) -> str:
+            if m.group(1) == "sweep_dir":
+                return sweep_dir
+            if m.group(2) not in run_dirs:
+                raise ConfigError(f"{where}: {m.group(0)} is allowed only in the members: section (the run of "
+                                  f"that member at the same grid point)")
+            return run_dirs[m.group(2)]
+        return _PLACEHOLDER.sub(sub, obj)
+    return obj
+
+
+def expand(exp: Experiment) -> Plan:
+    """Every run of the experiment, each config built and validated (nothing is trained)."""
+    where = exp.path
+    grid_dims = [[(a, i) for i in range(len(a.values))] for a in exp.grid]
+    zip_dims = [[[(a, i) for a in g] for i in range(len(g[0].values))] for g in exp.zips]
+    points = []
+    for combo in itertools.product(*grid_dims, *zip_dims):
+        point = []
+        for c in combo:
+            point += c if isinstance(c, list) else [c]
+        points.append(point)
+    axes = exp.grid + [a for g in exp.zips for a in g]
+    varying = [a.key for a in axes if len(a.values) > 1]
+    varying = [k for k in varying if not _is_seed_axis(k)] + [k for k in varying if _is_seed_axis(k)]
+    attributes = list(exp.base.get("model", {}).get("attributes") or RunConfig().model.attributes)
+    if exp.evals is not None:
+        evals = list(zip(exp.evals.labels, exp.evals.values))
+    else:
+        specs = exp.base.get("eval", {}).get("reward_weights", RunConfig().eval.reward_weights)
+        evals = [(reward_weights_label(s), s) for s in (specs if isinstance(specs, list) else [specs])]
+    for label, spec in evals:
+        try:
+            resolve_reward_weights(spec, len(attributes))
+        except ValueError as e:
+            raise ConfigError(f"{where}: eval.reward_weights {label!r}: {e}") from None
+
+    named = len(exp.members) > 1 or exp.members[0].name is not None
+    runs: list[Run] = []
+    seen: dict[str, str] = {}
+    for member in exp.members:
+        for pi, point in enumerate(points):
+            labels = {a.key: a.labels[i] for a, i in point if a.key in varying}
+            parts = ([member.name] if named else []) + [labels[k] for k in varying if k in labels]
+            name = "-".join(parts) if parts else sanitize(exp.name)
+            desc = f"member {member.name!r}" if member.name else "run"
+            desc += " " + " ".join(f"{a.key}={a.labels[i]}" for a, i in point) if point else ""
+            if name in seen:
+                raise ConfigError(f"{where}: two members would write to the same folder "
+                                  f"{os.path.join(exp.sweep_dir, name)}: {seen[name]} and {desc}")
+            seen[name] = desc
+            data = _merge(exp.base, member.overrides)
+            for a, i in point:
+                _set(data, a.key, a.values[i], where)
+            data.setdefault("eval", {})["reward_weights"] = [s for _, s in evals]
+            run_dir = os.path.join(exp.sweep_dir, name)
+            data["run_dir"] = run_dir
+            runs.append(Run(len(runs), name, run_dir, member.name, data, labels, evals,
+                            after=list(member.after)))  # member names, resolved below
+    # resolve dependencies and {run:...} placeholders at the same grid point
+    n_points = len(points)
+    member_pos = {m.name: k for k, m in enumerate(exp.members)}
+    for run in runs:
+        k, pi = divmod(run.index, n_points)
+        dep_runs = {d: runs[member_pos[d] * n_points + pi] for d in run.after}
+        run.after = [r.name for r in dep_runs.values()]
+        run.config = _placeholders(run.config, exp.sweep_dir, {d: r.run_dir for d, r in dep_runs.items()}, where)
+        cfg = build_config(run.config, where=f"{where}: {run.name}")
+        check_arch(cfg, f"{where}: {run.name}")
+        run.config = to_dict(cfg)
+    return Plan(exp, runs, attributes, varying)
+
+
+def check_arch(cfg: RunConfig, where: str) -> None:
+    """model.arch keys of a from-scratch model (train checks them only when it starts)."""
+    if cfg.model.path or cfg.model.init_from or not cfg.model.arch:
+        return
+    from rm_jax.models.llama import DecoderConfig
+    known = {f.name for f in fields(DecoderConfig)} - {"dtype", "remat", "scan_layers", "attention", "num_labels"}
+    for k in cfg.model.arch:
+        if k not in known:
+            close = difflib.get_close_matches(k, known, n=1)
+            hint = f" (did you mean 'model.arch.{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key 'model.arch.{k}'{hint}")
+
+
+# ---------------------------------------------------------------- plan.json
+
+def plan_record(plan: Plan) -> dict:
+    exp = plan.experiment
+    return {
+        "version": PLAN_VERSION,
+        "experiment": os.path.abspath(exp.path),
+        "name": exp.name,
+        "overrides": exp.overrides,
+        "attributes": plan.attributes,
+        "varying": plan.varying,
+        "axes": [{"key": a.key, "labels": a.labels, "values": a.values, "kind": kind}
+                 for kind, group in (("grid", exp.grid), ("zip", [a for g in exp.zips for a in g]),
+                                     ("eval", [exp.evals] if exp.evals else []))
+                 for a in group],
+        "named_members": [m.name for m in exp.members if m.name],
+        "runs": [{"index": r.index, "name": r.name, "member": r.member,
+                  "run_dir": _rel(r.run_dir, exp.sweep_dir), "labels": r.labels,
+                  "evals": [[lab, spec] for lab, spec in r.evals], "after": r.after, "config": r.config}
+                 for r in plan.runs],
+    }
+
+
+def _rel(path: str, sweep_dir: str) -> str:
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(sweep_dir))
+    return path if rel.startswith("..") else rel
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- running
+
+def is_done(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, "DONE"))
+
+
+def run_status(run: Run) -> str:
+    if is_done(run.run_dir):
+        return "done"
+    ck = os.path.join(run.run_dir, "checkpoints")
+    if os.path.isdir(ck):
+        steps = [int(d) for d in os.listdir(ck) if d.isdigit()]
+        if steps:
+            return f"resumes at step {max(steps)}"
+    return "new" if not os.path.exists(run.run_dir) else "started"
+
+
+def check_existing(run: Run) -> None:
+    """A run folder holding a different training (an edited experiment file) is an error, not a resume."""
+    path = os.path.join(run.run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = yaml.safe_load(f) or {}
+    diffs = []
+    for sec in TRAINING_SECTIONS:
+        a, b = old.get(sec) or {}, run.config.get(sec) or {}
+        for k in sorted(set(a) & set(b)):
+            if a[k] != b[k]:
+                diffs.append(f"{sec}.{k}: {a[k]!r} there, {b[k]!r} now")
+    if diffs:
+        raise ConfigError(f"{run.run_dir} holds a run with a different training config ({'; '.join(diffs[:3])}); "
+                          f"delete that folder or choose another sweep_dir")
+
+
+def rewardbench_pending(run: Run) -> bool:
+    return bool(run.config["eval"].get("rewardbench")) and not os.path.isfile(
+        os.path.join(run.run_dir, "predictions", "rewardbench.jsonl"))
+
+
+def score_rewardbench(cfg: RunConfig, run_dir: str) -> str:
+    """Attribute predictions of the run's kept checkpoint on the RewardBench pairs, saved so that every
+    reward weighting is scored from them without another forward pass."""
+    from rm_jax.data.pipeline import resolve_source
+    from rm_jax.data.sources import load_pairs
+    from rm_jax.evaluate import evaluate_rewardbench
+    from rm_jax.runs import load_scoring_model
+    from rm_jax.train import build_mesh
+    model = load_scoring_model(run_dir, mesh=build_mesh(cfg), dtype=cfg.model.dtype)
+    rows = load_pairs(resolve_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split).rows
+    _, chosen, rejected, meta = evaluate_rewardbench(model, rows, cfg.eval.reward_weights[0] if cfg.eval.reward_weights
+                                                     else None, seq_len=cfg.data.seq_len,
+                                                     batch_rows=cfg.train.eval_rows, max_segments=cfg.data.max_segments,
+                                                     overlength=cfg.data.overlength, progress=cfg.logging.progress)
+    path = os.path.join(run_dir, "predictions", "rewardbench.jsonl")
+    if _is_main():
+        attrs = list(model.attributes)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for m, c, r in zip(meta, chosen, rejected):
+                f.write(json.dumps({**m, "chosen": {a: float(x) for a, x in zip(attrs, c)},
+                                    "rejected": {a: float(x) for a, x in zip(attrs, r)}}) + "\n")
+        os.replace(tmp, path)
+    return path
+
+
+def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
+    """Train (or resume) one run unless it is finished; returns 'done' / 'trained'."""
+    if trainer is None:
+        from rm_jax.train import train as trainer
+    by_name = {r.name: r for r in plan.runs}
+    missing = [d for d in run.after if not is_done(by_name[d].run_dir)]
+    if missing:
+        dep = by_name[missing[0]]
+        raise ConfigError(f"run {run.name} needs {dep.name} (task index {dep.index}) finished first "
+                          f"(no DONE in {dep.run_dir}); with array jobs, make this task depend on that one")
+    cfg = build_config(run.config, where=run.name)
+    status = "done"
+    if not is_done(run.run_dir):
+        check_existing(run)
+        import jax
+        if cfg.distributed.enabled and jax.distributed.is_initialized():
+            cfg.distributed.enabled = False  # a second run in the same processes
+        trainer(cfg)
+        status = "trained"
+    if rewardbench_pending(run):
+        log(f"{run.name}: RewardBench predictions ({cfg.eval.rewardbench})")
+        score_rewardbench(cfg, run.run_dir)
+    return status
+
+
+def format_plan(plan: Plan, statuses: Optional[dict] = None) -> str:
+    exp = plan.experiment
+    runs = plan.runs
+    ev = [lab for lab, _ in runs[0].evals] if runs else []
+    lines = [f"experiment {exp.path} -> sweep folder {exp.sweep_dir}",
+             f"{len(runs)} training run(s) (task indices 0-{len(runs) - 1}); {len(runs) * len(ev)} result rows: "
+             f"each run scored under {len(ev)} reward weighting(s) from its saved predictions: {', '.join(ev)}"]
+    axes = [f"{a.key} [{', '.join(a.labels)}]" for a in exp.grid]
+    axes += ["zip(" + ", ".join(f"{a.key} [{', '.join(a.labels)}]" for a in g) + ")" for g in exp.zips]
+    if axes:
+        lines.append("trained axes: " + " x ".join(axes))
+    if exp.evals:
+        lines.append(f"evaluation-only axis (no extra training): {exp.evals.key} [{', '.join(exp.evals.labels)}]")
+    if exp.members[0].name is not None:
+        lines.append("members: " + ", ".join(m.name + (f" (after {', '.join(m.after)})" if m.after else "")
+                                              for m in exp.members))
+    width = max([len(r.name) for r in runs] + [4])
+    lines.append("")
+    lines.append(f"  {'#':>3}  {'run':<{width}}  {'status':<20} trains")
+    for r in runs:
+        st = (statuses or {}).get(r.name) or run_status(r)
+        what = _describe(r)
+        after = f"  [after {', '.join(r.after)}]" if r.after else ""
+        lines.append(f"  {r.index:>3}  {r.name:<{width}}  {st:<20} {what}{after}")
+    same = _same_training(runs)
+    if same:
+        lines.append("")
+        for a, b in same:
+            lines.append(f"note: {a} and {b} train the same config (different folders)")
+    return "\n".join(lines)
+
+
+def _describe(r: Run) -> str:
+    c = r.config
+    model = c["model"]["path"] or (f"init_from {c['model']['init_from']}" if c["model"]["init_from"] else
+                                   "scratch " + ",".join(f"{k}={v}" for k, v in c["model"]["arch"].items()
+                                                         if k in ("hidden_size", "num_hidden_layers")))
+    steps = c["train"]["max_steps"] or f"{c['train']['epochs']:g} ep"
+    aw = attribute_weights_label(c["loss"]["attribute_weights"], c["model"]["attributes"])
+    return (f"{model}; data {c['data']['train']} x{c['data']['fraction']:g} ({c['data']['kind']}); "
+            f"loss {c['loss']['type']} [{aw}]; lr {c['train']['lr']:g}; steps {steps}; seed {c['train']['seed']}")
+
+
+def _same_training(runs: list) -> list:
+    seen, out = {}, []
+    for r in runs:
+        key = json.dumps({s: r.config[s] for s in TRAINING_SECTIONS}, sort_keys=True, default=str)
+        if key in seen:
+            out.append((seen[key], r.name))
+        else:
+            seen[key] = r.name
+    return out
+
+
+def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = None, dry_run: bool = False,
+          trainer: Optional[Callable] = None, out: Any = None) -> int:
+    """The ``rm-jax sweep`` command as a function (``trainer`` replaces rm_jax.train.train in tests)."""
+    out = out or sys.stdout
+    exp = load_experiment(path, overrides)
+    plan = expand(exp)
+    if task_index is not None and not 0 <= task_index < len(plan.runs):
+        raise ConfigError(f"--task-index {task_index}: the experiment has {len(plan.runs)} runs "
+                          f"(indices 0-{len(plan.runs) - 1})")
+    if dry_run:
+        print(format_plan(plan), file=out)
+        print(f"\nall {len(plan.runs)} run configs validated; nothing was trained (--dry-run)", file=out)
+        return 0
+    if _is_main():
+        write_json_atomic(os.path.join(exp.sweep_dir, "plan.json"), plan_record(plan))
+    selected = plan.runs if task_index is None else [plan.runs[task_index]]
+    for r in selected:  # errors about existing folders before anything trains
+        if not is_done(r.run_dir):
+            check_existing(r)
+    log(f"{exp.path}: {len(plan.runs)} runs in {exp.sweep_dir}" +
+        (f"; this task runs #{task_index} ({selected[0].name})" if task_index is not None else ""))
+    from rm_jax.train import TrainingError
+    failed: list[str] = []
+    for k, r in enumerate(selected, 1):
+        blocked = [d for d in r.after if d in failed]
+        if blocked:
+            log(f"({k}/{len(selected)}) {r.name}: skipped, {blocked[0]} failed")
+            failed.append(r.name)
+            continue
+        st = run_status(r)
+        log(f"({k}/{len(selected)}) {r.name}: {'finished, skipped' if st == 'done' else st}")
+        try:
+            run_one(r, plan, trainer)
+        except TrainingError as e:
+            log(f"{r.name} failed: {e}")
+            failed.append(r.name)
+    from rm_jax.report import build_report
+    if _is_main():
+        rep = build_report(exp.sweep_dir)
+        print(rep.markdown, file=out)
+        for p in rep.plots:
+            print(f"plot: {p}", file=out)
+        print(f"table: {rep.csv_path} and {rep.md_path}", file=out)
+        if task_index is not None and rep.missing:
+            print(f"{len(rep.missing)} of {len(plan.runs)} runs not finished yet; once every task is done run: "
+                  f"rm-jax report {exp.sweep_dir}", file=out)
+    if failed:
+        print(f"rm-jax sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- CLI
+
+def sweep_main(argv: list) -> int:
+    ap = argparse.ArgumentParser(prog="rm-jax sweep", description="Train every member of an experiment file "
+                                 "(resuming unfinished ones, skipping finished ones), then write results.csv, "
+                                 "results.md and plots in the sweep folder.")
+    ap.add_argument("experiment", help="experiment YAML (see docs/experiments.md)")
+    ap.add_argument("overrides", nargs="*", help="key=value applied to base (e.g. train.lr=1e-4); "
+                    "sweep_dir=DIR; sweep.KEY=[v1,v2] replaces an axis")
+    ap.add_argument("--task-index", type=int, default=None,
+                    help="run only this member (0-based, as --dry-run lists them), e.g. $SLURM_ARRAY_TASK_ID")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and validate every run config")
+    a = ap.parse_intermixed_args(argv)
+    return sweep(a.experiment, a.overrides, a.task_index, a.dry_run)
+
+
+def report_main(argv: list) -> int:
+    ap = argparse.ArgumentParser(prog="rm-jax report",
+                                 description="Rebuild results.csv, results.md and the plots of a sweep folder "
+                                             "from its finished runs.")
+    ap.add_argument("sweep_dir")
+    a = ap.parse_args(argv)
+    from rm_jax.report import build_report
+    rep = build_report(a.sweep_dir)
+    print(rep.markdown)
+    for p in rep.plots:
+        print(f"plot: {p}")
+    print(f"table: {rep.csv_path} and {rep.md_path}")
+    return 0

@@ -1,0 +1,60 @@
+"""Two processes (2 CPU devices each, gloo collectives) train like one process with 4 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
+WORKER = os.path.join(ROOT, "tests", "run_worker.py")
+ARGS = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.log_every=1",
+        "logging.progress=false", "logging.tensorboard=false", "train.max_steps=10", "train.eval_every=5",
+        "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=1", "checkpoint.every_steps=5"]
+
+pytestmark = pytest.mark.slow
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(x) for x in f]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    one = str(tmp_path / "one")
+    subprocess.run([sys.executable, WORKER, "4", TINY, f"run_dir={one}", *ARGS], env=_env(), check=True,
+                   capture_output=True, timeout=600)
+    two = str(tmp_path / "two")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, WORKER, "2", TINY, f"run_dir={two}", *ARGS,
+                               "distributed.enabled=true", f"distributed.coordinator_address=127.0.0.1:{port}",
+                               "distributed.num_processes=2", f"distributed.process_id={i}"],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    a = {r["step"]: r for r in _records(one) if "loss" in r}
+    b = {r["step"]: r for r in _records(two) if "loss" in r}
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    for s in a:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), s
+    va = [r["val_loss"] for r in _records(one) if "val_loss" in r]
+    vb = [r["val_loss"] for r in _records(two) if "val_loss" in r]
+    assert len(va) == 2 and vb == pytest.approx(va, rel=1e-5)
+    assert os.path.exists(os.path.join(two, "eval.json"))

@@ -172,9 +172,11 @@ class Loader:
             raise ValueError("no training examples left (after subsetting and the over-length policy)")
         self.enc, self.seq_len, self.rows = enc, seq_len, rows_per_batch
         self.unit_size = len(enc.units[0])
-        self.max_segments = max_segments if packing else self.unit_size
-        if self.max_segments < self.unit_size:
+        self.max_segments = max_segments if packing else 1
+        if packing and self.max_segments < self.unit_size:
             raise ValueError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
+        if rows_per_batch < self.unit_size:
+            raise ValueError(f"train.batch_rows ({rows_per_batch}) must be at least {self.unit_size} for pairs")
         self.pad_id, self.packing, self.padding_side = pad_id, packing, padding_side
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
@@ -186,12 +188,20 @@ class Loader:
             n = len(self.enc.units)
             order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
             lengths = self.enc.unit_lengths[order]
-            if self.packing:
-                unit_bins = plan_packed(lengths.tolist(), self.seq_len, self.max_segments // self.unit_size)
-            else:
-                unit_bins = [[i] for i in range(n)]
-            bins = [[e for u in b for e in self.enc.units[order[u]]] for b in unit_bins]
-            self._plan = [bins[i:i + self.rows] for i in range(0, len(bins), self.rows)]
+            # A pair longer than a row as a whole gets one row per side (a block of two rows that
+            # stays in one batch); everything else is packed as whole units.
+            split = lengths > self.seq_len if self.packing else np.full(n, self.unit_size > 1)
+            whole = np.flatnonzero(~split)
+            blocks: list[tuple[int, list[list[int]]]] = []
+            if self.packing and len(whole):
+                for b in plan_packed(lengths[whole].tolist(), self.seq_len, self.max_segments // self.unit_size):
+                    units = [int(whole[u]) for u in b]
+                    blocks.append((units[0], [[e for u in units for e in self.enc.units[order[u]]]]))
+            elif len(whole):
+                blocks += [(int(u), [list(self.enc.units[order[u]])]) for u in whole]
+            blocks += [(int(u), [[e] for e in self.enc.units[order[u]]]) for u in np.flatnonzero(split)]
+            blocks.sort(key=lambda x: x[0])  # keep the shuffled order
+            self._plan = _cut_into_batches([b for _, b in blocks], self.rows)
             self._plan_epoch = epoch
         return self._plan
 
@@ -216,6 +226,16 @@ class Loader:
         self.index += 1
         return make_batch(self.enc, bins, self.seq_len, self.max_segments, self.rows, self.pad_id,
                           self.padding_side, self.unit_size)
+
+
+def _cut_into_batches(blocks: list[list[list[int]]], rows: int) -> list[list[list[int]]]:
+    """Consecutive blocks of rows into batches of at most ``rows`` rows; a block never straddles two."""
+    batches: list[list[list[int]]] = [[]]
+    for block in blocks:
+        if len(batches[-1]) + len(block) > rows:
+            batches.append([])
+        batches[-1].extend(block)
+    return [b for b in batches if b]
 
 
 def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segments: int, rows: int,

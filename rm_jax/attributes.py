@@ -51,14 +51,6 @@ def resolve_reward_weights(spec: WeightSpec, n_attributes: int = len(ATTRIBUTES)
     return w
 
 
-def weights_label(spec: WeightSpec) -> str:
-    """A short, stable name for a weight spec (preset name, or the numbers joined by '_')."""
-    if isinstance(spec, str) and spec.strip() in REWARD_PRESETS:
-        return spec.strip()
-    w = resolve_reward_weights(spec) if not isinstance(spec, str) or spec.strip() not in REWARD_PRESETS else None
-    return "w" + "_".join(f"{x:g}" for x in w)
-
-
 def _is_float(s: str) -> bool:
     try:
         float(s)

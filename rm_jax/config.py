@@ -317,13 +317,15 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     if cfg.model.path is None and not cfg.model.arch and cfg.model.init_from is None:
         raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
     from rm_jax.attributes import resolve_reward_weights
-    for spec in cfg.eval.reward_weights:
+    # Presets weigh the five HelpSteer2 attributes; with other attributes they are not scored.
+    for spec in cfg.eval.reward_weights if n_attr == len(ATTRIBUTES) else []:
         try:
             resolve_reward_weights(spec, n_attr)
         except ValueError as e:
             raise ConfigError(f"{where}: eval.reward_weights: {e}") from None
     try:
-        resolve_reward_weights(cfg.loss.reward_weights, n_attr)
+        if cfg.data.kind == "pairs":
+            resolve_reward_weights(cfg.loss.reward_weights, n_attr)
     except ValueError as e:
         raise ConfigError(f"{where}: loss.reward_weights: {e}") from None
 

@@ -161,22 +161,26 @@ def helpsteer_report(
     mask: Optional[np.ndarray],
     pair_ids: Sequence[Hashable],
     weights: Mapping[str, WeightSpec],
+    names: Sequence[str] = ATTRIBUTES,
 ) -> dict[str, Any]:
     """Per-attribute metrics plus pairwise accuracy for each named weight spec.
 
-    Helpfulness is target column 0. Rows whose helpfulness label is masked out are
-    dropped before pairing, so their pair shows up in n_skipped_groups.
+    Pairs are judged by the ``helpfulness`` column (no pairwise result without one). Rows whose
+    helpfulness label is masked out are dropped before pairing, so their pair shows up in
+    n_skipped_groups.
     """
     pred = _as_2d("pred", pred)
     target = _as_2d("target", target)
     pair_ids = list(pair_ids)
     if len(pair_ids) != pred.shape[0]:
         raise ValueError(f"{len(pair_ids)} pair_ids for {pred.shape[0]} prediction rows")
-    per_attribute = attribute_metrics(pred, target, mask)  # also validates shapes
-
-    has_help = np.ones(pred.shape[0], dtype=bool) if mask is None else np.asarray(mask)[:, 0] != 0
+    per_attribute = attribute_metrics(pred, target, mask, names)  # also validates shapes
+    if "helpfulness" not in names:
+        return {"per_attribute": per_attribute, "pairwise": {}}
+    h = list(names).index("helpfulness")
+    has_help = np.ones(pred.shape[0], dtype=bool) if mask is None else np.asarray(mask)[:, h] != 0
     kept_ids = [pid for pid, keep in zip(pair_ids, has_help) if keep]
-    helpfulness = target[has_help, 0]
+    helpfulness = target[has_help, h]
     pairwise = {
         name: pairwise_accuracy(rewards_from_attributes(pred, spec)[has_help], helpfulness, kept_ids)
         for name, spec in weights.items()

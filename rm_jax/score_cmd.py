@@ -45,13 +45,20 @@ def read_jsonl_rows(path: str) -> list[dict]:
 
 
 def score_rows(model: Any, rows: Sequence[dict], weights: Any = "70b-rewardbench", batch_rows: int = 16,
-               max_segments: int = 16, seq_len: Optional[int] = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(attributes [N, A], reward [N]) for rows in either input form."""
+               max_segments: int = 16, seq_len: Optional[int] = None, progress: bool = True,
+               where: str = "input") -> tuple[np.ndarray, np.ndarray]:
+    """(attributes [N, A], reward [N]) for rows in either input form. A conversation longer than
+    ``seq_len`` (default: the model's max_position_embeddings) is an error naming its row."""
     from rm_jax.scoring import Scorer
     w = resolve_reward_weights(weights, model.cfg.num_labels)
     ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
+    limit = seq_len or model.cfg.max_position_embeddings
+    for i, x in enumerate(ids):
+        if len(x) > limit:
+            raise InputError(f"{where}: row {i + 1}: {len(x)} tokens, more than the limit of {limit} "
+                             f"({'--seq-len' if seq_len else 'the model max_position_embeddings'})")
     longest = max((len(x) for x in ids), default=1)
-    seq_len = seq_len or max(512, ((longest + 127) // 128) * 128)
+    seq_len = seq_len or min(max(512, ((longest + 127) // 128) * 128), limit)
     pred = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
         ids, seq_len, batch_rows, max_segments, progress=progress)
     return pred, pred.astype(np.float64) @ w
@@ -70,6 +77,17 @@ def write_scored(path: str, rows: Sequence[dict], attributes: Sequence[str], pre
     os.replace(tmp, path)
 
 
+def _check_weights(spec: str, n: Optional[int]) -> None:
+    try:
+        if n is None:
+            if "," not in spec:
+                resolve_reward_weights(spec)
+        else:
+            resolve_reward_weights(spec, n)
+    except ValueError as e:
+        raise InputError(f"--weights: {e}") from None
+
+
 def main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="rm-jax score", description=__doc__)
     ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
@@ -84,10 +102,12 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     from rm_jax.runs import load_scoring_model
+    _check_weights(a.weights, None)  # a bad preset name fails before anything is loaded
     rows = read_jsonl_rows(a.input)
     model = load_scoring_model(a.model, dtype=a.dtype, template=a.template)
-    resolve_reward_weights(a.weights, model.cfg.num_labels)  # fail before the forward pass
-    pred, reward = score_rows(model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress)
+    _check_weights(a.weights, model.cfg.num_labels)
+    pred, reward = score_rows(model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress,
+                              where=a.input)
     write_scored(a.output, rows, model.attributes, pred, reward)
     print(f"scored {len(rows)} rows -> {a.output}")
     return 0

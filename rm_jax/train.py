@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rm_jax.attributes import resolve_reward_weights
+from rm_jax.attributes import ATTRIBUTES, resolve_reward_weights
 from rm_jax.checkpoint import Checkpointer, abstract_with_shardings
 from rm_jax.config import ConfigError, RunConfig, dump_yaml, to_dict
 from rm_jax.data.pipeline import (Encoded, Loader, bundled_tokenizer_path, encode_helpsteer, encode_pairs,
@@ -334,10 +334,11 @@ def write_predictions(path: str, enc: Encoded, pred: np.ndarray, attributes: lis
 
 
 def full_eval(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
-    weights = {str(w): w for w in cfg.eval.reward_weights}
     result: dict[str, Any] = {"step": step, **val}
     if cfg.data.kind == "helpsteer":
-        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights)
+        n = len(cfg.model.attributes)
+        weights = {str(w): w for w in cfg.eval.reward_weights} if n == len(ATTRIBUTES) else {}
+        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
         result.update(per_attribute=rep["per_attribute"], pairwise=rep["pairwise"])
     return result
 

@@ -10,21 +10,21 @@ FAMILIES = {
     # Llama 3.1-style: llama3 rope scaling, explicit head_dim != hidden/heads, GQA.
     "llama": dict(model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
-                  rope_theta=500000.0, max_position_embeddings=256,
+                  rope_theta=500000.0, max_position_embeddings=1024,
                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
     # Mistral: one kv head, a sliding window smaller than the test sequences.
     "mistral": dict(model_type="mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=7,
-                    rope_theta=10000.0, max_position_embeddings=256),
+                    rope_theta=10000.0, max_position_embeddings=1024),
     # Qwen2: q/k/v bias, linear rope scaling.
     "qwen2": dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0,
-                  max_position_embeddings=256, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+                  max_position_embeddings=1024, rope_scaling={"rope_type": "linear", "factor": 2.0}),
     # Qwen3: q/k RMSNorm, explicit head_dim.
     "qwen3": dict(model_type="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1000000.0,
-                  max_position_embeddings=256),
+                  max_position_embeddings=1024),
 }
 
 VOCAB = 97

@@ -87,7 +87,13 @@ def test_bad_model_and_weights(rm_dir, tmp_path, capsys):
     assert main(["score", "--model", str(bad), "--input", str(tmp_path / "in.jsonl"),
                  "--output", str(tmp_path / "o.jsonl")]) == 1
     assert "unsupported model_type 'gpt2'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="expected 5"):
-        main(["score", "--model", d, "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
-              "--weights", "1,2,3"])
+    assert main(["score", "--model", d, "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
+                 "--weights", "1,2,3"]) == 1
+    assert "expected 5" in capsys.readouterr().err
+    assert main(["score", "--model", str(tmp_path / "nope"), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "o.jsonl"), "--weights", "bogus"]) == 1
+    assert "unknown reward-weight preset 'bogus'" in capsys.readouterr().err
+    assert main(["score", "--model", d, "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
+                 "--seq-len", "8"]) == 1
+    assert "in.jsonl: row 1:" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o.jsonl")

@@ -374,9 +374,10 @@ def train(cfg: RunConfig) -> str:
             "hf_config": hf_base, "template": cfg.data.template}
     write_json_atomic(os.path.join(run_dir, "model_meta.json"), meta)
 
-    loader = Loader(train_enc, cfg.data.seq_len, cfg.data.max_segments, cfg.train.batch_rows, pad_id,
+    accum = cfg.train.grad_accum
+    loader = Loader(train_enc, cfg.data.seq_len, cfg.data.max_segments, cfg.train.batch_rows // accum, pad_id,
                     cfg.data.packing, cfg.data.padding_side, cfg.train.seed, cfg.data.shuffle)
-    per_epoch = loader.steps_per_epoch()
+    per_epoch = loader.steps_per_epoch(accum)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
     tx = make_optimizer(cfg.train, total)
     schedule = lr_schedule(cfg.train, total)
@@ -396,7 +397,6 @@ def train(cfg: RunConfig) -> str:
     max_segments = loader.max_segments
     step_fn = jax.jit(make_train_step(dcfg, cfg.loss, tx, max_segments, schedule, mesh),
                       in_shardings=(shard, None), out_shardings=(shard, replicated(mesh)), donate_argnums=0)
-    accum = cfg.train.grad_accum
     scorer = Scorer(dcfg, state["params"], mesh, pad_id)
     fpt = flops_per_token(dcfg, cfg.data.seq_len)
     peak = device_peak_flops(cfg)
@@ -411,10 +411,8 @@ def train(cfg: RunConfig) -> str:
     last_val: Optional[dict] = None
     try:
         for step in range(start, total):
-            host = next(loader)
+            host = loader.next_step(accum)
             host.pop("example_index")
-            host = {k: v.reshape((accum, v.shape[0] // accum) + v.shape[1:]) if k not in _PAIR_KEYS
-                    else v.reshape((accum, v.shape[0] // accum)) for k, v in host.items()}
             if batch_sh is None:
                 batch_sh = batch_shardings(mesh, host, accum=True)
             state, m = step_fn(state, put_batch(host, batch_sh))
@@ -450,7 +448,8 @@ def train(cfg: RunConfig) -> str:
                 last_val, _ = validation_metrics(cfg, scorer, val_enc)
                 metrics = {"val_loss": last_val["val_loss"]}
                 mlog.write({"step": done, **last_val})
-                bar.write(f"step {done}: val_loss {last_val['val_loss']:.4f}") if jax.process_index() == 0 else None
+                if jax.process_index() == 0:
+                    bar.write(f"step {done}: val_loss {last_val['val_loss']:.4f}")
             if metrics is not None or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) \
                     or done == total:
                 ckpt.save(done, state, loader.get_state(), metrics)
@@ -479,5 +478,3 @@ def train(cfg: RunConfig) -> str:
             f.write(json.dumps({"steps": total, "best_step": best}) + "\n")
     return run_dir
 
-
-_PAIR_KEYS = ("pair_chosen", "pair_rejected", "pair_mask", "pair_strength")

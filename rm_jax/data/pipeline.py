@@ -205,8 +205,14 @@ class Loader:
             self._plan_epoch = epoch
         return self._plan
 
-    def steps_per_epoch(self) -> int:
-        return len(self._epoch_plan(0))
+    def steps_per_epoch(self, accum: int = 1) -> int:
+        return -(-len(self._epoch_plan(0)) // accum)
+
+    def next_step(self, accum: int = 1) -> dict:
+        """``accum`` consecutive batches stacked on a leading axis: one optimizer step with
+        gradient accumulation. Each micro-batch is laid out on its own, so pair indices stay local."""
+        micro = [next(self) for _ in range(accum)]
+        return {k: np.stack([m[k] for m in micro]) for k in micro[0]}
 
     def get_state(self) -> dict:
         return {"epoch": int(self.epoch), "index": int(self.index), "seed": int(self.seed)}

@@ -393,6 +393,10 @@ def train(cfg: RunConfig) -> str:
         start = latest
         log(f"resumed from step {latest} (epoch {data_state['epoch']}, batch {data_state['index']})")
     mlog = MetricsLog(cfg, run_dir, start)
+    if start == 0:  # the over-length and bad-row counts, next to the losses they affect
+        mlog.write({"step": 0, **{f"train_{k}": train_rep[k] for k in ("rows_skipped", "truncated", "dropped_overlength")},
+                    **({f"validation_{k}": val_rep[k] for k in ("rows_skipped", "truncated", "dropped_overlength")}
+                       if val_rep else {})})
 
     max_segments = loader.max_segments
     step_fn = jax.jit(make_train_step(dcfg, cfg.loss, tx, max_segments, schedule, mesh),

@@ -29,6 +29,8 @@ class Checkpointer:
                                      keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(policies),
+            # Orbax stores per-step metrics only when best_fn is set.
+            best_fn=lambda m: float(m["val_loss"]), best_mode="min",
             enable_async_checkpointing=cfg.async_save,
             create=True,
         )

@@ -4,7 +4,8 @@ An experiment file is YAML (full format in docs/experiments.md)::
 
     name: demo                       # optional; default: the file stem
     sweep_dir: runs/demo             # optional; default: runs/<file stem>
-    base: {...}                      # a run config, exactly as for ``rm-jax train``
+    base_config: recipe.yaml         # optional: a plain run config (relative to this file) as the base
+    base: {...}                      # a run config, exactly as for ``rm-jax train`` (over base_config)
     sweep:                           # grid axes (their product); dotted config keys
       data.fraction: [0.1, 0.3, 1.0]                    # a list: values named automatically
       loss.attribute_weights:                           # a mapping: named values
@@ -21,7 +22,8 @@ An experiment file is YAML (full format in docs/experiments.md)::
         data.kind: pairs
         model.init_from: "{run:regression}"
 
-``eval.reward_weights`` never starts a training: every trained run is scored under each of its
+A plain run config (no base/sweep/zip/members) is a sweep of one run. ``eval.reward_weights`` never
+starts a training: every trained run is scored under each of its
 values from the saved ``predictions/validation.jsonl``. The sweep folder holds ``plan.json`` (what
 ``rm-jax report`` rebuilds the table from), one run folder per training, ``results.csv``,
 ``results.md`` and PNG plots (:mod:`rm_jax.report`).
@@ -48,11 +50,15 @@ from rm_jax.attributes import resolve_reward_weights
 from rm_jax.config import (ConfigError, RunConfig, _yaml_floats, build_config, load_yaml, parse_override,
                            to_dict)
 
-EXPERIMENT_KEYS = ("name", "description", "sweep_dir", "base", "sweep", "zip", "members")
+EXPERIMENT_KEYS = ("name", "description", "sweep_dir", "base_config", "base", "sweep", "zip", "members")
 EVAL_AXES = ("eval.reward_weights",)  # axes scored from saved predictions: never another training
 PLAN_VERSION = 1
+RESERVED = ("plan.json", "plots", "results.csv", "results.md", "results.png")
 # Config sections whose change makes an existing run folder hold a different training.
 TRAINING_SECTIONS = ("model", "data", "train", "loss")
+# ... except these, which change speed or logging but not what is trained.
+NOT_TRAINING = {"model.attention", "model.remat", "model.scan_layers", "train.log_every", "train.eval_rows",
+                "data.on_bad_row"}
 _PREFIX = {"data.fraction": "frac", "train.lr": "lr", "train.seed": "seed", "model.seed": "mseed",
            "data.subset_seed": "sseed", "data.max_prompts": "prompts", "train.max_steps": "steps",
            "train.epochs": "ep", "train.batch_rows": "bs", "data.seq_len": "len", "train.warmup_steps": "warmup",
@@ -216,8 +222,8 @@ def _parse_axis(key: Any, spec: Any, where: str, attributes: Sequence[str]) -> A
         raise ConfigError(f"{where}: axis {key!r}: expected a list of values or a mapping name: value, got {spec!r}")
     dup = [lab for lab in axis.labels if axis.labels.count(lab) > 1]
     if dup:
-        raise ConfigError(f"{where}: axis {key!r}: two values share the name {dup[0]!r} "
-                          f"(give the axis as a mapping name: value to name them)")
+        raise ConfigError(f"{where}: axis {key!r}: two values share the name {dup[0]!r}, so two members would "
+                          f"write to the same folder (give the axis as a mapping name: value to name them)")
     return axis
 
 
@@ -267,11 +273,18 @@ def _flat_keys(d: dict, prefix: str = "") -> list:
     return out
 
 
+def looks_like_experiment(data: dict) -> bool:
+    """An experiment file (base/sweep/zip/members at the top) rather than a plain run config."""
+    return isinstance(data, dict) and any(k in data for k in ("base", "base_config", "sweep", "zip", "members"))
+
+
 def load_experiment(path: str, overrides: Sequence[str] = ()) -> Experiment:
     """Parse and check an experiment file. ``overrides``: ``key=value`` applied to ``base``;
     ``sweep_dir=DIR``; ``sweep.KEY=[v1, v2]`` replaces (or adds) a grid axis."""
     raw = load_yaml(path)
     where = path
+    if not looks_like_experiment(raw):  # a plain run config: a sweep of one run, scored under its presets
+        raw = {"base": raw}
     unknown = [k for k in raw if k not in EXPERIMENT_KEYS]
     if unknown:
         hint = ""
@@ -285,6 +298,8 @@ def load_experiment(path: str, overrides: Sequence[str] = ()) -> Experiment:
     if not isinstance(base, dict):
         raise ConfigError(f"{where}: base: expected a run config mapping")
     base = _nest(base, f"{where}: base")
+    if raw.get("base_config"):
+        base = _merge(_load_base_config(str(raw["base_config"]), path), base)
     sweep = raw.get("sweep") or {}
     if not isinstance(sweep, dict):
         raise ConfigError(f"{where}: sweep: expected a mapping axis -> values")
@@ -351,6 +366,18 @@ def load_experiment(path: str, overrides: Sequence[str] = ()) -> Experiment:
     members = _parse_members(raw.get("members"), where, axis_keys)
     return Experiment(path=path, name=name, sweep_dir=sweep_dir, base=base, grid=grid, zips=zips, evals=evals,
                       members=members, overrides=list(overrides))
+
+
+def _load_base_config(ref: str, exp_path: str) -> dict:
+    """A plain run config named by ``base_config`` (relative to the experiment file, else to the cwd)."""
+    cands = [ref] if os.path.isabs(ref) else [os.path.join(os.path.dirname(os.path.abspath(exp_path)), ref), ref]
+    found = next((c for c in cands if os.path.isfile(c)), None)
+    if found is None:
+        raise ConfigError(f"{exp_path}: base_config {ref!r} not found (looked in {', '.join(cands)})")
+    data = load_yaml(found)
+    if looks_like_experiment(data):
+        raise ConfigError(f"{exp_path}: base_config {ref!r} is an experiment file; it must be a plain run config")
+    return _nest(data, f"{exp_path}: base_config {ref}")
 
 
 def _parse_members(raw: Any, where: str, axis_keys: list) -> list:
@@ -475,6 +502,9 @@ def expand(exp: Experiment) -> Plan:
             name = "-".join(parts) if parts else sanitize(exp.name)
             desc = f"member {member.name!r}" if member.name else "run"
             desc += " " + " ".join(f"{a.key}={a.labels[i]}" for a, i in point) if point else ""
+            if name in RESERVED or name.startswith("results."):
+                raise ConfigError(f"{where}: run name {name!r} ({desc}) is taken by the sweep's own files; "
+                                  f"rename that member or axis value")
             if name in seen:
                 raise ConfigError(f"{where}: two members would write to the same folder "
                                   f"{os.path.join(exp.sweep_dir, name)}: {seen[name]} and {desc}")
@@ -579,42 +609,17 @@ def check_existing(run: Run) -> None:
     for sec in TRAINING_SECTIONS:
         a, b = old.get(sec) or {}, run.config.get(sec) or {}
         for k in sorted(set(a) & set(b)):
-            if a[k] != b[k]:
+            if a[k] != b[k] and f"{sec}.{k}" not in NOT_TRAINING:
                 diffs.append(f"{sec}.{k}: {a[k]!r} there, {b[k]!r} now")
     if diffs:
-        raise ConfigError(f"{run.run_dir} holds a run with a different training config ({'; '.join(diffs[:3])}); "
-                          f"delete that folder or choose another sweep_dir")
+        state = "finished" if is_done(run.run_dir) else "unfinished"
+        raise ConfigError(f"{run.run_dir} holds a {state} run with a different training config "
+                          f"({'; '.join(diffs[:3])}); delete that folder or choose another sweep_dir")
 
 
 def rewardbench_pending(run: Run) -> bool:
     return bool(run.config["eval"].get("rewardbench")) and not os.path.isfile(
         os.path.join(run.run_dir, "predictions", "rewardbench.jsonl"))
-
-
-def score_rewardbench(cfg: RunConfig, run_dir: str) -> str:
-    """Attribute predictions of the run's kept checkpoint on the RewardBench pairs, saved so that every
-    reward weighting is scored from them without another forward pass."""
-    from rm_jax.data.pipeline import resolve_source
-    from rm_jax.data.sources import load_pairs
-    from rm_jax.evaluate import evaluate_rewardbench
-    from rm_jax.runs import load_scoring_model
-    from rm_jax.train import build_mesh
-    model = load_scoring_model(run_dir, mesh=build_mesh(cfg), dtype=cfg.model.dtype)
-    rows = load_pairs(resolve_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split).rows
-    _, chosen, rejected, meta = evaluate_rewardbench(model, rows, cfg.eval.reward_weights[0] if cfg.eval.reward_weights
-                                                     else None, seq_len=cfg.data.seq_len,
-                                                     batch_rows=cfg.train.eval_rows, max_segments=cfg.data.max_segments,
-                                                     overlength=cfg.data.overlength, progress=cfg.logging.progress)
-    path = os.path.join(run_dir, "predictions", "rewardbench.jsonl")
-    if _is_main():
-        attrs = list(model.attributes)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for m, c, r in zip(meta, chosen, rejected):
-                f.write(json.dumps({**m, "chosen": {a: float(x) for a, x in zip(attrs, c)},
-                                    "rejected": {a: float(x) for a, x in zip(attrs, r)}}) + "\n")
-        os.replace(tmp, path)
-    return path
 
 
 def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
@@ -629,8 +634,8 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
                           f"(no DONE in {dep.run_dir}); with array jobs, make this task depend on that one")
     cfg = build_config(run.config, where=run.name)
     status = "done"
+    check_existing(run)
     if not is_done(run.run_dir):
-        check_existing(run)
         import jax
         if cfg.distributed.enabled and jax.distributed.is_initialized():
             cfg.distributed.enabled = False  # a second run in the same processes
@@ -638,6 +643,7 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
         status = "trained"
     if rewardbench_pending(run):
         log(f"{run.name}: RewardBench predictions ({cfg.eval.rewardbench})")
+        from rm_jax.train import score_rewardbench
         score_rewardbench(cfg, run.run_dir)
     return status
 
@@ -679,10 +685,13 @@ def _describe(r: Run) -> str:
     model = c["model"]["path"] or (f"init_from {c['model']['init_from']}" if c["model"]["init_from"] else
                                    "scratch " + ",".join(f"{k}={v}" for k, v in c["model"]["arch"].items()
                                                          if k in ("hidden_size", "num_hidden_layers")))
-    steps = c["train"]["max_steps"] or f"{c['train']['epochs']:g} ep"
-    aw = attribute_weights_label(c["loss"]["attribute_weights"], c["model"]["attributes"])
+    steps = f"{c['train']['max_steps']} steps" if c["train"]["max_steps"] else f"{c['train']['epochs']:g} epochs"
+    if c["loss"]["type"] == "mse":
+        loss = f"mse on {attribute_weights_label(c['loss']['attribute_weights'], c['model']['attributes'])}"
+    else:
+        loss = f"{c['loss']['type']} on reward {reward_weights_label(c['loss']['reward_weights'])}"
     return (f"{model}; data {c['data']['train']} x{c['data']['fraction']:g} ({c['data']['kind']}); "
-            f"loss {c['loss']['type']} [{aw}]; lr {c['train']['lr']:g}; steps {steps}; seed {c['train']['seed']}")
+            f"{loss}; lr {c['train']['lr']:g}; {steps}; seed {c['train']['seed']}")
 
 
 def _same_training(runs: list) -> list:
@@ -712,9 +721,8 @@ def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = 
     if _is_main():
         write_json_atomic(os.path.join(exp.sweep_dir, "plan.json"), plan_record(plan))
     selected = plan.runs if task_index is None else [plan.runs[task_index]]
-    for r in selected:  # errors about existing folders before anything trains
-        if not is_done(r.run_dir):
-            check_existing(r)
+    for r in selected:  # errors about existing folders (an edited experiment) before anything trains
+        check_existing(r)
     log(f"{exp.path}: {len(plan.runs)} runs in {exp.sweep_dir}" +
         (f"; this task runs #{task_index} ({selected[0].name})" if task_index is not None else ""))
     from rm_jax.train import TrainingError
@@ -735,10 +743,7 @@ def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = 
     from rm_jax.report import build_report
     if _is_main():
         rep = build_report(exp.sweep_dir)
-        print(rep.markdown, file=out)
-        for p in rep.plots:
-            print(f"plot: {p}", file=out)
-        print(f"table: {rep.csv_path} and {rep.md_path}", file=out)
+        print_report(rep, out)
         if task_index is not None and rep.missing:
             print(f"{len(rep.missing)} of {len(plan.runs)} runs not finished yet; once every task is done run: "
                   f"rm-jax report {exp.sweep_dir}", file=out)
@@ -771,9 +776,15 @@ def report_main(argv: list) -> int:
     ap.add_argument("sweep_dir")
     a = ap.parse_args(argv)
     from rm_jax.report import build_report
-    rep = build_report(a.sweep_dir)
-    print(rep.markdown)
-    for p in rep.plots:
-        print(f"plot: {p}")
-    print(f"table: {rep.csv_path} and {rep.md_path}")
+    print_report(build_report(a.sweep_dir), sys.stdout)
     return 0
+
+
+def print_report(rep: Any, out: Any) -> None:
+    print(rep.markdown, file=out)
+    if rep.plots:
+        print(f"plot: {rep.plots[0]}", file=out)
+        if len(rep.plots) > 1:
+            print(f"per-metric plots: {os.path.dirname(rep.plots[1])}/ "
+                  f"({', '.join(os.path.basename(p) for p in rep.plots[1:])})", file=out)
+    print(f"table: {rep.csv_path} and {rep.md_path}", file=out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -47,6 +48,25 @@ class LoadedModel:
 
 
 # ---------------------------------------------------------------- config
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+
+
+def resolve_model_dir(path: str) -> str:
+    """A local folder as is; an ``org/name`` hub id downloaded (safetensors, configs and tokenizer
+    files only) into the HF cache. The same loading code runs on both."""
+    if os.path.isdir(path):
+        return path
+    if _HUB_ID.match(path) and not os.path.exists(path.split("/")[0]):
+        try:
+            from huggingface_hub import snapshot_download
+            return snapshot_download(path, allow_patterns=_HUB_FILES)
+        except Exception as e:  # offline, gated, unknown id
+            raise ModelLoadError(f"model {path!r} is not a local folder, and downloading it from the Hugging Face "
+                                 f"hub failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    raise ModelLoadError(f"model folder {path!r} does not exist (or is not a folder)")
+
 
 def read_hf_config(path: str) -> dict:
     if not os.path.isdir(path):
@@ -261,6 +281,7 @@ def _strip_prefix(names: Sequence[str]) -> str:
 
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
+    path = resolve_model_dir(path) if not os.path.isdir(path) and _HUB_ID.match(path) else path
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
@@ -273,6 +294,7 @@ def load_hf_reward_model(path: str, mesh: Optional[Mesh] = None, *, seed: int = 
 
     run_options are DecoderConfig run fields (dtype, remat, scan_layers, attention).
     """
+    path = resolve_model_dir(path)
     hf = read_hf_config(path)
     where = os.path.join(path, "config.json")
     archs = hf.get("architectures") or []

@@ -205,7 +205,8 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
     _write_atomic(md_path, md)
     rep = Report(columns, rows, csv_path, md_path, md, missing=missing, notes=notes)
     if plots and rows:
-        rep.plots = make_plots(sweep_dir, rows, columns, attributes, lead + extra)
+        rep.plots = make_plots(sweep_dir, rows, columns, attributes, lead + extra,
+                               title=plan.get("name") or os.path.basename(os.path.abspath(sweep_dir)))
     return rep
 
 
@@ -303,7 +304,8 @@ def _draw(ax: Any, data: dict, title: str, by_fraction: bool) -> None:
     ax.grid(alpha=0.3)
 
 
-def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc_cols: list) -> list:
+def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc_cols: list,
+               title: str = "") -> list:
     """results.png (every metric in one figure) and plots/<metric>.png; returns the paths."""
     import matplotlib
     matplotlib.use("Agg")
@@ -331,24 +333,29 @@ def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc
     ncol = min(4, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    for ax, (_, title, d) in zip(axes.flat, panels):
-        _draw(ax, d, title, by_fraction)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax, (_, panel_title, d) in zip(axes.flat, panels):
+        _draw(ax, d, panel_title, by_fraction)
+    spare = list(axes.flat)[len(panels):]
+    for ax in spare:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
+    legend_below = by_fraction and handles and not spare
     if by_fraction and handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4),
-                   title=", ".join(group_cols) or None, fontsize=9)
-    fig.suptitle(os.path.basename(os.path.abspath(sweep_dir)) + suffix)
-    fig.tight_layout(rect=(0, 0.08 if by_fraction and handles else 0, 1, 0.96))
+        kw = dict(title=", ".join(group_cols) or None, fontsize=9)
+        if spare:  # in the first empty panel
+            spare[0].legend(handles, labels, loc="center", **kw)
+        else:
+            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), **kw)
+    fig.suptitle(title + suffix)
+    fig.tight_layout(rect=(0, 0.08 if legend_below else 0, 1, 0.96))
     overview = os.path.join(sweep_dir, "results.png")
     _save(fig, overview)
     plt.close(fig)
     paths.append(overview)
     os.makedirs(os.path.join(sweep_dir, "plots"), exist_ok=True)
-    for stem, title, d in panels:
+    for stem, panel_title, d in panels:
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        _draw(ax, d, title + suffix, by_fraction)
+        _draw(ax, d, panel_title + suffix, by_fraction)
         if by_fraction:
             ax.legend(fontsize=8, title=", ".join(group_cols) or None, title_fontsize=8)
         fig.tight_layout()

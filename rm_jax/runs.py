@@ -47,7 +47,7 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
         return ScoringModel(cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh,
                             meta.get("hf_config"))
     lm = load_hf_reward_model(path, mesh, dtype=dtype)
-    return ScoringModel(lm.cfg, lm.params, lm.attribute_names, load_tokenizer(path), template, mesh, lm.hf_config)
+    return ScoringModel(lm.cfg, lm.params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
 
 
 def export_run(run_dir: str, out_dir: str, step: Optional[int] = None) -> str:

@@ -32,7 +32,8 @@ from rm_jax.config import ConfigError, RunConfig, dump_yaml, to_dict
 from rm_jax.data.pipeline import (Encoded, Loader, bundled_tokenizer_path, encode_helpsteer, encode_pairs,
                                   resolve_source, subset_prompts)
 from rm_jax.data.sources import load_helpsteer, load_pairs
-from rm_jax.hf_io import LoadedModel, decoder_config_from_hf, load_hf_reward_model, load_tokenizer, read_hf_config
+from rm_jax.hf_io import (LoadedModel, decoder_config_from_hf, load_hf_reward_model, load_tokenizer, read_hf_config,
+                          resolve_model_dir)
 from rm_jax.metrics import helpsteer_report
 from rm_jax.models import abstract_params, init_params, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
@@ -58,7 +59,7 @@ def log(msg: str) -> None:
 
 def maybe_init_distributed(cfg: RunConfig) -> None:
     d = cfg.distributed
-    if not d.enabled:
+    if not d.enabled or jax.distributed.is_initialized():
         return
     kwargs = {k: v for k, v in dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
                                     process_id=d.process_id, local_device_ids=d.local_device_ids).items()
@@ -93,8 +94,8 @@ def tokenizer_path(cfg: RunConfig) -> str:
 def check_model_path(cfg: RunConfig) -> None:
     """Fail before any compilation or data work when the model folder is wrong."""
     if cfg.model.path:
-        hf = read_hf_config(cfg.model.path)
-        decoder_config_from_hf(hf, os.path.join(cfg.model.path, "config.json"))
+        path = resolve_model_dir(cfg.model.path)
+        decoder_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"))
     if cfg.model.init_from and not os.path.exists(os.path.join(cfg.model.init_from, "model_meta.json")):
         raise ConfigError(f"model.init_from={cfg.model.init_from!r}: not a finished rm_jax run folder (no model_meta.json)")
 
@@ -187,6 +188,26 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
         log(f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} truncated, "
             f"{enc.report.dropped} dropped (seq_len {d.seq_len})")
     return enc, report
+
+
+def score_rewardbench(cfg: RunConfig, run_dir: str) -> dict:
+    """RewardBench-format pairs scored by the run's kept checkpoint. The per-pair attribute
+    predictions go to predictions/rewardbench.jsonl, so every reward weighting is scored from them
+    without another forward pass; returns the metrics under eval.reward_weights[0]."""
+    from rm_jax.data.sources import load_pairs
+    from rm_jax.evaluate import evaluate_rewardbench, rewardbench_records, write_jsonl
+    from rm_jax.runs import load_scoring_model
+    model = load_scoring_model(run_dir, mesh=build_mesh(cfg), dtype=cfg.model.dtype)
+    rows = load_pairs(resolve_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split,
+                      on_bad_row=cfg.data.on_bad_row).rows
+    weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+    report, chosen, rejected = evaluate_rewardbench(model, rows, weights, seq_len=cfg.data.seq_len,
+                                                    batch_rows=cfg.train.eval_rows, max_segments=cfg.data.max_segments,
+                                                    overlength=cfg.data.overlength, progress=cfg.logging.progress)
+    if jax.process_index() == 0:
+        write_jsonl(os.path.join(run_dir, "predictions", "rewardbench.jsonl"),
+                    rewardbench_records(rows, chosen, rejected, list(model.attributes)))
+    return report
 
 
 def flops_per_token(dcfg: DecoderConfig, seq_len: int) -> float:
@@ -453,7 +474,7 @@ def train(cfg: RunConfig) -> str:
                 metrics = {"val_loss": last_val["val_loss"]}
                 mlog.write({"step": done, **last_val})
                 if jax.process_index() == 0:
-                    bar.write(f"step {done}: val_loss {last_val['val_loss']:.4f}")
+                    bar.write(f"step {done}: val_loss {last_val['val_loss']:.4f}", file=sys.stderr)
             if metrics is not None or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) \
                     or done == total:
                 ckpt.save(done, state, loader.get_state(), metrics)
@@ -477,6 +498,13 @@ def train(cfg: RunConfig) -> str:
         write_json_atomic(os.path.join(run_dir, "eval.json"), result)
         log(f"kept checkpoint: step {best}, val_loss {val['val_loss']:.4f}")
     ckpt.close()
+    if cfg.eval.rewardbench:
+        rb = score_rewardbench(cfg, run_dir)
+        if os.path.exists(os.path.join(run_dir, "eval.json")) and jax.process_index() == 0:
+            with open(os.path.join(run_dir, "eval.json"), encoding="utf-8") as f:
+                result = json.load(f)
+            result["rewardbench"] = rb
+            write_json_atomic(os.path.join(run_dir, "eval.json"), result)
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "DONE"), "w") as f:
             f.write(json.dumps({"steps": total, "best_step": best}) + "\n")

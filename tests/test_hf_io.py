@@ -96,3 +96,27 @@ def test_bad_model_folders(tmp_path):
     (broken / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match="unreadable safetensors"):
         load_hf_reward_model(str(broken))
+
+
+def test_hub_ids_go_through_the_same_loader_and_fail_clearly_offline(monkeypatch):
+    import huggingface_hub
+    calls = []
+
+    def fake_download(repo_id, allow_patterns=None):
+        calls.append((repo_id, allow_patterns))
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    with pytest.raises(ModelLoadError, match="downloading it from the Hugging Face hub failed"):
+        load_hf_reward_model("meta-llama/Llama-3.2-1B")
+    assert calls and calls[0][0] == "meta-llama/Llama-3.2-1B" and "*.safetensors" in calls[0][1]
+    assert not any(p.endswith((".bin", ".pt")) for p in calls[0][1])
+
+
+def test_hub_download_result_is_loaded_like_a_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+    tm = make_hf_model("qwen3", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None: str(tmp_path))
+    lm = load_hf_reward_model("Qwen/Qwen3-tiny")
+    convs = random_conversations(2, 3, 10, seed=2)
+    np.testing.assert_allclose(_scores(lm, convs), torch_scores(tm, convs), atol=1e-4)

@@ -206,6 +206,26 @@ def test_hub_rows_go_through_the_same_validation(monkeypatch):
     assert calls[-1] == ("org/set", "validation") and len(res.rows) == 1 and len(res.skipped) == 1
 
 
+def test_hub_file_with_split_column_for_helpsteer2_preference(monkeypatch):
+    import datasets
+
+    calls = []
+    rows = [{"split": "train", "prompt": "Q", "response_1": "a", "response_2": "b", "preference_strength": 2},
+            {"split": "validation", "prompt": "Q2", "response_1": "c", "response_2": "d", "preference_strength": -1},
+            {"split": "train", "prompt": "Q3", "response_1": "e", "response_2": "f", "preference_strength": -3}]
+
+    def fake_load(source, data_files=None, split=None):
+        calls.append((source, data_files, split))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    res = load_pairs("nvidia/HelpSteer2:preference/preference.jsonl.gz", split="train")
+    assert calls == [("nvidia/HelpSteer2", "preference/preference.jsonl.gz", "train")]
+    assert [(r["chosen"], r["rejected"], r["strength"]) for r in res.rows] == [("b", "a", 2), ("e", "f", 3)]
+    val = load_pairs("nvidia/HelpSteer2:preference/preference.jsonl.gz", split="validation")
+    assert [(r["chosen"], r["strength"]) for r in val.rows] == [("c", 1)]
+
+
 def test_hub_failure_is_a_data_error(monkeypatch):
     import datasets
 

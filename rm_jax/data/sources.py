@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import numbers
 import zlib
 from dataclasses import dataclass, field
@@ -251,10 +252,16 @@ def _records(source: str, split: str | None) -> Iterator[tuple[str, int, Any]]:
     elif path.is_dir():
         for file in _split_files(path, split or "train"):
             yield from _read_file(str(file))
+    elif _HUB_FILE.match(source):
+        repo, file = source.split(":", 1)
+        yield from _read_hub(repo, split, data_files=file)
     elif _looks_local(source):
         raise DataError(source, None, None, "no such file or directory")
     else:
-        yield from _read_hub(source, split or _DEFAULT_HUB_SPLITS.get(source, "train"))
+        yield from _read_hub(source, split)
+
+
+_HUB_FILE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+:[^:]+$")
 
 
 def _looks_local(source: str) -> bool:
@@ -391,15 +398,24 @@ def _csv_number(cell: str) -> Any:
     return cell  # left as text: the validator reports it
 
 
-def _read_hub(source: str, split: str) -> Iterator[tuple[str, int, Any]]:
+def _read_hub(source: str, split: str | None, data_files: str | None = None) -> Iterator[tuple[str, int, Any]]:
+    """A hub dataset split; or, with ``data_files`` (``org/name:path/in/repo``), one file of a dataset
+    repo whose rows carry a ``split`` column (e.g. HelpSteer2-Preference), filtered on ``split``."""
     try:
         import datasets
 
-        ds = datasets.load_dataset(source, split=split)
+        if data_files:
+            ds = datasets.load_dataset(source, data_files=data_files, split="train")
+        else:
+            split = split or _DEFAULT_HUB_SPLITS.get(source, "train")
+            ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # offline, unknown id, unknown split: all reported the same way
         raise DataError(source, None, None,
                         f"not a local file or directory, and loading it from the Hugging Face hub "
-                        f"(split '{split}') failed: {type(e).__name__}: {e}") from e
-    label = f"{source}[{split}]"
+                        f"({'file ' + data_files if data_files else f'split {split!r}'}) failed: "
+                        f"{type(e).__name__}: {e}") from e
+    label = f"{source}:{data_files}" if data_files else f"{source}[{split}]"
     for rownum, record in enumerate(ds, start=1):
+        if data_files and split and isinstance(record, Mapping) and "split" in record and record["split"] != split:
+            continue
         yield label, rownum, record

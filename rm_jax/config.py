@@ -7,7 +7,6 @@ The resolved config is written to each run folder as ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
@@ -331,7 +330,5 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
 
 
 def dump_yaml(cfg: RunConfig, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    from rm_jax.files import write_text
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

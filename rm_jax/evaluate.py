@@ -30,6 +30,7 @@ import numpy as np
 from rm_jax.attributes import ATTRIBUTES, REWARD_PRESETS, WeightSpec, resolve_reward_weights
 from rm_jax.metrics import attribute_metrics, format_attribute_table, pairwise_accuracy
 from rm_jax.rewardbench import format_rewardbench, score_pairs
+from rm_jax.files import write_json, write_jsonl, write_text  # noqa: F401  (re-exported)
 from rm_jax.score_cmd import InputError
 
 DEFAULT_WEIGHTS = "70b-rewardbench"
@@ -239,35 +240,6 @@ def output_stem(path: str) -> str:
         if path.endswith(suffix):
             return path[: -len(suffix)]
     return path
-
-
-def _atomic_write(path: str, text_chunks: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for chunk in text_chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: str, obj: Any) -> None:
-    _atomic_write(path, [json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"])
-
-
-def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-    _atomic_write(path, (json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -613,4 +585,4 @@ def _copy_predictions(sources: Mapping[str, Optional[str]], stem: str) -> None:
             continue
         with open(src, encoding="utf-8") as f:
             text = f.read()
-        _atomic_write(dst, [text])
+        write_text(dst, text)

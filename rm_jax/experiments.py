@@ -46,6 +46,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
+from rm_jax.files import write_json
 from rm_jax.attributes import resolve_reward_weights
 from rm_jax.config import (ConfigError, RunConfig, _yaml_floats, build_config, load_yaml, parse_override,
                            to_dict)
@@ -572,15 +573,6 @@ def _rel(path: str, sweep_dir: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- running
 
 def is_done(run_dir: str) -> bool:
@@ -719,7 +711,7 @@ def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = 
         print(f"\nall {len(plan.runs)} run configs validated; nothing was trained (--dry-run)", file=out)
         return 0
     if _is_main():
-        write_json_atomic(os.path.join(exp.sweep_dir, "plan.json"), plan_record(plan))
+        write_json(os.path.join(exp.sweep_dir, "plan.json"), plan_record(plan))
     selected = plan.runs if task_index is None else [plan.runs[task_index]]
     for r in selected:  # errors about existing folders (an edited experiment) before anything trains
         check_existing(r)

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from rm_jax.attributes import ATTRIBUTES
-from rm_jax.models import RewardModel, abstract_params, param_logical_specs
+from rm_jax.models import abstract_params, param_logical_specs
 from rm_jax.models.llama import SUPPORTED_MODEL_TYPES, DecoderConfig
 from rm_jax.sharding import logical_sharding, make_mesh
 

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from rm_jax.files import write_text
 from rm_jax.attributes import resolve_reward_weights
 from rm_jax.config import ConfigError
 
@@ -199,10 +200,10 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
         notes.insert(0, f"{len(missing)} of {len(plan['runs'])} runs not finished (left out): {', '.join(missing)}")
     csv_path = os.path.join(sweep_dir, "results.csv")
     md_path = os.path.join(sweep_dir, "results.md")
-    _write_atomic(csv_path, to_csv(columns, rows))
+    write_text(csv_path, to_csv(columns, rows))
     md = to_markdown(columns, rows, title=f"{plan.get('name', '')}: {len(plan['runs']) - len(missing)} of "
                      f"{len(plan['runs'])} runs finished, {len(rows)} rows", notes=notes)
-    _write_atomic(md_path, md)
+    write_text(md_path, md)
     rep = Report(columns, rows, csv_path, md_path, md, missing=missing, notes=notes)
     if plots and rows:
         rep.plots = make_plots(sweep_dir, rows, columns, attributes, lead + extra,
@@ -211,13 +212,6 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
 
 
 # ---------------------------------------------------------------- tables
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
 
 def _cell(v: Any, digits: int) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from rm_jax.attributes import resolve_reward_weights
 from rm_jax.conversation import ConversationError, encode, row_to_messages
+from rm_jax.files import write_jsonl
 
 
 class InputError(ValueError):
@@ -66,15 +66,8 @@ def score_rows(model: Any, rows: Sequence[dict], weights: Any = "70b-rewardbench
 
 def write_scored(path: str, rows: Sequence[dict], attributes: Sequence[str], pred: np.ndarray, reward: np.ndarray) -> None:
     """Written to a temporary file and renamed: a crash never leaves a half-written output."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r, p, s in zip(rows, pred, reward):
-            out = dict(r)
-            out["attributes"] = {a: float(v) for a, v in zip(attributes, p)}
-            out["reward"] = float(s)
-            f.write(json.dumps(out, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, ({**r, "attributes": {a: float(v) for a, v in zip(attributes, p)}, "reward": float(s)}
+                       for r, p, s in zip(rows, pred, reward)))
 
 
 def _check_weights(spec: str, n: Optional[int]) -> None:

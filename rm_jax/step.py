@@ -20,7 +20,7 @@ from rm_jax.config import LossConfig, TrainConfig
 from rm_jax.losses import mse_sums, pair_sums
 from rm_jax.models import RewardModel, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
-from rm_jax.sharding import activate, logical_sharding
+from rm_jax.sharding import activate
 
 BATCH_KEYS_2D = ("input_ids", "segment_ids", "positions")
 
@@ -86,11 +86,10 @@ def state_shardings(abstract_state: dict, param_shard: Any, mesh: Mesh) -> Any:
 
 
 def create_state(cfg: DecoderConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                 params_init: Callable[[], Any]) -> tuple[dict, Any]:
-    """(state, shardings): params from ``params_init`` (already sharded), optimizer state created
-    by a jit whose out_shardings come from the logical rules."""
+                 params: Any) -> tuple[dict, Any]:
+    """(state, shardings): ``params`` (already sharded; donated) plus optimizer state created by a
+    jit whose out_shardings come from the logical rules."""
     pshard = param_shardings_for(cfg, mesh)
-    params = params_init()
     abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}, params)
     shard = state_shardings(abstract, pshard, mesh)
     state = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},

@@ -22,7 +22,6 @@ import time
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -32,6 +31,7 @@ from rm_jax.config import ConfigError, RunConfig, dump_yaml, to_dict
 from rm_jax.data.pipeline import (Encoded, Loader, bundled_tokenizer_path, encode_helpsteer, encode_pairs,
                                   resolve_source, subset_prompts)
 from rm_jax.data.sources import load_helpsteer, load_pairs
+from rm_jax.files import write_json, write_jsonl
 from rm_jax.hf_io import (LoadedModel, decoder_config_from_hf, load_hf_reward_model, load_tokenizer, read_hf_config,
                           resolve_model_dir)
 from rm_jax.metrics import helpsteer_report
@@ -195,7 +195,7 @@ def score_rewardbench(cfg: RunConfig, run_dir: str) -> dict:
     predictions go to predictions/rewardbench.jsonl, so every reward weighting is scored from them
     without another forward pass; returns the metrics under eval.reward_weights[0]."""
     from rm_jax.data.sources import load_pairs
-    from rm_jax.evaluate import evaluate_rewardbench, rewardbench_records, write_jsonl
+    from rm_jax.evaluate import evaluate_rewardbench, rewardbench_records
     from rm_jax.runs import load_scoring_model
     model = load_scoring_model(run_dir, mesh=build_mesh(cfg), dtype=cfg.model.dtype)
     rows = load_pairs(resolve_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split,
@@ -290,20 +290,8 @@ def _json_step(line: str) -> Optional[int]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
+    if jax.process_index() == 0:
+        write_json(path, obj)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -342,16 +330,10 @@ def validation_metrics(cfg: RunConfig, scorer: Scorer, enc: Encoded) -> tuple[di
 def write_predictions(path: str, enc: Encoded, pred: np.ndarray, attributes: list) -> None:
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in range(len(enc.ids)):
-            rec = {"row": int(enc.source_rows[i]), "group": int(enc.group[i]),
-                   "pred": {a: float(pred[i, j]) for j, a in enumerate(attributes)},
-                   "label": {a: (float(enc.labels[i, j]) if enc.label_mask[i, j] else None)
-                             for j, a in enumerate(attributes)}}
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, ({"row": int(enc.source_rows[i]), "group": int(enc.group[i]),
+                        "pred": {a: float(pred[i, j]) for j, a in enumerate(attributes)},
+                        "label": {a: (float(enc.labels[i, j]) if enc.label_mask[i, j] else None)
+                                  for j, a in enumerate(attributes)}} for i in range(len(enc.ids))))
 
 
 def full_eval(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
@@ -402,8 +384,8 @@ def train(cfg: RunConfig) -> str:
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
     tx = make_optimizer(cfg.train, total)
     schedule = lr_schedule(cfg.train, total)
-    state, shard = create_state(dcfg, tx, mesh, lambda: params)
-    del params
+    state, shard = create_state(dcfg, tx, mesh, params)
+    del params  # donated into the state
 
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint)
     start = 0

@@ -49,7 +49,6 @@ def test_one_kv_head_on_a_tensor_axis_is_replicated(tmp_path):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
 def test_export_round_trip_through_transformers(tmp_path, family):
-    import torch
     from transformers import AutoModelForSequenceClassification
     make_hf_model(family, str(tmp_path / "src"))
     lm = load_hf_reward_model(str(tmp_path / "src"))

@@ -3,15 +3,14 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from rm_jax.config import ConfigError, load_config
+from rm_jax.config import load_config
 from rm_jax.models import init_params
 from rm_jax.sharding import make_mesh
 from rm_jax.step import create_state, make_optimizer
-from rm_jax.train import build_mesh, scratch_config, train
+from rm_jax.train import scratch_config, train
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "experiments", "tiny.yaml")
 SMALL = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.log_every=1",
@@ -44,7 +43,7 @@ def test_sharded_state_is_split_across_devices():
     dcfg = scratch_config(cfg, 1000)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     tx = make_optimizer(cfg.train, 10)
-    state, _ = create_state(dcfg, tx, mesh, lambda: init_params(dcfg, mesh, 0))
+    state, _ = create_state(dcfg, tx, mesh, init_params(dcfg, mesh, 0))
     q = state["params"]["layers_0"]["attn"]["q_kernel"]  # [embed, heads, head_dim] -> (fsdp, tensor, -)
     assert q.shape == (32, 4, 8)
     assert {s.data.shape for s in q.addressable_shards} == {(16, 2, 8)}

@@ -95,8 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "data": lambda: _data(rest),
         "score": lambda: _delegate("rm_jax.score_cmd", "main", rest),
         "eval": lambda: _delegate("rm_jax.evaluate", "main", rest),
-        "sweep": lambda: _delegate("rm_jax.experiments", "sweep_main", rest),
-        "report": lambda: _delegate("rm_jax.experiments", "report_main", rest),
+        "sweep": lambda: _delegate("rm_jax.sweep", "sweep_main", rest),
+        "report": lambda: _delegate("rm_jax.sweep", "report_main", rest),
     }
     if cmd not in handlers:
         print(f"rm-jax: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)

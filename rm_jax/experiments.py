@@ -1,4 +1,4 @@
-"""``rm-jax sweep``: expand an experiment file into runs, train or resume each, tabulate and plot.
+"""Experiment files: parse and validate one, and expand it into named runs (``rm-jax sweep`` runs them: :mod:`rm_jax.sweep`).
 
 An experiment file is YAML (full format in docs/experiments.md)::
 
@@ -31,7 +31,6 @@ values from the saved ``predictions/validation.jsonl``. The sweep folder holds `
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
 import hashlib
@@ -42,11 +41,9 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import yaml
 
-from rm_jax.files import write_json
 from rm_jax.attributes import resolve_reward_weights
 from rm_jax.config import (ConfigError, RunConfig, _yaml_floats, build_config, load_yaml, parse_override,
                            to_dict)
@@ -571,212 +568,3 @@ def plan_record(plan: Plan) -> dict:
 def _rel(path: str, sweep_dir: str) -> str:
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(sweep_dir))
     return path if rel.startswith("..") else rel
-
-
-# ---------------------------------------------------------------- running
-
-def is_done(run_dir: str) -> bool:
-    return os.path.isfile(os.path.join(run_dir, "DONE"))
-
-
-def run_status(run: Run) -> str:
-    if is_done(run.run_dir):
-        return "done"
-    ck = os.path.join(run.run_dir, "checkpoints")
-    if os.path.isdir(ck):
-        steps = [int(d) for d in os.listdir(ck) if d.isdigit()]
-        if steps:
-            return f"resumes at step {max(steps)}"
-    return "new" if not os.path.exists(run.run_dir) else "started"
-
-
-def check_existing(run: Run) -> None:
-    """A run folder holding a different training (an edited experiment file) is an error, not a resume."""
-    path = os.path.join(run.run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        old = yaml.safe_load(f) or {}
-    diffs = []
-    for sec in TRAINING_SECTIONS:
-        a, b = old.get(sec) or {}, run.config.get(sec) or {}
-        for k in sorted(set(a) & set(b)):
-            if a[k] != b[k] and f"{sec}.{k}" not in NOT_TRAINING:
-                diffs.append(f"{sec}.{k}: {a[k]!r} there, {b[k]!r} now")
-    if diffs:
-        state = "finished" if is_done(run.run_dir) else "unfinished"
-        raise ConfigError(f"{run.run_dir} holds a {state} run with a different training config "
-                          f"({'; '.join(diffs[:3])}); delete that folder or choose another sweep_dir")
-
-
-def rewardbench_pending(run: Run) -> bool:
-    return bool(run.config["eval"].get("rewardbench")) and not os.path.isfile(
-        os.path.join(run.run_dir, "predictions", "rewardbench.jsonl"))
-
-
-def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
-    """Train (or resume) one run unless it is finished; returns 'done' / 'trained'."""
-    if trainer is None:
-        from rm_jax.train import train as trainer
-    by_name = {r.name: r for r in plan.runs}
-    missing = [d for d in run.after if not is_done(by_name[d].run_dir)]
-    if missing:
-        dep = by_name[missing[0]]
-        raise ConfigError(f"run {run.name} needs {dep.name} (task index {dep.index}) finished first "
-                          f"(no DONE in {dep.run_dir}); with array jobs, make this task depend on that one")
-    cfg = build_config(run.config, where=run.name)
-    status = "done"
-    check_existing(run)
-    if not is_done(run.run_dir):
-        import jax
-        if cfg.distributed.enabled and jax.distributed.is_initialized():
-            cfg.distributed.enabled = False  # a second run in the same processes
-        trainer(cfg)
-        status = "trained"
-    if rewardbench_pending(run):
-        log(f"{run.name}: RewardBench predictions ({cfg.eval.rewardbench})")
-        from rm_jax.train import score_rewardbench
-        score_rewardbench(cfg, run.run_dir)
-    return status
-
-
-def format_plan(plan: Plan, statuses: Optional[dict] = None) -> str:
-    exp = plan.experiment
-    runs = plan.runs
-    ev = [lab for lab, _ in runs[0].evals] if runs else []
-    lines = [f"experiment {exp.path} -> sweep folder {exp.sweep_dir}",
-             f"{len(runs)} training run(s) (task indices 0-{len(runs) - 1}); {len(runs) * len(ev)} result rows: "
-             f"each run scored under {len(ev)} reward weighting(s) from its saved predictions: {', '.join(ev)}"]
-    axes = [f"{a.key} [{', '.join(a.labels)}]" for a in exp.grid]
-    axes += ["zip(" + ", ".join(f"{a.key} [{', '.join(a.labels)}]" for a in g) + ")" for g in exp.zips]
-    if axes:
-        lines.append("trained axes: " + " x ".join(axes))
-    if exp.evals:
-        lines.append(f"evaluation-only axis (no extra training): {exp.evals.key} [{', '.join(exp.evals.labels)}]")
-    if exp.members[0].name is not None:
-        lines.append("members: " + ", ".join(m.name + (f" (after {', '.join(m.after)})" if m.after else "")
-                                              for m in exp.members))
-    width = max([len(r.name) for r in runs] + [4])
-    lines.append("")
-    lines.append(f"  {'#':>3}  {'run':<{width}}  {'status':<20} trains")
-    for r in runs:
-        st = (statuses or {}).get(r.name) or run_status(r)
-        what = _describe(r)
-        after = f"  [after {', '.join(r.after)}]" if r.after else ""
-        lines.append(f"  {r.index:>3}  {r.name:<{width}}  {st:<20} {what}{after}")
-    same = _same_training(runs)
-    if same:
-        lines.append("")
-        for a, b in same:
-            lines.append(f"note: {a} and {b} train the same config (different folders)")
-    return "\n".join(lines)
-
-
-def _describe(r: Run) -> str:
-    c = r.config
-    model = c["model"]["path"] or (f"init_from {c['model']['init_from']}" if c["model"]["init_from"] else
-                                   "scratch " + ",".join(f"{k}={v}" for k, v in c["model"]["arch"].items()
-                                                         if k in ("hidden_size", "num_hidden_layers")))
-    steps = f"{c['train']['max_steps']} steps" if c["train"]["max_steps"] else f"{c['train']['epochs']:g} epochs"
-    if c["loss"]["type"] == "mse":
-        loss = f"mse on {attribute_weights_label(c['loss']['attribute_weights'], c['model']['attributes'])}"
-    else:
-        loss = f"{c['loss']['type']} on reward {reward_weights_label(c['loss']['reward_weights'])}"
-    return (f"{model}; data {c['data']['train']} x{c['data']['fraction']:g} ({c['data']['kind']}); "
-            f"{loss}; lr {c['train']['lr']:g}; {steps}; seed {c['train']['seed']}")
-
-
-def _same_training(runs: list) -> list:
-    seen, out = {}, []
-    for r in runs:
-        key = json.dumps({s: r.config[s] for s in TRAINING_SECTIONS}, sort_keys=True, default=str)
-        if key in seen:
-            out.append((seen[key], r.name))
-        else:
-            seen[key] = r.name
-    return out
-
-
-def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = None, dry_run: bool = False,
-          trainer: Optional[Callable] = None, out: Any = None) -> int:
-    """The ``rm-jax sweep`` command as a function (``trainer`` replaces rm_jax.train.train in tests)."""
-    out = out or sys.stdout
-    exp = load_experiment(path, overrides)
-    plan = expand(exp)
-    if task_index is not None and not 0 <= task_index < len(plan.runs):
-        raise ConfigError(f"--task-index {task_index}: the experiment has {len(plan.runs)} runs "
-                          f"(indices 0-{len(plan.runs) - 1})")
-    if dry_run:
-        print(format_plan(plan), file=out)
-        print(f"\nall {len(plan.runs)} run configs validated; nothing was trained (--dry-run)", file=out)
-        return 0
-    if _is_main():
-        write_json(os.path.join(exp.sweep_dir, "plan.json"), plan_record(plan))
-    selected = plan.runs if task_index is None else [plan.runs[task_index]]
-    for r in selected:  # errors about existing folders (an edited experiment) before anything trains
-        check_existing(r)
-    log(f"{exp.path}: {len(plan.runs)} runs in {exp.sweep_dir}" +
-        (f"; this task runs #{task_index} ({selected[0].name})" if task_index is not None else ""))
-    from rm_jax.train import TrainingError
-    failed: list[str] = []
-    for k, r in enumerate(selected, 1):
-        blocked = [d for d in r.after if d in failed]
-        if blocked:
-            log(f"({k}/{len(selected)}) {r.name}: skipped, {blocked[0]} failed")
-            failed.append(r.name)
-            continue
-        st = run_status(r)
-        log(f"({k}/{len(selected)}) {r.name}: {'finished, skipped' if st == 'done' else st}")
-        try:
-            run_one(r, plan, trainer)
-        except TrainingError as e:
-            log(f"{r.name} failed: {e}")
-            failed.append(r.name)
-    from rm_jax.report import build_report
-    if _is_main():
-        rep = build_report(exp.sweep_dir)
-        print_report(rep, out)
-        if task_index is not None and rep.missing:
-            print(f"{len(rep.missing)} of {len(plan.runs)} runs not finished yet; once every task is done run: "
-                  f"rm-jax report {exp.sweep_dir}", file=out)
-    if failed:
-        print(f"rm-jax sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-# ---------------------------------------------------------------- CLI
-
-def sweep_main(argv: list) -> int:
-    ap = argparse.ArgumentParser(prog="rm-jax sweep", description="Train every member of an experiment file "
-                                 "(resuming unfinished ones, skipping finished ones), then write results.csv, "
-                                 "results.md and plots in the sweep folder.")
-    ap.add_argument("experiment", help="experiment YAML (see docs/experiments.md)")
-    ap.add_argument("overrides", nargs="*", help="key=value applied to base (e.g. train.lr=1e-4); "
-                    "sweep_dir=DIR; sweep.KEY=[v1,v2] replaces an axis")
-    ap.add_argument("--task-index", type=int, default=None,
-                    help="run only this member (0-based, as --dry-run lists them), e.g. $SLURM_ARRAY_TASK_ID")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and validate every run config")
-    a = ap.parse_intermixed_args(argv)
-    return sweep(a.experiment, a.overrides, a.task_index, a.dry_run)
-
-
-def report_main(argv: list) -> int:
-    ap = argparse.ArgumentParser(prog="rm-jax report",
-                                 description="Rebuild results.csv, results.md and the plots of a sweep folder "
-                                             "from its finished runs.")
-    ap.add_argument("sweep_dir")
-    a = ap.parse_args(argv)
-    from rm_jax.report import build_report
-    print_report(build_report(a.sweep_dir), sys.stdout)
-    return 0
-
-
-def print_report(rep: Any, out: Any) -> None:
-    print(rep.markdown, file=out)
-    if rep.plots:
-        print(f"plot: {rep.plots[0]}", file=out)
-        if len(rep.plots) > 1:
-            print(f"per-metric plots: {os.path.dirname(rep.plots[1])}/ "
-                  f"({', '.join(os.path.basename(p) for p in rep.plots[1:])})", file=out)
-    print(f"table: {rep.csv_path} and {rep.md_path}", file=out)

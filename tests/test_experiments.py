@@ -27,7 +27,8 @@ import yaml
 from rm_jax.config import ConfigError, dump_yaml, load_config
 from rm_jax.data.pipeline import resolve_source
 from rm_jax.data.sources import load_helpsteer, pair_ids
-from rm_jax.experiments import load_experiment, looks_like_experiment, expand, report_main, sweep
+from rm_jax.experiments import expand, load_experiment, looks_like_experiment
+from rm_jax.sweep import report_main, sweep
 from rm_jax.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]

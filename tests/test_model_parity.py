@@ -8,7 +8,7 @@ from rm_jax.hf_io import load_hf_reward_model
 from rm_jax.models import apply_model
 from tests.hf_fixtures import FAMILIES, PAD, make_hf_model, random_conversations, torch_batch_scores, torch_scores
 
-TOL = 1e-4
+TOL = 2e-5  # observed max-abs-diff ~2e-6 in fp32; the issue asks for 1e-4
 
 
 def _batch(convs, bins, seq_len, max_segments, side="right"):

@@ -102,7 +102,7 @@ def check_model_path(cfg: RunConfig) -> None:
 
 def _run_opts(cfg: RunConfig) -> dict:
     return dict(dtype=cfg.model.dtype, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
-                attention=cfg.model.attention)
+                attention=cfg.model.attention, attention_block=cfg.model.attention_block)
 
 
 def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
@@ -372,7 +372,7 @@ def train(cfg: RunConfig) -> str:
     if len(tokenizer) > dcfg.vocab_size:
         raise ConfigError(f"tokenizer {tok_path!r} has {len(tokenizer)} tokens but the model's vocab_size is {dcfg.vocab_size}")
     meta = {"decoder": {k: v for k, v in dataclasses.asdict(dcfg).items()
-                        if k not in ("dtype", "remat", "scan_layers", "attention")},
+                        if k not in _run_opts(cfg)},
             "attributes": list(cfg.model.attributes), "tokenizer": os.path.abspath(tok_path) if os.path.exists(tok_path) else tok_path,
             "hf_config": hf_base, "template": cfg.data.template}
     write_json_atomic(os.path.join(run_dir, "model_meta.json"), meta)

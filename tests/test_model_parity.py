@@ -59,8 +59,13 @@ def test_packed_rows_score_each_conversation_as_alone(family_model):
     bins = plan_packed([len(c) for c in convs], 32, 6)
     assert any(len(b) > 1 for b in bins)
     b = _batch(convs, bins, 32, 6)
+    want = torch_scores(tm, convs)
     got = _scores_by_example(np.asarray(apply_model(lm.cfg, lm.params, b, 6)), b, len(convs))
-    np.testing.assert_allclose(got, torch_scores(tm, convs), atol=TOL, rtol=0)
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    # Query blocks smaller than the row (and than the sliding window): the same function.
+    small = lm.cfg.replace(attention_block=5)
+    got = _scores_by_example(np.asarray(apply_model(small, lm.params, b, 6)), b, len(convs))
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
 
 
 def test_head_and_names_loaded(family_model):

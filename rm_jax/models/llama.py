@@ -58,6 +58,7 @@ class DecoderConfig:
     remat: str = "none"
     scan_layers: bool = False
     attention: str = "xla"  # "xla" (einsum, any mask) | "cudnn" (jax.nn.dot_product_attention on GPU)
+    attention_block: int = 512  # xla path: query blocks of this size attend only to keys up to the block's end
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -154,6 +155,33 @@ def attention_mask(segment_ids: jax.Array, sliding_window: Optional[int]) -> jax
     return (same & causal[None])[:, None, None]
 
 
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+                        sliding_window: Optional[int], block: int) -> jax.Array:
+    """Causal, segment-masked attention; q [B,T,N,D], k/v [B,T,K,D] -> [B,T,N,D].
+
+    Query block [s, e) only needs keys [lo, e): that skips the upper triangle (about half the score
+    work at long T) and keeps the temporaries [block, <=T] instead of [T, T]. Softmax in float32."""
+    b, t, n, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, n // kv, d)
+    neg = jnp.finfo(jnp.float32).min
+    outs = []
+    for start in range(0, t, block):
+        end = min(start + block, t)
+        lo = 0 if sliding_window is None else max(0, start - sliding_window + 1)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg[:, start:end], k[:, lo:end]).astype(jnp.float32) * (d ** -0.5)
+        qi, ki = jnp.arange(start, end)[:, None], jnp.arange(lo, end)[None, :]
+        allowed = qi >= ki
+        if sliding_window is not None:
+            allowed &= (qi - ki) < sliding_window
+        # Pads (segment 0) see only pads, so no row is fully masked and no NaN appears.
+        mask = allowed[None] & (segment_ids[:, start:end, None] == segment_ids[:, None, lo:end])
+        probs = jax.nn.softmax(jnp.where(mask[:, None, None], scores, neg), axis=-1).astype(v.dtype)
+        outs.append(jnp.einsum("bkgts,bskd->btkgd", probs, v[:, lo:end]))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    return out.reshape(b, t, n, d)
+
+
 class Attention(nn.Module):
     cfg: DecoderConfig
 
@@ -184,14 +212,7 @@ class Attention(nn.Module):
             mask = attention_mask(segment_ids, cfg.sliding_window)[:, 0]  # [B, 1, T, T]
             out = jax.nn.dot_product_attention(q, kk, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
         else:
-            g = n // k
-            b, t = x.shape[:2]
-            qg = q.reshape(b, t, k, g, d)
-            scores = jnp.einsum("btkgd,bskd->bkgts", qg, kk).astype(jnp.float32) * (d ** -0.5)
-            mask = attention_mask(segment_ids, cfg.sliding_window)
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n, d)
+            out = blockwise_attention(q, kk, v, segment_ids, cfg.sliding_window, cfg.attention_block)
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
         y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))

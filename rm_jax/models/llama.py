@@ -309,9 +309,10 @@ class RewardModel(nn.Module):
             for i in range(cfg.num_hidden_layers):
                 x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
 
-        x = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(x)
+        # The final norm is per token, so only the pooled tokens need it.
         last, present = last_token_index(segment_ids, max_segments)
-        pooled = jnp.take_along_axis(x, last[..., None], axis=1).astype(jnp.float32)  # [B, S, H]
+        pooled = jnp.take_along_axis(x, last[..., None], axis=1)  # [B, S, H]
+        pooled = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(pooled).astype(jnp.float32)
         w = _param(self, "head_kernel", nn.initializers.normal(cfg.initializer_range),
                    (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))
         scores = jnp.einsum("bsh,ha->bsa", pooled, w)

@@ -53,6 +53,8 @@ class Scorer:
         rows = _round_up(max(rows, 1), dp)
         ms = max_segments if packing else 1
         bins = plan_packed([len(x) for x in ids], seq_len, ms) if packing else [[i] for i in range(n)]
+        # Even batches: 17 rows at rows=16 run as 2 x 9, not 16 + 1 with 15 empty rows.
+        rows = _round_up(-(-len(bins) // -(-len(bins) // rows)), dp)
         zeros = np.zeros((n, self.cfg.num_labels), np.float32)
         real = sum(len(x) for x in ids)
         with tqdm(total=real, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False) as bar:

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import HELPSTEER2, environment, sample_helpsteer_chars  # noqa: E402
+from bench_train import HELPSTEER2, environment, new_train_state, sample_helpsteer_chars  # noqa: E402
 
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 
@@ -184,14 +184,13 @@ def main(argv: Optional[list] = None) -> int:
     # One train step of the tiny demo model on the same batch shape.
     import jax
     from rm_jax.config import LossConfig, TrainConfig
-    from rm_jax.models import init_params
     from rm_jax.sharding import make_mesh
-    from rm_jax.step import batch_shardings, create_state, lr_schedule, make_optimizer, make_train_step, put_batch
+    from rm_jax.step import batch_shardings, lr_schedule, make_optimizer, make_train_step, put_batch
     cfg = demo_config(len(tok))
     mesh = make_mesh(devices=jax.devices()[:1])
     tc = TrainConfig()
     tx = make_optimizer(tc, 100)
-    state, shard = create_state(cfg, tx, mesh, lambda: init_params(cfg, mesh, a.seed))
+    state, shard = new_train_state(cfg, tx, mesh, a.seed)
     step = jax.jit(make_train_step(cfg, LossConfig(), tx, loader.max_segments, lr_schedule(tc, 100), mesh),
                    in_shardings=(shard, None), out_shardings=(shard, None), donate_argnums=0)
     host = {k: v[None] for k, v in next(loader).items() if k != "example_index"}

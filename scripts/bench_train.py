@@ -25,8 +25,17 @@ fp32 ``jnp.dot`` and ``torch.matmul`` (best of several repeats, as a ceiling).
     python scripts/bench_train.py --quick --json      # < 3 minutes on 2 cores
     python scripts/bench_train.py --json              # the numbers in docs/performance.md
 
-``--attention-variant blockwise`` swaps in the causal block-skipping attention proposed in
-docs/performance.md (a monkeypatch in this script only) to show what that change would buy;
+Load matters: on a shared 2-core machine torch's OpenMP pool slows down several times when another
+process takes a core while XLA's pool degrades gently, so ratios measured under load flatter rm_jax.
+The JSON records the load average at start and end and, for the fixed shapes, ``ratio_*_best`` (the
+fastest step of each side); compare runs made in the same conditions.
+
+Proposals (docs/performance.md), swapped in by monkeypatch in this process only, never in rm_jax:
+``--variant flat+blockwise+pooled`` (any '+'-joined subset): ``flat`` = projections as 2-D matmuls
+over flattened tokens; ``blockwise`` = causal attention per query block against only the keys it can
+see (``--block``); ``pooled`` = the last decoder layer only at the tokens the head reads. All three
+compute the same function with the same parameters (checked to fp32 rounding). ``--variants
+shipped,flat+blockwise`` times several variants and torch interleaved in one process.
 ``--xla-flags`` appends to XLA_FLAGS before jax starts.
 """
 
@@ -170,6 +179,17 @@ def hf_llama_config(cfg: Any, pad_token_id: int = 0) -> Any:
                        attention_bias=False, mlp_bias=False)
 
 
+def new_train_state(cfg: Any, tx: Any, mesh: Any, seed: int = 0) -> tuple:
+    """(state, shardings) through rm_jax.step.create_state, whichever of its two signatures this
+    checkout has (params, or a zero-argument callable returning them)."""
+    import inspect
+    from rm_jax.models import init_params
+    from rm_jax.step import create_state
+    params = init_params(cfg, mesh, seed)
+    arg = list(inspect.signature(create_state).parameters)[3]
+    return create_state(cfg, tx, mesh, (lambda: params) if arg == "params_init" else params)
+
+
 # ---------------------------------------------------------------- proposed attention (monkeypatch, opt-in)
 
 def blockwise_causal_attention(q: Any, k: Any, v: Any, segment_ids: Any, block: int = 256,
@@ -204,14 +224,30 @@ def blockwise_causal_attention(q: Any, k: Any, v: Any, segment_ids: Any, block: 
     return o.transpose(0, 3, 1, 2, 4).reshape(b, t, n, d)
 
 
-def install_blockwise_attention(block: int = 256) -> None:
-    """Replace rm_jax.models.llama.Attention's xla path by blockwise_causal_attention (this process only)."""
+def _dense(x: Any, w: Any, flat: bool, spec: str) -> Any:
+    """x [B,T,E] times a weight whose first axis is E. ``flat`` does it as one 2-D [B*T, E] x [E, F]
+    matmul (what XLA:CPU runs fastest); otherwise the einsum ``spec`` exactly as rm_jax writes it."""
+    import jax.numpy as jnp
+    if not flat:
+        return jnp.einsum(spec, x, w)
+    b, t = x.shape[:2]
+    y = x.reshape(b * t, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+    return y.reshape((b, t) + tuple(w.shape[1:]))
+
+
+def install_model_variant(blockwise: bool = False, block: int = 256, flat: bool = False) -> None:
+    """Swap rm_jax.models.llama's Attention (and, with ``flat``, MLP) for versions with the same
+    parameters and the same function but the proposed formulation (this process only):
+    ``blockwise`` = blockwise_causal_attention for the xla path; ``flat`` = projections as 2-D matmuls
+    over flattened tokens instead of 3-D einsums."""
     import flax.linen as nn
+    import jax
     import jax.numpy as jnp
     from rm_jax.models import llama as L
     from rm_jax.sharding import constrain
+    Original = L.Attention
 
-    class BlockwiseAttention(L.Attention):
+    class VariantAttention(Original):
         @nn.compact
         def __call__(self, x, segment_ids, positions):  # same parameters and layout as L.Attention
             cfg, dt = self.cfg, self.cfg.compute_dtype
@@ -220,7 +256,7 @@ def install_blockwise_attention(block: int = 256) -> None:
 
             def proj(name, heads, heads_axis):
                 w = L._param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
-                y = jnp.einsum("bte,ehd->bthd", x, w.astype(dt))
+                y = _dense(x, w.astype(dt), flat, "bte,ehd->bthd")
                 if cfg.qkv_bias:
                     y = y + L._param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
                 return y
@@ -234,15 +270,166 @@ def install_blockwise_attention(block: int = 256) -> None:
             q = constrain(q, ("act_batch", "act_length", "act_heads", None))
             kk = constrain(kk, ("act_batch", "act_length", "act_kv_heads", None))
             v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
-            out = blockwise_causal_attention(q * jnp.asarray(d ** -0.5, q.dtype), kk, v, segment_ids, block,
-                                             cfg.sliding_window)
+            b, t = x.shape[:2]
+            if blockwise and cfg.attention == "xla":
+                out = blockwise_causal_attention(q * jnp.asarray(d ** -0.5, q.dtype), kk, v, segment_ids, block,
+                                                 cfg.sliding_window)
+            elif cfg.attention == "cudnn":
+                mask = L.attention_mask(segment_ids, cfg.sliding_window)[:, 0]
+                out = jax.nn.dot_product_attention(q, kk, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
+            else:  # rm_jax's own xla formulation
+                g = n // k
+                qg = q.reshape(b, t, k, g, d)
+                scores = jnp.einsum("btkgd,bskd->bkgts", qg, kk).astype(jnp.float32) * (d ** -0.5)
+                scores = jnp.where(L.attention_mask(segment_ids, cfg.sliding_window), scores, jnp.finfo(jnp.float32).min)
+                probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+                out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n, d)
             wo = L._param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
-            y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
+            if flat:
+                y = (out.reshape(b * t, n * d) @ wo.astype(dt).reshape(n * d, h)).reshape(b, t, h)
+            else:
+                y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
             if cfg.o_bias:
                 y = y + L._param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
             return y
 
-    L.Attention = BlockwiseAttention
+    L.Attention = VariantAttention
+    if flat:
+        class FlatMLP(L.MLP):
+            @nn.compact
+            def __call__(self, x):
+                cfg, dt = self.cfg, self.cfg.compute_dtype
+                init = nn.initializers.normal(cfg.initializer_range)
+                h, i = cfg.hidden_size, cfg.intermediate_size
+                gate = L._param(self, "gate_kernel", init, (h, i), ("embed", "mlp"))
+                up = L._param(self, "up_kernel", init, (h, i), ("embed", "mlp"))
+                down = L._param(self, "down_kernel", init, (i, h), ("mlp", "embed"))
+                b, t = x.shape[:2]
+                x2 = x.reshape(b * t, h)
+                a = jax.nn.silu(x2 @ gate.astype(dt)) * (x2 @ up.astype(dt))
+                a = constrain(a.reshape(b, t, i), ("act_batch", "act_length", "act_mlp")).reshape(b * t, i)
+                return (a @ down.astype(dt)).reshape(b, t, h)
+
+        L.MLP = FlatMLP
+
+
+def install_pooled_last_layer(flat: bool = False) -> None:
+    """RewardModel whose last decoder layer runs only where the head reads: queries, attention output
+    and MLP at each segment's last token (keys / values still for every token). The same function and
+    parameters as rm_jax's RewardModel (unrolled layers only); saves ~1/num_layers of the dense work."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from rm_jax.models import llama as L
+
+    class PooledAttention(nn.Module):
+        cfg: Any
+
+        @nn.compact
+        def __call__(self, x, segment_ids, positions, last):
+            cfg, dt = self.cfg, self.cfg.compute_dtype
+            h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+            init = nn.initializers.normal(cfg.initializer_range)
+            xq = jnp.take_along_axis(x, last[..., None], axis=1)  # [B,S,H]
+            qpos = jnp.take_along_axis(positions, last, axis=1)  # [B,S]
+
+            def proj(name, inp, heads, heads_axis):
+                w = L._param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
+                y = _dense(inp, w.astype(dt), flat, "bte,ehd->bthd")
+                if cfg.qkv_bias:
+                    y = y + L._param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
+                return y
+
+            q, kk, v = proj("q", xq, n, "heads"), proj("k", x, k, "kv_heads"), proj("v", x, k, "kv_heads")
+            if cfg.qk_norm:
+                q = L.RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="q_norm")(q)
+                kk = L.RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="k_norm")(kk)
+            inv_freq = L.rope_inv_freq(cfg)
+            q, kk = L.apply_rope(q, qpos, inv_freq), L.apply_rope(kk, positions, inv_freq)
+            b, s_, t = q.shape[0], q.shape[1], x.shape[1]
+            g = n // k
+            qg = q.reshape(b, s_, k, g, d)
+            scores = jnp.einsum("bskgd,btkd->bkgst", qg, kk).astype(jnp.float32) * (d ** -0.5)
+            idx = jnp.arange(t)
+            qseg = jnp.take_along_axis(segment_ids, last, axis=1)
+            mask = (qseg[:, :, None] == segment_ids[:, None, :]) & (idx[None, None, :] <= last[:, :, None])
+            if cfg.sliding_window is not None:
+                mask &= (last[:, :, None] - idx[None, None, :]) < cfg.sliding_window
+            scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+            out = jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s_, n, d)
+            wo = L._param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
+            y = jnp.einsum("bshd,hde->bse", out, wo.astype(dt))
+            if cfg.o_bias:
+                y = y + L._param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
+            return y
+
+    class PooledLayer(nn.Module):
+        cfg: Any
+
+        @nn.compact
+        def __call__(self, x, segment_ids, positions, last):
+            cfg, dt = self.cfg, self.cfg.compute_dtype
+            hn = L.RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x)
+            y = jnp.take_along_axis(x, last[..., None], axis=1)
+            y = y + PooledAttention(cfg, name="attn")(hn, segment_ids, positions, last)
+            return y + L.MLP(cfg, name="mlp")(L.RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(y))
+
+    class PooledRewardModel(L.RewardModel):
+        @nn.compact
+        def __call__(self, input_ids, segment_ids, positions, max_segments=1):
+            cfg, dt = self.cfg, self.cfg.compute_dtype
+            if cfg.scan_layers:
+                raise NotImplementedError("the pooled-last-layer variant is written for unrolled layers")
+            emb = L._param(self, "embedding", nn.initializers.normal(cfg.initializer_range),
+                           (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+            x = jnp.take(emb, input_ids, axis=0).astype(dt)
+            layer_cls = L.DecoderLayer if cfg.remat == "none" else nn.remat(L.DecoderLayer, policy=L._remat_policy(cfg.remat))
+            for i in range(cfg.num_hidden_layers - 1):
+                x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
+            last, present = L.last_token_index(segment_ids, max_segments)
+            x = PooledLayer(cfg, name=f"layers_{cfg.num_hidden_layers - 1}")(x, segment_ids, positions, last)
+            pooled = L.RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(x).astype(jnp.float32)
+            w = L._param(self, "head_kernel", nn.initializers.normal(cfg.initializer_range),
+                         (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))
+            scores = jnp.einsum("bsh,ha->bsa", pooled, w)
+            return jnp.where(present[..., None], scores, 0.0)
+
+    _swap_reward_model(PooledRewardModel)
+
+
+def _swap_reward_model(cls: Any) -> None:
+    """RewardModel is imported by name into rm_jax.step and rm_jax.models: point all of them at cls."""
+    import rm_jax.models as M
+    import rm_jax.step as S
+    from rm_jax.models import llama as L
+    L.RewardModel = M.RewardModel = S.RewardModel = cls
+
+
+VARIANTS = ("shipped", "flat", "blockwise", "pooled", "flat+blockwise", "flat+blockwise+pooled")
+_ORIGINALS: dict = {}
+
+
+def set_variant(name: str, block: int = 128) -> None:
+    """Put rm_jax.models.llama back as shipped, then install the named proposals: any "+"-joined
+    subset of flat, blockwise, pooled ("shipped" = none)."""
+    from rm_jax.models import llama as L
+    if not _ORIGINALS:
+        _ORIGINALS.update(Attention=L.Attention, MLP=L.MLP, RewardModel=L.RewardModel)
+    L.Attention, L.MLP = _ORIGINALS["Attention"], _ORIGINALS["MLP"]
+    _swap_reward_model(_ORIGINALS["RewardModel"])
+    parts = set() if name == "shipped" else set(name.split("+"))
+    if parts - {"flat", "blockwise", "pooled"}:
+        raise ValueError(f"unknown variant {name!r}; use shipped or a '+'-joined subset of flat, blockwise, pooled")
+    if parts & {"flat", "blockwise"}:
+        install_model_variant(blockwise="blockwise" in parts, block=block, flat="flat" in parts)
+    if "pooled" in parts:
+        install_pooled_last_layer(flat="flat" in parts)
+
+
+def install_blockwise_attention(block: int = 256) -> None:
+    """Only the attention proposal (kept for callers of the earlier name)."""
+    install_model_variant(blockwise=True, block=block)
 
 
 # ---------------------------------------------------------------- the two trainers
@@ -253,15 +440,14 @@ class JaxTrainer:
     def __init__(self, cfg: Any, max_segments: int, seed: int = 0):
         import jax
         from rm_jax.config import LossConfig, TrainConfig
-        from rm_jax.models import init_params
         from rm_jax.sharding import make_mesh
-        from rm_jax.step import create_state, lr_schedule, make_optimizer, make_train_step
+        from rm_jax.step import lr_schedule, make_optimizer, make_train_step
         self.jax = jax
         self.cfg, self.max_segments = cfg, max_segments
         self.mesh = make_mesh(devices=jax.devices()[:1])
         tc = TrainConfig(lr=1e-4, warmup_steps=0, weight_decay=0.0, clip_norm=1.0)
         tx = make_optimizer(tc, 1000)
-        self.state, shard = create_state(cfg, tx, self.mesh, lambda: init_params(cfg, self.mesh, seed))
+        self.state, shard = new_train_state(cfg, tx, self.mesh, seed)
         self.step_fn = jax.jit(make_train_step(cfg, LossConfig(), tx, max_segments, lr_schedule(tc, 1000), self.mesh),
                                in_shardings=(shard, None), out_shardings=(shard, None), donate_argnums=0)
         self._sh: dict = {}
@@ -395,7 +581,52 @@ def run_fixed(jt: JaxTrainer, tt: Optional[TorchTrainer], seq_len: int, rows: in
     if t_times:
         tm = statistics.median(t_times)
         out.update(torch_step_s=tm, torch_step_s_all=[round(x, 3) for x in t_times], torch_tokens_per_s=tokens / tm,
-                   torch_mfu=tokens / tm * fpt / peak, ratio=(tokens / jm) / (tokens / tm))
+                   torch_mfu=tokens / tm * fpt / peak, ratio=(tokens / jm) / (tokens / tm),
+                   # Fastest step of each side: the least-disturbed estimate when other processes share the cores.
+                   ratio_best=min(t_times) / min(j_times))
+    return out
+
+
+def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq_len: int, rows: int,
+                       repeats: int, block: int, seed: int, rng: np.random.Generator, peak: float, log: Any) -> dict:
+    """The fixed-shape mode for several model variants at once, all interleaved with torch in one loop
+    (same process, same batch, same load), so variant-to-variant differences are not machine noise."""
+    from rm_jax.train import flops_per_token
+    b, (ids, am, labels) = fixed_batch(rng, rows, seq_len, cfg.vocab_size, 16)
+    trainers = {}
+    for v in variants:
+        set_variant(v, block)
+        t = time.perf_counter()
+        trainers[v] = JaxTrainer(cfg, 16, seed)
+        trainers[v].warm(b)  # traces (with this variant installed) and compiles
+        trainers[v].step(b)
+        log(f"variants seq {seq_len}: {v} ready ({time.perf_counter() - t:.1f}s)")
+    set_variant("shipped")
+    if tt is not None:
+        tt.step(ids, am, labels)
+    times: dict = {v: [] for v in variants}
+    times["torch"] = []
+    for r in range(repeats):
+        for v in variants:
+            times[v].append(trainers[v].step(b))
+        if tt is not None:
+            times["torch"].append(tt.step(ids, am, labels))
+        log(f"variants seq {seq_len}: repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{k} {x[-1]:.2f}s" for k, x in times.items() if x))
+    tokens = rows * seq_len
+    fpt = flops_per_token(cfg, seq_len)
+    out: dict = {"seq_len": seq_len, "rows": rows, "block": block}
+    for k, x in times.items():
+        if not x:
+            continue
+        med = statistics.median(x)
+        out[k] = {"step_s": med, "step_s_all": [round(y, 3) for y in x], "tokens_per_s": tokens / med,
+                  "mfu": tokens / med * fpt / peak}
+        if k != "torch" and times["torch"]:
+            out[k]["ratio_vs_torch"] = statistics.median(times["torch"]) / med
+            out[k]["ratio_vs_torch_best"] = min(times["torch"]) / min(x)
+        if k != "shipped" and "shipped" in times:
+            out[k]["speedup_vs_shipped"] = statistics.median(times["shipped"]) / med
     return out
 
 
@@ -456,8 +687,16 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--no-torch", action="store_true", help="rm_jax only")
     ap.add_argument("--attention-variant", choices=["model", "blockwise"], default="model",
                     help="model = rm_jax as shipped; blockwise = the proposed causal block-skipping attention (monkeypatch)")
-    ap.add_argument("--block", type=int, default=256, help="query block for --attention-variant blockwise")
+    ap.add_argument("--block", type=int, default=128, help="query block for --attention-variant blockwise")
+    ap.add_argument("--flat-proj", action="store_true",
+                    help="the proposed 2-D projections (tokens flattened) instead of rm_jax's 3-D einsums (monkeypatch)")
     ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before jax starts")
+    ap.add_argument("--variant", default=None,
+                    help="run the normal benchmark with these proposals swapped in (monkeypatch): a '+'-joined "
+                         "subset of flat, blockwise, pooled (overrides --attention-variant / --flat-proj)")
+    ap.add_argument("--variants", default=None,
+                    help="instead of the normal run: compare model variants (comma list of "
+                         + ", ".join(VARIANTS) + ") against torch at seq 512 and 2048, all interleaved")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 
@@ -483,8 +722,11 @@ def main(argv: Optional[list] = None) -> int:
     if not a.no_torch:
         import torch
         torch.set_num_threads(n_cores)
-    if a.attention_variant == "blockwise":
-        install_blockwise_attention(a.block)
+    set_variant("shipped")  # remembers rm_jax's own classes before any proposal is swapped in
+    if a.variant is None:
+        parts = (["flat"] if a.flat_proj else []) + (["blockwise"] if a.attention_variant == "blockwise" else [])
+        a.variant = "+".join(parts) or "shipped"
+    set_variant(a.variant, a.block)
 
     env = environment()
     log(f"{env['cpu']}, {n_cores} cores, load {env['loadavg_1m_start']}; measuring matmul peak ...")
@@ -495,10 +737,11 @@ def main(argv: Optional[list] = None) -> int:
     cfg = bench_model_config()
     max_segments = 16
     rng = np.random.default_rng(a.seed)
-    jt = JaxTrainer(cfg, max_segments, a.seed)
+    jt = None if a.variants else JaxTrainer(cfg, max_segments, a.seed)
     tt = None if a.no_torch else TorchTrainer(cfg, a.seed)
 
-    res: dict = {"benchmark": "train_step", "quick": q, "attention_variant": a.attention_variant,
+    res: dict = {"benchmark": "train_step", "quick": q, "variant": a.variant,
+                 "attention_block": a.block if "blockwise" in a.variant else None,
                  "model": {"hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
                            "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
                            "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
@@ -510,6 +753,17 @@ def main(argv: Optional[list] = None) -> int:
     if tt is not None:
         res["torch_setup"] = {"optimizer": tt.opt_kind, "attn_implementation": tt.attn_implementation,
                               "threads": torch.get_num_threads()}
+    if a.variants:
+        vs = [v.strip() for v in a.variants.split(",") if v.strip()]
+        res["variants"] = {}
+        for m, (T, rows) in {"seq512": (512, rows512), "seq2048": (2048, rows2048)}.items():
+            if m in modes:
+                res["variants"][m] = run_fixed_variants(cfg, vs, tt, T, rows, repeats, a.block, a.seed, rng,
+                                                        peak["peak_flops"], log)
+        res["environment"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+        res["wall_s"] = round(time.perf_counter() - t_start, 1)
+        print(json.dumps(res, default=float) if a.json else json.dumps(res["variants"], indent=1, default=float))
+        return 0
     if "seq512" in modes:
         res["seq512"] = run_fixed(jt, tt, 512, rows512, repeats, rng, peak["peak_flops"], log)
     if "seq2048" in modes:
@@ -530,15 +784,17 @@ def main(argv: Optional[list] = None) -> int:
                         res[m][k] *= scale
         if "packed" in res:
             res["packed"]["rm_jax_mfu_slots"] *= scale
-    res["rm_jax_compile_s"] = jt.compile_s
+    res["rm_jax_compile_s"] = jt.compile_s if jt is not None else None
 
     # Headline figures.
     if "seq512" in res:
         res["mfu_cpu"] = res["seq512"]["rm_jax_mfu"]
         res["ratio_padded_seq512"] = res["seq512"].get("ratio")
+        res["ratio_padded_seq512_best"] = res["seq512"].get("ratio_best")
     if "seq2048" in res:
         res["mfu_cpu_seq2048"] = res["seq2048"]["rm_jax_mfu"]
         res["ratio_padded_seq2048"] = res["seq2048"].get("ratio")
+        res["ratio_padded_seq2048_best"] = res["seq2048"].get("ratio_best")
     if "packed" in res:
         res["ratio_packed_vs_padded"] = res["packed"].get("ratio")
     res["floors"] = FLOORS
@@ -555,7 +811,7 @@ def main(argv: Optional[list] = None) -> int:
 
 def summary(res: dict) -> str:
     lines = [f"peak fp32 matmul {res['peak_flops'] / 1e9:.1f} GFLOP/s; {res['environment']['cores']} cores; "
-             f"attention {res['attention_variant']}"]
+             f"rm_jax variant {res['variant']}"]
     for m in ("seq512", "seq2048"):
         if m in res:
             r = res[m]

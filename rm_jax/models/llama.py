@@ -58,7 +58,7 @@ class DecoderConfig:
     remat: str = "none"
     scan_layers: bool = False
     attention: str = "xla"  # "xla" (einsum, any mask) | "cudnn" (jax.nn.dot_product_attention on GPU)
-    attention_block: int = 512  # xla path: query blocks of this size attend only to keys up to the block's end
+    attention_block: int = 128  # xla path: query blocks of this size attend only to keys up to the block's end
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -89,6 +89,14 @@ class DecoderConfig:
 
 
 # ---------------------------------------------------------------- building blocks
+
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [B, T, E] times a weight whose first axis is E, as one 2-D matmul over flattened tokens:
+    XLA:CPU inserts layout copies around the equivalent 3-D einsum (see docs/performance.md)."""
+    b, t = x.shape[:2]
+    y = x.reshape(b * t, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+    return y.reshape((b, t) + tuple(w.shape[1:]))
+
 
 def _param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: tuple[Optional[str], ...]) -> jax.Array:
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
@@ -193,7 +201,7 @@ class Attention(nn.Module):
 
         def proj(name: str, heads: int, heads_axis: str) -> jax.Array:
             w = _param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
-            y = jnp.einsum("bte,ehd->bthd", x, w.astype(dt))
+            y = dense(x, w.astype(dt))
             if cfg.qkv_bias:
                 y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
             return y
@@ -215,7 +223,8 @@ class Attention(nn.Module):
             out = blockwise_attention(q, kk, v, segment_ids, cfg.sliding_window, cfg.attention_block)
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
-        y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
+        b, t = out.shape[:2]
+        y = dense(out.reshape(b, t, n * d), wo.astype(dt).reshape(n * d, h))
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
         return y
@@ -232,9 +241,9 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", init, (h, i), ("embed", "mlp"))
         up = _param(self, "up_kernel", init, (h, i), ("embed", "mlp"))
         down = _param(self, "down_kernel", init, (i, h), ("mlp", "embed"))
-        a = jax.nn.silu(jnp.einsum("bte,em->btm", x, gate.astype(dt))) * jnp.einsum("bte,em->btm", x, up.astype(dt))
+        a = jax.nn.silu(dense(x, gate.astype(dt))) * dense(x, up.astype(dt))
         a = constrain(a, ("act_batch", "act_length", "act_mlp"))
-        return jnp.einsum("btm,me->bte", a, down.astype(dt))
+        return dense(a, down.astype(dt))
 
 
 class DecoderLayer(nn.Module):

@@ -8,21 +8,13 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
-WORKER = os.path.join(ROOT, "tests", "run_worker.py")
+from tests.subprocesses import TINY, WORKER, worker_env
+
 ARGS = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.log_every=1",
         "logging.progress=false", "logging.tensorboard=false", "train.max_steps=10", "train.eval_every=5",
         "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=1", "checkpoint.every_steps=5"]
 
 pytestmark = pytest.mark.slow
-
-
-def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _free_port():
@@ -38,14 +30,14 @@ def _records(run_dir):
 
 def test_two_processes_match_one_process(tmp_path):
     one = str(tmp_path / "one")
-    subprocess.run([sys.executable, WORKER, "4", TINY, f"run_dir={one}", *ARGS], env=_env(), check=True,
+    subprocess.run([sys.executable, WORKER, "4", TINY, f"run_dir={one}", *ARGS], env=worker_env(), check=True,
                    capture_output=True, timeout=600)
     two = str(tmp_path / "two")
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, WORKER, "2", TINY, f"run_dir={two}", *ARGS,
                                "distributed.enabled=true", f"distributed.coordinator_address=127.0.0.1:{port}",
                                "distributed.num_processes=2", f"distributed.process_id={i}"],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+                              env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
     outs = [p.communicate(timeout=600)[0].decode() for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]

@@ -10,25 +10,17 @@ import time
 import numpy as np
 import pytest
 
+from tests.subprocesses import TINY, WORKER, worker_env
+
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import make_mesh
 from rm_jax.train import read_meta, restore_run_params
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
-WORKER = os.path.join(ROOT, "tests", "run_worker.py")
 ARGS = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.log_every=1",
         "logging.progress=false", "mesh.num_devices=1", "mesh.data=1", "train.eval_every=20",
         "checkpoint.every_steps=5", "train.max_steps=60", "checkpoint.async_save=true"]
 
 pytestmark = pytest.mark.slow
-
-
-def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _cmd(run_dir, *extra):
@@ -58,7 +50,7 @@ def _finished_steps(ckpt_dir):
 
 
 def _kill_when(run_dir, predicate, timeout=240):
-    p = subprocess.Popen(_cmd(run_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(_cmd(run_dir), env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.time()
     while time.time() - t0 < timeout:
         if predicate():
@@ -75,7 +67,7 @@ def _kill_when(run_dir, predicate, timeout=240):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     run = str(tmp_path_factory.mktemp("ref"))
-    subprocess.run(_cmd(run), env=_env(), check=True, capture_output=True)
+    subprocess.run(_cmd(run), env=worker_env(), check=True, capture_output=True)
     return run
 
 
@@ -84,7 +76,7 @@ def test_sigkill_after_checkpoint_resumes_exactly(reference, tmp_path):
     ck = os.path.join(run, "checkpoints")
     _kill_when(run, lambda: 20 in _finished_steps(ck) and not os.path.exists(os.path.join(run, "DONE")))
     assert not os.path.exists(os.path.join(run, "DONE"))
-    subprocess.run(_cmd(run), env=_env(), check=True, capture_output=True)
+    subprocess.run(_cmd(run), env=worker_env(), check=True, capture_output=True)
     a, b = _losses(reference), _losses(run)
     assert sorted(a) == sorted(b) == list(range(1, 61))
     for s in a:
@@ -112,7 +104,7 @@ def test_kill_during_save_keeps_previous_checkpoint(reference, tmp_path):
     done_before = _finished_steps(ck)
     assert done_before, "no finished checkpoint before the kill"
     # The same command resumes from the last finished checkpoint and ends where the reference ends.
-    subprocess.run(_cmd(run), env=_env(), check=True, capture_output=True)
+    subprocess.run(_cmd(run), env=worker_env(), check=True, capture_output=True)
     a, b = _losses(reference), _losses(run)
     assert sorted(b) == list(range(1, 61))
     assert all(a[s] == pytest.approx(b[s], rel=1e-6, abs=0) for s in a)

@@ -32,6 +32,7 @@ from rm_jax.data.pipeline import (Encoded, Loader, bundled_tokenizer_path, encod
                                   resolve_source, subset_prompts)
 from rm_jax.data.sources import load_helpsteer, load_pairs
 from rm_jax.files import write_json, write_jsonl
+from rm_jax.losses import pair_sums
 from rm_jax.hf_io import (LoadedModel, decoder_config_from_hf, load_hf_reward_model, load_tokenizer, read_hf_config,
                           resolve_model_dir)
 from rm_jax.metrics import helpsteer_report
@@ -303,20 +304,14 @@ def validation_metrics(cfg: RunConfig, scorer: Scorer, enc: Encoded) -> tuple[di
                           progress=False, desc="validation")
     out: dict[str, Any] = {}
     if cfg.data.kind == "pairs":
-        w = resolve_reward_weights(cfg.loss.reward_weights, pred.shape[1])
-        r = pred @ w
-        rc, rr = r[0::2], r[1::2]
-        m = enc.strength
-        diff = rc - rr
-        if cfg.loss.type == "bt":
-            losses = np.logaddexp(0, -diff)
-        elif cfg.loss.type == "margin_bt":
-            losses = np.logaddexp(0, -(diff - m))
-        else:
-            losses = m * np.logaddexp(0, -diff)
-        losses = losses + cfg.loss.centering * (rc + rr) ** 2
-        out["val_loss"] = float(losses.mean()) if len(losses) else float("nan")
-        out["val_pair_accuracy"] = float((diff > 0).mean()) if len(diff) else float("nan")
+        # The training objective itself (rm_jax.losses), on the whole validation set as one "row".
+        n = len(enc.units)
+        pairs = {"pair_chosen": np.arange(0, 2 * n, 2), "pair_rejected": np.arange(1, 2 * n, 2),
+                 "pair_mask": np.ones(n, np.float32), "pair_strength": enc.strength}
+        w = resolve_reward_weights(cfg.loss.reward_weights, pred.shape[1]).astype(np.float32)
+        sums = pair_sums(pred[None], pairs, w, cfg.loss.type, cfg.loss.centering)
+        out["val_loss"] = float(sums["num"] / sums["den"]) if n else float("nan")
+        out["val_pair_accuracy"] = float(sums["correct"] / sums["den"]) if n else float("nan")
         return out, pred
     w = np.asarray(cfg.loss.attribute_weights, np.float64)
     err = (pred - enc.labels) ** 2 * enc.label_mask

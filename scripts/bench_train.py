@@ -180,14 +180,10 @@ def hf_llama_config(cfg: Any, pad_token_id: int = 0) -> Any:
 
 
 def new_train_state(cfg: Any, tx: Any, mesh: Any, seed: int = 0) -> tuple:
-    """(state, shardings) through rm_jax.step.create_state, whichever of its two signatures this
-    checkout has (params, or a zero-argument callable returning them)."""
-    import inspect
+    """(state, shardings) exactly as rm_jax.train creates them."""
     from rm_jax.models import init_params
     from rm_jax.step import create_state
-    params = init_params(cfg, mesh, seed)
-    arg = list(inspect.signature(create_state).parameters)[3]
-    return create_state(cfg, tx, mesh, (lambda: params) if arg == "params_init" else params)
+    return create_state(cfg, tx, mesh, init_params(cfg, mesh, seed))
 
 
 # ---------------------------------------------------------------- proposed attention (monkeypatch, opt-in)

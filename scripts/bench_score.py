@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import (bench_model_config, cores, environment, helpsteer_token_lengths,  # noqa: E402
-                         random_examples, set_variant)
+                         parse_overrides, random_examples)
 
 FLOOR = 1.5
 
@@ -49,11 +49,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--max-segments", type=int, default=16)
     ap.add_argument("--torch-batch", type=int, default=16, help="transformers conversations per padded batch")
     ap.add_argument("--max-len", type=int, default=4096, help="conversations longer than this are truncated")
-    ap.add_argument("--attention-variant", choices=["model", "blockwise"], default="model")
-    ap.add_argument("--block", type=int, default=128)
-    ap.add_argument("--flat-proj", action="store_true", help="the proposed 2-D projections (monkeypatch)")
-    ap.add_argument("--variant", default=None, help="proposals to swap in: '+'-joined subset of flat, blockwise, "
-                                                    "pooled (see bench_train.py); overrides the two flags above")
+    ap.add_argument("--model", default="shipped",
+                    help="DecoderConfig overrides for rm_jax, '+'-joined key=value (e.g. attention_block=64)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     n_rows = a.rows or (32 if a.quick else 96)
@@ -75,14 +72,9 @@ def main(argv: Optional[list] = None) -> int:
     from rm_jax.sharding import make_mesh
 
     torch.set_num_threads(cores())
-    set_variant("shipped")
-    if a.variant is None:
-        parts = (["flat"] if a.flat_proj else []) + (["blockwise"] if a.attention_variant == "blockwise" else [])
-        a.variant = "+".join(parts) or "shipped"
-    set_variant(a.variant, a.block)
     env = environment()
 
-    cfg = bench_model_config()
+    cfg = bench_model_config(**parse_overrides(a.model))
     mesh = make_mesh(devices=jax.devices()[:1])
     params = init_params(cfg, mesh, a.seed)
     tmp = tempfile.mkdtemp(prefix="bench_score_")
@@ -171,8 +163,7 @@ def main(argv: Optional[list] = None) -> int:
     jm, tm = statistics.median(jt), statistics.median(tt)
     n_batches = len(chunks)
     res = {
-        "benchmark": "score", "quick": a.quick, "variant": a.variant,
-        "attention_block": a.block if "blockwise" in a.variant else None,
+        "benchmark": "score", "quick": a.quick, "variant": a.model, "attention_block": cfg.attention_block,
         "rows": n_rows, "real_tokens": real, "mean_tokens": float(lengths.mean()), "longest": longest,
         "truncated": truncated,
         "rm_jax": {"seq_len": seq_len, "batch_rows": a.batch_rows, "max_segments": a.max_segments,

@@ -30,13 +30,10 @@ process takes a core while XLA's pool degrades gently, so ratios measured under 
 The JSON records the load average at start and end and, for the fixed shapes, ``ratio_*_best`` (the
 fastest step of each side); compare runs made in the same conditions.
 
-Proposals (docs/performance.md), swapped in by monkeypatch in this process only, never in rm_jax:
-``--variant flat+blockwise+pooled`` (any '+'-joined subset): ``flat`` = projections as 2-D matmuls
-over flattened tokens; ``blockwise`` = causal attention per query block against only the keys it can
-see (``--block``); ``pooled`` = the last decoder layer only at the tokens the head reads. All three
-compute the same function with the same parameters (checked to fp32 rounding). ``--variants
-shipped,flat+blockwise`` times several variants and torch interleaved in one process.
-``--xla-flags`` appends to XLA_FLAGS before jax starts.
+Variants: ``--model key=value[+key=value]`` runs the whole benchmark with DecoderConfig fields
+overridden (e.g. ``attention_block=64``); ``--variants shipped,attention_block=64,attention_block=256``
+times several such configurations and torch interleaved in one process at the fixed shapes, so the
+differences between them are not machine noise. ``--xla-flags`` appends to XLA_FLAGS before jax starts.
 """
 
 from __future__ import annotations
@@ -186,246 +183,25 @@ def new_train_state(cfg: Any, tx: Any, mesh: Any, seed: int = 0) -> tuple:
     return create_state(cfg, tx, mesh, init_params(cfg, mesh, seed))
 
 
-# ---------------------------------------------------------------- proposed attention (monkeypatch, opt-in)
+# ---------------------------------------------------------------- variants: model-config overrides
 
-def blockwise_causal_attention(q: Any, k: Any, v: Any, segment_ids: Any, block: int = 256,
-                               sliding_window: Optional[int] = None) -> Any:
-    """Causal, segment-masked attention computed per query block against only the keys at or before
-    the block's end: ~half the score work of the full T x T formulation, and T x T temporaries
-    become [block, <=T] pieces that stay in cache. q [B,T,N,D] (pre-scaled), k/v [B,T,K,D] -> [B,T,N,D].
-    Exactly the same function as rm_jax's "xla" path (mask: same segment and causal)."""
-    import jax
-    import jax.numpy as jnp
-    b, t, n, d = q.shape
-    kv = k.shape[2]
-    g = n // kv
-    qg = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4)  # [B,K,G,T,D]: scores come out [.., Tq, S]
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B,K,S,D]
-    neg = jnp.finfo(jnp.float32).min
-    outs = []
-    for start in range(0, t, block):
-        end = min(start + block, t)
-        lo = 0 if sliding_window is None else max(0, (start - sliding_window + 1) // block * block)
-        s = jnp.einsum("bkgtd,bksd->bkgts", qg[:, :, :, start:end], kt[:, :, lo:end]).astype(jnp.float32)
-        qi = jnp.arange(start, end)[:, None]
-        ki = jnp.arange(lo, end)[None, :]
-        allowed = qi >= ki
-        if sliding_window is not None:
-            allowed &= (qi - ki) < sliding_window
-        mask = allowed[None] & (segment_ids[:, start:end, None] == segment_ids[:, None, lo:end])
-        s = jnp.where(mask[:, None, None], s, neg)
-        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-        outs.append(jnp.einsum("bkgts,bksd->bkgtd", p, vt[:, :, lo:end]))
-    o = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
-    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, n, d)
-
-
-def _dense(x: Any, w: Any, flat: bool, spec: str) -> Any:
-    """x [B,T,E] times a weight whose first axis is E. ``flat`` does it as one 2-D [B*T, E] x [E, F]
-    matmul (what XLA:CPU runs fastest); otherwise the einsum ``spec`` exactly as rm_jax writes it."""
-    import jax.numpy as jnp
-    if not flat:
-        return jnp.einsum(spec, x, w)
-    b, t = x.shape[:2]
-    y = x.reshape(b * t, x.shape[-1]) @ w.reshape(w.shape[0], -1)
-    return y.reshape((b, t) + tuple(w.shape[1:]))
-
-
-def install_model_variant(blockwise: bool = False, block: int = 256, flat: bool = False) -> None:
-    """Swap rm_jax.models.llama's Attention (and, with ``flat``, MLP) for versions with the same
-    parameters and the same function but the proposed formulation (this process only):
-    ``blockwise`` = blockwise_causal_attention for the xla path; ``flat`` = projections as 2-D matmuls
-    over flattened tokens instead of 3-D einsums."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    from rm_jax.models import llama as L
-    from rm_jax.sharding import constrain
-    Original = L.Attention
-
-    class VariantAttention(Original):
-        @nn.compact
-        def __call__(self, x, segment_ids, positions):  # same parameters and layout as L.Attention
-            cfg, dt = self.cfg, self.cfg.compute_dtype
-            h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-            init = nn.initializers.normal(cfg.initializer_range)
-
-            def proj(name, heads, heads_axis):
-                w = L._param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
-                y = _dense(x, w.astype(dt), flat, "bte,ehd->bthd")
-                if cfg.qkv_bias:
-                    y = y + L._param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
-                return y
-
-            q, kk, v = proj("q", n, "heads"), proj("k", k, "kv_heads"), proj("v", k, "kv_heads")
-            if cfg.qk_norm:
-                q = L.RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="q_norm")(q)
-                kk = L.RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="k_norm")(kk)
-            inv_freq = L.rope_inv_freq(cfg)
-            q, kk = L.apply_rope(q, positions, inv_freq), L.apply_rope(kk, positions, inv_freq)
-            q = constrain(q, ("act_batch", "act_length", "act_heads", None))
-            kk = constrain(kk, ("act_batch", "act_length", "act_kv_heads", None))
-            v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
-            b, t = x.shape[:2]
-            if blockwise and cfg.attention == "xla":
-                out = blockwise_causal_attention(q * jnp.asarray(d ** -0.5, q.dtype), kk, v, segment_ids, block,
-                                                 cfg.sliding_window)
-            elif cfg.attention == "cudnn":
-                mask = L.attention_mask(segment_ids, cfg.sliding_window)[:, 0]
-                out = jax.nn.dot_product_attention(q, kk, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
-            else:  # rm_jax's own xla formulation
-                g = n // k
-                qg = q.reshape(b, t, k, g, d)
-                scores = jnp.einsum("btkgd,bskd->bkgts", qg, kk).astype(jnp.float32) * (d ** -0.5)
-                scores = jnp.where(L.attention_mask(segment_ids, cfg.sliding_window), scores, jnp.finfo(jnp.float32).min)
-                probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-                out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n, d)
-            wo = L._param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
-            if flat:
-                y = (out.reshape(b * t, n * d) @ wo.astype(dt).reshape(n * d, h)).reshape(b, t, h)
-            else:
-                y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
-            if cfg.o_bias:
-                y = y + L._param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
-            return y
-
-    L.Attention = VariantAttention
-    if flat:
-        class FlatMLP(L.MLP):
-            @nn.compact
-            def __call__(self, x):
-                cfg, dt = self.cfg, self.cfg.compute_dtype
-                init = nn.initializers.normal(cfg.initializer_range)
-                h, i = cfg.hidden_size, cfg.intermediate_size
-                gate = L._param(self, "gate_kernel", init, (h, i), ("embed", "mlp"))
-                up = L._param(self, "up_kernel", init, (h, i), ("embed", "mlp"))
-                down = L._param(self, "down_kernel", init, (i, h), ("mlp", "embed"))
-                b, t = x.shape[:2]
-                x2 = x.reshape(b * t, h)
-                a = jax.nn.silu(x2 @ gate.astype(dt)) * (x2 @ up.astype(dt))
-                a = constrain(a.reshape(b, t, i), ("act_batch", "act_length", "act_mlp")).reshape(b * t, i)
-                return (a @ down.astype(dt)).reshape(b, t, h)
-
-        L.MLP = FlatMLP
-
-
-def install_pooled_last_layer(flat: bool = False) -> None:
-    """RewardModel whose last decoder layer runs only where the head reads: queries, attention output
-    and MLP at each segment's last token (keys / values still for every token). The same function and
-    parameters as rm_jax's RewardModel (unrolled layers only); saves ~1/num_layers of the dense work."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    from rm_jax.models import llama as L
-
-    class PooledAttention(nn.Module):
-        cfg: Any
-
-        @nn.compact
-        def __call__(self, x, segment_ids, positions, last):
-            cfg, dt = self.cfg, self.cfg.compute_dtype
-            h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-            init = nn.initializers.normal(cfg.initializer_range)
-            xq = jnp.take_along_axis(x, last[..., None], axis=1)  # [B,S,H]
-            qpos = jnp.take_along_axis(positions, last, axis=1)  # [B,S]
-
-            def proj(name, inp, heads, heads_axis):
-                w = L._param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
-                y = _dense(inp, w.astype(dt), flat, "bte,ehd->bthd")
-                if cfg.qkv_bias:
-                    y = y + L._param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
-                return y
-
-            q, kk, v = proj("q", xq, n, "heads"), proj("k", x, k, "kv_heads"), proj("v", x, k, "kv_heads")
-            if cfg.qk_norm:
-                q = L.RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="q_norm")(q)
-                kk = L.RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="k_norm")(kk)
-            inv_freq = L.rope_inv_freq(cfg)
-            q, kk = L.apply_rope(q, qpos, inv_freq), L.apply_rope(kk, positions, inv_freq)
-            b, s_, t = q.shape[0], q.shape[1], x.shape[1]
-            g = n // k
-            qg = q.reshape(b, s_, k, g, d)
-            scores = jnp.einsum("bskgd,btkd->bkgst", qg, kk).astype(jnp.float32) * (d ** -0.5)
-            idx = jnp.arange(t)
-            qseg = jnp.take_along_axis(segment_ids, last, axis=1)
-            mask = (qseg[:, :, None] == segment_ids[:, None, :]) & (idx[None, None, :] <= last[:, :, None])
-            if cfg.sliding_window is not None:
-                mask &= (last[:, :, None] - idx[None, None, :]) < cfg.sliding_window
-            scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            out = jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s_, n, d)
-            wo = L._param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
-            y = jnp.einsum("bshd,hde->bse", out, wo.astype(dt))
-            if cfg.o_bias:
-                y = y + L._param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
-            return y
-
-    class PooledLayer(nn.Module):
-        cfg: Any
-
-        @nn.compact
-        def __call__(self, x, segment_ids, positions, last):
-            cfg, dt = self.cfg, self.cfg.compute_dtype
-            hn = L.RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x)
-            y = jnp.take_along_axis(x, last[..., None], axis=1)
-            y = y + PooledAttention(cfg, name="attn")(hn, segment_ids, positions, last)
-            return y + L.MLP(cfg, name="mlp")(L.RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(y))
-
-    class PooledRewardModel(L.RewardModel):
-        @nn.compact
-        def __call__(self, input_ids, segment_ids, positions, max_segments=1):
-            cfg, dt = self.cfg, self.cfg.compute_dtype
-            if cfg.scan_layers:
-                raise NotImplementedError("the pooled-last-layer variant is written for unrolled layers")
-            emb = L._param(self, "embedding", nn.initializers.normal(cfg.initializer_range),
-                           (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
-            x = jnp.take(emb, input_ids, axis=0).astype(dt)
-            layer_cls = L.DecoderLayer if cfg.remat == "none" else nn.remat(L.DecoderLayer, policy=L._remat_policy(cfg.remat))
-            for i in range(cfg.num_hidden_layers - 1):
-                x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
-            last, present = L.last_token_index(segment_ids, max_segments)
-            x = PooledLayer(cfg, name=f"layers_{cfg.num_hidden_layers - 1}")(x, segment_ids, positions, last)
-            pooled = L.RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(x).astype(jnp.float32)
-            w = L._param(self, "head_kernel", nn.initializers.normal(cfg.initializer_range),
-                         (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))
-            scores = jnp.einsum("bsh,ha->bsa", pooled, w)
-            return jnp.where(present[..., None], scores, 0.0)
-
-    _swap_reward_model(PooledRewardModel)
-
-
-def _swap_reward_model(cls: Any) -> None:
-    """RewardModel is imported by name into rm_jax.step and rm_jax.models: point all of them at cls."""
-    import rm_jax.models as M
-    import rm_jax.step as S
-    from rm_jax.models import llama as L
-    L.RewardModel = M.RewardModel = S.RewardModel = cls
-
-
-VARIANTS = ("shipped", "flat", "blockwise", "pooled", "flat+blockwise", "flat+blockwise+pooled")
-_ORIGINALS: dict = {}
-
-
-def set_variant(name: str, block: int = 128) -> None:
-    """Put rm_jax.models.llama back as shipped, then install the named proposals: any "+"-joined
-    subset of flat, blockwise, pooled ("shipped" = none)."""
-    from rm_jax.models import llama as L
-    if not _ORIGINALS:
-        _ORIGINALS.update(Attention=L.Attention, MLP=L.MLP, RewardModel=L.RewardModel)
-    L.Attention, L.MLP = _ORIGINALS["Attention"], _ORIGINALS["MLP"]
-    _swap_reward_model(_ORIGINALS["RewardModel"])
-    parts = set() if name == "shipped" else set(name.split("+"))
-    if parts - {"flat", "blockwise", "pooled"}:
-        raise ValueError(f"unknown variant {name!r}; use shipped or a '+'-joined subset of flat, blockwise, pooled")
-    if parts & {"flat", "blockwise"}:
-        install_model_variant(blockwise="blockwise" in parts, block=block, flat="flat" in parts)
-    if "pooled" in parts:
-        install_pooled_last_layer(flat="flat" in parts)
-
-
-def install_blockwise_attention(block: int = 256) -> None:
-    """Only the attention proposal (kept for callers of the earlier name)."""
-    install_model_variant(blockwise=True, block=block)
+def parse_overrides(spec: str) -> dict:
+    """'attention_block=64+remat=full' -> {"attention_block": 64, "remat": "full"}; 'shipped' -> {}.
+    Values are parsed as YAML scalars; keys must be DecoderConfig fields."""
+    import dataclasses
+    import yaml
+    from rm_jax.models.llama import DecoderConfig
+    if spec in ("", "shipped"):
+        return {}
+    known = {f.name for f in dataclasses.fields(DecoderConfig)}
+    out = {}
+    for part in spec.split("+"):
+        key, sep, value = part.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"bad variant {spec!r}: want '+'-joined key=value with keys from DecoderConfig "
+                             f"({', '.join(sorted(known))})")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 # ---------------------------------------------------------------- the two trainers
@@ -551,6 +327,18 @@ def packed_batches(examples: list[np.ndarray], labels: np.ndarray, seq_len: int,
 
 # ---------------------------------------------------------------- modes
 
+def executed_flops_per_token(cfg: Any, seq_len: int) -> float:
+    """What rm_jax actually computes per token on rows of one conversation: the model FLOPs
+    (rm_jax.train.flops_per_token) less the last layer's queries, attention, output projection and MLP,
+    which run only at the token the head reads (the pooled last layer; 1/seq_len of them is kept)."""
+    from rm_jax.train import flops_per_token
+    h, n, k, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
+    per_token_last = 6 * (2 * h * n * d + 3 * h * i) + 12 * n * d * seq_len / 2  # q, o, MLP, attention
+    if cfg.scan_layers or cfg.num_hidden_layers == 0:
+        return flops_per_token(cfg, seq_len)
+    return flops_per_token(cfg, seq_len) - per_token_last * (1 - 1 / seq_len)
+
+
 def run_fixed(jt: JaxTrainer, tt: Optional[TorchTrainer], seq_len: int, rows: int, repeats: int,
               rng: np.random.Generator, peak: float, log: Any) -> dict:
     from rm_jax.train import flops_per_token
@@ -570,10 +358,13 @@ def run_fixed(jt: JaxTrainer, tt: Optional[TorchTrainer], seq_len: int, rows: in
         log(f"seq {seq_len}: repeat {r + 1}/{repeats}: rm_jax {j_times[-1]:.2f}s"
             + (f", torch {t_times[-1]:.2f}s" if t_times else ""))
     fpt = flops_per_token(jt.cfg, seq_len)
+    xfpt = executed_flops_per_token(jt.cfg, seq_len)
     jm = statistics.median(j_times)
     out = {"seq_len": seq_len, "rows": rows, "tokens_per_step": tokens, "flops_per_token": fpt,
+           "rm_jax_executed_flops_per_token": xfpt,
            "rm_jax_step_s": jm, "rm_jax_step_s_all": [round(x, 3) for x in j_times],
-           "rm_jax_tokens_per_s": tokens / jm, "rm_jax_mfu": tokens / jm * fpt / peak}
+           "rm_jax_tokens_per_s": tokens / jm, "rm_jax_mfu": tokens / jm * fpt / peak,
+           "rm_jax_mfu_executed": tokens / jm * xfpt / peak}
     if t_times:
         tm = statistics.median(t_times)
         out.update(torch_step_s=tm, torch_step_s_all=[round(x, 3) for x in t_times], torch_tokens_per_s=tokens / tm,
@@ -584,20 +375,18 @@ def run_fixed(jt: JaxTrainer, tt: Optional[TorchTrainer], seq_len: int, rows: in
 
 
 def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq_len: int, rows: int,
-                       repeats: int, block: int, seed: int, rng: np.random.Generator, peak: float, log: Any) -> dict:
+                       repeats: int, seed: int, rng: np.random.Generator, peak: float, log: Any) -> dict:
     """The fixed-shape mode for several model variants at once, all interleaved with torch in one loop
     (same process, same batch, same load), so variant-to-variant differences are not machine noise."""
     from rm_jax.train import flops_per_token
     b, (ids, am, labels) = fixed_batch(rng, rows, seq_len, cfg.vocab_size, 16)
     trainers = {}
     for v in variants:
-        set_variant(v, block)
         t = time.perf_counter()
-        trainers[v] = JaxTrainer(cfg, 16, seed)
-        trainers[v].warm(b)  # traces (with this variant installed) and compiles
+        trainers[v] = JaxTrainer(cfg.replace(**parse_overrides(v)), 16, seed)
+        trainers[v].warm(b)  # compile + first run
         trainers[v].step(b)
         log(f"variants seq {seq_len}: {v} ready ({time.perf_counter() - t:.1f}s)")
-    set_variant("shipped")
     if tt is not None:
         tt.step(ids, am, labels)
     times: dict = {v: [] for v in variants}
@@ -611,7 +400,7 @@ def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq
             + ", ".join(f"{k} {x[-1]:.2f}s" for k, x in times.items() if x))
     tokens = rows * seq_len
     fpt = flops_per_token(cfg, seq_len)
-    out: dict = {"seq_len": seq_len, "rows": rows, "block": block}
+    out: dict = {"seq_len": seq_len, "rows": rows}
     for k, x in times.items():
         if not x:
             continue
@@ -677,22 +466,16 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per fixed-shape mode (default 5, quick 3)")
     ap.add_argument("--rows512", type=int, default=None, help="rows per step at seq 512 (default 4, quick 2)")
     ap.add_argument("--rows2048", type=int, default=None, help="rows per step at seq 2048 and packed (default 2, quick 1)")
-    ap.add_argument("--conversations", type=int, default=None, help="HelpSteer2-shaped conversations in the packed mode (default 32, quick 8)")
-    ap.add_argument("--per-batch", type=int, default=None, help="torch conversations per padded batch (default 8 = TRL's default, quick 4)")
+    ap.add_argument("--conversations", type=int, default=None, help="HelpSteer2-shaped conversations in the packed mode (default 32, quick 16)")
+    ap.add_argument("--per-batch", type=int, default=None, help="torch conversations per padded batch (default 8 = TRL's default)")
     ap.add_argument("--modes", default="seq512,seq2048,packed")
     ap.add_argument("--no-torch", action="store_true", help="rm_jax only")
-    ap.add_argument("--attention-variant", choices=["model", "blockwise"], default="model",
-                    help="model = rm_jax as shipped; blockwise = the proposed causal block-skipping attention (monkeypatch)")
-    ap.add_argument("--block", type=int, default=128, help="query block for --attention-variant blockwise")
-    ap.add_argument("--flat-proj", action="store_true",
-                    help="the proposed 2-D projections (tokens flattened) instead of rm_jax's 3-D einsums (monkeypatch)")
     ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before jax starts")
-    ap.add_argument("--variant", default=None,
-                    help="run the normal benchmark with these proposals swapped in (monkeypatch): a '+'-joined "
-                         "subset of flat, blockwise, pooled (overrides --attention-variant / --flat-proj)")
+    ap.add_argument("--model", default="shipped",
+                    help="DecoderConfig overrides for rm_jax, '+'-joined key=value (e.g. attention_block=64)")
     ap.add_argument("--variants", default=None,
-                    help="instead of the normal run: compare model variants (comma list of "
-                         + ", ".join(VARIANTS) + ") against torch at seq 512 and 2048, all interleaved")
+                    help="instead of the normal run: comma list of --model specs timed against torch at seq 512 "
+                         "and 2048, all interleaved (e.g. shipped,attention_block=64)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 
@@ -700,8 +483,8 @@ def main(argv: Optional[list] = None) -> int:
     repeats = a.repeats or (3 if q else 5)
     rows512 = a.rows512 or (2 if q else 4)
     rows2048 = a.rows2048 or (1 if q else 2)
-    n_conv = a.conversations or (8 if q else 32)
-    per_batch = a.per_batch or (4 if q else 8)
+    n_conv = a.conversations or (16 if q else 32)
+    per_batch = a.per_batch or 8
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
 
     if a.xla_flags:
@@ -718,11 +501,6 @@ def main(argv: Optional[list] = None) -> int:
     if not a.no_torch:
         import torch
         torch.set_num_threads(n_cores)
-    set_variant("shipped")  # remembers rm_jax's own classes before any proposal is swapped in
-    if a.variant is None:
-        parts = (["flat"] if a.flat_proj else []) + (["blockwise"] if a.attention_variant == "blockwise" else [])
-        a.variant = "+".join(parts) or "shipped"
-    set_variant(a.variant, a.block)
 
     env = environment()
     log(f"{env['cpu']}, {n_cores} cores, load {env['loadavg_1m_start']}; measuring matmul peak ...")
@@ -730,14 +508,13 @@ def main(argv: Optional[list] = None) -> int:
     log(f"peak fp32 matmul: jax {peak['jax_flops_best'] / 1e9:.1f} GFLOP/s"
         + (f", torch {peak['torch_flops_best'] / 1e9:.1f} GFLOP/s" if "torch_flops_best" in peak else ""))
 
-    cfg = bench_model_config()
+    cfg = bench_model_config(**parse_overrides(a.model))
     max_segments = 16
     rng = np.random.default_rng(a.seed)
     jt = None if a.variants else JaxTrainer(cfg, max_segments, a.seed)
     tt = None if a.no_torch else TorchTrainer(cfg, a.seed)
 
-    res: dict = {"benchmark": "train_step", "quick": q, "variant": a.variant,
-                 "attention_block": a.block if "blockwise" in a.variant else None,
+    res: dict = {"benchmark": "train_step", "quick": q, "variant": a.model, "attention_block": cfg.attention_block,
                  "model": {"hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
                            "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
                            "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
@@ -754,7 +531,7 @@ def main(argv: Optional[list] = None) -> int:
         res["variants"] = {}
         for m, (T, rows) in {"seq512": (512, rows512), "seq2048": (2048, rows2048)}.items():
             if m in modes:
-                res["variants"][m] = run_fixed_variants(cfg, vs, tt, T, rows, repeats, a.block, a.seed, rng,
+                res["variants"][m] = run_fixed_variants(cfg, vs, tt, T, rows, repeats, a.seed, rng,
                                                         peak["peak_flops"], log)
         res["environment"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
         res["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -775,7 +552,7 @@ def main(argv: Optional[list] = None) -> int:
         res["matmul_peak_end"] = peak2
         for m in ("seq512", "seq2048"):
             if m in res:
-                for k in ("rm_jax_mfu", "torch_mfu"):
+                for k in ("rm_jax_mfu", "rm_jax_mfu_executed", "torch_mfu"):
                     if k in res[m]:
                         res[m][k] *= scale
         if "packed" in res:
@@ -785,6 +562,7 @@ def main(argv: Optional[list] = None) -> int:
     # Headline figures.
     if "seq512" in res:
         res["mfu_cpu"] = res["seq512"]["rm_jax_mfu"]
+        res["mfu_cpu_executed"] = res["seq512"]["rm_jax_mfu_executed"]
         res["ratio_padded_seq512"] = res["seq512"].get("ratio")
         res["ratio_padded_seq512_best"] = res["seq512"].get("ratio_best")
     if "seq2048" in res:
@@ -811,7 +589,8 @@ def summary(res: dict) -> str:
     for m in ("seq512", "seq2048"):
         if m in res:
             r = res[m]
-            line = f"{m}: rm_jax {r['rm_jax_tokens_per_s']:.0f} tok/s (MFU {r['rm_jax_mfu']:.1%})"
+            line = (f"{m}: rm_jax {r['rm_jax_tokens_per_s']:.0f} tok/s (MFU {r['rm_jax_mfu']:.1%}, "
+                    f"{r['rm_jax_mfu_executed']:.1%} of the FLOPs it executes)")
             if "torch_tokens_per_s" in r:
                 line += f", torch {r['torch_tokens_per_s']:.0f} tok/s (MFU {r['torch_mfu']:.1%}), ratio {r['ratio']:.2f}"
             lines.append(line)

@@ -85,6 +85,33 @@ def test_scan_and_remat_give_the_same_scores(family_model):
     np.testing.assert_allclose(s, a, atol=1e-5, rtol=0)
 
 
+def test_pooled_last_layer_has_the_full_stacks_gradients(family_model):
+    """Unrolled layers run the last layer at the head's tokens only; the scanned stack runs it everywhere.
+    Same function, so the same gradient for every parameter (remat on both sides)."""
+    import jax
+    import jax.numpy as jnp
+    _, d, _, lm = family_model
+    scanned = load_hf_reward_model(d, scan_layers=True, remat="full")
+    unrolled = lm.cfg.replace(remat="full")
+    convs = random_conversations(5, 2, 12, seed=6)
+    b = _batch(convs, plan_packed([len(c) for c in convs], 24, 4), 24, 4)
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 5)), jnp.float32)
+    g_unrolled = jax.grad(lambda p: jnp.sum(apply_model(unrolled, p, b, 4) * w))(lm.params)
+    g_scanned = jax.grad(lambda p: jnp.sum(apply_model(scanned.cfg, p, b, 4) * w))(scanned.params)
+    n = lm.cfg.num_hidden_layers
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[g_unrolled[f"layers_{i}"] for i in range(n)])
+    for path, want in jax.tree_util.tree_leaves_with_path(g_scanned["layers"]):
+        got = stacked
+        for key in path:
+            got = got[key.key]
+        scale = float(jnp.abs(want).max()) + 1e-12
+        np.testing.assert_allclose(got, want, atol=1e-5 * scale, rtol=0, err_msg=jax.tree_util.keystr(path))
+    for name, want in (("embedding", g_scanned["embedding"]), ("head_kernel", g_scanned["head_kernel"]),
+                       ("final_norm", g_scanned["final_norm"]["scale"])):
+        got = g_unrolled[name]["scale"] if name == "final_norm" else g_unrolled[name]
+        np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()), rtol=0, err_msg=name)
+
+
 def test_bf16_compute_is_close(family_model):
     _, d, tm, lm = family_model
     bf = load_hf_reward_model(d, dtype="bfloat16")

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rm_jax.models.attention import attention_mask, flash_attention, pooled_query_attention
 from rm_jax.sharding import constrain
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -57,8 +58,8 @@ class DecoderConfig:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = False
-    attention: str = "xla"  # "xla" (einsum, any mask) | "cudnn" (jax.nn.dot_product_attention on GPU)
-    attention_block: int = 128  # xla path: query blocks of this size attend only to keys up to the block's end
+    attention: str = "xla"  # "xla" (rm_jax.models.attention.flash_attention, any backend) | "cudnn" (GPU)
+    attention_block: int = 128  # xla path: query block; each block reads only the keys it can see
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -151,76 +152,46 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return x * cos + rotated * sin
 
 
-def attention_mask(segment_ids: jax.Array, sliding_window: Optional[int]) -> jax.Array:
-    """[B, 1, 1, T, T] bool: causal, within one segment. Pads (segment 0) see only pads, so no row is
-    fully masked and no NaN appears; their outputs are never read."""
-    t = segment_ids.shape[-1]
-    idx = jnp.arange(t)
-    causal = idx[:, None] >= idx[None, :]
-    if sliding_window is not None:
-        causal &= (idx[:, None] - idx[None, :]) < sliding_window
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (same & causal[None])[:, None, None]
-
-
-def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                        sliding_window: Optional[int], block: int) -> jax.Array:
-    """Causal, segment-masked attention; q [B,T,N,D], k/v [B,T,K,D] -> [B,T,N,D].
-
-    Query block [s, e) only needs keys [lo, e): that skips the upper triangle (about half the score
-    work at long T) and keeps the temporaries [block, <=T] instead of [T, T]. Softmax in float32."""
-    b, t, n, d = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, t, kv, n // kv, d)
-    neg = jnp.finfo(jnp.float32).min
-    outs = []
-    for start in range(0, t, block):
-        end = min(start + block, t)
-        lo = 0 if sliding_window is None else max(0, start - sliding_window + 1)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg[:, start:end], k[:, lo:end]).astype(jnp.float32) * (d ** -0.5)
-        qi, ki = jnp.arange(start, end)[:, None], jnp.arange(lo, end)[None, :]
-        allowed = qi >= ki
-        if sliding_window is not None:
-            allowed &= (qi - ki) < sliding_window
-        # Pads (segment 0) see only pads, so no row is fully masked and no NaN appears.
-        mask = allowed[None] & (segment_ids[:, start:end, None] == segment_ids[:, None, lo:end])
-        probs = jax.nn.softmax(jnp.where(mask[:, None, None], scores, neg), axis=-1).astype(v.dtype)
-        outs.append(jnp.einsum("bkgts,bskd->btkgd", probs, v[:, lo:end]))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-    return out.reshape(b, t, n, d)
-
-
 class Attention(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                 query_index: Optional[jax.Array] = None) -> jax.Array:
+        """query_index [B, S] (optional): compute outputs only at these tokens (keys/values still come
+        from every token); the result is then [B, S, H] instead of [B, T, H]."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         init = nn.initializers.normal(cfg.initializer_range)
 
-        def proj(name: str, heads: int, heads_axis: str) -> jax.Array:
+        def proj(name: str, inp: jax.Array, heads: int, heads_axis: str) -> jax.Array:
             w = _param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
-            y = dense(x, w.astype(dt))
+            y = dense(inp, w.astype(dt))
             if cfg.qkv_bias:
                 y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
             return y
 
-        q, kk, v = proj("q", n, "heads"), proj("k", k, "kv_heads"), proj("v", k, "kv_heads")
+        xq, qpos = x, positions
+        if query_index is not None:
+            xq = jnp.take_along_axis(x, query_index[..., None], axis=1)
+            qpos = jnp.take_along_axis(positions, query_index, axis=1)
+        q, kk, v = proj("q", xq, n, "heads"), proj("k", x, k, "kv_heads"), proj("v", x, k, "kv_heads")
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="q_norm")(q)
             kk = RMSNorm(cfg.rms_norm_eps, dt, "head_dim", name="k_norm")(kk)
         inv_freq = rope_inv_freq(cfg)
-        q, kk = apply_rope(q, positions, inv_freq), apply_rope(kk, positions, inv_freq)
+        q, kk = apply_rope(q, qpos, inv_freq), apply_rope(kk, positions, inv_freq)
         q = constrain(q, ("act_batch", "act_length", "act_heads", None))
         kk = constrain(kk, ("act_batch", "act_length", "act_kv_heads", None))
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
 
-        if cfg.attention == "cudnn":
+        if query_index is not None:
+            out = pooled_query_attention(q, kk, v, segment_ids, query_index, cfg.sliding_window)
+        elif cfg.attention == "cudnn":
             mask = attention_mask(segment_ids, cfg.sliding_window)[:, 0]  # [B, 1, T, T]
             out = jax.nn.dot_product_attention(q, kk, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
         else:
-            out = blockwise_attention(q, kk, v, segment_ids, cfg.sliding_window, cfg.attention_block)
+            out = flash_attention(q, kk, v, segment_ids, cfg.sliding_window, cfg.attention_block)
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
         b, t = out.shape[:2]
@@ -250,10 +221,17 @@ class DecoderLayer(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                 query_index: Optional[jax.Array] = None) -> jax.Array:
+        """With query_index [B, S], the layer's output only at those tokens ([B, S, H]): a reward
+        model's last layer matters only where the head reads, so its queries and MLP run there only."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        x = x + Attention(cfg, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions)
+        attn = Attention(cfg, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions,
+                                           query_index)
+        if query_index is not None:
+            x = jnp.take_along_axis(x, query_index[..., None], axis=1)
+        x = x + attn
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x))
         return x
 
@@ -302,6 +280,7 @@ class RewardModel(nn.Module):
                      (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         x = jnp.take(emb, input_ids, axis=0).astype(dt)
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
+        last, present = last_token_index(segment_ids, max_segments)
 
         if cfg.scan_layers:
             layer_cls = _ScanLayer
@@ -311,16 +290,22 @@ class RewardModel(nn.Module):
                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(cfg, name="layers")(x, segment_ids, positions)
+            pooled = jnp.take_along_axis(x, last[..., None], axis=1)  # [B, S, H]
         else:
             layer_cls = DecoderLayer
             if cfg.remat != "none":
                 layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat))
-            for i in range(cfg.num_hidden_layers):
+            for i in range(cfg.num_hidden_layers - 1):
                 x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
+            if cfg.num_hidden_layers:
+                # Only the head's tokens need the last layer's queries, attention output and MLP
+                # (1/L of the dense work saved; the same function). The scanned stack runs every layer in full.
+                last_layer = layer_cls(cfg, name=f"layers_{cfg.num_hidden_layers - 1}")
+                pooled = last_layer(x, segment_ids, positions, last)  # [B, S, H]
+            else:
+                pooled = jnp.take_along_axis(x, last[..., None], axis=1)
 
         # The final norm is per token, so only the pooled tokens need it.
-        last, present = last_token_index(segment_ids, max_segments)
-        pooled = jnp.take_along_axis(x, last[..., None], axis=1)  # [B, S, H]
         pooled = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(pooled).astype(jnp.float32)
         w = _param(self, "head_kernel", nn.initializers.normal(cfg.initializer_range),
                    (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))

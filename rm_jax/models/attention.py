@@ -1,0 +1,244 @@
+"""Attention kernels for the decoder: causal, segment-masked (packing), optional sliding window.
+
+``flash_attention`` is the default (``model.attention: xla``): query blocks in a ``lax.scan``, each
+block scored only against the keys it can see, with a hand-written backward that recomputes the
+probabilities from a saved log-sum-exp instead of storing them. Which keys a block can see is
+decided at run time from the segment ids: a block inside a packed conversation skips every key
+before that conversation's start as well as the causal upper triangle. The key window is a whole
+number of blocks, picked by ``lax.switch`` among ``T / block`` static widths, so the program stays
+static-shaped and compiles one body, not one per block.
+
+Why by hand: XLA's autodiff of a blockwise softmax keeps every [block, T] probability tile alive for
+the backward and, on CPU, transposes them for the gradient dots; a packed 2048-token row of ~600-token
+conversations also wastes ~70% of a causal kernel's work on other conversations' keys.
+
+``pooled_query_attention`` serves the last layer of a reward model, which only needs outputs at the
+few tokens the head reads. ``attention_mask`` is the dense mask for the cuDNN path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+# Large finite instead of -inf: a masked score must not turn exp() or its gradient into NaN.
+_NEG = -1e30
+
+
+def attention_mask(segment_ids: jax.Array, sliding_window: Optional[int]) -> jax.Array:
+    """[B, 1, 1, T, T] bool: causal, within one segment. Pads (segment 0) see only pads, so no row is
+    fully masked and no NaN appears; their outputs are never read."""
+    t = segment_ids.shape[-1]
+    idx = jnp.arange(t)
+    causal = idx[:, None] >= idx[None, :]
+    if sliding_window is not None:
+        causal &= (idx[:, None] - idx[None, :]) < sliding_window
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & causal[None])[:, None, None]
+
+
+def pooled_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+                           query_index: jax.Array, sliding_window: Optional[int]) -> jax.Array:
+    """Attention for a few queries per row: q [B,S,N,D] sits at tokens query_index [B,S]; k/v [B,T,K,D].
+    Each query sees the keys of its own segment up to itself (and inside the sliding window)."""
+    b, s, n, d = q.shape
+    t, kv = k.shape[1], k.shape[2]
+    qg = q.reshape(b, s, kv, n // kv, d)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    idx = jnp.arange(t)[None, None, :]
+    qseg = jnp.take_along_axis(segment_ids, query_index, axis=1)
+    # The query's own token always passes, so no row is fully masked (absent segments point at token 0).
+    mask = (qseg[:, :, None] == segment_ids[:, None, :]) & (idx <= query_index[:, :, None])
+    if sliding_window is not None:
+        mask &= (query_index[:, :, None] - idx) < sliding_window
+    scores = jnp.where(mask[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, n, d)
+
+
+# ---------------------------------------------------------------- flash-style blockwise attention
+
+def first_visible_key(segment_ids: jax.Array) -> jax.Array:
+    """[B, T]: index of the first token carrying each token's segment id (the earliest key a causal,
+    segment-masked query can see). Ids outside [-1, T-1] are clipped together, which can only make
+    the answer earlier, never later, so block skipping stays exact."""
+    b, t = segment_ids.shape
+    ids = jnp.clip(segment_ids + 1, 0, t)
+    idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    first = jax.vmap(lambda i, s: jax.ops.segment_min(i, s, num_segments=t + 1))(idx, ids)
+    return jnp.take_along_axis(first, ids, axis=1)
+
+
+def _key_blocks(segment_ids: jax.Array, block: int, window: Optional[int]) -> jax.Array:
+    """[T / block] int32: how many key blocks (ending with its own) each query block needs, the
+    maximum over the batch (one program runs every row)."""
+    b, t = segment_ids.shape
+    nb = t // block
+    need = first_visible_key(segment_ids).reshape(b, nb, block).min(axis=(0, 2))
+    starts = jnp.arange(nb, dtype=jnp.int32) * block
+    if window is not None:
+        need = jnp.maximum(need, starts - window + 1)
+    need = jnp.clip(need, 0, starts)  # a query always sees itself, so need <= the block's start
+    return (starts + block - (need // block) * block) // block
+
+
+def _block_mask(segment_ids: jax.Array, q0: jax.Array, k0: jax.Array, tq: int, tk: int,
+                window: Optional[int]) -> jax.Array:
+    """[B, tq, tk] bool for queries [q0, q0+tq) against keys [k0, k0+tk)."""
+    qi = q0 + jnp.arange(tq)[:, None]
+    ki = k0 + jnp.arange(tk)[None, :]
+    allowed = qi >= ki
+    if window is not None:
+        allowed &= (qi - ki) < window
+    qs = jax.lax.dynamic_slice_in_dim(segment_ids, q0, tq, axis=1)
+    ks = jax.lax.dynamic_slice_in_dim(segment_ids, k0, tk, axis=1)
+    return allowed[None] & (qs[:, :, None] == ks[:, None, :])
+
+
+def _pad_to_blocks(x: jax.Array, tp: int, value: int = 0) -> jax.Array:
+    t = x.shape[1]
+    if tp == t:
+        return x
+    return jnp.pad(x, [(0, 0), (0, tp - t)] + [(0, 0)] * (x.ndim - 2), constant_values=value)
+
+
+def _heads_major(x: jax.Array, kv: int) -> jax.Array:
+    """[B, T, N, D] -> [B, kv, T, N/kv, D]: one kv head's query group is contiguous per token, so a
+    block of queries is a [block * group, D] matrix and every score dot is a plain batched matmul."""
+    b, t, n, d = x.shape
+    return x.reshape(b, t, kv, n // kv, d).transpose(0, 2, 1, 3, 4)
+
+
+class _Plan:
+    """Shapes shared by the forward and the backward."""
+
+    def __init__(self, q: jax.Array, k: jax.Array, block: int):
+        self.b, self.t, self.n, self.d = q.shape
+        self.kv = k.shape[2]
+        self.g = self.n // self.kv
+        self.block = max(1, min(block if block > 0 else self.t, self.t))
+        self.tp = -(-self.t // self.block) * self.block
+        self.nb = self.tp // self.block
+        self.scale = self.d ** -0.5
+
+
+def _switch(plan: _Plan, widths: jax.Array, i: jax.Array, branch, *args):
+    """Run branch(width_in_blocks, *args) with the block's width, a static shape in each branch."""
+    w = jnp.clip(widths[i], 1, i + 1)
+    return jax.lax.switch(w - 1, [functools.partial(branch, j + 1) for j in range(plan.nb)], *args)
+
+
+def _forward(q, k, v, segment_ids, window, block):
+    p = _Plan(q, k, block)
+    b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
+    # Padding tokens get segment -1: they see only themselves and are sliced off at the end.
+    seg = _pad_to_blocks(segment_ids, p.tp, -1)
+    qh = _heads_major(_pad_to_blocks(q, p.tp), kv)
+    kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)  # [B, kv, T, D]
+    vh = _pad_to_blocks(v, p.tp).transpose(0, 2, 1, 3)
+    widths = _key_blocks(seg, blk, window)
+
+    def one_block(w: int, i: jax.Array):
+        tk = w * blk
+        q0 = i * blk
+        k0 = q0 + blk - tk
+        qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
+        kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
+        vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
+        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32).reshape(b, kv, blk, g, tk)
+        s = jnp.where(_block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :], s * p.scale, _NEG)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        e = jnp.exp(s - m)
+        l = jnp.sum(e, axis=-1, keepdims=True)
+        o = jnp.einsum("bkrs,bksd->bkrd", e.reshape(b, kv, blk * g, tk).astype(v.dtype), vb,
+                       preferred_element_type=jnp.float32)
+        o = (o.reshape(b, kv, blk, g, d) / l).astype(q.dtype)
+        return o, (m + jnp.log(l))[..., 0]
+
+    _, (ob, lse) = jax.lax.scan(lambda c, i: (c, _switch(p, widths, i, one_block, i)), None,
+                                jnp.arange(p.nb))
+    out = ob.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, :p.t]  # [nb,B,kv,blk,g,D] -> [B,T,N,D]
+    return out, lse
+
+
+def _flash_fwd(q, k, v, segment_ids, window, block):
+    out, lse = _forward(q, k, v, segment_ids, window, block)
+    return out, (q, k, v, segment_ids, out, lse)
+
+
+def _flash_bwd(window, block, res, dout):
+    q, k, v, segment_ids, out, lse = res
+    p = _Plan(q, k, block)
+    b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
+    seg = _pad_to_blocks(segment_ids, p.tp, -1)
+    qh = _heads_major(_pad_to_blocks(q, p.tp), kv)
+    doh = _heads_major(_pad_to_blocks(dout, p.tp), kv)
+    kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)
+    vh = _pad_to_blocks(v, p.tp).transpose(0, 2, 1, 3)
+    # delta_i = sum_j P_ij dP_ij = dO_i . O_i  (the softmax backward's row term)
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, N]
+    delta = _pad_to_blocks(delta, p.tp).reshape(b, p.tp, kv, g).transpose(0, 2, 1, 3)  # [B, kv, T, g]
+    widths = _key_blocks(seg, blk, window)
+
+    def one_block(w: int, carry, i: jax.Array):
+        dk, dv = carry
+        tk = w * blk
+        q0 = i * blk
+        k0 = q0 + blk - tk
+        qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
+        dob = jax.lax.dynamic_slice_in_dim(doh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
+        kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
+        vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
+        db = jax.lax.dynamic_slice_in_dim(delta, q0, blk, axis=2)[..., None]
+        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32).reshape(b, kv, blk, g, tk)
+        mask = _block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :]
+        prob = jnp.where(mask, jnp.exp(s * p.scale - lse[i][..., None]), 0.0)
+        dprob = jnp.einsum("bkrd,bksd->bkrs", dob, vb, preferred_element_type=jnp.float32).reshape(b, kv, blk, g, tk)
+        ds = (prob * (dprob - db) * p.scale).reshape(b, kv, blk * g, tk).astype(q.dtype)
+        prob = prob.reshape(b, kv, blk * g, tk).astype(v.dtype)
+        dv_b = jnp.einsum("bkrs,bkrd->bksd", prob, dob, preferred_element_type=jnp.float32)
+        dk_b = jnp.einsum("bkrs,bkrd->bksd", ds, qb, preferred_element_type=jnp.float32)
+        dq_b = jnp.einsum("bkrs,bksd->bkrd", ds, kb, preferred_element_type=jnp.float32)
+        dk = jax.lax.dynamic_update_slice_in_dim(dk, jax.lax.dynamic_slice_in_dim(dk, k0, tk, axis=2) + dk_b, k0, axis=2)
+        dv = jax.lax.dynamic_update_slice_in_dim(dv, jax.lax.dynamic_slice_in_dim(dv, k0, tk, axis=2) + dv_b, k0, axis=2)
+        return (dk, dv), dq_b.reshape(b, kv, blk, g, d).astype(q.dtype)
+
+    zeros = jnp.zeros((b, kv, p.tp, d), jnp.float32)
+    (dk, dv), dqb = jax.lax.scan(lambda c, i: _switch(p, widths, i, one_block, c, i), (zeros, zeros),
+                                 jnp.arange(p.nb))
+    dq = dqb.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, :p.t]
+    dk = dk.transpose(0, 2, 1, 3)[:, :p.t].astype(k.dtype)
+    dv = dv.transpose(0, 2, 1, 3)[:, :p.t].astype(v.dtype)
+    return dq, dk, dv, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q, k, v, segment_ids, window, block):
+    return _forward(q, k, v, segment_ids, window, block)[0]
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+                    sliding_window: Optional[int] = None, block: int = 128) -> jax.Array:
+    """Causal, segment-masked attention; q [B,T,N,D], k/v [B,T,K,D] (K divides N) -> [B,T,N,D].
+
+    Softmax in float32 whatever the compute dtype. Pads (segment 0) attend to pads only, so no row
+    is fully masked; their outputs are never read. block <= 0 means one block of the whole row."""
+    return _flash(q, k, v, segment_ids, sliding_window, int(block))
+
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+                        sliding_window: Optional[int] = None) -> jax.Array:
+    """The same function as a dense T x T softmax, differentiated by XLA: the tests' yardstick."""
+    b, t, n, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, n // kv, d)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    s = jnp.where(attention_mask(segment_ids, sliding_window), s, _NEG)
+    probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n, d)

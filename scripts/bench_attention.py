@@ -1,0 +1,114 @@
+"""Attention alone, forward + backward: rm_jax's flash-style kernel against XLA autodiff of a dense
+softmax and torch's ``scaled_dot_product_attention``, in one process, interleaved.
+
+The shapes are the train benchmark's (8 query heads, 2 kv heads, head_dim 64, fp32). ``--segments``
+packs that many conversations per row (random cut points, a few pad tokens at the end): rm_jax's
+kernel skips the keys of other conversations; torch gets one causal conversation per row either way
+(its sdpa fast path), so the packed figures show what skipping buys, not a like-for-like mask.
+
+    python scripts/bench_attention.py --rows 2 --seq 2048 --segments 1,4 --blocks 64,128,256 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train import cores, environment  # noqa: E402
+
+
+def packed_segments(rng: np.random.Generator, rows: int, t: int, n: int) -> np.ndarray:
+    seg = np.zeros((rows, t), np.int32)
+    for r in range(rows):
+        cuts = np.sort(rng.choice(np.arange(1, t - 64), n - 1, replace=False)) if n > 1 else []
+        bounds = [0, *cuts, t - (8 if n > 1 else 0)]
+        for i in range(n):
+            seg[r, bounds[i]:bounds[i + 1]] = i + 1
+    return seg
+
+
+def main(argv: Optional[list] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--segments", default="1,4", help="conversations per row, comma list")
+    ap.add_argument("--blocks", default="128", help="attention_block values for the flash kernel, comma list")
+    ap.add_argument("--dense", action="store_true", help="also time XLA autodiff of the dense T x T softmax")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+
+    from rm_jax.models.attention import flash_attention, reference_attention
+
+    b, t, n, kv, d = a.rows, a.seq, 8, 2, 64
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.standard_normal(s).astype(np.float32) for s in ((b, t, n, d), (b, t, kv, d), (b, t, kv, d), (b, t, n, d)))
+
+    def grad_fn(f):
+        return jax.jit(jax.value_and_grad(lambda q, k, v, s, g: jnp.sum(f(q, k, v, s) * g), argnums=(0, 1, 2)))
+
+    fns = {f"flash_block{blk}": grad_fn(lambda q, k, v, s, blk=blk: flash_attention(q, k, v, s, block=blk))
+           for blk in (int(x) for x in a.blocks.split(","))}
+    if a.dense:
+        fns["xla_dense"] = grad_fn(reference_attention)
+    torch_step = None
+    if not a.no_torch:
+        import torch
+        torch.set_num_threads(cores())
+        tq, tk, tv = (torch.tensor(x).transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+        tg = torch.tensor(g).transpose(1, 2)
+
+        def torch_step() -> None:
+            out = torch.nn.functional.scaled_dot_product_attention(
+                tq, tk.repeat_interleave(n // kv, 1), tv.repeat_interleave(n // kv, 1), is_causal=True)
+            (out * tg).sum().backward()
+            tq.grad = tk.grad = tv.grad = None
+
+        torch_step()
+
+    res: dict = {"benchmark": "attention_fwd_bwd", "rows": b, "seq_len": t, "heads": n, "kv_heads": kv,
+                 "head_dim": d, "environment": environment(), "results": {}}
+    for nseg in (int(x) for x in a.segments.split(",")):
+        seg = packed_segments(rng, b, t, nseg)
+        compile_s = {}
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(q, k, v, seg, g))
+            compile_s[name] = round(time.perf_counter() - t0, 2)
+        times: dict = {name: [] for name in fns}
+        if torch_step is not None:
+            times["torch_sdpa_causal"] = []
+        for _ in range(a.repeats):
+            for name, f in fns.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(f(q, k, v, seg, g))
+                times[name].append(time.perf_counter() - t0)
+            if torch_step is not None:
+                t0 = time.perf_counter()
+                torch_step()
+                times["torch_sdpa_causal"].append(time.perf_counter() - t0)
+        row = {name: {"median_s": statistics.median(x), "all_s": [round(y, 4) for y in x]} for name, x in times.items()}
+        for name in fns:
+            row[name]["compile_s"] = compile_s[name]
+        res["results"][f"segments_{nseg}"] = row
+        print(f"[bench_attention] {nseg} conversation(s) per row: "
+              + ", ".join(f"{k} {v['median_s']:.3f}s" for k, v in row.items()), file=sys.stderr, flush=True)
+    res["environment"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(res) if a.json else json.dumps(res["results"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The flash-style attention (hand-written backward, run-time key skipping) against a dense softmax
+differentiated by XLA, on the layouts the pipeline produces: packed rows, pads on either side, GQA,
+sliding windows, rows that are not a whole number of blocks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rm_jax.models.attention import (_key_blocks, first_visible_key, flash_attention, pooled_query_attention,
+                                     reference_attention)
+
+
+def _segments(kind: str, b: int, t: int, rng: np.random.Generator) -> np.ndarray:
+    seg = np.zeros((b, t), np.int32)
+    for r in range(b):
+        if kind == "single":
+            seg[r] = 1
+        elif kind == "right_pad":
+            seg[r, : t - 3 - r] = 1
+        elif kind == "left_pad":
+            seg[r, 2 + r:] = 1
+        elif kind == "packed":
+            cuts = np.sort(rng.choice(np.arange(1, t - 4), 3, replace=False))
+            bounds = [0, *cuts, t - 2 - r]  # 4 conversations, then pads
+            for i in range(4):
+                seg[r, bounds[i]:bounds[i + 1]] = i + 1
+    return seg
+
+
+def _inputs(b, t, n, kv, d, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    q, k, v, g = (jnp.asarray(rng.standard_normal(s), dtype) for s in
+                  ((b, t, n, d), (b, t, kv, d), (b, t, kv, d), (b, t, n, d)))
+    return q, k, v, g, rng
+
+
+def _loss(fn):
+    return lambda q, k, v, seg, g: jnp.sum(fn(q, k, v, seg).astype(jnp.float32) * g.astype(jnp.float32))
+
+
+# Every layout with several blocks per row (the skipping path), plus: a block larger than the row,
+# block 0 (= one block), and sliding windows shorter / longer than a block.
+CASES = [("single", None, 8), ("right_pad", None, 8), ("left_pad", None, 8), ("packed", None, 8),
+         ("packed", None, 64), ("single", None, 0), ("packed", 6, 8), ("left_pad", 13, 4), ("right_pad", 6, 8)]
+
+
+@pytest.mark.parametrize("kind,window,block", CASES)
+def test_flash_matches_dense_softmax_and_its_gradients(kind, window, block):
+    q, k, v, g, rng = _inputs(2, 37, 4, 2, 16, jnp.float32)
+    seg = jnp.asarray(_segments(kind, 2, 37, rng))
+    flash = lambda *a: flash_attention(*a, sliding_window=window, block=block)  # noqa: E731
+    ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(flash)(q, k, v, seg), ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
+    got = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
+    for name, a, b in zip("qkv", got, want):
+        assert np.all(np.isfinite(np.asarray(a))), name
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"d{name}")
+
+
+def test_bfloat16_inputs_follow_the_float32_function():
+    q, k, v, g, rng = _inputs(2, 40, 8, 2, 16, jnp.bfloat16, seed=1)
+    seg = jnp.asarray(_segments("packed", 2, 40, rng))
+    out = flash_attention(q, k, v, seg, block=16)
+    assert out.dtype == jnp.bfloat16
+    want = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), seg)
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2, rtol=3e-2)
+    dq = jax.grad(_loss(lambda *a: flash_attention(*a, block=16)))(q, k, v, seg, g)
+    dq_ref = jax.grad(_loss(reference_attention))(*(x.astype(jnp.float32) for x in (q, k, v)), seg, g)
+    assert dq.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(dq, np.float32), dq_ref, atol=6e-2, rtol=6e-2)
+
+
+def test_blocks_skip_keys_of_earlier_conversations_and_the_upper_triangle():
+    # Two rows packed the same way: conversations [0, 20), [20, 50), [50, 64).
+    seg = np.concatenate([np.full(20, 1), np.full(30, 2), np.full(14, 3)])[None].repeat(2, 0)
+    seg = jnp.asarray(seg, jnp.int32)
+    np.testing.assert_array_equal(first_visible_key(seg)[0], np.repeat([0, 20, 50], [20, 30, 14]))
+    # 8 query blocks of 8: block i needs key blocks from its first conversation's start block to i.
+    np.testing.assert_array_equal(_key_blocks(seg, 8, None), [1, 2, 3, 2, 3, 4, 5, 2])
+    # A sliding window bounds the width too; one causal conversation reads the whole lower triangle.
+    np.testing.assert_array_equal(_key_blocks(jnp.ones((1, 64), jnp.int32), 8, 9), [1, 2, 2, 2, 2, 2, 2, 2])
+    np.testing.assert_array_equal(_key_blocks(jnp.ones((1, 64), jnp.int32), 8, None), np.arange(1, 9))
+    # The batch shares one program: the widest row decides.
+    mixed = seg.at[1].set(1)
+    np.testing.assert_array_equal(_key_blocks(mixed, 8, None), np.arange(1, 9))
+
+
+def test_pooled_queries_equal_the_full_attention_at_those_tokens():
+    q, k, v, _, rng = _inputs(2, 30, 4, 1, 8, jnp.float32, seed=2)
+    seg = jnp.asarray(_segments("packed", 2, 30, rng))
+    full = reference_attention(q, k, v, seg, sliding_window=7)
+    idx = jnp.asarray([[3, 11, 20, 27], [0, 9, 17, 28]], jnp.int32)
+    qs = jnp.take_along_axis(q, idx[..., None, None], axis=1)
+    got = pooled_query_attention(qs, k, v, seg, idx, sliding_window=7)
+    np.testing.assert_allclose(got, jnp.take_along_axis(full, idx[..., None, None], axis=1), atol=2e-6, rtol=1e-5)

@@ -17,7 +17,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -63,20 +63,21 @@ def main(argv: Optional[list] = None) -> int:
            for blk in (int(x) for x in a.blocks.split(","))}
     if a.dense:
         fns["xla_dense"] = grad_fn(reference_attention)
-    torch_step = None
+    torch_step: Optional[Callable[[], None]] = None
     if not a.no_torch:
         import torch
         torch.set_num_threads(cores())
         tq, tk, tv = (torch.tensor(x).transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
         tg = torch.tensor(g).transpose(1, 2)
 
-        def torch_step() -> None:
+        def sdpa_step() -> None:
             out = torch.nn.functional.scaled_dot_product_attention(
                 tq, tk.repeat_interleave(n // kv, 1), tv.repeat_interleave(n // kv, 1), is_causal=True)
             (out * tg).sum().backward()
             tq.grad = tk.grad = tv.grad = None
 
-        torch_step()
+        sdpa_step()
+        torch_step = sdpa_step
 
     res: dict = {"benchmark": "attention_fwd_bwd", "rows": b, "seq_len": t, "heads": n, "kv_heads": kv,
                  "head_dim": d, "environment": environment(), "results": {}}

@@ -332,7 +332,7 @@ def executed_flops_per_token(cfg: Any, seq_len: int) -> float:
     (rm_jax.train.flops_per_token) less the last layer's queries, attention, output projection and MLP,
     which run only at the token the head reads (the pooled last layer; 1/seq_len of them is kept)."""
     from rm_jax.train import flops_per_token
-    h, n, k, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
+    h, n, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size
     per_token_last = 6 * (2 * h * n * d + 3 * h * i) + 12 * n * d * seq_len / 2  # q, o, MLP, attention
     if cfg.scan_layers or cfg.num_hidden_layers == 0:
         return flops_per_token(cfg, seq_len)

@@ -97,3 +97,21 @@ def test_pooled_queries_equal_the_full_attention_at_those_tokens():
     qs = jnp.take_along_axis(q, idx[..., None, None], axis=1)
     got = pooled_query_attention(qs, k, v, seg, idx, sliding_window=7)
     np.testing.assert_allclose(got, jnp.take_along_axis(full, idx[..., None, None], axis=1), atol=2e-6, rtol=1e-5)
+
+
+def test_capped_key_widths_round_up_and_stay_exact(monkeypatch):
+    """Long rows compile at most MAX_WIDTHS window widths; a block then reads a wider window than it
+    needs (moved right at the row's start), and the mask must still make it the same function."""
+    from rm_jax.models import attention
+    monkeypatch.setattr(attention, "MAX_WIDTHS", 3)
+    q, k, v, g, rng = _inputs(2, 37, 4, 2, 16, jnp.float32, seed=3)
+    for kind, window in (("packed", None), ("left_pad", 9), ("single", None)):
+        seg = jnp.asarray(_segments(kind, 2, 37, rng))
+        flash = lambda *a: flash_attention(*a, sliding_window=window, block=4)  # noqa: E731
+        ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
+        assert attention._Plan(q, k, 4).widths == [4, 7, 10]
+        np.testing.assert_allclose(jax.jit(flash)(q, k, v, seg), ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
+        got = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+        want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
+        for name, a, b in zip("qkv", got, want):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"{kind} d{name}")

@@ -123,12 +123,26 @@ class _Plan:
         self.tp = -(-self.t // self.block) * self.block
         self.nb = self.tp // self.block
         self.scale = self.d ** -0.5
+        # Key-window widths (in blocks) with a compiled branch each. Capped so compile time stays
+        # flat in T: past the cap a block reads up to (nb / cap) blocks more than it needs.
+        n = min(self.nb, MAX_WIDTHS)
+        self.widths = sorted({-(-(j + 1) * self.nb // n) for j in range(n)})
+
+    def key_start(self, i: jax.Array, tk: int) -> jax.Array:
+        """First key of a window of tk keys ending at block i's end; a window wider than what
+        precedes the block is moved right (the causal mask hides the keys past the block)."""
+        return jnp.clip((i + 1) * self.block - tk, 0, self.tp - tk)
+
+
+MAX_WIDTHS = 16
 
 
 def _switch(plan: _Plan, widths: jax.Array, i: jax.Array, branch, *args):
-    """Run branch(width_in_blocks, *args) with the block's width, a static shape in each branch."""
-    w = jnp.clip(widths[i], 1, i + 1)
-    return jax.lax.switch(w - 1, [functools.partial(branch, j + 1) for j in range(plan.nb)], *args)
+    """Run branch(width_in_blocks, *args) with the narrowest compiled width that covers the keys
+    block i needs; each branch has static shapes."""
+    need = jnp.clip(widths[i], 1, i + 1)
+    choice = jnp.searchsorted(jnp.asarray(plan.widths, jnp.int32), need)
+    return jax.lax.switch(choice, [functools.partial(branch, w) for w in plan.widths], *args)
 
 
 def _forward(q, k, v, segment_ids, window, block):
@@ -144,7 +158,7 @@ def _forward(q, k, v, segment_ids, window, block):
     def one_block(w: int, i: jax.Array):
         tk = w * blk
         q0 = i * blk
-        k0 = q0 + blk - tk
+        k0 = p.key_start(i, tk)
         qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
         kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
         vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
@@ -187,7 +201,7 @@ def _flash_bwd(window, block, res, dout):
         dk, dv = carry
         tk = w * blk
         q0 = i * blk
-        k0 = q0 + blk - tk
+        k0 = p.key_start(i, tk)
         qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
         dob = jax.lax.dynamic_slice_in_dim(doh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
         kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)

@@ -51,7 +51,12 @@ def init_params(cfg: DecoderConfig, mesh: Mesh, seed: int = 0) -> Any:
 
 def apply_model(cfg: DecoderConfig, params: Any, batch: dict, max_segments: int,
                 mesh: Optional[Mesh] = None) -> jax.Array:
-    """Scores [B, S, num_labels] for a batch dict with input_ids, segment_ids, positions."""
-    with activate(mesh):
-        return RewardModel(cfg).apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                                      batch["positions"], max_segments=max_segments)
+    """Scores [B, S, num_labels] for a batch dict with input_ids, segment_ids, positions.
+
+    One jitted call (compiled per call: a convenience for tests and scripts; the train and score
+    paths keep their own compiled functions)."""
+    def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array) -> jax.Array:
+        with activate(mesh):
+            return RewardModel(cfg).apply({"params": params}, ids, seg, pos, max_segments=max_segments)
+
+    return jax.jit(run)(params, batch["input_ids"], batch["segment_ids"], batch["positions"])

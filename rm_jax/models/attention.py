@@ -5,7 +5,7 @@ block scored only against the keys it can see, with a hand-written backward that
 probabilities from a saved log-sum-exp instead of storing them. Which keys a block can see is
 decided at run time from the segment ids: a block inside a packed conversation skips every key
 before that conversation's start as well as the causal upper triangle. The key window is a whole
-number of blocks, picked by ``lax.switch`` among ``T / block`` static widths, so the program stays
+number of blocks, picked by ``lax.switch`` among at most 16 static widths, so the program stays
 static-shaped and compiles one body, not one per block.
 
 Why by hand: XLA's autodiff of a blockwise softmax keeps every [block, T] probability tile alive for
@@ -137,23 +137,29 @@ class _Plan:
 MAX_WIDTHS = 16
 
 
-def _switch(plan: _Plan, widths: jax.Array, i: jax.Array, branch, *args):
-    """Run branch(width_in_blocks, *args) with the narrowest compiled width that covers the keys
-    block i needs; each branch has static shapes."""
-    need = jnp.clip(widths[i], 1, i + 1)
+def _switch(plan: _Plan, needed: jax.Array, i: jax.Array, branch, *args):
+    """Run branch(width_in_blocks, *args) with the narrowest compiled width that covers the
+    needed[i] key blocks of query block i; each branch has static shapes."""
+    need = jnp.clip(needed[i], 1, i + 1)
     choice = jnp.searchsorted(jnp.asarray(plan.widths, jnp.int32), need)
     return jax.lax.switch(choice, [functools.partial(branch, w) for w in plan.widths], *args)
 
 
-def _forward(q, k, v, segment_ids, window, block):
+def _prepare(q, k, v, segment_ids, window, block):
+    """The forward's and the backward's common inputs: rows padded to whole blocks (pad tokens get
+    segment -1: they see only themselves and are sliced off at the end), heads-major layouts
+    ([B, kv, T, group, D] and [B, kv, T, D]) and the key blocks each query block needs."""
     p = _Plan(q, k, block)
-    b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
-    # Padding tokens get segment -1: they see only themselves and are sliced off at the end.
     seg = _pad_to_blocks(segment_ids, p.tp, -1)
-    qh = _heads_major(_pad_to_blocks(q, p.tp), kv)
-    kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)  # [B, kv, T, D]
+    qh = _heads_major(_pad_to_blocks(q, p.tp), p.kv)
+    kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)
     vh = _pad_to_blocks(v, p.tp).transpose(0, 2, 1, 3)
-    widths = _key_blocks(seg, blk, window)
+    return p, seg, qh, kh, vh, _key_blocks(seg, p.block, window)
+
+
+def _forward(q, k, v, segment_ids, window, block):
+    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block)
+    b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
 
     def one_block(w: int, i: jax.Array):
         tk = w * blk
@@ -172,7 +178,7 @@ def _forward(q, k, v, segment_ids, window, block):
         o = (o.reshape(b, kv, blk, g, d) / l).astype(q.dtype)
         return o, (m + jnp.log(l))[..., 0]
 
-    _, (ob, lse) = jax.lax.scan(lambda c, i: (c, _switch(p, widths, i, one_block, i)), None,
+    _, (ob, lse) = jax.lax.scan(lambda c, i: (c, _switch(p, needed, i, one_block, i)), None,
                                 jnp.arange(p.nb))
     out = ob.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, :p.t]  # [nb,B,kv,blk,g,D] -> [B,T,N,D]
     return out, lse
@@ -185,17 +191,12 @@ def _flash_fwd(q, k, v, segment_ids, window, block):
 
 def _flash_bwd(window, block, res, dout):
     q, k, v, segment_ids, out, lse = res
-    p = _Plan(q, k, block)
+    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block)
     b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
-    seg = _pad_to_blocks(segment_ids, p.tp, -1)
-    qh = _heads_major(_pad_to_blocks(q, p.tp), kv)
     doh = _heads_major(_pad_to_blocks(dout, p.tp), kv)
-    kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)
-    vh = _pad_to_blocks(v, p.tp).transpose(0, 2, 1, 3)
     # delta_i = sum_j P_ij dP_ij = dO_i . O_i  (the softmax backward's row term)
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, N]
     delta = _pad_to_blocks(delta, p.tp).reshape(b, p.tp, kv, g).transpose(0, 2, 1, 3)  # [B, kv, T, g]
-    widths = _key_blocks(seg, blk, window)
 
     def one_block(w: int, carry, i: jax.Array):
         dk, dv = carry
@@ -221,7 +222,7 @@ def _flash_bwd(window, block, res, dout):
         return (dk, dv), dq_b.reshape(b, kv, blk, g, d).astype(q.dtype)
 
     zeros = jnp.zeros((b, kv, p.tp, d), jnp.float32)
-    (dk, dv), dqb = jax.lax.scan(lambda c, i: _switch(p, widths, i, one_block, c, i), (zeros, zeros),
+    (dk, dv), dqb = jax.lax.scan(lambda c, i: _switch(p, needed, i, one_block, c, i), (zeros, zeros),
                                  jnp.arange(p.nb))
     dq = dqb.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, :p.t]
     dk = dk.transpose(0, 2, 1, 3)[:, :p.t].astype(k.dtype)

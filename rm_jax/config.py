@@ -29,7 +29,7 @@ class ModelConfig:
     remat: str = "none"  # none | full | dots | dots_no_batch
     scan_layers: bool = False
     attention: str = "xla"  # xla | cudnn
-    attention_block: int = 128  # xla attention: query block size (keys past a block's end are skipped)
+    attention_block: int = 128  # xla attention: query block; a block reads only keys it can see (rm_jax/models/attention.py)
     attributes: list = field(default_factory=lambda: list(ATTRIBUTES))
     init_from: Optional[str] = None  # a previous run folder: start from its kept checkpoint's parameters
     seed: int = 0  # initialisation of new parameters (from-scratch model, new head)

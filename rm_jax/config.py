@@ -14,10 +14,9 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 
 from rm_jax.attributes import ATTRIBUTES
+from rm_jax.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "RunConfig", "build_config", "load_config", "load_yaml", "dump_yaml", "to_dict"]
 
 
 @dataclass
@@ -28,8 +27,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
     remat: str = "none"  # none | full | dots | dots_no_batch
     scan_layers: bool = False
-    attention: str = "xla"  # xla | cudnn
+    attention: str = "auto"  # auto (GPU: cudnn, TPU: splash, CPU: xla) | xla | cudnn | cudnn_dense | splash
     attention_block: int = 128  # xla attention: query block; a block reads only keys it can see (rm_jax/models/attention.py)
+    matmul_precision: Optional[str] = None  # None = highest for float32, default for bfloat16 | default | high | highest
     attributes: list = field(default_factory=lambda: list(ATTRIBUTES))
     init_from: Optional[str] = None  # a previous run folder: start from its kept checkpoint's parameters
     seed: int = 0  # initialisation of new parameters (from-scratch model, new head)
@@ -95,7 +95,7 @@ class MeshConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0  # 0 = at evaluations and at the end
-    keep_latest: int = 1
+    keep_latest: int = 2  # two, so an unreadable latest checkpoint has a previous one to resume from
     keep_best: int = 1
     async_save: bool = True
 
@@ -142,7 +142,8 @@ class RunConfig:
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
-    "model.attention": ("xla", "cudnn"),
+    "model.attention": ("auto", "xla", "cudnn", "cudnn_dense", "splash"),
+    "model.matmul_precision": (None, "default", "high", "highest"),
     "data.kind": ("helpsteer", "pairs"),
     "data.padding_side": ("right", "left"),
     "data.overlength": ("truncate", "drop"),
@@ -278,7 +279,9 @@ def load_yaml(path: str) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} not found") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML: {where}{getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return _yaml_floats(data)

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from rm_jax.errors import ConversationError
+
 Message = dict[str, str]
 
 _TURN_SPLIT = re.compile(r"\n<extra_id_1>(User|Assistant)\n")
@@ -35,8 +37,6 @@ NEMOTRON_TEMPLATE = (
 BUILTIN_TEMPLATES: dict[str, str] = {"nemotron": NEMOTRON_TEMPLATE}
 
 
-class ConversationError(ValueError):
-    """A row that cannot be turned into a conversation."""
 
 
 def split_prompt(prompt: str) -> list[Message]:

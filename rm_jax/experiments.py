@@ -55,7 +55,7 @@ RESERVED = ("plan.json", "plots", "results.csv", "results.md", "results.png")
 # Config sections whose change makes an existing run folder hold a different training.
 TRAINING_SECTIONS = ("model", "data", "train", "loss")
 # ... except these, which change speed or logging but not what is trained.
-NOT_TRAINING = {"model.attention", "model.attention_block", "model.remat", "model.scan_layers", "train.log_every", "train.eval_rows",
+NOT_TRAINING = {"model.attention", "model.attention_block", "model.matmul_precision", "model.remat", "model.scan_layers", "train.log_every", "train.eval_rows",
                 "data.on_bad_row"}
 _PREFIX = {"data.fraction": "frac", "train.lr": "lr", "train.seed": "seed", "model.seed": "mseed",
            "data.subset_seed": "sseed", "data.max_prompts": "prompts", "train.max_steps": "steps",

@@ -1,13 +1,15 @@
-"""Atomic writes: a file is written under a temporary name and renamed, so a crash never leaves a
-half-written config, results table or predictions file behind."""
+"""Atomic writes (a file is written under a temporary name and renamed, so a crash never leaves a
+half-written config, results table or predictions file behind) and the one JSON-lines reader."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 import numpy as np
+
+from rm_jax.errors import InputError
 
 
 def write_text(path: str, text: Union[str, Iterable[str]]) -> None:
@@ -37,3 +39,30 @@ def write_json(path: str, obj: Any) -> None:
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     write_text(path, (json.dumps(r, ensure_ascii=False, default=json_default) + "\n" for r in records))
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    """(1-based line number, object) for every non-empty line of a JSON-lines file; errors name the
+    file and the line."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: line {lineno}: invalid UTF-8") from None
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {lineno}: expected a JSON object")
+            yield lineno, obj
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Every object of a JSON-lines file (see :func:`iter_jsonl`)."""
+    return [obj for _, obj in iter_jsonl(path)]

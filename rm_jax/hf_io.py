@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from rm_jax.attributes import ATTRIBUTES
+from rm_jax.errors import ModelLoadError
 from rm_jax.models import abstract_params, param_logical_specs
 from rm_jax.models.llama import SUPPORTED_MODEL_TYPES, DecoderConfig
 from rm_jax.sharding import logical_sharding, make_mesh
@@ -29,10 +30,6 @@ from rm_jax.sharding import logical_sharding, make_mesh
 ARCH_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "added_tokens.json")
-
-
-class ModelLoadError(ValueError):
-    """A model folder that cannot be read; the message names the folder and what is wrong."""
 
 
 @dataclass

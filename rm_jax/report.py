@@ -93,7 +93,7 @@ def _pairs_accuracy(reward: np.ndarray, group: np.ndarray) -> Optional[float]:
 
 def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Optional[list]:
     """Result rows of one finished run (one per reward weighting), or None if it is not finished."""
-    from rm_jax.metrics import attribute_metrics, pairwise_accuracy
+    from rm_jax.evaluation.metrics import attribute_metrics, pairwise_accuracy
     rd = run_path(sweep_dir, run["run_dir"])
     if not os.path.isfile(os.path.join(rd, "DONE")):
         return None
@@ -122,7 +122,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     rb_path = os.path.join(rd, "predictions", "rewardbench.jsonl")
     if cfg["eval"].get("rewardbench"):
         if os.path.isfile(rb_path):
-            from rm_jax.evaluate import load_rewardbench_predictions
+            from rm_jax.evaluation.predictions import load_rewardbench_predictions
             rb = load_rewardbench_predictions(rb_path)
         else:
             notes.append(f"{run['name']}: eval.rewardbench is set but {rb_path} is missing "
@@ -140,7 +140,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
                 keep = mask[:, h] != 0
                 row["pair_accuracy"] = pairwise_accuracy(reward[keep], labels[keep, h], group[keep].tolist())["accuracy"]
         if rb is not None:
-            from rm_jax.rewardbench import score_pairs
+            from rm_jax.evaluation.rewardbench import score_pairs
             subsets, chosen, rejected, rb_attrs = rb
             wr = resolve_reward_weights(spec, len(rb_attrs))
             res = score_pairs(subsets, chosen @ wr, rejected @ wr)
@@ -364,3 +364,13 @@ def _save(fig: Any, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     fig.savefig(tmp, format="png", dpi=110)
     os.replace(tmp, path)
+
+
+def print_report(rep: Any, out: Any) -> None:
+    print(rep.markdown, file=out)
+    if rep.plots:
+        print(f"plot: {rep.plots[0]}", file=out)
+        if len(rep.plots) > 1:
+            print(f"per-metric plots: {os.path.dirname(rep.plots[1])}/ "
+                  f"({', '.join(os.path.basename(p) for p in rep.plots[1:])})", file=out)
+    print(f"table: {rep.csv_path} and {rep.md_path}", file=out)

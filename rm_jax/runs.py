@@ -1,18 +1,30 @@
-"""Load a reward model for scoring from either an HF folder or an rm_jax run folder."""
+"""Run folders, read: what a finished (or interrupted) run left behind, below training and evaluation.
+
+``model_meta.json`` (architecture, attributes, tokenizer), the parameters of its kept checkpoint,
+a scoring model from either a run folder or an HF folder, and export to an HF folder.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import jax
 from jax.sharding import Mesh
 
+from rm_jax.checkpoint import Checkpointer, abstract_with_shardings
+from rm_jax.config import CheckpointConfig
 from rm_jax.conversation import resolve_template
+from rm_jax.errors import CheckpointError, ConfigError, ModelLoadError
 from rm_jax.hf_io import export_hf, load_hf_reward_model, load_tokenizer
+from rm_jax.models import abstract_params, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import make_mesh
+
+META = "model_meta.json"
 
 
 @dataclass
@@ -31,7 +43,40 @@ class ScoringModel:
 
 
 def is_run_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "model_meta.json"))
+    return os.path.isfile(os.path.join(path, META))
+
+
+def read_meta(run_dir: str) -> dict:
+    path = os.path.join(run_dir, META)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: not an rm_jax run folder (no {META})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from None
+
+
+def _log(msg: str) -> None:
+    print(f"[rm_jax] {msg}", file=sys.stderr, flush=True)
+
+
+def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optional[int] = None) -> Any:
+    """Parameters of a run's best checkpoint (else its latest), placed on ``mesh``. Without an explicit
+    ``step``, an unreadable kept checkpoint falls back to the newest readable one, and says so."""
+    ck = Checkpointer(os.path.join(run_dir, "checkpoints"), CheckpointConfig(async_save=False))
+    try:
+        target = abstract_with_shardings(abstract_params(dcfg), param_shardings_for(dcfg, mesh))
+        if step is not None:
+            return ck.restore_params(step, target)
+        kept = ck.best_step() or ck.latest_step()
+        if kept is None:
+            raise CheckpointError(f"{run_dir}: has no checkpoint")
+        order = [kept] + [s for s in sorted(ck.all_steps(), reverse=True) if s != kept]
+        # Reading a run never changes it: no quarantine here.
+        return ck.first_readable(order, lambda s: ck.restore_params(s, target), _log, quarantine=False)[1]
+    finally:
+        ck.close()
 
 
 def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "float32",
@@ -39,7 +84,6 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
     """``path``: an HF ``*ForSequenceClassification`` folder or an rm_jax run folder (its kept checkpoint)."""
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     if is_run_dir(path):
-        from rm_jax.train import read_meta, restore_run_params
         meta = read_meta(path)
         cfg = DecoderConfig(**meta["decoder"], dtype=dtype)
         params = restore_run_params(path, cfg, mesh, step)
@@ -54,7 +98,7 @@ def export_run(run_dir: str, out_dir: str, step: Optional[int] = None) -> str:
     """A run's kept checkpoint -> an HF ``*ForSequenceClassification`` folder whose tokenizer carries the
     chat template the run trained with, so transformers' apply_chat_template gives the same ids."""
     if not is_run_dir(run_dir):
-        raise FileNotFoundError(f"{run_dir}: not an rm_jax run folder (no model_meta.json)")
+        raise ConfigError(f"{run_dir}: not an rm_jax run folder (no {META})")
     m = load_scoring_model(run_dir, step=step)
     m.tokenizer.chat_template = resolve_template(m.tokenizer, m.template)
     out = export_hf(m.cfg, m.params, out_dir, m.attributes, m.tokenizer, m.hf_config)
@@ -73,6 +117,6 @@ def check_exported_tokenizer(tokenizer: Any, out_dir: str) -> None:
     a = tokenizer.apply_chat_template(PROBE, tokenize=True, return_dict=False)
     b = reloaded.apply_chat_template(PROBE, tokenize=True, return_dict=False)
     if list(a) != list(b):
-        raise ValueError(f"{out_dir}: transformers loads the exported tokenizer as {type(reloaded).__name__}, which "
+        raise ModelLoadError(f"{out_dir}: transformers loads the exported tokenizer as {type(reloaded).__name__}, which "
                          f"encodes differently from the tokenizer this run trained with; use a tokenizer made for "
                          f"this model family (the export is left in place for inspection)")

@@ -1,6 +1,8 @@
 """Batched, packed forward passes: predictions for every example, in input order.
 
-Shared by validation during training, ``rm-jax eval`` and ``rm-jax score``.
+Shared by validation during training, ``rm-jax eval``, ``rm-jax score`` and serving. The row-level
+functions (:func:`read_score_rows`, :func:`score_rows`, :func:`write_scored`) are ``rm-jax score``
+as a library.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from rm_jax.attributes import WeightSpec, resolve_reward_weights
+from rm_jax.conversation import encode, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed
+from rm_jax.errors import ConversationError, InputError
+from rm_jax.files import iter_jsonl, write_jsonl
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import make_mesh, replicated
 from rm_jax.step import batch_shardings, make_score_fn, put_batch
@@ -67,6 +73,47 @@ class Scorer:
                 out[idx[sel]] = scores[sel]
                 bar.update(int((b["segment_ids"] > 0).sum()))
         return out
+
+
+# ---------------------------------------------------------------- rows -> scores (rm-jax score)
+
+def read_score_rows(path: str) -> list[dict]:
+    """Every row parsed and checked before any scoring: errors name the file and the 1-based line."""
+    rows = []
+    for lineno, obj in iter_jsonl(path):
+        try:
+            row_to_messages(obj, where=f"{path}: line {lineno}")
+        except ConversationError as e:
+            raise InputError(str(e)) from None
+        rows.append(obj)
+    return rows
+
+
+def score_rows(model: Any, rows: Sequence[dict], weights: WeightSpec = "70b-rewardbench", batch_rows: int = 16,
+               max_segments: int = 16, seq_len: Optional[int] = None, progress: bool = True,
+               where: str = "input") -> tuple[np.ndarray, np.ndarray]:
+    """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
+    :class:`rm_jax.runs.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
+    max_position_embeddings) is an error naming its row."""
+    w = resolve_reward_weights(weights, model.cfg.num_labels)
+    ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
+    limit = seq_len or model.cfg.max_position_embeddings
+    for i, x in enumerate(ids):
+        if len(x) > limit:
+            raise InputError(f"{where}: row {i + 1}: {len(x)} tokens, more than the limit of {limit} "
+                             f"({'--seq-len' if seq_len else 'the model max_position_embeddings'})")
+    longest = max((len(x) for x in ids), default=1)
+    seq_len = seq_len or min(max(512, _round_up(longest, 128)), limit)
+    pred = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
+        ids, seq_len, batch_rows, max_segments, progress=progress)
+    return pred, pred.astype(np.float64) @ w
+
+
+def write_scored(path: str, rows: Sequence[dict], attributes: Sequence[str], pred: np.ndarray,
+                 reward: np.ndarray) -> None:
+    """The input rows plus ``attributes`` and ``reward``; written atomically."""
+    write_jsonl(path, ({**r, "attributes": {a: float(v) for a, v in zip(attributes, p)}, "reward": float(s)}
+                       for r, p, s in zip(rows, pred, reward)))
 
 
 def _round_up(x: int, m: int) -> int:

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rm_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axes (tried in order; the first that divides the dimension is used, and a
@@ -44,8 +46,8 @@ RULES: tuple[tuple[str, Any], ...] = (
 _ACTIVE: contextvars.ContextVar[Optional[Mesh]] = contextvars.ContextVar("rm_jax_mesh", default=None)
 
 
-class MeshError(ValueError):
-    pass
+class MeshError(ConfigError):
+    """A mesh shape that does not fit the devices."""
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Optional[Sequence[Any]] = None) -> Mesh:

@@ -5,7 +5,6 @@ ones, then tabulate and plot (:mod:`rm_jax.report`). The file format lives in :m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -14,7 +13,9 @@ import yaml
 from typing import Any, Callable, Optional, Sequence
 
 from rm_jax.config import ConfigError, build_config
+from rm_jax.errors import TrainingError
 from rm_jax.files import write_json
+from rm_jax.report import build_report, print_report
 from rm_jax.experiments import (NOT_TRAINING, TRAINING_SECTIONS, Plan, Run, _is_main, attribute_weights_label,
                                 expand, load_experiment, log, plan_record, reward_weights_label)
 
@@ -80,7 +81,7 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
         status = "trained"
     if rewardbench_pending(run):
         log(f"{run.name}: RewardBench predictions ({cfg.eval.rewardbench})")
-        from rm_jax.train import score_rewardbench
+        from rm_jax.evaluation.run_eval import score_rewardbench
         score_rewardbench(cfg, run.run_dir)
     return status
 
@@ -144,7 +145,9 @@ def _same_training(runs: list) -> list:
 
 def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = None, dry_run: bool = False,
           trainer: Optional[Callable] = None, out: Any = None) -> int:
-    """The ``rm-jax sweep`` command as a function (``trainer`` replaces rm_jax.train.train in tests)."""
+    """Run (or resume) the experiment's members, or only ``task_index``, then print the results table to
+    ``out``; returns the number of runs that failed (0 = all done). ``trainer`` replaces
+    rm_jax.train.train in tests."""
     out = out or sys.stdout
     exp = load_experiment(path, overrides)
     plan = expand(exp)
@@ -162,7 +165,6 @@ def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = 
         check_existing(r)
     log(f"{exp.path}: {len(plan.runs)} runs in {exp.sweep_dir}" +
         (f"; this task runs #{task_index} ({selected[0].name})" if task_index is not None else ""))
-    from rm_jax.train import TrainingError
     failed: list[str] = []
     for k, r in enumerate(selected, 1):
         blocked = [d for d in r.after if d in failed]
@@ -174,10 +176,9 @@ def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = 
         log(f"({k}/{len(selected)}) {r.name}: {'finished, skipped' if st == 'done' else st}")
         try:
             run_one(r, plan, trainer)
-        except TrainingError as e:
+        except TrainingError as e:  # the next member may still run; others are real errors
             log(f"{r.name} failed: {e}")
             failed.append(r.name)
-    from rm_jax.report import build_report
     if _is_main():
         rep = build_report(exp.sweep_dir)
         print_report(rep, out)
@@ -186,42 +187,4 @@ def sweep(path: str, overrides: Sequence[str] = (), task_index: Optional[int] = 
                   f"rm-jax report {exp.sweep_dir}", file=out)
     if failed:
         print(f"rm-jax sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-# ---------------------------------------------------------------- CLI
-
-def sweep_main(argv: list) -> int:
-    ap = argparse.ArgumentParser(prog="rm-jax sweep", description="Train every member of an experiment file "
-                                 "(resuming unfinished ones, skipping finished ones), then write results.csv, "
-                                 "results.md and plots in the sweep folder.")
-    ap.add_argument("experiment", help="experiment YAML (see docs/experiments.md)")
-    ap.add_argument("overrides", nargs="*", help="key=value applied to base (e.g. train.lr=1e-4); "
-                    "sweep_dir=DIR; sweep.KEY=[v1,v2] replaces an axis")
-    ap.add_argument("--task-index", type=int, default=None,
-                    help="run only this member (0-based, as --dry-run lists them), e.g. $SLURM_ARRAY_TASK_ID")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and validate every run config")
-    a = ap.parse_intermixed_args(argv)
-    return sweep(a.experiment, a.overrides, a.task_index, a.dry_run)
-
-
-def report_main(argv: list) -> int:
-    ap = argparse.ArgumentParser(prog="rm-jax report",
-                                 description="Rebuild results.csv, results.md and the plots of a sweep folder "
-                                             "from its finished runs.")
-    ap.add_argument("sweep_dir")
-    a = ap.parse_args(argv)
-    from rm_jax.report import build_report
-    print_report(build_report(a.sweep_dir), sys.stdout)
-    return 0
-
-
-def print_report(rep: Any, out: Any) -> None:
-    print(rep.markdown, file=out)
-    if rep.plots:
-        print(f"plot: {rep.plots[0]}", file=out)
-        if len(rep.plots) > 1:
-            print(f"per-metric plots: {os.path.dirname(rep.plots[1])}/ "
-                  f"({', '.join(os.path.basename(p) for p in rep.plots[1:])})", file=out)
-    print(f"table: {rep.csv_path} and {rep.md_path}", file=out)
+    return len(failed)

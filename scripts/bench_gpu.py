@@ -183,7 +183,7 @@ def main(argv: Optional[list] = None) -> int:
     imports = {"datasets_imported_by_rm_jax.step/models": "datasets" in sys.modules,
                "grain_imported_by_rm_jax.step/models": "grain" in sys.modules}
     try:
-        from rm_jax.train import flops_per_token as fpt_fn
+        from rm_jax.perf import flops_per_token as fpt_fn
         fpt_source = "rm_jax.train.flops_per_token"
     except Exception as e:  # keep going on a machine missing one of rm_jax.train's imports
         fpt_fn, fpt_source = flops_per_token_fallback, f"fallback copy (rm_jax.train import failed: {e!r})"

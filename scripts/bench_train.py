@@ -331,7 +331,7 @@ def executed_flops_per_token(cfg: Any, seq_len: int) -> float:
     """What rm_jax actually computes per token on rows of one conversation: the model FLOPs
     (rm_jax.train.flops_per_token) less the last layer's queries, attention, output projection and MLP,
     which run only at the token the head reads (the pooled last layer; 1/seq_len of them is kept)."""
-    from rm_jax.train import flops_per_token
+    from rm_jax.perf import flops_per_token
     h, n, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size
     per_token_last = 6 * (2 * h * n * d + 3 * h * i) + 12 * n * d * seq_len / 2  # q, o, MLP, attention
     if cfg.scan_layers or cfg.num_hidden_layers == 0:
@@ -341,7 +341,7 @@ def executed_flops_per_token(cfg: Any, seq_len: int) -> float:
 
 def run_fixed(jt: JaxTrainer, tt: Optional[TorchTrainer], seq_len: int, rows: int, repeats: int,
               rng: np.random.Generator, peak: float, log: Any) -> dict:
-    from rm_jax.train import flops_per_token
+    from rm_jax.perf import flops_per_token
     b, (ids, am, labels) = fixed_batch(rng, rows, seq_len, jt.cfg.vocab_size, jt.max_segments)
     tokens = rows * seq_len
     log(f"seq {seq_len}: {rows} x {seq_len} tokens; rm_jax compile + first step ...")
@@ -378,7 +378,7 @@ def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq
                        repeats: int, seed: int, rng: np.random.Generator, peak: float, log: Any) -> dict:
     """The fixed-shape mode for several model variants at once, all interleaved with torch in one loop
     (same process, same batch, same load), so variant-to-variant differences are not machine noise."""
-    from rm_jax.train import flops_per_token
+    from rm_jax.perf import flops_per_token
     b, (ids, am, labels) = fixed_batch(rng, rows, seq_len, cfg.vocab_size, 16)
     trainers = {}
     for v in variants:
@@ -417,7 +417,7 @@ def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq
 
 def run_packed(jt: JaxTrainer, tt: Optional[TorchTrainer], n_conv: int, seq_len: int, rows: int, per_batch: int,
                rng: np.random.Generator, peak: float, log: Any) -> dict:
-    from rm_jax.train import flops_per_token
+    from rm_jax.perf import flops_per_token
     lengths, truncated = helpsteer_token_lengths(rng, n_conv, seq_len)
     examples = random_examples(rng, lengths, jt.cfg.vocab_size)
     labels = rng.integers(0, 5, (n_conv, 5)).astype(np.float32)

@@ -11,8 +11,8 @@ from scipy import stats
 from rm_jax import cli
 from rm_jax.attributes import ATTRIBUTES, REWARD_PRESETS
 from rm_jax.data.pipeline import bundled_tokenizer_path
-from rm_jax.evaluate import reweight_from_predictions
-from rm_jax.rewardbench import score_pairs
+from rm_jax.evaluation.evaluate import reweight_from_predictions
+from rm_jax.evaluation.rewardbench import score_pairs
 
 TOL = 1e-4
 SEQ_LEN = 96
@@ -364,18 +364,41 @@ def test_usage_errors(tmp_path, capsys, data, tiny_rm):
            "missing.jsonl", "no such file")
 
 
-def test_python_api_drops_and_counts_overlong_pairs(tiny_rm, data):
+def test_python_api_cuts_overlong_responses_and_counts_them(tiny_rm, data):
+    """Every RewardBench pair is scored: a response longer than seq_len on its own is cut from the left
+    (the head reads its end), exactly as transformers scores those last tokens, and counted."""
     from rm_jax.data.sources import load_pairs
-    from rm_jax.evaluate import evaluate_rewardbench, rewardbench_records
+    from rm_jax.evaluation.evaluate import evaluate_rewardbench
+    from rm_jax.runs import load_scoring_model
+
+    _, hf_model, tok = tiny_rm
+    rows = load_pairs(data["rb"]).rows
+    rows[3]["rejected"] = _text(np.random.default_rng(4), 150, 150)  # longer than seq_len alone
+    model = load_scoring_model(tiny_rm[0])
+    rep, chosen, rejected = evaluate_rewardbench(model, rows, "goodness", seq_len=SEQ_LEN, progress=False)
+    assert not np.isnan(chosen).any() and not np.isnan(rejected).any()
+    c = rep["counts"]
+    assert (c["scored"], c["dropped"], c["response_cut"]) == (len(rows), 0, 1) and rep["n_pairs"] == len(rows)
+    full = list(tok.apply_chat_template(_messages(rows[3]["prompt"], rows[3]["rejected"]), tokenize=True)["input_ids"])
+    assert len(full) > SEQ_LEN and full[0] != tok.bos_token_id
+    np.testing.assert_allclose(rejected[3], _torch_pred(hf_model, full[-SEQ_LEN:]), atol=TOL, rtol=0)
+
+
+def test_python_api_drops_and_counts_overlong_pairs_on_request(tiny_rm, data):
+    from rm_jax.data.sources import load_pairs
+    from rm_jax.evaluation.evaluate import evaluate_rewardbench
+    from rm_jax.evaluation.predictions import rewardbench_records
     from rm_jax.runs import load_scoring_model
 
     rows = load_pairs(data["rb"]).rows
     rows[3]["rejected"] = _text(np.random.default_rng(4), 150, 150)  # longer than seq_len alone
     model = load_scoring_model(tiny_rm[0])
-    rep, chosen, rejected = evaluate_rewardbench(model, rows, "goodness", seq_len=SEQ_LEN, progress=False)
+    rep, chosen, rejected = evaluate_rewardbench(model, rows, "goodness", seq_len=SEQ_LEN, drop_long_pairs=True,
+                                                 progress=False)
     assert chosen.shape == rejected.shape == (len(rows), 5)
     assert np.isnan(chosen[3]).all() and not np.isnan(np.delete(chosen, 3, axis=0)).any()
     assert rep["counts"]["dropped"] == 1 and rep["counts"]["scored"] == rep["n_pairs"] == len(rows) - 1
+    assert rep["counts"]["response_cut"] == 0
     assert rep["subset_counts"]["mt-bench-med"] == 1  # the dropped pair is in no score
     w = np.asarray(REWARD_PRESETS["goodness"])
     keep = [i for i in range(len(rows)) if i != 3]

@@ -28,7 +28,8 @@ from rm_jax.config import ConfigError, dump_yaml, load_config
 from rm_jax.data.pipeline import resolve_source
 from rm_jax.data.sources import load_helpsteer, pair_ids
 from rm_jax.experiments import expand, load_experiment, looks_like_experiment
-from rm_jax.sweep import report_main, sweep
+from rm_jax.cli import main as cli_main
+from rm_jax.sweep import sweep
 from rm_jax.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +227,7 @@ def test_task_index_processes_then_report_give_the_same_table(reference, grid_ex
         assert p.returncode == 0, out[-3000:]
     assert {p.name for p in sd.iterdir() if (p / "DONE").exists()} == {
         "frac0.5-all", "frac0.5-helpfulness_only", "frac1-all", "frac1-helpfulness_only"}
-    assert report_main([str(sd)]) == 0
+    assert cli_main(["report", str(sd)]) == 0
     assert (sd / "results.md").read_text() == reference["md"]
 
 

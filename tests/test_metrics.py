@@ -5,14 +5,14 @@ import pytest
 from scipy import stats
 
 from rm_jax.attributes import ATTRIBUTES
-from rm_jax.metrics import (
+from rm_jax.evaluation.metrics import (
     attribute_metrics,
-    format_attribute_table,
     helpsteer_report,
     pairwise_accuracy,
     rewards_from_attributes,
     round_predictions,
 )
+from rm_jax.evaluation.reports import format_attribute_table
 
 REL = 1e-9
 

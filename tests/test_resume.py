@@ -14,7 +14,7 @@ from tests.subprocesses import TINY, WORKER, worker_env
 
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import make_mesh
-from rm_jax.train import read_meta, restore_run_params
+from rm_jax.runs import read_meta, restore_run_params
 
 ARGS = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.log_every=1",
         "logging.progress=false", "mesh.num_devices=1", "mesh.data=1", "train.eval_every=20",

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from rm_jax.rewardbench import SECTIONS, SUBSET_COUNTS, format_rewardbench, score_pairs
+from rm_jax.evaluation.reports import format_rewardbench
+from rm_jax.evaluation.rewardbench import SECTIONS, SUBSET_COUNTS, score_pairs
 
 
 def _rows(subset, n, n_correct, n_reward_ties=0):

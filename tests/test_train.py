@@ -10,7 +10,8 @@ from rm_jax.config import load_config
 from rm_jax.models import init_params
 from rm_jax.sharding import make_mesh
 from rm_jax.step import create_state, make_optimizer
-from rm_jax.train import scratch_config, train
+from rm_jax.train import train
+from rm_jax.training.setup import scratch_config
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "experiments", "tiny.yaml")
 SMALL = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.log_every=1",
@@ -91,7 +92,7 @@ def test_tiny_beats_the_predict_the_mean_baseline(tmp_path):
     (["model.arch.hiden_size=3"], "model.arch.hiden_size"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, override, message, monkeypatch):
-    import rm_jax.train as t
+    import rm_jax.training.loop as t
     monkeypatch.setattr(t, "make_train_step", lambda *a, **k: pytest.fail("compiled"))
     with pytest.raises(Exception) as e:
         train(cfg_for(tmp_path, *override))

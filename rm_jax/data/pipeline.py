@@ -37,8 +37,9 @@ def bundled_tokenizer_path() -> str:
 @dataclass
 class LengthReport:
     rows: int = 0
-    truncated: int = 0
+    truncated: int = 0  # prompt cut from the left
     dropped: int = 0
+    response_cut: int = 0  # the response alone did not fit: cut from the left too (evaluation only)
 
     def as_dict(self, prefix: str) -> dict:
         return {f"{prefix}_rows": self.rows, f"{prefix}_truncated": self.truncated, f"{prefix}_dropped": self.dropped}
@@ -77,27 +78,38 @@ def fit_length(ids: np.ndarray, prompt_len: int, seq_len: int, policy: str,
     response_len = len(ids) - prompt_len
     if response_len + len(head) >= seq_len:  # no room for any prompt token
         return None, False
+    return keep_end(ids, seq_len, bos_id), True
+
+
+def keep_end(ids: np.ndarray, seq_len: int, bos_id: Optional[int]) -> np.ndarray:
+    """The last tokens of a conversation (after a leading BOS, which is kept): what the head reads."""
+    head = ids[:1] if bos_id is not None and len(ids) > 0 and ids[0] == bos_id else ids[:0]
     tail = ids[len(ids) - (seq_len - len(head)):]
-    return np.concatenate([head, tail]).astype(np.int32), True
+    return np.concatenate([head, tail]).astype(np.int32)
 
 
 def _encode(tokenizer: Any, conversations: list, template: Optional[str], seq_len: int,
-            policy: str, report: LengthReport) -> list[Optional[np.ndarray]]:
+            policy: str, report: LengthReport, cut_response: bool = False) -> list[Optional[np.ndarray]]:
     ids, plen = encode_with_prompt_lengths(tokenizer, conversations, template)
     bos = getattr(tokenizer, "bos_token_id", None)
     out = []
     for x, p in zip(ids, plen):
         y, truncated = fit_length(x, int(p), seq_len, policy, bos)
         report.truncated += truncated
+        if y is None and cut_response and policy == "truncate":
+            # Scoring a benchmark must count every example: the head still reads the response's end.
+            y = keep_end(x, seq_len, bos)
+            report.response_cut += 1
         out.append(y)
     return out
 
 
 def encode_helpsteer(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Optional[str] = None,
-                     overlength: str = "truncate", attributes: Sequence[str] = ATTRIBUTES) -> Encoded:
+                     overlength: str = "truncate", attributes: Sequence[str] = ATTRIBUTES,
+                     cut_response: bool = False) -> Encoded:
     report = LengthReport(rows=len(rows))
     convs = [row_to_messages(r, where=f"row {r.get('_row', i)}") for i, r in enumerate(rows)]
-    ids = _encode(tokenizer, convs, template, seq_len, overlength, report)
+    ids = _encode(tokenizer, convs, template, seq_len, overlength, report, cut_response)
     groups = np.asarray(pair_ids(rows), dtype=np.int64) if rows else np.zeros(0, np.int64)
     keep = [i for i, x in enumerate(ids) if x is not None]
     report.dropped = len(rows) - len(keep)
@@ -115,15 +127,16 @@ def encode_helpsteer(rows: Sequence[dict], tokenizer: Any, seq_len: int, templat
 
 
 def encode_pairs(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Optional[str] = None,
-                 overlength: str = "truncate", n_attributes: int = len(ATTRIBUTES)) -> Encoded:
-    """Pairs: examples 2k (chosen) and 2k+1 (rejected); a pair with either side dropped is dropped."""
+                 overlength: str = "truncate", n_attributes: int = len(ATTRIBUTES), cut_response: bool = False) -> Encoded:
+    """Pairs: examples 2k (chosen) and 2k+1 (rejected); a pair with either side dropped is dropped.
+    ``cut_response``: a response that alone does not fit is cut from the left instead of dropped."""
     report = LengthReport(rows=len(rows))
     convs = []
     for i, r in enumerate(rows):
         where = f"row {r.get('_row', i)}"
         convs.append(row_to_messages({"prompt": r["prompt"], "response": r["chosen"]}, where))
         convs.append(row_to_messages({"prompt": r["prompt"], "response": r["rejected"]}, where))
-    ids = _encode(tokenizer, convs, template, seq_len, overlength, report)
+    ids = _encode(tokenizer, convs, template, seq_len, overlength, report, cut_response)
     kept_ids, units, src, strength = [], [], [], []
     for i, r in enumerate(rows):
         c, rj = ids[2 * i], ids[2 * i + 1]

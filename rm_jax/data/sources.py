@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from rm_jax.attributes import ATTRIBUTES
+from rm_jax.errors import DataError
 
 MISSING_LABEL = -100  # NeMo-Aligner's marker for "not annotated"; loaded as None
 LABEL_RANGE = (0, 4)
@@ -39,19 +40,6 @@ _FILE_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet", ".csv")
 _DEFAULT_HUB_SPLITS = {"allenai/reward-bench": "filtered"}
 # CSV cells are all text; these columns are parsed back to numbers before validation.
 _INT_FIELDS = frozenset(ATTRIBUTES) | {"preference_strength"}
-
-
-class DataError(ValueError):
-    """A row (or file) that does not fit the schema. The message names file, 1-based row and field."""
-
-    def __init__(self, file: str, row: int | None, field: str | None, reason: str):
-        self.file, self.row, self.field, self.reason = file, row, field, reason
-        where = file
-        if row is not None:
-            where += f": row {row}"
-        if field:
-            where += f", field '{field}'"
-        super().__init__(f"{where}: {reason}")
 
 
 @dataclass

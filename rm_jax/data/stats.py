@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats as sps
 
 from rm_jax.attributes import ATTRIBUTES
-from rm_jax.conversation import count_turns
+from rm_jax.conversation import count_turns, encode, row_to_messages
 
 STAT_NAMES: tuple[str, ...] = ATTRIBUTES + ("turns", "prompt_chars", "response_chars")
 _TABLE_LABELS = {"turns": "turns in prompt", "prompt_chars": "prompt chars", "response_chars": "response chars"}
@@ -78,6 +78,32 @@ def format_stats_table(stats: Mapping[str, Any]) -> str:
         digits = 1 if name.endswith("_chars") else 4  # the paper's precision
         lines.append(f"| {_TABLE_LABELS.get(name, name)} | {_num(s['mean'], digits)} | "
                      f"{_num(s['std'], digits)} | {_num(s['pearson_helpfulness'], 4)} |")
+    return "\n".join(lines)
+
+
+def dataset_stats(source: str, split: str = "train", on_bad_row: str = "error", tokenizer: Any = None,
+                  template: str | None = None) -> dict:
+    """``rm-jax data stats``: :func:`helpsteer_stats` of a source (file, folder, hub id, ``bundled``), plus
+    token lengths under ``tokenizer`` when one is given and the count of skipped bad rows."""
+    from rm_jax.data.pipeline import resolve_source
+    from rm_jax.data.sources import load_helpsteer
+    res = load_helpsteer(resolve_source(source), split, on_bad_row=on_bad_row)
+    stats = helpsteer_stats(res.rows)
+    if tokenizer is not None:
+        lengths = [len(x) for x in encode(tokenizer, [row_to_messages(r) for r in res.rows], template)]
+        stats["tokens"] = token_length_stats(lengths)
+    if res.skipped:
+        stats["skipped_rows"] = len(res.skipped)
+    return stats
+
+
+def format_stats_report(stats: Mapping[str, Any]) -> str:
+    """The table plus token lengths and skipped rows, as ``rm-jax data stats`` prints them."""
+    lines = [format_stats_table(stats)]
+    if "tokens" in stats:
+        lines.append("tokens per conversation: " + ", ".join(f"{k} {v:.1f}" for k, v in stats["tokens"].items()))
+    if stats.get("skipped_rows"):
+        lines.append(f"skipped {stats['skipped_rows']} bad rows")
     return "\n".join(lines)
 
 

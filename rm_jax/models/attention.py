@@ -247,6 +247,30 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.A
     return _flash(q, k, v, segment_ids, sliding_window, int(block))
 
 
+KERNELS = ("xla", "cudnn", "cudnn_dense", "splash")
+
+
+def resolve_kernel(name: str, backend: Optional[str] = None) -> str:
+    """``auto`` -> the kernel for the backend (GPU: packed cuDNN, TPU: splash, CPU: xla); explicit names as is."""
+    if name != "auto":
+        if name not in KERNELS:
+            raise ValueError(f"model.attention={name!r}; choose auto or one of {', '.join(KERNELS)}")
+        return name
+    backend = backend or jax.default_backend()
+    return {"gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn", "tpu": "splash"}.get(backend, "xla")
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, kernel: str,
+           sliding_window: Optional[int] = None, block: int = 128, precision: Optional[str] = None) -> jax.Array:
+    """Causal, segment-masked attention by the named kernel (already resolved: see resolve_kernel)."""
+    if kernel == "xla":
+        return flash_attention(q, k, v, segment_ids, sliding_window, block)
+    if kernel in ("cudnn", "cudnn_dense"):  # the dense-mask path until the packed call lands
+        mask = attention_mask(segment_ids, sliding_window)[:, 0]  # [B, 1, T, T]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5, implementation="cudnn")
+    raise NotImplementedError(f"attention kernel {kernel!r} is not implemented yet")
+
+
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
                         sliding_window: Optional[int] = None) -> jax.Array:
     """The same function as a dense T x T softmax, differentiated by XLA: the tests' yardstick."""

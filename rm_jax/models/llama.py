@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rm_jax.models.attention import attention_mask, flash_attention, pooled_query_attention
+from rm_jax.models.attention import KERNELS, attend, pooled_query_attention, resolve_kernel
 from rm_jax.sharding import constrain
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -58,8 +58,9 @@ class DecoderConfig:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = False
-    attention: str = "xla"  # "xla" (rm_jax.models.attention.flash_attention, any backend) | "cudnn" (GPU)
+    attention: str = "auto"  # auto | xla | cudnn | cudnn_dense | splash (rm_jax.models.attention)
     attention_block: int = 128  # xla path: query block; each block reads only the keys it can see
+    matmul_precision: Optional[str] = None  # None: highest for float32, default for bfloat16
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -71,8 +72,8 @@ class DecoderConfig:
             raise ValueError(f"model.remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype={self.dtype!r}; choose float32 or bfloat16")
-        if self.attention not in ("xla", "cudnn"):
-            raise ValueError(f"model.attention={self.attention!r}; choose xla or cudnn")
+        if self.attention != "auto" and self.attention not in KERNELS:
+            raise ValueError(f"model.attention={self.attention!r}; choose auto or one of {', '.join(KERNELS)}")
 
     @property
     def compute_dtype(self) -> Any:
@@ -187,11 +188,9 @@ class Attention(nn.Module):
 
         if query_index is not None:
             out = pooled_query_attention(q, kk, v, segment_ids, query_index, cfg.sliding_window)
-        elif cfg.attention == "cudnn":
-            mask = attention_mask(segment_ids, cfg.sliding_window)[:, 0]  # [B, 1, T, T]
-            out = jax.nn.dot_product_attention(q, kk, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
         else:
-            out = flash_attention(q, kk, v, segment_ids, cfg.sliding_window, cfg.attention_block)
+            out = attend(q, kk, v, segment_ids, kernel=resolve_kernel(cfg.attention), sliding_window=cfg.sliding_window,
+                         block=cfg.attention_block, precision=cfg.matmul_precision)
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
         b, t = out.shape[:2]

@@ -6,9 +6,12 @@ Counts and sections follow allenai/reward-bench as used in the HelpSteer2 paper
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from rm_jax.attributes import WeightSpec
+from rm_jax.evaluation.weights import check_weights, weight_sets
 
 # Official per-subset counts. They weight subsets within a section even when the data
 # holds fewer rows (math-prm has 447 real rows but counts as 984, matching the code pairs).
@@ -108,29 +111,18 @@ def score_pairs(
     }
 
 
-def _pct(x: Optional[float]) -> str:
-    return f"{'-':>7}" if x is None else f"{100.0 * x:>7.2f}"
-
-
-def format_rewardbench(result: Mapping[str, Any]) -> str:
-    """Readable table of score_pairs output, accuracies in percent."""
-    counts = result.get("subset_counts", {})
-    lines = [f"{'subset':<26} {'acc %':>7} {'rows':>6} {'weight':>6}"]
-    lines.append("-" * len(lines[0]))
-    for section, members in SECTIONS.items():
-        if section not in result["sections"]:
-            continue
-        lines.append(f"{'[' + section + ']':<26} {_pct(result['sections'][section])}")
-        for sub in members:
-            if sub in result["subsets"]:
-                lines.append(
-                    f"  {sub:<24} {_pct(result['subsets'][sub])} {counts.get(sub, 0):>6d} {SUBSET_COUNTS[sub]:>6d}"
-                )
-    if result.get("unknown_subsets"):
-        lines.append("[not in any section]")
-        for sub, acc in result["unknown_subsets"].items():
-            lines.append(f"  {sub:<24} {_pct(acc)} {counts.get(sub, 0):>6d} {'-':>6}")
-    lines.append("-" * len(lines[0]))
-    lines.append(f"{'overall (mean of sections)':<26} {_pct(result.get('overall'))}")
-    lines.append(f"{'pairs':<26} {int(result.get('n_pairs', 0)):>7d}")
-    return "\n".join(lines)
+def rewardbench_metrics(subsets: Sequence[str], chosen_pred: np.ndarray, rejected_pred: np.ndarray,
+                        attributes: Sequence[str], weights: WeightSpec) -> dict[str, Any]:
+    """:func:`score_pairs` for the ``weights`` reward (a pair is right iff chosen > rejected),
+    plus every preset's sections / overall / subsets under ``presets``."""
+    chosen_pred = np.asarray(chosen_pred, np.float64).reshape(len(subsets), len(attributes))
+    rejected_pred = np.asarray(rejected_pred, np.float64).reshape(len(subsets), len(attributes))
+    w = check_weights(weights, attributes)
+    rc, rr = chosen_pred @ w, rejected_pred @ w
+    result = score_pairs(list(subsets), rc, rr)
+    result["n_reward_ties"] = int(np.sum(rc == rr))
+    result["presets"] = {}
+    for name, pw in weight_sets(weights, attributes).items():
+        r = score_pairs(list(subsets), chosen_pred @ pw, rejected_pred @ pw)
+        result["presets"][name] = {k: r[k] for k in ("overall", "sections", "subsets", "unknown_subsets")}
+    return result

@@ -1,5 +1,5 @@
-"""Evaluation of multi-attribute predictions: per-attribute regression stats and
-HelpSteer2 pairwise accuracy. Pure numpy/scipy so it runs without an accelerator.
+"""Metrics of multi-attribute predictions: per-attribute regression stats and HelpSteer2 pairwise
+accuracy. Pure numpy/scipy, from predictions alone (no model), so it runs without an accelerator.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import numpy as np
 from scipy import stats
 
 from rm_jax.attributes import ATTRIBUTES, WeightSpec, resolve_reward_weights
+from rm_jax.evaluation.weights import weight_sets
 
 LABEL_MIN = 0.0
 LABEL_MAX = 4.0
-_STAT_KEYS = ("mse", "rmse", "mae", "pearson", "spearman")
+STAT_KEYS = ("mse", "rmse", "mae", "pearson", "spearman")
 
 
 def _as_2d(name: str, x: Any) -> np.ndarray:
@@ -50,7 +51,7 @@ def _correlation(fn, a: np.ndarray, b: np.ndarray) -> Optional[float]:
 
 def _regression_stats(p: np.ndarray, t: np.ndarray) -> dict[str, Optional[float]]:
     if p.size == 0:
-        return {k: None for k in _STAT_KEYS}
+        return {k: None for k in STAT_KEYS}
     err = p - t
     mse = float(np.mean(err**2))
     return {
@@ -179,25 +180,40 @@ def helpsteer_report(
         return {"per_attribute": per_attribute, "pairwise": {}}
     h = list(names).index("helpfulness")
     has_help = np.ones(pred.shape[0], dtype=bool) if mask is None else np.asarray(mask)[:, h] != 0
-    kept_ids = [pid for pid, keep in zip(pair_ids, has_help) if keep]
-    helpfulness = target[has_help, h]
-    pairwise = {
-        name: pairwise_accuracy(rewards_from_attributes(pred, spec)[has_help], helpfulness, kept_ids)
-        for name, spec in weights.items()
-    }
+    w = {name: resolve_reward_weights(spec, n_attributes=pred.shape[1]) for name, spec in weights.items()}
+    return {"per_attribute": per_attribute, "pairwise": pairwise_by_weights(pred, target[:, h], has_help, pair_ids, w)}
+
+
+def pairwise_by_weights(pred: np.ndarray, helpfulness: np.ndarray, has_help: np.ndarray,
+                        pair_ids: Sequence[Hashable], weights: Mapping[str, np.ndarray]) -> dict[str, dict]:
+    """:func:`pairwise_accuracy` of the reward ``pred @ w`` for each named weight vector, over the rows
+    whose helpfulness label is present (a pair with a missing one counts as a skipped group)."""
+    pred = _as_2d("pred", pred)
+    keep = np.asarray(has_help, bool)
+    kept_ids = [pid for pid, k in zip(pair_ids, keep) if k]
+    target = np.asarray(helpfulness, np.float64)[keep]
+    return {name: pairwise_accuracy((pred @ np.asarray(w, np.float64))[keep], target, kept_ids)
+            for name, w in weights.items()}
+
+
+def helpsteer_metrics(pred: np.ndarray, attributes: Sequence[str], labels: np.ndarray, label_mask: np.ndarray,
+                      groups: Sequence[int], weights: WeightSpec) -> dict[str, Any]:
+    """Metrics of predictions ``pred`` [N, len(attributes)] against HelpSteer2 ``labels`` [N, 5]
+    (columns in :data:`ATTRIBUTES` order, ``label_mask`` 1 where present).
+
+    ``per_attribute``: every model attribute that is a HelpSteer2 attribute. ``pairwise``: per
+    weight set (every preset plus ``weights``: :func:`rm_jax.evaluation.weights.weight_sets`),
+    accuracy on prompt groups of exactly two rows with different helpfulness; rows whose
+    helpfulness label is missing are left out (their group is then counted as skipped).
+    """
+    pred = np.asarray(pred, np.float64)
+    labels = np.asarray(labels, np.float64)
+    label_mask = np.asarray(label_mask) != 0
+    model_cols = [j for j, a in enumerate(attributes) if a in ATTRIBUTES]
+    label_cols = [ATTRIBUTES.index(attributes[j]) for j in model_cols]
+    per_attribute = attribute_metrics(pred[:, model_cols], labels[:, label_cols], label_mask[:, label_cols],
+                                      names=[attributes[j] for j in model_cols]) if model_cols else {}
+    h = ATTRIBUTES.index("helpfulness")
+    pairwise = pairwise_by_weights(pred, labels[:, h], label_mask[:, h], list(np.asarray(groups).tolist()),
+                                   weight_sets(weights, attributes))
     return {"per_attribute": per_attribute, "pairwise": pairwise}
-
-
-def _fmt(x: Optional[float], width: int, digits: int = 4) -> str:
-    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
-
-
-def format_attribute_table(per_attribute: Mapping[str, Mapping[str, Any]]) -> str:
-    """Fixed-width text table of attribute_metrics output; undefined values print as '-'."""
-    name_w = max([len("attribute")] + [len(n) for n in per_attribute])
-    header = f"{'attribute':<{name_w}} {'n':>7} " + " ".join(f"{k:>9}" for k in _STAT_KEYS)
-    lines = [header, "-" * len(header)]
-    for name, m in per_attribute.items():
-        cells = " ".join(_fmt(m.get(k), 9) for k in _STAT_KEYS)
-        lines.append(f"{name:<{name_w}} {int(m['n']):>7d} {cells}")
-    return "\n".join(lines)

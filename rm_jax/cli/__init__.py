@@ -1,0 +1,69 @@
+"""``rm-jax``: the command line. One thin module per command, each parsing its own arguments and
+calling the library; this module dispatches and turns expected failures into one line and an exit code.
+
+Nothing below ``rm_jax.cli`` parses argv: library functions return values and raise
+:class:`rm_jax.errors.RmJaxError` subclasses (and ``OSError`` for the file system), whose message
+is printed as ``rm-jax COMMAND: error: ...``. ``--debug`` (anywhere on the line) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# command -> (module under rm_jax.cli, one-line usage)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train CONFIG.yaml [key=value ...]       train (or resume) one run"),
+    "sweep": ("sweep", "sweep EXPERIMENT.yaml [--task-index I] [--dry-run]"),
+    "report": ("report", "report SWEEP_DIR                         rebuild results.csv / results.md / plots"),
+    "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5]"),
+    "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),
+    "export": ("export", "export RUN_DIR --out HF_DIR"),
+    "data": ("data", "data stats FILE|HUB_ID [--json] [--tokenizer DIR]"),
+}
+
+
+def usage() -> str:
+    lines = ["rm-jax COMMAND ...", ""] + [f"  {u}" for _, u in COMMANDS.values()]
+    lines += ["", "  --debug   (any command) show the full traceback of a failure"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"rm-jax: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    from rm_jax.errors import RmJaxError
+    try:
+        module = importlib.import_module(f"rm_jax.cli.{COMMANDS[cmd][0]}")
+        return int(module.main(rest) or 0)
+    except RmJaxError as e:
+        if debug:
+            raise
+        print(f"rm-jax {cmd}: error: {_one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # the file system: a missing file, a full disk, no permission
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"rm-jax {cmd}: error: {_one_line(where + str(e.strerror or e))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"rm-jax {cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(part.strip() for part in msg.strip().splitlines() if part.strip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""``rm-jax data stats FILE|HUB_ID``: the HelpSteer2 paper's Table 2 for any HelpSteer2-format data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="rm-jax data")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("stats", help="the HelpSteer2 paper's Table 2 for any HelpSteer2-format data")
+    st.add_argument("source", help="file, folder, hub id, or 'bundled'")
+    st.add_argument("--split", default="train")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--tokenizer", default=None, help="also report token lengths with this tokenizer")
+    st.add_argument("--template", default=None)
+    st.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    a = ap.parse_args(list(argv))
+    from rm_jax.data.stats import dataset_stats, format_stats_report
+    tokenizer = None
+    if a.tokenizer:
+        from rm_jax.hf_io import load_tokenizer
+        tokenizer = load_tokenizer(a.tokenizer)
+    stats = dataset_stats(a.source, a.split, a.on_bad_row, tokenizer, a.template)
+    print(json.dumps(stats) if a.json else format_stats_report(stats))
+    return 0

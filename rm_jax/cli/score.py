@@ -1,0 +1,48 @@
+"""``rm-jax score``: attribute scores and a scalar reward for every row of a jsonl file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from rm_jax.attributes import resolve_reward_weights
+from rm_jax.errors import InputError
+
+
+def check_weights(spec: str, n: Optional[int]) -> None:
+    """A bad ``--weights`` fails before anything is loaded (``n`` unknown) or once the model says how
+    many attributes it predicts."""
+    try:
+        if n is None:
+            if "," not in spec:
+                resolve_reward_weights(spec)
+        else:
+            resolve_reward_weights(spec, n)
+    except ValueError as e:
+        raise InputError(f"--weights: {e}") from None
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="rm-jax score", description=__doc__)
+    ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
+    ap.add_argument("--input", required=True, help="jsonl rows: {prompt, response} or {messages: [...]}")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--weights", default="70b-rewardbench", help="preset name or w1,...,w5")
+    ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
+    ap.add_argument("--batch-rows", type=int, default=16)
+    ap.add_argument("--max-segments", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(list(argv))
+    from rm_jax.runs import load_scoring_model
+    from rm_jax.scoring import read_score_rows, score_rows, write_scored
+    check_weights(a.weights, None)
+    rows = read_score_rows(a.input)
+    model = load_scoring_model(a.model, dtype=a.dtype, template=a.template)
+    check_weights(a.weights, model.cfg.num_labels)
+    pred, reward = score_rows(model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress,
+                              where=a.input)
+    write_scored(a.output, rows, model.attributes, pred, reward)
+    print(f"scored {len(rows)} rows -> {a.output}")
+    return 0

@@ -1,0 +1,18 @@
+"""``rm-jax train CONFIG.yaml [key=value ...]``: one run (or its resumption) -> a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="rm-jax train")
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 mesh.fsdp=-1")
+    a = ap.parse_args(list(argv))
+    from rm_jax.config import load_config
+    from rm_jax.train import train
+    run_dir = train(load_config(a.config, a.overrides))
+    print(f"run folder: {run_dir}")
+    return 0

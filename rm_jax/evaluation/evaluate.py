@@ -1,0 +1,274 @@
+"""Evaluating a reward model: HelpSteer2 metrics and RewardBench-format accuracy (``rm-jax eval``).
+
+The data flow, one module a step:
+
+  rows -> :func:`predict_encoded` (the one prediction step: over-length policy, packed forward passes
+  through :class:`rm_jax.scoring.Scorer`, the same path as ``rm-jax score``)
+       -> metrics from predictions (:mod:`.metrics`, :mod:`.rewardbench`; weights from :mod:`.weights`)
+       -> prediction files (:mod:`.predictions`) and readable tables (:mod:`.reports`).
+
+* HelpSteer2-format rows (``prompt``, ``response``, five attribute labels): per-attribute
+  MSE / RMSE / MAE / Pearson / Spearman (also for predictions rounded to 0..4), and pairwise
+  accuracy on the prompt pairs under every reward-weight preset plus ``weights``.
+* RewardBench-format pairs (``prompt``, ``chosen``, ``rejected``, ``subset``[, ``id``]):
+  per-subset accuracy, count-weighted section scores and the overall mean of sections
+  (:func:`rm_jax.evaluation.rewardbench.score_pairs`) for the ``weights`` reward, and every preset
+  under ``rewardbench.presets``. Every pair is scored: a response longer than ``seq_len`` on its own
+  is cut from the left (the head still reads its end) and counted as ``response_cut``, so section
+  scores stay comparable with the leaderboard; ``drop_long_pairs`` drops such pairs instead.
+
+:func:`reweight_from_predictions` recomputes every metric from saved predictions with new weights and
+no model. All metric numbers come from the same functions whichever way the predictions were made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from rm_jax.attributes import ATTRIBUTES, WeightSpec
+from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source
+from rm_jax.data.sources import load_helpsteer, load_pairs
+from rm_jax.errors import InputError, ModelLoadError
+from rm_jax.evaluation.metrics import helpsteer_metrics
+from rm_jax.evaluation.predictions import (HELPSTEER_SUFFIX, REWARDBENCH_SUFFIX, find_predictions, helpsteer_records,
+                                           load_helpsteer_predictions, load_rewardbench_predictions, output_stem,
+                                           rewardbench_records, subset_of)
+from rm_jax.evaluation.rewardbench import rewardbench_metrics
+from rm_jax.evaluation.weights import check_weights, default_weights, weights_record
+from rm_jax.files import write_json, write_jsonl
+from rm_jax.runs import is_run_dir, load_scoring_model
+from rm_jax.scoring import Scorer
+
+DEFAULT_MAX_SEQ_LEN = 4096  # NeMo-Aligner's RM sequence length for HelpSteer2; capped by the model's positions
+
+
+def _limit(model: Any, seq_len: Optional[int]) -> int:
+    if seq_len is not None:
+        if seq_len < 2:
+            raise InputError(f"--seq-len: must be at least 2, got {seq_len}")
+        return int(seq_len)
+    return int(min(DEFAULT_MAX_SEQ_LEN, model.cfg.max_position_embeddings))
+
+
+def predict_encoded(model: Any, enc: Encoded, limit: int, batch_rows: int = 16, max_segments: int = 16,
+                    progress: bool = True, desc: str = "scoring") -> np.ndarray:
+    """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs."""
+    if not enc.ids:
+        return np.zeros((0, model.cfg.num_labels), np.float32)
+    longest = max(len(x) for x in enc.ids)
+    pack_len = min(limit, ((longest + 63) // 64) * 64)
+    scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)
+    return scorer.predict(list(enc.ids), pack_len, batch_rows, max_segments, packing=True, progress=progress,
+                          desc=desc)
+
+
+def _counts(enc: Encoded, scored: int, limit: int) -> dict:
+    return {"rows": enc.report.rows, "scored": int(scored), "truncated": enc.report.truncated,
+            "response_cut": enc.report.response_cut, "dropped": enc.report.dropped, "seq_len": limit}
+
+
+def evaluate_helpsteer(model: Any, rows: Sequence[dict], weights: Optional[WeightSpec] = None, *,
+                       seq_len: Optional[int] = None, batch_rows: int = 16, max_segments: int = 16,
+                       overlength: str = "truncate", progress: bool = True) -> tuple[dict, list[dict]]:
+    """Score HelpSteer2 rows and compute their metrics.
+
+    ``model`` is a :class:`rm_jax.runs.ScoringModel`. Rows longer than ``seq_len`` (default: the
+    model's positions, at most 4096) have their prompt cut from the left; a row whose response
+    alone does not fit is dropped (counted). Returns ``(report, predictions)``: the report holds
+    ``per_attribute``, ``pairwise`` and ``counts``; predictions are the records of
+    :func:`rm_jax.evaluation.predictions.helpsteer_records`.
+    """
+    attributes = list(model.attributes)
+    weights = default_weights(attributes) if weights is None else weights
+    check_weights(weights, attributes)
+    limit = _limit(model, seq_len)
+    enc = encode_helpsteer(rows, model.tokenizer, limit, model.template, overlength, attributes=ATTRIBUTES)
+    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "helpsteer")
+    report = helpsteer_metrics(pred, attributes, enc.labels, enc.label_mask, enc.group, weights)
+    report["counts"] = _counts(enc, len(enc.ids), limit)
+    return report, helpsteer_records(enc.source_rows, enc.group, pred, attributes, enc.labels, enc.label_mask)
+
+
+def evaluate_rewardbench(model: Any, rows: Sequence[dict], weights: Optional[WeightSpec] = None, *,
+                         seq_len: Optional[int] = None, batch_rows: int = 16, max_segments: int = 16,
+                         overlength: str = "truncate", drop_long_pairs: bool = False, progress: bool = True
+                         ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Score RewardBench-format pairs (rows as :func:`rm_jax.data.sources.load_pairs` gives them).
+
+    Returns ``(report, chosen_pred, rejected_pred)``: the :func:`rewardbench_metrics` report plus
+    ``counts``, and attribute predictions [len(rows), A] of each row's chosen and rejected
+    response, aligned with ``rows``. Over-long conversations have their prompt cut from the left; a
+    response that alone does not fit is cut from the left too (``counts.response_cut``), unless
+    ``drop_long_pairs``: then its pair is dropped (NaN predictions, left out of every score, counted).
+    """
+    attributes = list(model.attributes)
+    weights = default_weights(attributes) if weights is None else weights
+    check_weights(weights, attributes)
+    limit = _limit(model, seq_len)
+    enc = encode_pairs(rows, model.tokenizer, limit, model.template, overlength, n_attributes=len(attributes),
+                       cut_response=not drop_long_pairs)
+    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "rewardbench")
+    position = {r.get("_row", i): i for i, r in enumerate(rows)}
+    scored = np.asarray([position[int(src)] for src in enc.source_rows[0::2]], np.int64)
+    chosen = np.full((len(rows), len(attributes)), np.nan, np.float32)
+    rejected = np.full_like(chosen, np.nan)
+    chosen[scored], rejected[scored] = pred[0::2], pred[1::2]
+    report = rewardbench_metrics([subset_of(rows[i]) for i in scored], chosen[scored], rejected[scored],
+                                 attributes, weights)
+    report["counts"] = _counts(enc, len(scored), limit)
+    return report, chosen, rejected
+
+
+def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -> dict:
+    """Every metric of an earlier ``rm-jax eval`` recomputed from its saved predictions with
+    ``weights`` (default: the model-appropriate default); no model, no forward pass.
+
+    ``path``: the earlier results json, its stem, one of its predictions files, or a training run
+    folder (its ``predictions/validation.jsonl``). Model and length counts are copied from the
+    earlier results json when it is there.
+    """
+    hs_path, rb_path, json_path = find_predictions(path)
+    previous: dict = {}
+    if json_path:
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+    out: dict[str, Any] = {"from_predictions": {"helpsteer": hs_path, "rewardbench": rb_path}}
+    if isinstance(previous, dict) and "model" in previous:
+        out["model"] = previous["model"]
+    prev_counts = previous.get("counts", {}) if isinstance(previous, dict) else {}
+    counts: dict[str, Any] = {}
+    attributes: Optional[list[str]] = None
+    if hs_path:
+        pred, attributes, labels, mask, groups = load_helpsteer_predictions(hs_path)
+        w = default_weights(attributes) if weights is None else weights
+        rep = helpsteer_metrics(pred, attributes, labels, mask, groups, w)
+        out.update(rep)
+        counts["helpsteer"] = dict(prev_counts.get("helpsteer", {}), scored=int(len(pred)))
+    if rb_path:
+        subsets, chosen, rejected, rb_attrs = load_rewardbench_predictions(rb_path)
+        if attributes is not None and rb_attrs != attributes:
+            raise InputError(f"{rb_path}: attributes {rb_attrs} differ from {hs_path}'s {attributes}")
+        attributes = rb_attrs
+        w = default_weights(attributes) if weights is None else weights
+        out["rewardbench"] = rewardbench_metrics(subsets, chosen, rejected, attributes, w)
+        counts["rewardbench"] = dict(prev_counts.get("rewardbench", {}), scored=int(len(subsets)))
+    assert attributes is not None
+    w = default_weights(attributes) if weights is None else weights
+    out["weights"] = weights_record(w, attributes)
+    out["counts"] = counts
+    return _ordered(out)
+
+
+def _ordered(result: dict) -> dict:
+    keys = ("model", "weights", "counts", "per_attribute", "pairwise", "rewardbench", "from_predictions")
+    return {**{k: result[k] for k in keys if k in result}, **{k: v for k, v in result.items() if k not in keys}}
+
+
+def _ordered(result: dict) -> dict:
+    keys = ("model", "weights", "counts", "per_attribute", "pairwise", "rewardbench", "from_predictions")
+    return {**{k: result[k] for k in keys if k in result}, **{k: v for k, v in result.items() if k not in keys}}
+
+
+# ----------------------------------------------------------------------------- a model on data sources
+
+
+def model_attributes_cheaply(path: str) -> Optional[list[str]]:
+    """The attribute names a model folder will load with, read from its metadata only (no weights),
+    so ``weights`` can be checked before anything heavy; None when unknown."""
+    try:
+        if is_run_dir(path):
+            with open(os.path.join(path, "model_meta.json"), encoding="utf-8") as f:
+                return list(json.load(f)["attributes"])
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            hf = json.load(f)
+        archs = hf.get("architectures") or []
+        id2label = hf.get("id2label") or {}
+        if any(a.endswith("ForSequenceClassification") for a in archs) and id2label:
+            return [id2label[k] for k in sorted(id2label, key=int)]
+        return list(ATTRIBUTES)
+    except Exception:  # the real loader reports a broken folder properly
+        return None
+
+
+def evaluate_model(model_path: str, *, helpsteer: Optional[str] = None, helpsteer_split: str = "validation",
+                   rewardbench: Optional[str] = None, rewardbench_split: str = "filtered",
+                   weights: Optional[WeightSpec] = None, output: str = "eval_results.json",
+                   seq_len: Optional[int] = None, batch_rows: int = 16, max_segments: int = 16,
+                   template: Optional[str] = None, dtype: str = "float32", drop_long_pairs: bool = False,
+                   progress: bool = True) -> tuple[dict, str]:
+    """``rm-jax eval --model``: evaluate on HelpSteer2 rows and/or RewardBench pairs, write the results
+    json and the prediction files next to it; returns (results, results path). Everything that can be
+    checked without the model's weights (weights, template, data files) is checked first."""
+    if not helpsteer and not rewardbench:
+        raise InputError("nothing to evaluate: give --helpsteer FILE|HUB_ID and/or --rewardbench FILE|HUB_ID")
+    if weights is not None:
+        check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
+    if template:
+        from rm_jax.conversation import resolve_template
+        try:
+            resolve_template(None, template)  # a built-in name or a literal jinja template
+        except ValueError as e:
+            raise InputError(f"--template: {e}") from None
+    hs_rows = load_helpsteer(resolve_source(helpsteer), helpsteer_split).rows if helpsteer else None
+    rb_rows = load_pairs(rewardbench, rewardbench_split).rows if rewardbench else None
+    if hs_rows is not None and not hs_rows:
+        raise InputError(f"--helpsteer {helpsteer}: no rows")
+    if rb_rows is not None and not rb_rows:
+        raise InputError(f"--rewardbench {rewardbench}: no rows")
+
+    try:
+        model = load_scoring_model(model_path, dtype=dtype, template=template)
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"--model {model_path}: {e}") from None
+    attributes = list(model.attributes)
+    weights = weights if weights is not None else default_weights(attributes)
+    check_weights(weights, attributes)
+
+    out_path = output if output.endswith(".json") else output + ".json"
+    stem = output_stem(out_path)
+    opts = dict(seq_len=seq_len, batch_rows=batch_rows, max_segments=max_segments, progress=progress)
+    result: dict[str, Any] = {
+        "model": {"path": os.path.abspath(model_path), "attributes": attributes, "template": template,
+                  "dtype": dtype},
+        "weights": weights_record(weights, attributes),
+        "counts": {},
+    }
+    if hs_rows is not None:
+        rep, preds = evaluate_helpsteer(model, hs_rows, weights, **opts)
+        result["counts"]["helpsteer"] = dict(rep.pop("counts"), source=helpsteer, split=helpsteer_split)
+        result.update(rep)
+        _report_lengths("HelpSteer2 rows", result["counts"]["helpsteer"])
+        write_jsonl(stem + HELPSTEER_SUFFIX, preds)
+    if rb_rows is not None:
+        rep, chosen, rejected = evaluate_rewardbench(model, rb_rows, weights, drop_long_pairs=drop_long_pairs, **opts)
+        result["counts"]["rewardbench"] = dict(rep.pop("counts"), source=rewardbench, split=rewardbench_split)
+        result["rewardbench"] = rep
+        _report_lengths("RewardBench pairs", result["counts"]["rewardbench"])
+        write_jsonl(stem + REWARDBENCH_SUFFIX, rewardbench_records(rb_rows, chosen, rejected, attributes))
+    result = _ordered(result)
+    write_json(out_path, result)
+    return result, out_path
+
+
+def _warn(msg: str) -> None:
+    print(f"rm-jax eval: warning: {msg}", file=sys.stderr)
+
+
+def _report_lengths(what: str, c: Mapping[str, Any]) -> None:
+    if c.get("truncated"):
+        _warn(f"{what}: {c['truncated']} conversations longer than {c['seq_len']} tokens had their prompt "
+              f"cut from the left")
+    if c.get("response_cut"):
+        _warn(f"{what}: {c['response_cut']} responses longer than {c['seq_len']} tokens on their own were cut "
+              f"from the left (the reward reads their end; raise --seq-len to score them whole)")
+    if c.get("dropped"):
+        _warn(f"{what}: {c['dropped']} left out: a response alone is longer than {c['seq_len']} tokens "
+              f"(raise --seq-len)")

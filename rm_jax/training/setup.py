@@ -1,0 +1,129 @@
+"""Everything a run builds before its first step: distributed init, the mesh, the model (from scratch,
+an HF folder or an earlier run), and the encoded data splits with their over-length and bad-row counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+
+from rm_jax.config import RunConfig
+from rm_jax.data.pipeline import Encoded, bundled_tokenizer_path, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
+from rm_jax.data.sources import load_helpsteer, load_pairs
+from rm_jax.errors import ConfigError
+from rm_jax.hf_io import LoadedModel, decoder_config_from_hf, load_hf_reward_model, read_hf_config, resolve_model_dir
+from rm_jax.models import init_params
+from rm_jax.models.llama import DecoderConfig
+from rm_jax.runs import META, read_meta, restore_run_params
+from rm_jax.sharding import make_mesh
+from rm_jax.training.logs import log
+
+
+def maybe_init_distributed(cfg: RunConfig) -> None:
+    d = cfg.distributed
+    if not d.enabled or jax.distributed.is_initialized():
+        return
+    kwargs = {k: v for k, v in dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                                    process_id=d.process_id, local_device_ids=d.local_device_ids).items()
+              if v is not None}
+    jax.distributed.initialize(**kwargs)
+
+
+def build_mesh(cfg: RunConfig) -> Any:
+    devices = jax.devices()
+    if cfg.mesh.num_devices:
+        if cfg.mesh.num_devices > len(devices):
+            raise ConfigError(f"mesh.num_devices={cfg.mesh.num_devices} but only {len(devices)} devices exist")
+        devices = devices[:cfg.mesh.num_devices]
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = cfg.train.batch_rows // cfg.train.grad_accum
+    if micro % dp:
+        raise ConfigError(f"train.batch_rows / train.grad_accum = {micro} rows per micro-batch does not divide over "
+                          f"the data-parallel size data x fsdp = {dp}")
+    if cfg.train.eval_rows % dp:
+        raise ConfigError(f"train.eval_rows = {cfg.train.eval_rows} does not divide over data x fsdp = {dp}")
+    return mesh
+
+
+def tokenizer_path(cfg: RunConfig) -> str:
+    return cfg.model.tokenizer or cfg.model.path or bundled_tokenizer_path()
+
+
+def check_model_path(cfg: RunConfig) -> None:
+    """Fail before any compilation or data work when the model folder is wrong."""
+    if cfg.model.path:
+        path = resolve_model_dir(cfg.model.path)
+        decoder_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"))
+    if cfg.model.init_from and not os.path.exists(os.path.join(cfg.model.init_from, META)):
+        raise ConfigError(f"model.init_from={cfg.model.init_from!r}: not a finished rm_jax run folder (no {META})")
+
+
+def run_opts(cfg: RunConfig) -> dict:
+    return dict(dtype=cfg.model.dtype, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
+                attention=cfg.model.attention, attention_block=cfg.model.attention_block,
+                matmul_precision=cfg.model.matmul_precision)
+
+
+def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
+    arch = dict(cfg.model.arch)
+    arch.setdefault("vocab_size", vocab_size)
+    arch.setdefault("head_dim", arch.get("hidden_size", 4096) // arch.get("num_attention_heads", 32))
+    arch.setdefault("num_key_value_heads", arch.get("num_attention_heads", 32))
+    fields = {f.name for f in dataclasses.fields(DecoderConfig)}
+    for k in arch:
+        if k not in fields or k in run_opts(cfg) or k == "num_labels":
+            raise ConfigError(f"unknown config key 'model.arch.{k}'")
+    try:
+        return DecoderConfig(num_labels=len(cfg.model.attributes), **arch, **run_opts(cfg))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.arch: {e}") from None
+
+
+def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfig, Any, Optional[dict]]:
+    """(decoder config, params on the mesh, HF base config or None)."""
+    if cfg.model.init_from:
+        meta = read_meta(cfg.model.init_from)
+        dcfg = DecoderConfig(**{**meta["decoder"], **run_opts(cfg)})
+        if meta["attributes"] != list(cfg.model.attributes):
+            raise ConfigError(f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes")
+        params = restore_run_params(cfg.model.init_from, dcfg, mesh)
+        log(f"initialised from {cfg.model.init_from}")
+        return dcfg, params, meta.get("hf_config")
+    if cfg.model.path:
+        lm: LoadedModel = load_hf_reward_model(cfg.model.path, mesh, seed=cfg.model.seed,
+                                               attribute_names=cfg.model.attributes, **run_opts(cfg))
+        for n in lm.notes:
+            log(n)
+        log(f"loaded {cfg.model.path} ({'head loaded' if lm.head_loaded else 'new head'})")
+        return lm.cfg, lm.params, lm.hf_config
+    dcfg = scratch_config(cfg, len(tokenizer))
+    return dcfg, init_params(dcfg, mesh, cfg.model.seed), None
+
+
+def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any, subset: bool) -> tuple[Encoded, dict]:
+    src = resolve_source(source)
+    d = cfg.data
+    if d.kind == "pairs":
+        res = load_pairs(src, split, on_bad_row=d.on_bad_row)
+    else:
+        res = load_helpsteer(src, split, on_bad_row=d.on_bad_row)
+    rows = res.rows
+    if subset and (d.fraction < 1 or d.max_prompts is not None):
+        rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
+    if d.kind == "pairs":
+        enc = encode_pairs(rows, tokenizer, d.seq_len, d.template, d.overlength, len(cfg.model.attributes))
+    else:
+        enc = encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, cfg.model.attributes)
+    report = {"source": source, "split": split, "rows_read": len(res.rows) + len(res.skipped),
+              "rows_skipped": len(res.skipped), "rows_used": len(rows), "truncated": enc.report.truncated,
+              "dropped_overlength": enc.report.dropped, "examples": len(enc.ids),
+              "skipped": [list(s) for s in res.skipped[:100]]}
+    if res.skipped:
+        log(f"{source} [{split}]: skipped {len(res.skipped)} bad rows (first: {res.skipped[0]})")
+    if enc.report.truncated or enc.report.dropped:
+        log(f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} truncated, "
+            f"{enc.report.dropped} dropped (seq_len {d.seq_len})")
+    return enc, report

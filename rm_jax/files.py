@@ -41,6 +41,17 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     write_text(path, (json.dumps(r, ensure_ascii=False, default=json_default) + "\n" for r in records))
 
 
+def read_json(path: str, missing: str, error: type = InputError) -> Any:
+    """A JSON file; ``error(missing)`` when it does not exist, ``error`` naming the file when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(missing) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: unreadable ({e})") from None
+
+
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
     """(1-based line number, object) for every non-empty line of a JSON-lines file; errors name the
     file and the line."""

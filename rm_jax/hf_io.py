@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from rm_jax.attributes import ATTRIBUTES
 from rm_jax.errors import ModelLoadError
+from rm_jax.files import read_json
 from rm_jax.models import abstract_params, param_logical_specs
 from rm_jax.models.llama import SUPPORTED_MODEL_TYPES, DecoderConfig
 from rm_jax.sharding import logical_sharding, make_mesh
@@ -69,13 +70,7 @@ def read_hf_config(path: str) -> dict:
     if not os.path.isdir(path):
         raise ModelLoadError(f"model folder {path!r} does not exist (or is not a folder)")
     cfg_path = os.path.join(path, "config.json")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ModelLoadError(f"{cfg_path}: missing; an HF model folder needs config.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{cfg_path}: unreadable ({e})") from None
+    return read_json(cfg_path, f"{cfg_path}: missing; an HF model folder needs config.json", ModelLoadError)
 
 
 def _rope(hf: dict) -> tuple[float, Optional[dict]]:

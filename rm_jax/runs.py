@@ -6,7 +6,6 @@ a scoring model from either a run folder or an HF folder, and export to an HF fo
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from rm_jax.checkpoint import Checkpointer, abstract_with_shardings
 from rm_jax.config import CheckpointConfig
 from rm_jax.conversation import resolve_template
 from rm_jax.errors import CheckpointError, ConfigError, ModelLoadError
+from rm_jax.files import read_json
 from rm_jax.hf_io import export_hf, load_hf_reward_model, load_tokenizer
 from rm_jax.models import abstract_params, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
@@ -47,14 +47,7 @@ def is_run_dir(path: str) -> bool:
 
 
 def read_meta(run_dir: str) -> dict:
-    path = os.path.join(run_dir, META)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir}: not an rm_jax run folder (no {META})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable ({e})") from None
+    return read_json(os.path.join(run_dir, META), f"{run_dir}: not an rm_jax run folder (no {META})", ConfigError)
 
 
 def _log(msg: str) -> None:

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("rm_jax.evaluation",)),
     ("run", ("rm_jax.train",)),
     ("experiments", ("rm_jax.experiments", "rm_jax.sweep", "rm_jax.report")),
+    ("serving", ("rm_jax.serving",)),
     ("cli", ("rm_jax.cli",)),
 ]
 

@@ -126,6 +126,11 @@ def activate(mesh: Optional[Mesh]) -> Iterator[Optional[Mesh]]:
         _ACTIVE.reset(token)
 
 
+def active_mesh() -> Optional[Mesh]:
+    """The mesh :func:`activate` set for this trace, or None."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[Optional[str]]) -> jax.Array:
     """Sharding constraint on an activation by logical names; a no-op outside ``activate``."""
     mesh = _ACTIVE.get()

@@ -1,12 +1,17 @@
-"""Attention alone, forward + backward: rm_jax's flash-style kernel against XLA autodiff of a dense
-softmax and torch's ``scaled_dot_product_attention``, in one process, interleaved.
+"""Attention alone, forward + backward: rm_jax's kernels (``model.attention``) against XLA autodiff
+of a dense softmax and torch's ``scaled_dot_product_attention``, in one process, interleaved.
 
-The shapes are the train benchmark's (8 query heads, 2 kv heads, head_dim 64, fp32). ``--segments``
-packs that many conversations per row (random cut points, a few pad tokens at the end): rm_jax's
-kernel skips the keys of other conversations; torch gets one causal conversation per row either way
-(its sdpa fast path), so the packed figures show what skipping buys, not a like-for-like mask.
+The default shapes are the train benchmark's (8 query heads, 2 kv heads, head_dim 64, fp32).
+``--segments`` packs that many conversations per row (random cut points, a few pad tokens at the
+end): rm_jax's kernels skip the keys of other conversations; torch gets one causal conversation per
+row either way (its sdpa fast path), so the packed figures show what skipping buys, not a
+like-for-like mask. ``--kernels`` adds rm_jax's other kernels by name (``cudnn`` = packed cuDNN and
+``cudnn_dense`` on a GPU with ``--dtype bfloat16``; ``splash`` on a TPU, or interpreted elsewhere).
 
     python scripts/bench_attention.py --rows 2 --seq 2048 --segments 1,4 --blocks 64,128,256 --json
+    # on an H100 (the attention-alone table of docs/performance.md):
+    python scripts/bench_attention.py --rows 4 --seq 4096 --heads 32 --kv-heads 8 --dtype bfloat16 \
+        --segments 8 --kernels cudnn,cudnn_dense --no-torch --json
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--segments", default="1,4", help="conversations per row, comma list")
     ap.add_argument("--blocks", default="128", help="attention_block values for the flash kernel, comma list")
+    ap.add_argument("--kernels", default="", help="other rm_jax kernels to time: cudnn, cudnn_dense, splash")
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--dense", action="store_true", help="also time XLA autodiff of the dense T x T softmax")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-torch", action="store_true")
@@ -50,25 +59,32 @@ def main(argv: Optional[list] = None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from rm_jax.models.attention import flash_attention, reference_attention
+    from rm_jax.models.attention import attend, flash_attention, reference_attention
 
-    b, t, n, kv, d = a.rows, a.seq, 8, 2, 64
+    b, t, n, kv, d = a.rows, a.seq, a.heads, a.kv_heads, 64
     rng = np.random.default_rng(0)
     q, k, v, g = (rng.standard_normal(s).astype(np.float32) for s in ((b, t, n, d), (b, t, kv, d), (b, t, kv, d), (b, t, n, d)))
+    if a.dtype == "bfloat16":
+        q, k, v, g = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, g))
+    max_segments = max(int(x) for x in a.segments.split(","))
 
     def grad_fn(f):
         return jax.jit(jax.value_and_grad(lambda q, k, v, s, g: jnp.sum(f(q, k, v, s) * g), argnums=(0, 1, 2)))
 
     fns = {f"flash_block{blk}": grad_fn(lambda q, k, v, s, blk=blk: flash_attention(q, k, v, s, block=blk))
            for blk in (int(x) for x in a.blocks.split(","))}
+    for kernel in (x.strip() for x in a.kernels.split(",") if x.strip()):
+        fns[kernel] = grad_fn(lambda q, k, v, s, kernel=kernel: attend(q, k, v, s, kernel=kernel,
+                                                                       max_segments=max_segments))
     if a.dense:
         fns["xla_dense"] = grad_fn(reference_attention)
     torch_step: Optional[Callable[[], None]] = None
     if not a.no_torch:
         import torch
         torch.set_num_threads(cores())
-        tq, tk, tv = (torch.tensor(x).transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
-        tg = torch.tensor(g).transpose(1, 2)
+        tq, tk, tv = (torch.tensor(np.asarray(x, np.float32)).transpose(1, 2).contiguous().requires_grad_()
+                      for x in (q, k, v))
+        tg = torch.tensor(np.asarray(g, np.float32)).transpose(1, 2)
 
         def sdpa_step() -> None:
             out = torch.nn.functional.scaled_dot_product_attention(
@@ -80,7 +96,8 @@ def main(argv: Optional[list] = None) -> int:
         torch_step = sdpa_step
 
     res: dict = {"benchmark": "attention_fwd_bwd", "rows": b, "seq_len": t, "heads": n, "kv_heads": kv,
-                 "head_dim": d, "environment": environment(), "results": {}}
+                 "head_dim": d, "dtype": a.dtype, "backend": jax.default_backend(), "environment": environment(),
+                 "results": {}}
     for nseg in (int(x) for x in a.segments.split(",")):
         seg = packed_segments(rng, b, t, nseg)
         compile_s = {}

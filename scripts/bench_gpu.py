@@ -1,29 +1,46 @@
-"""GPU train-step benchmark: a Llama-3.2-1B-shaped reward model, bf16 compute, seq 4096, packed.
+"""Accelerator benchmark: rm_jax against transformers + torch on the same card, in one command.
 
-Run through scripts/bench_gpu.sh on a GPU machine (no internet needed: random weights, synthetic
-HelpSteer2-shaped conversations). For each attention kernel (``cudnn`` = jax.nn.dot_product_attention
-on cuDNN, where the backend is a GPU; ``xla`` = rm_jax's einsum attention) it times rm_jax's real
-train step (``make_train_step`` jitted with donated, sharded state as ``rm_jax.train`` does) and
-reports step time, tokens/s (all slots and real tokens) and MFU against this card's measured bf16
-matmul peak (best of repeated large ``jnp.dot``), with MFU = tokens/s x rm_jax.train.flops_per_token
-/ peak. ``--smoke`` runs tiny shapes (works on CPU) to prove the script has no bugs. Prints one JSON
-object; also writes it to $OUT/bench_gpu.json when $OUT is set.
+A Llama-3.2-1B-shaped reward model (5 labels, bf16 compute, fp32 params + AdamW, remat
+``dots_no_batch``, scanned layers), random weights, synthetic HelpSteer2-shaped conversations (the
+paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``). Sections:
 
-Only rm_jax.step / rm_jax.models / rm_jax.data.packing (+ rm_jax.train for the FLOP formula, with a
-fallback copy) are imported: no ``datasets``, no ``grain``; the JSON says whether either got imported.
+  peak          the card's bf16 matmul rate: best of repeated 8192^3 ``jnp.dot``; the one peak every
+                MFU below divides by (torch.matmul's rate is recorded beside it)
+  rm_jax:KERNEL rm_jax's real train step (``make_train_step`` jitted with donated, sharded state as
+                the train loop does) on 4 packed rows x 4096, per ``model.attention`` kernel
+                (``--attention auto,cudnn_dense,xla``); step time, tokens/s, real tokens/s, MFU, peak memory
+  torch_dense   transformers LlamaForSequenceClassification, sdpa attention, bf16 autocast over fp32
+                params, gradient checkpointing, fused AdamW: 4 x 4096 full rows
+  torch_trl     the same trainer fed TRL's way: 16 conversations per batch right-padded to the longest
+  score_parity  ``rm-jax score``'s path (rm_jax.hf_io + rm_jax.scoring.Scorer) in float32 on this
+                device against transformers float32 on the CPU, tiny random llama and qwen3 RMs; with
+                the shipped precision (highest for float32) and with ``matmul_precision=default``
+
+Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
+memory, and a failure or a time-out in one (say, out of memory) is recorded without losing the
+rest. The parent adds ratios to every rm_jax section, ``ratio_vs_torch_dense`` (tokens/s against
+torch_dense), ``ratio_real_tokens_vs_trl_padded`` (real tokens/s against torch_trl) and ``mfu``,
+checks the issue's floors, prints one JSON object (also $OUT/bench_gpu.json when OUT is set) and a
+short table last. ``--smoke`` runs tiny shapes anywhere, CPU included, to prove the script.
+
+Adding a section (a generate or serving line): write ``def section_NAME(a) -> dict`` that measures
+one thing and returns JSON-able numbers, register it in ``SECTIONS`` with a time limit, and add its
+name to ``DEFAULT_PLAN`` (or pass ``--sections``); derived figures go in ``derive``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -31,97 +48,122 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-
-def flops_per_token_fallback(cfg: Any, seq_len: int) -> float:
-    """The same formula as rm_jax.train.flops_per_token (used only if rm_jax.train cannot be imported)."""
-    n = cfg.num_params(include_embedding=False)
-    return 6 * n + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len / 2
+T0 = time.perf_counter()
+# Children log on the parent's clock, so the lines of one run read in one time line.
+WALL0 = float(os.environ.setdefault("BENCH_GPU_WALL0", str(time.time())))
 
 
-def model_config(smoke: bool, attention: str, remat: str, scan_layers: bool) -> Any:
-    from rm_jax.models.llama import DecoderConfig
+def log(msg: str) -> None:
+    print(f"[bench_gpu {time.time() - WALL0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- shapes and data
+
+def arch(smoke: bool) -> dict:
     if smoke:
-        arch = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        return dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
                     tie_word_embeddings=True)
-    else:  # meta-llama/Llama-3.2-1B's config.json
-        arch = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                    num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
-                    rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
-                    rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-    return DecoderConfig(model_type="llama", num_labels=5, dtype="bfloat16", remat=remat, scan_layers=scan_layers,
-                         attention=attention, **arch)
+    # meta-llama/Llama-3.2-1B's config.json
+    return dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
+                rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
+                rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
 
 
-def matmul_peak_bf16(n: int, repeats: int) -> dict:
-    """Best bf16 x bf16 matmul rate (random operands, never zeros) on the default device."""
-    import jax
-    import jax.numpy as jnp
-    ka, kb = jax.random.split(jax.random.key(1))
-    a = jax.random.normal(ka, (n, n), jnp.bfloat16)
-    b = jax.random.normal(kb, (n, n), jnp.bfloat16)
-    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
-    f(a, b).block_until_ready()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    flops = 2.0 * n ** 3
-    return {"n": n, "dtype": "bfloat16", "best_flops": flops / min(ts), "median_flops": flops / statistics.median(ts)}
+def model_config(a: argparse.Namespace, attention: str) -> Any:
+    from rm_jax.models.llama import DecoderConfig
+    return DecoderConfig(model_type="llama", num_labels=5, dtype="bfloat16", remat=a.remat, scan_layers=not a.no_scan,
+                         attention=attention, **arch(a.smoke))
 
 
-def packed_batches(n_batches: int, rows: int, seq_len: int, max_segments: int, vocab: int, seed: int) -> tuple[list, dict]:
-    """HelpSteer2-shaped conversations packed into n_batches fixed [rows, seq_len] batches."""
+def conversations(rng: np.random.Generator, n: int, seq_len: int, vocab: int) -> list[np.ndarray]:
+    """n HelpSteer2-shaped conversations (token ids >= 3: never the pad id), truncated to seq_len."""
     from bench_train import helpsteer_token_lengths
+    lengths, _ = helpsteer_token_lengths(rng, n, seq_len)
+    return [rng.integers(3, vocab, int(t), dtype=np.int64).astype(np.int32) for t in lengths]
+
+
+def packed_batches(a: argparse.Namespace, vocab: int) -> tuple[list, dict]:
+    """HelpSteer2-shaped conversations packed into fixed [1, rows, seq_len] batches (accumulation axis of 1)."""
     from rm_jax.data.packing import build_batch, plan_packed
-    rng = np.random.default_rng(seed)
-    need = n_batches * rows
-    n = max(8, int(need * seq_len / 500))
+    rng = np.random.default_rng(a.seed)
+    need = min(a.warmup + a.steps, 8) * a.rows
+    n = max(8, int(need * a.seq_len / 500))
     while True:
-        lengths, truncated = helpsteer_token_lengths(rng, n, seq_len)
-        bins = plan_packed(lengths.tolist(), seq_len, max_segments)
+        convs = conversations(rng, n, a.seq_len, vocab)
+        bins = plan_packed([len(c) for c in convs], a.seq_len, a.max_segments)
         if len(bins) >= need + 1:  # the last bin may be partly empty: leave it out
             break
         n *= 2
-    bins = bins[:need]
-    used = sorted(i for b in bins for i in b)
-    ex = {i: rng.integers(3, vocab, int(lengths[i]), dtype=np.int64).astype(np.int32) for i in used}
-    remap = {i: j for j, i in enumerate(used)}
-    examples = [ex[i] for i in used]
-    labels = rng.integers(0, 5, (len(used), 5)).astype(np.float32)
-    mask = np.ones_like(labels)
+    labels = rng.integers(0, 5, (len(convs), 5)).astype(np.float32)
     out = []
-    for k in range(n_batches):
-        chunk = [[remap[i] for i in b] for b in bins[k * rows:(k + 1) * rows]]
-        b = build_batch(examples, labels, mask, chunk, seq_len, max_segments, 0, rows=rows)
+    for k in range(0, need, a.rows):
+        b = build_batch(convs, labels, np.ones_like(labels), bins[k:k + a.rows], a.seq_len, a.max_segments, 0,
+                        rows=a.rows)
         b.pop("example_index")
-        out.append({key: v[None] for key, v in b.items()})  # grad-accum axis of 1
+        out.append({key: v[None] for key, v in b.items()})
     real = sum(int((b["segment_ids"] > 0).sum()) for b in out)
-    return out, {"conversations": len(used), "real_tokens": real, "fill": real / (n_batches * rows * seq_len),
-                 "truncated_to_seq_len": int(truncated)}
+    return out, {"real_tokens": real, "fill": real / (len(out) * a.rows * a.seq_len)}
 
 
-def run_variant(cfg: Any, batches: list, warmup: int, steps: int, peak: float, seq_len: int,
-                fpt_fn: Any, seed: int) -> dict:
+# ---------------------------------------------------------------- sections (each runs in its own process)
+
+def section_peak(a: argparse.Namespace) -> dict:
+    """Best bf16 x bf16 -> bf16 matmul rate of jnp.dot (random operands, never zeros); torch's beside it."""
     import jax
-    from rm_jax.config import LossConfig, TrainConfig
+    import jax.numpy as jnp
+    n, reps = (512, 5) if a.smoke else (a.peak_n, 20)
+    ka, kb = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(ka, (n, n), jnp.bfloat16)
+    y = jax.random.normal(kb, (n, n), jnp.bfloat16)
+    f = jax.jit(lambda p, q: jnp.dot(p, q, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+    f(x, y).block_until_ready()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(x, y).block_until_ready()
+        ts.append(time.perf_counter() - t)
+    flops = 2.0 * n ** 3
+    dev = jax.devices()[0]
+    out = {"n": n, "best_flops": flops / min(ts), "median_flops": flops / statistics.median(ts),
+           "backend": jax.default_backend(), "device_kind": dev.device_kind, "jax": jax.__version__}
+    log(f"jnp.dot bf16 {n}^3: {out['best_flops'] / 1e12:.1f} TFLOP/s on {dev.device_kind}")
+    return out
+
+
+def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
+    """rm_jax's train step on packed rows, timed as the train loop runs it (metrics fetched every step)."""
+    import jax
+    import rm_jax.data.packing  # noqa: F401
+    import rm_jax.models  # noqa: F401
+    import rm_jax.step  # noqa: F401
     from bench_train import new_train_state
+    from rm_jax.config import LossConfig, TrainConfig
+    from rm_jax.models.attention import KernelUnavailableError
+    from rm_jax.perf import flops_per_token
     from rm_jax.sharding import make_mesh
     from rm_jax.step import batch_shardings, lr_schedule, make_optimizer, make_train_step, put_batch
+    imports = {"datasets": "datasets" in sys.modules, "grain": "grain" in sys.modules}
+    cfg = model_config(a, attention)
+    try:
+        kernel = cfg.attention_kernel()
+    except KernelUnavailableError as e:  # cudnn* without a GPU: the typed error, before compiling
+        return {"skipped": str(e)}
+    batches, info = packed_batches(a, cfg.vocab_size)
     mesh = make_mesh(devices=jax.devices()[:1])
     tc = TrainConfig(lr=1e-5, warmup_steps=0)
     tx = make_optimizer(tc, 1000)
     t = time.perf_counter()
-    state, shard = new_train_state(cfg, tx, mesh, seed)
+    state, shard = new_train_state(cfg, tx, mesh, a.seed)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
-    step = jax.jit(make_train_step(cfg, LossConfig(), tx, batches[0]["labels"].shape[2], lr_schedule(tc, 1000), mesh),
+    step = jax.jit(make_train_step(cfg, LossConfig(), tx, a.max_segments, lr_schedule(tc, 1000), mesh),
                    in_shardings=(shard, None), out_shardings=(shard, None), donate_argnums=0)
     sh = batch_shardings(mesh, batches[0], accum=True)
-    times, compile_s = [], None
-    for i in range(warmup + steps):
+    times, compile_s, m = [], None, {}
+    for i in range(a.warmup + a.steps):
         b = batches[i % len(batches)]
         t = time.perf_counter()
         state, m = step(state, put_batch(b, sh))
@@ -131,111 +173,275 @@ def run_variant(cfg: Any, batches: list, warmup: int, steps: int, peak: float, s
             raise RuntimeError(f"non-finite loss at step {i}: {m['loss']}")
         if i == 0:
             compile_s = dt
-        elif i >= warmup:
+            log(f"rm_jax:{attention} ({kernel}): compile + first step {dt:.1f} s")
+        elif i >= a.warmup:
             times.append(dt)
-    rows, seq = batches[0]["input_ids"].shape[1:]
-    slots = rows * seq
+    slots = a.rows * a.seq_len
     real = statistics.median(int((b["segment_ids"] > 0).sum()) for b in batches)
     med = statistics.median(times)
-    fpt = fpt_fn(cfg, seq_len)
-    out = {"step_s": med, "step_s_all": [round(x, 4) for x in times], "compile_and_first_step_s": round(compile_s, 2),
-           "init_s": round(init_s, 2), "tokens_per_step": slots, "tokens_per_s": slots / med,
-           "real_tokens_per_s": real / med, "flops_per_token": fpt, "mfu": slots / med * fpt / peak,
-           "loss_last": float(m["loss"])}
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            out["peak_memory_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
-    except Exception:  # CPU has no memory stats
-        pass
-    del state
+    out = {"kernel": kernel, "step_s": med, "step_s_all": [round(x, 4) for x in times],
+           "compile_and_first_step_s": round(compile_s, 2), "init_s": round(init_s, 2), "rows": a.rows,
+           "seq_len": a.seq_len, "tokens_per_s": slots / med, "real_tokens_per_s": real / med,
+           "flops_per_token": flops_per_token(cfg, a.seq_len), "loss_last": float(m["loss"]),
+           "fill": info["fill"], "imports": imports, "jax": jax.__version__,
+           "device_kind": jax.devices()[0].device_kind}
+    if kernel == "cudnn":  # which packed path ran: native GQA, or kv heads repeated for an older JAX
+        from rm_jax.models.cudnn import _packed_attention_fn
+        out["cudnn_gqa_native"] = _packed_attention_fn()[2]
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_memory_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
+    log(f"rm_jax:{attention}: step {med * 1e3:.1f} ms, {out['tokens_per_s']:.0f} tok/s")
     return out
 
 
-def main(argv: Optional[list] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
-    ap.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with the other benches)")
-    ap.add_argument("--seq-len", type=int, default=None, help="default 4096 (smoke 256)")
-    ap.add_argument("--rows", type=int, default=None, help="packed rows per step (default 4, smoke 2)")
-    ap.add_argument("--max-segments", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10, smoke 2)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps, the first compiles")
-    ap.add_argument("--attention", default="cudnn,xla", help="kernels to compare, in order")
-    ap.add_argument("--remat", default="dots_no_batch", choices=["none", "full", "dots", "dots_no_batch"])
-    ap.add_argument("--no-scan", action="store_true", help="unrolled layers (slower compile) instead of nn.scan")
-    ap.add_argument("--peak-n", type=int, default=None, help="matmul size for the peak (default 8192, smoke 512)")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    smoke = a.smoke
-    seq_len = a.seq_len or (256 if smoke else 4096)
-    rows = a.rows or (2 if smoke else 4)
-    steps = a.steps or (2 if smoke else 10)
-    t0 = time.perf_counter()
+class _Torch:
+    """transformers + torch as its users train an RM: sdpa, bf16 autocast over fp32 params, gradient
+    checkpointing, fused AdamW, global-norm clipping, MSE on the 5 scores."""
 
-    def log(msg: str) -> None:
-        print(f"[bench_gpu {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    import jax
-    import rm_jax.models  # noqa: F401
-    import rm_jax.step  # noqa: F401
-    import rm_jax.data.packing  # noqa: F401
-    imports = {"datasets_imported_by_rm_jax.step/models": "datasets" in sys.modules,
-               "grain_imported_by_rm_jax.step/models": "grain" in sys.modules}
-    try:
-        from rm_jax.perf import flops_per_token as fpt_fn
-        fpt_source = "rm_jax.train.flops_per_token"
-    except Exception as e:  # keep going on a machine missing one of rm_jax.train's imports
-        fpt_fn, fpt_source = flops_per_token_fallback, f"fallback copy (rm_jax.train import failed: {e!r})"
-    imports["datasets_imported_after_rm_jax.train"] = "datasets" in sys.modules
-    imports["grain_imported_after_rm_jax.train"] = "grain" in sys.modules
-
-    dev = jax.devices()[0]
-    backend = jax.default_backend()
-    res: dict = {"benchmark": "gpu_train_step", "smoke": smoke, "backend": backend, "device_kind": dev.device_kind,
-                 "device_count": jax.device_count(), "jax": jax.__version__, "imports": imports,
-                 "flop_formula": f"{fpt_source}: 6 * non_embedding_params + 12 * layers * heads * head_dim * "
-                                 f"seq_len / 2, per token (all slots, padding included)",
-                 "seq_len": seq_len, "rows_per_step": rows, "max_segments": a.max_segments, "remat": a.remat,
-                 "scan_layers": not a.no_scan, "dtype": "bfloat16 compute, float32 params + AdamW state"}
-    log(f"{backend} {dev.device_kind}; measuring bf16 matmul peak ...")
-    peak = matmul_peak_bf16(a.peak_n or (512 if smoke else 8192), 5 if smoke else 20)
-    res["matmul_peak"] = peak
-    log(f"bf16 matmul peak {peak['best_flops'] / 1e12:.1f} TFLOP/s")
-
-    cfg0 = model_config(smoke, "xla", a.remat, not a.no_scan)
-    res["model"] = {"shape": "tiny (smoke)" if smoke else "Llama-3.2-1B", "params": cfg0.num_params(),
-                    "non_embedding_params": cfg0.num_params(include_embedding=False),
-                    "hidden_size": cfg0.hidden_size, "num_hidden_layers": cfg0.num_hidden_layers,
-                    "num_attention_heads": cfg0.num_attention_heads, "num_key_value_heads": cfg0.num_key_value_heads,
-                    "intermediate_size": cfg0.intermediate_size, "vocab_size": cfg0.vocab_size,
-                    "tie_word_embeddings": cfg0.tie_word_embeddings}
-    batches, info = packed_batches(min(a.warmup + steps, 8), rows, seq_len, a.max_segments, cfg0.vocab_size, a.seed)
-    res["data"] = info
-    log(f"{len(batches)} packed batches of {rows} x {seq_len}, fill {info['fill']:.1%}")
-
-    res["variants"] = {}
-    for attn in [x.strip() for x in a.attention.split(",") if x.strip()]:
-        if attn == "cudnn" and backend != "gpu":
-            res["variants"][attn] = {"skipped": f"cuDNN attention needs a GPU (backend is {backend})"}
-            log(f"{attn}: skipped on {backend}")
-            continue
-        cfg = model_config(smoke, attn, a.remat, not a.no_scan)
-        log(f"{attn}: compiling and timing {a.warmup} + {steps} steps ...")
+    def __init__(self, a: argparse.Namespace):
+        import torch
+        import transformers
+        from transformers import LlamaConfig, LlamaForSequenceClassification
+        self.torch = torch
+        self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = {k: v for k, v in arch(a.smoke).items() if k != "rope_scaling"}  # same speed with or without
+        hf = LlamaConfig(num_labels=5, pad_token_id=0, problem_type="regression", attention_bias=False,
+                         mlp_bias=False, **spec)
+        hf._attn_implementation = "sdpa"
+        torch.manual_seed(a.seed)
+        with self.dev:  # initialise on the device (a 1.2B model's CPU init takes many seconds)
+            self.model = LlamaForSequenceClassification(hf).float().train()
+        ckpt = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # the newer transformers 5 name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt)
+        else:  # transformers 5.17 (the GPU image)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        kw = dict(lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
         try:
-            r = run_variant(cfg, batches, a.warmup, steps, peak["best_flops"], seq_len, fpt_fn, a.seed)
-            res["variants"][attn] = r
-            log(f"{attn}: step {r['step_s'] * 1e3:.1f} ms, {r['tokens_per_s']:.0f} tok/s, MFU {r['mfu']:.1%}")
-        except Exception as e:  # OOM, unsupported cuDNN config, ...: report and go on
-            res["variants"][attn] = {"error": f"{type(e).__name__}: {str(e)[:2000]}",
-                                     "traceback_tail": traceback.format_exc()[-2000:]}
-            log(f"{attn}: FAILED {type(e).__name__}: {str(e)[:300]}")
-        gc.collect()
-        jax.clear_caches()
-    ok = {k: v for k, v in res["variants"].items() if "step_s" in v}
-    if len(ok) >= 2 and "cudnn" in ok and "xla" in ok:
-        res["cudnn_speedup_over_xla"] = ok["xla"]["step_s"] / ok["cudnn"]["step_s"]
-    res["wall_s"] = round(time.perf_counter() - t0, 1)
+            self.opt, self.opt_kind = torch.optim.AdamW(params, fused=True, **kw), "AdamW(fused=True)"
+        except (RuntimeError, TypeError):
+            self.opt, self.opt_kind = torch.optim.AdamW(params, **kw), "AdamW (fused unavailable here)"
+        self.params = params
+        self.info = {"torch": torch.__version__, "transformers": transformers.__version__, "device": str(self.dev),
+                     "attn_implementation": getattr(self.model.config, "_attn_implementation", "?"),
+                     "optimizer": self.opt_kind, "autocast": "bfloat16", "gradient_checkpointing": True}
+        if self.dev.type == "cuda":
+            self.info["device_kind"] = torch.cuda.get_device_name(0)
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> float:
+        torch = self.torch
+        ids_t = torch.from_numpy(ids.astype(np.int64)).to(self.dev)
+        mask_t = torch.from_numpy(mask.astype(np.int64)).to(self.dev)
+        lab = torch.from_numpy(labels.astype(np.float32)).to(self.dev)
+        self._sync()
+        t = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16):
+            scores = self.model(input_ids=ids_t, attention_mask=mask_t).logits
+        loss = ((scores.float() - lab) ** 2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        value = loss.item()  # waits for the step, as rm_jax's metrics fetch does
+        dt = time.perf_counter() - t
+        if not math.isfinite(value):
+            raise RuntimeError("torch loss not finite")
+        return dt
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def peak_memory(self) -> dict:
+        if self.dev.type != "cuda":
+            return {}
+        return {"peak_memory_gib": round(self.torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
+def section_torch_dense(a: argparse.Namespace) -> dict:
+    """rows x seq_len full rows (one conversation each, no padding): the dense baseline."""
+    tt = _Torch(a)
+    rng = np.random.default_rng(a.seed)
+    ids = rng.integers(3, arch(a.smoke)["vocab_size"], (a.rows, a.seq_len)).astype(np.int32)
+    labels = rng.integers(0, 5, (a.rows, 5)).astype(np.float32)
+    mask = np.ones_like(ids)
+    times = [tt.step(ids, mask, labels) for _ in range(a.warmup + a.steps)][a.warmup:]
+    med = statistics.median(times)
+    slots = a.rows * a.seq_len
+    log(f"torch_dense: step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
+    return {**tt.info, **tt.peak_memory(), "rows": a.rows, "seq_len": a.seq_len, "step_s": med,
+            "step_s_all": [round(x, 4) for x in times], "tokens_per_s": slots / med, "real_tokens_per_s": slots / med}
+
+
+def section_torch_trl(a: argparse.Namespace) -> dict:
+    """TRL's RewardTrainer feeding: trl_batch conversations in order, right-padded to the batch's longest."""
+    tt = _Torch(a)
+    rng = np.random.default_rng(a.seed + 1)
+    n_batches = a.warmup + a.steps
+    convs = conversations(rng, n_batches * a.trl_batch, a.seq_len, arch(a.smoke)["vocab_size"])
+    batches = []
+    for i in range(n_batches):
+        chunk = convs[i * a.trl_batch:(i + 1) * a.trl_batch]
+        width = max(len(x) for x in chunk)
+        ids = np.zeros((len(chunk), width), np.int32)
+        mask = np.zeros_like(ids)
+        for r, x in enumerate(chunk):
+            ids[r, :len(x)], mask[r, :len(x)] = x, 1
+        batches.append((ids, mask, rng.integers(0, 5, (len(chunk), 5)).astype(np.float32)))
+    for b in batches[:a.warmup]:
+        tt.step(*b)
+    timed = batches[a.warmup:]
+    total = sum(tt.step(*b) for b in timed)
+    real = sum(int(m.sum()) for _, m, _ in timed)
+    slots = sum(m.size for _, m, _ in timed)
+    log(f"torch_trl: {real / total:.0f} real tok/s ({real / slots:.1%} of padded slots real)")
+    return {**tt.info, **tt.peak_memory(), "conversations_per_batch": a.trl_batch, "batches_timed": len(timed),
+            "seconds": total, "real_tokens": real, "padded_tokens": slots, "real_fraction": real / slots,
+            "real_tokens_per_s": real / total, "tokens_per_s": slots / total}
+
+
+def section_score_parity(a: argparse.Namespace) -> dict:
+    """float32 scores of `rm-jax score`'s path on this device vs transformers float32 on the CPU."""
+    import jax
+    from rm_jax.hf_io import load_hf_reward_model
+    from rm_jax.scoring import Scorer
+    from tests.hf_fixtures import make_hf_model, random_conversations, torch_scores
+    out = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
+    convs = random_conversations(24, 5, 60, seed=a.seed)
+    for family in ("llama", "qwen3"):
+        with tempfile.TemporaryDirectory() as d:
+            tm = make_hf_model(family, d)  # transformers, float32, on the CPU: the reference
+            want = torch_scores(tm, convs)
+            row = {}
+            for label, precision in (("shipped", None), ("default_precision", "default")):
+                lm = load_hf_reward_model(d, dtype="float32", matmul_precision=precision)
+                got = Scorer(lm.cfg, lm.params).predict(convs, progress=False)
+                row[f"max_abs_diff_{label}"] = float(np.abs(got - want).max())
+                row[f"kernel_{label}"] = lm.cfg.attention_kernel()
+                row[f"precision_{label}"] = lm.cfg.precision.name
+            out[family] = row
+            log(f"score_parity {family}: max|diff| {row['max_abs_diff_shipped']:.2e} "
+                f"(with matmul_precision=default: {row['max_abs_diff_default_precision']:.2e})")
+    return out
+
+
+# name -> (function, time limit in seconds on the GPU)
+SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], int]] = {
+    "peak": (section_peak, 120),
+    "torch_dense": (section_torch_dense, 180),
+    "torch_trl": (section_torch_trl, 180),
+    "score_parity": (section_score_parity, 180),
+}
+# The headline variant first; the slow xla variant last, where a time-out costs least.
+DEFAULT_PLAN = ["peak", "rm_jax:auto", "torch_dense", "torch_trl", "score_parity", "rm_jax:cudnn_dense",
+                "rm_jax:xla"]
+RM_JAX_LIMIT_S = 240
+
+
+def run_section(name: str, a: argparse.Namespace) -> dict:
+    if name.startswith("rm_jax:"):
+        return section_rm_jax(a, name.split(":", 1)[1])
+    return SECTIONS[name][0](a)
+
+
+# ---------------------------------------------------------------- the parent: plan, subprocesses, ratios
+
+FLOORS = {"auto_vs_torch_dense": 1.6, "auto_real_tokens_vs_trl_padded": 5.0, "auto_mfu": 0.65,
+          "score_max_abs_diff": 1e-4}
+
+
+def derive(res: dict) -> None:
+    """Ratios and floors from the sections' raw numbers (in place)."""
+    s = res["sections"]
+    peak = s.get("peak", {}).get("best_flops")
+    dense = s.get("torch_dense", {}).get("tokens_per_s")
+    trl = s.get("torch_trl", {}).get("real_tokens_per_s")
+    fpt = None
+    for name, r in s.items():
+        if name.startswith("rm_jax:") and "tokens_per_s" in r:
+            fpt = r["flops_per_token"]
+            if peak:
+                r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / peak
+            if dense:
+                r["ratio_vs_torch_dense"] = r["tokens_per_s"] / dense
+            if trl:
+                r["ratio_real_tokens_vs_trl_padded"] = r["real_tokens_per_s"] / trl
+    if dense and peak and fpt:  # same model, same formula, same peak
+        s["torch_dense"]["mfu"] = dense * fpt / peak
+    auto = s.get("rm_jax:auto", {})
+    parity = [v.get("max_abs_diff_shipped") for k, v in s.get("score_parity", {}).items() if isinstance(v, dict)]
+    xla = s.get("rm_jax:xla", {})
+    res["floors"] = {
+        "auto_vs_torch_dense": _floor(auto.get("ratio_vs_torch_dense"), FLOORS["auto_vs_torch_dense"]),
+        "auto_real_tokens_vs_trl_padded": _floor(auto.get("ratio_real_tokens_vs_trl_padded"),
+                                                 FLOORS["auto_real_tokens_vs_trl_padded"]),
+        "auto_mfu": _floor(auto.get("mfu"), FLOORS["auto_mfu"]),
+        "xla_fits": {"value": "step_s" in xla, "met": "step_s" in xla} if xla else {"value": None, "met": None},
+        "score_max_abs_diff": ({"value": max(parity), "floor": FLOORS["score_max_abs_diff"],
+                                "met": max(parity) <= FLOORS["score_max_abs_diff"]}
+                               if parity and None not in parity else {"value": None, "met": None}),
+    }
+
+
+def _floor(value: Optional[float], floor: float) -> dict:
+    return {"value": value, "floor": floor, "met": None if value is None else value >= floor}
+
+
+def table(res: dict) -> str:
+    lines = ["| section | kernel | step | tok/s | real tok/s | MFU | x torch dense | x TRL padded | peak mem |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in res["sections"].items():
+        if name in ("peak", "score_parity"):
+            continue
+        if "step_s" not in r and "seconds" not in r:
+            why = r.get("skipped") or r.get("error", "?")
+            lines.append(f"| {name} | - | {why[:70]} | | | | | | |")
+            continue
+        f = lambda k, fmt: "" if r.get(k) is None else format(r[k], fmt)  # noqa: E731
+        step = f"{r['step_s'] * 1e3:.0f} ms" if "step_s" in r else f"{r['seconds']:.2f} s total"
+        lines.append(f"| {name} | {r.get('kernel', r.get('attn_implementation', ''))} | {step} | "
+                     f"{f('tokens_per_s', ',.0f')} | {f('real_tokens_per_s', ',.0f')} | {f('mfu', '.1%')} | "
+                     f"{f('ratio_vs_torch_dense', '.2f')} | {f('ratio_real_tokens_vs_trl_padded', '.2f')} | "
+                     f"{f('peak_memory_gib', '.1f')} |")
+    peak = res["sections"].get("peak", {})
+    if "best_flops" in peak:
+        lines.append(f"peak bf16 jnp.dot {peak['n']}^3: {peak['best_flops'] / 1e12:.1f} TFLOP/s ({peak['device_kind']})")
+    for fam, r in res["sections"].get("score_parity", {}).items():
+        if isinstance(r, dict):
+            lines.append(f"score parity {fam}: {r['max_abs_diff_shipped']:.2e} "
+                         f"(matmul_precision=default: {r['max_abs_diff_default_precision']:.2e})")
+    for k, v in res.get("floors", {}).items():
+        lines.append(f"floor {k}: {v}")
+    return "\n".join(lines)
+
+
+def parent(a: argparse.Namespace, argv: list) -> int:
+    plan = [s.strip() for s in a.sections.split(",")] if a.sections else list(DEFAULT_PLAN)
+    if a.attention:
+        plan = [s for s in plan if not s.startswith("rm_jax:")]
+        plan += [f"rm_jax:{k.strip()}" for k in a.attention.split(",") if k.strip()]
+    deadline = T0 + a.budget_s
+    res: dict = {"benchmark": "gpu_train_step_vs_transformers", "smoke": a.smoke, "plan": plan,
+                 "settings": {"rows": a.rows, "seq_len": a.seq_len, "max_segments": a.max_segments, "steps": a.steps,
+                              "warmup": a.warmup, "remat": a.remat, "scan_layers": not a.no_scan,
+                              "trl_batch": a.trl_batch, "model": "tiny (smoke)" if a.smoke else "Llama-3.2-1B",
+                              "dtype": "bfloat16 compute, float32 params + AdamW"},
+                 "flop_formula": "rm_jax.perf.flops_per_token: 6 x non-embedding params + 12 x layers x heads x "
+                                 "head_dim x seq_len / 2, per token slot (padding included); MFU = tokens/s x that / "
+                                 "the peak section's jnp.dot rate, for rm_jax and torch alike",
+                 "sections": {}}
+    for name in plan:
+        limit = RM_JAX_LIMIT_S if name.startswith("rm_jax:") else SECTIONS[name][1]
+        left = deadline - time.perf_counter()
+        if left < 30:
+            res["sections"][name] = {"skipped": f"time budget ({a.budget_s} s) used up"}
+            log(f"{name}: skipped, {left:.0f} s left of the budget")
+            continue
+        res["sections"][name] = _child(name, argv, min(limit, left) if not a.smoke else left)
+    derive(res)
+    res["wall_s"] = round(time.perf_counter() - T0, 1)
     text = json.dumps(res, default=float)
     print(text)
     out_dir = os.environ.get("OUT")
@@ -243,7 +449,62 @@ def main(argv: Optional[list] = None) -> int:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "bench_gpu.json"), "w") as f:
             f.write(text + "\n")
+    print(table(res), file=sys.stderr, flush=True)
+    ok = any("step_s" in r for k, r in res["sections"].items() if k.startswith("rm_jax:"))
     return 0 if ok else 1
+
+
+def _child(name: str, argv: list, timeout: float) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--section", name]
+    log(f"{name}: running (limit {timeout:.0f} s)")
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"{name}: TIMED OUT after {timeout:.0f} s")
+        return {"error": f"timed out after {timeout:.0f} s"}
+    last = (p.stdout.strip().splitlines() or [""])[-1]
+    try:
+        return json.loads(last)
+    except json.JSONDecodeError:
+        return {"error": f"exit {p.returncode}, no JSON result", "stdout_tail": p.stdout[-2000:]}
+
+
+def child(a: argparse.Namespace) -> int:
+    try:
+        r = run_section(a.section, a)
+    except Exception as e:  # out of memory, unsupported cuDNN config, ...: report it, the parent goes on
+        r = {"error": f"{type(e).__name__}: {str(e)[:2000]}", "traceback_tail": traceback.format_exc()[-3000:]}
+        log(f"{a.section}: FAILED {type(e).__name__}: {str(e)[:300]}")
+    print(json.dumps(r, default=float))
+    return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
+    ap.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with the other benches)")
+    ap.add_argument("--seq-len", type=int, default=None, help="default 4096 (smoke 256)")
+    ap.add_argument("--rows", type=int, default=None, help="packed rows per step and dense torch rows (default 4, smoke 2)")
+    ap.add_argument("--max-segments", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per section (default 6, smoke 2)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps, the first compiles")
+    ap.add_argument("--trl-batch", type=int, default=16, help="conversations per TRL-style padded batch")
+    ap.add_argument("--attention", default=None, help="rm_jax kernels to time, in order (default auto,cudnn_dense,xla)")
+    ap.add_argument("--sections", default=None, help=f"comma list (default {','.join(DEFAULT_PLAN)})")
+    ap.add_argument("--remat", default="dots_no_batch", choices=["none", "full", "dots", "dots_no_batch"])
+    ap.add_argument("--no-scan", action="store_true", help="unrolled layers (slower compile) instead of scanned")
+    ap.add_argument("--peak-n", type=int, default=8192)
+    ap.add_argument("--budget-s", type=float, default=560, help="whole-run budget; sections past it are skipped")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--section", default=None, help=argparse.SUPPRESS)  # internal: run one section here
+    a = ap.parse_args(argv)
+    a.seq_len = a.seq_len or (256 if a.smoke else 4096)
+    a.rows = a.rows or (2 if a.smoke else 4)
+    a.steps = a.steps or (2 if a.smoke else 6)
+    if a.section:
+        return child(a)
+    return parent(a, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ Two modes, both fp32, both on the same small Llama-shaped reward model (hidden 5
 Method: warm-up first (rm_jax's compile is timed and reported apart), then the two trainers are
 interleaved step by step so machine noise hits both, and the median step time is used (the sum
 for the packed stream). torch gets as many threads as jax has cores. MFU divides model FLOPs per
-second, ``rm_jax.train.flops_per_token`` x tokens/s, by a peak measured here: the best of a large
+second, ``rm_jax.perf.flops_per_token`` x tokens/s, by a peak measured here: the best of a large
 fp32 ``jnp.dot`` and ``torch.matmul`` (best of several repeats, as a ceiling).
 
     python scripts/bench_train.py --quick --json      # < 3 minutes on 2 cores
@@ -329,12 +329,12 @@ def packed_batches(examples: list[np.ndarray], labels: np.ndarray, seq_len: int,
 
 def executed_flops_per_token(cfg: Any, seq_len: int) -> float:
     """What rm_jax actually computes per token on rows of one conversation: the model FLOPs
-    (rm_jax.train.flops_per_token) less the last layer's queries, attention, output projection and MLP,
+    (rm_jax.perf.flops_per_token) less the last layer's queries, attention, output projection and MLP,
     which run only at the token the head reads (the pooled last layer; 1/seq_len of them is kept)."""
     from rm_jax.perf import flops_per_token
     h, n, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size
     per_token_last = 6 * (2 * h * n * d + 3 * h * i) + 12 * n * d * seq_len / 2  # q, o, MLP, attention
-    if cfg.scan_layers or cfg.num_hidden_layers == 0:
+    if cfg.num_hidden_layers == 0:  # scanned and unrolled stacks both pool the last layer
         return flops_per_token(cfg, seq_len)
     return flops_per_token(cfg, seq_len) - per_token_last * (1 - 1 / seq_len)
 
@@ -520,7 +520,7 @@ def main(argv: Optional[list] = None) -> int:
                            "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
                            "vocab_size": cfg.vocab_size, "params": cfg.num_params(),
                            "non_embedding_params": cfg.num_params(include_embedding=False), "dtype": "float32"},
-                 "flop_formula": "rm_jax.train.flops_per_token: 6 * non_embedding_params + "
+                 "flop_formula": "rm_jax.perf.flops_per_token: 6 * non_embedding_params + "
                                  "12 * layers * heads * head_dim * seq_len / 2 (causal attention), per token",
                  "matmul_peak": peak, "peak_flops": peak["peak_flops"], "environment": env}
     if tt is not None:

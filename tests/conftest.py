@@ -6,7 +6,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import jax  # noqa: E402
-
-jax.config.update("jax_default_matmul_precision", "highest")
+# No jax_default_matmul_precision here: tests see the precision users get, which the model sets per
+# dot from model.matmul_precision (tests/test_precision.py checks the lowered programs).

@@ -115,3 +115,54 @@ def test_capped_key_widths_round_up_and_stay_exact(monkeypatch):
         want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
         for name, a, b in zip("qkv", got, want):
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"{kind} d{name}")
+
+
+# ---------------------------------------------------------------- Pallas splash attention (interpret mode on CPU)
+
+# Rows shorter than one 128-token block, and one of three blocks (tile skipping across blocks);
+# GQA (4 query heads on 2 kv heads) and MQA (1 kv head); windows inside one block and across two.
+SPLASH_CASES = [("packed", None, 37, 2), ("left_pad", None, 37, 2), ("right_pad", None, 37, 1),
+                ("packed", 6, 37, 2), ("packed", None, 300, 2), ("single", 150, 300, 1)]
+
+
+@pytest.mark.parametrize("kind,window,t,kv", SPLASH_CASES)
+def test_splash_matches_the_xla_kernel_and_the_dense_softmax(kind, window, t, kv):
+    from rm_jax.models.splash import splash_attention
+    q, k, v, g, rng = _inputs(2, t, 4, kv, 16, jnp.float32, seed=7)
+    seg = jnp.asarray(_segments(kind, 2, t, rng))
+    splash = lambda *a: splash_attention(*a, sliding_window=window, interpret=True)  # noqa: E731
+    flash = lambda *a: flash_attention(*a, sliding_window=window, block=64)  # noqa: E731
+    ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
+    out = jax.jit(splash)(q, k, v, seg)
+    np.testing.assert_allclose(out, ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(out, jax.jit(flash)(q, k, v, seg), atol=2e-6, rtol=1e-5)
+    got = jax.jit(jax.grad(_loss(splash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
+    xla = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+    for name, a, b, c in zip("qkv", got, want, xla):
+        assert np.all(np.isfinite(np.asarray(a))), name
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"d{name} vs dense")
+        np.testing.assert_allclose(a, c, atol=1e-5, rtol=1e-4, err_msg=f"d{name} vs xla kernel")
+
+
+def test_splash_padding_rows_are_finite_and_real_tokens_exact():
+    """An all-padding row (segment 0 everywhere) and pad tokens inside rows: every output finite
+    (no query row is fully masked), and real tokens unaffected by the pads next to them."""
+    from rm_jax.models.splash import splash_attention
+    q, k, v, _, rng = _inputs(2, 40, 4, 2, 16, jnp.float32, seed=8)
+    seg = np.zeros((2, 40), np.int32)
+    seg[0, 5:30] = 1
+    out = np.asarray(splash_attention(q, k, v, jnp.asarray(seg), interpret=True))
+    assert np.all(np.isfinite(out))
+    alone = splash_attention(q[:1, 5:30], k[:1, 5:30], v[:1, 5:30], jnp.ones((1, 25), jnp.int32), interpret=True)
+    np.testing.assert_allclose(out[0, 5:30], alone[0], atol=2e-6, rtol=1e-5)
+
+
+def test_splash_bfloat16_follows_the_float32_function():
+    from rm_jax.models.splash import splash_attention
+    q, k, v, _, rng = _inputs(2, 50, 4, 2, 16, jnp.bfloat16, seed=9)
+    seg = jnp.asarray(_segments("packed", 2, 50, rng))
+    out = splash_attention(q, k, v, seg, interpret=True)
+    assert out.dtype == jnp.bfloat16
+    want = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), seg)
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2, rtol=3e-2)

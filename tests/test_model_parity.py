@@ -86,30 +86,42 @@ def test_scan_and_remat_give_the_same_scores(family_model):
 
 
 def test_pooled_last_layer_has_the_full_stacks_gradients(family_model):
-    """Unrolled layers run the last layer at the head's tokens only; the scanned stack runs it everywhere.
-    Same function, so the same gradient for every parameter."""
+    """Both stacks (unrolled and scanned) run the last layer at the head's tokens only; the same
+    function as running it at every token (full_last_layer=True), so the same gradient for every
+    parameter. The scanned stack's params stay stacked [L, ...] (the layout hf_io reads and writes)."""
     import jax
     import jax.numpy as jnp
+    from rm_jax.models import RewardModel
     _, d, _, lm = family_model
     scanned = load_hf_reward_model(d, scan_layers=True)
-    unrolled = lm.cfg
     convs = random_conversations(5, 2, 12, seed=6)
     b = _batch(convs, plan_packed([len(c) for c in convs], 24, 4), 24, 4)
     w = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 5)), jnp.float32)
-    g_unrolled = jax.jit(jax.grad(lambda p: jnp.sum(apply_model(unrolled, p, b, 4) * w)))(lm.params)
-    g_scanned = jax.jit(jax.grad(lambda p: jnp.sum(apply_model(scanned.cfg, p, b, 4) * w)))(scanned.params)
+
+    def grads(cfg, params, full):
+        def loss(p):
+            out = RewardModel(cfg, full_last_layer=full).apply(
+                {"params": p}, b["input_ids"], b["segment_ids"], b["positions"], max_segments=4)
+            return jnp.sum(out * w)
+        return jax.jit(jax.grad(loss))(params)
+
+    def assert_same(got, want, what):
+        for path, g in jax.tree_util.tree_leaves_with_path(want):
+            x = got
+            for key in path:
+                x = x[key.key]
+            scale = float(jnp.abs(g).max()) + 1e-12
+            np.testing.assert_allclose(x, g, atol=1e-5 * scale, rtol=0, err_msg=f"{what} {jax.tree_util.keystr(path)}")
+
+    g_unrolled, g_scanned = grads(lm.cfg, lm.params, False), grads(scanned.cfg, scanned.params, False)
+    assert_same(g_unrolled, grads(lm.cfg, lm.params, True), "unrolled pooled vs full")
+    assert_same(g_scanned, grads(scanned.cfg, scanned.params, True), "scanned pooled vs full")
     n = lm.cfg.num_hidden_layers
+    assert jax.tree.leaves(g_scanned["layers"])[0].shape[0] == n
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[g_unrolled[f"layers_{i}"] for i in range(n)])
-    for path, want in jax.tree_util.tree_leaves_with_path(g_scanned["layers"]):
-        got = stacked
-        for key in path:
-            got = got[key.key]
-        scale = float(jnp.abs(want).max()) + 1e-12
-        np.testing.assert_allclose(got, want, atol=1e-5 * scale, rtol=0, err_msg=jax.tree_util.keystr(path))
-    for name, want in (("embedding", g_scanned["embedding"]), ("head_kernel", g_scanned["head_kernel"]),
-                       ("final_norm", g_scanned["final_norm"]["scale"])):
-        got = g_unrolled[name]["scale"] if name == "final_norm" else g_unrolled[name]
-        np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()), rtol=0, err_msg=name)
+    assert_same(stacked, g_scanned["layers"], "unrolled vs scanned")
+    # The last layer's params get a gradient through the pooled tokens (not zeros from a skipped layer).
+    assert float(jnp.abs(jax.tree.leaves(g_scanned["layers"])[0][n - 1]).max()) > 0
 
 
 def test_bf16_compute_is_close(family_model):

@@ -12,8 +12,18 @@ Why by hand: XLA's autodiff of a blockwise softmax keeps every [block, T] probab
 the backward and, on CPU, transposes them for the gradient dots; a packed 2048-token row of ~600-token
 conversations also wastes ~70% of a causal kernel's work on other conversations' keys.
 
+Inside a scanned layer stack the segment ids are loop-invariant, and JAX's scan partial evaluation
+hoists every value computed from loop-invariant inputs alone out of the loop, stacked over the
+iterations it came from: the per-block segment masks, broadcast to the score tiles, for every query
+block and every compiled width. That was 90 GiB for one Llama-1B layer at 4 x 4096 and why the
+step asked for 99.85 GiB on an H100. ``_prepare`` ties the segment ids to q through an optimization
+barrier so none of it is loop-invariant (docs/performance.md, "Memory").
+
 ``pooled_query_attention`` serves the last layer of a reward model, which only needs outputs at the
-few tokens the head reads. ``attention_mask`` is the dense mask for the cuDNN path.
+few tokens the head reads. ``attention_mask`` is the dense mask for the ``cudnn_dense`` path and the
+tests' reference. ``attend`` dispatches to the kernel ``model.attention`` names (``resolve_kernel``):
+this module's (``xla``), cuDNN's (``rm_jax.models.cudnn``) or Pallas splash (``rm_jax.models.splash``).
+Every dot takes the model's matmul precision (``rm_jax.models.precision``).
 """
 
 from __future__ import annotations
@@ -23,6 +33,12 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from rm_jax.models import cudnn, splash
+from rm_jax.models.cudnn import KernelUnavailableError
+
+Precision = Optional[lax.Precision]
 
 # Large finite instead of -inf: a masked score must not turn exp() or its gradient into NaN.
 _NEG = -1e30
@@ -41,13 +57,15 @@ def attention_mask(segment_ids: jax.Array, sliding_window: Optional[int]) -> jax
 
 
 def pooled_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                           query_index: jax.Array, sliding_window: Optional[int]) -> jax.Array:
+                           query_index: jax.Array, sliding_window: Optional[int],
+                           precision: Precision = None) -> jax.Array:
     """Attention for a few queries per row: q [B,S,N,D] sits at tokens query_index [B,S]; k/v [B,T,K,D].
     Each query sees the keys of its own segment up to itself (and inside the sliding window)."""
     b, s, n, d = q.shape
     t, kv = k.shape[1], k.shape[2]
     qg = q.reshape(b, s, kv, n // kv, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32,
+                        precision=precision) * (d ** -0.5)
     idx = jnp.arange(t)[None, None, :]
     qseg = jnp.take_along_axis(segment_ids, query_index, axis=1)
     # The query's own token always passes, so no row is fully masked (absent segments point at token 0).
@@ -56,7 +74,7 @@ def pooled_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids
         mask &= (query_index[:, :, None] - idx) < sliding_window
     scores = jnp.where(mask[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, n, d)
+    return jnp.einsum("bkgst,btkd->bskgd", probs, v, precision=precision).reshape(b, s, n, d)
 
 
 # ---------------------------------------------------------------- flash-style blockwise attention
@@ -115,8 +133,9 @@ def _heads_major(x: jax.Array, kv: int) -> jax.Array:
 class _Plan:
     """Shapes shared by the forward and the backward."""
 
-    def __init__(self, q: jax.Array, k: jax.Array, block: int):
+    def __init__(self, q: jax.Array, k: jax.Array, block: int, precision: Precision = None):
         self.b, self.t, self.n, self.d = q.shape
+        self.precision = precision
         self.kv = k.shape[2]
         self.g = self.n // self.kv
         self.block = max(1, min(block if block > 0 else self.t, self.t))
@@ -145,11 +164,14 @@ def _switch(plan: _Plan, needed: jax.Array, i: jax.Array, branch, *args):
     return jax.lax.switch(choice, [functools.partial(branch, w) for w in plan.widths], *args)
 
 
-def _prepare(q, k, v, segment_ids, window, block):
+def _prepare(q, k, v, segment_ids, window, block, precision):
     """The forward's and the backward's common inputs: rows padded to whole blocks (pad tokens get
     segment -1: they see only themselves and are sliced off at the end), heads-major layouts
     ([B, kv, T, group, D] and [B, kv, T, D]) and the key blocks each query block needs."""
-    p = _Plan(q, k, block)
+    p = _Plan(q, k, block, precision)
+    # Make the segment ids depend on q, so nothing below is loop-invariant in a layer scan (see the
+    # module docstring: otherwise JAX hoists every block's mask, for every width, out of the scan).
+    q, segment_ids = jax.lax.optimization_barrier((q, segment_ids))
     seg = _pad_to_blocks(segment_ids, p.tp, -1)
     qh = _heads_major(_pad_to_blocks(q, p.tp), p.kv)
     kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)
@@ -157,8 +179,8 @@ def _prepare(q, k, v, segment_ids, window, block):
     return p, seg, qh, kh, vh, _key_blocks(seg, p.block, window)
 
 
-def _forward(q, k, v, segment_ids, window, block):
-    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block)
+def _forward(q, k, v, segment_ids, window, block, precision):
+    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block, precision)
     b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
 
     def one_block(w: int, i: jax.Array):
@@ -168,13 +190,14 @@ def _forward(q, k, v, segment_ids, window, block):
         qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
         kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
         vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
-        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32).reshape(b, kv, blk, g, tk)
+        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32,
+                       precision=p.precision).reshape(b, kv, blk, g, tk)
         s = jnp.where(_block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :], s * p.scale, _NEG)
         m = jnp.max(s, axis=-1, keepdims=True)
         e = jnp.exp(s - m)
         l = jnp.sum(e, axis=-1, keepdims=True)
         o = jnp.einsum("bkrs,bksd->bkrd", e.reshape(b, kv, blk * g, tk).astype(v.dtype), vb,
-                       preferred_element_type=jnp.float32)
+                       preferred_element_type=jnp.float32, precision=p.precision)
         o = (o.reshape(b, kv, blk, g, d) / l).astype(q.dtype)
         return o, (m + jnp.log(l))[..., 0]
 
@@ -184,14 +207,14 @@ def _forward(q, k, v, segment_ids, window, block):
     return out, lse
 
 
-def _flash_fwd(q, k, v, segment_ids, window, block):
-    out, lse = _forward(q, k, v, segment_ids, window, block)
+def _flash_fwd(q, k, v, segment_ids, window, block, precision):
+    out, lse = _forward(q, k, v, segment_ids, window, block, precision)
     return out, (q, k, v, segment_ids, out, lse)
 
 
-def _flash_bwd(window, block, res, dout):
+def _flash_bwd(window, block, precision, res, dout):
     q, k, v, segment_ids, out, lse = res
-    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block)
+    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block, precision)
     b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
     doh = _heads_major(_pad_to_blocks(dout, p.tp), kv)
     # delta_i = sum_j P_ij dP_ij = dO_i . O_i  (the softmax backward's row term)
@@ -208,15 +231,17 @@ def _flash_bwd(window, block, res, dout):
         kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
         vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
         db = jax.lax.dynamic_slice_in_dim(delta, q0, blk, axis=2)[..., None]
-        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32).reshape(b, kv, blk, g, tk)
+        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32,
+                       precision=p.precision).reshape(b, kv, blk, g, tk)
         mask = _block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :]
         prob = jnp.where(mask, jnp.exp(s * p.scale - lse[i][..., None]), 0.0)
-        dprob = jnp.einsum("bkrd,bksd->bkrs", dob, vb, preferred_element_type=jnp.float32).reshape(b, kv, blk, g, tk)
+        dprob = jnp.einsum("bkrd,bksd->bkrs", dob, vb, preferred_element_type=jnp.float32,
+                           precision=p.precision).reshape(b, kv, blk, g, tk)
         ds = (prob * (dprob - db) * p.scale).reshape(b, kv, blk * g, tk).astype(q.dtype)
         prob = prob.reshape(b, kv, blk * g, tk).astype(v.dtype)
-        dv_b = jnp.einsum("bkrs,bkrd->bksd", prob, dob, preferred_element_type=jnp.float32)
-        dk_b = jnp.einsum("bkrs,bkrd->bksd", ds, qb, preferred_element_type=jnp.float32)
-        dq_b = jnp.einsum("bkrs,bksd->bkrd", ds, kb, preferred_element_type=jnp.float32)
+        dv_b = jnp.einsum("bkrs,bkrd->bksd", prob, dob, preferred_element_type=jnp.float32, precision=p.precision)
+        dk_b = jnp.einsum("bkrs,bkrd->bksd", ds, qb, preferred_element_type=jnp.float32, precision=p.precision)
+        dq_b = jnp.einsum("bkrs,bksd->bkrd", ds, kb, preferred_element_type=jnp.float32, precision=p.precision)
         dk = jax.lax.dynamic_update_slice_in_dim(dk, jax.lax.dynamic_slice_in_dim(dk, k0, tk, axis=2) + dk_b, k0, axis=2)
         dv = jax.lax.dynamic_update_slice_in_dim(dv, jax.lax.dynamic_slice_in_dim(dv, k0, tk, axis=2) + dv_b, k0, axis=2)
         return (dk, dv), dq_b.reshape(b, kv, blk, g, d).astype(q.dtype)
@@ -230,54 +255,85 @@ def _flash_bwd(window, block, res, dout):
     return dq, dk, dv, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _flash(q, k, v, segment_ids, window, block):
-    return _forward(q, k, v, segment_ids, window, block)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _flash(q, k, v, segment_ids, window, block, precision):
+    return _forward(q, k, v, segment_ids, window, block, precision)[0]
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                    sliding_window: Optional[int] = None, block: int = 128) -> jax.Array:
+                    sliding_window: Optional[int] = None, block: int = 128, precision: Precision = None) -> jax.Array:
     """Causal, segment-masked attention; q [B,T,N,D], k/v [B,T,K,D] (K divides N) -> [B,T,N,D].
 
     Softmax in float32 whatever the compute dtype. Pads (segment 0) attend to pads only, so no row
     is fully masked; their outputs are never read. block <= 0 means one block of the whole row."""
-    return _flash(q, k, v, segment_ids, sliding_window, int(block))
+    return _flash(q, k, v, segment_ids, sliding_window, int(block), precision)
 
 
 KERNELS = ("xla", "cudnn", "cudnn_dense", "splash")
 
 
-def resolve_kernel(name: str, backend: Optional[str] = None) -> str:
-    """``auto`` -> the kernel for the backend (GPU: packed cuDNN, TPU: splash, CPU: xla); explicit names as is."""
+def resolve_kernel(name: str, backend: Optional[str] = None, *, dtype: Optional[str] = None,
+                   compute_capability: Optional[tuple[int, int]] = None) -> str:
+    """The kernel ``model.attention: name`` runs on ``backend`` (default: JAX's default backend).
+
+    ``auto``: TPU -> ``splash``; GPU -> packed ``cudnn`` (Hopper or newer, bfloat16/float16),
+    ``cudnn_dense`` on older GPUs, ``xla`` for float32 (cuDNN flash attention has no float32, and
+    float32 is for scoring parity); CPU and anything else -> ``xla``. ``dtype`` is model.dtype (None:
+    assume bfloat16). Explicit names come back as they are, except that ``cudnn`` / ``cudnn_dense``
+    without a GPU raise KernelUnavailableError here, before anything is traced or compiled."""
+    backend = backend or jax.default_backend()
     if name != "auto":
         if name not in KERNELS:
             raise ValueError(f"model.attention={name!r}; choose auto or one of {', '.join(KERNELS)}")
+        if name in ("cudnn", "cudnn_dense"):
+            cudnn.check_backend(name, backend)
         return name
-    backend = backend or jax.default_backend()
-    return {"gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn", "tpu": "splash"}.get(backend, "xla")
+    if backend == "tpu":
+        return "splash"
+    if backend in ("gpu", "cuda"):
+        if dtype == "float32":
+            return "xla"
+        cc = compute_capability or cudnn.gpu_compute_capability()
+        return "cudnn" if cc is None or cc >= (9, 0) else "cudnn_dense"
+    return "xla"  # cpu, and rocm (no cuDNN)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, kernel: str,
-           sliding_window: Optional[int] = None, block: int = 128, precision: Optional[str] = None) -> jax.Array:
-    """Causal, segment-masked attention by the named kernel (already resolved: see resolve_kernel)."""
+           sliding_window: Optional[int] = None, block: int = 128, precision: Precision = None,
+           max_segments: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None) -> jax.Array:
+    """Causal, segment-masked attention by the named kernel (already resolved: see resolve_kernel).
+    q [B,T,N,D], k/v [B,T,K,D] -> [B,T,N,D]. ``max_segments`` (conversations per row) bounds the
+    packed cuDNN layout; ``mesh`` lets splash run per shard."""
     if kernel == "xla":
-        return flash_attention(q, k, v, segment_ids, sliding_window, block)
-    if kernel in ("cudnn", "cudnn_dense"):  # the dense-mask path until the packed call lands
+        return flash_attention(q, k, v, segment_ids, sliding_window, block, precision)
+    if kernel == "cudnn":
+        if max_segments is None:
+            raise ValueError("attention kernel 'cudnn' needs max_segments (conversations per row) to size its layout")
+        return cudnn.packed_attention(q, k, v, segment_ids, max_segments=max_segments, sliding_window=sliding_window)
+    if kernel == "cudnn_dense":
+        cudnn.check_backend(kernel)  # before building the T x T mask
         mask = attention_mask(segment_ids, sliding_window)[:, 0]  # [B, 1, T, T]
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5, implementation="cudnn")
-    raise NotImplementedError(f"attention kernel {kernel!r} is not implemented yet")
+        return cudnn.dense_mask_attention(q, k, v, mask)
+    if kernel == "splash":
+        return splash.splash_attention(q, k, v, segment_ids, sliding_window=sliding_window, precision=precision,
+                                       mesh=mesh)
+    raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                        sliding_window: Optional[int] = None) -> jax.Array:
+                        sliding_window: Optional[int] = None, precision: Precision = lax.Precision.HIGHEST) -> jax.Array:
     """The same function as a dense T x T softmax, differentiated by XLA: the tests' yardstick."""
     b, t, n, d = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, n // kv, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32, precision=precision) * (d ** -0.5)
     s = jnp.where(attention_mask(segment_ids, sliding_window), s, _NEG)
     probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n, d)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=precision).reshape(b, t, n, d)
+
+
+__all__ = ["KERNELS", "KernelUnavailableError", "attend", "attention_mask", "flash_attention", "pooled_query_attention",
+           "reference_attention", "resolve_kernel"]

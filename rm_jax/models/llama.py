@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rm_jax.models.attention import KERNELS, attend, pooled_query_attention, resolve_kernel
-from rm_jax.sharding import constrain
+from rm_jax.models.precision import PRECISIONS, resolve_precision
+from rm_jax.sharding import active_mesh, constrain
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -60,7 +61,7 @@ class DecoderConfig:
     scan_layers: bool = False
     attention: str = "auto"  # auto | xla | cudnn | cudnn_dense | splash (rm_jax.models.attention)
     attention_block: int = 128  # xla path: query block; each block reads only the keys it can see
-    matmul_precision: Optional[str] = None  # None: highest for float32, default for bfloat16
+    matmul_precision: Optional[str] = None  # None: highest for float32, default for bfloat16 (every dot)
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -74,10 +75,21 @@ class DecoderConfig:
             raise ValueError(f"model.dtype={self.dtype!r}; choose float32 or bfloat16")
         if self.attention != "auto" and self.attention not in KERNELS:
             raise ValueError(f"model.attention={self.attention!r}; choose auto or one of {', '.join(KERNELS)}")
+        if self.matmul_precision is not None and self.matmul_precision not in PRECISIONS:
+            raise ValueError(f"model.matmul_precision={self.matmul_precision!r}; choose null or one of {', '.join(PRECISIONS)}")
 
     @property
     def compute_dtype(self) -> Any:
         return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+    @property
+    def precision(self) -> jax.lax.Precision:
+        """The precision every dot of the model runs at (see rm_jax.models.precision)."""
+        return resolve_precision(self.matmul_precision, self.dtype)
+
+    def attention_kernel(self, backend: Optional[str] = None) -> str:
+        """The attention kernel this config runs on ``backend`` (default: JAX's): what to log."""
+        return resolve_kernel(self.attention, backend, dtype=self.dtype)
 
     def replace(self, **kw: Any) -> "DecoderConfig":
         return dataclasses.replace(self, **kw)
@@ -92,11 +104,11 @@ class DecoderConfig:
 
 # ---------------------------------------------------------------- building blocks
 
-def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+def dense(x: jax.Array, w: jax.Array, precision: Optional[jax.lax.Precision] = None) -> jax.Array:
     """x [B, T, E] times a weight whose first axis is E, as one 2-D matmul over flattened tokens:
     XLA:CPU inserts layout copies around the equivalent 3-D einsum (see docs/performance.md)."""
     b, t = x.shape[:2]
-    y = x.reshape(b * t, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+    y = jnp.matmul(x.reshape(b * t, x.shape[-1]), w.reshape(w.shape[0], -1), precision=precision)
     return y.reshape((b, t) + tuple(w.shape[1:]))
 
 
@@ -155,19 +167,20 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 class Attention(nn.Module):
     cfg: DecoderConfig
+    max_segments: int = 1  # conversations per row: bounds the packed cuDNN layout
 
     @nn.compact
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                  query_index: Optional[jax.Array] = None) -> jax.Array:
         """query_index [B, S] (optional): compute outputs only at these tokens (keys/values still come
         from every token); the result is then [B, S, H] instead of [B, T, H]."""
-        cfg, dt = self.cfg, self.cfg.compute_dtype
+        cfg, dt, prec = self.cfg, self.cfg.compute_dtype, self.cfg.precision
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         init = nn.initializers.normal(cfg.initializer_range)
 
         def proj(name: str, inp: jax.Array, heads: int, heads_axis: str) -> jax.Array:
             w = _param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
-            y = dense(inp, w.astype(dt))
+            y = dense(inp, w.astype(dt), prec)
             if cfg.qkv_bias:
                 y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
             return y
@@ -187,14 +200,15 @@ class Attention(nn.Module):
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
 
         if query_index is not None:
-            out = pooled_query_attention(q, kk, v, segment_ids, query_index, cfg.sliding_window)
+            out = pooled_query_attention(q, kk, v, segment_ids, query_index, cfg.sliding_window, prec)
         else:
-            out = attend(q, kk, v, segment_ids, kernel=resolve_kernel(cfg.attention), sliding_window=cfg.sliding_window,
-                         block=cfg.attention_block, precision=cfg.matmul_precision)
+            out = attend(q, kk, v, segment_ids, kernel=cfg.attention_kernel(), sliding_window=cfg.sliding_window,
+                         block=cfg.attention_block, precision=prec, max_segments=self.max_segments,
+                         mesh=active_mesh())
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
         b, t = out.shape[:2]
-        y = dense(out.reshape(b, t, n * d), wo.astype(dt).reshape(n * d, h))
+        y = dense(out.reshape(b, t, n * d), wo.astype(dt).reshape(n * d, h), prec)
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
         return y
@@ -205,19 +219,20 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        cfg, dt = self.cfg, self.cfg.compute_dtype
+        cfg, dt, prec = self.cfg, self.cfg.compute_dtype, self.cfg.precision
         init = nn.initializers.normal(cfg.initializer_range)
         h, i = cfg.hidden_size, cfg.intermediate_size
         gate = _param(self, "gate_kernel", init, (h, i), ("embed", "mlp"))
         up = _param(self, "up_kernel", init, (h, i), ("embed", "mlp"))
         down = _param(self, "down_kernel", init, (i, h), ("mlp", "embed"))
-        a = jax.nn.silu(dense(x, gate.astype(dt))) * dense(x, up.astype(dt))
+        a = jax.nn.silu(dense(x, gate.astype(dt), prec)) * dense(x, up.astype(dt), prec)
         a = constrain(a, ("act_batch", "act_length", "act_mlp"))
-        return dense(a, down.astype(dt))
+        return dense(a, down.astype(dt), prec)
 
 
 class DecoderLayer(nn.Module):
     cfg: DecoderConfig
+    max_segments: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
@@ -226,7 +241,7 @@ class DecoderLayer(nn.Module):
         model's last layer matters only where the head reads, so its queries and MLP run there only."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        attn = Attention(cfg, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions,
+        attn = Attention(cfg, self.max_segments, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions,
                                            query_index)
         if query_index is not None:
             x = jnp.take_along_axis(x, query_index[..., None], axis=1)
@@ -236,7 +251,7 @@ class DecoderLayer(nn.Module):
 
 
 class _ScanLayer(DecoderLayer):
-    """DecoderLayer with the (carry, xs) -> (carry, ys) signature nn.scan wants."""
+    """DecoderLayer with the (carry, xs) -> (carry, ys) signature nn.scan wants (creates the stacked params)."""
 
     def __call__(self, x, segment_ids, positions):  # type: ignore[override]
         return super().__call__(x, segment_ids, positions), None
@@ -266,10 +281,40 @@ def last_token_index(segment_ids: jax.Array, max_segments: int) -> tuple[jax.Arr
     return jnp.where(present, last, 0), present
 
 
+def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                   last: jax.Array, max_segments: int, full_last_layer: bool) -> jax.Array:
+    """The scanned layer stack as a pure function of its stacked params ([L, ...] leaves, the
+    ``layers`` param that nn.scan created): a ``lax.scan`` over the first L-1 layers, then the last
+    layer at the head's tokens only ([B, S, H]), as the unrolled stack does.
+
+    Each step indexes its layer's slice of ``stacked`` inside the (rematerialised) body, so neither
+    a copy of L-1 layers' params nor a per-step slice is stored for the backward; the gradient of
+    the slice becomes an in-place update of the stacked gradient (checked in the compiled HLO)."""
+    layer = DecoderLayer(cfg, max_segments, parent=None)
+    n = cfg.num_hidden_layers
+
+    def run(params: Any, i: jax.Array, x: jax.Array, query_index: Optional[jax.Array]) -> jax.Array:
+        p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), params)
+        return layer.apply({"params": p}, x, segment_ids, positions, query_index)
+
+    if cfg.remat != "none":
+        run = jax.checkpoint(run, policy=_remat_policy(cfg.remat), prevent_cse=False)
+    n_scanned = n if full_last_layer else n - 1
+    x, _ = jax.lax.scan(lambda h, i: (run(stacked, i, h, None), None), x, jnp.arange(n_scanned, dtype=jnp.int32))
+    if full_last_layer:
+        return jnp.take_along_axis(x, last[..., None], axis=1)
+    return run(stacked, jnp.asarray(n - 1, jnp.int32), x, last)
+
+
 class RewardModel(nn.Module):
-    """Decoder + linear head (hidden -> num_labels, no bias, as HF's ``score``) at each segment's last token."""
+    """Decoder + linear head (hidden -> num_labels, no bias, as HF's ``score``) at each segment's last token.
+
+    The last layer runs at the head's tokens only (queries, attention output, MLP: the same
+    function, 1/L of the dense work saved), scanned or unrolled. ``full_last_layer=True`` runs it at
+    every token instead: the reference the tests compare the pooled layer with."""
 
     cfg: DecoderConfig
+    full_last_layer: bool = False
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
@@ -281,32 +326,31 @@ class RewardModel(nn.Module):
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         last, present = last_token_index(segment_ids, max_segments)
 
-        if cfg.scan_layers:
-            layer_cls = _ScanLayer
-            if cfg.remat != "none":
-                layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat), prevent_cse=False)
-            stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(cfg, name="layers")(x, segment_ids, positions)
-            pooled = jnp.take_along_axis(x, last[..., None], axis=1)  # [B, S, H]
+        if cfg.num_hidden_layers == 0:
+            pooled = jnp.take_along_axis(x, last[..., None], axis=1)
+        elif cfg.scan_layers:
+            if self.is_initializing():  # nn.scan creates the stacked ``layers`` params (layout: rm_jax.hf_io)
+                stack = nn.scan(_ScanLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                                in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
+                                metadata_params={nn.PARTITION_NAME: "layers"})
+                stack(cfg, max_segments, name="layers")(x, segment_ids, positions)
+            stacked = nn.meta.unbox(self.variables["params"]["layers"])
+            pooled = _scanned_stack(cfg, stacked, x, segment_ids, positions, last, max_segments, self.full_last_layer)
         else:
             layer_cls = DecoderLayer
             if cfg.remat != "none":
                 layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat))
             for i in range(cfg.num_hidden_layers - 1):
-                x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions)
-            if cfg.num_hidden_layers:
-                # Only the head's tokens need the last layer's queries, attention output and MLP
-                # (1/L of the dense work saved; the same function). The scanned stack runs every layer in full.
-                last_layer = layer_cls(cfg, name=f"layers_{cfg.num_hidden_layers - 1}")
-                pooled = last_layer(x, segment_ids, positions, last)  # [B, S, H]
+                x = layer_cls(cfg, max_segments, name=f"layers_{i}")(x, segment_ids, positions)
+            last_layer = layer_cls(cfg, max_segments, name=f"layers_{cfg.num_hidden_layers - 1}")
+            if self.full_last_layer:
+                pooled = jnp.take_along_axis(last_layer(x, segment_ids, positions), last[..., None], axis=1)
             else:
-                pooled = jnp.take_along_axis(x, last[..., None], axis=1)
+                pooled = last_layer(x, segment_ids, positions, last)  # [B, S, H]
 
         # The final norm is per token, so only the pooled tokens need it.
         pooled = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(pooled).astype(jnp.float32)
         w = _param(self, "head_kernel", nn.initializers.normal(cfg.initializer_range),
                    (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))
-        scores = jnp.einsum("bsh,ha->bsa", pooled, w)
+        scores = jnp.einsum("bsh,ha->bsa", pooled, w, precision=cfg.precision)
         return jnp.where(present[..., None], scores, 0.0)

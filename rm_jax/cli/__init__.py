@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),
     "export": ("export", "export RUN_DIR --out HF_DIR"),
     "data": ("data", "data stats FILE|HUB_ID [--json] [--tokenizer DIR]"),
+    "serve": ("serve", "serve --model DIR [--host H] [--port P] [--weights ...] [--max-batch-tokens N] [--max-wait-ms M]"),
 }
 
 

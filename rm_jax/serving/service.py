@@ -1,0 +1,150 @@
+"""The reward service without HTTP: a loaded model, its encoder, its batcher and the answers.
+
+The app (:mod:`.app`) calls :meth:`RewardService.prepare` (parse, validate and tokenize on one worker
+thread, off the event loop), :meth:`RewardService.submit` (queue the rows) and, once every row is
+scored, :meth:`RewardService.answer` (attributes -> reward with the request's weights, in row order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from rm_jax.attributes import REWARD_PRESETS, resolve_reward_weights
+from rm_jax.errors import InputError
+from rm_jax.runs import ScoringModel
+from rm_jax.scoring import Scorer
+from rm_jax.serving.batcher import Batcher, Job, NotReady
+from rm_jax.serving.buckets import ladder
+from rm_jax.serving.config import ServeConfig
+from rm_jax.serving.encoding import Encoded, Encoder
+from rm_jax.serving.metrics import ServeMetrics, count_xla_compilations
+from rm_jax.serving.protocol import (parse_json, parse_reward_request, parse_score_request,
+                                     reward_response, score_response)
+
+ENDPOINTS = ("score", "get_reward")
+
+
+@dataclass
+class Prepared:
+    endpoint: str
+    encoded: Encoded
+    weights: Optional[np.ndarray]  # None: the server's
+
+    @property
+    def ids(self) -> list[np.ndarray]:
+        return [self.encoded.ids[i] for i in self.encoded.to_score]
+
+
+class RewardService:
+    def __init__(self, model: ScoringModel, cfg: ServeConfig, model_path: str):
+        self.model, self.cfg, self.model_path = model, cfg, os.path.abspath(model_path)
+        n = model.cfg.num_labels
+        try:
+            self.weights = resolve_reward_weights(cfg.weights, n)
+        except ValueError as e:
+            raise InputError(f"--weights: {e}") from None
+        self.seq_len = cfg.resolve_seq_len(model.cfg.max_position_embeddings)
+        self.buckets = ladder(self.seq_len, cfg.max_batch_tokens, cfg.min_batch_tokens, cfg.max_segments)
+        self.encoder = Encoder(model.tokenizer, model.template, self.seq_len)
+        self.metrics = ServeMetrics()
+        count_xla_compilations(self.metrics.compilations.inc)
+        scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)  # the rm-jax score forward pass
+        self.batcher = Batcher(lambda batch, b: scorer.score_batch(batch, b.max_segments), self.buckets, n,
+                               model.pad_id, cfg.max_queue, cfg.max_wait_ms / 1000.0, self.metrics)
+        # One thread owns the tokenizer (HF fast tokenizers are not thread-safe) and keeps JSON parsing and
+        # chat templating off the event loop.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rm-serve-encode")
+        self.draining = False
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Compile every batch shape on the batcher thread; /health turns ready when done."""
+        self.batcher.start()
+
+    def close(self) -> None:
+        self.batcher.close(timeout=self.cfg.drain_timeout_s or None)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def state(self) -> str:
+        if self.draining and self.batcher.state == "ready":
+            return "draining"
+        return self.batcher.state
+
+    def check_ready(self) -> None:
+        """Before ready: 503. While draining a request still arrives only on a connection that was busy at
+        SIGTERM (uvicorn closes the listener and idle connections): it is served."""
+        if self.batcher.state != "ready":
+            raise NotReady(self.batcher.state)
+
+    # ------------------------------------------------------------ requests
+
+    async def prepare(self, endpoint: str, body: bytes) -> Prepared:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, endpoint, body)
+
+    def _prepare(self, endpoint: str, body: bytes) -> Prepared:
+        obj = parse_json(body)
+        n, limit = self.model.cfg.num_labels, self.cfg.max_queue
+        if endpoint == "score":
+            req = parse_score_request(obj, n, limit)
+            return Prepared(endpoint, self.encoder.conversations(req.conversations, req.fields), req.weights)
+        rreq = parse_reward_request(obj, n, limit)
+        return Prepared(endpoint, self.encoder.texts(rreq.texts), rreq.weights)
+
+    def submit(self, prepared: Prepared, done: Callable[[Optional[BaseException]], None]) -> Job:
+        return self.batcher.submit(prepared.ids, done)
+
+    def answer(self, prepared: Prepared, job: Job) -> dict:
+        enc = prepared.encoded
+        pred = np.zeros((len(enc.ids), self.model.cfg.num_labels), np.float32)
+        pred[enc.to_score] = job.out
+        w = self.weights if prepared.weights is None else prepared.weights
+        reward = pred.astype(np.float64) @ w  # as rm_jax.scoring.score_rows computes it
+        self.metrics.rows.labels(prepared.endpoint, "scored").inc(len(enc.to_score))
+        if enc.errors:
+            self.metrics.rows.labels(prepared.endpoint, "over_length").inc(len(enc.errors))
+        if prepared.endpoint == "score":
+            return score_response(self.model.attributes, pred, reward, enc.tokens, enc.errors)
+        return reward_response(reward, enc.errors)
+
+    # ------------------------------------------------------------ /health, /info
+
+    def health(self) -> tuple[int, dict]:
+        state = self.state
+        return (200 if state == "ready" else 503), {"status": state}
+
+    def info(self) -> dict[str, Any]:
+        from rm_jax.models.attention import resolve_kernel
+        mc = self.model.cfg
+        try:
+            kernel = resolve_kernel(mc.attention, dtype=mc.dtype)
+        except TypeError:  # an older resolve_kernel without the dtype argument
+            kernel = resolve_kernel(mc.attention)
+        return {
+            "model": self.model_path,
+            "model_type": mc.model_type,
+            "attributes": list(self.model.attributes),
+            "weights": {"spec": self.cfg.weights, "values": [float(x) for x in self.weights]},
+            "weight_presets": sorted(REWARD_PRESETS),
+            "seq_len": self.seq_len,
+            "max_position_embeddings": mc.max_position_embeddings,
+            "kernel": kernel,
+            "dtype": mc.dtype,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in self.model.mesh.devices.flat],
+            "template": self.model.template or "the tokenizer's chat template",
+            "buckets": [{"rows": b.rows, "seq_len": b.seq_len, "max_segments": b.max_segments} for b in self.buckets],
+            "max_batch_tokens": self.cfg.max_batch_tokens,
+            "max_wait_ms": self.cfg.max_wait_ms,
+            "max_queue": self.cfg.max_queue,
+            "max_body_bytes": self.cfg.max_body_bytes,
+            "state": self.state,
+        }

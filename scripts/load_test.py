@@ -1,0 +1,411 @@
+"""Load test for ``rm-jax serve``: concurrent clients against one-row-at-a-time requests, on loopback only.
+
+Starts the server itself (``--model DIR``, or ``--synthetic`` for a random model, e.g. on a GPU machine
+with no trained run) or uses a running one (``--url``, loopback only). Bounded: at most ``--requests``
+concurrent-phase requests and ``--seconds`` of wall time; it always stops by itself.
+
+What it does, interleaved in ``--rounds`` rounds so a noisy shared machine affects both sides alike:
+  sequential  one client, one row per request (what an RL loop without batching would do);
+  concurrent  ``--clients`` threads, mixed request sizes (1..--max-rows rows, HelpSteer2 sample rows cut
+              to mixed lengths), 25% of them OpenRLHF ``/get_reward`` with the rows' templated text, and
+              ``--bad-share`` malformed ones (invalid JSON, missing field, non-string text, unknown preset,
+              empty query, oversize body), each of which must get its own 4xx.
+Every good row's reward is checked against ``rm-jax score``'s numbers, computed in this process before
+the load (rm_jax.scoring.score_rows on the same model); a row over the server's --seq-len must come back
+as a per-row error, like ``rm-jax score`` refuses it. 503s are retried after Retry-After and counted.
+
+Reports rows/s for both phases and their ratio, p50/p99 latency, status counts, lost and wrong answers.
+Exit 0 when nothing was lost or wrong (and the ratio >= --min-speedup, if given).
+
+    python scripts/load_test.py --model /tmp/serve_demo_run                 # the full run (>= 2,000 requests)
+    python scripts/load_test.py --synthetic tiny --quick --json             # short, self-contained, JSON out
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from typing import Any, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+# This process and the server it starts share the accelerator: neither may grab most of its memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+SAMPLE = os.path.join(REPO, "rm_jax", "assets", "sample", "validation.jsonl.gz")
+BAD_KINDS = ("invalid_json", "missing_field", "non_string", "unknown_preset", "empty_query", "oversize")
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_rows(n: int, seed: int) -> list[dict]:
+    """HelpSteer2 sample rows with prompt and response cut to mixed lengths (short to over the limit)."""
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
+        src = [json.loads(line) for line in f]
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        r = src[i % len(src)]
+        frac = rng.choice([0.1, 0.25, 0.5, 1.0, 1.0])
+        p, q = r["prompt"], r["response"]
+        rows.append({"prompt": p[: max(8, int(len(p) * frac))], "response": q[: max(4, int(len(q) * frac))] + f" #{i}"})
+    return rows
+
+
+def synthetic_model(kind: str, out_dir: str) -> str:
+    """A random reward model as an HF folder with the bundled tokenizer (no training, no downloads)."""
+    import jax
+
+    from rm_jax.attributes import ATTRIBUTES
+    from rm_jax.hf_io import export_hf, load_tokenizer
+    from rm_jax.models import init_params
+    from rm_jax.models.llama import DecoderConfig
+    from rm_jax.sharding import make_mesh
+    tok = load_tokenizer(os.path.join(REPO, "rm_jax", "assets", "tokenizer"))
+    arch = {
+        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16, max_position_embeddings=256),
+        # Llama-3.2-1B's body (vocab: the bundled tokenizer's).
+        "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                   num_key_value_heads=8, head_dim=64, rope_theta=500000.0, max_position_embeddings=4096),
+    }[kind]
+    cfg = DecoderConfig(model_type="llama", vocab_size=len(tok), num_labels=len(ATTRIBUTES), **arch)
+    params = init_params(cfg, make_mesh(devices=jax.devices()[:1]), seed=0)
+    return export_hf(cfg, params, out_dir, list(ATTRIBUTES), tok)
+
+
+def expected_rewards(model_dir: str, rows: list[dict], weights: str, seq_len: int,
+                     dtype: str = "float32") -> tuple[list[Optional[float]], list[str]]:
+    """rm-jax score's reward for every row (None where the row is over ``seq_len``) and each row's
+    templated text (the OpenRLHF query for it)."""
+    from rm_jax.conversation import encode, render, row_to_messages
+    from rm_jax.runs import load_scoring_model
+    from rm_jax.scoring import score_rows
+    model = load_scoring_model(model_dir, dtype=dtype)
+    msgs = [row_to_messages(r) for r in rows]
+    lengths = [len(x) for x in encode(model.tokenizer, msgs, model.template)]
+    ok = [i for i, n in enumerate(lengths) if n <= seq_len]
+    _, reward = score_rows(model, [rows[i] for i in ok], weights, seq_len=seq_len, progress=False)
+    out: list[Optional[float]] = [None] * len(rows)
+    for i, r in zip(ok, reward):
+        out[i] = float(r)
+    return out, render(model.tokenizer, msgs, model.template)
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.status: Counter = Counter()
+        self.latency: list[float] = []   # good requests only
+        self.rows = 0                    # good rows answered
+        self.lost = 0                    # good rows missing from an answer, or good requests not answered 200
+        self.wrong = 0                   # rewards off by more than the tolerance, or a wrong per-row error
+        self.bad_wrong = 0               # bad requests not answered with their 4xx
+        self.retried_503 = 0
+        self.examples: list[str] = []
+
+    def note(self, msg: str) -> None:
+        if len(self.examples) < 10:
+            self.examples.append(msg)
+
+
+class Load:
+    def __init__(self, url: str, rows: list[dict], want: list[Optional[float]], texts: list[str], weights: str,
+                 max_body: int, seed: int, tolerance: float):
+        from rm_jax.serving.client import Client
+        self.Client = Client
+        self.url, self.rows, self.want, self.texts, self.weights = url, rows, want, texts, weights
+        self.max_body, self.tolerance = max_body, tolerance
+        self.rng = random.Random(seed)
+
+    # one request: (kind, path, body bytes, row indices, expected status)
+    def good(self, rng: random.Random, max_rows: int) -> tuple:
+        idx = [rng.randrange(len(self.rows)) for _ in range(rng.randint(1, max_rows))]
+        if rng.random() < 0.25:
+            body = {"query": [self.texts[i] for i in idx], "prompts": ["" for _ in idx], "labels": [None for _ in idx]}
+            return "get_reward", "/get_reward", json.dumps(body).encode(), idx, 200
+        body = {"rows": [self.rows[i] for i in idx], "weights": self.weights}
+        return "score", "/score", json.dumps(body).encode(), idx, 200
+
+    def bad(self, rng: random.Random) -> tuple:
+        kind = rng.choice(BAD_KINDS)
+        r = self.rows[rng.randrange(len(self.rows))]
+        if kind == "invalid_json":
+            return kind, "/score", b'{"rows": [{"prompt": "a", "response": ', [], 400
+        if kind == "missing_field":
+            return kind, "/score", json.dumps({"rows": [r, {"prompt": "x"}]}).encode(), [], 400
+        if kind == "non_string":
+            return kind, "/score", json.dumps({"rows": [{"prompt": 3, "response": "x"}]}).encode(), [], 400
+        if kind == "unknown_preset":
+            return kind, "/score", json.dumps({"rows": [r], "weights": "no-such-preset"}).encode(), [], 400
+        if kind == "empty_query":
+            return kind, "/get_reward", json.dumps({"query": ["x", ""]}).encode(), [], 400
+        return kind, "/score", json.dumps({"rows": [{"prompt": "x" * (self.max_body + 10), "response": "y"}]}).encode(), [], 413
+
+    def check(self, t: Tally, kind: str, idx: list[int], reply: Any) -> None:
+        if kind == "score":
+            results = reply.json()["results"]
+            got = [(x["reward"], x.get("error")) for x in results]
+        else:
+            body = reply.json()
+            errors = {e["index"]: e["error"] for e in body.get("errors", [])}
+            got = [(x, errors.get(i)) for i, x in enumerate(body["rewards"])]
+        if len(got) != len(idx):
+            with t.lock:
+                t.lost += abs(len(idx) - len(got))
+                t.note(f"{kind}: {len(got)} answers for {len(idx)} rows")
+        for i, (reward, err) in zip(idx, got):
+            w = self.want[i]
+            ok = (reward is None and err and "more than the limit" in err) if w is None else \
+                (reward is not None and abs(reward - w) <= self.tolerance)
+            with t.lock:
+                t.rows += 1
+                if not ok:
+                    t.wrong += 1
+                    t.note(f"{kind}: row {i}: got {reward!r} ({err}), want {w!r}")
+
+    def send(self, c: Any, t: Tally, req: tuple, deadline: float) -> None:
+        kind, path, body, idx, want_status = req
+        start = time.perf_counter()
+        while True:
+            try:
+                reply = c.request("POST", path, body, {"Content-Type": "application/json"})
+            except OSError as e:
+                with t.lock:
+                    t.status["connection error"] += 1
+                    t.lost += len(idx)
+                    t.note(f"{kind}: {type(e).__name__}: {e}")
+                c.close()
+                return
+            if reply.status == 503 and time.monotonic() < deadline:  # back-pressure: wait as told, retry
+                with t.lock:
+                    t.retried_503 += 1
+                time.sleep(min(float(reply.headers.get("retry-after", "1")), 1.0))
+                continue
+            break
+        dt = time.perf_counter() - start
+        with t.lock:
+            t.status[reply.status] += 1
+        if want_status != 200:
+            if reply.status != want_status:
+                with t.lock:
+                    t.bad_wrong += 1
+                    t.note(f"bad request {kind}: status {reply.status}, want {want_status}")
+            return
+        if reply.status != 200:
+            with t.lock:
+                t.lost += len(idx)
+                t.note(f"{kind}: status {reply.status}: {reply.body[:200]!r}")
+            return
+        with t.lock:
+            t.latency.append(dt)
+        self.check(t, kind, idx, reply)
+
+    def sequential(self, t: Tally, n: int, deadline: float) -> float:
+        """n one-row /score requests from one client; returns the wall time."""
+        c = self.Client(self.url)
+        rng = random.Random(self.rng.random())
+        start = time.perf_counter()
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                break
+            i = rng.randrange(len(self.rows))
+            body = json.dumps({"rows": [self.rows[i]], "weights": self.weights}).encode()
+            self.send(c, t, ("score", "/score", body, [i], 200), deadline)
+        c.close()
+        return time.perf_counter() - start
+
+    def concurrent(self, t: Tally, n: int, clients: int, max_rows: int, bad_share: float, deadline: float) -> float:
+        rng = random.Random(self.rng.random())
+        n_bad = round(n * bad_share)  # exactly this share, spread at random
+        reqs = [self.bad(rng) for _ in range(n_bad)] + [self.good(rng, max_rows) for _ in range(n - n_bad)]
+        rng.shuffle(reqs)
+        lock = threading.Lock()
+        it = iter(reqs)
+
+        def worker() -> None:
+            c = self.Client(self.url)
+            while time.monotonic() < deadline:
+                with lock:
+                    req = next(it, None)
+                if req is None:
+                    break
+                self.send(c, t, req, deadline)
+            c.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(clients)]
+        start = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return time.perf_counter() - start
+
+
+def pct(xs: list[float], q: float) -> Optional[float]:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def run(args: argparse.Namespace) -> dict:
+    from rm_jax.serving.client import Client, ServerProcess
+    deadline = time.monotonic() + args.seconds
+    tmp = tempfile.mkdtemp(prefix="rm-load-")
+    server = None
+    model = args.model
+    if args.synthetic:
+        model = synthetic_model(args.synthetic, os.path.join(tmp, f"synthetic-{args.synthetic}"))
+    if args.url:
+        host = args.url.split("//")[-1].split(":")[0].split("/")[0]
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise SystemExit(f"--url {args.url}: loopback only")
+        url = args.url
+    else:
+        server_args = ["--max-body-bytes", str(args.max_body_bytes), "--dtype", args.dtype, *args.server_args.split()]
+        server = ServerProcess(model, server_args, log_path=os.path.join(tmp, "server.log"))
+        url = server.wait_ready(600)
+    try:
+        info = Client(url).get("/info").json()
+        model = model or info["model"]
+        rows = make_rows(args.distinct_rows, args.seed)
+        t0 = time.perf_counter()
+        want, texts = expected_rewards(model, rows, args.weights, info["seq_len"], info["dtype"])
+        expect_s = time.perf_counter() - t0
+        load = Load(url, rows, want, texts, args.weights, info["max_body_bytes"], args.seed, args.tolerance)
+        seq, conc = Tally(), Tally()
+        seq_s = conc_s = 0.0
+        seq_n = -(-args.sequential // args.rounds)
+        conc_n = -(-args.requests // args.rounds)
+        load.sequential(Tally(), 20, deadline)  # warm the connection path; not counted
+        for _ in range(args.rounds):
+            seq_s += load.sequential(seq, seq_n, deadline)
+            conc_s += load.concurrent(conc, conc_n, args.clients, args.max_rows, args.bad_share, deadline)
+        metrics = Client(url).get("/metrics").body.decode()
+    finally:
+        code = server.terminate(120) if server else None
+    seq_rps = seq.rows / seq_s if seq_s else 0.0
+    conc_rps = conc.rows / conc_s if conc_s else 0.0
+    n_conc = sum(conc.status.values())
+    out = {
+        "cpu": cpu_name(),
+        "backend": info.get("backend"), "devices": info.get("devices"),
+        "model": model, "seq_len": info["seq_len"], "buckets": [f"{b['rows']}x{b['seq_len']}" for b in info["buckets"]],
+        "clients": args.clients, "rounds": args.rounds, "max_wait_ms": info["max_wait_ms"],
+        "sequential": {"requests": sum(seq.status.values()), "rows": seq.rows, "seconds": round(seq_s, 3),
+                       "rows_per_s": round(seq_rps, 1), "p50_ms": _ms(pct(seq.latency, 50)),
+                       "p99_ms": _ms(pct(seq.latency, 99))},
+        "concurrent": {"requests": n_conc, "good_rows": conc.rows, "seconds": round(conc_s, 3),
+                       "rows_per_s": round(conc_rps, 1), "p50_ms": _ms(pct(conc.latency, 50)),
+                       "p99_ms": _ms(pct(conc.latency, 99)),
+                       "status": {str(k): v for k, v in sorted(conc.status.items(), key=str)},
+                       "retried_503": conc.retried_503},
+        "speedup": round(conc_rps / seq_rps, 2) if seq_rps else None,
+        "lost": seq.lost + conc.lost, "wrong": seq.wrong + conc.wrong, "bad_not_rejected": conc.bad_wrong,
+        "dtype": info["dtype"], "tolerance": args.tolerance,
+        "examples": seq.examples + conc.examples,
+        "server_compilations": _metric(metrics, "rm_serve_xla_compilations_total"),
+        "server_exit_code": code, "expected_computed_s": round(expect_s, 1),
+    }
+    return out
+
+
+def _ms(x: Optional[float]) -> Optional[float]:
+    return None if x is None else round(x * 1000, 2)
+
+
+def _metric(text: str, name: str) -> Optional[float]:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF folder or run folder: start rm-jax serve on it (port chosen freely)")
+    src.add_argument("--synthetic", choices=["tiny", "1b"], help="start rm-jax serve on a random model of this size")
+    src.add_argument("--url", help="a running server on loopback (http://127.0.0.1:PORT)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=2400, help="concurrent-phase requests, all rounds")
+    ap.add_argument("--sequential", type=int, default=600, help="one-row requests, all rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="sequential and concurrent phases alternate this often")
+    ap.add_argument("--max-rows", type=int, default=8, help="rows per concurrent request: 1..N")
+    ap.add_argument("--bad-share", type=float, default=0.1)
+    ap.add_argument("--distinct-rows", type=int, default=400)
+    ap.add_argument("--weights", default="70b-rewardbench")
+    ap.add_argument("--seconds", type=float, default=600, help="wall-time bound for the load phases")
+    ap.add_argument("--max-body-bytes", type=int, default=256 * 1024, help="server limit (oversize requests exceed it)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="server compute dtype")
+    ap.add_argument("--tolerance", type=float, default=1e-5, help="largest |reward - rm-jax score's| accepted")
+    ap.add_argument("--server-args", default="", help="more rm-jax serve flags, one string")
+    ap.add_argument("--quick", action="store_true", help="short run: 300 concurrent + 100 sequential requests")
+    ap.add_argument("--min-speedup", type=float, default=None, help="fail unless concurrent/sequential >= this")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print one JSON object (also to $OUT/load_test.json)")
+    return ap
+
+
+def load_test(argv: list[str]) -> dict:
+    """The whole test as a function (for other benchmark scripts): same flags, returns the JSON object.
+    E.g. ``load_test(["--synthetic", "tiny", "--quick"])["concurrent"]["rows_per_s"]``."""
+    a = parser().parse_args(argv)
+    if a.quick:
+        a.requests, a.sequential, a.rounds = min(a.requests, 300), min(a.sequential, 100), min(a.rounds, 2)
+    out = run(a)
+    ok = out["lost"] == 0 and out["wrong"] == 0 and out["bad_not_rejected"] == 0 and out["server_exit_code"] in (0, None)
+    if a.min_speedup is not None:
+        ok = ok and (out["speedup"] or 0) >= a.min_speedup
+    out["ok"] = ok
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parser().parse_args(argv)
+    out = load_test(sys.argv[1:] if argv is None else argv)
+    ok = out["ok"]
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "load_test.json"), "w") as f:
+            json.dump(out, f, indent=2)
+    if a.json:
+        print(json.dumps(out))
+    else:
+        s, c = out["sequential"], out["concurrent"]
+        print(f"cpu: {out['cpu']}  backend: {out['backend']}  model: {out['model']}  buckets: {' '.join(out['buckets'])}")
+        print(f"sequential (1 row/request, 1 client): {s['requests']} requests, {s['rows_per_s']} rows/s, "
+              f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
+        print(f"concurrent ({out['clients']} clients, 1-{a.max_rows} rows, {a.bad_share:.0%} bad): {c['requests']} "
+              f"requests, {c['good_rows']} good rows, {c['rows_per_s']} rows/s, p50 {c['p50_ms']} ms, "
+              f"p99 {c['p99_ms']} ms; status {c['status']}; 503 retried {c['retried_503']}")
+        print(f"speedup {out['speedup']}x; lost {out['lost']}, wrong {out['wrong']}, bad requests not rejected "
+              f"{out['bad_not_rejected']}; server compilations {out['server_compilations']}; "
+              f"server exit {out['server_exit_code']}")
+        for e in out["examples"]:
+            print("  " + e)
+        print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

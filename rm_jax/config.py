@@ -41,7 +41,7 @@ class DataConfig:
     train_split: str = "train"
     validation: Optional[str] = "bundled"
     validation_split: str = "validation"
-    kind: str = "helpsteer"  # helpsteer (attribute regression) | pairs (chosen/rejected or HelpSteer2-Preference)
+    kind: str = "helpsteer"  # helpsteer (attribute regression) | pairs (chosen/rejected or HelpSteer2-Preference) | chat (task sft: prompt/response or messages rows)
     template: Optional[str] = None  # chat template: None = the tokenizer's own, else a built-in name (nemotron)
     seq_len: int = 128
     packing: bool = True
@@ -53,6 +53,7 @@ class DataConfig:
     subset_seed: int = 0
     on_bad_row: str = "error"  # error | skip (counted and reported)
     shuffle: bool = True
+    attributes_as_label: bool = False  # task sft on HelpSteer2 rows: each response's labels become its SteerLM label
 
 
 @dataclass
@@ -101,10 +102,24 @@ class CheckpointConfig:
 
 
 @dataclass
+class LabelProbeConfig:
+    """task sft: after training, generate for held-out validation prompts at each requested level of one
+    attribute (the others from ``base``) and report response lengths per level in eval.json."""
+    prompts: int = 0  # 0 = off
+    attribute: str = "verbosity"
+    levels: list = field(default_factory=lambda: [0, 4])
+    base: str = "helpfulness:4,correctness:4,coherence:4,complexity:2"
+    max_new_tokens: int = 96
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
     reward_weights: list = field(default_factory=lambda: ["70b-rewardbench", "helpfulness-only"])
     rewardbench: Optional[str] = None  # file / hub id of RewardBench-format pairs to evaluate at the end
     rewardbench_split: str = "filtered"
+    label_probe: LabelProbeConfig = field(default_factory=LabelProbeConfig)
 
 
 @dataclass
@@ -128,6 +143,7 @@ class LoggingConfig:
 @dataclass
 class RunConfig:
     run_dir: str = "runs/default"
+    task: str = "rm"  # rm (reward model) | sft (causal LM, response-only next-token loss; SteerLM with labels)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -140,11 +156,12 @@ class RunConfig:
 
 
 CHOICES = {
+    "task": ("rm", "sft"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.attention": ("auto", "xla", "cudnn", "cudnn_dense", "splash"),
     "model.matmul_precision": (None, "default", "high", "highest"),
-    "data.kind": ("helpsteer", "pairs"),
+    "data.kind": ("helpsteer", "pairs", "chat"),
     "data.padding_side": ("right", "left"),
     "data.overlength": ("truncate", "drop"),
     "data.on_bad_row": ("error", "skip"),
@@ -313,6 +330,32 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
                           f"train.grad_accum ({cfg.train.grad_accum})")
     if cfg.data.seq_len < 8:
         raise ConfigError(f"{where}: data.seq_len must be at least 8")
+    if cfg.task == "sft":
+        if cfg.data.kind == "pairs":
+            raise ConfigError(f"{where}: task sft trains on conversations: data.kind helpsteer or chat, not pairs")
+        if cfg.loss.type != "mse":
+            raise ConfigError(f"{where}: task sft has its own loss (response-only next-token NLL); "
+                              f"loss.type={cfg.loss.type} is for reward models")
+    elif cfg.data.kind == "chat":
+        raise ConfigError(f"{where}: data.kind=chat holds no labels for a reward model; use it with task: sft")
+    if cfg.task == "sft" and cfg.eval.rewardbench:
+        raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task sft trains a policy")
+    if cfg.eval.label_probe.prompts:
+        if cfg.task != "sft":
+            raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
+        from rm_jax.conversation import parse_attribute_label
+        from rm_jax.errors import ConversationError
+        probe = cfg.eval.label_probe
+        try:
+            base = parse_attribute_label(probe.base, "eval.label_probe.base") if probe.base else {}
+            for level in probe.levels:
+                parse_attribute_label({probe.attribute: level}, "eval.label_probe")
+        except ConversationError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if probe.attribute in base:
+            raise ConfigError(f"{where}: eval.label_probe.base sets {probe.attribute!r}, the attribute it varies")
+    if cfg.data.attributes_as_label and cfg.task != "sft":
+        raise ConfigError(f"{where}: data.attributes_as_label is for task: sft (SteerLM attribute-conditioned SFT)")
     if cfg.data.kind == "pairs" and cfg.loss.type == "mse":
         raise ConfigError(f"{where}: data.kind=pairs needs a pair loss (loss.type bt, margin_bt or scaled_bt)")
     if cfg.data.kind == "helpsteer" and cfg.loss.type != "mse":

@@ -1,6 +1,8 @@
 """Reward-model losses as (sum, count) pairs, so gradient accumulation over micro-batches is exact.
 
 * ``mse``: masked, per-attribute-weighted squared error (weight 0 = attribute not trained).
+* ``token_nll`` (causal LMs, ``task: sft``): negative log-likelihood of the response tokens, normalised
+  by their count.
 * ``bt``: -log sigmoid(r_c - r_r); ``margin_bt``: -log sigmoid(r_c - r_r - m);
   ``scaled_bt``: -m log sigmoid(r_c - r_r), with m the preference strength. r is the reward,
   a weighted combination of the attribute outputs. Optional centering adds c (r_c + r_r)^2.
@@ -43,3 +45,8 @@ def pair_sums(scores: jax.Array, batch: dict, reward_weights: jax.Array, kind: s
         "den": jnp.sum(valid),
         "correct": jnp.sum((diff > 0) * valid),
     }
+
+
+def token_nll_sums(logp: jax.Array, mask: jax.Array) -> dict:
+    """logp, mask: [B, T] log-probabilities of the next-token targets and where they count."""
+    return {"num": -jnp.sum(logp * mask), "den": jnp.sum(mask)}

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rm_jax.attributes import resolve_reward_weights
 from rm_jax.config import LossConfig, TrainConfig
-from rm_jax.losses import mse_sums, pair_sums
+from rm_jax.losses import mse_sums, pair_sums, token_nll_sums
 from rm_jax.models import RewardModel, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import activate
@@ -118,6 +118,11 @@ def put_batch(batch: dict, shardings: dict) -> dict:
 
 def _sums(model_cfg: DecoderConfig, loss_cfg: LossConfig, params: Any, mb: dict, max_segments: int,
           attr_w: jax.Array, reward_w: jax.Array) -> dict:
+    if getattr(model_cfg, "head", "reward") == "lm":  # a causal LM: response-only next-token loss
+        from rm_jax.models import CausalLM  # TODO(lead): module level once the LM head lands
+        logp = CausalLM(model_cfg).apply({"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"],
+                                         targets=mb["targets"])
+        return token_nll_sums(logp, mb["loss_mask"])
     scores = RewardModel(model_cfg).apply({"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"],
                                           max_segments=max_segments)
     if loss_cfg.type == "mse":
@@ -157,6 +162,8 @@ def make_train_step(model_cfg: DecoderConfig, loss_cfg: LossConfig, tx: optax.Gr
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
         metrics = {"loss": loss, "grad_norm": gnorm, "lr": schedule(state["step"]), "ok": ok,
                    "real_tokens": jnp.sum(batch["segment_ids"] > 0)}
+        if getattr(model_cfg, "head", "reward") == "lm":
+            metrics["loss_tokens"] = sums["den"]
         if "attr_sq" in sums:
             metrics["attr_mse"] = sums["attr_sq"] / jnp.maximum(sums["attr_n"], 1.0)
         if "correct" in sums:
@@ -164,6 +171,18 @@ def make_train_step(model_cfg: DecoderConfig, loss_cfg: LossConfig, tx: optax.Gr
         return new, metrics
 
     return step
+
+
+def make_eval_sums_fn(model_cfg: DecoderConfig, loss_cfg: LossConfig, max_segments: int,
+                      mesh: Optional[Mesh] = None) -> Callable:
+    """(params, batch) -> the loss sums of one batch without gradients (validation of a causal LM)."""
+    attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
+    reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
+
+    def sums(params: Any, batch: dict) -> dict:
+        with activate(mesh):
+            return _sums(model_cfg, loss_cfg, params, batch, max_segments, attr_w, reward_w)
+    return sums
 
 
 def make_score_fn(model_cfg: DecoderConfig, max_segments: int, mesh: Optional[Mesh] = None) -> Callable:

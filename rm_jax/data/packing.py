@@ -32,6 +32,7 @@ __all__ = [
     "batches",
     "fill_rate",
     "last_token_index",
+    "token_targets",
 ]
 
 
@@ -259,3 +260,23 @@ def last_token_index(segment_ids: np.ndarray, max_segments: int) -> np.ndarray:
     b, t = np.nonzero(is_end)
     np.maximum.at(out, (b, seg[b, t] - 1), t.astype(np.int32))
     return out
+
+
+def token_targets(batch: Mapping[str, np.ndarray], response_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Next-token targets [B, T] int32 and their loss mask [B, T] float32 for a packed causal-LM batch.
+
+    Token t predicts token t + 1 of the same segment; the mask is 1 where that next token is a
+    response token of its example (position >= ``response_start[example]``), so prompts, pads and
+    the boundaries between packed conversations never enter the loss.
+    """
+    ids, seg, pos = batch["input_ids"], batch["segment_ids"], batch["positions"]
+    slot = np.clip(seg - 1, 0, None)
+    example = np.take_along_axis(batch["example_index"], slot.astype(np.int64), axis=1)  # [B, T]
+    starts = np.asarray(response_start, np.int64)
+    start = np.where(seg > 0, starts[np.clip(example, 0, None)], np.iinfo(np.int32).max)
+    targets = np.zeros_like(ids)
+    mask = np.zeros(ids.shape, np.float32)
+    same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0)
+    targets[:, :-1] = np.where(same, ids[:, 1:], 0)
+    mask[:, :-1] = same & (pos[:, 1:] >= start[:, :-1])
+    return targets, mask

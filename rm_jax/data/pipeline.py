@@ -18,7 +18,7 @@ import numpy as np
 
 from rm_jax.attributes import ATTRIBUTES
 from rm_jax.conversation import encode_with_prompt_lengths, row_to_messages
-from rm_jax.data.packing import build_batch, plan_packed
+from rm_jax.data.packing import build_batch, plan_packed, token_targets
 from rm_jax.data.sources import pair_ids
 
 BUNDLED = "bundled"
@@ -56,6 +56,7 @@ class Encoded:
     group: np.ndarray  # [N] prompt group (HelpSteer2 pair id) or pair index
     strength: np.ndarray  # [U] preference strength of pair units (1 when unknown)
     report: LengthReport = field(default_factory=LengthReport)
+    response_start: Optional[np.ndarray] = None  # [N] causal LM examples: first response token (rm_jax.data.sft)
 
     @property
     def unit_lengths(self) -> np.ndarray:
@@ -262,6 +263,10 @@ def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segmen
     """One fixed-shape batch; pair units add chosen/rejected slot indices into the flat [B*S] outputs."""
     b = build_batch(enc.ids, enc.labels, enc.label_mask, bins, seq_len, max_segments, pad_id,
                     rows=rows, padding_side=padding_side if max_segments == 1 else "right")
+    if enc.response_start is not None:  # a causal LM: next-token targets on the response tokens
+        for k in ("labels", "label_mask"):
+            b.pop(k)
+        b["targets"], b["loss_mask"] = token_targets(b, enc.response_start)
     if unit_size == 2:
         n_pairs = rows * max_segments // 2
         flat = b["example_index"].reshape(-1)

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from rm_jax.attributes import ATTRIBUTES
-from rm_jax.errors import DataError
+from rm_jax.conversation import parse_attribute_label
+from rm_jax.errors import ConversationError, DataError
 
 MISSING_LABEL = -100  # NeMo-Aligner's marker for "not annotated"; loaded as None
 LABEL_RANGE = (0, 4)
@@ -81,6 +82,14 @@ def load_helpsteer(source: str, split: str | None = None, on_bad_row: str = "err
     return _load(source, split, on_bad_row, lambda: _helpsteer_row)
 
 
+def load_chat(source: str, split: str | None = None, on_bad_row: str = "error") -> LoadResult:
+    """Conversations for a causal LM: ``{"prompt", "response"}`` (HelpSteer2 style) or ``{"messages": [...]}``
+    ending with the assistant's response, optionally with ``"attributes"`` (a SteerLM label string or
+    ``{name: level}`` mapping, checked when the conversation is built). HelpSteer2 attribute columns,
+    when present, are validated and kept like :func:`load_helpsteer` keeps them."""
+    return _load(source, split, on_bad_row, lambda: _chat_row)
+
+
 def load_pairs(source: str, split: str | None = None, on_bad_row: str = "error") -> LoadResult:
     """Preference pairs: rows ``prompt``, ``chosen``, ``rejected``, ``subset``, ``id``, ``strength``.
 
@@ -102,7 +111,8 @@ def pair_ids(rows: Sequence[Mapping[str, Any]]) -> list[int]:
     ids: list[int] = []
     current, previous = -1, None
     for i, row in enumerate(rows):
-        prompt = row["prompt"]
+        # Chat rows (load_chat) have no prompt string: their earlier messages are the prompt.
+        prompt = row["prompt"] if "prompt" in row else repr(row["messages"][:-1])
         if i == 0 or prompt != previous:
             current += 1
             previous = prompt
@@ -144,6 +154,35 @@ def _helpsteer_row(record: Any, where: str) -> dict:
     }
     for name in ATTRIBUTES:
         out[name] = _integer(rec, name, *LABEL_RANGE, allow_missing=True)
+    return out
+
+
+def _chat_row(record: Any, where: str) -> dict:
+    rec = _mapping(record)
+    if "messages" in rec:
+        msgs = rec["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise _BadRow("messages", "expected a non-empty list of {role, content} objects")
+        for j, m in enumerate(msgs):
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise _BadRow(f"messages[{j}]", "expected an object with string 'role' and 'content'")
+        if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
+            raise _BadRow(f"messages[{len(msgs) - 1}]", "the last message must be the assistant's non-empty response")
+        out: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
+    else:
+        out = {"prompt": _string(rec, "prompt", allow_empty=True), "response": _string(rec, "response", allow_empty=False)}
+    for name in ATTRIBUTES:
+        if name in rec:
+            out[name] = _integer(rec, name, *LABEL_RANGE, allow_missing=True)
+    label = rec.get("attributes")
+    if label is not None and not isinstance(label, (str, Mapping)):
+        raise _BadRow("attributes", f"expected a label string or a {{name: level}} object, got {_show(label)}")
+    if label is not None:
+        try:
+            parse_attribute_label(label)
+        except ConversationError as e:  # named here by file and row, not later by position
+            raise _BadRow("attributes", str(e).split("field 'attributes': ", 1)[-1]) from None
+        out["attributes"] = label
     return out
 
 

@@ -28,7 +28,7 @@ EVAL_FILE = "eval.json"
 
 def kept_checkpoint_report(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
     result: dict[str, Any] = {"step": step, **val}
-    if cfg.data.kind == "helpsteer":
+    if cfg.task == "rm" and cfg.data.kind == "helpsteer":
         n = len(cfg.model.attributes)
         weights = {str(w): w for w in cfg.eval.reward_weights} if n == len(ATTRIBUTES) else {}
         rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
@@ -51,8 +51,9 @@ def write_run_evaluation(cfg: RunConfig, fit: Any) -> None:
     result = kept_checkpoint_report(cfg, fit.val_enc, fit.val_pred, fit.val, fit.kept_step)
     result["train_rows"] = fit.train_rows
     result["train_examples"] = fit.train_examples
-    write_jsonl(os.path.join(fit.run_dir, "predictions", "validation.jsonl"),
-                validation_records(fit.val_enc, fit.val_pred, list(cfg.model.attributes)))
+    if fit.val_pred is not None:
+        write_jsonl(os.path.join(fit.run_dir, "predictions", "validation.jsonl"),
+                    validation_records(fit.val_enc, fit.val_pred, list(cfg.model.attributes)))
     write_json(os.path.join(fit.run_dir, EVAL_FILE), result)
 
 

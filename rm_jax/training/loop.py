@@ -23,15 +23,15 @@ from tqdm.auto import tqdm
 from rm_jax.attributes import resolve_reward_weights
 from rm_jax.checkpoint import Checkpointer, abstract_with_shardings
 from rm_jax.config import RunConfig, dump_yaml
-from rm_jax.data.pipeline import Encoded, Loader
+from rm_jax.data.pipeline import Encoded, Loader, eval_batches
 from rm_jax.errors import ConfigError, TrainingError
 from rm_jax.hf_io import load_tokenizer
 from rm_jax.losses import pair_sums
-from rm_jax.models.attention import resolve_kernel
 from rm_jax.perf import device_peak_flops, flops_per_token
 from rm_jax.scoring import Scorer
 from rm_jax.sharding import replicated
-from rm_jax.step import batch_shardings, create_state, lr_schedule, make_optimizer, make_train_step, put_batch
+from rm_jax.step import (batch_shardings, create_state, lr_schedule, make_eval_sums_fn, make_optimizer,
+                         make_train_step, put_batch)
 from rm_jax.training.logs import MetricsLog, log, write_json_main
 from rm_jax.training.setup import (build_mesh, build_model, check_model_path, load_split, maybe_init_distributed,
                                    run_opts, tokenizer_path)
@@ -50,8 +50,34 @@ class FitResult:
     mesh: Any = None
 
 
-def validation_metrics(cfg: RunConfig, scorer: Scorer, enc: Encoded) -> tuple[dict, np.ndarray]:
-    """Validation loss (the training objective) and per-attribute MSE; predictions [N, A]."""
+class LMValidator:
+    """A causal LM's validation: the training objective (response-token NLL) over the whole split,
+    and its perplexity. One compiled function for the split's fixed-shape batches."""
+
+    def __init__(self, cfg: RunConfig, dcfg: Any, mesh: Any, enc: Encoded, pad_id: int):
+        d = cfg.data
+        self.batches = [{k: v for k, v in b.items() if k != "example_index"}
+                        for b in eval_batches(enc, d.seq_len, d.max_segments, cfg.train.eval_rows, pad_id, d.packing)]
+        self.mesh, self.shardings, self.params = mesh, None, None
+        self.fn = jax.jit(make_eval_sums_fn(dcfg, cfg.loss, d.max_segments if d.packing else 1, mesh),
+                          out_shardings=replicated(mesh))
+
+    def __call__(self, params: Any) -> dict:
+        num = den = 0.0
+        for b in self.batches:
+            if self.shardings is None:
+                self.shardings = batch_shardings(self.mesh, b, accum=False)
+            s = jax.device_get(self.fn(params, put_batch(b, self.shardings)))
+            num, den = num + float(s["num"]), den + float(s["den"])
+        loss = num / den if den else float("nan")
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0)), "val_tokens": int(den)}
+
+
+def validation_metrics(cfg: RunConfig, scorer: Any, enc: Encoded) -> tuple[dict, Optional[np.ndarray]]:
+    """Validation loss (the training objective) and per-attribute MSE; predictions [N, A]. A causal LM
+    (``scorer`` an :class:`LMValidator`) has no predictions."""
+    if isinstance(scorer, LMValidator):
+        return scorer(scorer.params), None
     d = cfg.data
     pred = scorer.predict(enc.ids, d.seq_len, cfg.train.eval_rows, d.max_segments, d.packing,
                           progress=False, desc="validation")
@@ -104,8 +130,8 @@ def fit(cfg: RunConfig) -> FitResult:
     dcfg, params, hf_base = build_model(cfg, mesh, tokenizer)
     if len(tokenizer) > dcfg.vocab_size:
         raise ConfigError(f"tokenizer {tok_path!r} has {len(tokenizer)} tokens but the model's vocab_size is {dcfg.vocab_size}")
-    kernel = resolve_kernel(dcfg.attention)
-    meta = {"decoder": {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in run_opts(cfg)},
+    kernel = dcfg.attention_kernel()
+    meta = {"task": cfg.task, "decoder": {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in run_opts(cfg)},
             "attributes": list(cfg.model.attributes),
             "tokenizer": os.path.abspath(tok_path) if os.path.exists(tok_path) else tok_path,
             "hf_config": hf_base, "template": cfg.data.template}
@@ -150,7 +176,12 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
     accum = cfg.train.grad_accum
     step_fn = jax.jit(make_train_step(dcfg, cfg.loss, tx, loader.max_segments, schedule, mesh),
                       in_shardings=(shard, None), out_shardings=(shard, replicated(mesh)), donate_argnums=0)
-    scorer = Scorer(dcfg, state["params"], mesh, pad_id)
+    if cfg.task == "sft":
+        scorer: Any = LMValidator(cfg, dcfg, mesh, val_enc, pad_id) if val_enc is not None else None
+        if scorer is not None:
+            scorer.params = state["params"]
+    else:
+        scorer = Scorer(dcfg, state["params"], mesh, pad_id)
     fpt = flops_per_token(dcfg, cfg.data.seq_len)
     peak = device_peak_flops(cfg.logging.peak_flops)
     eval_every = cfg.train.eval_every
@@ -186,6 +217,8 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
                     rec.update({f"train_mse_{a}": float(v) for a, v in zip(cfg.model.attributes, m["attr_mse"])})
                 if "pair_accuracy" in m:
                     rec["train_pair_accuracy"] = float(m["pair_accuracy"])
+                if "loss_tokens" in m:
+                    rec["loss_tokens"] = int(m["loss_tokens"])
                 if peak:
                     rec["mfu"] = window_tok / dt * fpt / (peak * jax.device_count())
                 mlog.write(rec)
@@ -217,5 +250,6 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
                                                                lambda s: ckpt.restore(s, abstract), log)
         scorer.params = best_state["params"]
         result.val, result.val_pred = validation_metrics(cfg, scorer, val_enc)
-        log(f"kept checkpoint: step {result.kept_step}, val_loss {result.val['val_loss']:.4f}")
+        log(f"kept checkpoint: step {result.kept_step}, val_loss {result.val['val_loss']:.4f}"
+            + (f", perplexity {result.val['val_perplexity']:.2f}" if "val_perplexity" in result.val else ""))
     return result

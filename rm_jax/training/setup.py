@@ -11,7 +11,8 @@ import jax
 
 from rm_jax.config import RunConfig
 from rm_jax.data.pipeline import Encoded, bundled_tokenizer_path, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
-from rm_jax.data.sources import load_helpsteer, load_pairs
+from rm_jax.data.sft import encode_sft
+from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
 from rm_jax.errors import ConfigError
 from rm_jax.hf_io import LoadedModel, decoder_config_from_hf, load_hf_reward_model, read_hf_config, resolve_model_dir
 from rm_jax.models import init_params
@@ -67,6 +68,11 @@ def run_opts(cfg: RunConfig) -> dict:
                 matmul_precision=cfg.model.matmul_precision)
 
 
+def model_head(cfg: RunConfig) -> str:
+    """The head a task trains: a reward head (``rm``) or a language-model head (``sft``)."""
+    return "lm" if cfg.task == "sft" else "reward"
+
+
 def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
     arch = dict(cfg.model.arch)
     arch.setdefault("vocab_size", vocab_size)
@@ -74,10 +80,11 @@ def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
     arch.setdefault("num_key_value_heads", arch.get("num_attention_heads", 32))
     fields = {f.name for f in dataclasses.fields(DecoderConfig)}
     for k in arch:
-        if k not in fields or k in run_opts(cfg) or k == "num_labels":
+        if k not in fields or k in run_opts(cfg) or k in ("num_labels", "head"):
             raise ConfigError(f"unknown config key 'model.arch.{k}'")
+    head = {"head": model_head(cfg)} if model_head(cfg) != "reward" else {}
     try:
-        return DecoderConfig(num_labels=len(cfg.model.attributes), **arch, **run_opts(cfg))
+        return DecoderConfig(num_labels=len(cfg.model.attributes), **arch, **head, **run_opts(cfg))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.arch: {e}") from None
 
@@ -87,11 +94,19 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
     if cfg.model.init_from:
         meta = read_meta(cfg.model.init_from)
         dcfg = DecoderConfig(**{**meta["decoder"], **run_opts(cfg)})
-        if meta["attributes"] != list(cfg.model.attributes):
+        if getattr(dcfg, "head", "reward") != model_head(cfg):
+            raise ConfigError(f"model.init_from: {cfg.model.init_from} has a {getattr(dcfg, 'head', 'reward')} head; "
+                              f"task {cfg.task} trains a {model_head(cfg)} head")
+        if cfg.task == "rm" and meta["attributes"] != list(cfg.model.attributes):
             raise ConfigError(f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes")
         params = restore_run_params(cfg.model.init_from, dcfg, mesh)
         log(f"initialised from {cfg.model.init_from}")
         return dcfg, params, meta.get("hf_config")
+    if cfg.model.path and model_head(cfg) == "lm":
+        from rm_jax.hf_io import load_hf_causal_lm
+        lm = load_hf_causal_lm(cfg.model.path, mesh, **run_opts(cfg))
+        log(f"loaded {cfg.model.path} (causal LM)")
+        return lm.cfg, lm.params, lm.hf_config
     if cfg.model.path:
         lm: LoadedModel = load_hf_reward_model(cfg.model.path, mesh, seed=cfg.model.seed,
                                                attribute_names=cfg.model.attributes, **run_opts(cfg))
@@ -108,12 +123,16 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
     d = cfg.data
     if d.kind == "pairs":
         res = load_pairs(src, split, on_bad_row=d.on_bad_row)
+    elif d.kind == "chat":
+        res = load_chat(src, split, on_bad_row=d.on_bad_row)
     else:
         res = load_helpsteer(src, split, on_bad_row=d.on_bad_row)
     rows = res.rows
     if subset and (d.fraction < 1 or d.max_prompts is not None):
         rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
-    if d.kind == "pairs":
+    if cfg.task == "sft":
+        enc = encode_sft(rows, tokenizer, d.seq_len, d.template, d.overlength, d.attributes_as_label)
+    elif d.kind == "pairs":
         enc = encode_pairs(rows, tokenizer, d.seq_len, d.template, d.overlength, len(cfg.model.attributes))
     else:
         enc = encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, cfg.model.attributes)

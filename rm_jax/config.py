@@ -340,20 +340,8 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: data.kind=chat holds no labels for a reward model; use it with task: sft")
     if cfg.task == "sft" and cfg.eval.rewardbench:
         raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task sft trains a policy")
-    if cfg.eval.label_probe.prompts:
-        if cfg.task != "sft":
-            raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
-        from rm_jax.conversation import parse_attribute_label
-        from rm_jax.errors import ConversationError
-        probe = cfg.eval.label_probe
-        try:
-            base = parse_attribute_label(probe.base, "eval.label_probe.base") if probe.base else {}
-            for level in probe.levels:
-                parse_attribute_label({probe.attribute: level}, "eval.label_probe")
-        except ConversationError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        if probe.attribute in base:
-            raise ConfigError(f"{where}: eval.label_probe.base sets {probe.attribute!r}, the attribute it varies")
+    if cfg.eval.label_probe.prompts and cfg.task != "sft":
+        raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
     if cfg.data.attributes_as_label and cfg.task != "sft":
         raise ConfigError(f"{where}: data.attributes_as_label is for task: sft (SteerLM attribute-conditioned SFT)")
     if cfg.data.kind == "pairs" and cfg.loss.type == "mse":

@@ -13,7 +13,8 @@ from rm_jax.config import RunConfig
 from rm_jax.data.pipeline import Encoded, bundled_tokenizer_path, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
 from rm_jax.data.sft import encode_sft
 from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
-from rm_jax.errors import ConfigError
+from rm_jax.conversation import parse_attribute_label
+from rm_jax.errors import ConfigError, ConversationError
 from rm_jax.hf_io import LoadedModel, decoder_config_from_hf, load_hf_reward_model, read_hf_config, resolve_model_dir
 from rm_jax.models import init_params
 from rm_jax.models.llama import DecoderConfig
@@ -60,6 +61,21 @@ def check_model_path(cfg: RunConfig) -> None:
         decoder_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"))
     if cfg.model.init_from and not os.path.exists(os.path.join(cfg.model.init_from, META)):
         raise ConfigError(f"model.init_from={cfg.model.init_from!r}: not a finished rm_jax run folder (no {META})")
+
+
+def check_label_probe(cfg: RunConfig) -> None:
+    """eval.label_probe's labels are checked before anything trains (config.py sits below the label code)."""
+    probe = cfg.eval.label_probe
+    if not probe.prompts:
+        return
+    try:
+        base = parse_attribute_label(probe.base, "eval.label_probe.base") if probe.base else {}
+        for level in probe.levels:
+            parse_attribute_label({probe.attribute: level}, "eval.label_probe")
+    except ConversationError as e:
+        raise ConfigError(f"{cfg.run_dir}: {e}") from None
+    if probe.attribute in base:
+        raise ConfigError(f"eval.label_probe.base sets {probe.attribute!r}, the attribute it varies")
 
 
 def run_opts(cfg: RunConfig) -> dict:

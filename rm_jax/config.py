@@ -144,6 +144,7 @@ class LoggingConfig:
 class RunConfig:
     run_dir: str = "runs/default"
     task: str = "rm"  # rm (reward model) | sft (causal LM, response-only next-token loss; SteerLM with labels)
+    #                   | steerlm2 (SteerLM 2.0 on NeMo-format groups of sampled responses: data.train/validation)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -156,7 +157,7 @@ class RunConfig:
 
 
 CHOICES = {
-    "task": ("rm", "sft"),
+    "task": ("rm", "sft", "steerlm2"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.attention": ("auto", "xla", "cudnn", "cudnn_dense", "splash"),
@@ -330,17 +331,20 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
                           f"train.grad_accum ({cfg.train.grad_accum})")
     if cfg.data.seq_len < 8:
         raise ConfigError(f"{where}: data.seq_len must be at least 8")
-    if cfg.task == "sft":
+    if cfg.task == "steerlm2" and not (cfg.model.init_from or cfg.model.path):
+        raise ConfigError(f"{where}: task steerlm2 starts from the sampling policy Q': set model.init_from (an sft "
+                          f"run folder) or model.path (an HF *ForCausalLM folder)")
+    if cfg.task in ("sft", "steerlm2"):
         if cfg.data.kind == "pairs":
-            raise ConfigError(f"{where}: task sft trains on conversations: data.kind helpsteer or chat, not pairs")
+            raise ConfigError(f"{where}: task {cfg.task} trains on conversations: data.kind helpsteer or chat, not pairs")
         if cfg.loss.type != "mse":
-            raise ConfigError(f"{where}: task sft has its own loss (response-only next-token NLL); "
+            raise ConfigError(f"{where}: task {cfg.task} has its own loss; "
                               f"loss.type={cfg.loss.type} is for reward models")
     elif cfg.data.kind == "chat":
         raise ConfigError(f"{where}: data.kind=chat holds no labels for a reward model; use it with task: sft")
-    if cfg.task == "sft" and cfg.eval.rewardbench:
-        raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task sft trains a policy")
-    if cfg.eval.label_probe.prompts and cfg.task != "sft":
+    if cfg.task != "rm" and cfg.eval.rewardbench:
+        raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task {cfg.task} trains a policy")
+    if cfg.eval.label_probe.prompts and cfg.task == "rm":
         raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
     if cfg.data.attributes_as_label and cfg.task != "sft":
         raise ConfigError(f"{where}: data.attributes_as_label is for task: sft (SteerLM attribute-conditioned SFT)")

@@ -57,6 +57,9 @@ class Encoded:
     strength: np.ndarray  # [U] preference strength of pair units (1 when unknown)
     report: LengthReport = field(default_factory=LengthReport)
     response_start: Optional[np.ndarray] = None  # [N] causal LM examples: first response token (rm_jax.data.sft)
+    # [N] per-example values laid out per slot in batches (SteerLM 2.0: "w", "logq_prime"); with them a
+    # batch also gets "steer_group": each slot's unit within the batch, -1 for empty slots.
+    example_values: dict = field(default_factory=dict)
 
     @property
     def unit_lengths(self) -> np.ndarray:
@@ -185,17 +188,23 @@ class Loader:
         if not enc.units:
             raise ValueError("no training examples left (after subsetting and the over-length policy)")
         self.enc, self.seq_len, self.rows = enc, seq_len, rows_per_batch
-        self.unit_size = len(enc.units[0])
+        self.unit_size = max(len(u) for u in enc.units)  # 2 for pairs; a SteerLM 2.0 group's response count
         self.max_segments = max_segments if packing else 1
         if packing and self.max_segments < self.unit_size:
             raise ValueError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
-        if rows_per_batch < self.unit_size:
-            raise ValueError(f"train.batch_rows ({rows_per_batch}) must be at least {self.unit_size} for pairs")
+        if rows_per_batch < self.unit_size and (not packing or self._longest_unit() > seq_len):
+            # A unit that does not fit one row takes one row per member, all in one micro-batch.
+            raise ValueError(f"train.batch_rows ({rows_per_batch}) must be at least {self.unit_size}: a pair or "
+                             f"group is never split across micro-batches, and one too long for a row of "
+                             f"data.seq_len takes a row per member")
         self.pad_id, self.packing, self.padding_side = pad_id, packing, padding_side
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
         self._plan_epoch: Optional[int] = None
         self._plan: list[list[list[int]]] = []
+
+    def _longest_unit(self) -> int:
+        return int(self.enc.unit_lengths.max())
 
     def _epoch_plan(self, epoch: int) -> list[list[list[int]]]:
         if self._plan_epoch != epoch:
@@ -267,7 +276,17 @@ def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segmen
         for k in ("labels", "label_mask"):
             b.pop(k)
         b["targets"], b["loss_mask"] = token_targets(b, enc.response_start)
-    if unit_size == 2:
+    if enc.example_values:
+        idx = b["example_index"]
+        present = idx >= 0
+        for k, v in enc.example_values.items():
+            b[k] = np.where(present, np.asarray(v)[np.clip(idx, 0, None)], 0).astype(np.float32)
+        # Dense group numbers within this batch: the loss normalises each group on its own.
+        groups = np.where(present, enc.group[np.clip(idx, 0, None)], -1)
+        _, local = np.unique(groups, return_inverse=True)
+        b["steer_group"] = np.where(present, local.reshape(groups.shape) - (1 if (~present).any() else 0),
+                                    -1).astype(np.int32)
+    if unit_size == 2 and enc.response_start is None:  # reward-model pairs
         n_pairs = rows * max_segments // 2
         flat = b["example_index"].reshape(-1)
         slot_of = {int(e): s for s, e in enumerate(flat) if e >= 0}
@@ -287,7 +306,11 @@ def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segmen
 
 def eval_batches(enc: Encoded, seq_len: int, max_segments: int, rows: int, pad_id: int,
                  packing: bool = True) -> list[dict]:
-    """Every example exactly once, in fixed-shape batches (outputs map back via example_index)."""
+    """Every example exactly once, in fixed-shape batches (outputs map back via example_index). Units of
+    several examples (pairs, SteerLM 2.0 groups) stay whole in one batch, as in training."""
+    if any(len(u) > 1 for u in enc.units):
+        loader = Loader(enc, seq_len, max_segments, rows, pad_id, packing, shuffle=False)
+        return [next(loader) for _ in range(loader.steps_per_epoch())]
     ms = max_segments if packing else 1
     bins = plan_packed([len(x) for x in enc.ids], seq_len, ms) if packing else [[i] for i in range(len(enc.ids))]
     return [make_batch(enc, bins[i:i + rows], seq_len, ms, rows, pad_id) for i in range(0, len(bins), rows)]

@@ -63,14 +63,17 @@ class LMValidator:
                           out_shardings=replicated(mesh))
 
     def __call__(self, params: Any) -> dict:
-        num = den = 0.0
+        total: dict[str, float] = {}
         for b in self.batches:
             if self.shardings is None:
                 self.shardings = batch_shardings(self.mesh, b, accum=False)
-            s = jax.device_get(self.fn(params, put_batch(b, self.shardings)))
-            num, den = num + float(s["num"]), den + float(s["den"])
-        loss = num / den if den else float("nan")
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0)), "val_tokens": int(den)}
+            for k, v in jax.device_get(self.fn(params, put_batch(b, self.shardings))).items():
+                total[k] = total.get(k, 0.0) + float(v)
+        loss = total["num"] / total["den"] if total.get("den") else float("nan")
+        if "kl_sum" in total:  # SteerLM 2.0: the objective and KL(w || b) over the validation groups
+            return {"val_loss": loss, "val_kl_w_b": total["kl_sum"] / max(total["groups"], 1.0),
+                    "val_groups": int(total["groups"])}
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0)), "val_tokens": int(total["den"])}
 
 
 def validation_metrics(cfg: RunConfig, scorer: Any, enc: Encoded) -> tuple[dict, Optional[np.ndarray]]:
@@ -177,7 +180,7 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
     accum = cfg.train.grad_accum
     step_fn = jax.jit(make_train_step(dcfg, cfg.loss, tx, loader.max_segments, schedule, mesh),
                       in_shardings=(shard, None), out_shardings=(shard, replicated(mesh)), donate_argnums=0)
-    if cfg.task == "sft":
+    if cfg.task != "rm":
         scorer: Any = LMValidator(cfg, dcfg, mesh, val_enc, pad_id) if val_enc is not None else None
         if scorer is not None:
             scorer.params = state["params"]
@@ -220,6 +223,8 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
                     rec["train_pair_accuracy"] = float(m["pair_accuracy"])
                 if "loss_tokens" in m:
                     rec["loss_tokens"] = int(m["loss_tokens"])
+                if "kl_w_b" in m:
+                    rec["kl_w_b"] = float(m["kl_w_b"])
                 if peak:
                     rec["mfu"] = window_tok / dt * fpt / (peak * jax.device_count())
                 mlog.write(rec)

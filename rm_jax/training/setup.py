@@ -8,10 +8,12 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
 from rm_jax.config import RunConfig
 from rm_jax.data.pipeline import Encoded, bundled_tokenizer_path, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
 from rm_jax.data.sft import encode_sft
+from rm_jax.data.steer_groups import encode_groups, load_groups
 from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
 from rm_jax.conversation import parse_attribute_label
 from rm_jax.errors import ConfigError, ConversationError
@@ -86,7 +88,7 @@ def run_opts(cfg: RunConfig) -> dict:
 
 def model_head(cfg: RunConfig) -> str:
     """The head a task trains: a reward head (``rm``) or a language-model head (``sft``)."""
-    return "lm" if cfg.task == "sft" else "reward"
+    return "reward" if cfg.task == "rm" else "lm"
 
 
 def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
@@ -146,6 +148,17 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
     rows = res.rows
     if subset and (d.fraction < 1 or d.max_prompts is not None):
         rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
+    if cfg.task == "steerlm2":
+        groups = load_groups(src)  # NeMo-Aligner's SteerLM 2.0 format; errors name file, row and field
+        if subset and (d.fraction < 1 or d.max_prompts is not None):
+            k = d.max_prompts if d.max_prompts is not None else max(1, round(d.fraction * len(groups)))
+            keep = np.sort(np.random.default_rng(d.subset_seed).permutation(len(groups))[:k])
+            groups = [groups[i] for i in keep]
+        enc = encode_groups(groups, tokenizer, d.seq_len, d.template, d.overlength)
+        report = {"source": source, "split": split, "rows_read": len(groups), "rows_skipped": 0,
+                  "rows_used": len(groups), "truncated": enc.report.truncated,
+                  "dropped_overlength": enc.report.dropped, "examples": len(enc.ids), "skipped": []}
+        return enc, report
     if cfg.task == "sft":
         enc = encode_sft(rows, tokenizer, d.seq_len, d.template, d.overlength, d.attributes_as_label)
     elif d.kind == "pairs":

@@ -1,0 +1,173 @@
+"""SteerLM 2.0 groups in NeMo-Aligner's format: read, checked, written, and encoded for training.
+
+One JSON line per (prompt, label) group, exactly NeMo-Aligner's SteerLM 2.0 dataset format, so files
+move between the two codebases both ways::
+
+    {"system": "...", "prompt_turns": [{"from": "User", "value": "..."}, ...], "label": "helpfulness:4,...",
+     "responses": [{"from": "Assistant", "value": "y_1", "log(P(a|x,y))": v1, "log(P(y|x))": v2,
+                    "log(Q(y|a,x))": v3}, ...]}
+
+Per group the importance weights are w = softmax(log P(a|x,y) + log P(y|x) - log Q'(y|a,x)), as NeMo's
+dataset computes them at load time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from rm_jax.conversation import Message, attribute_label, encode_responses, with_label
+from rm_jax.data.pipeline import Encoded, LengthReport, fit_length
+from rm_jax.errors import ConversationError, DataError
+from rm_jax.files import iter_jsonl, write_jsonl
+
+LOG_PA, LOG_PY, LOG_Q = "log(P(a|x,y))", "log(P(y|x))", "log(Q(y|a,x))"
+ROLES = {"User": "user", "Assistant": "assistant"}
+
+
+@dataclass
+class SteerGroup:
+    system: str
+    prompt: list[Message]  # user/assistant turns before the responses
+    label: str
+    responses: list[str]
+    log_pa: np.ndarray  # [n] log P(a|x,y_i)
+    log_py: np.ndarray  # [n] log P(y_i|x)
+    log_q: np.ndarray  # [n] log Q'(y_i|a,x), the sampling policy
+    row: int = 0
+
+    @property
+    def weights(self) -> np.ndarray:
+        logw = self.log_pa + self.log_py - self.log_q
+        e = np.exp(logw - logw.max())
+        return e / e.sum()
+
+    def messages(self) -> list[Message]:
+        """The prompt as chat messages (a system message when there is one), carrying the label."""
+        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + list(self.prompt)
+        return with_label(msgs, self.label)
+
+
+def _number(rec: Mapping[str, Any], key: str, file: str, row: int, field: str) -> float:
+    v = rec.get(key)
+    if v is None:
+        raise DataError(file, row, field, f"missing {key!r}")
+    try:
+        x = float(v)  # NeMo's docs show them as strings ("v1"); numbers in practice
+    except (TypeError, ValueError):
+        raise DataError(file, row, field, f"{key!r} is not a number: {v!r}") from None
+    if not math.isfinite(x):
+        raise DataError(file, row, field, f"{key!r} is not finite: {v!r}")
+    return x
+
+
+def parse_group(rec: Any, file: str, row: int) -> SteerGroup:
+    if not isinstance(rec, Mapping):
+        raise DataError(file, row, None, "expected a JSON object")
+    system = rec.get("system", "") or ""
+    if not isinstance(system, str):
+        raise DataError(file, row, "system", "expected a string")
+    turns = rec.get("prompt_turns")
+    if not isinstance(turns, list) or not turns:
+        raise DataError(file, row, "prompt_turns", "expected a non-empty list of {from, value} turns")
+    prompt = []
+    for j, t in enumerate(turns):
+        if not isinstance(t, Mapping) or t.get("from") not in ROLES or not isinstance(t.get("value"), str):
+            raise DataError(file, row, f"prompt_turns[{j}]", "expected {\"from\": \"User\"|\"Assistant\", \"value\": str}")
+        prompt.append({"role": ROLES[t["from"]], "content": t["value"]})
+    if prompt[-1]["role"] != "user":
+        raise DataError(file, row, f"prompt_turns[{len(prompt) - 1}]", "the prompt must end with a User turn")
+    try:
+        label = attribute_label(rec.get("label"), f"{file}: row {row}")
+    except ConversationError as e:
+        raise DataError(file, row, "label", str(e).split("field 'attributes': ", 1)[-1]) from None
+    responses = rec.get("responses")
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise DataError(file, row, "responses", f"a group needs at least 2 responses (got "
+                        f"{len(responses) if isinstance(responses, list) else type(responses).__name__}): "
+                        f"the weights are a softmax within the group")
+    texts, pa, py, q = [], [], [], []
+    for j, r in enumerate(responses):
+        where = f"responses[{j}]"
+        if not isinstance(r, Mapping) or not isinstance(r.get("value"), str):
+            raise DataError(file, row, where, "expected {\"from\": \"Assistant\", \"value\": str, log-probs}")
+        if not r["value"].strip():
+            raise DataError(file, row, f"{where}.value", "empty response")
+        texts.append(r["value"])
+        pa.append(_number(r, LOG_PA, file, row, where))
+        py.append(_number(r, LOG_PY, file, row, where))
+        q.append(_number(r, LOG_Q, file, row, where))
+    return SteerGroup(system, prompt, label, texts, np.asarray(pa), np.asarray(py), np.asarray(q), row)
+
+
+def load_groups(path: str) -> list[SteerGroup]:
+    """Every group of a NeMo-format SteerLM 2.0 JSONL file; errors name the file, row and field."""
+    groups = [parse_group(rec, path, lineno) for lineno, rec in iter_jsonl(path)]
+    if not groups:
+        raise DataError(path, None, None, "no groups")
+    return groups
+
+
+def group_record(system: str, prompt: Sequence[Message], label: str, responses: Sequence[str],
+                 log_pa: Iterable[float], log_py: Iterable[float], log_q: Iterable[float]) -> dict:
+    """One line of the NeMo format."""
+    inverse = {v: k for k, v in ROLES.items()}
+    return {"system": system,
+            "prompt_turns": [{"from": inverse[m["role"]], "value": m["content"]} for m in prompt],
+            "label": label,
+            "responses": [{"from": "Assistant", "value": y, LOG_PA: float(a), LOG_PY: float(b), LOG_Q: float(c)}
+                          for y, a, b, c in zip(responses, log_pa, log_py, log_q)]}
+
+
+def write_groups(path: str, groups: Sequence[SteerGroup]) -> None:
+    write_jsonl(path, (group_record(g.system, g.prompt, g.label, g.responses, g.log_pa, g.log_py, g.log_q)
+                       for g in groups))
+
+
+def encode_groups(groups: Sequence[SteerGroup], tokenizer: Any, seq_len: int, template: Optional[str] = None,
+                  overlength: str = "truncate") -> Encoded:
+    """Causal-LM examples, one per response, with per-example ``w`` (importance weight) and
+    ``logq_prime`` values; a group is one unit, so it stays whole in a micro-batch, and batches carry
+    each slot's group (``steer_group``, -1 for empty slots). A group with a
+    response that cannot fit ``seq_len`` is dropped whole (its weights would no longer be a softmax
+    over what is trained), counted in the report."""
+    report = LengthReport(rows=len(groups))
+    convs, owner = [], []
+    for gi, g in enumerate(groups):
+        base = g.messages()
+        for y in g.responses:
+            convs.append(base + [{"role": "assistant", "content": y}])
+            owner.append(gi)
+    ids, starts = encode_responses(tokenizer, convs, template)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    fitted: list[tuple[Optional[np.ndarray], int, bool]] = []
+    for x, s in zip(ids, starts):
+        y, truncated = fit_length(x, int(s), seq_len, overlength, bos)
+        fitted.append((y, int(s) - (len(x) - len(y)) if y is not None else 0, truncated))
+    kept_ids, kept_start, units, w, lq, grp, src = [], [], [], [], [], [], []
+    k = 0
+    for gi, g in enumerate(groups):
+        mine = [j for j, o in enumerate(owner) if o == gi]
+        if any(fitted[j][0] is None for j in mine):
+            report.dropped += 1
+            continue
+        report.truncated += sum(fitted[j][2] for j in mine)
+        units.append(tuple(range(len(kept_ids), len(kept_ids) + len(mine))))
+        for j, weight, logq in zip(mine, g.weights, g.log_q):
+            kept_ids.append(fitted[j][0])
+            kept_start.append(fitted[j][1])
+            w.append(weight)
+            lq.append(logq)
+            grp.append(k)
+            src.append(g.row)
+        k += 1
+    n = len(kept_ids)
+    return Encoded(ids=kept_ids, labels=np.zeros((n, 0), np.float32), label_mask=np.zeros((n, 0), np.float32),
+                   units=units, source_rows=np.asarray(src, np.int64), group=np.asarray(grp, np.int64),
+                   strength=np.ones(len(units), np.float32), report=report,
+                   response_start=np.asarray(kept_start, np.int64),
+                   example_values={"w": np.asarray(w, np.float32), "logq_prime": np.asarray(lq, np.float32)})
+

@@ -92,6 +92,22 @@ class Member:
     name: Optional[str]
     overrides: dict  # dotted key -> value
     after: list
+    step: Optional[str] = None  # a pipeline step instead of a training run (STEP_ARGS)
+    args: dict = field(default_factory=dict)
+
+
+# Pipeline steps a member may run instead of a training (SteerLM 2.0 iterations): step -> (required
+# args, optional args). They run through rm_jax.steps; ``{run:NAME}`` in args is that member's folder.
+STEP_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # rm-jax lm generate: prompts (+ attributes) -> samples.jsonl
+    "sample": (("policy", "input"), ("n", "temperature", "top_p", "max_new_tokens", "seed", "targets", "prompts",
+                                     "batch_size")),
+    # rm-jax steer label: samples -> groups.jsonl (NeMo-Aligner's SteerLM 2.0 format)
+    "label": (("policy", "rm", "input"), ("sft", "sigma", "batch_size")),
+    # rm-jax steer eval: a policy's attribute-following error, one results row per evaluated policy
+    "steer_eval": (("policy", "rm", "input"), ("iteration", "targets", "k", "prompts", "temperature", "top_p",
+                                               "max_new_tokens", "seed", "weights")),
+}
 
 
 @dataclass
@@ -378,6 +394,25 @@ def _load_base_config(ref: str, exp_path: str) -> dict:
     return _nest(data, f"{exp_path}: base_config {ref}")
 
 
+def _check_step(step: Any, args: Any, rest: dict, where: str) -> None:
+    if step not in STEP_ARGS:
+        raise ConfigError(f"{where}: step {step!r} is not one of {', '.join(STEP_ARGS)}")
+    if rest:
+        raise ConfigError(f"{where}: a step member takes args:, not config keys ({', '.join(map(str, rest))})")
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}: args: expected a mapping")
+    required, optional = STEP_ARGS[step]
+    for k in args:
+        if k not in required + optional:
+            close = difflib.get_close_matches(str(k), required + optional, n=1)
+            raise ConfigError(f"{where}: step {step} has no argument {k!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; it takes {', '.join(required + optional)}")
+    missing = [k for k in required if k not in args]
+    if missing:
+        raise ConfigError(f"{where}: step {step} needs args: {', '.join(missing)}")
+
+
 def _parse_members(raw: Any, where: str, axis_keys: list) -> list:
     if raw is None:
         return [Member(None, {}, [])]
@@ -390,6 +425,12 @@ def _parse_members(raw: Any, where: str, axis_keys: list) -> list:
         spec = dict(spec or {})
         after = spec.pop("after", [])
         after = [after] if isinstance(after, str) else list(after or [])
+        step, args = spec.pop("step", None), spec.pop("args", None) or {}
+        if step is not None:
+            _check_step(step, args, spec, f"{where}: members.{name}")
+        elif args:
+            raise ConfigError(f"{where}: members.{name}: args: belongs to a step member (step: "
+                              f"{' | '.join(STEP_ARGS)})")
         nested = _nest(spec, f"{where}: members.{name}")
         for key in _flat_keys(nested):
             err = known_key(key)
@@ -399,14 +440,14 @@ def _parse_members(raw: Any, where: str, axis_keys: list) -> list:
                 raise ConfigError(f"{where}: members.{name} sets {key}, which is also a sweep axis")
             if key == "run_dir":
                 raise ConfigError(f"{where}: members.{name}: run_dir is set by the sweep ({{sweep_dir}}/<run name>)")
-        deps = set(after) | set(m.group(2) for m in _PLACEHOLDER.finditer(json.dumps(nested)) if m.group(2))
+        deps = set(after) | set(m.group(2) for m in _PLACEHOLDER.finditer(json.dumps([nested, args])) if m.group(2))
         for d in sorted(deps):
             if d not in raw:
                 raise ConfigError(f"{where}: members.{name}: depends on {d!r}, which is not a member "
                                   f"(members: {', '.join(map(str, raw))})")
             if d == name:
                 raise ConfigError(f"{where}: members.{name} depends on itself")
-        out.append(Member(name, nested, sorted(deps)))
+        out.append(Member(name, nested, sorted(deps), step, dict(args)))
     # order: file order, each member after its dependencies
     ordered, done, by_name = [], set(), {m.name: m for m in out}
 
@@ -437,6 +478,8 @@ class Run:
     labels: dict  # axis key -> value label, for every axis with more than one value
     evals: list  # [(label, spec)]: the reward weightings it is scored under
     after: list  # names of runs that must finish first
+    step: Optional[str] = None  # a pipeline step member (STEP_ARGS) instead of a training
+    args: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -514,7 +557,7 @@ def expand(exp: Experiment) -> Plan:
             run_dir = os.path.join(exp.sweep_dir, name)
             data["run_dir"] = run_dir
             runs.append(Run(len(runs), name, run_dir, member.name, data, labels, evals,
-                            after=list(member.after)))  # member names, resolved below
+                            after=list(member.after), step=member.step, args=dict(member.args)))
     # resolve dependencies and {run:...} placeholders at the same grid point
     n_points = len(points)
     member_pos = {m.name: k for k, m in enumerate(exp.members)}
@@ -522,7 +565,9 @@ def expand(exp: Experiment) -> Plan:
         k, pi = divmod(run.index, n_points)
         dep_runs = {d: runs[member_pos[d] * n_points + pi] for d in run.after}
         run.after = [r.name for r in dep_runs.values()]
-        run.config = _placeholders(run.config, exp.sweep_dir, {d: r.run_dir for d, r in dep_runs.items()}, where)
+        dirs = {d: r.run_dir for d, r in dep_runs.items()}
+        run.config = _placeholders(run.config, exp.sweep_dir, dirs, where)
+        run.args = _placeholders(run.args, exp.sweep_dir, dirs, where)
         cfg = build_config(run.config, where=f"{where}: {run.name}")
         check_arch(cfg, f"{where}: {run.name}")
         run.config = to_dict(cfg)
@@ -560,7 +605,8 @@ def plan_record(plan: Plan) -> dict:
         "named_members": [m.name for m in exp.members if m.name],
         "runs": [{"index": r.index, "name": r.name, "member": r.member,
                   "run_dir": _rel(r.run_dir, exp.sweep_dir), "labels": r.labels,
-                  "evals": [[lab, spec] for lab, spec in r.evals], "after": r.after, "config": r.config}
+                  "evals": [[lab, spec] for lab, spec in r.evals], "after": r.after, "config": r.config,
+                  "step": r.step, "args": r.args}
                  for r in plan.runs],
     }
 

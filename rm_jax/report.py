@@ -97,7 +97,11 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     rd = run_path(sweep_dir, run["run_dir"])
     if not os.path.isfile(os.path.join(rd, "DONE")):
         return None
+    if run.get("step"):  # pipeline steps: only a policy evaluation has result rows
+        return steer_eval_rows(run, rd) if run["step"] == "steer_eval" else []
     cfg = run["config"]
+    if cfg.get("task", "rm") != "rm":  # a policy's numbers are its steer_eval rows and its eval.json
+        return []
     ev: dict = {}
     if os.path.isfile(os.path.join(rd, "eval.json")):
         with open(os.path.join(rd, "eval.json"), encoding="utf-8") as f:
@@ -151,6 +155,23 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     return rows
 
 
+STEER_EVAL_FILE = "steer_eval.json"
+
+
+def steer_eval_rows(run: dict, rd: str) -> list:
+    """One row for the evaluated policy: ``iteration`` and ``steer_mae_<attribute>`` / ``steer_mae_mean``
+    (mean absolute error between requested and RM-predicted attribute values), plus its mean reward
+    under each preset (``steer_reward_<preset>``)."""
+    with open(os.path.join(rd, STEER_EVAL_FILE), encoding="utf-8") as f:
+        ev = json.load(f)
+    row: dict[str, Any] = {"iteration": run.get("args", {}).get("iteration"), "policy": ev.get("policy")}
+    for a, v in ev["mean_abs_error"].items():
+        row[f"steer_mae_{a}"] = v
+    for name, v in (ev.get("reward") or {}).items():
+        row[f"steer_reward_{name}"] = v
+    return [row]
+
+
 def _column_values(plan: dict) -> tuple[list, list, dict]:
     """Descriptive columns that vary between runs, and their value per run name."""
     runs = plan["runs"]
@@ -187,6 +208,10 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
     columns = (["run"] + lead + ["reward_weights"] + extra + ["train_rows", "val_loss"]
                + [f"pearson_{a}" for a in attributes] + [f"mse_{a}" for a in attributes] + ["pair_accuracy"]
                + (["rewardbench_overall"] + [f"rewardbench_{s}" for s in RB_SECTIONS] if has_rb else []))
+    if any(r.get("step") == "steer_eval" for r in plan["runs"]):
+        from rm_jax.attributes import REWARD_PRESETS
+        columns += (["iteration"] + [f"steer_mae_{a}" for a in attributes] + ["steer_mae_mean"]
+                    + [f"steer_reward_{p}" for p in REWARD_PRESETS])
     rows, missing, notes = [], [], []
     for run in plan["runs"]:
         rr = run_rows(run, sweep_dir, attributes, notes)
@@ -205,9 +230,13 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
                      f"{len(plan['runs'])} runs finished, {len(rows)} rows", notes=notes)
     write_text(md_path, md)
     rep = Report(columns, rows, csv_path, md_path, md, missing=missing, notes=notes)
-    if plots and rows:
-        rep.plots = make_plots(sweep_dir, rows, columns, attributes, lead + extra,
-                               title=plan.get("name") or os.path.basename(os.path.abspath(sweep_dir)))
+    title = plan.get("name") or os.path.basename(os.path.abspath(sweep_dir))
+    rm_rows = [r for r in rows if r.get("reward_weights") is not None]
+    if plots and rm_rows:
+        rep.plots = make_plots(sweep_dir, rm_rows, columns, attributes, lead + extra, title=title)
+    steer = [r for r in rows if r.get("steer_mae_mean") is not None]
+    if plots and steer:
+        rep.plots.append(make_steer_plot(sweep_dir, steer, attributes, title))
     return rep
 
 
@@ -296,6 +325,33 @@ def _draw(ax: Any, data: dict, title: str, by_fraction: bool) -> None:
         ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+
+
+def make_steer_plot(sweep_dir: str, rows: list, attributes: list, title: str = "") -> str:
+    """steer_mae.png: attribute-following error per evaluated policy, by SteerLM 2.0 iteration (0 = Q')."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = sorted(rows, key=lambda r: (r.get("iteration") is None, r.get("iteration") or 0))
+    xs = [r["iteration"] if r.get("iteration") is not None else i for i, r in enumerate(rows)]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for a in attributes:
+        ys = [r.get(f"steer_mae_{a}") for r in rows]
+        if all(y is not None for y in ys):
+            ax.plot(xs, ys, marker=".", alpha=0.6, label=a)
+    ax.plot(xs, [r["steer_mae_mean"] for r in rows], marker="o", color="black", linewidth=2, label="mean")
+    ax.set_xticks(xs)
+    ax.set_xlabel("SteerLM 2.0 iteration (0 = the SFT policy Q')")
+    ax.set_ylabel("|requested - RM-predicted| (0-4 scale)")
+    ax.set_title(f"{title}: attribute-following error", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    path = os.path.join(sweep_dir, "plots", "steer_mae.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc_cols: list,

@@ -38,6 +38,10 @@ def run_status(run: Run) -> str:
 
 def check_existing(run: Run) -> None:
     """A run folder holding a different training (an edited experiment file) is an error, not a resume."""
+    if run.step:
+        from rm_jax.steps import check_existing_step
+        check_existing_step(run)
+        return
     path = os.path.join(run.run_dir, "config.yaml")
     if not os.path.isfile(path):
         return
@@ -73,6 +77,12 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
     cfg = build_config(run.config, where=run.name)
     status = "done"
     check_existing(run)
+    if run.step:
+        if not is_done(run.run_dir):
+            from rm_jax.steps import run_step
+            run_step(run)
+            status = "ran"
+        return status
     if not is_done(run.run_dir):
         import jax
         if cfg.distributed.enabled and jax.distributed.is_initialized():
@@ -119,6 +129,8 @@ def format_plan(plan: Plan, statuses: Optional[dict] = None) -> str:
 
 
 def _describe(r: Run) -> str:
+    if r.step:
+        return f"step {r.step}: " + ", ".join(f"{k}={v}" for k, v in r.args.items())
     c = r.config
     model = c["model"]["path"] or (f"init_from {c['model']['init_from']}" if c["model"]["init_from"] else
                                    "scratch " + ",".join(f"{k}={v}" for k, v in c["model"]["arch"].items()
@@ -135,6 +147,8 @@ def _describe(r: Run) -> str:
 def _same_training(runs: list) -> list:
     seen, out = {}, []
     for r in runs:
+        if r.step:
+            continue
         key = json.dumps({s: r.config[s] for s in TRAINING_SECTIONS}, sort_keys=True, default=str)
         if key in seen:
             out.append((seen[key], r.name))

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train loop", ("rm_jax.training",)),
     ("evaluation", ("rm_jax.evaluation",)),
     ("run", ("rm_jax.train",)),
-    ("experiments", ("rm_jax.experiments", "rm_jax.sweep", "rm_jax.report")),
+    ("experiments", ("rm_jax.experiments", "rm_jax.sweep", "rm_jax.report", "rm_jax.steps")),
     ("serving", ("rm_jax.serving",)),
     ("cli", ("rm_jax.cli",)),
 ]

@@ -249,3 +249,19 @@ def encode_responses(tokenizer: Any, conversations: Sequence[list[Message]],
             raise ConversationError(f"conversation {len(out)}: the response renders to no tokens")
         out.append(x if x[-len(eot):].tolist() == eot else np.concatenate([x, np.asarray(eot, np.int32)]))
     return out, plen
+
+
+def response_text(tokenizer: Any, text: str, template: str | None = None) -> str:
+    """A generated response as message content: the text the template writes after a response (the
+    nemotron template's newline, say) and a trailing EOS are removed, so re-rendering the conversation
+    gives back the tokens the policy produced."""
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and text.endswith(eos):
+        text = text[: -len(eos)]
+    probe = "\x00RESPONSE\x00"
+    rendered = render(tokenizer, [[{"role": "user", "content": "u"}, {"role": "assistant", "content": probe}]],
+                      template)[0]
+    suffix = rendered[rendered.index(probe) + len(probe):]
+    if eos and suffix.endswith(eos):
+        suffix = suffix[: -len(eos)]
+    return text[: -len(suffix)] if suffix and text.endswith(suffix) else text

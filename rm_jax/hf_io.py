@@ -133,25 +133,28 @@ def decoder_config_from_hf(hf: dict, where: str = "config.json", **run_options: 
 
 def hf_config_from_decoder(cfg: DecoderConfig, attribute_names: Sequence[str], base: Optional[dict] = None,
                            pad_token_id: Optional[int] = None, extra: Optional[dict] = None) -> dict:
-    """config.json for a ``*ForSequenceClassification`` folder. Keeps unknown fields of ``base``."""
+    """config.json for a ``*ForSequenceClassification`` folder (reward head) or a ``*ForCausalLM``
+    folder (LM head). Keeps unknown fields of ``base``."""
     out = dict(base or {})
     for k in ("rope_parameters", "rope_scaling", "rope_theta", "architectures", "torch_dtype", "dtype",
-              "auto_map", "quantization_config"):
+              "auto_map", "quantization_config", "num_labels", "id2label", "label2id", "problem_type"):
         out.pop(k, None)
+    kind = "ForCausalLM" if cfg.head == "lm" else "ForSequenceClassification"
     out.update({
         "model_type": cfg.model_type,
-        "architectures": [f"{ARCH_NAMES[cfg.model_type]}ForSequenceClassification"],
+        "architectures": [f"{ARCH_NAMES[cfg.model_type]}{kind}"],
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
         "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "rms_norm_eps": cfg.rms_norm_eps,
         "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_position_embeddings,
         "tie_word_embeddings": cfg.tie_word_embeddings, "hidden_act": "silu",
         "initializer_range": cfg.initializer_range, "sliding_window": cfg.sliding_window,
-        "num_labels": len(attribute_names),
-        "id2label": {str(i): n for i, n in enumerate(attribute_names)},
-        "label2id": {n: i for i, n in enumerate(attribute_names)},
-        "problem_type": "regression", "pad_token_id": pad_token_id, "dtype": "float32",
+        "pad_token_id": pad_token_id, "dtype": "float32",
     })
+    if cfg.head == "reward":
+        out.update({"num_labels": len(attribute_names),
+                    "id2label": {str(i): n for i, n in enumerate(attribute_names)},
+                    "label2id": {n: i for i, n in enumerate(attribute_names)}, "problem_type": "regression"})
     if cfg.rope_scaling:
         out["rope_scaling"] = dict(cfg.rope_scaling)
     if cfg.model_type == "llama":
@@ -214,8 +217,10 @@ def tensor_maps(cfg: DecoderConfig, with_head: bool = True) -> list[TensorMap]:
             ("post_attention_layernorm.weight", ("post_attn_norm", "scale"), ident, ident),
         ]
         maps += [TensorMap(pre + hf, base + p, fj, fh, i if cfg.scan_layers else None) for hf, p, fj, fh in entries]
-    if with_head:
+    if with_head and cfg.head == "reward":
         maps.append(TensorMap("score.weight", ("head_kernel",), tr, tr))
+    elif with_head and not cfg.tie_word_embeddings:  # a tied LM head is the embedding itself
+        maps.append(TensorMap("lm_head.weight", ("lm_head_kernel",), tr, tr))
     return maps
 
 
@@ -304,8 +309,6 @@ def load_hf_reward_model(path: str, mesh: Optional[Mesh] = None, *, seed: int = 
     cfg = decoder_config_from_hf(hf, where, **run_options)
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     folder = SafetensorsFolder(path)
-    prefix = _strip_prefix(list(folder.weight_map))
-
     specs = param_logical_specs(cfg)
     abstract = abstract_params(cfg)
     head_loaded = is_rm and "score.weight" in folder
@@ -314,10 +317,19 @@ def load_hf_reward_model(path: str, mesh: Optional[Mesh] = None, *, seed: int = 
         notes.append("score.weight missing: head initialised")
     params = init_head_only(cfg, abstract, specs, mesh, seed) if not head_loaded else {}
 
-    maps = tensor_maps(cfg, with_head=head_loaded)
+    _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh)
+    pad = hf.get("pad_token_id")
+    return LoadedModel(cfg, params, list(names), hf, path, head_loaded, pad if isinstance(pad, int) else None, notes)
+
+
+def _read_tensors(folder: SafetensorsFolder, path: str, cfg: DecoderConfig, maps: Sequence[TensorMap], params: dict,
+                  specs: Any, abstract: Any, mesh: Mesh) -> None:
+    """Every mapped tensor, read one at a time and placed straight onto its sharding, into ``params``."""
+    prefix = _strip_prefix(list(folder.weight_map))
     stacked: dict[tuple[str, ...], list] = {}
     for m in maps:
-        hf_name = m.hf_name if m.hf_name == "score.weight" else prefix + m.hf_name[len("model."):] if prefix else m.hf_name
+        top = m.hf_name in ("score.weight", "lm_head.weight")
+        hf_name = m.hf_name if top or not prefix else prefix + m.hf_name[len("model."):]
         arr = folder.get(hf_name)
         target = _get(abstract, m.path)
         spec = _get(specs, m.path)
@@ -338,8 +350,26 @@ def load_hf_reward_model(path: str, mesh: Optional[Mesh] = None, *, seed: int = 
     for p, layers in stacked.items():
         full = logical_sharding(tuple(_get(specs, p)), _get(abstract, p).shape, mesh)
         _set(params, p, jax.jit(lambda *xs: jnp.stack(xs), out_shardings=full)(*layers))
+
+
+def load_hf_causal_lm(path: str, mesh: Optional[Mesh] = None, **run_options: Any) -> LoadedModel:
+    """Load an HF ``*ForCausalLM`` folder (llama, mistral, qwen2, qwen3; tied or untied embeddings) as
+    a policy: the same decoder with its LM head. run_options are DecoderConfig run fields."""
+    path = resolve_model_dir(path)
+    hf = read_hf_config(path)
+    where = os.path.join(path, "config.json")
+    archs = hf.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelLoadError(f"{where}: {archs[0]} is a reward/classification model; a policy needs *ForCausalLM")
+    cfg = decoder_config_from_hf(hf, where, head="lm", **run_options)
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    folder = SafetensorsFolder(path)
+    if not cfg.tie_word_embeddings and "lm_head.weight" not in folder:
+        raise ModelLoadError(f"{path}: tie_word_embeddings is false but the folder has no lm_head.weight")
+    params: dict = {}
+    _read_tensors(folder, path, cfg, tensor_maps(cfg), params, param_logical_specs(cfg), abstract_params(cfg), mesh)
     pad = hf.get("pad_token_id")
-    return LoadedModel(cfg, params, list(names), hf, path, head_loaded, pad if isinstance(pad, int) else None, notes)
+    return LoadedModel(cfg, params, [], hf, path, True, pad if isinstance(pad, int) else None, [])
 
 
 def _place(w: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -377,22 +407,23 @@ def iter_hf_tensors(cfg: DecoderConfig, params: Any) -> Iterator[tuple[str, np.n
         yield m.hf_name, np.ascontiguousarray(m.to_hf(arr))
 
 
-def export_hf(cfg: DecoderConfig, params: Any, out_dir: str, attribute_names: Sequence[str],
+def export_hf(cfg: DecoderConfig, params: Any, out_dir: str, attribute_names: Sequence[str] = (),
               tokenizer: Any = None, base_hf_config: Optional[dict] = None,
-              max_shard_bytes: int = 5 * 2**30) -> str:
-    """Write a ``*ForSequenceClassification`` folder: config.json, safetensors (sharded past
-    ``max_shard_bytes``), and the tokenizer with its chat template. Written to a temporary folder
-    and renamed, so a crash never leaves a half-written model behind."""
+              max_shard_bytes: int = 5 * 2**30, extra: Optional[dict] = None) -> str:
+    """Write a ``*ForSequenceClassification`` folder (reward head) or a ``*ForCausalLM`` folder (LM
+    head): config.json (plus ``extra`` fields), safetensors (sharded past ``max_shard_bytes``), and the
+    tokenizer with its chat template. Written to a temporary folder and renamed, so a crash never
+    leaves a half-written model behind."""
     from safetensors.numpy import save_file
 
-    if len(attribute_names) != cfg.num_labels:
+    if cfg.head == "reward" and len(attribute_names) != cfg.num_labels:
         raise ValueError(f"{len(attribute_names)} attribute names for a head with {cfg.num_labels} outputs")
     out_dir = os.path.abspath(out_dir)
     tmp = out_dir + ".tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     pad_id = _pad_token_id(tokenizer, base_hf_config)
-    hf = hf_config_from_decoder(cfg, attribute_names, base_hf_config, pad_id)
+    hf = hf_config_from_decoder(cfg, attribute_names, base_hf_config, pad_id, extra)
     with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
 

@@ -72,15 +72,21 @@ def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optio
         ck.close()
 
 
+def load_run(path: str, mesh: Any, dtype: str = "float32", step: Optional[int] = None) -> tuple:
+    """(decoder config, params on ``mesh``, meta, tokenizer) of a run folder's kept checkpoint."""
+    meta = read_meta(path)
+    cfg = DecoderConfig(**meta["decoder"], dtype=dtype)
+    return cfg, restore_run_params(path, cfg, mesh, step), meta, load_tokenizer(meta["tokenizer"])
+
+
 def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "float32",
                        template: Optional[str] = None, step: Optional[int] = None) -> ScoringModel:
     """``path``: an HF ``*ForSequenceClassification`` folder or an rm_jax run folder (its kept checkpoint)."""
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     if is_run_dir(path):
-        meta = read_meta(path)
-        cfg = DecoderConfig(**meta["decoder"], dtype=dtype)
-        params = restore_run_params(path, cfg, mesh, step)
-        tok = load_tokenizer(meta["tokenizer"])
+        if read_meta(path).get("decoder", {}).get("head", "reward") != "reward":
+            raise ConfigError(f"{path}: a policy run (task {read_meta(path).get('task')}); scoring needs a reward model")
+        cfg, params, meta, tok = load_run(path, mesh, dtype, step)
         return ScoringModel(cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh,
                             meta.get("hf_config"))
     lm = load_hf_reward_model(path, mesh, dtype=dtype)
@@ -88,15 +94,30 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
 
 
 def export_run(run_dir: str, out_dir: str, step: Optional[int] = None) -> str:
-    """A run's kept checkpoint -> an HF ``*ForSequenceClassification`` folder whose tokenizer carries the
-    chat template the run trained with, so transformers' apply_chat_template gives the same ids."""
+    """A run's kept checkpoint -> an HF folder: ``*ForSequenceClassification`` for a reward model (its
+    config.json also records the per-attribute validation RMSE, which SteerLM 2.0 labelling uses),
+    ``*ForCausalLM`` for a policy. Its tokenizer carries the chat template the run trained with, so
+    transformers' apply_chat_template gives the same ids."""
     if not is_run_dir(run_dir):
         raise ConfigError(f"{run_dir}: not an rm_jax run folder (no {META})")
-    m = load_scoring_model(run_dir, step=step)
-    m.tokenizer.chat_template = resolve_template(m.tokenizer, m.template)
-    out = export_hf(m.cfg, m.params, out_dir, m.attributes, m.tokenizer, m.hf_config)
-    check_exported_tokenizer(m.tokenizer, out)
+    cfg, params, meta, tok = load_run(run_dir, make_mesh(devices=jax.devices()[:1]), step=step)
+    tok.chat_template = resolve_template(tok, meta.get("template"))
+    extra = None
+    if cfg.head == "reward":
+        rmse = _validation_rmse(run_dir, meta["attributes"])
+        extra = {"rm_jax": {"validation_rmse": rmse}} if rmse else None
+    out = export_hf(cfg, params, out_dir, meta["attributes"], tok, meta.get("hf_config"), extra=extra)
+    check_exported_tokenizer(tok, out)
     return out
+
+
+def _validation_rmse(run_dir: str, attributes: list) -> Optional[dict]:
+    path = os.path.join(run_dir, "eval.json")
+    if not os.path.isfile(path):
+        return None
+    per = read_json(path, f"{path}: missing").get("per_attribute") or {}
+    out = {a: per[a]["rmse"] for a in attributes if a in per and per[a].get("rmse") is not None}
+    return out if len(out) == len(attributes) else None
 
 
 PROBE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 plus 30?"},

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rm_jax.attributes import resolve_reward_weights
 from rm_jax.config import LossConfig, TrainConfig
 from rm_jax.losses import mse_sums, pair_sums, steerlm2_sums, token_nll_sums
-from rm_jax.models import RewardModel, param_shardings_for
+from rm_jax.models import CausalLM, RewardModel, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import activate
 
@@ -118,10 +118,9 @@ def put_batch(batch: dict, shardings: dict) -> dict:
 
 def _sums(model_cfg: DecoderConfig, loss_cfg: LossConfig, params: Any, mb: dict, max_segments: int,
           attr_w: jax.Array, reward_w: jax.Array) -> dict:
-    if getattr(model_cfg, "head", "reward") == "lm":  # a causal LM
-        from rm_jax.models import CausalLM  # TODO(lead): module level once the LM head lands
+    if model_cfg.head == "lm":  # a causal LM
         logp = CausalLM(model_cfg).apply({"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"],
-                                         targets=mb["targets"])
+                                         targets=mb["targets"], max_segments=max_segments)
         if "steer_group" not in mb:  # SFT: response-only next-token loss
             return token_nll_sums(logp, mb["loss_mask"])
         # SteerLM 2.0: each response slot's summed log-prob, then the group-weighted loss.
@@ -169,7 +168,7 @@ def make_train_step(model_cfg: DecoderConfig, loss_cfg: LossConfig, tx: optax.Gr
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
         metrics = {"loss": loss, "grad_norm": gnorm, "lr": schedule(state["step"]), "ok": ok,
                    "real_tokens": jnp.sum(batch["segment_ids"] > 0)}
-        if getattr(model_cfg, "head", "reward") == "lm" and "kl_sum" not in sums:
+        if model_cfg.head == "lm" and "kl_sum" not in sums:
             metrics["loss_tokens"] = sums["den"]
         if "kl_sum" in sums:  # SteerLM 2.0: how far the current policy's baseline is from the targets
             metrics["kl_w_b"] = sums["kl_sum"] / jnp.maximum(sums["groups"], 1.0)

@@ -30,7 +30,7 @@ PAD = 0
 
 
 def make_hf_model(family: str, out_dir: str, kind: str = "seqcls", num_labels: int = 5, seed: int = 0,
-                  max_shard_size: str | None = None):
+                  max_shard_size: str | None = None, tied: bool = False):
     """Save a random tiny model; returns the torch model (eval mode, float32)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -38,7 +38,7 @@ def make_hf_model(family: str, out_dir: str, kind: str = "seqcls", num_labels: i
     spec = dict(FAMILIES[family])
     model_type = spec.pop("model_type")
     cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, pad_token_id=PAD, num_labels=num_labels,
-                               tie_word_embeddings=False, attn_implementation="eager", **spec)
+                               tie_word_embeddings=tied, attn_implementation="eager", **spec)
     if num_labels == 5:
         from rm_jax.attributes import ATTRIBUTES
         cfg.id2label = dict(enumerate(ATTRIBUTES))
@@ -115,5 +115,25 @@ def make_hf_rm_with_tokenizer(family: str, out_dir: str, seed: int = 0, max_shar
         model.score.weight.normal_(0, 0.5)
     kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, safe_serialization=True, **kw)
+    tok.save_pretrained(out_dir)
+    return model, tok
+
+
+def make_hf_causal_lm_with_tokenizer(family: str, out_dir: str, seed: int = 0, tied: bool = False):
+    """A tiny random ``*ForCausalLM`` folder with the bundled tokenizer and its chat template."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = bundled_tokenizer()
+    spec = dict(FAMILIES[family])
+    model_type = spec.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                               tie_word_embeddings=tied, attn_implementation="eager", **spec)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():  # larger logits than the default init, so sampling and argmax are not near-uniform
+        model.get_output_embeddings().weight.normal_(0, 0.3)
+    model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     return model, tok

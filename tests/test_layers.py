@@ -19,6 +19,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("rm_jax.sharding", "rm_jax.models", "rm_jax.hf_io")),
     ("step", ("rm_jax.losses", "rm_jax.step", "rm_jax.checkpoint", "rm_jax.scoring")),
     ("runs", ("rm_jax.runs",)),
+    ("policy", ("rm_jax.policy",)),
+    ("steer", ("rm_jax.steer",)),
     ("train loop", ("rm_jax.training",)),
     ("evaluation", ("rm_jax.evaluation",)),
     ("run", ("rm_jax.train",)),

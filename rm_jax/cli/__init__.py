@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),
     "export": ("export", "export RUN_DIR --out HF_DIR"),
     "data": ("data", "data stats FILE|HUB_ID [--json] [--tokenizer DIR]"),
+    "lm": ("lm", "lm generate|logprob --model DIR --input IN.jsonl --output OUT.jsonl [--n N] ..."),
+    "steer": ("steer", "steer label|eval --policy DIR --rm DIR --input ... (SteerLM 2.0)"),
     "serve": ("serve", "serve --model DIR [--host H] [--port P] [--weights ...] [--max-batch-tokens N] [--max-wait-ms M]"),
 }
 

@@ -54,7 +54,36 @@ def write_run_evaluation(cfg: RunConfig, fit: Any) -> None:
     if fit.val_pred is not None:
         write_jsonl(os.path.join(fit.run_dir, "predictions", "validation.jsonl"),
                     validation_records(fit.val_enc, fit.val_pred, list(cfg.model.attributes)))
+    if cfg.eval.label_probe.prompts and cfg.data.validation:
+        result["label_probe"] = label_probe(cfg, fit.run_dir, fit.mesh)
     write_json(os.path.join(fit.run_dir, EVAL_FILE), result)
+
+
+def label_probe(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
+    """Does the policy read its label? For held-out validation prompts, generate at each requested level
+    of one attribute (the others from ``eval.label_probe.base``) and compare response lengths: on
+    HelpSteer2 data verbosity is mostly length, so a policy that follows it writes longer at 4 than at 0."""
+    from rm_jax.conversation import attribute_label, parse_attribute_label
+    from rm_jax.policy import generate, load_policy
+    from rm_jax.steer.prompts import labelled, read_prompts
+    probe = cfg.eval.label_probe
+    prompts = read_prompts(cfg.data.validation, probe.prompts, split=cfg.data.validation_split)
+    policy = load_policy(run_dir, mesh=mesh)
+    base = parse_attribute_label(probe.base) if probe.base else {}
+    out: dict[str, Any] = {"attribute": probe.attribute, "base": probe.base, "prompts": len(prompts),
+                           "max_new_tokens": probe.max_new_tokens, "temperature": probe.temperature, "levels": {}}
+    for level in probe.levels:
+        label = attribute_label({**base, probe.attribute: level})
+        texts = [ys[0] for ys in generate(policy, [labelled(p, label) for p in prompts], n=1,
+                                          temperature=probe.temperature or 1.0, greedy=probe.temperature == 0,
+                                          max_new_tokens=probe.max_new_tokens, seed=probe.seed)]
+        tokens = [len(policy.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        out["levels"][str(level)] = {"label": label, "mean_response_tokens": float(np.mean(tokens)),
+                                     "mean_response_chars": float(np.mean([len(t) for t in texts])),
+                                     "examples": texts[:2]}
+    lo, hi = str(min(probe.levels)), str(max(probe.levels))
+    out["higher_level_longer"] = out["levels"][hi]["mean_response_tokens"] > out["levels"][lo]["mean_response_tokens"]
+    return out
 
 
 def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:

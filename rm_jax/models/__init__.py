@@ -1,4 +1,5 @@
-"""Model registry: the Llama-family decoder + reward head, created already sharded."""
+"""Model registry: the Llama-family decoder with a reward head or a language-model head
+(``DecoderConfig.head``), created already sharded."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from rm_jax.models.llama import DecoderConfig, RewardModel
+from rm_jax.models.llama import CausalLM, DecoderConfig, KVCache, RewardModel, init_cache
 from rm_jax.sharding import activate, param_shardings
 
-__all__ = ["DecoderConfig", "RewardModel", "abstract_params", "param_logical_specs", "param_shardings_for",
-           "init_params", "apply_model"]
+__all__ = ["CausalLM", "DecoderConfig", "KVCache", "RewardModel", "abstract_params", "init_cache", "model_for",
+           "param_logical_specs", "param_shardings_for", "init_params", "apply_model"]
+
+
+def model_for(cfg: DecoderConfig) -> nn.Module:
+    """The module a config builds: RewardModel (head "reward") or CausalLM (head "lm")."""
+    return CausalLM(cfg) if cfg.head == "lm" else RewardModel(cfg)
 
 
 def _dummy_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -22,7 +28,7 @@ def _dummy_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def _boxed_abstract(cfg: DecoderConfig) -> Any:
-    return jax.eval_shape(lambda r: RewardModel(cfg).init(r, *_dummy_inputs())["params"], jax.random.key(0))
+    return jax.eval_shape(lambda r: model_for(cfg).init(r, *_dummy_inputs())["params"], jax.random.key(0))
 
 
 def param_logical_specs(cfg: DecoderConfig) -> Any:
@@ -44,19 +50,20 @@ def init_params(cfg: DecoderConfig, mesh: Mesh, seed: int = 0) -> Any:
     shardings = param_shardings_for(cfg, mesh)
 
     def init(key: jax.Array) -> Any:
-        return nn.meta.unbox(RewardModel(cfg).init(key, *_dummy_inputs())["params"])
+        return nn.meta.unbox(model_for(cfg).init(key, *_dummy_inputs())["params"])
 
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
 def apply_model(cfg: DecoderConfig, params: Any, batch: dict, max_segments: int,
                 mesh: Optional[Mesh] = None) -> jax.Array:
-    """Scores [B, S, num_labels] for a batch dict with input_ids, segment_ids, positions.
+    """Scores [B, S, num_labels] (reward head) or logits [B, T, V] (LM head) for a batch dict with
+    input_ids, segment_ids, positions.
 
     One jitted call (compiled per call: a convenience for tests and scripts; the train and score
     paths keep their own compiled functions)."""
     def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array) -> jax.Array:
         with activate(mesh):
-            return RewardModel(cfg).apply({"params": params}, ids, seg, pos, max_segments=max_segments)
+            return model_for(cfg).apply({"params": params}, ids, seg, pos, max_segments=max_segments)
 
     return jax.jit(run)(params, batch["input_ids"], batch["segment_ids"], batch["positions"])

@@ -29,6 +29,7 @@ from rm_jax.sharding import active_mesh, constrain
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+HEADS = ("reward", "lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +54,9 @@ class DecoderConfig:
     sliding_window: Optional[int] = None
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
-    # Reward head.
+    # Head: "reward" (a linear map to num_labels at each segment's last token) or "lm" (next-token logits).
     num_labels: int = 5
+    head: str = "reward"
     # How to run: compute dtype (params stay float32), remat policy, scan over layers, attention kernel.
     dtype: str = "float32"
     remat: str = "none"
@@ -75,6 +77,8 @@ class DecoderConfig:
             raise ValueError(f"model.dtype={self.dtype!r}; choose float32 or bfloat16")
         if self.attention != "auto" and self.attention not in KERNELS:
             raise ValueError(f"model.attention={self.attention!r}; choose auto or one of {', '.join(KERNELS)}")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r}; choose one of {', '.join(HEADS)}")
         if self.matmul_precision is not None and self.matmul_precision not in PRECISIONS:
             raise ValueError(f"model.matmul_precision={self.matmul_precision!r}; choose null or one of {', '.join(PRECISIONS)}")
 
@@ -98,8 +102,11 @@ class DecoderConfig:
         h, i, n, k, d = self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim
         attn = h * n * d * 2 + h * k * d * 2 + (n * d + 2 * k * d if self.qkv_bias else 0) + (2 * d if self.qk_norm else 0)
         layer = attn + 3 * h * i + 2 * h
-        total = self.num_hidden_layers * layer + h + h * self.num_labels
-        return total + (self.vocab_size * h if include_embedding else 0)
+        # An LM head is a matmul every token pays for, tied or not: counted with the non-embedding params.
+        head = h * self.num_labels if self.head == "reward" else h * self.vocab_size
+        total = self.num_hidden_layers * layer + h + head
+        untied_embedding = self.head == "reward" or not self.tie_word_embeddings
+        return total + (self.vocab_size * h if include_embedding and untied_embedding else 0)
 
 
 # ---------------------------------------------------------------- building blocks
@@ -171,9 +178,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 query_index: Optional[jax.Array] = None) -> jax.Array:
+                 query_index: Optional[jax.Array] = None, cache: Optional["LayerCache"] = None) -> Any:
         """query_index [B, S] (optional): compute outputs only at these tokens (keys/values still come
-        from every token); the result is then [B, S, H] instead of [B, T, H]."""
+        from every token); the result is then [B, S, H] instead of [B, T, H]. With ``cache`` (decoding),
+        the new keys/values are written at ``cache.index`` and the queries read every cached token:
+        returns (output, updated cache)."""
         cfg, dt, prec = self.cfg, self.cfg.compute_dtype, self.cfg.precision
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         init = nn.initializers.normal(cfg.initializer_range)
@@ -199,7 +208,10 @@ class Attention(nn.Module):
         kk = constrain(kk, ("act_batch", "act_length", "act_kv_heads", None))
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
 
-        if query_index is not None:
+        if cache is not None:
+            cache = cache.write(kk, v, segment_ids)
+            out = cached_attention(q, cache, x.shape[1], cfg.sliding_window, prec)
+        elif query_index is not None:
             out = pooled_query_attention(q, kk, v, segment_ids, query_index, cfg.sliding_window, prec)
         else:
             out = attend(q, kk, v, segment_ids, kernel=cfg.attention_kernel(), sliding_window=cfg.sliding_window,
@@ -211,7 +223,44 @@ class Attention(nn.Module):
         y = dense(out.reshape(b, t, n * d), wo.astype(dt).reshape(n * d, h), prec)
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
-        return y
+        return y if cache is None else (y, cache)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LayerCache:
+    """One layer's keys and values for decoding, in static shapes: k, v [B, Tmax, K, D]; ``valid``
+    [B, Tmax] marks slots holding real tokens (left padding of a batch of prompts is not); ``index``
+    is the first slot the next tokens are written to (the same for every row)."""
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+    def write(self, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> "LayerCache":
+        upd = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=1)  # noqa: E731
+        return LayerCache(upd(self.k, k), upd(self.v, v), upd(self.valid, segment_ids > 0), self.index)
+
+
+def cached_attention(q: jax.Array, cache: LayerCache, length: int, sliding_window: Optional[int],
+                     precision: Optional[jax.lax.Precision] = None) -> jax.Array:
+    """q [B, L, N, D] for the tokens just written at slots index..index+L-1, against every cached slot:
+    causal by slot, real slots only (and the sliding window, by slot distance: with left padding a
+    slot distance is a position distance). Dense over Tmax: decoding reads the whole cache anyway."""
+    b, l, n, d = q.shape
+    kv, tmax = cache.k.shape[2], cache.k.shape[1]
+    qg = q.reshape(b, l, kv, n // kv, d)
+    s = jnp.einsum("blkgd,btkd->bkglt", qg, cache.k, preferred_element_type=jnp.float32,
+                   precision=precision) * (d ** -0.5)
+    q_slot = cache.index + jnp.arange(length)
+    k_slot = jnp.arange(tmax)
+    mask = cache.valid[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, L, Tmax]
+    if sliding_window is not None:
+        mask &= (q_slot[None, :, None] - k_slot[None, None, :]) < sliding_window
+    mask |= k_slot[None, None, :] == q_slot[None, :, None]  # a pad query sees itself: no empty row, no NaN
+    s = jnp.where(mask[:, None, None], s, -1e30)
+    p = jax.nn.softmax(s, axis=-1).astype(cache.v.dtype)
+    return jnp.einsum("bkglt,btkd->blkgd", p, cache.v, precision=precision).reshape(b, l, n, d).astype(q.dtype)
 
 
 class MLP(nn.Module):
@@ -236,18 +285,21 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 query_index: Optional[jax.Array] = None) -> jax.Array:
+                 query_index: Optional[jax.Array] = None, cache: Optional[LayerCache] = None) -> Any:
         """With query_index [B, S], the layer's output only at those tokens ([B, S, H]): a reward
-        model's last layer matters only where the head reads, so its queries and MLP run there only."""
+        model's last layer matters only where the head reads, so its queries and MLP run there only.
+        With ``cache``, returns (output, updated cache)."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        attn = Attention(cfg, self.max_segments, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions,
-                                           query_index)
+        attn = Attention(cfg, self.max_segments, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x),
+                                                             segment_ids, positions, query_index, cache)
+        if cache is not None:
+            attn, cache = attn
         if query_index is not None:
             x = jnp.take_along_axis(x, query_index[..., None], axis=1)
         x = x + attn
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x))
-        return x
+        return x if cache is None else (x, cache)
 
 
 class _ScanLayer(DecoderLayer):
@@ -281,11 +333,35 @@ def last_token_index(segment_ids: jax.Array, max_segments: int) -> tuple[jax.Arr
     return jnp.where(present, last, 0), present
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Every layer's decoding cache: k, v [L, B, Tmax, K, D]; ``valid`` [B, Tmax] and ``index`` as in
+    :class:`LayerCache` (shared by the layers)."""
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self.k[i], self.v[i], self.valid, self.index)
+
+    def advanced(self, by: int) -> "KVCache":
+        return dataclasses.replace(self, index=self.index + by)
+
+
+def init_cache(cfg: DecoderConfig, batch: int, max_len: int) -> KVCache:
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    return KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype),
+                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+
 def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                   last: jax.Array, max_segments: int, full_last_layer: bool) -> jax.Array:
+                   last: Optional[jax.Array], max_segments: int, full_last_layer: bool,
+                   cache: Optional[KVCache] = None) -> tuple[jax.Array, Optional[KVCache]]:
     """The scanned layer stack as a pure function of its stacked params ([L, ...] leaves, the
-    ``layers`` param that nn.scan created): a ``lax.scan`` over the first L-1 layers, then the last
-    layer at the head's tokens only ([B, S, H]), as the unrolled stack does.
+    ``layers`` param that nn.scan created): a ``lax.scan`` over the layers; with ``last`` (a reward
+    model's head tokens) the last layer runs at those tokens only ([B, S, H]), as the unrolled stack does.
 
     Each step indexes its layer's slice of ``stacked`` inside the (rematerialised) body, so neither
     a copy of L-1 layers' params nor a per-step slice is stored for the backward; the gradient of
@@ -297,13 +373,74 @@ def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: 
         p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), params)
         return layer.apply({"params": p}, x, segment_ids, positions, query_index)
 
+    if cache is not None:  # decoding: no remat, each step reads and writes its layer's cache slice
+        def step(h: jax.Array, xs: tuple) -> tuple:
+            i, k, v = xs
+            p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
+            h, lc = layer.apply({"params": p}, h, segment_ids, positions, None,
+                                LayerCache(k, v, cache.valid, cache.index))
+            return h, (lc.k, lc.v, lc.valid)
+        x, (k, v, valid) = jax.lax.scan(step, x, (jnp.arange(n, dtype=jnp.int32), cache.k, cache.v))
+        return x, KVCache(k, v, valid[-1], cache.index)
+
     if cfg.remat != "none":
         run = jax.checkpoint(run, policy=_remat_policy(cfg.remat), prevent_cse=False)
-    n_scanned = n if full_last_layer else n - 1
+    pooled = last is not None and not full_last_layer
+    n_scanned = n - 1 if pooled else n
     x, _ = jax.lax.scan(lambda h, i: (run(stacked, i, h, None), None), x, jnp.arange(n_scanned, dtype=jnp.int32))
+    if last is None:
+        return x, None
     if full_last_layer:
-        return jnp.take_along_axis(x, last[..., None], axis=1)
-    return run(stacked, jnp.asarray(n - 1, jnp.int32), x, last)
+        return jnp.take_along_axis(x, last[..., None], axis=1), None
+    return run(stacked, jnp.asarray(n - 1, jnp.int32), x, last), None
+
+
+def decoder_stack(module: nn.Module, cfg: DecoderConfig, input_ids: jax.Array, segment_ids: jax.Array,
+                  positions: jax.Array, max_segments: int, last: Optional[jax.Array] = None,
+                  full_last_layer: bool = False, cache: Optional[KVCache] = None
+                  ) -> tuple[jax.Array, jax.Array, Optional[KVCache]]:
+    """The decoder both heads share, creating its params in ``module``'s scope (``embedding``, then
+    ``layers_i`` unrolled or the stacked ``layers`` scanned): (hidden states, embedding, cache).
+
+    ``last`` [B, S] (a reward model's head tokens): the hidden states at those tokens only [B, S, H],
+    the last layer computed there only. Otherwise every token's [B, T, H]; with ``cache``, the tokens
+    are written to it and read it (decoding)."""
+    dt = cfg.compute_dtype
+    emb = _param(module, "embedding", nn.initializers.normal(cfg.initializer_range),
+                 (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+    x = jnp.take(emb, input_ids, axis=0).astype(dt)
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    n = cfg.num_hidden_layers
+    if n == 0:
+        return (jnp.take_along_axis(x, last[..., None], axis=1) if last is not None else x), emb, cache
+    if cfg.scan_layers:
+        if module.is_initializing():  # nn.scan creates the stacked ``layers`` params (layout: rm_jax.hf_io)
+            stack = nn.scan(_ScanLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast, nn.broadcast), length=n,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            stack(cfg, max_segments, name="layers")(x, segment_ids, positions)
+        stacked = nn.meta.unbox(module.variables["params"]["layers"])
+        x, cache = _scanned_stack(cfg, stacked, x, segment_ids, positions, last, max_segments, full_last_layer, cache)
+        return x, emb, cache
+    layer_cls = DecoderLayer
+    if cfg.remat != "none" and cache is None:
+        layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat))
+    if cache is not None:
+        ks, vs = [], []
+        for i in range(n):
+            x, lc = layer_cls(cfg, max_segments, name=f"layers_{i}")(x, segment_ids, positions, None, cache.layer(i))
+            ks.append(lc.k)
+            vs.append(lc.v)
+        return x, emb, KVCache(jnp.stack(ks), jnp.stack(vs), lc.valid, cache.index)
+    pooled = last is not None and not full_last_layer
+    for i in range(n - 1 if pooled else n):
+        x = layer_cls(cfg, max_segments, name=f"layers_{i}")(x, segment_ids, positions)
+    if last is None:
+        return x, emb, None
+    if full_last_layer:
+        return jnp.take_along_axis(x, last[..., None], axis=1), emb, None
+    last_layer = layer_cls(cfg, max_segments, name=f"layers_{n - 1}")
+    return last_layer(x, segment_ids, positions, last), emb, None  # [B, S, H]
 
 
 class RewardModel(nn.Module):
@@ -320,33 +457,9 @@ class RewardModel(nn.Module):
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                  max_segments: int = 1) -> jax.Array:
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        emb = _param(self, "embedding", nn.initializers.normal(cfg.initializer_range),
-                     (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
-        x = jnp.take(emb, input_ids, axis=0).astype(dt)
-        x = constrain(x, ("act_batch", "act_length", "act_embed"))
         last, present = last_token_index(segment_ids, max_segments)
-
-        if cfg.num_hidden_layers == 0:
-            pooled = jnp.take_along_axis(x, last[..., None], axis=1)
-        elif cfg.scan_layers:
-            if self.is_initializing():  # nn.scan creates the stacked ``layers`` params (layout: rm_jax.hf_io)
-                stack = nn.scan(_ScanLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                                in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
-                                metadata_params={nn.PARTITION_NAME: "layers"})
-                stack(cfg, max_segments, name="layers")(x, segment_ids, positions)
-            stacked = nn.meta.unbox(self.variables["params"]["layers"])
-            pooled = _scanned_stack(cfg, stacked, x, segment_ids, positions, last, max_segments, self.full_last_layer)
-        else:
-            layer_cls = DecoderLayer
-            if cfg.remat != "none":
-                layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat))
-            for i in range(cfg.num_hidden_layers - 1):
-                x = layer_cls(cfg, max_segments, name=f"layers_{i}")(x, segment_ids, positions)
-            last_layer = layer_cls(cfg, max_segments, name=f"layers_{cfg.num_hidden_layers - 1}")
-            if self.full_last_layer:
-                pooled = jnp.take_along_axis(last_layer(x, segment_ids, positions), last[..., None], axis=1)
-            else:
-                pooled = last_layer(x, segment_ids, positions, last)  # [B, S, H]
+        pooled, _, _ = decoder_stack(self, cfg, input_ids, segment_ids, positions, max_segments, last,
+                                     self.full_last_layer)
 
         # The final norm is per token, so only the pooled tokens need it.
         pooled = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(pooled).astype(jnp.float32)
@@ -354,3 +467,52 @@ class RewardModel(nn.Module):
                    (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))
         scores = jnp.einsum("bsh,ha->bsa", pooled, w, precision=cfg.precision)
         return jnp.where(present[..., None], scores, 0.0)
+
+
+class CausalLM(nn.Module):
+    """The same decoder with a language-model head: ``lm_head_kernel`` [hidden, vocab] (HF's
+    ``lm_head``), or the embedding itself when ``tie_word_embeddings``.
+
+    ``targets`` [B, T] given: per-token log-probabilities of the targets [B, T] float32, computed in
+    chunks of tokens (each chunk's logits recomputed in the backward) so no [B, T, V] array is ever
+    whole in memory. Otherwise logits [B, T, V] float32. With ``cache`` (decoding): the input tokens
+    are written to it, and the result is (logits of the last input token [B, V], the updated cache)."""
+
+    cfg: DecoderConfig
+    logits_chunk: int = 128
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                 targets: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
+                 max_segments: int = 1) -> Any:
+        cfg, dt, prec = self.cfg, self.cfg.compute_dtype, self.cfg.precision
+        x, emb, cache = decoder_stack(self, cfg, input_ids, segment_ids, positions, max_segments, cache=cache)
+        x = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(x)
+        if cfg.tie_word_embeddings:
+            w = emb.T
+        else:
+            w = _param(self, "lm_head_kernel", nn.initializers.normal(cfg.initializer_range),
+                       (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+        w = w.astype(dt)
+
+        def logits_of(h: jax.Array) -> jax.Array:
+            return jnp.einsum("...h,hv->...v", h, w, preferred_element_type=jnp.float32, precision=prec)
+
+        if cache is not None:
+            return logits_of(x[:, -1]), cache
+        if targets is None:
+            return logits_of(x)
+        b, t, hdim = x.shape
+        c = min(self.logits_chunk, t)
+        tp = -(-t // c) * c
+        xs = jnp.pad(x, ((0, 0), (0, tp - t), (0, 0))).reshape(b, tp // c, c, hdim).swapaxes(0, 1)
+        ts = jnp.pad(targets, ((0, 0), (0, tp - t))).reshape(b, tp // c, c).swapaxes(0, 1)
+
+        @jax.checkpoint  # keep only the chunk's inputs for the backward: its logits are recomputed
+        def chunk(h: jax.Array, tgt: jax.Array) -> jax.Array:
+            logits = logits_of(h)
+            picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+            return picked - jax.nn.logsumexp(logits, axis=-1)
+
+        logp = jax.lax.map(lambda a: chunk(*a), (xs, ts))  # [T/c, B, c]
+        return logp.swapaxes(0, 1).reshape(b, tp)[:, :t]

@@ -112,8 +112,8 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
     if cfg.model.init_from:
         meta = read_meta(cfg.model.init_from)
         dcfg = DecoderConfig(**{**meta["decoder"], **run_opts(cfg)})
-        if getattr(dcfg, "head", "reward") != model_head(cfg):
-            raise ConfigError(f"model.init_from: {cfg.model.init_from} has a {getattr(dcfg, 'head', 'reward')} head; "
+        if dcfg.head != model_head(cfg):
+            raise ConfigError(f"model.init_from: {cfg.model.init_from} has a {dcfg.head} head; "
                               f"task {cfg.task} trains a {model_head(cfg)} head")
         if cfg.task == "rm" and meta["attributes"] != list(cfg.model.attributes):
             raise ConfigError(f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes")

@@ -1,0 +1,54 @@
+"""``rm-jax steer label|eval``: SteerLM 2.0 labelling (NeMo-Aligner's format) and attribute-following evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="rm-jax steer")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lb = sub.add_parser("label", help="sampled responses -> SteerLM 2.0 groups with importance-weight terms")
+    lb.add_argument("--policy", required=True, help="the sampling policy Q' (HF *ForCausalLM folder or lm run)")
+    lb.add_argument("--rm", required=True, help="the multi-attribute RM (HF folder or rm_jax run folder)")
+    lb.add_argument("--sft", default=None, help="the unconditional model for log P(y|x) (default: the policy "
+                                                "read without the label)")
+    lb.add_argument("--input", required=True, help="samples: rm-jax lm generate output rows with 'attributes'")
+    lb.add_argument("--output", required=True, help="groups JSONL in NeMo-Aligner's SteerLM 2.0 format")
+    lb.add_argument("--sigma", default=None, help="P(a|x,y) widths: one number or five (default: the RM's "
+                                                  "validation RMSE per attribute)")
+    lb.add_argument("--batch-size", type=int, default=16)
+    lb.add_argument("--no-progress", action="store_true")
+    ev = sub.add_parser("eval", help="requested vs RM-predicted attributes of a policy's samples")
+    ev.add_argument("--policy", required=True)
+    ev.add_argument("--rm", required=True)
+    ev.add_argument("--input", required=True, help="prompts: JSONL rows {prompt}|{messages}, or HelpSteer2 data "
+                                                   "('bundled' = its validation split)")
+    ev.add_argument("--targets", nargs="*", default=None,
+                    help="requested attribute vectors, e.g. helpfulness:4,verbosity:0 (default: a grid over "
+                         "complexity and verbosity at helpfulness/correctness/coherence 4)")
+    ev.add_argument("--k", type=int, default=4, help="samples per prompt and target")
+    ev.add_argument("--prompts", type=int, default=16, help="at most this many prompts")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--output", default="steer_eval", help="folder for steer_eval.json / .md / .png")
+    ev.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(list(argv))
+    if a.cmd == "label":
+        from rm_jax.steer.label import label_samples
+        rep = label_samples(a.input, a.policy, a.rm, a.output, sft=a.sft, sigma=a.sigma, batch_size=a.batch_size,
+                            progress=not a.no_progress)
+        print(f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
+              f"{rep['log_p_y_given_x']}")
+        return 0
+    from rm_jax.steer.evaluate import EVAL_FILE, format_steer_eval, steer_eval
+    res = steer_eval(a.policy, a.rm, a.input, a.output, targets=a.targets, k=a.k, prompts=a.prompts,
+                     temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                     progress=not a.no_progress)
+    print(format_steer_eval(res))
+    print(f"results -> {a.output}/{EVAL_FILE}: " + json.dumps(res["mean_abs_error"]))
+    return 0

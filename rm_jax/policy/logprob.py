@@ -1,0 +1,69 @@
+"""Response log-probabilities under a policy: sum over the response tokens (after the template's
+generation prompt, through the end-of-turn EOS) of log p(token | everything before it).
+
+Conversations are packed into fixed-shape rows exactly as training packs them, and the forward pass is
+training's (``CausalLM`` with targets), so ``rm-jax lm logprob``, SteerLM 2.0 labelling and the SFT loss
+read the same numbers."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from rm_jax.conversation import Message, encode_responses
+from rm_jax.data.packing import build_batch, plan_packed, token_targets
+from rm_jax.errors import InputError
+from rm_jax.models import CausalLM
+from rm_jax.sharding import activate
+
+
+def _program(policy: Any, max_segments: int) -> Any:
+    key = ("logprob", max_segments)
+    if key not in policy.compiled:
+        model, mesh = CausalLM(policy.cfg), policy.mesh
+
+        def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, tgt: jax.Array, mask: jax.Array) -> tuple:
+            with activate(mesh):
+                logp = model.apply({"params": params}, ids, seg, pos, targets=tgt, max_segments=max_segments)
+
+            def per_slot(x: jax.Array, s: jax.Array) -> jax.Array:
+                return jax.ops.segment_sum(x, s, num_segments=max_segments + 1)[1:]
+            return jax.vmap(per_slot)(logp * mask, seg), jax.vmap(per_slot)(mask, seg)
+
+        policy.compiled[key] = jax.jit(run)
+    return policy.compiled[key]
+
+
+def response_logprobs(policy: Any, conversations: Sequence[list[Message]], *, batch_rows: int = 8,
+                      max_segments: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of response-token log-probabilities [N] float64, response token counts [N]) of whole
+    conversations (ending with the assistant's response; a SteerLM label, if carried, conditions it)."""
+    ids, starts = encode_responses(policy.tokenizer, conversations, policy.template)
+    n = len(ids)
+    total, count = np.zeros(n, np.float64), np.zeros(n, np.int64)
+    if not n:
+        return total, count
+    limit = policy.cfg.max_position_embeddings
+    longest = max(len(x) for x in ids)
+    if longest > limit:
+        i = int(np.argmax([len(x) for x in ids]))
+        raise InputError(f"conversation {i + 1}: {longest} tokens, more than the model's {limit} positions")
+    seq_len = min(limit, -(-longest // 64) * 64)
+    bins = plan_packed([len(x) for x in ids], seq_len, max_segments)
+    fn = _program(policy, max_segments)
+    empty = np.zeros((n, 0), np.float32)
+    with tqdm(total=n, desc="logprob", unit="seq", disable=not progress, leave=False) as bar:
+        for s in range(0, len(bins), batch_rows):
+            b = build_batch(ids, empty, empty, bins[s:s + batch_rows], seq_len, max_segments, policy.pad_id,
+                            rows=batch_rows)
+            tgt, mask = token_targets(b, starts)
+            lp, cnt = jax.device_get(fn(policy.params, b["input_ids"], b["segment_ids"], b["positions"], tgt, mask))
+            idx = b["example_index"]
+            sel = idx >= 0
+            total[idx[sel]] = lp[sel]
+            count[idx[sel]] = cnt[sel]
+            bar.update(int(sel.sum()))
+    return total, count

@@ -1,0 +1,48 @@
+"""A policy: decoder config + params with an LM head, its tokenizer and chat template, on a mesh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import jax
+from jax.sharding import Mesh
+
+from rm_jax.errors import ConfigError
+from rm_jax.hf_io import load_hf_causal_lm, load_tokenizer
+from rm_jax.models.llama import DecoderConfig
+from rm_jax.runs import is_run_dir, load_run, read_meta
+from rm_jax.sharding import make_mesh
+
+
+@dataclass
+class Policy:
+    cfg: DecoderConfig
+    params: Any
+    tokenizer: Any
+    template: Optional[str]  # a built-in name, or None (the tokenizer's own)
+    mesh: Mesh
+    path: str = ""
+    compiled: dict = field(default_factory=dict)  # shape -> jitted function (rm_jax.policy.generate/logprob)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+
+def load_policy(path: str, mesh: Optional[Mesh] = None, dtype: str = "float32",
+                template: Optional[str] = None, **run_options: Any) -> Policy:
+    """``path``: an HF ``*ForCausalLM`` folder (or hub id) or an rm_jax run folder trained with task sft
+    or steerlm2 (its kept checkpoint)."""
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    if is_run_dir(path):
+        meta = read_meta(path)
+        if meta.get("decoder", {}).get("head", "reward") != "lm":
+            raise ConfigError(f"{path}: a reward-model run (task {meta.get('task', 'rm')}); a policy needs an lm run "
+                              f"(task sft or steerlm2) or an HF *ForCausalLM folder")
+        cfg, params, meta, tok = load_run(path, mesh, dtype)
+        if run_options:
+            cfg = cfg.replace(**run_options)
+        return Policy(cfg, params, tok, template or meta.get("template"), mesh, path)
+    lm = load_hf_causal_lm(path, mesh, dtype=dtype, **run_options)
+    return Policy(lm.cfg, lm.params, load_tokenizer(lm.path), template, mesh, path)

@@ -1,0 +1,95 @@
+"""``rm-jax steer label``: sampled responses -> SteerLM 2.0 groups in NeMo-Aligner's format.
+
+For each (prompt x, label a) group of n responses y_i:
+
+* log P(a|x,y_i): the RM's predicted attributes under the binned-normal model (:mod:`.attribute_model`);
+* log P(y_i|x): the response's log-probability under the unconditional model ``sft`` given the prompt
+  alone; without ``sft``, the sampling policy itself with the label left out stands in for it (an
+  attribute-conditioned SFT model read without its label; say so in papers);
+* log Q'(y_i|a,x): under the sampling policy, with the label.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from rm_jax.attributes import ATTRIBUTES
+from rm_jax.conversation import Message, parse_attribute_label, with_label
+from rm_jax.data.steer_groups import group_record
+from rm_jax.errors import InputError
+from rm_jax.files import iter_jsonl, write_jsonl
+from rm_jax.scoring import score_rows
+from rm_jax.steer.attribute_model import log_p_attributes, resolve_sigma
+from rm_jax.steer.prompts import prompt_from_row
+
+
+def read_samples(path: str) -> list[tuple[list[Message], str, list[str], dict]]:
+    """(prompt messages, label, responses, kept row) per sample row; errors name file, line and field."""
+    out = []
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}: line {lineno}"
+        p = prompt_from_row(row, where)
+        if p.label is None:
+            raise InputError(f"{where}, field 'attributes': missing: a group is a (prompt, label) pair")
+        ys = row.get("responses")
+        if not isinstance(ys, list) or len(ys) < 2:
+            raise InputError(f"{where}, field 'responses': a group needs at least 2 responses, got "
+                             f"{len(ys) if isinstance(ys, list) else type(ys).__name__}")
+        for j, y in enumerate(ys):
+            if not isinstance(y, str) or not y.strip():
+                raise InputError(f"{where}, field 'responses[{j}]': empty or not a string")
+        out.append((p.messages, p.label, ys, p.row))
+    if not out:
+        raise InputError(f"{path}: no samples")
+    return out
+
+
+def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optional[Any] = None,
+                  sigma: Optional[Any] = None, batch_size: int = 16, progress: bool = True) -> dict:
+    """Write ``output`` (NeMo-format groups); returns a report. ``policy``/``sft``: folders or loaded
+    :class:`rm_jax.policy.Policy`; ``rm``: an RM folder (HF or run); ``sigma``: see
+    :func:`rm_jax.steer.attribute_model.resolve_sigma` (default: the RM's validation RMSE)."""
+    from rm_jax.policy import load_policy, response_logprobs
+    from rm_jax.runs import load_scoring_model
+    samples = read_samples(input)
+    sig = resolve_sigma(rm, sigma)
+    rm_model = load_scoring_model(rm)
+    if list(rm_model.attributes) != list(ATTRIBUTES):
+        raise InputError(f"--rm {rm}: predicts {rm_model.attributes}, not the five HelpSteer2 attributes")
+    pol = load_policy(policy) if isinstance(policy, str) else policy
+    uncond = (load_policy(sft) if isinstance(sft, str) else sft) if sft is not None else pol
+
+    flat_prompt, flat_label, flat_y = [], [], []
+    for msgs, label, ys, _ in samples:
+        for y in ys:
+            flat_prompt.append(msgs)
+            flat_label.append(label)
+            flat_y.append(y)
+    rows = [{"messages": m + [{"role": "assistant", "content": y}]} for m, y in zip(flat_prompt, flat_y)]
+    pred, _ = score_rows(rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress, where=input)
+    log_pa = np.concatenate([log_p_attributes(pred[i:i + 1], parse_attribute_label(lab), sig)
+                             for i, lab in enumerate(flat_label)]) if rows else np.zeros(0)
+    cond = [with_label(m + [{"role": "assistant", "content": y}], lab)
+            for m, y, lab in zip(flat_prompt, flat_y, flat_label)]
+    plain = [m + [{"role": "assistant", "content": y}] for m, y in zip(flat_prompt, flat_y)]
+    log_q, n_tokens = response_logprobs(pol, cond)
+    log_py, _ = response_logprobs(uncond, plain)
+
+    records, k = [], 0
+    for msgs, label, ys, _ in samples:
+        sl = slice(k, k + len(ys))
+        system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
+        turns = msgs[1:] if system else msgs
+        records.append(group_record(system, turns, label, ys, log_pa[sl], np.asarray(log_py)[sl],
+                                    np.asarray(log_q)[sl]))
+        k += len(ys)
+    if not np.all(np.isfinite(log_pa)) or not np.all(np.isfinite(log_q)) or not np.all(np.isfinite(log_py)):
+        raise InputError(f"{input}: a log-probability came out non-finite; nothing written")
+    write_jsonl(output, records)
+    return {"groups": len(records), "responses": len(rows), "sigma": sig,
+            "log_p_y_given_x": os.path.abspath(sft) if isinstance(sft, str) else
+            ("the given sft model" if sft is not None else "the sampling policy without the label"),
+            "mean_response_tokens": float(np.mean(n_tokens)) if len(rows) else 0.0}

@@ -1,0 +1,34 @@
+"""Sampling n responses per (prompt, label): the samples ``rm-jax steer label`` turns into SteerLM 2.0 groups.
+
+Output rows are ``rm-jax lm generate``'s: the prompt (or messages), ``"attributes"`` (the label the policy
+was given) and ``"responses"`` (n texts)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from rm_jax.files import write_jsonl
+from rm_jax.steer.prompts import labelled, read_prompts, targets_as_labels
+
+
+def sample_prompts(policy: Any, input: str, output: str, *, n: int = 4, targets: Optional[Sequence[Any]] = None,
+                   prompts: Optional[int] = None, temperature: float = 1.0, top_p: float = 1.0,
+                   max_new_tokens: int = 128, seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
+    """``policy``: a loaded :class:`rm_jax.policy.Policy` or its folder. Each prompt is sampled under its own
+    label (its ``"attributes"``, else its HelpSteer2 values), or under each of ``targets``."""
+    from rm_jax.errors import InputError
+    from rm_jax.policy import generate, load_policy
+    if n < 2:
+        raise InputError(f"n: SteerLM 2.0 groups need at least 2 responses per (prompt, label), got {n}")
+    pol = load_policy(policy) if isinstance(policy, str) else policy
+    items = read_prompts(input, prompts)
+    labels = targets_as_labels(targets)
+    jobs = [(p, lab) for p in items for lab in (labels or [p.label])]
+    missing = [i for i, (p, lab) in enumerate(jobs) if lab is None]
+    if missing:
+        raise InputError(f"{input}: prompt {missing[0] + 1} has no attributes to condition on: give its row "
+                         f"\"attributes\" (or HelpSteer2 labels), or targets")
+    texts = generate(pol, [labelled(p, lab) for p, lab in jobs], n=n, temperature=temperature, top_p=top_p,
+                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    write_jsonl(output, ({**p.row, "attributes": lab, "responses": list(ys)} for (p, lab), ys in zip(jobs, texts)))
+    return {"prompts": len(items), "groups": len(jobs), "responses": sum(len(t) for t in texts)}

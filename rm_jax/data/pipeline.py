@@ -20,6 +20,7 @@ from rm_jax.attributes import ATTRIBUTES
 from rm_jax.conversation import encode_with_prompt_lengths, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
 from rm_jax.data.sources import pair_ids
+from rm_jax.errors import ConfigError
 
 BUNDLED = "bundled"
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
@@ -186,15 +187,15 @@ class Loader:
     def __init__(self, enc: Encoded, seq_len: int, max_segments: int, rows_per_batch: int, pad_id: int,
                  packing: bool = True, padding_side: str = "right", seed: int = 0, shuffle: bool = True):
         if not enc.units:
-            raise ValueError("no training examples left (after subsetting and the over-length policy)")
+            raise ConfigError("no training examples left (after subsetting and the over-length policy)")
         self.enc, self.seq_len, self.rows = enc, seq_len, rows_per_batch
         self.unit_size = max(len(u) for u in enc.units)  # 2 for pairs; a SteerLM 2.0 group's response count
         self.max_segments = max_segments if packing else 1
         if packing and self.max_segments < self.unit_size:
-            raise ValueError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
+            raise ConfigError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
         if rows_per_batch < self.unit_size and (not packing or self._longest_unit() > seq_len):
             # A unit that does not fit one row takes one row per member, all in one micro-batch.
-            raise ValueError(f"train.batch_rows ({rows_per_batch}) must be at least {self.unit_size}: a pair or "
+            raise ConfigError(f"train.batch_rows ({rows_per_batch}) must be at least {self.unit_size}: a pair or "
                              f"group is never split across micro-batches, and one too long for a row of "
                              f"data.seq_len takes a row per member")
         self.pad_id, self.packing, self.padding_side = pad_id, packing, padding_side

@@ -139,15 +139,6 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
 def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any, subset: bool) -> tuple[Encoded, dict]:
     src = resolve_source(source)
     d = cfg.data
-    if d.kind == "pairs":
-        res = load_pairs(src, split, on_bad_row=d.on_bad_row)
-    elif d.kind == "chat":
-        res = load_chat(src, split, on_bad_row=d.on_bad_row)
-    else:
-        res = load_helpsteer(src, split, on_bad_row=d.on_bad_row)
-    rows = res.rows
-    if subset and (d.fraction < 1 or d.max_prompts is not None):
-        rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
     if cfg.task == "steerlm2":
         groups = load_groups(src)  # NeMo-Aligner's SteerLM 2.0 format; errors name file, row and field
         if subset and (d.fraction < 1 or d.max_prompts is not None):
@@ -159,6 +150,15 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
                   "rows_used": len(groups), "truncated": enc.report.truncated,
                   "dropped_overlength": enc.report.dropped, "examples": len(enc.ids), "skipped": []}
         return enc, report
+    if d.kind == "pairs":
+        res = load_pairs(src, split, on_bad_row=d.on_bad_row)
+    elif d.kind == "chat":
+        res = load_chat(src, split, on_bad_row=d.on_bad_row)
+    else:
+        res = load_helpsteer(src, split, on_bad_row=d.on_bad_row)
+    rows = res.rows
+    if subset and (d.fraction < 1 or d.max_prompts is not None):
+        rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
     if cfg.task == "sft":
         enc = encode_sft(rows, tokenizer, d.seq_len, d.template, d.overlength, d.attributes_as_label)
     elif d.kind == "pairs":

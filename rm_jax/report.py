@@ -185,13 +185,16 @@ def _column_values(plan: dict) -> tuple[list, list, dict]:
     for r in runs:
         c = r["config"]
         v = values[r["name"]]
+        if r.get("step") or c.get("task", "rm") != "rm":
+            continue  # the base config's training columns say nothing about a step or a policy
         v["data_fraction"] = c["data"]["fraction"]
         v["attribute_loss_weights"] = r["labels"].get("loss.attribute_weights") or attribute_weights_label(
             c["loss"]["attribute_weights"], plan["attributes"])
         for col, sec, key in VARYING_COLUMNS:
             v[col] = c[sec][key]
     fixed = ["data_fraction", "attribute_loss_weights"]
-    extra = [col for col, _, _ in VARYING_COLUMNS if len({json.dumps(values[r["name"]][col]) for r in runs}) > 1]
+    trained = [r for r in runs if not r.get("step") and r["config"].get("task", "rm") == "rm"]
+    extra = [col for col, _, _ in VARYING_COLUMNS if len({json.dumps(values[r["name"]][col]) for r in trained}) > 1]
     for key in plan.get("varying", []):
         if key not in _AXIS_OF:
             extra.append(key)

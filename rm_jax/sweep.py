@@ -100,9 +100,13 @@ def format_plan(plan: Plan, statuses: Optional[dict] = None) -> str:
     exp = plan.experiment
     runs = plan.runs
     ev = [lab for lab, _ in runs[0].evals] if runs else []
+    rms = [r for r in runs if not r.step and r.config.get("task", "rm") == "rm"]
+    steps = [r for r in runs if r.step]
     lines = [f"experiment {exp.path} -> sweep folder {exp.sweep_dir}",
-             f"{len(runs)} training run(s) (task indices 0-{len(runs) - 1}); {len(runs) * len(ev)} result rows: "
-             f"each run scored under {len(ev)} reward weighting(s) from its saved predictions: {', '.join(ev)}"]
+             f"{len(runs) - len(steps)} training run(s)" + (f" and {len(steps)} step(s)" if steps else "")
+             + f" (task indices 0-{len(runs) - 1}); {len(rms) * len(ev)} reward-model result rows: each RM scored "
+             f"under {len(ev)} reward weighting(s) from its saved predictions: {', '.join(ev)}"
+             + (f"; {sum(r.step == 'steer_eval' for r in steps)} policy evaluation row(s)" if steps else "")]
     axes = [f"{a.key} [{', '.join(a.labels)}]" for a in exp.grid]
     axes += ["zip(" + ", ".join(f"{a.key} [{', '.join(a.labels)}]" for a in g) + ")" for g in exp.zips]
     if axes:
@@ -136,6 +140,9 @@ def _describe(r: Run) -> str:
                                    "scratch " + ",".join(f"{k}={v}" for k, v in c["model"]["arch"].items()
                                                          if k in ("hidden_size", "num_hidden_layers")))
     steps = f"{c['train']['max_steps']} steps" if c["train"]["max_steps"] else f"{c['train']['epochs']:g} epochs"
+    if c.get("task", "rm") != "rm":
+        data = c["data"]["train"] + (", SteerLM labels" if c["data"]["attributes_as_label"] else "")
+        return f"task {c['task']}: {model}; data {data}; lr {c['train']['lr']:g}; {steps}; seed {c['train']['seed']}"
     if c["loss"]["type"] == "mse":
         loss = f"mse on {attribute_weights_label(c['loss']['attribute_weights'], c['model']['attributes'])}"
     else:

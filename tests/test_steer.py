@@ -105,6 +105,18 @@ def test_bad_samples_are_named(models, tmp_path, capsys, row, field, needle):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_empty_responses_skipped_on_request(models, tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "", "b"]}) + "\n"
+                       + json.dumps({"prompt": "no", "attributes": "verbosity:1", "responses": ["", "c"]}) + "\n")
+    out = tmp_path / "g.jsonl"
+    assert main(["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", str(samples),
+                 "--output", str(out), "--sigma", SIGMA, "--skip-empty", "--no-progress"]) == 0
+    assert "skipped 2 empty responses and 1 groups left with fewer than 2" in capsys.readouterr().out
+    groups = load_groups(str(out))
+    assert len(groups) == 1 and groups[0].responses == ["a", "b"]
+
+
 def test_sigma_is_required_when_the_rm_has_no_validation_rmse(models, labelled, tmp_path, capsys):
     assert main(["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", labelled[0],
                  "--output", str(tmp_path / "o.jsonl")]) == 1

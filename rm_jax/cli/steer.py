@@ -20,6 +20,8 @@ def main(argv: Sequence[str]) -> int:
     lb.add_argument("--sigma", default=None, help="P(a|x,y) widths: one number or five (default: the RM's "
                                                   "validation RMSE per attribute)")
     lb.add_argument("--batch-size", type=int, default=16)
+    lb.add_argument("--skip-empty", action="store_true", help="leave out empty responses (counted) instead of "
+                                                               "stopping; a group left with one response goes too")
     lb.add_argument("--no-progress", action="store_true")
     ev = sub.add_parser("eval", help="requested vs RM-predicted attributes of a policy's samples")
     ev.add_argument("--policy", required=True)
@@ -41,9 +43,11 @@ def main(argv: Sequence[str]) -> int:
     if a.cmd == "label":
         from rm_jax.steer.label import label_samples
         rep = label_samples(a.input, a.policy, a.rm, a.output, sft=a.sft, sigma=a.sigma, batch_size=a.batch_size,
-                            progress=not a.no_progress)
+                            skip_empty=a.skip_empty, progress=not a.no_progress)
         print(f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
-              f"{rep['log_p_y_given_x']}")
+              f"{rep['log_p_y_given_x']}"
+              + (f"; skipped {rep['skipped'].get('empty_responses', 0)} empty responses and "
+                 f"{rep['skipped'].get('groups', 0)} groups left with fewer than 2" if rep["skipped"] else ""))
         return 0
     from rm_jax.steer.evaluate import EVAL_FILE, format_steer_eval, steer_eval
     res = steer_eval(a.policy, a.rm, a.input, a.output, targets=a.targets, k=a.k, prompts=a.prompts,

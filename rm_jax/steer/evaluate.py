@@ -29,20 +29,21 @@ DEFAULT_TARGETS = tuple(f"helpfulness:4,correctness:4,coherence:4,complexity:{c}
 
 def steer_eval(policy: Any, rm: str, input: str, output: str, *, targets: Optional[Sequence[Any]] = None, k: int = 4,
                prompts: Optional[int] = 16, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 128,
-               seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
+               seed: int = 0, batch_size: int = 8, split: str = "validation", devices: str = "one",
+               dtype: str = "float32", progress: bool = True) -> dict:
     """Evaluate ``policy`` (a folder or a loaded Policy) with the RM folder ``rm``; returns the results dict."""
-    from rm_jax.policy import generate, load_policy
-    from rm_jax.runs import load_scoring_model
+    from rm_jax.policy import generate
+    from rm_jax.steer.models import policy as load, reward_model
     if k < 1:
         raise InputError(f"--k: must be at least 1, got {k}")
     labels = targets_as_labels(targets) or list(DEFAULT_TARGETS)
     requested = [parse_attribute_label(lab) for lab in labels]
-    items = read_prompts(input, prompts)
-    pol = load_policy(policy) if isinstance(policy, str) else policy
+    items = read_prompts(input, prompts, split=split)
+    pol = load(policy, devices, dtype)
     jobs = [(p, t) for t in range(len(labels)) for p in items]
     texts = generate(pol, [labelled(p, labels[t]) for p, t in jobs], n=k, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    rm_model = load_scoring_model(rm)
+    rm_model = reward_model(rm, devices, dtype)
     names = list(rm_model.attributes)
     rows, target_of = [], []
     for (p, t), ys in zip(jobs, texts):

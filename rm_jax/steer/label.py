@@ -26,9 +26,13 @@ from rm_jax.steer.attribute_model import log_p_attributes, resolve_sigma
 from rm_jax.steer.prompts import prompt_from_row
 
 
-def read_samples(path: str) -> list[tuple[list[Message], str, list[str], dict]]:
-    """(prompt messages, label, responses, kept row) per sample row; errors name file, line and field."""
+def read_samples(path: str, skip_empty: bool = False,
+                 skipped: Optional[dict] = None) -> list[tuple[list[Message], str, list[str], dict]]:
+    """(prompt messages, label, responses, kept row) per sample row; errors name file, line and field.
+    ``skip_empty``: an empty response (a policy that ended its turn at once) is left out instead, and a
+    group left with fewer than 2 responses too; both counted in ``skipped``."""
     out = []
+    skipped = skipped if skipped is not None else {}
     for lineno, row in iter_jsonl(path):
         where = f"{path}: line {lineno}"
         p = prompt_from_row(row, where)
@@ -39,28 +43,36 @@ def read_samples(path: str) -> list[tuple[list[Message], str, list[str], dict]]:
             raise InputError(f"{where}, field 'responses': a group needs at least 2 responses, got "
                              f"{len(ys) if isinstance(ys, list) else type(ys).__name__}")
         for j, y in enumerate(ys):
-            if not isinstance(y, str) or not y.strip():
+            if not isinstance(y, str) or (not y.strip() and not skip_empty):
                 raise InputError(f"{where}, field 'responses[{j}]': empty or not a string")
-        out.append((p.messages, p.label, ys, p.row))
+        kept = [y for y in ys if y.strip()]
+        if len(kept) < len(ys):
+            skipped["empty_responses"] = skipped.get("empty_responses", 0) + len(ys) - len(kept)
+        if len(kept) < 2:
+            skipped["groups"] = skipped.get("groups", 0) + 1
+            continue
+        out.append((p.messages, p.label, kept, p.row))
     if not out:
         raise InputError(f"{path}: no samples")
     return out
 
 
 def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optional[Any] = None,
-                  sigma: Optional[Any] = None, batch_size: int = 16, progress: bool = True) -> dict:
+                  sigma: Optional[Any] = None, batch_size: int = 16, skip_empty: bool = False,
+                  devices: str = "one", dtype: str = "float32", progress: bool = True) -> dict:
     """Write ``output`` (NeMo-format groups); returns a report. ``policy``/``sft``: folders or loaded
     :class:`rm_jax.policy.Policy`; ``rm``: an RM folder (HF or run); ``sigma``: see
     :func:`rm_jax.steer.attribute_model.resolve_sigma` (default: the RM's validation RMSE)."""
-    from rm_jax.policy import load_policy, response_logprobs
-    from rm_jax.runs import load_scoring_model
-    samples = read_samples(input)
+    from rm_jax.policy import response_logprobs
+    from rm_jax.steer.models import policy as load, reward_model
+    skipped: dict = {}
+    samples = read_samples(input, skip_empty, skipped)
     sig = resolve_sigma(rm, sigma)
-    rm_model = load_scoring_model(rm)
+    rm_model = reward_model(rm, devices, dtype)
     if list(rm_model.attributes) != list(ATTRIBUTES):
         raise InputError(f"--rm {rm}: predicts {rm_model.attributes}, not the five HelpSteer2 attributes")
-    pol = load_policy(policy) if isinstance(policy, str) else policy
-    uncond = (load_policy(sft) if isinstance(sft, str) else sft) if sft is not None else pol
+    pol = load(policy, devices, dtype)
+    uncond = load(sft, devices, dtype) if sft is not None else pol
 
     flat_prompt, flat_label, flat_y = [], [], []
     for msgs, label, ys, _ in samples:
@@ -89,7 +101,7 @@ def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optiona
     if not np.all(np.isfinite(log_pa)) or not np.all(np.isfinite(log_q)) or not np.all(np.isfinite(log_py)):
         raise InputError(f"{input}: a log-probability came out non-finite; nothing written")
     write_jsonl(output, records)
-    return {"groups": len(records), "responses": len(rows), "sigma": sig,
+    return {"groups": len(records), "responses": len(rows), "sigma": sig, "skipped": skipped,
             "log_p_y_given_x": os.path.abspath(sft) if isinstance(sft, str) else
             ("the given sft model" if sft is not None else "the sampling policy without the label"),
             "mean_response_tokens": float(np.mean(n_tokens)) if len(rows) else 0.0}

@@ -13,15 +13,19 @@ from rm_jax.steer.prompts import labelled, read_prompts, targets_as_labels
 
 def sample_prompts(policy: Any, input: str, output: str, *, n: int = 4, targets: Optional[Sequence[Any]] = None,
                    prompts: Optional[int] = None, temperature: float = 1.0, top_p: float = 1.0,
-                   max_new_tokens: int = 128, seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
-    """``policy``: a loaded :class:`rm_jax.policy.Policy` or its folder. Each prompt is sampled under its own
-    label (its ``"attributes"``, else its HelpSteer2 values), or under each of ``targets``."""
+                   max_new_tokens: int = 128, seed: int = 0, batch_size: int = 8, split: str = "train",
+                   devices: str = "one", dtype: str = "float32", progress: bool = True) -> dict:
+    """``policy``: a loaded :class:`rm_jax.policy.Policy` or its folder; ``input``: prompts (see
+    :func:`rm_jax.steer.prompts.read_prompts`; HelpSteer2 data reads its ``split``, the training prompts by
+    default). Each prompt is sampled under its own label (its ``"attributes"``, else its HelpSteer2
+    values), or under each of ``targets``."""
     from rm_jax.errors import InputError
-    from rm_jax.policy import generate, load_policy
+    from rm_jax.policy import generate
+    from rm_jax.steer.models import policy as load
     if n < 2:
         raise InputError(f"n: SteerLM 2.0 groups need at least 2 responses per (prompt, label), got {n}")
-    pol = load_policy(policy) if isinstance(policy, str) else policy
-    items = read_prompts(input, prompts)
+    pol = load(policy, devices, dtype)
+    items = read_prompts(input, prompts, split=split)
     labels = targets_as_labels(targets)
     jobs = [(p, lab) for p in items for lab in (labels or [p.label])]
     missing = [i for i, (p, lab) in enumerate(jobs) if lab is None]

@@ -2,9 +2,12 @@
 
 Import reads one tensor at a time with safetensors' numpy API and places it straight onto its
 target sharding (each device receives only its slice), so a model larger than one device loads.
-``*ForCausalLM`` folders get a freshly initialised head; ``*ForSequenceClassification`` folders
-keep theirs (``id2label`` names the attributes). Export writes a ``*ForSequenceClassification``
-folder that transformers loads and scores exactly as rm_jax does. No torch, no pickles.
+Reward models: ``load_hf_reward_model`` reads ``*ForSequenceClassification`` folders with their head
+(``id2label`` names the attributes) and ``*ForCausalLM`` folders with a freshly initialised head
+(``task: rm`` from a base LM); ``export_hf`` writes a ``*ForSequenceClassification`` folder that
+transformers loads and scores exactly as rm_jax does. Causal LMs (policies): ``load_hf_causal_lm`` reads
+``*ForCausalLM`` folders with their LM head (tied or untied) and ``export_hf_causal_lm`` writes one.
+One tensor-name map (``tensor_maps``) serves all four directions. No torch, no pickles.
 """
 
 from __future__ import annotations
@@ -452,6 +455,20 @@ def export_hf(cfg: DecoderConfig, params: Any, out_dir: str, attribute_names: Se
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def export_hf_causal_lm(cfg: DecoderConfig, params: Any, out_dir: str, tokenizer: Any = None,
+                        base_hf_config: Optional[dict] = None, max_shard_bytes: int = 5 * 2**30,
+                        extra: Optional[dict] = None) -> str:
+    """Write a ``*ForCausalLM`` folder (``AutoModelForCausalLM.from_pretrained`` gives the same logits):
+    config.json (with the tokenizer's bos/eos ids, so transformers' ``generate`` stops where rm_jax does),
+    safetensors (``lm_head.weight`` unless the head is tied to the embedding), and the tokenizer with its
+    chat template. See :func:`export_hf`."""
+    if cfg.head != "lm":
+        raise ValueError(f"export_hf_causal_lm: the config has a {cfg.head!r} head; use export_hf for reward models")
+    ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id")} if tokenizer is not None else {}
+    ids = {k: int(v) for k, v in ids.items() if isinstance(v, int)}
+    return export_hf(cfg, params, out_dir, (), tokenizer, base_hf_config, max_shard_bytes, {**ids, **(extra or {})})
 
 
 def _pad_token_id(tokenizer: Any, base: Optional[dict]) -> Optional[int]:

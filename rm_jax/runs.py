@@ -19,8 +19,8 @@ from rm_jax.config import CheckpointConfig
 from rm_jax.conversation import resolve_template
 from rm_jax.errors import CheckpointError, ConfigError, ModelLoadError
 from rm_jax.files import read_json
-from rm_jax.hf_io import export_hf, load_hf_reward_model, load_tokenizer
-from rm_jax.models import abstract_params, param_shardings_for
+from rm_jax.hf_io import export_hf, export_hf_causal_lm, load_hf_reward_model, load_tokenizer
+from rm_jax.models import abstract_params, param_shardings_for, relayout_params
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import make_mesh
 
@@ -55,8 +55,13 @@ def _log(msg: str) -> None:
 
 
 def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optional[int] = None) -> Any:
-    """Parameters of a run's best checkpoint (else its latest), placed on ``mesh``. Without an explicit
-    ``step``, an unreadable kept checkpoint falls back to the newest readable one, and says so."""
+    """Parameters of a run's best checkpoint (else its latest), placed on ``mesh`` in ``dcfg``'s layer layout
+    (whatever layout the run trained with), for either head. Without an explicit ``step``, an unreadable
+    kept checkpoint falls back to the newest readable one, and says so."""
+    trained = _trained_scan_layers(run_dir)
+    if trained is not None and trained != dcfg.scan_layers:  # read the layout it was saved in, then convert
+        stored = restore_run_params(run_dir, dcfg.replace(scan_layers=trained), mesh, step)
+        return relayout_params(stored, dcfg, mesh)
     ck = Checkpointer(os.path.join(run_dir, "checkpoints"), CheckpointConfig(async_save=False))
     try:
         target = abstract_with_shardings(abstract_params(dcfg), param_shardings_for(dcfg, mesh))
@@ -72,10 +77,24 @@ def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optio
         ck.close()
 
 
-def load_run(path: str, mesh: Any, dtype: str = "float32", step: Optional[int] = None) -> tuple:
-    """(decoder config, params on ``mesh``, meta, tokenizer) of a run folder's kept checkpoint."""
+def _trained_scan_layers(run_dir: str) -> Optional[bool]:
+    """The layer layout a run's checkpoints hold (``model.scan_layers`` of its config.yaml: a run option,
+    so model_meta.json does not record it); None when the run has no config.yaml."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    import yaml
+    with open(path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    return bool((cfg.get("model") or {}).get("scan_layers", False))
+
+
+def load_run(path: str, mesh: Any, dtype: str = "float32", step: Optional[int] = None, **run_options: Any) -> tuple:
+    """(decoder config, params on ``mesh``, meta, tokenizer) of a run folder's kept checkpoint (a reward
+    model or a causal LM: ``meta["decoder"]["head"]``). run_options are DecoderConfig run fields
+    (remat, scan_layers, attention, ...), applied before the parameters are laid out."""
     meta = read_meta(path)
-    cfg = DecoderConfig(**meta["decoder"], dtype=dtype)
+    cfg = DecoderConfig(**{**meta["decoder"], "dtype": dtype, **run_options})
     return cfg, restore_run_params(path, cfg, mesh, step), meta, load_tokenizer(meta["tokenizer"])
 
 
@@ -102,11 +121,12 @@ def export_run(run_dir: str, out_dir: str, step: Optional[int] = None) -> str:
         raise ConfigError(f"{run_dir}: not an rm_jax run folder (no {META})")
     cfg, params, meta, tok = load_run(run_dir, make_mesh(devices=jax.devices()[:1]), step=step)
     tok.chat_template = resolve_template(tok, meta.get("template"))
-    extra = None
-    if cfg.head == "reward":
+    if cfg.head == "lm":
+        out = export_hf_causal_lm(cfg, params, out_dir, tok, meta.get("hf_config"))
+    else:
         rmse = _validation_rmse(run_dir, meta["attributes"])
         extra = {"rm_jax": {"validation_rmse": rmse}} if rmse else None
-    out = export_hf(cfg, params, out_dir, meta["attributes"], tok, meta.get("hf_config"), extra=extra)
+        out = export_hf(cfg, params, out_dir, meta["attributes"], tok, meta.get("hf_config"), extra=extra)
     check_exported_tokenizer(tok, out)
     return out
 

@@ -15,6 +15,8 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
   score_parity  ``rm-jax score``'s path (rm_jax.hf_io + rm_jax.scoring.Scorer) in float32 on this
                 device against transformers float32 on the CPU, tiny random llama and qwen3 RMs; with
                 the shipped precision (highest for float32) and with ``matmul_precision=default``
+  generate      the same shape with an LM head: rm_jax's KV-cache sampler (``rm-jax lm generate``'s path)
+                against transformers ``generate``, greedy, bf16, 8 prompts x (256 + 128 new) tokens
 
 Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
 memory, and a failure or a time-out in one (say, out of memory) is recorded without losing the
@@ -23,7 +25,7 @@ torch_dense), ``ratio_real_tokens_vs_trl_padded`` (real tokens/s against torch_t
 checks the issue's floors, prints one JSON object (also $OUT/bench_gpu.json when OUT is set) and a
 short table last. ``--smoke`` runs tiny shapes anywhere, CPU included, to prove the script.
 
-Adding a section (a generate or serving line): write ``def section_NAME(a) -> dict`` that measures
+Adding a section (a serving line, say): write ``def section_NAME(a) -> dict`` that measures
 one thing and returns JSON-able numbers, register it in ``SECTIONS`` with a time limit, and add its
 name to ``DEFAULT_PLAN`` (or pass ``--sections``); derived figures go in ``derive``.
 """
@@ -327,15 +329,88 @@ def section_score_parity(a: argparse.Namespace) -> dict:
     return out
 
 
+class _EosFree:
+    """The sampler's view of a tokenizer (end of turn, padding) for a random-id benchmark: an EOS id no token
+    has, so every row runs the full --gen-new tokens, as transformers does with eos_token_id=None."""
+    eos_token_id, pad_token_id = -1, 0
+
+
+def section_generate(a: argparse.Namespace) -> dict:
+    """Decoding: rm_jax's KV-cache sampler (``rm_jax.policy.generate_tokens``: prefill + a jitted while loop)
+    against transformers ``generate`` (sdpa, bf16 weights, its default dynamic KV cache),
+    both greedy on the same model shape with an LM head, gen_batch prompts of gen_prompt random tokens,
+    exactly gen_new new tokens each (no EOS), bf16 compute. rm_jax keeps float32 parameters and decodes with
+    a bf16 copy made once per call. Calls interleaved; medians of new tokens per second."""
+    import jax
+    import torch
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from rm_jax.models import init_params
+    from rm_jax.models.llama import DecoderConfig
+    from rm_jax.policy import Policy, generate_tokens
+    from rm_jax.sharding import make_mesh
+    spec = arch(a.smoke)
+    cfg = DecoderConfig(model_type="llama", head="lm", dtype="bfloat16", scan_layers=not a.no_scan, **spec)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    policy = Policy(cfg, init_params(cfg, mesh, a.seed), _EosFree(), None, mesh)
+    rng = np.random.default_rng(a.seed)
+    prompts = [rng.integers(3, spec["vocab_size"], a.gen_prompt).astype(np.int32) for _ in range(a.gen_batch)]
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hf = LlamaConfig(pad_token_id=0, attention_bias=False, mlp_bias=False, **spec)
+    hf._attn_implementation = "sdpa"
+    torch.manual_seed(a.seed)
+    with dev:
+        tm = LlamaForCausalLM(hf).to(torch.bfloat16).eval()
+    ids = torch.as_tensor(np.stack(prompts).astype(np.int64), device=dev)
+    mask = torch.ones_like(ids)
+
+    def run_jax() -> float:
+        t = time.perf_counter()
+        out = generate_tokens(policy, prompts, greedy=True, max_new_tokens=a.gen_new, batch_size=a.gen_batch)
+        assert all(len(x) == a.gen_new for per in out for x, _ in per)
+        return time.perf_counter() - t
+
+    def run_torch() -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = tm.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=a.gen_new,
+                              min_new_tokens=a.gen_new, eos_token_id=None, pad_token_id=0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        assert out.shape[1] == a.gen_prompt + a.gen_new
+        return time.perf_counter() - t
+
+    warm_j, warm_t = run_jax(), run_torch()
+    log(f"generate: warm-up rm_jax {warm_j:.1f} s (compile included), torch {warm_t:.1f} s")
+    jt, tt = [], []
+    for _ in range(a.steps):
+        jt.append(run_jax())
+        tt.append(run_torch())
+    new = a.gen_batch * a.gen_new
+    out = {"batch": a.gen_batch, "prompt_tokens": a.gen_prompt, "new_tokens": a.gen_new, "greedy": True,
+           "rm_jax_tokens_per_s": new / statistics.median(jt), "torch_tokens_per_s": new / statistics.median(tt),
+           "rm_jax_call_s_all": [round(x, 3) for x in jt], "torch_call_s_all": [round(x, 3) for x in tt],
+           "rm_jax_warmup_s": round(warm_j, 2), "kernel": "cached dense (decode), prefill likewise",
+           "scan_layers": cfg.scan_layers, "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
+           "torch": torch.__version__, "transformers": transformers.__version__}
+    out["ratio_vs_transformers_generate"] = out["rm_jax_tokens_per_s"] / out["torch_tokens_per_s"]
+    log(f"generate: rm_jax {out['rm_jax_tokens_per_s']:.0f} tok/s, transformers {out['torch_tokens_per_s']:.0f} "
+        f"tok/s ({out['ratio_vs_transformers_generate']:.2f}x)")
+    return out
+
+
 # name -> (function, time limit in seconds on the GPU)
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], int]] = {
     "peak": (section_peak, 120),
     "torch_dense": (section_torch_dense, 180),
     "torch_trl": (section_torch_trl, 180),
     "score_parity": (section_score_parity, 180),
+    "generate": (section_generate, 240),
 }
 # The headline variant first; the slow xla variant last, where a time-out costs least.
-DEFAULT_PLAN = ["peak", "rm_jax:auto", "torch_dense", "torch_trl", "score_parity", "rm_jax:cudnn_dense",
+DEFAULT_PLAN = ["peak", "rm_jax:auto", "torch_dense", "torch_trl", "score_parity", "generate", "rm_jax:cudnn_dense",
                 "rm_jax:xla"]
 RM_JAX_LIMIT_S = 240
 
@@ -393,7 +468,7 @@ def table(res: dict) -> str:
     lines = ["| section | kernel | step | tok/s | real tok/s | MFU | x torch dense | x TRL padded | peak mem |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["sections"].items():
-        if name in ("peak", "score_parity"):
+        if name in ("peak", "score_parity", "generate"):
             continue
         if "step_s" not in r and "seconds" not in r:
             why = r.get("skipped") or r.get("error", "?")
@@ -408,6 +483,13 @@ def table(res: dict) -> str:
     peak = res["sections"].get("peak", {})
     if "best_flops" in peak:
         lines.append(f"peak bf16 jnp.dot {peak['n']}^3: {peak['best_flops'] / 1e12:.1f} TFLOP/s ({peak['device_kind']})")
+    gen = res["sections"].get("generate", {})
+    if "ratio_vs_transformers_generate" in gen:
+        lines.append(f"generate (batch {gen['batch']}, {gen['prompt_tokens']} + {gen['new_tokens']} tokens, greedy, bf16): "
+                     f"rm_jax {gen['rm_jax_tokens_per_s']:,.0f} tok/s, transformers {gen['torch_tokens_per_s']:,.0f} "
+                     f"tok/s = {gen['ratio_vs_transformers_generate']:.2f}x")
+    elif gen:
+        lines.append(f"generate: {gen.get('skipped') or gen.get('error', '?')}"[:200])
     for fam, r in res["sections"].get("score_parity", {}).items():
         if isinstance(r, dict):
             lines.append(f"score parity {fam}: {r['max_abs_diff_shipped']:.2e} "
@@ -495,6 +577,9 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--remat", default="dots_no_batch", choices=["none", "full", "dots", "dots_no_batch"])
     ap.add_argument("--no-scan", action="store_true", help="unrolled layers (slower compile) instead of scanned")
     ap.add_argument("--peak-n", type=int, default=8192)
+    ap.add_argument("--gen-batch", type=int, default=8, help="generate section: prompts decoded together")
+    ap.add_argument("--gen-prompt", type=int, default=None, help="generate section: prompt tokens (default 256, smoke 16)")
+    ap.add_argument("--gen-new", type=int, default=None, help="generate section: new tokens (default 128, smoke 8)")
     ap.add_argument("--budget-s", type=float, default=560, help="whole-run budget; sections past it are skipped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)  # internal: run one section here
@@ -502,6 +587,8 @@ def main(argv: Optional[list] = None) -> int:
     a.seq_len = a.seq_len or (256 if a.smoke else 4096)
     a.rows = a.rows or (2 if a.smoke else 4)
     a.steps = a.steps or (2 if a.smoke else 6)
+    a.gen_prompt = a.gen_prompt or (16 if a.smoke else 256)
+    a.gen_new = a.gen_new or (8 if a.smoke else 128)
     if a.section:
         return child(a)
     return parent(a, argv)

@@ -9,7 +9,6 @@ fake trainer that writes what train() writes.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import os
@@ -55,20 +54,6 @@ def cache_dir(tmp_path_factory):
     for k, v in old.items():
         jax.config.update(k, v)
     cc.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory):
-    """Small HelpSteer2-format train / validation files cut from the bundled sample."""
-    d = tmp_path_factory.mktemp("data")
-    out = {}
-    for split, n in (("train", 160), ("validation", 60)):
-        with gzip.open(os.path.join(resolve_source("bundled"), f"{split}.jsonl.gz"), "rt") as f:
-            lines = [next(f) for _ in range(n)]
-        p = d / f"{split}.jsonl"
-        p.write_text("".join(lines))
-        out[split] = str(p)
-    return out
 
 
 def tiny_base(data_files, steps=4, every=2):

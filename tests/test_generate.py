@@ -1,25 +1,24 @@
-"""Sampling and log-probs of policies against transformers: greedy decoding gives generate()'s token ids,
-response log-probs equal a torch forward pass, sampling is deterministic per seed and independent of
-batching, top-p keeps exactly the nucleus; `rm-jax lm` rows and their errors."""
+"""Sampling from policies: greedy decoding gives transformers generate()'s token ids (four families, a
+labelled prompt, a batch of different prompt lengths), sampling is deterministic per seed and independent
+of batching and of the mesh, EOS stops a row, and top-p keeps exactly the nucleus (edge cases included)."""
 
 from __future__ import annotations
-
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rm_jax.cli import main
-from rm_jax.conversation import encode_prompts, encode_responses, row_to_messages, with_label
-from rm_jax.policy import generate, load_policy, response_logprobs
+from rm_jax.conversation import encode_prompts, with_label
+from rm_jax.errors import InputError
+from rm_jax.policy import generate, generate_tokens, load_policy
 from rm_jax.policy.generate import sample_token
 from tests.hf_fixtures import make_hf_causal_lm_with_tokenizer
 
 PROMPTS = [[{"role": "user", "content": "What is the capital of France?"}],
            with_label([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a red fruit."}],
-                      "helpfulness:4,verbosity:0")]
+                      "helpfulness:4,verbosity:0"),
+           [{"role": "user", "content": "Hi"}]]
 
 
 @pytest.fixture(scope="module", params=[("llama", False), ("mistral", False), ("qwen2", False), ("qwen3", True)],
@@ -31,91 +30,119 @@ def lm(request, tmp_path_factory):
     return d, model, tok, load_policy(d)
 
 
+def _hf_greedy(model, tok, prompt, max_new):
+    import torch
+    with torch.no_grad():
+        out = model.generate(torch.as_tensor(prompt[None].astype(np.int64)),
+                             attention_mask=torch.ones(1, len(prompt), dtype=torch.long), max_new_tokens=max_new,
+                             do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    theirs = out[0, len(prompt):].numpy().tolist()
+    return theirs[: theirs.index(tok.eos_token_id) + 1] if tok.eos_token_id in theirs else theirs
+
+
 def test_greedy_equals_transformers_generate(lm):
-    import torch
+    """Three prompts of different lengths decoded together (left-padded in one batch) against transformers
+    on each prompt alone."""
     _, model, tok, pol = lm
-    prompts = encode_prompts(tok, PROMPTS)
-    gen = generate(pol, PROMPTS, greedy=True, max_new_tokens=12, return_tokens=True, batch_size=2)
-    for p, ids in zip(prompts, gen.tokens):
-        with torch.no_grad():
-            out = model.generate(torch.as_tensor(p[None].astype(np.int64)), attention_mask=torch.ones(1, len(p),
-                                 dtype=torch.long), max_new_tokens=12, do_sample=False,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        theirs = out[0, len(p):].numpy().tolist()
-        if tok.eos_token_id in theirs:
-            theirs = theirs[: theirs.index(tok.eos_token_id) + 1]
+    gen = generate(pol, PROMPTS, greedy=True, max_new_tokens=12, return_tokens=True, batch_size=3)
+    for p, ids, done in zip(encode_prompts(tok, PROMPTS), gen.tokens, gen.finished):
+        theirs = _hf_greedy(model, tok, p, 12)
         assert ids[0].tolist() == theirs
+        assert done[0] == (theirs[-1] == tok.eos_token_id)
+    assert gen.lengths == [[len(t[0])] for t in gen.tokens]
+    assert generate(pol, PROMPTS, temperature=0, max_new_tokens=12, batch_size=3) == gen.texts  # temperature 0
 
 
-def test_response_logprobs_equal_a_torch_forward_pass(lm):
-    import torch
-    _, model, tok, pol = lm
-    convs = [p + [{"role": "assistant", "content": r}] for p, r in zip(PROMPTS, ["Paris is.", "An apple, surely."])]
-    lp, count = response_logprobs(pol, convs + convs[:1], max_segments=4)  # the first twice, packed together
-    ids, starts = encode_responses(tok, convs)
-    for i, (x, s) in enumerate(zip(ids, starts)):
-        with torch.no_grad():
-            logits = model(input_ids=torch.as_tensor(x[None].astype(np.int64))).logits[0].double()
-        ref = torch.log_softmax(logits, -1)[torch.arange(s - 1, len(x) - 1), torch.as_tensor(x[s:])].sum().item()
-        assert count[i] == len(x) - s and lp[i] == pytest.approx(ref, abs=1e-4)
-    assert lp[2] == pytest.approx(lp[0], abs=1e-5)
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("pol_sampling"))
+    make_hf_causal_lm_with_tokenizer("llama", d, seed=6)
+    return d
 
 
-def test_sampling_is_deterministic_and_batch_independent(lm):
-    _, _, _, pol = lm
-    kw = dict(n=3, temperature=1.0, max_new_tokens=8, seed=11)
-    a = generate(pol, PROMPTS, batch_size=4, **kw)
-    assert a == generate(pol, PROMPTS, batch_size=4, **kw)
-    assert a == generate(pol, PROMPTS, batch_size=1, **kw)  # each sequence's randomness is its own
-    assert a != generate(pol, PROMPTS, batch_size=4, **{**kw, "seed": 12})
-    assert len(a) == 2 and all(len(r) == 3 for r in a)
+def test_sampling_is_deterministic_and_independent_of_batching(llama):
+    pol = load_policy(llama)
+    prompts = encode_prompts(pol.tokenizer, PROMPTS)
+    kw = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=11)
+    a = generate_tokens(pol, prompts, batch_size=4, **kw)
+    flat = lambda res: [ids.tolist() for per in res for ids, _ in per]  # noqa: E731
+    assert flat(a) == flat(generate_tokens(pol, prompts, batch_size=4, **kw))
+    assert flat(a) == flat(generate_tokens(pol, prompts, batch_size=9, **kw))  # each sequence's randomness is its own
+    assert flat(a) != flat(generate_tokens(pol, prompts, batch_size=4, **{**kw, "seed": 12}))
+    assert len(a) == 3 and all(len(r) == 3 for r in a)
+    assert len({tuple(x) for x in flat(a)}) > 1  # samples differ from each other
+
+
+def test_sampling_under_a_mesh_equals_one_device(llama):
+    """The same policy on data=2 x tensor=2 (params, cache and activations sharded) samples the same tokens."""
+    from rm_jax.sharding import make_mesh
+    one = load_policy(llama)
+    four = load_policy(llama, mesh=make_mesh(data=2, tensor=2, devices=jax.devices()[:4]))
+    prompts = encode_prompts(one.tokenizer, PROMPTS[:2])
+    kw = dict(n=2, temperature=1.0, max_new_tokens=6, seed=3, batch_size=4)
+    a, b = generate_tokens(one, prompts, **kw), generate_tokens(four, prompts, **kw)
+    assert [[x.tolist() for x, _ in per] for per in a] == [[x.tolist() for x, _ in per] for per in b]
+
+
+def test_eos_stops_a_row(llama):
+    """A head whose EOS column dominates ends every row at once: the response is empty and finished."""
+    pol = load_policy(llama)
+    eos = pol.tokenizer.eos_token_id
+    pol.params = dict(pol.params, lm_head_kernel=pol.params["lm_head_kernel"].at[:, eos].add(1e3))
+    gen = generate(pol, PROMPTS[:2], n=2, max_new_tokens=5, return_tokens=True, seed=1)
+    assert gen.texts == [["", ""], ["", ""]]
+    assert all(t.tolist() == [eos] for per in gen.tokens for t in per)
+    assert gen.finished == [[True, True], [True, True]]
+
+
+_sample = jax.jit(sample_token, static_argnums=(2, 3, 4))
+
+
+def _draws(logits, top_p, temperature=1.0, n=3000):
+    """n draws per row of ``logits`` [R, V] in one call: [n, R]."""
+    logits = jnp.asarray(logits, jnp.float32)
+    rows = logits.shape[0]
+    keys = jax.random.split(jax.random.key(0), n * rows)
+    return np.asarray(_sample(jnp.tile(logits, (n, 1)), keys, temperature, top_p, False)).reshape(n, rows)
 
 
 def test_top_p_keeps_exactly_the_nucleus():
-    logits = jnp.log(jnp.asarray([[0.4, 0.35, 0.25], [0.5, 0.25, 0.25]]))
-    keys = jax.random.split(jax.random.key(0), 4000)
-    draws = np.stack([np.asarray(sample_token(logits, keys[i * 2:i * 2 + 2], 1.0, 0.5, False)) for i in range(2000)])
-    # row 0: 0.4 < 0.5, so the second token joins; the third (0.75 before it) never comes
-    assert set(draws[:, 0]) == {0, 1} and abs((draws[:, 0] == 0).mean() - 0.4 / 0.75) < 0.04
+    logits = np.log([[0.4, 0.35, 0.25], [0.55, 0.225, 0.225], [0.5, 0.3, 0.2]])
+    d = _draws(logits, 0.5)
+    # row 0: 0.4 < 0.5, so the second token joins (renormalised 0.4/0.75); the third never comes
+    assert set(d[:, 0]) == {0, 1} and abs((d[:, 0] == 0).mean() - 0.4 / 0.75) < 0.03
     # row 1: the first token alone reaches 0.5: argmax
-    assert set(draws[:, 1]) == {0}
+    assert set(d[:, 1]) == {0}
+    # ties at the edge of the nucleus stay in together (no arbitrary pick between equal tokens)
+    d = _draws(logits, 0.7)
+    assert set(d[:, 1]) == {0, 1, 2} and set(d[:, 2]) == {0, 1}
     # top_p = 1: every token, in proportion
-    full = np.stack([np.asarray(sample_token(logits, keys[i * 2:i * 2 + 2], 1.0, 1.0, False)) for i in range(2000)])
-    assert abs((full[:, 0] == 2).mean() - 0.25) < 0.04
-    # a tiny top_p is argmax; greedy too
-    tiny = np.asarray(sample_token(logits, keys[:2], 1.0, 1e-6, False))
-    assert tiny.tolist() == [0, 0] and np.asarray(sample_token(logits, keys[:2], 1.0, 1.0, True)).tolist() == [0, 0]
+    d = _draws(logits, 1.0)
+    assert abs((d[:, 0] == 2).mean() - 0.25) < 0.03 and abs((d[:, 2] == 1).mean() - 0.3) < 0.03
+    # a tiny top_p is argmax, and so is greedy
+    assert set(_draws(logits, 1e-6, n=3000).ravel().tolist()) == {0}
+    keys = jax.random.split(jax.random.key(1), 3)
+    assert np.asarray(sample_token(jnp.asarray(logits), keys, 1.0, 1.0, True)).tolist() == [0, 0, 0]
 
 
-def test_lm_cli_rows_and_bad_input(lm, tmp_path, capsys):
-    d, _, _, pol = lm
-    rows = tmp_path / "in.jsonl"
-    rows.write_text(json.dumps({"prompt": "Hi there", "attributes": {"verbosity": 2}, "id": 1}) + "\n"
-                    + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
-    out = tmp_path / "out.jsonl"
-    assert main(["lm", "generate", "--model", d, "--input", str(rows), "--output", str(out), "--n", "2",
-                 "--max-new-tokens", "5", "--seed", "3", "--no-progress"]) == 0
-    got = [json.loads(x) for x in out.read_text().splitlines()]
-    assert got[0]["id"] == 1 and len(got[0]["responses"]) == 2 and len(got[1]["responses"]) == 2
-    scored = tmp_path / "scored.jsonl"
-    resp = tmp_path / "resp.jsonl"
-    resp.write_text(json.dumps({"prompt": "Hi there", "response": "Hello!", "attributes": "verbosity:2"}) + "\n")
-    assert main(["lm", "logprob", "--model", d, "--input", str(resp), "--output", str(scored), "--no-progress"]) == 0
-    rec = json.loads(scored.read_text())
-    conv = row_to_messages({"prompt": "Hi there", "response": "Hello!", "attributes": "verbosity:2"},
-                           with_attributes=True)
-    want, n = response_logprobs(pol, [conv])
-    assert rec["logprob"] == pytest.approx(want[0], abs=1e-6) and rec["response_tokens"] == n[0]
-    capsys.readouterr()
-    for line, needle in [({"prompt": "  "}, "line 1, field 'prompt': empty prompt"),
-                         ({"prompt": "x", "attributes": "verbosity:5"}, "line 1, field 'attributes': verbosity level"),
-                         ({"prompt": "x", "attributes": {"humor": 1}}, "unknown attribute 'humor'"),
-                         ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
-                          "field 'messages[1]': the last message must be the user's turn")]:
-        bad = tmp_path / "bad.jsonl"
-        bad.write_text(json.dumps(line) + "\n")
-        assert main(["lm", "generate", "--model", d, "--input", str(bad), "--output", str(out)]) == 1
-        err = capsys.readouterr().err
-        assert f"{bad}: " in err and needle in err, err
-    assert main(["lm", "generate", "--model", d, "--input", str(rows), "--output", str(out), "--n", "0"]) == 1
-    assert "--n: must be at least 1" in capsys.readouterr().err
+def test_temperature_and_masked_logits():
+    logits = np.log([[0.4, 0.35, 0.25]])
+    # a low temperature sharpens the distribution (and with it the nucleus) towards argmax
+    assert set(_draws(logits, 0.9, temperature=0.05)[:, 0]) == {0}
+    # a high one flattens it: the least likely token comes about a third of the time
+    assert abs((_draws(logits, 1.0, temperature=100.0)[:, 0] == 2).mean() - 1 / 3) < 0.03
+    # -inf logits (a masked vocabulary) are never drawn, with or without top-p
+    masked = np.asarray([[0.0, -np.inf, 0.0, -np.inf]])
+    for p in (1.0, 0.6):
+        assert set(_draws(masked, p)[:, 0]) == {0, 2}
+
+
+def test_settings_that_cannot_sample_are_refused(llama):
+    pol = load_policy(llama)
+    for kw, needle in [(dict(n=0), "--n: must be at least 1"), (dict(top_p=0.0), "--top-p"),
+                       (dict(top_p=1.5), "--top-p"), (dict(temperature=-1.0), "--temperature"),
+                       (dict(max_new_tokens=0), "--max-new-tokens"), (dict(batch_size=0), "--batch-size")]:
+        with pytest.raises(InputError, match=needle):
+            generate_tokens(pol, [np.asarray([1, 2, 3])], **kw)
+    with pytest.raises(InputError, match="positions"):
+        generate_tokens(pol, [np.arange(1, 1000) % 50 + 3], max_new_tokens=100)

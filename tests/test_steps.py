@@ -16,7 +16,7 @@ from rm_jax.errors import ConfigError
 from rm_jax.experiments import expand, load_experiment
 from rm_jax.report import build_report
 from rm_jax.sweep import sweep
-from tests.test_experiments import data_files, fake_train, tiny_base  # noqa: F401  (fixture)
+from tests.test_experiments import fake_train, tiny_base
 
 
 def _exp(tmp_path, data_files, members):

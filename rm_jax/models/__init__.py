@@ -14,7 +14,7 @@ from rm_jax.models.llama import CausalLM, DecoderConfig, KVCache, RewardModel, i
 from rm_jax.sharding import activate, param_shardings
 
 __all__ = ["CausalLM", "DecoderConfig", "KVCache", "RewardModel", "abstract_params", "init_cache", "model_for",
-           "param_logical_specs", "param_shardings_for", "init_params", "apply_model"]
+           "param_logical_specs", "param_shardings_for", "init_params", "apply_model", "relayout_params"]
 
 
 def model_for(cfg: DecoderConfig) -> nn.Module:
@@ -53,6 +53,20 @@ def init_params(cfg: DecoderConfig, mesh: Mesh, seed: int = 0) -> Any:
         return nn.meta.unbox(model_for(cfg).init(key, *_dummy_inputs())["params"])
 
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def relayout_params(params: Any, cfg: DecoderConfig, mesh: Mesh) -> Any:
+    """Parameters in ``cfg``'s layer layout, from either layout: the unrolled ``layers_i`` trees or the
+    stacked ``layers`` tree (``scan_layers``) of the same decoder, placed on ``cfg``'s shardings. A checkpoint
+    saved by a scanned run can thus be read by an unrolled one and the other way round."""
+    n = cfg.num_hidden_layers
+    params = dict(params)
+    if cfg.scan_layers and "layers" not in params and n:
+        params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params.pop(f"layers_{i}") for i in range(n)])
+    elif not cfg.scan_layers and "layers" in params:
+        stacked = params.pop("layers")
+        params.update({f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)})
+    return jax.device_put(params, param_shardings_for(cfg, mesh))
 
 
 def apply_model(cfg: DecoderConfig, params: Any, batch: dict, max_segments: int,

@@ -209,8 +209,8 @@ class Attention(nn.Module):
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
 
         if cache is not None:
-            cache = cache.write(kk, v, segment_ids)
-            out = cached_attention(q, cache, x.shape[1], cfg.sliding_window, prec)
+            cache = cache.write(kk, v)
+            out = cached_attention(q, cache, cfg.sliding_window, prec)
         elif query_index is not None:
             out = pooled_query_attention(q, kk, v, segment_ids, query_index, cfg.sliding_window, prec)
         else:
@@ -229,38 +229,48 @@ class Attention(nn.Module):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class LayerCache:
-    """One layer's keys and values for decoding, in static shapes: k, v [B, Tmax, K, D]; ``valid``
-    [B, Tmax] marks slots holding real tokens (left padding of a batch of prompts is not); ``index``
-    is the first slot the next tokens are written to (the same for every row)."""
-    k: jax.Array
+    """One layer's view of a :class:`KVCache`: the whole stacked buffers and the layer's index. Writing
+    updates the stacked buffer in place (``dynamic_update_slice`` at [layer, :, index]); slicing a layer
+    out and stacking the layers back would copy the whole cache for every decoded token."""
+    k: jax.Array  # [L, B, Tmax, K, D]
     v: jax.Array
-    valid: jax.Array
-    index: jax.Array
+    valid: jax.Array  # [B, Tmax]
+    index: jax.Array  # first slot the current tokens are written to (the same for every row)
+    layer: jax.Array  # int32 scalar
 
-    def write(self, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> "LayerCache":
-        upd = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=1)  # noqa: E731
-        return LayerCache(upd(self.k, k), upd(self.v, v), upd(self.valid, segment_ids > 0), self.index)
+    def write(self, k: jax.Array, v: jax.Array) -> "LayerCache":
+        def upd(buf: jax.Array, new: jax.Array) -> jax.Array:
+            zero = jnp.zeros((), jnp.int32)
+            return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype)[None],
+                                                (self.layer, zero, self.index, zero, zero))
+        return dataclasses.replace(self, k=upd(self.k, k), v=upd(self.v, v))
+
+    def keys_values(self) -> tuple[jax.Array, jax.Array]:
+        """This layer's [B, Tmax, K, D] keys and values."""
+        return (jax.lax.dynamic_index_in_dim(self.k, self.layer, keepdims=False),
+                jax.lax.dynamic_index_in_dim(self.v, self.layer, keepdims=False))
 
 
-def cached_attention(q: jax.Array, cache: LayerCache, length: int, sliding_window: Optional[int],
+def cached_attention(q: jax.Array, cache: LayerCache, sliding_window: Optional[int],
                      precision: Optional[jax.lax.Precision] = None) -> jax.Array:
     """q [B, L, N, D] for the tokens just written at slots index..index+L-1, against every cached slot:
     causal by slot, real slots only (and the sliding window, by slot distance: with left padding a
     slot distance is a position distance). Dense over Tmax: decoding reads the whole cache anyway."""
     b, l, n, d = q.shape
-    kv, tmax = cache.k.shape[2], cache.k.shape[1]
+    keys, values = cache.keys_values()
+    kv, tmax = keys.shape[2], keys.shape[1]
     qg = q.reshape(b, l, kv, n // kv, d)
-    s = jnp.einsum("blkgd,btkd->bkglt", qg, cache.k, preferred_element_type=jnp.float32,
+    s = jnp.einsum("blkgd,btkd->bkglt", qg, keys, preferred_element_type=jnp.float32,
                    precision=precision) * (d ** -0.5)
-    q_slot = cache.index + jnp.arange(length)
+    q_slot = cache.index + jnp.arange(l)
     k_slot = jnp.arange(tmax)
     mask = cache.valid[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, L, Tmax]
     if sliding_window is not None:
         mask &= (q_slot[None, :, None] - k_slot[None, None, :]) < sliding_window
     mask |= k_slot[None, None, :] == q_slot[None, :, None]  # a pad query sees itself: no empty row, no NaN
     s = jnp.where(mask[:, None, None], s, -1e30)
-    p = jax.nn.softmax(s, axis=-1).astype(cache.v.dtype)
-    return jnp.einsum("bkglt,btkd->blkgd", p, cache.v, precision=precision).reshape(b, l, n, d).astype(q.dtype)
+    p = jax.nn.softmax(s, axis=-1).astype(values.dtype)
+    return jnp.einsum("bkglt,btkd->blkgd", p, values, precision=precision).reshape(b, l, n, d).astype(q.dtype)
 
 
 class MLP(nn.Module):
@@ -336,24 +346,38 @@ def last_token_index(segment_ids: jax.Array, max_segments: int) -> tuple[jax.Arr
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Every layer's decoding cache: k, v [L, B, Tmax, K, D]; ``valid`` [B, Tmax] and ``index`` as in
-    :class:`LayerCache` (shared by the layers)."""
+    """Every layer's decoding cache in static shapes: k, v [L, B, Tmax, K, D]; ``valid`` [B, Tmax] marks
+    slots holding real tokens (the left padding of a batch of prompts does not); ``index`` is the first
+    slot the next tokens are written to, the same for every row (prompts are left-padded to one length).
+    Sharded like the activations: batch over (data, fsdp), kv heads over tensor."""
     k: jax.Array
     v: jax.Array
     valid: jax.Array
     index: jax.Array
 
-    def layer(self, i: int) -> LayerCache:
-        return LayerCache(self.k[i], self.v[i], self.valid, self.index)
+    def layer(self, i: Any) -> LayerCache:
+        return LayerCache(self.k, self.v, self.valid, self.index, jnp.asarray(i, jnp.int32))
+
+    def mark(self, segment_ids: jax.Array) -> "KVCache":
+        """The slots the tokens about to be written occupy: real unless their segment is 0 (padding)."""
+        valid = jax.lax.dynamic_update_slice_in_dim(self.valid, segment_ids > 0, self.index, axis=1)
+        return dataclasses.replace(self, valid=valid)
 
     def advanced(self, by: int) -> "KVCache":
         return dataclasses.replace(self, index=self.index + by)
 
+    def constrained(self) -> "KVCache":
+        axes = (None, "act_batch", "act_length", "act_kv_heads", None)
+        return dataclasses.replace(self, k=constrain(self.k, axes), v=constrain(self.v, axes),
+                                   valid=constrain(self.valid, ("act_batch", "act_length")))
+
 
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int) -> KVCache:
+    """An empty cache for ``batch`` rows of up to ``max_len`` tokens (prompt + new tokens), in the compute
+    dtype; under an active mesh (inside a jitted function) it is created sharded."""
     shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
     return KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype),
-                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32)).constrained()
 
 
 def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
@@ -373,15 +397,15 @@ def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: 
         p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), params)
         return layer.apply({"params": p}, x, segment_ids, positions, query_index)
 
-    if cache is not None:  # decoding: no remat, each step reads and writes its layer's cache slice
-        def step(h: jax.Array, xs: tuple) -> tuple:
-            i, k, v = xs
+    if cache is not None:  # decoding: no remat; the stacked cache is carried and updated in place
+        def step(carry: tuple, i: jax.Array) -> tuple:
+            h, k, v = carry
             p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
             h, lc = layer.apply({"params": p}, h, segment_ids, positions, None,
-                                LayerCache(k, v, cache.valid, cache.index))
-            return h, (lc.k, lc.v, lc.valid)
-        x, (k, v, valid) = jax.lax.scan(step, x, (jnp.arange(n, dtype=jnp.int32), cache.k, cache.v))
-        return x, KVCache(k, v, valid[-1], cache.index)
+                                LayerCache(k, v, cache.valid, cache.index, i))
+            return (h, lc.k, lc.v), None
+        (x, k, v), _ = jax.lax.scan(step, (x, cache.k, cache.v), jnp.arange(n, dtype=jnp.int32))
+        return x, dataclasses.replace(cache, k=k, v=v)
 
     if cfg.remat != "none":
         run = jax.checkpoint(run, policy=_remat_policy(cfg.remat), prevent_cse=False)
@@ -411,6 +435,8 @@ def decoder_stack(module: nn.Module, cfg: DecoderConfig, input_ids: jax.Array, s
     x = jnp.take(emb, input_ids, axis=0).astype(dt)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     n = cfg.num_hidden_layers
+    if cache is not None:
+        cache = cache.mark(segment_ids)
     if n == 0:
         return (jnp.take_along_axis(x, last[..., None], axis=1) if last is not None else x), emb, cache
     if cfg.scan_layers:
@@ -421,17 +447,15 @@ def decoder_stack(module: nn.Module, cfg: DecoderConfig, input_ids: jax.Array, s
             stack(cfg, max_segments, name="layers")(x, segment_ids, positions)
         stacked = nn.meta.unbox(module.variables["params"]["layers"])
         x, cache = _scanned_stack(cfg, stacked, x, segment_ids, positions, last, max_segments, full_last_layer, cache)
-        return x, emb, cache
+        return x, emb, (cache.constrained() if cache is not None else None)
     layer_cls = DecoderLayer
     if cfg.remat != "none" and cache is None:
         layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat))
     if cache is not None:
-        ks, vs = [], []
         for i in range(n):
             x, lc = layer_cls(cfg, max_segments, name=f"layers_{i}")(x, segment_ids, positions, None, cache.layer(i))
-            ks.append(lc.k)
-            vs.append(lc.v)
-        return x, emb, KVCache(jnp.stack(ks), jnp.stack(vs), lc.valid, cache.index)
+            cache = dataclasses.replace(cache, k=lc.k, v=lc.v)
+        return x, emb, cache.constrained()
     pooled = last is not None and not full_last_layer
     for i in range(n - 1 if pooled else n):
         x = layer_cls(cfg, max_segments, name=f"layers_{i}")(x, segment_ids, positions)

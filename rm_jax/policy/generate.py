@@ -2,10 +2,14 @@
 
 A batch of prompts is left-padded to a common length (so every row writes the cache at the same slot),
 prefilled in one forward pass, then decoded a token at a time inside a ``lax.while_loop`` that stops
-when every row has emitted EOS or ``max_new_tokens`` are out. Shapes are bucketed (prompt length to a
-multiple of 32, the cache to prompt + max_new_tokens), so a stream of prompts compiles a handful of
-programs. Randomness is per sequence: sequence i of a call uses ``fold_in(key(seed), i)`` and its step
-number, so results do not depend on how sequences are batched.
+when every row has emitted EOS or ``max_new_tokens`` are out; the whole loop is one XLA program, so no
+Python runs per token. Shapes are bucketed (prompt length to a multiple of 32, the cache to prompt +
+max_new_tokens, the batch to ``batch_size``), so a stream of prompts compiles a handful of programs.
+Under a mesh the cache and activations are sharded by the model's rules (batch over data x fsdp, kv
+heads over tensor).
+
+Randomness is per sequence: sequence k of a call (prompt i, sample j: k = i * n + j) draws from
+``fold_in(fold_in(key(seed), k), step)``, so results do not depend on how sequences are batched.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tqdm.auto import tqdm
 from rm_jax.conversation import Message, encode_prompts, end_of_turn_ids, response_text
 from rm_jax.errors import InputError
 from rm_jax.models import CausalLM, init_cache
+from rm_jax.policy.model import program
 from rm_jax.sharding import activate
 
 PROMPT_BUCKET = 32
@@ -28,40 +33,65 @@ PROMPT_BUCKET = 32
 
 @dataclass
 class Generation:
-    texts: list[list[str]]  # per conversation, n response texts
-    tokens: list[list[np.ndarray]]  # their token ids (through EOS when it was emitted)
-    finished: list[list[bool]]  # EOS emitted before max_new_tokens
+    """What :func:`generate` returns with ``return_tokens=True``; each field is [conversation][sample]."""
+    texts: list[list[str]]  # response texts (the template's end-of-turn removed)
+    tokens: list[list[np.ndarray]]  # the generated ids, through EOS when it was emitted
+    finished: list[list[bool]]  # EOS emitted within max_new_tokens
+
+    @property
+    def lengths(self) -> list[list[int]]:
+        return [[len(t) for t in per] for per in self.tokens]
+
+
+def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int, greedy: bool) -> None:
+    """Refuse settings that cannot sample (named by their command-line flags)."""
+    if n < 1:
+        raise InputError(f"--n: must be at least 1, got {n}")
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
+    if not temperature >= 0:  # also NaN
+        raise InputError(f"--temperature: must be >= 0 (0 = greedy), got {temperature}")
+    if not greedy and temperature > 0 and not 0 < top_p <= 1:
+        raise InputError(f"--top-p: must be in (0, 1], got {top_p}")
 
 
 def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: float, greedy: bool) -> jax.Array:
-    """One token per row from logits [B, V]: argmax (greedy), else nucleus sampling at ``temperature``:
-    the smallest set of most likely tokens whose probability reaches ``top_p`` (the most likely token
-    always stays in), renormalised."""
+    """One token per row from logits [B, V] with keys [B]: argmax (greedy), else a draw at ``temperature``
+    from the nucleus: the smallest set of most likely tokens whose probability reaches ``top_p`` (the most
+    likely token always stays in; a token tied with the least likely kept one stays in too), renormalised."""
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
+    logits = logits.astype(jnp.float32) / temperature
     if top_p < 1.0:
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        sorted_logits = -jnp.sort(-logits, axis=-1)
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
-        keep_sorted = before < top_p
-        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-        logits = jnp.where(keep, logits, -jnp.inf)
-    return jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(key, logits).astype(jnp.int32)
+        kept = jnp.sum(before < top_p, axis=-1, keepdims=True)  # >= 1: the first token has 0 before it
+        cutoff = jnp.take_along_axis(sorted_logits, kept - 1, axis=-1)
+        logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+    return jax.vmap(jax.random.categorical)(key, logits).astype(jnp.int32)
 
 
 def _program(policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
              greedy: bool) -> Any:
-    key_ = ("generate", rows, prompt_len, max_new, temperature, top_p, greedy)
-    if key_ in policy.compiled:
-        return policy.compiled[key_]
+    """The jitted prefill + decode loop for one batch shape."""
+    key = ("generate", rows, prompt_len, max_new, temperature, top_p, greedy)
+    return program(policy, key, lambda: jax.jit(_decode_loop(policy, rows, prompt_len, max_new, temperature, top_p,
+                                                             greedy)))
+
+
+def _decode_loop(policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
+                 greedy: bool) -> Any:
     cfg, mesh = policy.cfg, policy.mesh
     model = CausalLM(cfg)
     eos = jnp.asarray(end_of_turn_ids(policy.tokenizer), jnp.int32)
     pad = policy.pad_id
 
     def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, keys: jax.Array) -> tuple:
+        if cfg.compute_dtype != jnp.float32:
+            # Decoding reads every weight for every token: cast the float32 parameters once per call, not per
+            # token (the model casts each weight to the compute dtype on use, so the numbers are the same).
+            params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype), params)
         with activate(mesh):
             cache = init_cache(cfg, rows, prompt_len + max_new)
             logits, cache = model.apply({"params": params}, ids, seg, pos, cache=cache)
@@ -85,49 +115,51 @@ def _program(policy: Any, rows: int, prompt_len: int, max_new: int, temperature:
                                             nxt[:, None], cache=cache)
                 return t + 1, out, cache.advanced(1), logits, done, nxt + 1
 
-            t, out, _, _, done, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), out, cache, logits, done, nxt))
+            state = (jnp.asarray(0, jnp.int32), out, cache, logits, done, nxt)
+            _, out, _, _, done, _ = jax.lax.while_loop(cond, body, state)
             return out, done
 
-    policy.compiled[key_] = jax.jit(run)
-    return policy.compiled[key_]
+    return run
 
 
 def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, temperature: float = 1.0,
                     top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False,
                     batch_size: int = 8, progress: bool = False) -> list[list[tuple[np.ndarray, bool]]]:
-    """n continuations of each prompt's token ids: per prompt, n (ids through EOS, finished) pairs."""
-    if n < 1:
-        raise InputError(f"--n: must be at least 1, got {n}")
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
+    """n continuations of each prompt's token ids: per prompt, n (ids through EOS, finished) pairs.
+    ``temperature`` 0 is greedy decoding."""
+    check_sampling(n, temperature, top_p, max_new_tokens, greedy)
+    if batch_size < 1:
+        raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
     greedy = greedy or temperature == 0
-    if not greedy and not (temperature > 0 and 0 < top_p <= 1):
-        raise InputError(f"sampling needs temperature > 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+    temperature, top_p = (1.0, 1.0) if greedy else (float(temperature), float(top_p))  # one program for greedy
     seqs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+    out: list[list[Any]] = [[None] * n for _ in prompts]
+    if not seqs:
+        return out
     base = jax.random.key(seed)
     limit = policy.cfg.max_position_embeddings
-    out: list[list[Any]] = [[None] * n for _ in prompts]
+    eos = set(end_of_turn_ids(policy.tokenizer))
+    rows = min(batch_size, len(seqs))  # one batch shape per call: the last batch is filled with repeats
     with tqdm(total=len(seqs), desc="generate", unit="seq", disable=not progress, leave=False) as bar:
-        for start in range(0, len(seqs), batch_size):
-            chunk = seqs[start:start + batch_size]
+        for start in range(0, len(seqs), rows):
+            chunk = seqs[start:start + rows]
             longest = max(len(prompts[i]) for i, _ in chunk)
-            plen = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
-            if plen + max_new_tokens > limit:
+            if min(len(prompts[i]) for i, _ in chunk) == 0:
+                raise InputError("a prompt encodes to no tokens")
+            if longest + max_new_tokens > limit:
                 raise InputError(f"a prompt of {longest} tokens plus --max-new-tokens {max_new_tokens} exceeds the "
                                  f"model's {limit} positions")
-            rows = batch_size  # one shape for every batch, the last one padded with repeats
+            plen = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
+            fill = [min(r, len(chunk) - 1) for r in range(rows)]
             ids = np.full((rows, plen), policy.pad_id, np.int32)
             seg = np.zeros((rows, plen), np.int32)
-            for r in range(rows):
-                i, _ = chunk[min(r, len(chunk) - 1)]
-                p = np.asarray(prompts[i], np.int32)
+            for r, c in enumerate(fill):
+                p = np.asarray(prompts[chunk[c][0]], np.int32)
                 ids[r, plen - len(p):], seg[r, plen - len(p):] = p, 1
             pos = np.maximum(np.cumsum(seg, axis=1) - 1, 0).astype(np.int32)
-            keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(
-                jnp.asarray([start + min(r, len(chunk) - 1) for r in range(rows)], jnp.int32))
-            fn = _program(policy, rows, plen, max_new_tokens, float(temperature), float(top_p), bool(greedy))
-            toks, done = jax.device_get(fn(policy.params, ids, seg, pos, keys))
-            eos = set(end_of_turn_ids(policy.tokenizer))
+            keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.asarray([start + c for c in fill], jnp.int32))
+            fn = _program(policy, rows, plen, max_new_tokens, temperature, top_p, greedy)
+            toks, _ = jax.device_get(fn(policy.params, ids, seg, pos, keys))
             for r, (i, j) in enumerate(chunk):
                 row = toks[r]
                 stop = next((k for k, t in enumerate(row) if int(t) in eos), None)
@@ -139,8 +171,10 @@ def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, t
 def generate(policy: Any, conversations: Sequence[list[Message]], *, n: int = 1, temperature: float = 1.0,
              top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False, batch_size: int = 8,
              progress: bool = False, return_tokens: bool = False) -> Any:
-    """n responses to each conversation (ending with the user's turn, optionally carrying a SteerLM
-    label): texts [len(conversations)][n], or a :class:`Generation` with ``return_tokens``."""
+    """n responses to each conversation (ending with the user's turn, optionally carrying a SteerLM label
+    placed where the template puts it): texts [len(conversations)][n], or a :class:`Generation` (texts,
+    token ids, finished) with ``return_tokens``. Deterministic for a seed, whatever ``batch_size``."""
+    check_sampling(n, temperature, top_p, max_new_tokens, greedy)
     prompts = encode_prompts(policy.tokenizer, conversations, policy.template)
     res = generate_tokens(policy, prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                           seed=seed, greedy=greedy, batch_size=batch_size, progress=progress)

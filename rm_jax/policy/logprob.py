@@ -17,30 +17,27 @@ from rm_jax.conversation import Message, encode_responses
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
 from rm_jax.errors import InputError
 from rm_jax.models import CausalLM
+from rm_jax.policy.model import program
 from rm_jax.sharding import activate
 
 
 def _program(policy: Any, max_segments: int) -> Any:
-    key = ("logprob", max_segments)
-    if key not in policy.compiled:
-        model, mesh = CausalLM(policy.cfg), policy.mesh
+    model, mesh = CausalLM(policy.cfg), policy.mesh
 
-        def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, tgt: jax.Array, mask: jax.Array) -> tuple:
-            with activate(mesh):
-                logp = model.apply({"params": params}, ids, seg, pos, targets=tgt, max_segments=max_segments)
+    def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, tgt: jax.Array, mask: jax.Array) -> jax.Array:
+        with activate(mesh):
+            logp = model.apply({"params": params}, ids, seg, pos, targets=tgt, max_segments=max_segments)
+        return logp * mask  # per token: summed on the host in float64 (a long response's float32 sum drifts)
 
-            def per_slot(x: jax.Array, s: jax.Array) -> jax.Array:
-                return jax.ops.segment_sum(x, s, num_segments=max_segments + 1)[1:]
-            return jax.vmap(per_slot)(logp * mask, seg), jax.vmap(per_slot)(mask, seg)
-
-        policy.compiled[key] = jax.jit(run)
-    return policy.compiled[key]
+    return program(policy, ("logprob", max_segments), lambda: jax.jit(run))
 
 
 def response_logprobs(policy: Any, conversations: Sequence[list[Message]], *, batch_rows: int = 8,
                       max_segments: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(sum of response-token log-probabilities [N] float64, response token counts [N]) of whole
     conversations (ending with the assistant's response; a SteerLM label, if carried, conditions it)."""
+    if batch_rows < 1:
+        raise InputError(f"--batch-size: must be at least 1, got {batch_rows}")
     ids, starts = encode_responses(policy.tokenizer, conversations, policy.template)
     n = len(ids)
     total, count = np.zeros(n, np.float64), np.zeros(n, np.int64)
@@ -54,16 +51,19 @@ def response_logprobs(policy: Any, conversations: Sequence[list[Message]], *, ba
     seq_len = min(limit, -(-longest // 64) * 64)
     bins = plan_packed([len(x) for x in ids], seq_len, max_segments)
     fn = _program(policy, max_segments)
+    batch_rows = min(batch_rows, len(bins))  # one batch shape per call; a small input pays for no empty rows
     empty = np.zeros((n, 0), np.float32)
     with tqdm(total=n, desc="logprob", unit="seq", disable=not progress, leave=False) as bar:
         for s in range(0, len(bins), batch_rows):
             b = build_batch(ids, empty, empty, bins[s:s + batch_rows], seq_len, max_segments, policy.pad_id,
                             rows=batch_rows)
             tgt, mask = token_targets(b, starts)
-            lp, cnt = jax.device_get(fn(policy.params, b["input_ids"], b["segment_ids"], b["positions"], tgt, mask))
-            idx = b["example_index"]
-            sel = idx >= 0
-            total[idx[sel]] = lp[sel]
-            count[idx[sel]] = cnt[sel]
-            bar.update(int(sel.sum()))
+            logp = np.asarray(jax.device_get(fn(policy.params, b["input_ids"], b["segment_ids"], b["positions"],
+                                                tgt, mask)), np.float64)
+            seg = b["segment_ids"]
+            ex = np.take_along_axis(b["example_index"], np.clip(seg - 1, 0, None).astype(np.int64), axis=1)
+            real = (seg > 0) & (mask > 0)
+            np.add.at(total, ex[real], logp[real])
+            np.add.at(count, ex[real], 1)
+            bar.update(int((b["example_index"] >= 0).sum()))
     return total, count

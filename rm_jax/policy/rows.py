@@ -3,16 +3,21 @@
 Generate rows: ``{"prompt": str}`` (a HelpSteer2 prompt, turns joined by ``<extra_id_1>`` markers) or
 ``{"messages": [...]}`` ending with the user's turn, each optionally with ``"attributes"`` (a SteerLM
 label string or ``{name: level}``). Logprob rows: the same with the response, ``{"prompt", "response"}``
-or ``{"messages"}`` ending with the assistant's turn. Everything is checked before any model work;
-errors name the file, line and field."""
+or ``{"messages"}`` ending with the assistant's turn. Every row is checked before any model work; errors
+name the file, line and field.
+
+``where`` names rows in errors: a string (row i is ``"{where}: row {i}"``) or one location per row (what
+:func:`read_prompt_rows` / :func:`read_response_rows` return: ``"IN.jsonl: line 7"``)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, Union
 
-from rm_jax.conversation import Message, row_to_messages, split_prompt, with_label, attribute_label
+from rm_jax.conversation import ATTRIBUTES_ROLE, Message, attribute_label, row_to_messages, split_prompt, with_label
 from rm_jax.errors import ConversationError, InputError
 from rm_jax.files import iter_jsonl
+
+Where = Union[str, Sequence[str]]
 
 
 def prompt_messages(row: dict, where: str) -> list[Message]:
@@ -26,14 +31,19 @@ def prompt_messages(row: dict, where: str) -> list[Message]:
                 raise InputError(f"{where}, field 'messages[{len(msgs) - 1}]': the last message must be the user's "
                                  f"turn (the policy writes the next one)")
             out = row_to_messages({"messages": list(msgs) + [{"role": "assistant", "content": "-"}]}, where)[:-1]
+            field = "messages"
         elif "prompt" in row:
             if not isinstance(row["prompt"], str):
                 raise InputError(f"{where}, field 'prompt': expected a string")
             out = split_prompt(row["prompt"])
+            if out[-1]["role"] != "user":
+                raise InputError(f"{where}, field 'prompt': ends with an assistant turn; a prompt ends with the "
+                                 f"user's turn (the policy writes the next one)")
+            field = "prompt"
         else:
             raise InputError(f"{where}: needs 'prompt' or 'messages'")
         if not out[-1]["content"].strip():
-            raise InputError(f"{where}, field '{'prompt' if 'prompt' in row else 'messages'}': empty prompt")
+            raise InputError(f"{where}, field '{field}': empty prompt")
         label = attribute_label(row["attributes"], where) if row.get("attributes") is not None else None
     except ConversationError as e:
         raise InputError(str(e)) from None
@@ -47,40 +57,67 @@ def response_messages(row: dict, where: str) -> list[Message]:
     except ConversationError as e:
         raise InputError(str(e)) from None
     if not msgs[-1]["content"].strip():
-        raise InputError(f"{where}, field 'response': empty response")
+        field = "messages" if "messages" in row else "response"
+        raise InputError(f"{where}, field '{field}': empty response")
+    prompt = [m for m in msgs[:-1] if m["role"] != ATTRIBUTES_ROLE]
+    if not prompt or not prompt[-1]["content"].strip():
+        raise InputError(f"{where}, field '{'messages' if 'messages' in row else 'prompt'}': empty prompt")
     return msgs
 
 
-def read_rows(path: str, parse: Any) -> tuple[list[dict], list[list[Message]]]:
-    rows, convs = [], []
+def _locations(rows: Sequence[dict], where: Where) -> list[str]:
+    if isinstance(where, str):
+        return [f"{where}: row {i + 1}" for i in range(len(rows))]
+    if len(where) != len(rows):
+        raise ValueError(f"{len(where)} row locations for {len(rows)} rows")
+    return list(where)
+
+
+def _read(path: str, parse: Callable[[dict, str], Any]) -> tuple[list[dict], list[str]]:
+    rows, wheres = [], []
     for lineno, row in iter_jsonl(path):
-        convs.append(parse(row, f"{path}: line {lineno}"))
+        where = f"{path}: line {lineno}"
+        parse(row, where)  # every row checked before any model work
         rows.append(row)
+        wheres.append(where)
     if not rows:
         raise InputError(f"{path}: no rows")
-    return rows, convs
+    return rows, wheres
 
 
-def generate_rows(policy: Any, path: str, *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                  max_new_tokens: int = 256, seed: int = 0, greedy: bool = False, batch_size: int = 8,
-                  progress: bool = True) -> list[dict]:
-    """The input rows plus ``"responses"`` (n texts each)."""
+def read_prompt_rows(path: str) -> tuple[list[dict], list[str]]:
+    """(rows, their locations ``"PATH: line N"``) of an ``rm-jax lm generate`` input, every row checked."""
+    return _read(path, prompt_messages)
+
+
+def read_response_rows(path: str) -> tuple[list[dict], list[str]]:
+    """(rows, their locations) of an ``rm-jax lm logprob`` input, every row checked."""
+    return _read(path, response_messages)
+
+
+def generate_rows(policy: Any, rows: Sequence[dict], *, where: Where = "rows", n: int = 1, temperature: float = 1.0,
+                  top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False,
+                  batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """The rows plus ``"responses"`` (n texts each, in row order), sampled as :func:`rm_jax.policy.generate`
+    samples (a row's ``"attributes"`` condition it)."""
     from rm_jax.policy.generate import generate
     if n < 1:
         raise InputError(f"--n: must be at least 1, got {n}")
-    rows, convs = read_rows(path, prompt_messages)
+    convs = [prompt_messages(r, w) for r, w in zip(rows, _locations(rows, where))]
     texts = generate(policy, convs, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                      seed=seed, greedy=greedy, batch_size=batch_size, progress=progress)
     return [{**r, "responses": t} for r, t in zip(rows, texts)]
 
 
-def logprob_rows(policy: Any, path: str, *, batch_rows: int = 8, progress: bool = True) -> list[dict]:
-    """The input rows plus ``"logprob"`` (the response's summed token log-probabilities, given the prompt
-    and the label when present) and ``"response_tokens"``."""
+def logprob_rows(policy: Any, rows: Sequence[dict], *, where: Where = "rows", batch_rows: int = 8,
+                 progress: bool = True) -> list[dict]:
+    """The rows plus ``"logprob"`` (the response's summed token log-probabilities, given the prompt and the
+    label when present) and ``"response_tokens"``."""
     from rm_jax.policy.logprob import response_logprobs
-    rows, convs = read_rows(path, response_messages)
+    convs = [response_messages(r, w) for r, w in zip(rows, _locations(rows, where))]
     lp, count = response_logprobs(policy, convs, batch_rows=batch_rows, progress=progress)
     return [{**r, "logprob": float(a), "response_tokens": int(c)} for r, a, c in zip(rows, lp, count)]
 
 
-__all__: Sequence[str] = ("prompt_messages", "response_messages", "generate_rows", "logprob_rows")
+__all__ = ["prompt_messages", "response_messages", "read_prompt_rows", "read_response_rows", "generate_rows",
+           "logprob_rows"]

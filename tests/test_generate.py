@@ -125,6 +125,36 @@ def test_top_p_keeps_exactly_the_nucleus():
     assert np.asarray(sample_token(jnp.asarray(logits), keys, 1.0, 1.0, True)).tolist() == [0, 0, 0]
 
 
+def test_nucleus_by_bisection_equals_the_sorted_definition():
+    """The bisection's set equals the textbook one (sort, cumulative mass, cut at the first index reaching top_p,
+    keep ties) on random rows: peaked, flat, with ties, with near-ties a few ulps apart, with masked tokens, and at several top_p."""
+    from rm_jax.policy.generate import _in_nucleus
+
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(0, s, 300) for s in (0.1, 1.0, 5.0, 20.0) for _ in range(6)]
+    rows += [np.round(rng.normal(0, 1.0, 300), 1) for _ in range(6)]          # many exact ties
+    rows += [np.round(rng.normal(0, 1.0, 300), 1) + rng.normal(0, 1e-6, 300) for _ in range(6)]  # a few ulps apart
+    masked = rng.normal(0, 2.0, 300)
+    masked[rng.random(300) < 0.5] = -np.inf
+    rows.append(masked)
+    logits = np.stack(rows).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1), np.float64)
+    checked = 0
+    for top_p in (1e-6, 0.1, 0.5, 0.9, 0.95, 0.999):
+        got = np.asarray(jax.jit(_in_nucleus, static_argnums=1)(jnp.asarray(probs, jnp.float32), top_p))
+        for r, p in enumerate(probs):
+            order = np.sort(p)[::-1]
+            cums = np.cumsum(order)
+            k = min(int(np.searchsorted(cums, top_p)) + 1, len(p))   # fewest tokens reaching top_p
+            want = p >= order[k - 1]
+            # float32 sums may land a cumulative mass within rounding of top_p on either side: not asserted
+            if all(abs(cums[j] - top_p) > 1e-5 for j in (k - 2, k - 1) if j >= 0):
+                checked += 1
+                assert np.array_equal(got[r], want), (top_p, r, got[r].sum(), want.sum())
+            assert got[r][np.argmax(p)] and not got[r][p == 0].any()
+    assert checked >= 0.95 * 6 * len(rows)
+
+
 def test_temperature_and_masked_logits():
     logits = np.log([[0.4, 0.35, 0.25]])
     # a low temperature sharpens the distribution (and with it the nucleus) towards argmax

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,18 +38,6 @@ from bench_train import bench_model_config, cores, environment, parse_overrides 
 FLOOR = 1.5
 TINY = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16)
-
-
-def cpu_model_name() -> str:
-    """``lscpu``'s Model name (what the README's figures quote), else /proc/cpuinfo's."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return environment()["cpu"]
 
 
 def model_config(spec: str) -> Any:
@@ -100,7 +87,6 @@ def main(argv: Optional[list] = None) -> int:
 
     torch.set_num_threads(cores())
     env = environment()
-    env["cpu_lscpu"] = cpu_model_name()
 
     cfg = model_config(a.model)
     mesh = make_mesh(devices=jax.devices()[:1])

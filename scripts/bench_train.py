@@ -44,6 +44,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Optional
@@ -102,7 +103,7 @@ def helpsteer_token_lengths(rng: np.random.Generator, n: int, seq_len: Optional[
 def environment() -> dict:
     import jax
     info = {"python": platform.python_version(), "jax": jax.__version__, "cores": cores(),
-            "cpu": _cpu_name(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "cpu": cpu_name(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     try:
         import torch
@@ -113,7 +114,15 @@ def environment() -> dict:
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, recorded with every figure: ``lscpu``'s, else /proc/cpuinfo's."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

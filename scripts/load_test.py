@@ -27,9 +27,7 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,25 +37,16 @@ from typing import Any, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
 # This process and the server it starts share the accelerator: neither may grab most of its memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+from bench_train import cpu_name  # noqa: E402
 
 SAMPLE = os.path.join(REPO, "rm_jax", "assets", "sample", "validation.jsonl.gz")
 BAD_KINDS = ("invalid_json", "missing_field", "non_string", "unknown_preset", "empty_query", "oversize")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_rows(n: int, seed: int) -> list[dict]:

@@ -29,6 +29,18 @@ def data_files(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session", params=[("llama", False), ("mistral", False), ("qwen2", False), ("qwen3", True)],
+                ids=["llama", "mistral", "qwen2", "qwen3-tied"])
+def hf_causal_lm(request, tmp_path_factory):
+    """An HF ``*ForCausalLM`` folder with its tokenizer per family (qwen3 with tied embeddings):
+    (folder, transformers model, tokenizer)."""
+    from tests.hf_fixtures import make_hf_causal_lm_with_tokenizer
+    family, tied = request.param
+    d = str(tmp_path_factory.mktemp(f"causal_lm_{family}"))
+    model, tok = make_hf_causal_lm_with_tokenizer(family, d, seed=5, tied=tied)
+    return d, model, tok
+
+
 def _bundled() -> str:
     from rm_jax.data.pipeline import resolve_source
     return resolve_source("bundled")

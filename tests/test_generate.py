@@ -21,12 +21,9 @@ PROMPTS = [[{"role": "user", "content": "What is the capital of France?"}],
            [{"role": "user", "content": "Hi"}]]
 
 
-@pytest.fixture(scope="module", params=[("llama", False), ("mistral", False), ("qwen2", False), ("qwen3", True)],
-                ids=["llama", "mistral", "qwen2", "qwen3-tied"])
-def lm(request, tmp_path_factory):
-    family, tied = request.param
-    d = str(tmp_path_factory.mktemp(f"pol_{family}"))
-    model, tok = make_hf_causal_lm_with_tokenizer(family, d, seed=5, tied=tied)
+@pytest.fixture(scope="module")
+def lm(hf_causal_lm):
+    d, model, tok = hf_causal_lm
     return d, model, tok, load_policy(d)
 
 

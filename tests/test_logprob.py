@@ -10,7 +10,6 @@ import pytest
 
 from rm_jax.conversation import encode_responses, render, row_to_messages, with_label
 from rm_jax.policy import load_policy, response_logprobs
-from tests.hf_fixtures import make_hf_causal_lm_with_tokenizer
 
 CONVS = [
     row_to_messages({"prompt": "What is the capital of France?", "response": "Paris."}),
@@ -34,13 +33,9 @@ def _torch_logprob(model, ids, start):
     return lp.sum().item()
 
 
-@pytest.fixture(scope="module", params=[("llama", False), ("mistral", False), ("qwen2", False), ("qwen3", True)],
-                ids=["llama", "mistral", "qwen2", "qwen3-tied"])
-def lm(request, tmp_path_factory):
-    family, tied = request.param
-    d = str(tmp_path_factory.mktemp(f"lp_{family}"))
-    model, tok = make_hf_causal_lm_with_tokenizer(family, d, seed=7, tied=tied)
-    return d, model, tok
+@pytest.fixture(scope="module")
+def lm(hf_causal_lm):
+    return hf_causal_lm
 
 
 def test_response_logprobs_equal_a_torch_forward_pass(lm):

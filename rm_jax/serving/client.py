@@ -84,22 +84,19 @@ class Client:
 
     def score(self, rows: Sequence[dict], weights: Any = None) -> list[dict]:
         """``results`` of POST /score (raises ServerError unless 200)."""
-        body: dict[str, Any] = {"rows": list(rows)}
-        if weights is not None:
-            body["weights"] = weights
-        reply = self.post("/score", body)
-        if reply.status != 200:
-            raise ServerError(reply)
-        return reply.json()["results"]
+        return self._call("/score", {"rows": list(rows)}, weights)["results"]
 
     def get_reward(self, queries: Sequence[str], weights: Any = None) -> list[Optional[float]]:
-        body: dict[str, Any] = {"query": list(queries)}
+        """``rewards`` of POST /get_reward, OpenRLHF's body (raises ServerError unless 200)."""
+        return self._call("/get_reward", {"query": list(queries)}, weights)["rewards"]
+
+    def _call(self, path: str, body: dict[str, Any], weights: Any) -> dict:
         if weights is not None:
             body["weights"] = weights
-        reply = self.post("/get_reward", body)
+        reply = self.post(path, body)
         if reply.status != 200:
             raise ServerError(reply)
-        return reply.json()["rewards"]
+        return reply.json()
 
 
 # ---------------------------------------------------------------- a server in a subprocess

@@ -235,18 +235,19 @@ def encode_prompts(tokenizer: Any, conversations: Sequence[list[Message]],
     return [np.asarray(x, dtype=np.int32) for x in ids]
 
 
-def encode_responses(tokenizer: Any, conversations: Sequence[list[Message]],
-                     template: str | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+def encode_responses(tokenizer: Any, conversations: Sequence[list[Message]], template: str | None = None,
+                     locations: Sequence[str] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """(ids, response_start) of whole conversations for a causal LM: the response tokens are those
     after the template's generation prompt, through the end of the turn, which is the tokenizer's EOS
     (appended unless the template already ends the turn with it). Log-probabilities and the SFT
-    loss cover exactly ``ids[response_start:]``."""
+    loss cover exactly ``ids[response_start:]``. ``locations`` name the conversations in errors."""
     eot = end_of_turn_ids(tokenizer)
     ids, plen = encode_with_prompt_lengths(tokenizer, conversations, template)
     out = []
     for x, p in zip(ids, plen):
         if len(x) <= p:
-            raise ConversationError(f"conversation {len(out)}: the response renders to no tokens")
+            name = locations[len(out)] if locations is not None else f"conversation {len(out) + 1}"
+            raise ConversationError(f"{name}: the response renders to no tokens")
         out.append(x if x[-len(eot):].tolist() == eot else np.concatenate([x, np.asarray(eot, np.int32)]))
     return out, plen
 

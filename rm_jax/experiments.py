@@ -103,7 +103,8 @@ STEP_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "sample": (("policy", "input"), ("n", "temperature", "top_p", "max_new_tokens", "seed", "targets", "prompts",
                                      "batch_size", "split", "devices", "dtype")),
     # rm-jax steer label: samples -> groups.jsonl (NeMo-Aligner's SteerLM 2.0 format)
-    "label": (("policy", "rm", "input"), ("sft", "sigma", "batch_size", "skip_empty", "devices", "dtype")),
+    "label": (("policy", "rm", "input"), ("sft", "sigma", "batch_size", "skip_empty", "skip_unfinished", "devices",
+                                           "dtype")),
     # rm-jax steer eval: a policy's attribute-following error, one results row per evaluated policy
     "steer_eval": (("policy", "rm", "input"), ("iteration", "targets", "k", "prompts", "temperature", "top_p",
                                                "max_new_tokens", "seed", "split", "batch_size", "devices", "dtype")),

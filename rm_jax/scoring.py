@@ -7,7 +7,7 @@ as a library.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -91,16 +91,18 @@ def read_score_rows(path: str) -> list[dict]:
 
 def score_rows(model: Any, rows: Sequence[dict], weights: WeightSpec = "70b-rewardbench", batch_rows: int = 16,
                max_segments: int = 16, seq_len: Optional[int] = None, progress: bool = True,
-               where: str = "input") -> tuple[np.ndarray, np.ndarray]:
+               where: Union[str, Sequence[str]] = "input") -> tuple[np.ndarray, np.ndarray]:
     """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
     :class:`rm_jax.runs.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
-    max_position_embeddings) is an error naming its row."""
+    max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
+    each row's location."""
     w = resolve_reward_weights(weights, model.cfg.num_labels)
     ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
     limit = seq_len or model.cfg.max_position_embeddings
     for i, x in enumerate(ids):
         if len(x) > limit:
-            raise InputError(f"{where}: row {i + 1}: {len(x)} tokens, more than the limit of {limit} "
+            name = f"{where}: row {i + 1}" if isinstance(where, str) else where[i]
+            raise InputError(f"{name}: {len(x)} tokens, more than the limit of {limit} "
                              f"({'--seq-len' if seq_len else 'the model max_position_embeddings'})")
     longest = max((len(x) for x in ids), default=1)
     seq_len = seq_len or min(max(512, _round_up(longest, 128)), limit)

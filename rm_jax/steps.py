@@ -1,6 +1,7 @@
 """Pipeline steps a sweep member can run instead of a training (``step:`` in experiment files): sampling
 from a policy, labelling samples for SteerLM 2.0, and evaluating how well a policy follows requested
-attributes. Each writes its output into the member's folder, then ``step.json`` (what ran) and ``DONE``;
+attributes. Each writes its output into the member's folder, then ``step.json`` (what ran), ``report.json``
+(sample and label: what was read, skipped, cut off) and ``DONE``;
 a finished step is skipped on re-runs, and an edited one is an error, as for trainings."""
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ from rm_jax.errors import ConfigError
 from rm_jax.files import write_json
 
 STEP_FILE = "step.json"
+REPORT_FILE = "report.json"
 OUTPUTS = {"sample": "samples.jsonl", "label": "groups.jsonl", "steer_eval": "steer_eval.json"}
 
 
-def _sample(args: dict, out: str) -> None:
+def _sample(args: dict, out: str) -> dict:
     from rm_jax.steer.sample import sample_prompts
-    sample_prompts(args["policy"], args["input"], os.path.join(out, OUTPUTS["sample"]),
+    return sample_prompts(args["policy"], args["input"], os.path.join(out, OUTPUTS["sample"]),
                    **{k: v for k, v in args.items() if k not in ("policy", "input")})
 
 
-def _label(args: dict, out: str) -> None:
+def _label(args: dict, out: str) -> dict:
     from rm_jax.steer.label import label_samples
-    label_samples(args["input"], args["policy"], args["rm"], os.path.join(out, OUTPUTS["label"]),
+    return label_samples(args["input"], args["policy"], args["rm"], os.path.join(out, OUTPUTS["label"]),
                   **{k: v for k, v in args.items() if k not in ("input", "policy", "rm")})
 
 
@@ -34,7 +36,7 @@ def _steer_eval(args: dict, out: str) -> None:
                **{k: v for k, v in args.items() if k not in ("policy", "rm", "input", "iteration")})
 
 
-STEPS: dict[str, Callable[[dict, str], None]] = {"sample": _sample, "label": _label, "steer_eval": _steer_eval}
+STEPS: dict[str, Callable[[dict, str], Any]] = {"sample": _sample, "label": _label, "steer_eval": _steer_eval}
 
 
 def _record(run: Any) -> dict:
@@ -56,6 +58,8 @@ def check_existing_step(run: Any) -> None:
 def run_step(run: Any) -> None:
     os.makedirs(run.run_dir, exist_ok=True)
     write_json(os.path.join(run.run_dir, STEP_FILE), _record(run))
-    STEPS[run.step](run.args, run.run_dir)
+    report = STEPS[run.step](run.args, run.run_dir)
+    if isinstance(report, dict):  # counts a user would otherwise not see (skipped, cut-off responses)
+        write_json(os.path.join(run.run_dir, REPORT_FILE), report)
     with open(os.path.join(run.run_dir, "DONE"), "w") as f:
         f.write(json.dumps({"step": run.step}) + "\n")

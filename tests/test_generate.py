@@ -171,5 +171,7 @@ def test_settings_that_cannot_sample_are_refused(llama):
                        (dict(max_new_tokens=0), "--max-new-tokens"), (dict(batch_size=0), "--batch-size")]:
         with pytest.raises(InputError, match=needle):
             generate_tokens(pol, [np.asarray([1, 2, 3])], **kw)
-    with pytest.raises(InputError, match="positions"):
-        generate_tokens(pol, [np.arange(1, 1000) % 50 + 3], max_new_tokens=100)
+    with pytest.raises(InputError, match="prompt 2: the prompt's 999 tokens .* positions"):
+        generate_tokens(pol, [np.asarray([1, 2, 3]), np.arange(1, 1000) % 50 + 3], max_new_tokens=100)
+    with pytest.raises(InputError, match="prompt 1: the prompt encodes to no tokens"):
+        generate_tokens(pol, [np.zeros(0, np.int32)])

@@ -109,6 +109,17 @@ def test_bad_settings(flags, needle, tmp_path, capsys):
     assert needle in capsys.readouterr().err
 
 
+def test_a_prompt_too_long_for_the_model_is_named_before_decoding(hf_dir, tmp_path, capsys):
+    from rm_jax.policy import load_policy
+    limit = load_policy(hf_dir).cfg.max_position_embeddings
+    src = _write(tmp_path / "in.jsonl", [{"prompt": "ok"}, {"prompt": "word " * limit}])
+    assert main(["lm", "generate", "--model", hf_dir, "--input", src, "--output", str(tmp_path / "o.jsonl"),
+                 "--max-new-tokens", "4", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}: line 2: the prompt's" in err and f"exceed the model's {limit} positions" in err, err
+    assert not os.path.exists(tmp_path / "o.jsonl")
+
+
 def test_empty_and_unreadable_inputs(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")

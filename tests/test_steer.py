@@ -39,7 +39,10 @@ def labelled(models):
     from rm_jax.steer.label import label_samples
     samples, groups = os.path.join(models["dir"], "samples.jsonl"), os.path.join(models["dir"], "groups.jsonl")
     rep = sample_prompts(models["policy"], models["prompts"], samples, n=3, targets=TARGETS, max_new_tokens=10, seed=4)
-    assert rep == {"prompts": 3, "groups": 6, "responses": 18}
+    rows = [json.loads(x) for x in open(samples)]
+    assert rep == {"prompts": 3, "groups": 6, "responses": 18,
+                   "unfinished": sum(not f for r in rows for f in r["finished"])}
+    assert all(len(r["finished"]) == 3 for r in rows)
     label_samples(samples, models["policy"], models["rm"], groups, sft=models["sft"], sigma=SIGMA, progress=False)
     return samples, groups
 
@@ -93,6 +96,16 @@ def test_without_sft_the_policy_without_its_label_stands_in(models, labelled, tm
     ({"prompt": "q", "attributes": "verbosity:9", "responses": ["a", "b"]}, "attributes", "not an integer 0-4"),
     ({"prompt": "q", "attributes": "humor:1", "responses": ["a", "b"]}, "attributes", "unknown attribute"),
     ({"prompt": "q", "attributes": "verbosity:1", "responses": ["a", " "]}, "responses[1]", "empty"),
+    # HelpSteer2 columns are not the label the responses were sampled under (generate reads "attributes" only)
+    ({"prompt": "q", "helpfulness": 3, "verbosity": 1, "responses": ["a", "b"]}, "attributes", "sampled under"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"},
+                   {"role": "user", "content": "r"}], "attributes": "verbosity:1", "responses": ["a", "b"]},
+     "messages", "role 'system' in turn 1"),
+    ({"prompt": "q", "attributes": "verbosity:1", "responses": ["a", "b"], "finished": [True]}, "finished",
+     "one true/false per response"),
+    # found only when a model reads it: still named by line and response
+    ({"prompt": "q", "attributes": "verbosity:1", "responses": ["a", "word " * 1100]}, "responses[1]",
+     "more than the limit of 1024"),
 ])
 def test_bad_samples_are_named(models, tmp_path, capsys, row, field, needle):
     bad = tmp_path / "bad.jsonl"
@@ -105,16 +118,51 @@ def test_bad_samples_are_named(models, tmp_path, capsys, row, field, needle):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_empty_responses_skipped_on_request(models, tmp_path, capsys):
+def test_empty_and_cut_off_responses_skipped_on_request(models, tmp_path, capsys):
     samples = tmp_path / "s.jsonl"
-    samples.write_text(json.dumps({"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "", "b"]}) + "\n"
+    samples.write_text(json.dumps({"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "", "b", "c"],
+                                   "finished": [True, True, True, False]}) + "\n"
                        + json.dumps({"prompt": "no", "attributes": "verbosity:1", "responses": ["", "c"]}) + "\n")
     out = tmp_path / "g.jsonl"
-    assert main(["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", str(samples),
-                 "--output", str(out), "--sigma", SIGMA, "--skip-empty", "--no-progress"]) == 0
-    assert "skipped 2 empty responses and 1 groups left with fewer than 2" in capsys.readouterr().out
+    args = ["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", str(samples),
+            "--output", str(out), "--sigma", SIGMA, "--skip-empty", "--no-progress"]
+    assert main(args) == 0
+    got = capsys.readouterr()
+    assert "skipped 2 empty responses, 1 groups left with fewer than 2" in got.out
+    assert "1 labelled responses were cut off" in got.err  # kept, but said
     groups = load_groups(str(out))
-    assert len(groups) == 1 and groups[0].responses == ["a", "b"]
+    assert len(groups) == 1 and groups[0].responses == ["a", "b", "c"]
+    assert main(args + ["--skip-unfinished"]) == 0
+    got = capsys.readouterr()
+    assert "skipped 2 empty responses, 1 cut-off responses, 1 groups left with fewer than 2" in got.out
+    assert "cut off" not in got.err
+    assert load_groups(str(out))[0].responses == ["a", "b"]
+
+
+def test_a_leading_system_message_becomes_the_system_field_even_empty(models, tmp_path):
+    from rm_jax.steer.label import label_samples
+    samples = tmp_path / "s.jsonl"
+    rows = [{"messages": [{"role": "system", "content": sys_}, {"role": "user", "content": "Hi"}],
+             "attributes": "verbosity:1", "responses": ["a", "b"]} for sys_ in ("", "Be brief.")]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    label_samples(str(samples), models["policy"], models["rm"], str(tmp_path / "g.jsonl"), sigma=SIGMA,
+                  progress=False)
+    groups = load_groups(str(tmp_path / "g.jsonl"))
+    assert [g.system for g in groups] == ["", "Be brief."]
+    assert all(g.prompt == [{"role": "user", "content": "Hi"}] for g in groups)
+
+
+def test_sampling_under_own_labels_keeps_each_prompt_label_pair(tmp_path):
+    from rm_jax.steer.prompts import read_prompts
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "Name a colour.", "attributes": "verbosity:0"},
+        {"prompt": "Name a colour.", "attributes": "verbosity:4"},
+        {"prompt": "Name a colour.", "attributes": "verbosity:0"},
+        {"prompt": "Name a fruit.", "helpfulness": 2}]))
+    assert [p.label for p in read_prompts(str(f), by_label=True)] == ["verbosity:0", "verbosity:4", "helpfulness:2"]
+    assert len(read_prompts(str(f))) == 2  # eval and targets: one per distinct prompt
+    assert len(read_prompts(str(f), limit=2, by_label=True)) == 2
 
 
 def test_sigma_is_required_when_the_rm_has_no_validation_rmse(models, labelled, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Sequence
 
 
@@ -22,6 +23,9 @@ def main(argv: Sequence[str]) -> int:
     lb.add_argument("--batch-size", type=int, default=16)
     lb.add_argument("--skip-empty", action="store_true", help="leave out empty responses (counted) instead of "
                                                                "stopping; a group left with one response goes too")
+    lb.add_argument("--skip-unfinished", action="store_true",
+                    help="leave out responses cut off at --max-new-tokens (the samples' 'finished' false; "
+                         "counted); kept by default, with a count")
     lb.add_argument("--no-progress", action="store_true")
     ev = sub.add_parser("eval", help="requested vs RM-predicted attributes of a policy's samples")
     ev.add_argument("--policy", required=True)
@@ -43,11 +47,16 @@ def main(argv: Sequence[str]) -> int:
     if a.cmd == "label":
         from rm_jax.steer.label import label_samples
         rep = label_samples(a.input, a.policy, a.rm, a.output, sft=a.sft, sigma=a.sigma, batch_size=a.batch_size,
-                            skip_empty=a.skip_empty, progress=not a.no_progress)
+                            skip_empty=a.skip_empty, skip_unfinished=a.skip_unfinished, progress=not a.no_progress)
+        sk = rep["skipped"]
+        what = [f"{sk[k]} {name}" for k, name in (("empty_responses", "empty responses"),
+                                                   ("unfinished_responses", "cut-off responses"),
+                                                   ("groups", "groups left with fewer than 2")) if sk.get(k)]
         print(f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
-              f"{rep['log_p_y_given_x']}"
-              + (f"; skipped {rep['skipped'].get('empty_responses', 0)} empty responses and "
-                 f"{rep['skipped'].get('groups', 0)} groups left with fewer than 2" if rep["skipped"] else ""))
+              f"{rep['log_p_y_given_x']}" + (f"; skipped {', '.join(what)}" if what else ""))
+        if rep["unfinished"]:
+            print(f"note: {rep['unfinished']} labelled responses were cut off at max_new_tokens; their log-probs "
+                  f"include an end of turn they never wrote (--skip-unfinished leaves them out)", file=sys.stderr)
         return 0
     from rm_jax.steer.evaluate import EVAL_FILE, format_steer_eval, steer_eval
     res = steer_eval(a.policy, a.rm, a.input, a.output, targets=a.targets, k=a.k, prompts=a.prompts,

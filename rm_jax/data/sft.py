@@ -40,12 +40,13 @@ def encode_sft(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Opt
     prompt is cut from the left (a leading BOS kept); one whose response alone does not fit is dropped
     (counted), and so is every conversation under ``overlength: drop``."""
     report = LengthReport(rows=len(rows))
-    convs = []
+    convs, wheres = [], []
     for i, r in enumerate(rows):
         where = f"row {r.get('_row', i)}"
         msgs = row_to_messages({k: v for k, v in r.items() if k != "attributes"}, where)
         convs.append(with_label(msgs, row_label(r, where, attributes_as_label, names)))
-    ids, starts = encode_responses(tokenizer, convs, template)
+        wheres.append(where)
+    ids, starts = encode_responses(tokenizer, convs, template, wheres)
     bos = getattr(tokenizer, "bos_token_id", None)
     kept, kept_start, kept_rows = [], [], []
     for i, (x, s) in enumerate(zip(ids, starts)):

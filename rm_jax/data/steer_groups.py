@@ -135,12 +135,10 @@ def encode_groups(groups: Sequence[SteerGroup], tokenizer: Any, seq_len: int, te
     response that cannot fit ``seq_len`` is dropped whole (its weights would no longer be a softmax
     over what is trained), counted in the report."""
     report = LengthReport(rows=len(groups))
-    convs, owner = [], []
-    for gi, g in enumerate(groups):
+    convs = []
+    for g in groups:
         base = g.messages()
-        for y in g.responses:
-            convs.append(base + [{"role": "assistant", "content": y}])
-            owner.append(gi)
+        convs.extend(base + [{"role": "assistant", "content": y}] for y in g.responses)
     ids, starts = encode_responses(tokenizer, convs, template)
     bos = getattr(tokenizer, "bos_token_id", None)
     fitted: list[tuple[Optional[np.ndarray], int, bool]] = []
@@ -148,9 +146,10 @@ def encode_groups(groups: Sequence[SteerGroup], tokenizer: Any, seq_len: int, te
         y, truncated = fit_length(x, int(s), seq_len, overlength, bos)
         fitted.append((y, int(s) - (len(x) - len(y)) if y is not None else 0, truncated))
     kept_ids, kept_start, units, w, lq, grp, src = [], [], [], [], [], [], []
-    k = 0
-    for gi, g in enumerate(groups):
-        mine = [j for j, o in enumerate(owner) if o == gi]
+    k, first = 0, 0
+    for g in groups:
+        mine = list(range(first, first + len(g.responses)))  # convs were appended group by group
+        first += len(g.responses)
         if any(fitted[j][0] is None for j in mine):
             report.dropped += 1
             continue

@@ -15,7 +15,7 @@ Randomness is per sequence: sequence k of a call (prompt i, sample j: k = i * n 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,9 +140,10 @@ def _decode_loop(policy: Any, rows: int, prompt_len: int, max_new: int, temperat
 
 def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, temperature: float = 1.0,
                     top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False,
-                    batch_size: int = 8, progress: bool = False) -> list[list[tuple[np.ndarray, bool]]]:
+                    batch_size: int = 8, progress: bool = False,
+                    locations: Optional[Sequence[str]] = None) -> list[list[tuple[np.ndarray, bool]]]:
     """n continuations of each prompt's token ids: per prompt, n (ids through EOS, finished) pairs.
-    ``temperature`` 0 is greedy decoding."""
+    ``temperature`` 0 is greedy decoding. ``locations`` name the prompts in errors (file and row)."""
     check_sampling(n, temperature, top_p, max_new_tokens, greedy)
     if batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
@@ -152,19 +153,21 @@ def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, t
     out: list[list[Any]] = [[None] * n for _ in prompts]
     if not seqs:
         return out
-    base = jax.random.key(seed)
     limit = policy.cfg.max_position_embeddings
+    for i, p in enumerate(prompts):  # before any decoding, naming the prompt
+        name = locations[i] if locations is not None else f"prompt {i + 1}"
+        if len(p) == 0:
+            raise InputError(f"{name}: the prompt encodes to no tokens")
+        if len(p) + max_new_tokens > limit:
+            raise InputError(f"{name}: the prompt's {len(p)} tokens plus --max-new-tokens {max_new_tokens} exceed "
+                             f"the model's {limit} positions")
+    base = jax.random.key(seed)
     eos = set(end_of_turn_ids(policy.tokenizer))
     rows = min(batch_size, len(seqs))  # one batch shape per call: the last batch is filled with repeats
     with tqdm(total=len(seqs), desc="generate", unit="seq", disable=not progress, leave=False) as bar:
         for start in range(0, len(seqs), rows):
             chunk = seqs[start:start + rows]
             longest = max(len(prompts[i]) for i, _ in chunk)
-            if min(len(prompts[i]) for i, _ in chunk) == 0:
-                raise InputError("a prompt encodes to no tokens")
-            if longest + max_new_tokens > limit:
-                raise InputError(f"a prompt of {longest} tokens plus --max-new-tokens {max_new_tokens} exceeds the "
-                                 f"model's {limit} positions")
             plen = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
             fill = [min(r, len(chunk) - 1) for r in range(rows)]
             ids = np.full((rows, plen), policy.pad_id, np.int32)
@@ -186,14 +189,14 @@ def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, t
 
 def generate(policy: Any, conversations: Sequence[list[Message]], *, n: int = 1, temperature: float = 1.0,
              top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False, batch_size: int = 8,
-             progress: bool = False, return_tokens: bool = False) -> Any:
+             progress: bool = False, return_tokens: bool = False, locations: Optional[Sequence[str]] = None) -> Any:
     """n responses to each conversation (ending with the user's turn, optionally carrying a SteerLM label
     placed where the template puts it): texts [len(conversations)][n], or a :class:`Generation` (texts,
     token ids, finished) with ``return_tokens``. Deterministic for a seed, whatever ``batch_size``."""
     check_sampling(n, temperature, top_p, max_new_tokens, greedy)
     prompts = encode_prompts(policy.tokenizer, conversations, policy.template)
     res = generate_tokens(policy, prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                          seed=seed, greedy=greedy, batch_size=batch_size, progress=progress)
+                          seed=seed, greedy=greedy, batch_size=batch_size, progress=progress, locations=locations)
     tok = policy.tokenizer
     texts = [[response_text(tok, tok.decode(ids, skip_special_tokens=False), policy.template) for ids, _ in per]
              for per in res]

@@ -7,7 +7,7 @@ read the same numbers."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from rm_jax.conversation import Message, encode_responses
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
-from rm_jax.errors import InputError
+from rm_jax.errors import ConversationError, InputError
 from rm_jax.models import CausalLM
 from rm_jax.policy.model import program
 from rm_jax.sharding import activate
@@ -33,12 +33,17 @@ def _program(policy: Any, max_segments: int) -> Any:
 
 
 def response_logprobs(policy: Any, conversations: Sequence[list[Message]], *, batch_rows: int = 8,
-                      max_segments: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      max_segments: int = 8, progress: bool = False,
+                      locations: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
     """(sum of response-token log-probabilities [N] float64, response token counts [N]) of whole
-    conversations (ending with the assistant's response; a SteerLM label, if carried, conditions it)."""
+    conversations (ending with the assistant's response; a SteerLM label, if carried, conditions it).
+    ``locations`` name the conversations in errors (file, row, field)."""
     if batch_rows < 1:
         raise InputError(f"--batch-size: must be at least 1, got {batch_rows}")
-    ids, starts = encode_responses(policy.tokenizer, conversations, policy.template)
+    try:
+        ids, starts = encode_responses(policy.tokenizer, conversations, policy.template, locations)
+    except ConversationError as e:
+        raise InputError(str(e)) from None
     n = len(ids)
     total, count = np.zeros(n, np.float64), np.zeros(n, np.int64)
     if not n:
@@ -47,7 +52,8 @@ def response_logprobs(policy: Any, conversations: Sequence[list[Message]], *, ba
     longest = max(len(x) for x in ids)
     if longest > limit:
         i = int(np.argmax([len(x) for x in ids]))
-        raise InputError(f"conversation {i + 1}: {longest} tokens, more than the model's {limit} positions")
+        name = locations[i] if locations is not None else f"conversation {i + 1}"
+        raise InputError(f"{name}: {longest} tokens, more than the model's {limit} positions")
     seq_len = min(limit, -(-longest // 64) * 64)
     bins = plan_packed([len(x) for x in ids], seq_len, max_segments)
     fn = _program(policy, max_segments)

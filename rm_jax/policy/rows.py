@@ -99,14 +99,17 @@ def generate_rows(policy: Any, rows: Sequence[dict], *, where: Where = "rows", n
                   top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False,
                   batch_size: int = 8, progress: bool = True) -> list[dict]:
     """The rows plus ``"responses"`` (n texts each, in row order), sampled as :func:`rm_jax.policy.generate`
-    samples (a row's ``"attributes"`` condition it)."""
+    samples (a row's ``"attributes"`` condition it), and ``"finished"`` (per response: it ended its turn
+    within ``max_new_tokens``; false means cut off)."""
     from rm_jax.policy.generate import generate
     if n < 1:
         raise InputError(f"--n: must be at least 1, got {n}")
-    convs = [prompt_messages(r, w) for r, w in zip(rows, _locations(rows, where))]
-    texts = generate(policy, convs, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                     seed=seed, greedy=greedy, batch_size=batch_size, progress=progress)
-    return [{**r, "responses": t} for r, t in zip(rows, texts)]
+    locations = _locations(rows, where)
+    convs = [prompt_messages(r, w) for r, w in zip(rows, locations)]
+    gen = generate(policy, convs, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                   seed=seed, greedy=greedy, batch_size=batch_size, progress=progress, locations=locations,
+                   return_tokens=True)
+    return [{**r, "responses": t, "finished": f} for r, t, f in zip(rows, gen.texts, gen.finished)]
 
 
 def logprob_rows(policy: Any, rows: Sequence[dict], *, where: Where = "rows", batch_rows: int = 8,
@@ -114,8 +117,9 @@ def logprob_rows(policy: Any, rows: Sequence[dict], *, where: Where = "rows", ba
     """The rows plus ``"logprob"`` (the response's summed token log-probabilities, given the prompt and the
     label when present) and ``"response_tokens"``."""
     from rm_jax.policy.logprob import response_logprobs
-    convs = [response_messages(r, w) for r, w in zip(rows, _locations(rows, where))]
-    lp, count = response_logprobs(policy, convs, batch_rows=batch_rows, progress=progress)
+    locations = _locations(rows, where)
+    convs = [response_messages(r, w) for r, w in zip(rows, locations)]
+    lp, count = response_logprobs(policy, convs, batch_rows=batch_rows, progress=progress, locations=locations)
     return [{**r, "logprob": float(a), "response_tokens": int(c)} for r, a, c in zip(rows, lp, count)]
 
 

@@ -12,6 +12,7 @@ For each (prompt x, label a) group of n responses y_i:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -26,18 +27,43 @@ from rm_jax.steer.attribute_model import log_p_attributes, resolve_sigma
 from rm_jax.steer.prompts import prompt_from_row
 
 
-def read_samples(path: str, skip_empty: bool = False,
-                 skipped: Optional[dict] = None) -> list[tuple[list[Message], str, list[str], dict]]:
-    """(prompt messages, label, responses, kept row) per sample row; errors name file, line and field.
-    ``skip_empty``: an empty response (a policy that ended its turn at once) is left out instead, and a
-    group left with fewer than 2 responses too; both counted in ``skipped``."""
+@dataclass
+class Sample:
+    """One row of samples: a (prompt, label) group of responses."""
+    messages: list[Message]  # the prompt, ending with the user's turn
+    label: str  # the label the responses were sampled under
+    responses: list[str]
+    row: dict  # what the output keeps of the input row
+    locations: list[str]  # each response's file, line and field, for errors
+    unfinished: int  # how many of the responses were cut off at max_new_tokens
+
+
+def read_samples(path: str, skip_empty: bool = False, skipped: Optional[dict] = None,
+                 skip_unfinished: bool = False) -> list[Sample]:
+    """One :class:`Sample` per row; errors name file, line and field. ``skip_empty``: an empty
+    response (a policy that ended its turn at once) is left out instead; ``skip_unfinished``: so is one the
+    row's ``"finished"`` marks as cut off; a group left with fewer than 2 responses goes too; all counted in
+    ``skipped``."""
     out = []
     skipped = skipped if skipped is not None else {}
+
+    def count(key: str, k: int) -> None:
+        if k:
+            skipped[key] = skipped.get(key, 0) + k
+
     for lineno, row in iter_jsonl(path):
         where = f"{path}: line {lineno}"
+        if row.get("attributes") is None:
+            # Not the row's HelpSteer2 columns: log Q'(y|a,x) must use the label the responses were sampled
+            # under, which `rm-jax lm generate` and the sample step take from "attributes" only.
+            raise InputError(f"{where}, field 'attributes': missing: the label the responses were sampled under "
+                             f"(a group is a (prompt, label) pair)")
         p = prompt_from_row(row, where)
-        if p.label is None:
-            raise InputError(f"{where}, field 'attributes': missing: a group is a (prompt, label) pair")
+        field = "messages" if "messages" in p.row else "prompt"
+        for i, m in enumerate(p.messages):
+            if m["role"] not in ("user", "assistant") and not (i == 0 and m["role"] == "system"):
+                raise InputError(f"{where}, field '{field}': role {m['role']!r} in turn {i}: NeMo's SteerLM 2.0 "
+                                 f"format holds one leading system message, then user and assistant turns")
         ys = row.get("responses")
         if not isinstance(ys, list) or len(ys) < 2:
             raise InputError(f"{where}, field 'responses': a group needs at least 2 responses, got "
@@ -45,13 +71,18 @@ def read_samples(path: str, skip_empty: bool = False,
         for j, y in enumerate(ys):
             if not isinstance(y, str) or (not y.strip() and not skip_empty):
                 raise InputError(f"{where}, field 'responses[{j}]': empty or not a string")
-        kept = [y for y in ys if y.strip()]
-        if len(kept) < len(ys):
-            skipped["empty_responses"] = skipped.get("empty_responses", 0) + len(ys) - len(kept)
-        if len(kept) < 2:
-            skipped["groups"] = skipped.get("groups", 0) + 1
+        done = row.get("finished", [True] * len(ys))  # rows written by other tools may not say
+        if not isinstance(done, list) or len(done) != len(ys) or not all(isinstance(f, bool) for f in done):
+            raise InputError(f"{where}, field 'finished': expected one true/false per response")
+        keep = [j for j, y in enumerate(ys) if y.strip() and (done[j] or not skip_unfinished)]
+        count("empty_responses", sum(not y.strip() for y in ys))
+        count("unfinished_responses", sum(bool(y.strip()) and not done[j] for j, y in enumerate(ys))
+              if skip_unfinished else 0)
+        if len(keep) < 2:
+            count("groups", 1)
             continue
-        out.append((p.messages, p.label, kept, p.row))
+        out.append(Sample(p.messages, p.label, [ys[j] for j in keep], p.row,
+                          [f"{where}, field 'responses[{j}]'" for j in keep], sum(not done[j] for j in keep)))
     if not out:
         raise InputError(f"{path}: no samples")
     return out
@@ -59,14 +90,15 @@ def read_samples(path: str, skip_empty: bool = False,
 
 def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optional[Any] = None,
                   sigma: Optional[Any] = None, batch_size: int = 16, skip_empty: bool = False,
-                  devices: str = "one", dtype: str = "float32", progress: bool = True) -> dict:
+                  skip_unfinished: bool = False, devices: str = "one", dtype: str = "float32",
+                  progress: bool = True) -> dict:
     """Write ``output`` (NeMo-format groups); returns a report. ``policy``/``sft``: folders or loaded
     :class:`rm_jax.policy.Policy`; ``rm``: an RM folder (HF or run); ``sigma``: see
     :func:`rm_jax.steer.attribute_model.resolve_sigma` (default: the RM's validation RMSE)."""
     from rm_jax.policy import response_logprobs
     from rm_jax.steer.models import policy as load, reward_model
     skipped: dict = {}
-    samples = read_samples(input, skip_empty, skipped)
+    samples = read_samples(input, skip_empty, skipped, skip_unfinished)
     sig = resolve_sigma(rm, sigma)
     rm_model = reward_model(rm, devices, dtype)
     if list(rm_model.attributes) != list(ATTRIBUTES):
@@ -74,34 +106,37 @@ def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optiona
     pol = load(policy, devices, dtype)
     uncond = load(sft, devices, dtype) if sft is not None else pol
 
-    flat_prompt, flat_label, flat_y = [], [], []
-    for msgs, label, ys, _ in samples:
-        for y in ys:
-            flat_prompt.append(msgs)
-            flat_label.append(label)
-            flat_y.append(y)
+    flat_prompt, flat_label, flat_y, flat_where = [], [], [], []
+    for smp in samples:
+        flat_prompt += [smp.messages] * len(smp.responses)
+        flat_label += [smp.label] * len(smp.responses)
+        flat_y += smp.responses
+        flat_where += smp.locations
     rows = [{"messages": m + [{"role": "assistant", "content": y}]} for m, y in zip(flat_prompt, flat_y)]
-    pred, _ = score_rows(rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress, where=input)
+    pred, _ = score_rows(rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress,
+                         where=flat_where)
     log_pa = np.concatenate([log_p_attributes(pred[i:i + 1], parse_attribute_label(lab), sig)
                              for i, lab in enumerate(flat_label)]) if rows else np.zeros(0)
     cond = [with_label(m + [{"role": "assistant", "content": y}], lab)
             for m, y, lab in zip(flat_prompt, flat_y, flat_label)]
     plain = [m + [{"role": "assistant", "content": y}] for m, y in zip(flat_prompt, flat_y)]
-    log_q, n_tokens = response_logprobs(pol, cond)
-    log_py, _ = response_logprobs(uncond, plain)
+    log_q, n_tokens = response_logprobs(pol, cond, locations=flat_where)
+    log_py, _ = response_logprobs(uncond, plain, locations=flat_where)
 
     records, k = [], 0
-    for msgs, label, ys, _ in samples:
-        sl = slice(k, k + len(ys))
-        system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
-        turns = msgs[1:] if system else msgs
-        records.append(group_record(system, turns, label, ys, log_pa[sl], np.asarray(log_py)[sl],
+    for smp in samples:
+        sl = slice(k, k + len(smp.responses))
+        msgs = smp.messages
+        has_system = bool(msgs) and msgs[0]["role"] == "system"
+        system, turns = (msgs[0]["content"], msgs[1:]) if has_system else ("", msgs)
+        records.append(group_record(system, turns, smp.label, smp.responses, log_pa[sl], np.asarray(log_py)[sl],
                                     np.asarray(log_q)[sl]))
-        k += len(ys)
+        k += len(smp.responses)
     if not np.all(np.isfinite(log_pa)) or not np.all(np.isfinite(log_q)) or not np.all(np.isfinite(log_py)):
         raise InputError(f"{input}: a log-probability came out non-finite; nothing written")
     write_jsonl(output, records)
     return {"groups": len(records), "responses": len(rows), "sigma": sig, "skipped": skipped,
+            "unfinished": sum(smp.unfinished for smp in samples),
             "log_p_y_given_x": os.path.abspath(sft) if isinstance(sft, str) else
             ("the given sft model" if sft is not None else "the sampling policy without the label"),
             "mean_response_tokens": float(np.mean(n_tokens)) if len(rows) else 0.0}

@@ -36,10 +36,13 @@ def prompt_from_row(row: dict, where: str) -> Prompt:
     return Prompt(prompt_messages(keep, where), label, keep)
 
 
-def read_prompts(source: str, limit: Optional[int] = None, split: str = "validation") -> list[Prompt]:
+def read_prompts(source: str, limit: Optional[int] = None, split: str = "validation",
+                 by_label: bool = False) -> list[Prompt]:
     """Prompts from a JSON-lines file (rows ``{"prompt"}`` or ``{"messages"}``, optionally ``"attributes"``;
     a ``response`` is ignored), or from HelpSteer2-format data (file, folder, hub id, ``bundled``: its
-    ``split``), one per distinct prompt in order, the first ``limit`` of them."""
+    ``split``), one per distinct prompt in order, the first ``limit`` of them. ``by_label``: one per distinct
+    (prompt, own label) instead, for sampling each row under its own label (HelpSteer2 rates about two
+    responses per prompt, with different labels)."""
     out: list[Prompt] = []
     seen: set[str] = set()
     if source.endswith(".jsonl"):
@@ -49,7 +52,7 @@ def read_prompts(source: str, limit: Optional[int] = None, split: str = "validat
                 for i, r in enumerate(load_helpsteer(resolve_source(source), split).rows))
     for where, r in rows:
         p = prompt_from_row(r, where)
-        key = repr(p.messages)
+        key = repr((p.messages, p.label)) if by_label else repr(p.messages)
         if key in seen:
             continue
         seen.add(key)

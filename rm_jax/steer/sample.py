@@ -1,7 +1,7 @@
 """Sampling n responses per (prompt, label): the samples ``rm-jax steer label`` turns into SteerLM 2.0 groups.
 
 Output rows are ``rm-jax lm generate``'s: the prompt (or messages), ``"attributes"`` (the label the policy
-was given) and ``"responses"`` (n texts)."""
+was given), ``"responses"`` (n texts) and ``"finished"`` (false for a response cut off at ``max_new_tokens``)."""
 
 from __future__ import annotations
 
@@ -17,22 +17,24 @@ def sample_prompts(policy: Any, input: str, output: str, *, n: int = 4, targets:
                    devices: str = "one", dtype: str = "float32", progress: bool = True) -> dict:
     """``policy``: a loaded :class:`rm_jax.policy.Policy` or its folder; ``input``: prompts (see
     :func:`rm_jax.steer.prompts.read_prompts`; HelpSteer2 data reads its ``split``, the training prompts by
-    default). Each prompt is sampled under its own label (its ``"attributes"``, else its HelpSteer2
-    values), or under each of ``targets``."""
+    default). Each distinct (prompt, label) is sampled under its own label (its ``"attributes"``, else its
+    HelpSteer2 values; ``prompts`` counts those pairs), or each distinct prompt under each of ``targets``."""
     from rm_jax.errors import InputError
     from rm_jax.policy import generate
     from rm_jax.steer.models import policy as load
     if n < 2:
         raise InputError(f"n: SteerLM 2.0 groups need at least 2 responses per (prompt, label), got {n}")
     pol = load(policy, devices, dtype)
-    items = read_prompts(input, prompts, split=split)
     labels = targets_as_labels(targets)
+    items = read_prompts(input, prompts, split=split, by_label=labels is None)
     jobs = [(p, lab) for p in items for lab in (labels or [p.label])]
     missing = [i for i, (p, lab) in enumerate(jobs) if lab is None]
     if missing:
         raise InputError(f"{input}: prompt {missing[0] + 1} has no attributes to condition on: give its row "
                          f"\"attributes\" (or HelpSteer2 labels), or targets")
-    texts = generate(pol, [labelled(p, lab) for p, lab in jobs], n=n, temperature=temperature, top_p=top_p,
-                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    write_jsonl(output, ({**p.row, "attributes": lab, "responses": list(ys)} for (p, lab), ys in zip(jobs, texts)))
-    return {"prompts": len(items), "groups": len(jobs), "responses": sum(len(t) for t in texts)}
+    gen = generate(pol, [labelled(p, lab) for p, lab in jobs], n=n, temperature=temperature, top_p=top_p,
+                   max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, return_tokens=True)
+    write_jsonl(output, ({**p.row, "attributes": lab, "responses": list(ys), "finished": list(fs)}
+                         for (p, lab), ys, fs in zip(jobs, gen.texts, gen.finished)))
+    return {"prompts": len(items), "groups": len(jobs), "responses": sum(len(t) for t in gen.texts),
+            "unfinished": sum(not f for fs in gen.finished for f in fs)}

@@ -24,12 +24,14 @@ import jax
 from rm_jax.config import RunConfig
 from rm_jax.evaluation.run_eval import score_rewardbench, write_run_evaluation
 from rm_jax.training.loop import fit
+from rm_jax.training.setup import inherit_from_init
 
 DONE_FILE = "DONE"
 
 
 def train(cfg: RunConfig) -> str:
     """Train (or resume) the run in ``cfg.run_dir``, evaluate its kept checkpoint; returns the run folder."""
+    cfg = inherit_from_init(cfg)  # evaluation reads the data as training did
     result = fit(cfg)
     write_run_evaluation(cfg, result)
     if cfg.eval.rewardbench:

@@ -71,3 +71,19 @@ def test_sft_export_and_policy(sft_run, tmp_path):
     with pytest.raises(Exception, match="a policy run"):
         from rm_jax.runs import load_scoring_model
         load_scoring_model(sft_run)
+
+
+def test_a_run_from_another_run_reads_data_with_its_tokenizer_and_template(tmp_path):
+    """model.init_from without model.tokenizer / data.template: the parent run's (SteerLM 2.0 groups carry
+    log-probs computed with them); settings the config names win."""
+    from rm_jax.runs import META
+    from rm_jax.training.setup import inherit_from_init, tokenizer_path
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / META).write_text(json.dumps({"tokenizer": "/somewhere/tok", "template": "nemotron"}))
+    cfg = inherit_from_init(load_config(DEMO, [f"model.init_from={parent}"]))
+    assert tokenizer_path(cfg) == "/somewhere/tok" and cfg.data.template == "nemotron"
+    own = inherit_from_init(load_config(DEMO, [f"model.init_from={parent}", "model.tokenizer=/mine",
+                                               "data.template=chatml"]))
+    assert tokenizer_path(own) == "/mine" and own.data.template == "chatml"
+    assert inherit_from_init(load_config(DEMO)).data.template == load_config(DEMO).data.template

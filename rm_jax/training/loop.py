@@ -34,7 +34,8 @@ from rm_jax.step import (batch_shardings, create_state, lr_schedule, make_eval_s
                          make_train_step, put_batch)
 from rm_jax.training.logs import MetricsLog, log, write_json_main
 from rm_jax.training.setup import (build_mesh, build_model, check_label_probe, check_model_path, load_split,
-                                   maybe_init_distributed, run_opts, tokenizer_path)
+                                   inherit_from_init, maybe_init_distributed, run_opts,
+                                   tokenizer_path)
 
 
 @dataclass
@@ -116,6 +117,7 @@ def fit(cfg: RunConfig) -> FitResult:
     mesh = build_mesh(cfg)
     check_model_path(cfg)
     check_label_probe(cfg)
+    cfg = inherit_from_init(cfg)
     run_dir = os.path.abspath(cfg.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     if jax.process_index() == 0:

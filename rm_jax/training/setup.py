@@ -52,6 +52,21 @@ def build_mesh(cfg: RunConfig) -> Any:
     return mesh
 
 
+def inherit_from_init(cfg: RunConfig) -> RunConfig:
+    """A run starting from another run's parameters (``model.init_from``) reads its data as that run did:
+    with its tokenizer and chat template, unless the config names others. SteerLM 2.0 groups carry
+    log Q' computed with them; other ids would make the importance weights wrong without an error."""
+    if not cfg.model.init_from or not os.path.exists(os.path.join(cfg.model.init_from, META)):
+        return cfg
+    meta = read_meta(cfg.model.init_from)
+    model, data = cfg.model, cfg.data
+    if not model.tokenizer and not model.path and meta.get("tokenizer"):
+        model = dataclasses.replace(model, tokenizer=meta["tokenizer"])
+    if data.template is None and meta.get("template"):
+        data = dataclasses.replace(data, template=meta["template"])
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
 def tokenizer_path(cfg: RunConfig) -> str:
     return cfg.model.tokenizer or cfg.model.path or bundled_tokenizer_path()
 

@@ -18,6 +18,8 @@ import re
 import shutil
 import sys
 import time
+import traceback
+import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import jax
@@ -171,11 +173,23 @@ _ORBAX_READ = "_read_array_index_and_device_put"
 _ORBAX_SERIALIZATION = os.path.join("orbax", "checkpoint", "_src", "serialization")
 
 
+# What the abandoned reads of a damaged checkpoint say when asyncio finalises them (at exit, often): the
+# Task's coroutine path, or for bare Futures and gathers only the TensorStore error inside them.
+_FAILED_READ_MARKS = (_ORBAX_SERIALIZATION, _ORBAX_READ, "in OCDBT database", "while reading array index")
+
+
 class _FailedReadNoise(logging.Filter):
-    """asyncio's 'Task exception was never retrieved' for the reads of a checkpoint already reported."""
+    """asyncio's '... exception was never retrieved' (Task, Future, _GatheringFuture) for the reads of a
+    checkpoint already reported."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (_ORBAX_SERIALIZATION in record.getMessage() and "never retrieved" in record.getMessage())
+        msg = record.getMessage()
+        if "never retrieved" not in msg:
+            return True
+        text = msg
+        if record.exc_info and record.exc_info[1] is not None:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        return not any(mark in text for mark in _FAILED_READ_MARKS)
 
 
 def _filter_failed_reads() -> None:
@@ -193,6 +207,7 @@ def _filter_failed_reads() -> None:
     hook._rm_jax_filter = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_FailedReadNoise())
+    warnings.filterwarnings("ignore", message=f"coroutine '{_ORBAX_READ}' was never awaited", category=RuntimeWarning)
 
 
 _PATH = re.compile(r'(/[^\s"\'<>]+)')

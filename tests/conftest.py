@@ -41,6 +41,13 @@ def hf_causal_lm(request, tmp_path_factory):
     return d, model, tok
 
 
+@pytest.fixture(scope="session")
+def subprocess_cache_env(tmp_path_factory):
+    """worker_env() plus one compilation cache shared by this session's subprocess trainings."""
+    from tests.subprocesses import compile_cache_env, worker_env
+    return {**worker_env(), **compile_cache_env(str(tmp_path_factory.mktemp("xla_cache_subprocesses")))}
+
+
 def _bundled() -> str:
     from rm_jax.data.pipeline import resolve_source
     return resolve_source("bundled")

@@ -12,3 +12,10 @@ def worker_env() -> dict:
     env.pop("XLA_FLAGS", None)  # the worker sets its own CPU device count
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def compile_cache_env(cache_dir: str) -> dict:
+    """Environment for a subprocess to share a persistent compilation cache: the first run compiles, the
+    runs after it load the same programs (short test runs spend their time starting up and compiling)."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -30,6 +30,7 @@ from rm_jax.experiments import expand, load_experiment, looks_like_experiment
 from rm_jax.cli import main as cli_main
 from rm_jax.sweep import sweep
 from rm_jax.report import build_report
+from tests.subprocesses import compile_cache_env
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -113,11 +114,9 @@ def read_csv(path):
 
 
 def subprocess_env(cache_dir):
-    env = dict(os.environ)
-    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_DEFAULT_MATMUL_PRECISION="highest",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
+    # XLA_FLAGS stays: the sweeps see the same 8 CPU devices as the in-process reference.
+    return {**os.environ, **compile_cache_env(cache_dir),
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def cli(*args):

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.subprocesses import ROOT, TINY, worker_env
+from tests.subprocesses import ROOT, TINY
 
 from rm_jax.cli import main
 from tests.hf_fixtures import make_hf_rm_with_tokenizer
@@ -23,9 +23,17 @@ ARGS = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.l
         "checkpoint.async_save=true"]
 
 
-def _train(run_dir):
-    cmd = [sys.executable, "-m", "rm_jax.cli", "train", TINY, f"run_dir={run_dir}", *ARGS]
-    return subprocess.run(cmd, env=worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def cli_train(subprocess_cache_env, data_files):
+    """``rm-jax [flags] train`` in a subprocess, on the small train / validation files (reading and
+    scoring the bundled 3000 + 400 rows in each of the four processes bought nothing here)."""
+    env = subprocess_cache_env
+    data = [f"data.train={data_files['train']}", f"data.validation={data_files['validation']}"]
+
+    def run(run_dir, *flags):
+        cmd = [sys.executable, "-m", "rm_jax.cli", *flags, "train", TINY, f"run_dir={run_dir}", *ARGS, *data]
+        return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run
 
 
 def _flip_bytes(step_dir):
@@ -45,9 +53,9 @@ def _losses(run_dir):
 
 
 @pytest.mark.slow
-def test_damaged_latest_checkpoint_falls_back_then_none_readable_is_one_line(tmp_path):
+def test_damaged_latest_checkpoint_falls_back_then_none_readable_is_one_line(tmp_path, cli_train):
     run = tmp_path / "run"
-    first = _train(run)
+    first = cli_train(run)
     assert first.returncode == 0, first.stderr[-3000:]
     reference = _losses(run)
     assert sorted(os.listdir(run / "checkpoints")) == ["4", "6"]  # keep_latest defaults to 2
@@ -55,7 +63,7 @@ def test_damaged_latest_checkpoint_falls_back_then_none_readable_is_one_line(tmp
     # 1. The latest is damaged: resume from step 4, say so, retrain steps 5-6 exactly as before.
     _flip_bytes(run / "checkpoints" / "6")
     os.remove(run / "DONE")
-    again = _train(run)
+    again = cli_train(run)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Traceback" not in again.stderr and "Event loop is closed" not in again.stderr
     err = again.stderr
@@ -73,7 +81,7 @@ def test_damaged_latest_checkpoint_falls_back_then_none_readable_is_one_line(tmp
     for step in ("4", "6"):
         _flip_bytes(run / "checkpoints" / step)
     os.remove(run / "DONE")
-    failed = _train(run)
+    failed = cli_train(run)
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr and "Event loop is closed" not in failed.stderr
     errors = [ln for ln in failed.stderr.splitlines() if ln.startswith("rm-jax train: error:")]
@@ -83,8 +91,7 @@ def test_damaged_latest_checkpoint_falls_back_then_none_readable_is_one_line(tmp
     assert sorted(os.listdir(run / "checkpoints")) == ["4", "6"]  # nothing moved when nothing is readable
 
     # 3. --debug shows the traceback of the same failure.
-    debug = subprocess.run([sys.executable, "-m", "rm_jax.cli", "--debug", "train", TINY, f"run_dir={run}", *ARGS],
-                           env=worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    debug = cli_train(run, "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 

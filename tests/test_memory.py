@@ -36,8 +36,10 @@ def test_the_check_sees_the_hoisting_blowup(monkeypatch):
     from rm_jax.models import attention
     monkeypatch.setattr(attention, "jax", attention.jax)  # restored after the test
     reproduce_hoisting()
-    a, b, c = _temps("xla", "scan", (256, 512, 1024))
-    assert c / b > 2.6, (a, b, c)
+    # One doubling is enough (each compile costs seconds): hoisted, 256 -> 512 grows x4.1 (x5.7 at
+    # 512 -> 1024); with the barrier it grows x1.85 (x2.0).
+    b, c = _temps("xla", "scan", (256, 512))
+    assert c / b > 2.6, (b, c)
 
 
 def test_pooled_last_layer_saves_work_when_scanned():

@@ -28,19 +28,34 @@ def _records(run_dir):
         return [json.loads(x) for x in f]
 
 
-def test_two_processes_match_one_process(tmp_path):
-    one = str(tmp_path / "one")
-    subprocess.run([sys.executable, WORKER, "4", TINY, f"run_dir={one}", *ARGS], env=worker_env(), check=True,
-                   capture_output=True, timeout=600)
+def test_two_processes_match_one_process(tmp_path, data_files):
+    # The small train / validation files (10 steps of 8 rows; 60 validation rows, a partial last batch).
+    args = [*ARGS, f"data.train={data_files['train']}", f"data.validation={data_files['validation']}"]
     two = str(tmp_path / "two")
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, WORKER, "2", TINY, f"run_dir={two}", *ARGS,
-                               "distributed.enabled=true", f"distributed.coordinator_address=127.0.0.1:{port}",
-                               "distributed.num_processes=2", f"distributed.process_id={i}"],
-                              env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0].decode() for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
+    procs = []
+    for i in range(2):
+        with open(tmp_path / f"process{i}.log", "w") as log:  # a file: no pipe to fill while the test waits
+            procs.append(subprocess.Popen([sys.executable, WORKER, "2", TINY, f"run_dir={two}", *args,
+                                           "distributed.enabled=true",
+                                           f"distributed.coordinator_address=127.0.0.1:{port}",
+                                           "distributed.num_processes=2", f"distributed.process_id={i}"],
+                                          env=worker_env(), stdout=log, stderr=subprocess.STDOUT))
+    # The one-process run alongside them: their start-ups and compiles overlap where the pair waits.
+    one = str(tmp_path / "one")
+    try:
+        single = subprocess.run([sys.executable, WORKER, "4", TINY, f"run_dir={one}", *args], env=worker_env(),
+                                capture_output=True, text=True, timeout=600)
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert single.returncode == 0, single.stderr[-3000:]
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, (tmp_path / f"process{i}.log").read_text()[-3000:]
     a = {r["step"]: r for r in _records(one) if "loss" in r}
     b = {r["step"]: r for r in _records(two) if "loss" in r}
     assert sorted(a) == sorted(b) == list(range(1, 11))

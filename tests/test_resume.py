@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.subprocesses import TINY, WORKER, worker_env
+from tests.subprocesses import TINY, WORKER
 
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.sharding import make_mesh
@@ -21,6 +21,13 @@ ARGS = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "train.l
         "checkpoint.every_steps=5", "train.max_steps=60", "checkpoint.async_save=true"]
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(subprocess_cache_env):
+    """The killed and resumed runs load the reference run's compiled programs (their start-up and
+    compiles, not the 60 tiny steps, are where the time goes)."""
+    return subprocess_cache_env
 
 
 def _cmd(run_dir, *extra):
@@ -49,8 +56,8 @@ def _finished_steps(ckpt_dir):
     return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
-def _kill_when(run_dir, predicate, timeout=240):
-    p = subprocess.Popen(_cmd(run_dir), env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _kill_when(run_dir, env, predicate, timeout=240):
+    p = subprocess.Popen(_cmd(run_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.time()
     while time.time() - t0 < timeout:
         if predicate():
@@ -65,18 +72,18 @@ def _kill_when(run_dir, predicate, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, env):
     run = str(tmp_path_factory.mktemp("ref"))
-    subprocess.run(_cmd(run), env=worker_env(), check=True, capture_output=True)
+    subprocess.run(_cmd(run), env=env, check=True, capture_output=True)
     return run
 
 
-def test_sigkill_after_checkpoint_resumes_exactly(reference, tmp_path):
+def test_sigkill_after_checkpoint_resumes_exactly(reference, env, tmp_path):
     run = str(tmp_path)
     ck = os.path.join(run, "checkpoints")
-    _kill_when(run, lambda: 20 in _finished_steps(ck) and not os.path.exists(os.path.join(run, "DONE")))
+    _kill_when(run, env, lambda: 20 in _finished_steps(ck) and not os.path.exists(os.path.join(run, "DONE")))
     assert not os.path.exists(os.path.join(run, "DONE"))
-    subprocess.run(_cmd(run), env=worker_env(), check=True, capture_output=True)
+    subprocess.run(_cmd(run), env=env, check=True, capture_output=True)
     a, b = _losses(reference), _losses(run)
     assert sorted(a) == sorted(b) == list(range(1, 61))
     for s in a:
@@ -90,7 +97,7 @@ def test_sigkill_after_checkpoint_resumes_exactly(reference, tmp_path):
     assert ea["step"] == eb["step"] and ea["val_loss"] == pytest.approx(eb["val_loss"], rel=1e-6)
 
 
-def test_kill_during_save_keeps_previous_checkpoint(reference, tmp_path):
+def test_kill_during_save_keeps_previous_checkpoint(reference, env, tmp_path):
     run = str(tmp_path)
     ck = os.path.join(run, "checkpoints")
 
@@ -100,11 +107,11 @@ def test_kill_during_save_keeps_previous_checkpoint(reference, tmp_path):
         names = os.listdir(ck)
         return any(not n.isdigit() and n.split(".")[0].isdigit() for n in names) and _finished_steps(ck)
 
-    _kill_when(run, saving)
+    _kill_when(run, env, saving)
     done_before = _finished_steps(ck)
     assert done_before, "no finished checkpoint before the kill"
     # The same command resumes from the last finished checkpoint and ends where the reference ends.
-    subprocess.run(_cmd(run), env=worker_env(), check=True, capture_output=True)
+    subprocess.run(_cmd(run), env=env, check=True, capture_output=True)
     a, b = _losses(reference), _losses(run)
     assert sorted(b) == list(range(1, 61))
     assert all(a[s] == pytest.approx(b[s], rel=1e-6, abs=0) for s in a)

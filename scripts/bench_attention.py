@@ -25,9 +25,7 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import cores, environment  # noqa: E402
+from bench_common import cores, environment  # noqa: E402
 
 
 def packed_segments(rng: np.random.Generator, rows: int, t: int, n: int) -> np.ndarray:
@@ -36,7 +34,7 @@ def packed_segments(rng: np.random.Generator, rows: int, t: int, n: int) -> np.n
         cuts = np.sort(rng.choice(np.arange(1, t - 64), n - 1, replace=False)) if n > 1 else []
         bounds = [0, *cuts, t - (8 if n > 1 else 0)]
         for i in range(n):
-            seg[r, bounds[i]:bounds[i + 1]] = i + 1
+            seg[r, bounds[i] : bounds[i + 1]] = i + 1
     return seg
 
 
@@ -63,7 +61,9 @@ def main(argv: Optional[list] = None) -> int:
 
     b, t, n, kv, d = a.rows, a.seq, a.heads, a.kv_heads, 64
     rng = np.random.default_rng(0)
-    q, k, v, g = (rng.standard_normal(s).astype(np.float32) for s in ((b, t, n, d), (b, t, kv, d), (b, t, kv, d), (b, t, n, d)))
+    q, k, v, g = (
+        rng.standard_normal(s).astype(np.float32) for s in ((b, t, n, d), (b, t, kv, d), (b, t, kv, d), (b, t, n, d))
+    )
     if a.dtype == "bfloat16":
         q, k, v, g = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, g))
     max_segments = max(int(x) for x in a.segments.split(","))
@@ -71,33 +71,48 @@ def main(argv: Optional[list] = None) -> int:
     def grad_fn(f):
         return jax.jit(jax.value_and_grad(lambda q, k, v, s, g: jnp.sum(f(q, k, v, s) * g), argnums=(0, 1, 2)))
 
-    fns = {f"flash_block{blk}": grad_fn(lambda q, k, v, s, blk=blk: flash_attention(q, k, v, s, block=blk))
-           for blk in (int(x) for x in a.blocks.split(","))}
+    fns = {
+        f"flash_block{blk}": grad_fn(lambda q, k, v, s, blk=blk: flash_attention(q, k, v, s, block=blk))
+        for blk in (int(x) for x in a.blocks.split(","))
+    }
     for kernel in (x.strip() for x in a.kernels.split(",") if x.strip()):
-        fns[kernel] = grad_fn(lambda q, k, v, s, kernel=kernel: attend(q, k, v, s, kernel=kernel,
-                                                                       max_segments=max_segments))
+        fns[kernel] = grad_fn(
+            lambda q, k, v, s, kernel=kernel: attend(q, k, v, s, kernel=kernel, max_segments=max_segments)
+        )
     if a.dense:
         fns["xla_dense"] = grad_fn(reference_attention)
     torch_step: Optional[Callable[[], None]] = None
     if not a.no_torch:
         import torch
+
         torch.set_num_threads(cores())
-        tq, tk, tv = (torch.tensor(np.asarray(x, np.float32)).transpose(1, 2).contiguous().requires_grad_()
-                      for x in (q, k, v))
+        tq, tk, tv = (
+            torch.tensor(np.asarray(x, np.float32)).transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v)
+        )
         tg = torch.tensor(np.asarray(g, np.float32)).transpose(1, 2)
 
         def sdpa_step() -> None:
             out = torch.nn.functional.scaled_dot_product_attention(
-                tq, tk.repeat_interleave(n // kv, 1), tv.repeat_interleave(n // kv, 1), is_causal=True)
+                tq, tk.repeat_interleave(n // kv, 1), tv.repeat_interleave(n // kv, 1), is_causal=True
+            )
             (out * tg).sum().backward()
             tq.grad = tk.grad = tv.grad = None
 
         sdpa_step()
         torch_step = sdpa_step
 
-    res: dict = {"benchmark": "attention_fwd_bwd", "rows": b, "seq_len": t, "heads": n, "kv_heads": kv,
-                 "head_dim": d, "dtype": a.dtype, "backend": jax.default_backend(), "environment": environment(),
-                 "results": {}}
+    res: dict = {
+        "benchmark": "attention_fwd_bwd",
+        "rows": b,
+        "seq_len": t,
+        "heads": n,
+        "kv_heads": kv,
+        "head_dim": d,
+        "dtype": a.dtype,
+        "backend": jax.default_backend(),
+        "environment": environment(),
+        "results": {},
+    }
     for nseg in (int(x) for x in a.segments.split(",")):
         seg = packed_segments(rng, b, t, nseg)
         compile_s = {}
@@ -121,8 +136,12 @@ def main(argv: Optional[list] = None) -> int:
         for name in fns:
             row[name]["compile_s"] = compile_s[name]
         res["results"][f"segments_{nseg}"] = row
-        print(f"[bench_attention] {nseg} conversation(s) per row: "
-              + ", ".join(f"{k} {v['median_s']:.3f}s" for k, v in row.items()), file=sys.stderr, flush=True)
+        print(
+            f"[bench_attention] {nseg} conversation(s) per row: "
+            + ", ".join(f"{k} {v['median_s']:.3f}s" for k, v in row.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     res["environment"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res) if a.json else json.dumps(res["results"], indent=1))
     return 0

@@ -29,9 +29,7 @@ import time
 from typing import Optional
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import HELPSTEER2, environment, new_train_state, sample_helpsteer_chars  # noqa: E402
+from bench_common import HELPSTEER2, environment, new_train_state, sample_helpsteer_chars  # noqa: E402
 
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 
@@ -51,8 +49,13 @@ _WORDS = (
     "service services price cost money team project goal goals research study studies report analysis "
     "write written explain explains describe summary summarize recommend recommended consider considered"
 ).split()
-_CODE = ("def f(x):\n    return x * 2\n", "for i in range(10):\n    print(i)\n", "SELECT name FROM users WHERE id = 1;\n",
-         "const x = items.map(i => i + 1);\n", "if (n < 0) {\n  throw new Error('n');\n}\n")
+_CODE = (
+    "def f(x):\n    return x * 2\n",
+    "for i in range(10):\n    print(i)\n",
+    "SELECT name FROM users WHERE id = 1;\n",
+    "const x = items.map(i => i + 1);\n",
+    "if (n < 0) {\n  throw new Error('n');\n}\n",
+)
 
 
 class TextGen:
@@ -119,10 +122,20 @@ def make_rows(n_rows: int = HELPSTEER2["rows"], seed: int = 0) -> list[dict]:
 
 def demo_config(vocab: int):
     from rm_jax.models.llama import DecoderConfig
+
     # experiments/demo.yaml's architecture (vocab = the bundled tokenizer's size).
-    return DecoderConfig(model_type="llama", vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=4096, num_labels=len(ATTRS))
+    return DecoderConfig(
+        model_type="llama",
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        num_labels=len(ATTRS),
+    )
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -142,15 +155,17 @@ def main(argv: Optional[list] = None) -> int:
         print(f"[bench_data {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     from rm_jax.data.pipeline import Loader, bundled_tokenizer_path, encode_helpsteer
-    from rm_jax.hf_io import load_tokenizer
+    from rm_jax.models.hf_io import load_tokenizer
 
     t = time.perf_counter()
     rows = make_rows(a.rows, a.seed)
     gen_s = time.perf_counter() - t
     chars_p = np.asarray([len(r["prompt"]) for r in rows])
     chars_r = np.asarray([len(r["response"]) for r in rows])
-    log(f"generated {len(rows)} rows in {gen_s:.1f}s: prompt chars {chars_p.mean():.0f} +- {chars_p.std():.0f}, "
-        f"response chars {chars_r.mean():.0f} +- {chars_r.std():.0f}")
+    log(
+        f"generated {len(rows)} rows in {gen_s:.1f}s: prompt chars {chars_p.mean():.0f} +- {chars_p.std():.0f}, "
+        f"response chars {chars_r.mean():.0f} +- {chars_r.std():.0f}"
+    )
 
     tok = load_tokenizer(bundled_tokenizer_path())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -159,9 +174,11 @@ def main(argv: Optional[list] = None) -> int:
     enc_s = time.perf_counter() - t
     lens = np.asarray([len(x) for x in enc.ids])
     total_chars = int(chars_p.sum() + chars_r.sum())
-    log(f"encode_helpsteer: {enc_s:.1f}s = {len(rows) / enc_s:.0f} rows/s; {lens.sum()} tokens "
+    log(
+        f"encode_helpsteer: {enc_s:.1f}s = {len(rows) / enc_s:.0f} rows/s; {lens.sum()} tokens "
         f"({total_chars / max(lens.sum(), 1):.2f} chars/token); truncated {enc.report.truncated}, "
-        f"dropped {enc.report.dropped}")
+        f"dropped {enc.report.dropped}"
+    )
 
     loader = Loader(enc, a.seq_len, a.max_segments, a.batch_rows, pad_id, packing=True, seed=a.seed)
     t = time.perf_counter()
@@ -178,21 +195,30 @@ def main(argv: Optional[list] = None) -> int:
         slots += b["segment_ids"].size
     build_s = time.perf_counter() - t
     loader_s = plan_s + build_s
-    log(f"Loader epoch: plan {plan_s:.2f}s + {n_batches} batches {build_s:.2f}s = {len(enc.ids) / loader_s:.0f} rows/s; "
-        f"fill {real / slots:.1%}")
+    log(
+        f"Loader epoch: plan {plan_s:.2f}s + {n_batches} batches {build_s:.2f}s = "
+        f"{len(enc.ids) / loader_s:.0f} rows/s; "
+        f"fill {real / slots:.1%}"
+    )
 
     # One train step of the tiny demo model on the same batch shape.
     import jax
-    from rm_jax.config import LossConfig, TrainConfig
-    from rm_jax.sharding import make_mesh
-    from rm_jax.step import batch_shardings, lr_schedule, make_optimizer, make_train_step, put_batch
+
+    from rm_jax.core.config import LossConfig, TrainConfig
+    from rm_jax.engine.train_step import batch_shardings, lr_schedule, make_optimizer, make_train_step, put_batch
+    from rm_jax.models.sharding import make_mesh
+
     cfg = demo_config(len(tok))
     mesh = make_mesh(devices=jax.devices()[:1])
     tc = TrainConfig()
     tx = make_optimizer(tc, 100)
     state, shard = new_train_state(cfg, tx, mesh, a.seed)
-    step = jax.jit(make_train_step(cfg, LossConfig(), tx, loader.max_segments, lr_schedule(tc, 100), mesh),
-                   in_shardings=(shard, None), out_shardings=(shard, None), donate_argnums=0)
+    step = jax.jit(
+        make_train_step(cfg, LossConfig(), tx, loader.max_segments, lr_schedule(tc, 100), mesh),
+        in_shardings=(shard, None),
+        out_shardings=(shard, None),
+        donate_argnums=0,
+    )
     host = {k: v[None] for k, v in next(loader).items() if k != "example_index"}
     sh = batch_shardings(mesh, host, accum=True)
     t = time.perf_counter()
@@ -209,24 +235,52 @@ def main(argv: Optional[list] = None) -> int:
     step_s = statistics.median(step_times)
     batch_s = statistics.median(batch_times)
     rows_per_batch = len(enc.ids) / n_batches
-    log(f"demo-model train step [{a.batch_rows} x {a.seq_len}]: {step_s:.3f}s (compile {compile_s:.1f}s); "
-        f"host batch {batch_s * 1e3:.1f} ms")
+    log(
+        f"demo-model train step [{a.batch_rows} x {a.seq_len}]: {step_s:.3f}s (compile {compile_s:.1f}s); "
+        f"host batch {batch_s * 1e3:.1f} ms"
+    )
 
     res = {
-        "benchmark": "data_pipeline", "rows": len(rows), "prompts": (len(rows) + 1) // 2, "seq_len": a.seq_len,
-        "batch_rows": a.batch_rows, "max_segments": a.max_segments,
-        "text": {"generate_s": round(gen_s, 2), "prompt_chars_mean": float(chars_p.mean()),
-                 "prompt_chars_std": float(chars_p.std()), "response_chars_mean": float(chars_r.mean()),
-                 "response_chars_std": float(chars_r.std()), "chars_per_token": total_chars / max(int(lens.sum()), 1)},
+        "benchmark": "data_pipeline",
+        "rows": len(rows),
+        "prompts": (len(rows) + 1) // 2,
+        "seq_len": a.seq_len,
+        "batch_rows": a.batch_rows,
+        "max_segments": a.max_segments,
+        "text": {
+            "generate_s": round(gen_s, 2),
+            "prompt_chars_mean": float(chars_p.mean()),
+            "prompt_chars_std": float(chars_p.std()),
+            "response_chars_mean": float(chars_r.mean()),
+            "response_chars_std": float(chars_r.std()),
+            "chars_per_token": total_chars / max(int(lens.sum()), 1),
+        },
         "tokenizer": "bundled (rm_jax/assets/tokenizer, vocab %d)" % len(tok),
-        "encode": {"seconds": enc_s, "rows_per_s": len(rows) / enc_s, "tokens": int(lens.sum()),
-                   "mean_tokens": float(lens.mean()), "truncated": enc.report.truncated, "dropped": enc.report.dropped},
-        "loader": {"plan_s": plan_s, "build_s": build_s, "batches": n_batches, "rows_per_s": len(enc.ids) / loader_s,
-                   "conversations_per_batch": rows_per_batch, "batch_ms_median": batch_s * 1e3, "fill": real / slots},
+        "encode": {
+            "seconds": enc_s,
+            "rows_per_s": len(rows) / enc_s,
+            "tokens": int(lens.sum()),
+            "mean_tokens": float(lens.mean()),
+            "truncated": enc.report.truncated,
+            "dropped": enc.report.dropped,
+        },
+        "loader": {
+            "plan_s": plan_s,
+            "build_s": build_s,
+            "batches": n_batches,
+            "rows_per_s": len(enc.ids) / loader_s,
+            "conversations_per_batch": rows_per_batch,
+            "batch_ms_median": batch_s * 1e3,
+            "fill": real / slots,
+        },
         "pipeline_rows_per_s": len(rows) / (enc_s + loader_s),
-        "train_step": {"model": "experiments/demo.yaml architecture (hidden 64, 2 layers, 4 heads / 2 kv)",
-                       "params": cfg.num_params(), "step_s": step_s, "compile_s": compile_s,
-                       "conversations_per_s": rows_per_batch / step_s},
+        "train_step": {
+            "model": "experiments/demo.yaml architecture (hidden 64, 2 layers, 4 heads / 2 kv)",
+            "params": cfg.num_params(),
+            "step_s": step_s,
+            "compile_s": compile_s,
+            "conversations_per_s": rows_per_batch / step_s,
+        },
         "host_batch_over_step": batch_s / step_s,
         "pipeline_over_train_rows_per_s": (len(rows) / (enc_s + loader_s)) / (rows_per_batch / step_s),
         "epoch_train_s_estimate": n_batches * step_s,
@@ -237,11 +291,13 @@ def main(argv: Optional[list] = None) -> int:
     if a.json:
         print(json.dumps(res, default=float))
     else:
-        print(f"encode {res['encode']['rows_per_s']:.0f} rows/s, loader {res['loader']['rows_per_s']:.0f} rows/s "
-              f"({res['loader']['batch_ms_median']:.1f} ms/batch) vs demo train step {step_s * 1e3:.0f} ms "
-              f"({res['train_step']['conversations_per_s']:.0f} conversations/s): host batch = "
-              f"{res['host_batch_over_step']:.1%} of a step; whole pipeline {res['pipeline_over_train_rows_per_s']:.1f}x "
-              f"faster than training consumes rows")
+        print(
+            f"encode {res['encode']['rows_per_s']:.0f} rows/s, loader {res['loader']['rows_per_s']:.0f} rows/s "
+            f"({res['loader']['batch_ms_median']:.1f} ms/batch) vs demo train step {step_s * 1e3:.0f} ms "
+            f"({res['train_step']['conversations_per_s']:.0f} conversations/s): host batch = "
+            f"{res['host_batch_over_step']:.1%} of a step; whole pipeline {res['pipeline_over_train_rows_per_s']:.1f}x "
+            f"faster than training consumes rows"
+        )
     return 0
 
 

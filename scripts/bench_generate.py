@@ -3,7 +3,7 @@ path) against transformers ``generate`` on the same causal LM, the same prompts,
 
 One model, identical weights on both sides: an rm_jax causal LM (the hidden-512 Llama shape of
 bench_train.py with an LM head, random init; ``--model`` overrides it, e.g. ``tiny``) is written with
-``rm_jax.hf_io.export_hf_causal_lm`` and read back by transformers' ``AutoModelForCausalLM`` (eager
+``rm_jax.models.hf_io.export_hf_causal_lm`` and read back by transformers' ``AutoModelForCausalLM`` (eager
 attention is not forced: transformers picks its default, sdpa). Both continue the same batch of prompts
 (random ids, lengths drawn from ``--prompt-len``), left-padded with an attention mask on the transformers
 side, for ``--max-new-tokens`` tokens or until every row has emitted EOS. Greedy decoding is the headline
@@ -31,13 +31,18 @@ import time
 from typing import Any, Optional
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import bench_model_config, cores, environment, parse_overrides  # noqa: E402
+from bench_common import bench_model_config, cores, environment, parse_overrides  # noqa: E402
 
 FLOOR = 1.5
-TINY = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16)
+TINY = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 
 def model_config(spec: str) -> Any:
@@ -57,8 +62,11 @@ def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer new tokens and repeats (a smoke run)")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--model", default="shipped",
-                    help="'tiny', or DecoderConfig overrides of the hidden-512 shape, '+'-joined key=value")
+    ap.add_argument(
+        "--model",
+        default="shipped",
+        help="'tiny', or DecoderConfig overrides of the hidden-512 shape, '+'-joined key=value",
+    )
     ap.add_argument("--batch", type=int, default=8, help="prompts decoded together (one batch on both sides)")
     ap.add_argument("--prompt-len", default="48,160", help="prompt lengths drawn uniformly from LO,HI tokens")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default 128, quick 32")
@@ -80,10 +88,10 @@ def main(argv: Optional[list] = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rm_jax.hf_io import export_hf_causal_lm
     from rm_jax.models import init_params
+    from rm_jax.models.hf_io import export_hf_causal_lm
+    from rm_jax.models.sharding import make_mesh
     from rm_jax.policy import Policy, generate_tokens
-    from rm_jax.sharding import make_mesh
 
     torch.set_num_threads(cores())
     env = environment()
@@ -99,8 +107,10 @@ def main(argv: Optional[list] = None) -> int:
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     eos, pad = 2, 0
     policy = Policy(cfg, params, _Tokenizer(eos, pad), None, mesh, folder)
-    log(f"model exported and reloaded by transformers ({type(hf).__name__}, attn {hf.config._attn_implementation}, "
-        f"{cfg.num_params() / 1e6:.1f}M params)")
+    log(
+        f"model exported and reloaded by transformers ({type(hf).__name__}, attn {hf.config._attn_implementation}, "
+        f"{cfg.num_params() / 1e6:.1f}M params)"
+    )
 
     rng = np.random.default_rng(a.seed)
     lengths = rng.integers(lo, hi + 1, size=a.batch)
@@ -109,7 +119,7 @@ def main(argv: Optional[list] = None) -> int:
     x = np.full((a.batch, width), pad, np.int64)
     m = np.zeros((a.batch, width), np.int64)
     for r, p in enumerate(prompts):
-        x[r, width - len(p):], m[r, width - len(p):] = p, 1
+        x[r, width - len(p) :], m[r, width - len(p) :] = p, 1
     tx, tm = torch.from_numpy(x), torch.from_numpy(m)
 
     def run_jax(sample: bool) -> list[np.ndarray]:
@@ -120,8 +130,9 @@ def main(argv: Optional[list] = None) -> int:
     def run_torch(sample: bool) -> list[np.ndarray]:
         kw = dict(do_sample=True, temperature=1.0, top_p=0.9, top_k=0) if sample else dict(do_sample=False)
         with torch.no_grad():
-            out = hf.generate(tx, attention_mask=tm, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=pad,
-                              **kw)[:, width:].numpy()
+            out = hf.generate(tx, attention_mask=tm, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=pad, **kw)[
+                :, width:
+            ].numpy()
         rows = []
         for row in out:
             stop = np.flatnonzero(row == eos)
@@ -148,33 +159,60 @@ def main(argv: Optional[list] = None) -> int:
             s, n, _ = timed(run_torch, sample)
             tt.append(s)
             tn.append(n)
-            log(f"{mode} repeat {r + 1}/{repeats}: rm_jax {jn[-1] / jt[-1]:.0f} tok/s, torch {tn[-1] / tt[-1]:.0f} tok/s")
+            log(
+                f"{mode} repeat {r + 1}/{repeats}: rm_jax {jn[-1] / jt[-1]:.0f} tok/s, "
+                f"torch {tn[-1] / tt[-1]:.0f} tok/s"
+            )
         j_rate = statistics.median(n / s for n, s in zip(jn, jt))
         t_rate = statistics.median(n / s for n, s in zip(tn, tt))
         results[mode] = {
-            "rm_jax": {"tokens_per_s": j_rate, "call_s_all": [round(s, 3) for s in jt], "tokens": jn[0],
-                       "warmup_s": round(warm_j, 2)},
-            "torch": {"tokens_per_s": t_rate, "call_s_all": [round(s, 3) for s in tt], "tokens": tn[0],
-                      "warmup_s": round(warm_t, 2), "threads": torch.get_num_threads()},
+            "rm_jax": {
+                "tokens_per_s": j_rate,
+                "call_s_all": [round(s, 3) for s in jt],
+                "tokens": jn[0],
+                "warmup_s": round(warm_j, 2),
+            },
+            "torch": {
+                "tokens_per_s": t_rate,
+                "call_s_all": [round(s, 3) for s in tt],
+                "tokens": tn[0],
+                "warmup_s": round(warm_t, 2),
+                "threads": torch.get_num_threads(),
+            },
             "ratio": j_rate / t_rate,
             "ratio_best": max(n / s for n, s in zip(jn, jt)) / max(n / s for n, s in zip(tn, tt)),
         }
         if not sample:
             results[mode]["rows_identical_to_transformers"] = f"{sum(same)}/{len(same)}"
-    res = {"benchmark": "generate", "quick": a.quick, "model": a.model, "params_m": round(cfg.num_params() / 1e6, 2),
-           "batch": a.batch, "prompt_lengths": lengths.tolist(), "max_new_tokens": max_new, "repeats": repeats,
-           **results, "floor": FLOOR, "floor_met": results["greedy"]["ratio"] >= FLOOR, "environment": env}
+    res = {
+        "benchmark": "generate",
+        "quick": a.quick,
+        "model": a.model,
+        "params_m": round(cfg.num_params() / 1e6, 2),
+        "batch": a.batch,
+        "prompt_lengths": lengths.tolist(),
+        "max_new_tokens": max_new,
+        "repeats": repeats,
+        **results,
+        "floor": FLOOR,
+        "floor_met": results["greedy"]["ratio"] >= FLOOR,
+        "environment": env,
+    }
     res["environment"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     if a.json:
         print(json.dumps(res, default=float))
     else:
         for mode, r in results.items():
-            print(f"{mode}: rm_jax {r['rm_jax']['tokens_per_s']:.0f} tok/s, transformers generate "
-                  f"{r['torch']['tokens_per_s']:.0f} tok/s; ratio {r['ratio']:.2f}"
-                  + (f"; identical rows {r['rows_identical_to_transformers']}" if mode == "greedy" else ""))
-        print(f"floor {FLOOR} (greedy): {'met' if res['floor_met'] else 'MISSED'}; batch {a.batch}, "
-              f"{res['params_m']}M params, CPU {env['cpu_lscpu']}, {env['cores']} cores")
+            print(
+                f"{mode}: rm_jax {r['rm_jax']['tokens_per_s']:.0f} tok/s, transformers generate "
+                f"{r['torch']['tokens_per_s']:.0f} tok/s; ratio {r['ratio']:.2f}"
+                + (f"; identical rows {r['rows_identical_to_transformers']}" if mode == "greedy" else "")
+            )
+        print(
+            f"floor {FLOOR} (greedy): {'met' if res['floor_met'] else 'MISSED'}; batch {a.batch}, "
+            f"{res['params_m']}M params, CPU {env['cpu_lscpu']}, {env['cores']} cores"
+        )
     return 0
 
 

@@ -12,7 +12,7 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
   torch_dense   transformers LlamaForSequenceClassification, sdpa attention, bf16 autocast over fp32
                 params, gradient checkpointing, fused AdamW: 4 x 4096 full rows
   torch_trl     the same trainer fed TRL's way: 16 conversations per batch right-padded to the longest
-  score_parity  ``rm-jax score``'s path (rm_jax.hf_io + rm_jax.scoring.Scorer) in float32 on this
+  score_parity  ``rm-jax score``'s path (rm_jax.models.hf_io + rm_jax.engine.scoring.Scorer) in float32 on this
                 device against transformers float32 on the CPU, tiny random llama and qwen3 RMs; with
                 the shipped precision (highest for float32) and with ``matmul_precision=default``
   generate      the same shape with an LM head: rm_jax's KV-cache sampler (``rm-jax lm generate``'s path)
@@ -46,7 +46,6 @@ from typing import Any, Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
@@ -61,28 +60,61 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------- shapes and data
 
+
 def arch(smoke: bool) -> dict:
     if smoke:
-        return dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                    tie_word_embeddings=True)
+        return dict(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+        )
     # meta-llama/Llama-3.2-1B's config.json
-    return dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
-                rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
-                rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    return dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=True,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
 
 
 def model_config(a: argparse.Namespace, attention: str) -> Any:
     from rm_jax.models.llama import DecoderConfig
-    return DecoderConfig(model_type="llama", num_labels=5, dtype="bfloat16", remat=a.remat, scan_layers=not a.no_scan,
-                         attention=attention, **arch(a.smoke))
+
+    return DecoderConfig(
+        model_type="llama",
+        num_labels=5,
+        dtype="bfloat16",
+        remat=a.remat,
+        scan_layers=not a.no_scan,
+        attention=attention,
+        **arch(a.smoke),
+    )
 
 
 def conversations(rng: np.random.Generator, n: int, seq_len: int, vocab: int) -> list[np.ndarray]:
     """n HelpSteer2-shaped conversations (token ids >= 3: never the pad id), truncated to seq_len."""
-    from bench_train import helpsteer_token_lengths
+    from bench_common import helpsteer_token_lengths
+
     lengths, _ = helpsteer_token_lengths(rng, n, seq_len)
     return [rng.integers(3, vocab, int(t), dtype=np.int64).astype(np.int32) for t in lengths]
 
@@ -90,6 +122,7 @@ def conversations(rng: np.random.Generator, n: int, seq_len: int, vocab: int) ->
 def packed_batches(a: argparse.Namespace, vocab: int) -> tuple[list, dict]:
     """HelpSteer2-shaped conversations packed into fixed [1, rows, seq_len] batches (accumulation axis of 1)."""
     from rm_jax.data.packing import build_batch, plan_packed
+
     rng = np.random.default_rng(a.seed)
     need = min(a.warmup + a.steps, 8) * a.rows
     n = max(8, int(need * a.seq_len / 500))
@@ -102,8 +135,9 @@ def packed_batches(a: argparse.Namespace, vocab: int) -> tuple[list, dict]:
     labels = rng.integers(0, 5, (len(convs), 5)).astype(np.float32)
     out = []
     for k in range(0, need, a.rows):
-        b = build_batch(convs, labels, np.ones_like(labels), bins[k:k + a.rows], a.seq_len, a.max_segments, 0,
-                        rows=a.rows)
+        b = build_batch(
+            convs, labels, np.ones_like(labels), bins[k : k + a.rows], a.seq_len, a.max_segments, 0, rows=a.rows
+        )
         b.pop("example_index")
         out.append({key: v[None] for key, v in b.items()})
     real = sum(int((b["segment_ids"] > 0).sum()) for b in out)
@@ -112,10 +146,12 @@ def packed_batches(a: argparse.Namespace, vocab: int) -> tuple[list, dict]:
 
 # ---------------------------------------------------------------- sections (each runs in its own process)
 
+
 def section_peak(a: argparse.Namespace) -> dict:
     """Best bf16 x bf16 -> bf16 matmul rate of jnp.dot (random operands, never zeros); torch's beside it."""
     import jax
     import jax.numpy as jnp
+
     n, reps = (512, 5) if a.smoke else (a.peak_n, 20)
     ka, kb = jax.random.split(jax.random.key(1))
     x = jax.random.normal(ka, (n, n), jnp.bfloat16)
@@ -127,10 +163,16 @@ def section_peak(a: argparse.Namespace) -> dict:
         t = time.perf_counter()
         f(x, y).block_until_ready()
         ts.append(time.perf_counter() - t)
-    flops = 2.0 * n ** 3
+    flops = 2.0 * n**3
     dev = jax.devices()[0]
-    out = {"n": n, "best_flops": flops / min(ts), "median_flops": flops / statistics.median(ts),
-           "backend": jax.default_backend(), "device_kind": dev.device_kind, "jax": jax.__version__}
+    out = {
+        "n": n,
+        "best_flops": flops / min(ts),
+        "median_flops": flops / statistics.median(ts),
+        "backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "jax": jax.__version__,
+    }
     log(f"jnp.dot bf16 {n}^3: {out['best_flops'] / 1e12:.1f} TFLOP/s on {dev.device_kind}")
     return out
 
@@ -138,15 +180,17 @@ def section_peak(a: argparse.Namespace) -> dict:
 def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
     """rm_jax's train step on packed rows, timed as the train loop runs it (metrics fetched every step)."""
     import jax
+    from bench_common import new_train_state
+
     import rm_jax.data.packing  # noqa: F401
+    import rm_jax.engine.train_step  # noqa: F401
     import rm_jax.models  # noqa: F401
-    import rm_jax.step  # noqa: F401
-    from bench_train import new_train_state
-    from rm_jax.config import LossConfig, TrainConfig
+    from rm_jax.core.config import LossConfig, TrainConfig
+    from rm_jax.core.flops import flops_per_token
+    from rm_jax.engine.train_step import batch_shardings, lr_schedule, make_optimizer, make_train_step, put_batch
     from rm_jax.models.attention import KernelUnavailableError
-    from rm_jax.perf import flops_per_token
-    from rm_jax.sharding import make_mesh
-    from rm_jax.step import batch_shardings, lr_schedule, make_optimizer, make_train_step, put_batch
+    from rm_jax.models.sharding import make_mesh
+
     imports = {"datasets": "datasets" in sys.modules, "grain": "grain" in sys.modules}
     cfg = model_config(a, attention)
     try:
@@ -161,8 +205,12 @@ def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
     state, shard = new_train_state(cfg, tx, mesh, a.seed)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
-    step = jax.jit(make_train_step(cfg, LossConfig(), tx, a.max_segments, lr_schedule(tc, 1000), mesh),
-                   in_shardings=(shard, None), out_shardings=(shard, None), donate_argnums=0)
+    step = jax.jit(
+        make_train_step(cfg, LossConfig(), tx, a.max_segments, lr_schedule(tc, 1000), mesh),
+        in_shardings=(shard, None),
+        out_shardings=(shard, None),
+        donate_argnums=0,
+    )
     sh = batch_shardings(mesh, batches[0], accum=True)
     times, compile_s, m = [], None, {}
     for i in range(a.warmup + a.steps):
@@ -181,14 +229,26 @@ def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
     slots = a.rows * a.seq_len
     real = statistics.median(int((b["segment_ids"] > 0).sum()) for b in batches)
     med = statistics.median(times)
-    out = {"kernel": kernel, "step_s": med, "step_s_all": [round(x, 4) for x in times],
-           "compile_and_first_step_s": round(compile_s, 2), "init_s": round(init_s, 2), "rows": a.rows,
-           "seq_len": a.seq_len, "tokens_per_s": slots / med, "real_tokens_per_s": real / med,
-           "flops_per_token": flops_per_token(cfg, a.seq_len), "loss_last": float(m["loss"]),
-           "fill": info["fill"], "imports": imports, "jax": jax.__version__,
-           "device_kind": jax.devices()[0].device_kind}
+    out = {
+        "kernel": kernel,
+        "step_s": med,
+        "step_s_all": [round(x, 4) for x in times],
+        "compile_and_first_step_s": round(compile_s, 2),
+        "init_s": round(init_s, 2),
+        "rows": a.rows,
+        "seq_len": a.seq_len,
+        "tokens_per_s": slots / med,
+        "real_tokens_per_s": real / med,
+        "flops_per_token": flops_per_token(cfg, a.seq_len),
+        "loss_last": float(m["loss"]),
+        "fill": info["fill"],
+        "imports": imports,
+        "jax": jax.__version__,
+        "device_kind": jax.devices()[0].device_kind,
+    }
     if kernel == "cudnn":  # which packed path ran: native GQA, or kv heads repeated for an older JAX
         from rm_jax.models.cudnn import _packed_attention_fn
+
         out["cudnn_gqa_native"] = _packed_attention_fn()[2]
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -205,11 +265,13 @@ class _Torch:
         import torch
         import transformers
         from transformers import LlamaConfig, LlamaForSequenceClassification
+
         self.torch = torch
         self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         spec = {k: v for k, v in arch(a.smoke).items() if k != "rope_scaling"}  # same speed with or without
-        hf = LlamaConfig(num_labels=5, pad_token_id=0, problem_type="regression", attention_bias=False,
-                         mlp_bias=False, **spec)
+        hf = LlamaConfig(
+            num_labels=5, pad_token_id=0, problem_type="regression", attention_bias=False, mlp_bias=False, **spec
+        )
         hf._attn_implementation = "sdpa"
         torch.manual_seed(a.seed)
         with self.dev:  # initialise on the device (a 1.2B model's CPU init takes many seconds)
@@ -226,9 +288,15 @@ class _Torch:
         except (RuntimeError, TypeError):
             self.opt, self.opt_kind = torch.optim.AdamW(params, **kw), "AdamW (fused unavailable here)"
         self.params = params
-        self.info = {"torch": torch.__version__, "transformers": transformers.__version__, "device": str(self.dev),
-                     "attn_implementation": getattr(self.model.config, "_attn_implementation", "?"),
-                     "optimizer": self.opt_kind, "autocast": "bfloat16", "gradient_checkpointing": True}
+        self.info = {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "device": str(self.dev),
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", "?"),
+            "optimizer": self.opt_kind,
+            "autocast": "bfloat16",
+            "gradient_checkpointing": True,
+        }
         if self.dev.type == "cuda":
             self.info["device_kind"] = torch.cuda.get_device_name(0)
 
@@ -269,12 +337,20 @@ def section_torch_dense(a: argparse.Namespace) -> dict:
     ids = rng.integers(3, arch(a.smoke)["vocab_size"], (a.rows, a.seq_len)).astype(np.int32)
     labels = rng.integers(0, 5, (a.rows, 5)).astype(np.float32)
     mask = np.ones_like(ids)
-    times = [tt.step(ids, mask, labels) for _ in range(a.warmup + a.steps)][a.warmup:]
+    times = [tt.step(ids, mask, labels) for _ in range(a.warmup + a.steps)][a.warmup :]
     med = statistics.median(times)
     slots = a.rows * a.seq_len
     log(f"torch_dense: step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
-    return {**tt.info, **tt.peak_memory(), "rows": a.rows, "seq_len": a.seq_len, "step_s": med,
-            "step_s_all": [round(x, 4) for x in times], "tokens_per_s": slots / med, "real_tokens_per_s": slots / med}
+    return {
+        **tt.info,
+        **tt.peak_memory(),
+        "rows": a.rows,
+        "seq_len": a.seq_len,
+        "step_s": med,
+        "step_s_all": [round(x, 4) for x in times],
+        "tokens_per_s": slots / med,
+        "real_tokens_per_s": slots / med,
+    }
 
 
 def section_torch_trl(a: argparse.Namespace) -> dict:
@@ -285,31 +361,42 @@ def section_torch_trl(a: argparse.Namespace) -> dict:
     convs = conversations(rng, n_batches * a.trl_batch, a.seq_len, arch(a.smoke)["vocab_size"])
     batches = []
     for i in range(n_batches):
-        chunk = convs[i * a.trl_batch:(i + 1) * a.trl_batch]
+        chunk = convs[i * a.trl_batch : (i + 1) * a.trl_batch]
         width = max(len(x) for x in chunk)
         ids = np.zeros((len(chunk), width), np.int32)
         mask = np.zeros_like(ids)
         for r, x in enumerate(chunk):
-            ids[r, :len(x)], mask[r, :len(x)] = x, 1
+            ids[r, : len(x)], mask[r, : len(x)] = x, 1
         batches.append((ids, mask, rng.integers(0, 5, (len(chunk), 5)).astype(np.float32)))
-    for b in batches[:a.warmup]:
+    for b in batches[: a.warmup]:
         tt.step(*b)
-    timed = batches[a.warmup:]
+    timed = batches[a.warmup :]
     total = sum(tt.step(*b) for b in timed)
     real = sum(int(m.sum()) for _, m, _ in timed)
     slots = sum(m.size for _, m, _ in timed)
     log(f"torch_trl: {real / total:.0f} real tok/s ({real / slots:.1%} of padded slots real)")
-    return {**tt.info, **tt.peak_memory(), "conversations_per_batch": a.trl_batch, "batches_timed": len(timed),
-            "seconds": total, "real_tokens": real, "padded_tokens": slots, "real_fraction": real / slots,
-            "real_tokens_per_s": real / total, "tokens_per_s": slots / total}
+    return {
+        **tt.info,
+        **tt.peak_memory(),
+        "conversations_per_batch": a.trl_batch,
+        "batches_timed": len(timed),
+        "seconds": total,
+        "real_tokens": real,
+        "padded_tokens": slots,
+        "real_fraction": real / slots,
+        "real_tokens_per_s": real / total,
+        "tokens_per_s": slots / total,
+    }
 
 
 def section_score_parity(a: argparse.Namespace) -> dict:
     """float32 scores of `rm-jax score`'s path on this device vs transformers float32 on the CPU."""
     import jax
-    from rm_jax.hf_io import load_hf_reward_model
-    from rm_jax.scoring import Scorer
-    from tests.hf_fixtures import make_hf_model, random_conversations, torch_scores
+
+    from rm_jax.engine.scoring import Scorer
+    from rm_jax.models.hf_io import load_hf_reward_model
+    from tests.helpers import make_hf_model, random_conversations, torch_scores
+
     out = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
     convs = random_conversations(24, 5, 60, seed=a.seed)
     for family in ("llama", "qwen3"):
@@ -324,14 +411,17 @@ def section_score_parity(a: argparse.Namespace) -> dict:
                 row[f"kernel_{label}"] = lm.cfg.attention_kernel()
                 row[f"precision_{label}"] = lm.cfg.precision.name
             out[family] = row
-            log(f"score_parity {family}: max|diff| {row['max_abs_diff_shipped']:.2e} "
-                f"(with matmul_precision=default: {row['max_abs_diff_default_precision']:.2e})")
+            log(
+                f"score_parity {family}: max|diff| {row['max_abs_diff_shipped']:.2e} "
+                f"(with matmul_precision=default: {row['max_abs_diff_default_precision']:.2e})"
+            )
     return out
 
 
 class _EosFree:
     """The sampler's view of a tokenizer (end of turn, padding) for a random-id benchmark: an EOS id no token
     has, so every row runs the full --gen-new tokens, as transformers does with eos_token_id=None."""
+
     eos_token_id, pad_token_id = -1, 0
 
 
@@ -345,10 +435,12 @@ def section_generate(a: argparse.Namespace) -> dict:
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
+
     from rm_jax.models import init_params
     from rm_jax.models.llama import DecoderConfig
+    from rm_jax.models.sharding import make_mesh
     from rm_jax.policy import Policy, generate_tokens
-    from rm_jax.sharding import make_mesh
+
     spec = arch(a.smoke)
     cfg = DecoderConfig(model_type="llama", head="lm", dtype="bfloat16", scan_layers=not a.no_scan, **spec)
     mesh = make_mesh(devices=jax.devices()[:1])
@@ -375,8 +467,15 @@ def section_generate(a: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.no_grad():
-            out = tm.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=a.gen_new,
-                              min_new_tokens=a.gen_new, eos_token_id=None, pad_token_id=0)
+            out = tm.generate(
+                ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=a.gen_new,
+                min_new_tokens=a.gen_new,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
         if dev.type == "cuda":
             torch.cuda.synchronize()
         assert out.shape[1] == a.gen_prompt + a.gen_new
@@ -389,15 +488,28 @@ def section_generate(a: argparse.Namespace) -> dict:
         jt.append(run_jax())
         tt.append(run_torch())
     new = a.gen_batch * a.gen_new
-    out = {"batch": a.gen_batch, "prompt_tokens": a.gen_prompt, "new_tokens": a.gen_new, "greedy": True,
-           "rm_jax_tokens_per_s": new / statistics.median(jt), "torch_tokens_per_s": new / statistics.median(tt),
-           "rm_jax_call_s_all": [round(x, 3) for x in jt], "torch_call_s_all": [round(x, 3) for x in tt],
-           "rm_jax_warmup_s": round(warm_j, 2), "kernel": "cached dense (decode), prefill likewise",
-           "scan_layers": cfg.scan_layers, "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
-           "torch": torch.__version__, "transformers": transformers.__version__}
+    out = {
+        "batch": a.gen_batch,
+        "prompt_tokens": a.gen_prompt,
+        "new_tokens": a.gen_new,
+        "greedy": True,
+        "rm_jax_tokens_per_s": new / statistics.median(jt),
+        "torch_tokens_per_s": new / statistics.median(tt),
+        "rm_jax_call_s_all": [round(x, 3) for x in jt],
+        "torch_call_s_all": [round(x, 3) for x in tt],
+        "rm_jax_warmup_s": round(warm_j, 2),
+        "kernel": "cached dense (decode), prefill likewise",
+        "scan_layers": cfg.scan_layers,
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     out["ratio_vs_transformers_generate"] = out["rm_jax_tokens_per_s"] / out["torch_tokens_per_s"]
-    log(f"generate: rm_jax {out['rm_jax_tokens_per_s']:.0f} tok/s, transformers {out['torch_tokens_per_s']:.0f} "
-        f"tok/s ({out['ratio_vs_transformers_generate']:.2f}x)")
+    log(
+        f"generate: rm_jax {out['rm_jax_tokens_per_s']:.0f} tok/s, transformers {out['torch_tokens_per_s']:.0f} "
+        f"tok/s ({out['ratio_vs_transformers_generate']:.2f}x)"
+    )
     return out
 
 
@@ -410,8 +522,16 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], int]] = {
     "generate": (section_generate, 240),
 }
 # The headline variant first; the slow xla variant last, where a time-out costs least.
-DEFAULT_PLAN = ["peak", "rm_jax:auto", "torch_dense", "torch_trl", "score_parity", "generate", "rm_jax:cudnn_dense",
-                "rm_jax:xla"]
+DEFAULT_PLAN = [
+    "peak",
+    "rm_jax:auto",
+    "torch_dense",
+    "torch_trl",
+    "score_parity",
+    "generate",
+    "rm_jax:cudnn_dense",
+    "rm_jax:xla",
+]
 RM_JAX_LIMIT_S = 240
 
 
@@ -423,8 +543,12 @@ def run_section(name: str, a: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------- the parent: plan, subprocesses, ratios
 
-FLOORS = {"auto_vs_torch_dense": 1.6, "auto_real_tokens_vs_trl_padded": 5.0, "auto_mfu": 0.65,
-          "score_max_abs_diff": 1e-4}
+FLOORS = {
+    "auto_vs_torch_dense": 1.6,
+    "auto_real_tokens_vs_trl_padded": 5.0,
+    "auto_mfu": 0.65,
+    "score_max_abs_diff": 1e-4,
+}
 
 
 def derive(res: dict) -> None:
@@ -450,13 +574,20 @@ def derive(res: dict) -> None:
     xla = s.get("rm_jax:xla", {})
     res["floors"] = {
         "auto_vs_torch_dense": _floor(auto.get("ratio_vs_torch_dense"), FLOORS["auto_vs_torch_dense"]),
-        "auto_real_tokens_vs_trl_padded": _floor(auto.get("ratio_real_tokens_vs_trl_padded"),
-                                                 FLOORS["auto_real_tokens_vs_trl_padded"]),
+        "auto_real_tokens_vs_trl_padded": _floor(
+            auto.get("ratio_real_tokens_vs_trl_padded"), FLOORS["auto_real_tokens_vs_trl_padded"]
+        ),
         "auto_mfu": _floor(auto.get("mfu"), FLOORS["auto_mfu"]),
         "xla_fits": {"value": "step_s" in xla, "met": "step_s" in xla} if xla else {"value": None, "met": None},
-        "score_max_abs_diff": ({"value": max(parity), "floor": FLOORS["score_max_abs_diff"],
-                                "met": max(parity) <= FLOORS["score_max_abs_diff"]}
-                               if parity and None not in parity else {"value": None, "met": None}),
+        "score_max_abs_diff": (
+            {
+                "value": max(parity),
+                "floor": FLOORS["score_max_abs_diff"],
+                "met": max(parity) <= FLOORS["score_max_abs_diff"],
+            }
+            if parity and None not in parity
+            else {"value": None, "met": None}
+        ),
     }
 
 
@@ -465,8 +596,10 @@ def _floor(value: Optional[float], floor: float) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = ["| section | kernel | step | tok/s | real tok/s | MFU | x torch dense | x TRL padded | peak mem |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| section | kernel | step | tok/s | real tok/s | MFU | x torch dense | x TRL padded | peak mem |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in res["sections"].items():
         if name in ("peak", "score_parity", "generate"):
             continue
@@ -476,24 +609,32 @@ def table(res: dict) -> str:
             continue
         f = lambda k, fmt: "" if r.get(k) is None else format(r[k], fmt)  # noqa: E731
         step = f"{r['step_s'] * 1e3:.0f} ms" if "step_s" in r else f"{r['seconds']:.2f} s total"
-        lines.append(f"| {name} | {r.get('kernel', r.get('attn_implementation', ''))} | {step} | "
-                     f"{f('tokens_per_s', ',.0f')} | {f('real_tokens_per_s', ',.0f')} | {f('mfu', '.1%')} | "
-                     f"{f('ratio_vs_torch_dense', '.2f')} | {f('ratio_real_tokens_vs_trl_padded', '.2f')} | "
-                     f"{f('peak_memory_gib', '.1f')} |")
+        lines.append(
+            f"| {name} | {r.get('kernel', r.get('attn_implementation', ''))} | {step} | "
+            f"{f('tokens_per_s', ',.0f')} | {f('real_tokens_per_s', ',.0f')} | {f('mfu', '.1%')} | "
+            f"{f('ratio_vs_torch_dense', '.2f')} | {f('ratio_real_tokens_vs_trl_padded', '.2f')} | "
+            f"{f('peak_memory_gib', '.1f')} |"
+        )
     peak = res["sections"].get("peak", {})
     if "best_flops" in peak:
-        lines.append(f"peak bf16 jnp.dot {peak['n']}^3: {peak['best_flops'] / 1e12:.1f} TFLOP/s ({peak['device_kind']})")
+        lines.append(
+            f"peak bf16 jnp.dot {peak['n']}^3: {peak['best_flops'] / 1e12:.1f} TFLOP/s ({peak['device_kind']})"
+        )
     gen = res["sections"].get("generate", {})
     if "ratio_vs_transformers_generate" in gen:
-        lines.append(f"generate (batch {gen['batch']}, {gen['prompt_tokens']} + {gen['new_tokens']} tokens, greedy, bf16): "
-                     f"rm_jax {gen['rm_jax_tokens_per_s']:,.0f} tok/s, transformers {gen['torch_tokens_per_s']:,.0f} "
-                     f"tok/s = {gen['ratio_vs_transformers_generate']:.2f}x")
+        lines.append(
+            f"generate (batch {gen['batch']}, {gen['prompt_tokens']} + {gen['new_tokens']} tokens, greedy, bf16): "
+            f"rm_jax {gen['rm_jax_tokens_per_s']:,.0f} tok/s, transformers {gen['torch_tokens_per_s']:,.0f} "
+            f"tok/s = {gen['ratio_vs_transformers_generate']:.2f}x"
+        )
     elif gen:
         lines.append(f"generate: {gen.get('skipped') or gen.get('error', '?')}"[:200])
     for fam, r in res["sections"].get("score_parity", {}).items():
         if isinstance(r, dict):
-            lines.append(f"score parity {fam}: {r['max_abs_diff_shipped']:.2e} "
-                         f"(matmul_precision=default: {r['max_abs_diff_default_precision']:.2e})")
+            lines.append(
+                f"score parity {fam}: {r['max_abs_diff_shipped']:.2e} "
+                f"(matmul_precision=default: {r['max_abs_diff_default_precision']:.2e})"
+            )
     for k, v in res.get("floors", {}).items():
         lines.append(f"floor {k}: {v}")
     return "\n".join(lines)
@@ -505,15 +646,27 @@ def parent(a: argparse.Namespace, argv: list) -> int:
         plan = [s for s in plan if not s.startswith("rm_jax:")]
         plan += [f"rm_jax:{k.strip()}" for k in a.attention.split(",") if k.strip()]
     deadline = T0 + a.budget_s
-    res: dict = {"benchmark": "gpu_train_step_vs_transformers", "smoke": a.smoke, "plan": plan,
-                 "settings": {"rows": a.rows, "seq_len": a.seq_len, "max_segments": a.max_segments, "steps": a.steps,
-                              "warmup": a.warmup, "remat": a.remat, "scan_layers": not a.no_scan,
-                              "trl_batch": a.trl_batch, "model": "tiny (smoke)" if a.smoke else "Llama-3.2-1B",
-                              "dtype": "bfloat16 compute, float32 params + AdamW"},
-                 "flop_formula": "rm_jax.perf.flops_per_token: 6 x non-embedding params + 12 x layers x heads x "
-                                 "head_dim x seq_len / 2, per token slot (padding included); MFU = tokens/s x that / "
-                                 "the peak section's jnp.dot rate, for rm_jax and torch alike",
-                 "sections": {}}
+    res: dict = {
+        "benchmark": "gpu_train_step_vs_transformers",
+        "smoke": a.smoke,
+        "plan": plan,
+        "settings": {
+            "rows": a.rows,
+            "seq_len": a.seq_len,
+            "max_segments": a.max_segments,
+            "steps": a.steps,
+            "warmup": a.warmup,
+            "remat": a.remat,
+            "scan_layers": not a.no_scan,
+            "trl_batch": a.trl_batch,
+            "model": "tiny (smoke)" if a.smoke else "Llama-3.2-1B",
+            "dtype": "bfloat16 compute, float32 params + AdamW",
+        },
+        "flop_formula": "rm_jax.core.flops.flops_per_token: 6 x non-embedding params + 12 x layers x heads x "
+        "head_dim x seq_len / 2, per token slot (padding included); MFU = tokens/s x that / "
+        "the peak section's jnp.dot rate, for rm_jax and torch alike",
+        "sections": {},
+    }
     for name in plan:
         limit = RM_JAX_LIMIT_S if name.startswith("rm_jax:") else SECTIONS[name][1]
         left = deadline - time.perf_counter()
@@ -567,7 +720,9 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
     ap.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with the other benches)")
     ap.add_argument("--seq-len", type=int, default=None, help="default 4096 (smoke 256)")
-    ap.add_argument("--rows", type=int, default=None, help="packed rows per step and dense torch rows (default 4, smoke 2)")
+    ap.add_argument(
+        "--rows", type=int, default=None, help="packed rows per step and dense torch rows (default 4, smoke 2)"
+    )
     ap.add_argument("--max-segments", type=int, default=16)
     ap.add_argument("--steps", type=int, default=None, help="timed steps per section (default 6, smoke 2)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps, the first compiles")
@@ -578,7 +733,9 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--no-scan", action="store_true", help="unrolled layers (slower compile) instead of scanned")
     ap.add_argument("--peak-n", type=int, default=8192)
     ap.add_argument("--gen-batch", type=int, default=8, help="generate section: prompts decoded together")
-    ap.add_argument("--gen-prompt", type=int, default=None, help="generate section: prompt tokens (default 256, smoke 16)")
+    ap.add_argument(
+        "--gen-prompt", type=int, default=None, help="generate section: prompt tokens (default 256, smoke 16)"
+    )
     ap.add_argument("--gen-new", type=int, default=None, help="generate section: new tokens (default 128, smoke 8)")
     ap.add_argument("--budget-s", type=float, default=560, help="whole-run budget; sections past it are skipped")
     ap.add_argument("--seed", type=int, default=0)

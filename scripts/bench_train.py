@@ -6,7 +6,7 @@ Two modes, both fp32, both on the same small Llama-shaped reward model (hidden 5
 1. Fixed shapes (``seq512``, ``seq2048``): the same batch of full-length rows (one conversation
    per row, no padding) through one whole train step each: forward, backward, global-norm clip and
    AdamW. rm_jax runs the real ``make_train_step`` jitted with in/out shardings and a donated state
-   exactly as ``rm_jax.train`` does (leading grad-accumulation axis of 1, ``put_batch`` and the
+   exactly as ``rm_jax.training.run`` does (leading grad-accumulation axis of 1, ``put_batch`` and the
    metrics fetched every step). torch runs ``LlamaForSequenceClassification`` (sdpa attention,
    transformers' default) with ``torch.optim.AdamW`` and ``clip_grad_norm_``.
 2. HelpSteer2-shaped stream (``packed``): conversations whose prompt / response lengths follow
@@ -19,7 +19,7 @@ Two modes, both fp32, both on the same small Llama-shaped reward model (hidden 5
 Method: warm-up first (rm_jax's compile is timed and reported apart), then the two trainers are
 interleaved step by step so machine noise hits both, and the median step time is used (the sum
 for the packed stream). torch gets as many threads as jax has cores. MFU divides model FLOPs per
-second, ``rm_jax.perf.flops_per_token`` x tokens/s, by a peak measured here: the best of a large
+second, ``rm_jax.core.flops.flops_per_token`` x tokens/s, by a peak measured here: the best of a large
 fp32 ``jnp.dot`` and ``torch.matmul`` (best of several repeats, as a ceiling).
 
     python scripts/bench_train.py --quick --json      # < 3 minutes on 2 cores
@@ -42,200 +42,56 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Optional
 
 import numpy as np
-
-# ---------------------------------------------------------------- shared helpers (bench_score / bench_data import these)
-
-HELPSTEER2 = {
-    "rows": 21362,
-    "prompt_chars": (712.6, 877.8),  # mean, std (paper Table 2, train + validation)
-    "response_chars": (1492.6, 1065.7),
-    "multi_turn_fraction": 0.29,
-}
-CHARS_PER_TOKEN = 4.0
-TEMPLATE_TOKENS = 10  # <extra_id_0>System\n\n<extra_id_1>User\n ... \n<extra_id_1>Assistant\n ... \n
-
-FLOORS = {"ratio_padded_seq512": 1.3, "ratio_padded_seq2048": 1.0, "ratio_packed_vs_padded": 2.0, "mfu_cpu": 0.35}
-
-
-def cores() -> int:
-    """Cores this process may run on: XLA's CPU thread pool uses this many."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def lognormal_params(mean: float, std: float) -> tuple[float, float]:
-    """(mu, sigma) of the lognormal with this mean and standard deviation."""
-    s2 = math.log1p((std / mean) ** 2)
-    return math.log(mean) - s2 / 2, math.sqrt(s2)
-
-
-def sample_helpsteer_chars(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt and response character counts with HelpSteer2's mean and spread (>= 1 char each)."""
-    out = []
-    for key in ("prompt_chars", "response_chars"):
-        mu, sigma = lognormal_params(*HELPSTEER2[key])
-        out.append(np.maximum(1, np.rint(rng.lognormal(mu, sigma, n))).astype(np.int64))
-    return out[0], out[1]
-
-
-def helpsteer_token_lengths(rng: np.random.Generator, n: int, seq_len: Optional[int] = None) -> tuple[np.ndarray, int]:
-    """Token counts of n templated conversations (~4 chars/token); over-long ones are truncated to
-    seq_len (rm_jax's default policy keeps the response and cuts the prompt). Returns (lengths, truncated)."""
-    p, r = sample_helpsteer_chars(rng, n)
-    lens = np.ceil(p / CHARS_PER_TOKEN).astype(np.int64) + np.ceil(r / CHARS_PER_TOKEN).astype(np.int64) + TEMPLATE_TOKENS
-    truncated = 0
-    if seq_len is not None:
-        truncated = int((lens > seq_len).sum())
-        lens = np.minimum(lens, seq_len)
-    return lens, truncated
-
-
-def environment() -> dict:
-    import jax
-    info = {"python": platform.python_version(), "jax": jax.__version__, "cores": cores(),
-            "cpu": cpu_name(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "loadavg_1m_start": round(os.getloadavg()[0], 2)}
-    try:
-        import torch
-        import transformers
-        info.update(torch=torch.__version__, transformers=transformers.__version__, torch_threads=torch.get_num_threads())
-    except ImportError:
-        pass
-    return info
-
-
-def cpu_name() -> str:
-    """The CPU's model name, recorded with every figure: ``lscpu``'s, else /proc/cpuinfo's."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def measure_matmul_peak(n: int = 2048, repeats: int = 8, with_torch: bool = True) -> dict:
-    """Best fp32 matmul rate of jnp.dot and torch.matmul on n x n random operands (FLOP/s)."""
-    import jax
-    import jax.numpy as jnp
-    rng = np.random.default_rng(0)
-    a_np = rng.standard_normal((n, n), dtype=np.float32)
-    b_np = rng.standard_normal((n, n), dtype=np.float32)
-    flops = 2.0 * n ** 3
-    f = jax.jit(jnp.dot)
-    a, b = jnp.asarray(a_np), jnp.asarray(b_np)
-    f(a, b).block_until_ready()
-    jt = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        jt.append(time.perf_counter() - t)
-    out = {"n": n, "jax_flops_best": flops / min(jt), "jax_flops_median": flops / statistics.median(jt)}
-    if with_torch:
-        import torch
-        ta, tb = torch.from_numpy(a_np), torch.from_numpy(b_np)
-        torch.matmul(ta, tb)
-        tt = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            torch.matmul(ta, tb)
-            tt.append(time.perf_counter() - t)
-        out.update(torch_flops_best=flops / min(tt), torch_flops_median=flops / statistics.median(tt))
-    out["peak_flops"] = max(v for k, v in out.items() if k.endswith("_best"))
-    return out
-
-
-def bench_model_config(**over: Any) -> Any:
-    """The hidden-512 Llama-shaped reward model these benchmarks use."""
-    from rm_jax.models.llama import DecoderConfig
-    kw = dict(model_type="llama", vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-              num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
-              rope_theta=10000.0, rms_norm_eps=1e-6, num_labels=5, dtype="float32")
-    kw.update(over)
-    return DecoderConfig(**kw)
-
-
-def hf_llama_config(cfg: Any, pad_token_id: int = 0) -> Any:
-    from transformers import LlamaConfig
-    return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                       num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-                       num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-                       max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
-                       rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_word_embeddings,
-                       num_labels=cfg.num_labels, pad_token_id=pad_token_id, problem_type="regression",
-                       attention_bias=False, mlp_bias=False)
-
-
-def new_train_state(cfg: Any, tx: Any, mesh: Any, seed: int = 0) -> tuple:
-    """(state, shardings) exactly as rm_jax.train creates them."""
-    from rm_jax.models import init_params
-    from rm_jax.step import create_state
-    return create_state(cfg, tx, mesh, init_params(cfg, mesh, seed))
-
-
-# ---------------------------------------------------------------- variants: model-config overrides
-
-def parse_overrides(spec: str) -> dict:
-    """'attention_block=64+remat=full' -> {"attention_block": 64, "remat": "full"}; 'shipped' -> {}.
-    Values are parsed as YAML scalars; keys must be DecoderConfig fields."""
-    import dataclasses
-    import yaml
-    from rm_jax.models.llama import DecoderConfig
-    if spec in ("", "shipped"):
-        return {}
-    known = {f.name for f in dataclasses.fields(DecoderConfig)}
-    out = {}
-    for part in spec.split("+"):
-        key, sep, value = part.partition("=")
-        if not sep or key not in known:
-            raise ValueError(f"bad variant {spec!r}: want '+'-joined key=value with keys from DecoderConfig "
-                             f"({', '.join(sorted(known))})")
-        out[key] = yaml.safe_load(value)
-    return out
-
+from bench_common import (  # noqa: E402
+    FLOORS,
+    bench_model_config,
+    cores,
+    environment,
+    helpsteer_token_lengths,
+    hf_llama_config,
+    measure_matmul_peak,
+    new_train_state,
+    parse_overrides,
+    random_examples,
+)
 
 # ---------------------------------------------------------------- the two trainers
 
+
 class JaxTrainer:
-    """rm_jax's real train step, set up and fed as rm_jax.train does."""
+    """rm_jax's real train step, set up and fed as rm_jax.training.run does."""
 
     def __init__(self, cfg: Any, max_segments: int, seed: int = 0):
         import jax
-        from rm_jax.config import LossConfig, TrainConfig
-        from rm_jax.sharding import make_mesh
-        from rm_jax.step import lr_schedule, make_optimizer, make_train_step
+
+        from rm_jax.core.config import LossConfig, TrainConfig
+        from rm_jax.engine.train_step import lr_schedule, make_optimizer, make_train_step
+        from rm_jax.models.sharding import make_mesh
+
         self.jax = jax
         self.cfg, self.max_segments = cfg, max_segments
         self.mesh = make_mesh(devices=jax.devices()[:1])
         tc = TrainConfig(lr=1e-4, warmup_steps=0, weight_decay=0.0, clip_norm=1.0)
         tx = make_optimizer(tc, 1000)
         self.state, shard = new_train_state(cfg, tx, self.mesh, seed)
-        self.step_fn = jax.jit(make_train_step(cfg, LossConfig(), tx, max_segments, lr_schedule(tc, 1000), self.mesh),
-                               in_shardings=(shard, None), out_shardings=(shard, None), donate_argnums=0)
+        self.step_fn = jax.jit(
+            make_train_step(cfg, LossConfig(), tx, max_segments, lr_schedule(tc, 1000), self.mesh),
+            in_shardings=(shard, None),
+            out_shardings=(shard, None),
+            donate_argnums=0,
+        )
         self._sh: dict = {}
         self.compile_s: dict = {}
 
     def step(self, batch: dict) -> float:
-        from rm_jax.step import batch_shardings, put_batch
+        from rm_jax.engine.train_step import batch_shardings, put_batch
+
         host = {k: v[None] for k, v in batch.items() if k != "example_index"}  # grad-accum axis of 1
         key = tuple(host["input_ids"].shape)
         if key not in self._sh:
@@ -262,6 +118,7 @@ class TorchTrainer:
     def __init__(self, cfg: Any, seed: int = 0):
         import torch
         from transformers import LlamaForSequenceClassification
+
         self.torch = torch
         torch.manual_seed(seed)
         self.model = LlamaForSequenceClassification(hf_llama_config(cfg)).float().train()
@@ -295,14 +152,11 @@ class TorchTrainer:
 
 # ---------------------------------------------------------------- batches
 
-def random_examples(rng: np.random.Generator, lengths: np.ndarray, vocab: int) -> list[np.ndarray]:
-    # Ids >= 3: never the pad id (0), so transformers' pad-based last-token pooling finds the true end.
-    return [rng.integers(3, vocab, int(n), dtype=np.int64).astype(np.int32) for n in lengths]
-
 
 def fixed_batch(rng: np.random.Generator, rows: int, seq_len: int, vocab: int, max_segments: int) -> tuple[dict, tuple]:
     """rows full-length conversations: (rm_jax batch, (ids, attention_mask, labels) for torch)."""
     from rm_jax.data.packing import build_batch
+
     ex = random_examples(rng, np.full(rows, seq_len), vocab)
     labels = rng.integers(0, 5, (rows, 5)).astype(np.float32)
     b = build_batch(ex, labels, np.ones_like(labels), [[i] for i in range(rows)], seq_len, max_segments, 0)
@@ -314,33 +168,39 @@ def padded_batches(examples: list[np.ndarray], labels: np.ndarray, per_batch: in
     """TRL's way: per_batch conversations in order, right-padded (pad id 0) to the longest in the batch."""
     out = []
     for i in range(0, len(examples), per_batch):
-        chunk = examples[i:i + per_batch]
+        chunk = examples[i : i + per_batch]
         width = max(len(x) for x in chunk)
         ids = np.zeros((len(chunk), width), np.int32)
         am = np.zeros((len(chunk), width), np.int32)
         for r, x in enumerate(chunk):
-            ids[r, :len(x)] = x
-            am[r, :len(x)] = 1
-        out.append((ids, am, labels[i:i + per_batch]))
+            ids[r, : len(x)] = x
+            am[r, : len(x)] = 1
+        out.append((ids, am, labels[i : i + per_batch]))
     return out
 
 
-def packed_batches(examples: list[np.ndarray], labels: np.ndarray, seq_len: int, max_segments: int,
-                   rows: int) -> list[dict]:
+def packed_batches(
+    examples: list[np.ndarray], labels: np.ndarray, seq_len: int, max_segments: int, rows: int
+) -> list[dict]:
     from rm_jax.data.packing import build_batch, plan_packed
+
     bins = plan_packed([len(x) for x in examples], seq_len, max_segments)
     mask = np.ones_like(labels)
-    return [build_batch(examples, labels, mask, bins[i:i + rows], seq_len, max_segments, 0, rows=rows)
-            for i in range(0, len(bins), rows)]
+    return [
+        build_batch(examples, labels, mask, bins[i : i + rows], seq_len, max_segments, 0, rows=rows)
+        for i in range(0, len(bins), rows)
+    ]
 
 
 # ---------------------------------------------------------------- modes
 
+
 def executed_flops_per_token(cfg: Any, seq_len: int) -> float:
     """What rm_jax actually computes per token on rows of one conversation: the model FLOPs
-    (rm_jax.perf.flops_per_token) less the last layer's queries, attention, output projection and MLP,
+    (rm_jax.core.flops.flops_per_token) less the last layer's queries, attention, output projection and MLP,
     which run only at the token the head reads (the pooled last layer; 1/seq_len of them is kept)."""
-    from rm_jax.perf import flops_per_token
+    from rm_jax.core.flops import flops_per_token
+
     h, n, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size
     per_token_last = 6 * (2 * h * n * d + 3 * h * i) + 12 * n * d * seq_len / 2  # q, o, MLP, attention
     if cfg.num_hidden_layers == 0:  # scanned and unrolled stacks both pool the last layer
@@ -348,9 +208,18 @@ def executed_flops_per_token(cfg: Any, seq_len: int) -> float:
     return flops_per_token(cfg, seq_len) - per_token_last * (1 - 1 / seq_len)
 
 
-def run_fixed(jt: JaxTrainer, tt: Optional[TorchTrainer], seq_len: int, rows: int, repeats: int,
-              rng: np.random.Generator, peak: float, log: Any) -> dict:
-    from rm_jax.perf import flops_per_token
+def run_fixed(
+    jt: JaxTrainer,
+    tt: Optional[TorchTrainer],
+    seq_len: int,
+    rows: int,
+    repeats: int,
+    rng: np.random.Generator,
+    peak: float,
+    log: Any,
+) -> dict:
+    from rm_jax.core.flops import flops_per_token
+
     b, (ids, am, labels) = fixed_batch(rng, rows, seq_len, jt.cfg.vocab_size, jt.max_segments)
     tokens = rows * seq_len
     log(f"seq {seq_len}: {rows} x {seq_len} tokens; rm_jax compile + first step ...")
@@ -364,30 +233,55 @@ def run_fixed(jt: JaxTrainer, tt: Optional[TorchTrainer], seq_len: int, rows: in
         j_times.append(jt.step(b))
         if tt is not None:
             t_times.append(tt.step(ids, am, labels))
-        log(f"seq {seq_len}: repeat {r + 1}/{repeats}: rm_jax {j_times[-1]:.2f}s"
-            + (f", torch {t_times[-1]:.2f}s" if t_times else ""))
+        log(
+            f"seq {seq_len}: repeat {r + 1}/{repeats}: rm_jax {j_times[-1]:.2f}s"
+            + (f", torch {t_times[-1]:.2f}s" if t_times else "")
+        )
     fpt = flops_per_token(jt.cfg, seq_len)
     xfpt = executed_flops_per_token(jt.cfg, seq_len)
     jm = statistics.median(j_times)
-    out = {"seq_len": seq_len, "rows": rows, "tokens_per_step": tokens, "flops_per_token": fpt,
-           "rm_jax_executed_flops_per_token": xfpt,
-           "rm_jax_step_s": jm, "rm_jax_step_s_all": [round(x, 3) for x in j_times],
-           "rm_jax_tokens_per_s": tokens / jm, "rm_jax_mfu": tokens / jm * fpt / peak,
-           "rm_jax_mfu_executed": tokens / jm * xfpt / peak}
+    out = {
+        "seq_len": seq_len,
+        "rows": rows,
+        "tokens_per_step": tokens,
+        "flops_per_token": fpt,
+        "rm_jax_executed_flops_per_token": xfpt,
+        "rm_jax_step_s": jm,
+        "rm_jax_step_s_all": [round(x, 3) for x in j_times],
+        "rm_jax_tokens_per_s": tokens / jm,
+        "rm_jax_mfu": tokens / jm * fpt / peak,
+        "rm_jax_mfu_executed": tokens / jm * xfpt / peak,
+    }
     if t_times:
         tm = statistics.median(t_times)
-        out.update(torch_step_s=tm, torch_step_s_all=[round(x, 3) for x in t_times], torch_tokens_per_s=tokens / tm,
-                   torch_mfu=tokens / tm * fpt / peak, ratio=(tokens / jm) / (tokens / tm),
-                   # Fastest step of each side: the least-disturbed estimate when other processes share the cores.
-                   ratio_best=min(t_times) / min(j_times))
+        out.update(
+            torch_step_s=tm,
+            torch_step_s_all=[round(x, 3) for x in t_times],
+            torch_tokens_per_s=tokens / tm,
+            torch_mfu=tokens / tm * fpt / peak,
+            ratio=(tokens / jm) / (tokens / tm),
+            # Fastest step of each side: the least-disturbed estimate when other processes share the cores.
+            ratio_best=min(t_times) / min(j_times),
+        )
     return out
 
 
-def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq_len: int, rows: int,
-                       repeats: int, seed: int, rng: np.random.Generator, peak: float, log: Any) -> dict:
+def run_fixed_variants(
+    cfg: Any,
+    variants: list,
+    tt: Optional[TorchTrainer],
+    seq_len: int,
+    rows: int,
+    repeats: int,
+    seed: int,
+    rng: np.random.Generator,
+    peak: float,
+    log: Any,
+) -> dict:
     """The fixed-shape mode for several model variants at once, all interleaved with torch in one loop
     (same process, same batch, same load), so variant-to-variant differences are not machine noise."""
-    from rm_jax.perf import flops_per_token
+    from rm_jax.core.flops import flops_per_token
+
     b, (ids, am, labels) = fixed_batch(rng, rows, seq_len, cfg.vocab_size, 16)
     trainers = {}
     for v in variants:
@@ -405,8 +299,10 @@ def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq
             times[v].append(trainers[v].step(b))
         if tt is not None:
             times["torch"].append(tt.step(ids, am, labels))
-        log(f"variants seq {seq_len}: repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{k} {x[-1]:.2f}s" for k, x in times.items() if x))
+        log(
+            f"variants seq {seq_len}: repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{k} {x[-1]:.2f}s" for k, x in times.items() if x)
+        )
     tokens = rows * seq_len
     fpt = flops_per_token(cfg, seq_len)
     out: dict = {"seq_len": seq_len, "rows": rows}
@@ -414,8 +310,12 @@ def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq
         if not x:
             continue
         med = statistics.median(x)
-        out[k] = {"step_s": med, "step_s_all": [round(y, 3) for y in x], "tokens_per_s": tokens / med,
-                  "mfu": tokens / med * fpt / peak}
+        out[k] = {
+            "step_s": med,
+            "step_s_all": [round(y, 3) for y in x],
+            "tokens_per_s": tokens / med,
+            "mfu": tokens / med * fpt / peak,
+        }
         if k != "torch" and times["torch"]:
             out[k]["ratio_vs_torch"] = statistics.median(times["torch"]) / med
             out[k]["ratio_vs_torch_best"] = min(times["torch"]) / min(x)
@@ -424,9 +324,19 @@ def run_fixed_variants(cfg: Any, variants: list, tt: Optional[TorchTrainer], seq
     return out
 
 
-def run_packed(jt: JaxTrainer, tt: Optional[TorchTrainer], n_conv: int, seq_len: int, rows: int, per_batch: int,
-               rng: np.random.Generator, peak: float, log: Any) -> dict:
-    from rm_jax.perf import flops_per_token
+def run_packed(
+    jt: JaxTrainer,
+    tt: Optional[TorchTrainer],
+    n_conv: int,
+    seq_len: int,
+    rows: int,
+    per_batch: int,
+    rng: np.random.Generator,
+    peak: float,
+    log: Any,
+) -> dict:
+    from rm_jax.core.flops import flops_per_token
+
     lengths, truncated = helpsteer_token_lengths(rng, n_conv, seq_len)
     examples = random_examples(rng, lengths, jt.cfg.vocab_size)
     labels = rng.integers(0, 5, (n_conv, 5)).astype(np.float32)
@@ -436,12 +346,16 @@ def run_packed(jt: JaxTrainer, tt: Optional[TorchTrainer], n_conv: int, seq_len:
     # Warm the packed shape (same shape as the fixed seq_len mode when rows match: no new compile).
     w, _ = fixed_batch(rng, rows, seq_len, jt.cfg.vocab_size, jt.max_segments)
     jt.warm(w)
-    log(f"packed: {n_conv} conversations, {real} real tokens -> rm_jax {len(jb)} steps of {rows}x{seq_len}, "
-        f"torch {len(tb)} padded batches of {per_batch}")
+    log(
+        f"packed: {n_conv} conversations, {real} real tokens -> rm_jax {len(jb)} steps of {rows}x{seq_len}, "
+        f"torch {len(tb)} padded batches of {per_batch}"
+    )
     j_times, t_times = [], []
     # Each side's steps spread evenly over the run (the two sides take different step counts).
-    schedule = sorted([((i + 0.5) / len(jb), "rm_jax", i) for i in range(len(jb))]
-                      + [((i + 0.5) / len(tb), "torch", i) for i in range(len(tb))])
+    schedule = sorted(
+        [((i + 0.5) / len(jb), "rm_jax", i) for i in range(len(jb))]
+        + [((i + 0.5) / len(tb), "torch", i) for i in range(len(tb))]
+    )
     for _, side, i in schedule:
         if side == "rm_jax":
             j_times.append(jt.step(jb[i]))
@@ -451,22 +365,38 @@ def run_packed(jt: JaxTrainer, tt: Optional[TorchTrainer], n_conv: int, seq_len:
     j_slots = len(jb) * rows * seq_len
     js = sum(j_times)
     fpt = flops_per_token(jt.cfg, seq_len)
-    out = {"conversations": n_conv, "real_tokens": real, "truncated_to_seq_len": truncated,
-           "mean_tokens": float(lengths.mean()), "p50_tokens": float(np.median(lengths)),
-           "p95_tokens": float(np.percentile(lengths, 95)), "max_tokens": int(lengths.max()),
-           "seq_len": seq_len, "rm_jax_rows_per_step": rows, "rm_jax_steps": len(jb), "rm_jax_fill": real / j_slots,
-           "rm_jax_time_s": js, "rm_jax_real_tokens_per_s": real / js,
-           "rm_jax_mfu_slots": j_slots / js * fpt / peak}
+    out = {
+        "conversations": n_conv,
+        "real_tokens": real,
+        "truncated_to_seq_len": truncated,
+        "mean_tokens": float(lengths.mean()),
+        "p50_tokens": float(np.median(lengths)),
+        "p95_tokens": float(np.percentile(lengths, 95)),
+        "max_tokens": int(lengths.max()),
+        "seq_len": seq_len,
+        "rm_jax_rows_per_step": rows,
+        "rm_jax_steps": len(jb),
+        "rm_jax_fill": real / j_slots,
+        "rm_jax_time_s": js,
+        "rm_jax_real_tokens_per_s": real / js,
+        "rm_jax_mfu_slots": j_slots / js * fpt / peak,
+    }
     if tb:
         ts = sum(t_times)
         t_slots = sum(b[0].size for b in tb)
-        out.update(torch_conversations_per_batch=per_batch, torch_steps=len(tb), torch_fill=real / t_slots,
-                   torch_time_s=ts, torch_real_tokens_per_s=real / ts,
-                   ratio=(real / js) / (real / ts))
+        out.update(
+            torch_conversations_per_batch=per_batch,
+            torch_steps=len(tb),
+            torch_fill=real / t_slots,
+            torch_time_s=ts,
+            torch_real_tokens_per_s=real / ts,
+            ratio=(real / js) / (real / ts),
+        )
     return out
 
 
 # ---------------------------------------------------------------- main
+
 
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -474,17 +404,32 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object (all figures) on stdout")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per fixed-shape mode (default 5, quick 3)")
     ap.add_argument("--rows512", type=int, default=None, help="rows per step at seq 512 (default 4, quick 2)")
-    ap.add_argument("--rows2048", type=int, default=None, help="rows per step at seq 2048 and packed (default 2, quick 1)")
-    ap.add_argument("--conversations", type=int, default=None, help="HelpSteer2-shaped conversations in the packed mode (default 32, quick 16)")
-    ap.add_argument("--per-batch", type=int, default=None, help="torch conversations per padded batch (default 8 = TRL's default)")
+    ap.add_argument(
+        "--rows2048", type=int, default=None, help="rows per step at seq 2048 and packed (default 2, quick 1)"
+    )
+    ap.add_argument(
+        "--conversations",
+        type=int,
+        default=None,
+        help="HelpSteer2-shaped conversations in the packed mode (default 32, quick 16)",
+    )
+    ap.add_argument(
+        "--per-batch", type=int, default=None, help="torch conversations per padded batch (default 8 = TRL's default)"
+    )
     ap.add_argument("--modes", default="seq512,seq2048,packed")
     ap.add_argument("--no-torch", action="store_true", help="rm_jax only")
     ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before jax starts")
-    ap.add_argument("--model", default="shipped",
-                    help="DecoderConfig overrides for rm_jax, '+'-joined key=value (e.g. attention_block=64)")
-    ap.add_argument("--variants", default=None,
-                    help="instead of the normal run: comma list of --model specs timed against torch at seq 512 "
-                         "and 2048, all interleaved (e.g. shipped,attention_block=64)")
+    ap.add_argument(
+        "--model",
+        default="shipped",
+        help="DecoderConfig overrides for rm_jax, '+'-joined key=value (e.g. attention_block=64)",
+    )
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="instead of the normal run: comma list of --model specs timed against torch at seq 512 "
+        "and 2048, all interleaved (e.g. shipped,attention_block=64)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 
@@ -506,16 +451,20 @@ def main(argv: Optional[list] = None) -> int:
         print(f"[bench_train {time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     import jax  # noqa: F401  (after XLA_FLAGS)
+
     n_cores = cores()
     if not a.no_torch:
         import torch
+
         torch.set_num_threads(n_cores)
 
     env = environment()
     log(f"{env['cpu']}, {n_cores} cores, load {env['loadavg_1m_start']}; measuring matmul peak ...")
     peak = measure_matmul_peak(2048 if q else 3072, 5 if q else 8, with_torch=not a.no_torch)
-    log(f"peak fp32 matmul: jax {peak['jax_flops_best'] / 1e9:.1f} GFLOP/s"
-        + (f", torch {peak['torch_flops_best'] / 1e9:.1f} GFLOP/s" if "torch_flops_best" in peak else ""))
+    log(
+        f"peak fp32 matmul: jax {peak['jax_flops_best'] / 1e9:.1f} GFLOP/s"
+        + (f", torch {peak['torch_flops_best'] / 1e9:.1f} GFLOP/s" if "torch_flops_best" in peak else "")
+    )
 
     cfg = bench_model_config(**parse_overrides(a.model))
     max_segments = 16
@@ -523,25 +472,43 @@ def main(argv: Optional[list] = None) -> int:
     jt = None if a.variants else JaxTrainer(cfg, max_segments, a.seed)
     tt = None if a.no_torch else TorchTrainer(cfg, a.seed)
 
-    res: dict = {"benchmark": "train_step", "quick": q, "variant": a.model, "attention_block": cfg.attention_block,
-                 "model": {"hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-                           "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-                           "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
-                           "vocab_size": cfg.vocab_size, "params": cfg.num_params(),
-                           "non_embedding_params": cfg.num_params(include_embedding=False), "dtype": "float32"},
-                 "flop_formula": "rm_jax.perf.flops_per_token: 6 * non_embedding_params + "
-                                 "12 * layers * heads * head_dim * seq_len / 2 (causal attention), per token",
-                 "matmul_peak": peak, "peak_flops": peak["peak_flops"], "environment": env}
+    res: dict = {
+        "benchmark": "train_step",
+        "quick": q,
+        "variant": a.model,
+        "attention_block": cfg.attention_block,
+        "model": {
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "vocab_size": cfg.vocab_size,
+            "params": cfg.num_params(),
+            "non_embedding_params": cfg.num_params(include_embedding=False),
+            "dtype": "float32",
+        },
+        "flop_formula": "rm_jax.core.flops.flops_per_token: 6 * non_embedding_params + "
+        "12 * layers * heads * head_dim * seq_len / 2 (causal attention), per token",
+        "matmul_peak": peak,
+        "peak_flops": peak["peak_flops"],
+        "environment": env,
+    }
     if tt is not None:
-        res["torch_setup"] = {"optimizer": tt.opt_kind, "attn_implementation": tt.attn_implementation,
-                              "threads": torch.get_num_threads()}
+        res["torch_setup"] = {
+            "optimizer": tt.opt_kind,
+            "attn_implementation": tt.attn_implementation,
+            "threads": torch.get_num_threads(),
+        }
     if a.variants:
         vs = [v.strip() for v in a.variants.split(",") if v.strip()]
         res["variants"] = {}
         for m, (T, rows) in {"seq512": (512, rows512), "seq2048": (2048, rows2048)}.items():
             if m in modes:
-                res["variants"][m] = run_fixed_variants(cfg, vs, tt, T, rows, repeats, a.seed, rng,
-                                                        peak["peak_flops"], log)
+                res["variants"][m] = run_fixed_variants(
+                    cfg, vs, tt, T, rows, repeats, a.seed, rng, peak["peak_flops"], log
+                )
         res["environment"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
         res["wall_s"] = round(time.perf_counter() - t_start, 1)
         print(json.dumps(res, default=float) if a.json else json.dumps(res["variants"], indent=1, default=float))
@@ -549,8 +516,9 @@ def main(argv: Optional[list] = None) -> int:
     if "seq512" in modes:
         res["seq512"] = run_fixed(jt, tt, 512, rows512, repeats, rng, peak["peak_flops"], log)
     if "seq2048" in modes:
-        res["seq2048"] = run_fixed(jt, tt, 2048, rows2048, max(2, repeats - 1) if q else repeats, rng,
-                                   peak["peak_flops"], log)
+        res["seq2048"] = run_fixed(
+            jt, tt, 2048, rows2048, max(2, repeats - 1) if q else repeats, rng, peak["peak_flops"], log
+        )
     if "packed" in modes:
         res["packed"] = run_packed(jt, tt, n_conv, 2048, rows2048, per_batch, rng, peak["peak_flops"], log)
     # The peak again at the end (a ceiling: the better of the two measurements is kept).
@@ -593,23 +561,33 @@ def main(argv: Optional[list] = None) -> int:
 
 
 def summary(res: dict) -> str:
-    lines = [f"peak fp32 matmul {res['peak_flops'] / 1e9:.1f} GFLOP/s; {res['environment']['cores']} cores; "
-             f"rm_jax variant {res['variant']}"]
+    lines = [
+        f"peak fp32 matmul {res['peak_flops'] / 1e9:.1f} GFLOP/s; {res['environment']['cores']} cores; "
+        f"rm_jax variant {res['variant']}"
+    ]
     for m in ("seq512", "seq2048"):
         if m in res:
             r = res[m]
-            line = (f"{m}: rm_jax {r['rm_jax_tokens_per_s']:.0f} tok/s (MFU {r['rm_jax_mfu']:.1%}, "
-                    f"{r['rm_jax_mfu_executed']:.1%} of the FLOPs it executes)")
+            line = (
+                f"{m}: rm_jax {r['rm_jax_tokens_per_s']:.0f} tok/s (MFU {r['rm_jax_mfu']:.1%}, "
+                f"{r['rm_jax_mfu_executed']:.1%} of the FLOPs it executes)"
+            )
             if "torch_tokens_per_s" in r:
-                line += f", torch {r['torch_tokens_per_s']:.0f} tok/s (MFU {r['torch_mfu']:.1%}), ratio {r['ratio']:.2f}"
+                line += (
+                    f", torch {r['torch_tokens_per_s']:.0f} tok/s (MFU {r['torch_mfu']:.1%}), ratio {r['ratio']:.2f}"
+                )
             lines.append(line)
     if "packed" in res:
         r = res["packed"]
-        line = (f"packed HelpSteer2-shaped: rm_jax {r['rm_jax_real_tokens_per_s']:.0f} real tok/s "
-                f"(fill {r['rm_jax_fill']:.0%})")
+        line = (
+            f"packed HelpSteer2-shaped: rm_jax {r['rm_jax_real_tokens_per_s']:.0f} real tok/s "
+            f"(fill {r['rm_jax_fill']:.0%})"
+        )
         if "torch_real_tokens_per_s" in r:
-            line += (f", torch padded {r['torch_real_tokens_per_s']:.0f} real tok/s (fill {r['torch_fill']:.0%}), "
-                     f"ratio {r['ratio']:.2f}")
+            line += (
+                f", torch padded {r['torch_real_tokens_per_s']:.0f} real tok/s (fill {r['torch_fill']:.0%}), "
+                f"ratio {r['ratio']:.2f}"
+            )
         lines.append(line)
     for k, ok in res.get("floors_met", {}).items():
         lines.append(f"floor {k} >= {res['floors'][k]}: {res[k]:.3f} {'met' if ok else 'MISSED'}")

@@ -11,7 +11,7 @@ What it does, interleaved in ``--rounds`` rounds so a noisy shared machine affec
               ``--bad-share`` malformed ones (invalid JSON, missing field, non-string text, unknown preset,
               empty query, oversize body), each of which must get its own 4xx.
 Every good row's reward is checked against ``rm-jax score``'s numbers, computed in this process before
-the load (rm_jax.scoring.score_rows on the same model); a row over the server's --seq-len must come back
+the load (rm_jax.engine.scoring.score_rows on the same model); a row over the server's --seq-len must come back
 as a per-row error, like ``rm-jax score`` refuses it. 503s are retried after Retry-After and counted.
 
 Reports rows/s for both phases and their ratio, p50/p99 latency, status counts, lost and wrong answers.
@@ -37,13 +37,12 @@ from typing import Any, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
 # This process and the server it starts share the accelerator: neither may grab most of its memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-from bench_train import cpu_name  # noqa: E402
+from bench_common import cpu_name  # noqa: E402
 
 SAMPLE = os.path.join(REPO, "rm_jax", "assets", "sample", "validation.jsonl.gz")
 BAD_KINDS = ("invalid_json", "missing_field", "non_string", "unknown_preset", "empty_query", "oversize")
@@ -67,31 +66,49 @@ def synthetic_model(kind: str, out_dir: str) -> str:
     """A random reward model as an HF folder with the bundled tokenizer (no training, no downloads)."""
     import jax
 
-    from rm_jax.attributes import ATTRIBUTES
-    from rm_jax.hf_io import export_hf, load_tokenizer
+    from rm_jax.core.attributes import ATTRIBUTES
     from rm_jax.models import init_params
+    from rm_jax.models.hf_io import export_hf, load_tokenizer
     from rm_jax.models.llama import DecoderConfig
-    from rm_jax.sharding import make_mesh
+    from rm_jax.models.sharding import make_mesh
+
     tok = load_tokenizer(os.path.join(REPO, "rm_jax", "assets", "tokenizer"))
     arch = {
-        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=16, max_position_embeddings=256),
+        "tiny": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=256,
+        ),
         # Llama-3.2-1B's body (vocab: the bundled tokenizer's).
-        "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                   num_key_value_heads=8, head_dim=64, rope_theta=500000.0, max_position_embeddings=4096),
+        "1b": dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            rope_theta=500000.0,
+            max_position_embeddings=4096,
+        ),
     }[kind]
     cfg = DecoderConfig(model_type="llama", vocab_size=len(tok), num_labels=len(ATTRIBUTES), **arch)
     params = init_params(cfg, make_mesh(devices=jax.devices()[:1]), seed=0)
     return export_hf(cfg, params, out_dir, list(ATTRIBUTES), tok)
 
 
-def expected_rewards(model_dir: str, rows: list[dict], weights: str, seq_len: int,
-                     dtype: str = "float32") -> tuple[list[Optional[float]], list[str]]:
+def expected_rewards(
+    model_dir: str, rows: list[dict], weights: str, seq_len: int, dtype: str = "float32"
+) -> tuple[list[Optional[float]], list[str]]:
     """rm-jax score's reward for every row (None where the row is over ``seq_len``) and each row's
     templated text (the OpenRLHF query for it)."""
-    from rm_jax.conversation import encode, render, row_to_messages
-    from rm_jax.runs import load_scoring_model
-    from rm_jax.scoring import score_rows
+    from rm_jax.data.conversation import encode, render, row_to_messages
+    from rm_jax.engine.scoring import score_rows
+    from rm_jax.runs.read import load_scoring_model
+
     model = load_scoring_model(model_dir, dtype=dtype)
     msgs = [row_to_messages(r) for r in rows]
     lengths = [len(x) for x in encode(model.tokenizer, msgs, model.template)]
@@ -107,11 +124,11 @@ class Tally:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.status: Counter = Counter()
-        self.latency: list[float] = []   # good requests only
-        self.rows = 0                    # good rows answered
-        self.lost = 0                    # good rows missing from an answer, or good requests not answered 200
-        self.wrong = 0                   # rewards off by more than the tolerance, or a wrong per-row error
-        self.bad_wrong = 0               # bad requests not answered with their 4xx
+        self.latency: list[float] = []  # good requests only
+        self.rows = 0  # good rows answered
+        self.lost = 0  # good rows missing from an answer, or good requests not answered 200
+        self.wrong = 0  # rewards off by more than the tolerance, or a wrong per-row error
+        self.bad_wrong = 0  # bad requests not answered with their 4xx
         self.retried_503 = 0
         self.examples: list[str] = []
 
@@ -121,9 +138,19 @@ class Tally:
 
 
 class Load:
-    def __init__(self, url: str, rows: list[dict], want: list[Optional[float]], texts: list[str], weights: str,
-                 max_body: int, seed: int, tolerance: float):
+    def __init__(
+        self,
+        url: str,
+        rows: list[dict],
+        want: list[Optional[float]],
+        texts: list[str],
+        weights: str,
+        max_body: int,
+        seed: int,
+        tolerance: float,
+    ):
         from rm_jax.serving.client import Client
+
         self.Client = Client
         self.url, self.rows, self.want, self.texts, self.weights = url, rows, want, texts, weights
         self.max_body, self.tolerance = max_body, tolerance
@@ -151,7 +178,13 @@ class Load:
             return kind, "/score", json.dumps({"rows": [r], "weights": "no-such-preset"}).encode(), [], 400
         if kind == "empty_query":
             return kind, "/get_reward", json.dumps({"query": ["x", ""]}).encode(), [], 400
-        return kind, "/score", json.dumps({"rows": [{"prompt": "x" * (self.max_body + 10), "response": "y"}]}).encode(), [], 413
+        return (
+            kind,
+            "/score",
+            json.dumps({"rows": [{"prompt": "x" * (self.max_body + 10), "response": "y"}]}).encode(),
+            [],
+            413,
+        )
 
     def check(self, t: Tally, kind: str, idx: list[int], reply: Any) -> None:
         if kind == "score":
@@ -167,8 +200,11 @@ class Load:
                 t.note(f"{kind}: {len(got)} answers for {len(idx)} rows")
         for i, (reward, err) in zip(idx, got):
             w = self.want[i]
-            ok = (reward is None and err and "more than the limit" in err) if w is None else \
-                (reward is not None and abs(reward - w) <= self.tolerance)
+            ok = (
+                (reward is None and err and "more than the limit" in err)
+                if w is None
+                else (reward is not None and abs(reward - w) <= self.tolerance)
+            )
             with t.lock:
                 t.rows += 1
                 if not ok:
@@ -259,6 +295,7 @@ def pct(xs: list[float], q: float) -> Optional[float]:
 
 def run(args: argparse.Namespace) -> dict:
     from rm_jax.serving.client import Client, ServerProcess
+
     deadline = time.monotonic() + args.seconds
     tmp = tempfile.mkdtemp(prefix="rm-load-")
     server = None
@@ -298,23 +335,42 @@ def run(args: argparse.Namespace) -> dict:
     n_conc = sum(conc.status.values())
     out = {
         "cpu": cpu_name(),
-        "backend": info.get("backend"), "devices": info.get("devices"),
-        "model": model, "seq_len": info["seq_len"], "buckets": [f"{b['rows']}x{b['seq_len']}" for b in info["buckets"]],
-        "clients": args.clients, "rounds": args.rounds, "max_wait_ms": info["max_wait_ms"],
-        "sequential": {"requests": sum(seq.status.values()), "rows": seq.rows, "seconds": round(seq_s, 3),
-                       "rows_per_s": round(seq_rps, 1), "p50_ms": _ms(pct(seq.latency, 50)),
-                       "p99_ms": _ms(pct(seq.latency, 99))},
-        "concurrent": {"requests": n_conc, "good_rows": conc.rows, "seconds": round(conc_s, 3),
-                       "rows_per_s": round(conc_rps, 1), "p50_ms": _ms(pct(conc.latency, 50)),
-                       "p99_ms": _ms(pct(conc.latency, 99)),
-                       "status": {str(k): v for k, v in sorted(conc.status.items(), key=str)},
-                       "retried_503": conc.retried_503},
+        "backend": info.get("backend"),
+        "devices": info.get("devices"),
+        "model": model,
+        "seq_len": info["seq_len"],
+        "buckets": [f"{b['rows']}x{b['seq_len']}" for b in info["buckets"]],
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "max_wait_ms": info["max_wait_ms"],
+        "sequential": {
+            "requests": sum(seq.status.values()),
+            "rows": seq.rows,
+            "seconds": round(seq_s, 3),
+            "rows_per_s": round(seq_rps, 1),
+            "p50_ms": _ms(pct(seq.latency, 50)),
+            "p99_ms": _ms(pct(seq.latency, 99)),
+        },
+        "concurrent": {
+            "requests": n_conc,
+            "good_rows": conc.rows,
+            "seconds": round(conc_s, 3),
+            "rows_per_s": round(conc_rps, 1),
+            "p50_ms": _ms(pct(conc.latency, 50)),
+            "p99_ms": _ms(pct(conc.latency, 99)),
+            "status": {str(k): v for k, v in sorted(conc.status.items(), key=str)},
+            "retried_503": conc.retried_503,
+        },
         "speedup": round(conc_rps / seq_rps, 2) if seq_rps else None,
-        "lost": seq.lost + conc.lost, "wrong": seq.wrong + conc.wrong, "bad_not_rejected": conc.bad_wrong,
-        "dtype": info["dtype"], "tolerance": args.tolerance,
+        "lost": seq.lost + conc.lost,
+        "wrong": seq.wrong + conc.wrong,
+        "bad_not_rejected": conc.bad_wrong,
+        "dtype": info["dtype"],
+        "tolerance": args.tolerance,
         "examples": seq.examples + conc.examples,
         "server_compilations": _metric(metrics, "rm_serve_xla_compilations_total"),
-        "server_exit_code": code, "expected_computed_s": round(expect_s, 1),
+        "server_exit_code": code,
+        "expected_computed_s": round(expect_s, 1),
     }
     return out
 
@@ -363,7 +419,9 @@ def load_test(argv: list[str]) -> dict:
     if a.quick:
         a.requests, a.sequential, a.rounds = min(a.requests, 300), min(a.sequential, 100), min(a.rounds, 2)
     out = run(a)
-    ok = out["lost"] == 0 and out["wrong"] == 0 and out["bad_not_rejected"] == 0 and out["server_exit_code"] in (0, None)
+    ok = (
+        out["lost"] == 0 and out["wrong"] == 0 and out["bad_not_rejected"] == 0 and out["server_exit_code"] in (0, None)
+    )
     if a.min_speedup is not None:
         ok = ok and (out["speedup"] or 0) >= a.min_speedup
     out["ok"] = ok
@@ -381,15 +439,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(out))
     else:
         s, c = out["sequential"], out["concurrent"]
-        print(f"cpu: {out['cpu']}  backend: {out['backend']}  model: {out['model']}  buckets: {' '.join(out['buckets'])}")
-        print(f"sequential (1 row/request, 1 client): {s['requests']} requests, {s['rows_per_s']} rows/s, "
-              f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
-        print(f"concurrent ({out['clients']} clients, 1-{a.max_rows} rows, {a.bad_share:.0%} bad): {c['requests']} "
-              f"requests, {c['good_rows']} good rows, {c['rows_per_s']} rows/s, p50 {c['p50_ms']} ms, "
-              f"p99 {c['p99_ms']} ms; status {c['status']}; 503 retried {c['retried_503']}")
-        print(f"speedup {out['speedup']}x; lost {out['lost']}, wrong {out['wrong']}, bad requests not rejected "
-              f"{out['bad_not_rejected']}; server compilations {out['server_compilations']}; "
-              f"server exit {out['server_exit_code']}")
+        print(
+            f"cpu: {out['cpu']}  backend: {out['backend']}  model: {out['model']}  buckets: {' '.join(out['buckets'])}"
+        )
+        print(
+            f"sequential (1 row/request, 1 client): {s['requests']} requests, {s['rows_per_s']} rows/s, "
+            f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms"
+        )
+        print(
+            f"concurrent ({out['clients']} clients, 1-{a.max_rows} rows, {a.bad_share:.0%} bad): {c['requests']} "
+            f"requests, {c['good_rows']} good rows, {c['rows_per_s']} rows/s, p50 {c['p50_ms']} ms, "
+            f"p99 {c['p99_ms']} ms; status {c['status']}; 503 retried {c['retried_503']}"
+        )
+        print(
+            f"speedup {out['speedup']}x; lost {out['lost']}, wrong {out['wrong']}, bad requests not rejected "
+            f"{out['bad_not_rejected']}; server compilations {out['server_compilations']}; "
+            f"server exit {out['server_exit_code']}"
+        )
         for e in out["examples"]:
             print("  " + e)
         print("OK" if ok else "FAILED")

@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rm_jax.attributes import ATTRIBUTES  # noqa: E402
+from rm_jax.core.attributes import ATTRIBUTES  # noqa: E402
 
 DEFAULT_OUT = REPO / "rm_jax" / "assets" / "sample"
 MULTI_TURN_FRACTION = 0.28
@@ -48,16 +48,52 @@ EASY_ATTRIBUTE, EASY_MIN_PEARSON = "verbosity", 0.9
 
 # ----------------------------------------------------------------------------- questions
 
-CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Egypt": "Cairo",
-            "Canada": "Ottawa", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Greece": "Athens",
-            "Germany": "Berlin", "Cuba": "Havana", "Chile": "Santiago", "Poland": "Warsaw"}
+CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Germany": "Berlin",
+    "Cuba": "Havana",
+    "Chile": "Santiago",
+    "Poland": "Warsaw",
+}
 LEGS = {"spider": 8, "dog": 4, "bird": 2, "ant": 6, "horse": 4, "beetle": 6, "duck": 2, "crab": 10}
-COLORS = {"the sky": "blue", "grass": "green", "snow": "white", "a banana": "yellow", "coal": "black",
-          "a ripe tomato": "red", "an orange": "orange"}
-OPPOSITES = {"hot": "cold", "up": "down", "big": "small", "fast": "slow", "early": "late", "light": "dark",
-             "open": "closed", "happy": "sad"}
-UNITS = [("days", "a week", 7), ("hours", "a day", 24), ("minutes", "an hour", 60), ("months", "a year", 12),
-         ("seconds", "a minute", 60), ("weeks", "a year", 52), ("sides", "a triangle", 3), ("sides", "a square", 4)]
+COLORS = {
+    "the sky": "blue",
+    "grass": "green",
+    "snow": "white",
+    "a banana": "yellow",
+    "coal": "black",
+    "a ripe tomato": "red",
+    "an orange": "orange",
+}
+OPPOSITES = {
+    "hot": "cold",
+    "up": "down",
+    "big": "small",
+    "fast": "slow",
+    "early": "late",
+    "light": "dark",
+    "open": "closed",
+    "happy": "sad",
+}
+UNITS = [
+    ("days", "a week", 7),
+    ("hours", "a day", 24),
+    ("minutes", "an hour", 60),
+    ("months", "a year", 12),
+    ("seconds", "a minute", 60),
+    ("weeks", "a year", 52),
+    ("sides", "a triangle", 3),
+    ("sides", "a square", 4),
+]
 OPS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a - b), "*": ("times", lambda a, b: a * b)}
 
 
@@ -78,21 +114,40 @@ def make_question(rng: random.Random) -> tuple[str, str, str]:
         if op == "-" and b > a:
             a, b = b, a
         word, fn = OPS[op]
-        q = rng.choice([f"What is {a} {word} {b}?", f"Compute {a} {op} {b}.", f"What is {a} {op} {b}?",
-                        f"Can you work out {a} {word} {b}?"])
+        q = rng.choice(
+            [
+                f"What is {a} {word} {b}?",
+                f"Compute {a} {op} {b}.",
+                f"What is {a} {op} {b}?",
+                f"Can you work out {a} {word} {b}?",
+            ]
+        )
         right = fn(a, b)
         say = rng.choice(["{a} {w} {b} equals {x}.", "The answer is {x}.", "{a} {o} {b} = {x}."])
-        return q, say.format(a=a, w=word, b=b, o=op, x=right), say.format(a=a, w=word, b=b, o=op, x=_wrong_number(rng, right))
+        return (
+            q,
+            say.format(a=a, w=word, b=b, o=op, x=right),
+            say.format(a=a, w=word, b=b, o=op, x=_wrong_number(rng, right)),
+        )
     if kind == "capital":
         country = rng.choice(list(CAPITALS))
-        q = rng.choice([f"What is the capital of {country}?", f"Which city is the capital of {country}?",
-                        f"Name the capital city of {country}."])
+        q = rng.choice(
+            [
+                f"What is the capital of {country}?",
+                f"Which city is the capital of {country}?",
+                f"Name the capital city of {country}.",
+            ]
+        )
         right, wrong = CAPITALS[country], _wrong_choice(rng, CAPITALS.values(), CAPITALS[country])
         return q, f"The capital of {country} is {right}.", f"The capital of {country} is {wrong}."
     if kind == "legs":
         animal = rng.choice(list(LEGS))
         q = rng.choice([f"How many legs does a {animal} have?", f"How many legs has a {animal} got?"])
-        return q, f"A {animal} has {LEGS[animal]} legs.", f"A {animal} has {_wrong_choice(rng, range(0, 11, 2), LEGS[animal])} legs."
+        return (
+            q,
+            f"A {animal} has {LEGS[animal]} legs.",
+            f"A {animal} has {_wrong_choice(rng, range(0, 11, 2), LEGS[animal])} legs.",
+        )
     if kind == "color":
         thing = rng.choice(list(COLORS))
         q = rng.choice([f"What color is {thing}?", f"What is the usual color of {thing}?"])
@@ -101,14 +156,27 @@ def make_question(rng: random.Random) -> tuple[str, str, str]:
     if kind == "opposite":
         w = rng.choice(list(OPPOSITES))
         q = rng.choice([f"What is the opposite of {w}?", f"Give me the opposite of the word {w}."])
-        return q, f"The opposite of {w} is {OPPOSITES[w]}.", f"The opposite of {w} is {_wrong_choice(rng, OPPOSITES.values(), OPPOSITES[w])}."
+        return (
+            q,
+            f"The opposite of {w} is {OPPOSITES[w]}.",
+            f"The opposite of {w} is {_wrong_choice(rng, OPPOSITES.values(), OPPOSITES[w])}.",
+        )
     unit, span, n = rng.choice(UNITS)
     q = rng.choice([f"How many {unit} are in {span}?", f"How many {unit} does {span} have?"])
     return q, f"There are {n} {unit} in {span}.", f"There are {_wrong_number(rng, n)} {unit} in {span}."
 
 
-OPENERS = ["", "", "", "Hi! ", "Quick question: ", "Please tell me: ", "I have a homework question. ",
-           "My friend asked me this. ", "Help me out here. "]
+OPENERS = [
+    "",
+    "",
+    "",
+    "Hi! ",
+    "Quick question: ",
+    "Please tell me: ",
+    "I have a homework question. ",
+    "My friend asked me this. ",
+    "Help me out here. ",
+]
 
 
 def make_prompt(rng: random.Random, multi_turn: bool) -> tuple[str, tuple[str, str]]:
@@ -126,25 +194,46 @@ def make_prompt(rng: random.Random, multi_turn: bool) -> tuple[str, tuple[str, s
 
 # ----------------------------------------------------------------------------- responses
 
-FILLERS = ["I hope this helps.", "Let me know if you have other questions.", "This is a common question.",
-           "Many people ask about this.", "You can find this in most reference books.",
-           "It is good to check facts like this.", "Feel free to ask a follow-up question.",
-           "Thank you for asking.", "This comes up often in school.", "Here is a short note on it."]
-ADVANCED = ["Formally, the result follows from the axioms of arithmetic.",
-            "Epistemologically, such facts rest on shared conventions.",
-            "Notwithstanding edge cases, the derivation is rigorous.",
-            "Consequently, the claim is invariant under reformulation.",
-            "Analogously, a homomorphism preserves this structure.",
-            "Historically, the nomenclature derives from Latin etymology.",
-            "Empirically, this is corroborated by independent sources.",
-            "Theoretically, the mapping is bijective and well defined."]
+FILLERS = [
+    "I hope this helps.",
+    "Let me know if you have other questions.",
+    "This is a common question.",
+    "Many people ask about this.",
+    "You can find this in most reference books.",
+    "It is good to check facts like this.",
+    "Feel free to ask a follow-up question.",
+    "Thank you for asking.",
+    "This comes up often in school.",
+    "Here is a short note on it.",
+]
+ADVANCED = [
+    "Formally, the result follows from the axioms of arithmetic.",
+    "Epistemologically, such facts rest on shared conventions.",
+    "Notwithstanding edge cases, the derivation is rigorous.",
+    "Consequently, the claim is invariant under reformulation.",
+    "Analogously, a homomorphism preserves this structure.",
+    "Historically, the nomenclature derives from Latin etymology.",
+    "Empirically, this is corroborated by independent sources.",
+    "Theoretically, the mapping is bijective and well defined.",
+]
 NONSENSE = ["zorp", "blim", "quax", "frell", "vunt", "skree"]
-REFUSALS = ["I'm sorry, but I can't help with that request.", "Sorry, I am unable to answer that.",
-            "I cannot assist with this question.", "Unfortunately, I won't be able to help with that."]
-OFF_TOPIC = ["Let me tell you about my favourite recipe instead.", "By the way, the weather is lovely today.",
-             "I would rather talk about football.", "Have you ever tried painting landscapes?"]
-HEDGES = ["I think {s}, but I am not sure.", "Probably {s}, though I might be wrong.",
-          "I believe {s}, but please double check."]
+REFUSALS = [
+    "I'm sorry, but I can't help with that request.",
+    "Sorry, I am unable to answer that.",
+    "I cannot assist with this question.",
+    "Unfortunately, I won't be able to help with that.",
+]
+OFF_TOPIC = [
+    "Let me tell you about my favourite recipe instead.",
+    "By the way, the weather is lovely today.",
+    "I would rather talk about football.",
+    "Have you ever tried painting landscapes?",
+]
+HEDGES = [
+    "I think {s}, but I am not sure.",
+    "Probably {s}, though I might be wrong.",
+    "I believe {s}, but please double check.",
+]
 
 
 def _hedge(rng: random.Random, statement: str) -> str:
@@ -270,14 +359,17 @@ def ridge_pearsons(train: list[dict], valid: list[dict], alpha: float = 10.0) ->
 
 
 def check(out_dir: Path) -> bool:
-    from rm_jax.conversation import count_turns, row_to_messages
+    from rm_jax.data.conversation import count_turns, row_to_messages
     from rm_jax.data.sources import load_helpsteer, pair_ids
     from rm_jax.data.stats import format_stats_table, helpsteer_stats, token_length_stats
 
     files = [out_dir / "train.jsonl.gz", out_dir / "validation.jsonl.gz"]
     total = sum(f.stat().st_size for f in files)
-    print("sizes: " + ", ".join(f"{f.name} {f.stat().st_size / 1024:.1f} KiB" for f in files)
-          + f"; total {total / 1024:.1f} KiB")
+    print(
+        "sizes: "
+        + ", ".join(f"{f.name} {f.stat().st_size / 1024:.1f} KiB" for f in files)
+        + f"; total {total / 1024:.1f} KiB"
+    )
     train = load_helpsteer(str(out_dir), split="train").rows
     valid = load_helpsteer(str(out_dir), split="validation").rows
     ok = total < 1_000_000
@@ -292,13 +384,14 @@ def check(out_dir: Path) -> bool:
     if (tok_dir / "tokenizer.json").exists():
         from transformers import AutoTokenizer
 
-        from rm_jax.conversation import encode
+        from rm_jax.data.conversation import encode
 
         tok = AutoTokenizer.from_pretrained(str(tok_dir))
         lengths = [len(x) for x in encode(tok, [row_to_messages(r) for r in train])]
         s = token_length_stats(lengths)
-        print("\ntokens per conversation (bundled tokenizer, train): "
-              + ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
+        print(
+            "\ntokens per conversation (bundled tokenizer, train): " + ", ".join(f"{k} {v:.1f}" for k, v in s.items())
+        )
     print("\nbag-of-words + length ridge, validation Pearson:")
     rs = ridge_pearsons(train, valid)
     for name, r in rs.items():
@@ -318,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # Separate streams so changing one split's size leaves the other split's rows unchanged.
     write_jsonl_gz(make_rows(args.train_prompts, random.Random(f"{args.seed}-train")), args.out / "train.jsonl.gz")
-    write_jsonl_gz(make_rows(args.validation_prompts, random.Random(f"{args.seed}-validation")),
-                   args.out / "validation.jsonl.gz")
+    write_jsonl_gz(
+        make_rows(args.validation_prompts, random.Random(f"{args.seed}-validation")), args.out / "validation.jsonl.gz"
+    )
     print(f"wrote {args.out}/train.jsonl.gz and validation.jsonl.gz")
     if args.check:
         return 0 if check(args.out) else 1

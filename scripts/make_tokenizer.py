@@ -22,7 +22,7 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rm_jax.conversation import NEMOTRON_TEMPLATE, row_to_messages  # noqa: E402
+from rm_jax.data.conversation import NEMOTRON_TEMPLATE, row_to_messages  # noqa: E402
 
 DEFAULT_SAMPLE = REPO / "rm_jax" / "assets" / "sample"
 DEFAULT_OUT = REPO / "rm_jax" / "assets" / "tokenizer"
@@ -57,13 +57,23 @@ def build_tokenizer(texts: Iterator[str], vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        additional_special_tokens=["<extra_id_0>", "<extra_id_1>"], model_max_length=1024,
-        padding_side="right", clean_up_tokenization_spaces=False,  # cleanup would eat spaces before "."
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=["<extra_id_0>", "<extra_id_1>"],
+        model_max_length=1024,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,  # cleanup would eat spaces before "."
     )
     fast.chat_template = NEMOTRON_TEMPLATE
     return fast
@@ -83,8 +93,13 @@ def save(tokenizer, out_dir: Path) -> None:
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg["additional_special_tokens"] = ["<extra_id_0>", "<extra_id_1>"]
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    special_map = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                   "additional_special_tokens": ["<extra_id_0>", "<extra_id_1>"]}
+    special_map = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "additional_special_tokens": ["<extra_id_0>", "<extra_id_1>"],
+    }
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
 
 
@@ -104,7 +119,9 @@ def verify(out_dir: Path) -> None:
     out = tok.apply_chat_template(msgs, tokenize=True)
     ids = out["input_ids"] if not isinstance(out, list) else out
     rendered = tok.apply_chat_template(msgs, tokenize=False)
-    assert ids == tok(rendered, add_special_tokens=False)["input_ids"], "chat template ids differ from encoding the text"
+    assert ids == tok(rendered, add_special_tokens=False)["input_ids"], (
+        "chat template ids differ from encoding the text"
+    )
     print(f"ok: vocab {len(tok)}, template renders {rendered!r} -> {len(ids)} tokens")
 
 

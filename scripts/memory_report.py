@@ -25,55 +25,53 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHAPES = {
     # Tiny width: memory is dominated by what grows with T, which is what the table is about.
-    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, max_position_embeddings=8192),
+    "tiny": dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=8192,
+    ),
     # meta-llama/Llama-3.2-1B's config.json (as scripts/bench_gpu.py).
-    "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                     num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
-                     rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True),
+    "llama-1b": dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=True,
+    ),
 }
 
 
 def model_config(shape: str, kernel: str, scan: bool, dtype: str, remat: str, **over: Any) -> Any:
     from rm_jax.models.llama import DecoderConfig
+
     arch = dict(SHAPES[shape])
     arch.update(over)
-    return DecoderConfig(model_type="llama", num_labels=5, dtype=dtype, remat=remat, scan_layers=scan,
-                         attention=kernel, **arch)
-
-
-def train_step_memory(cfg: Any, rows: int, seq: int, max_segments: int = 16) -> dict:
-    """Bytes of the train step compiled for [1, rows, seq] batches (abstract: nothing runs)."""
-    import jax
-    import jax.numpy as jnp
-    from rm_jax.config import LossConfig, TrainConfig
-    from rm_jax.models import abstract_params
-    from rm_jax.step import lr_schedule, make_optimizer, make_train_step
-    tc = TrainConfig(lr=1e-5, warmup_steps=0)
-    tx = make_optimizer(tc, 1000)
-    state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
-                           abstract_params(cfg))
-    sd = jax.ShapeDtypeStruct
-    tok = sd((1, rows, seq), jnp.int32)
-    lab = sd((1, rows, max_segments, cfg.num_labels), jnp.float32)
-    batch = {"input_ids": tok, "segment_ids": tok, "positions": tok, "labels": lab, "label_mask": lab}
-    step = jax.jit(make_train_step(cfg, LossConfig(), tx, max_segments, lr_schedule(tc, 1000)), donate_argnums=0)
-    t = time.perf_counter()
-    m = step.lower(state, batch).compile().memory_analysis()
-    return {"temp_bytes": int(m.temp_size_in_bytes), "argument_bytes": int(m.argument_size_in_bytes),
-            "output_bytes": int(m.output_size_in_bytes), "compile_s": round(time.perf_counter() - t, 1)}
+    return DecoderConfig(
+        model_type="llama", num_labels=5, dtype=dtype, remat=remat, scan_layers=scan, attention=kernel, **arch
+    )
 
 
 def reproduce_hoisting() -> None:
     """Undo the fix: the barrier in attention._prepare becomes the identity (this process only)."""
     from rm_jax.models import attention
+
     attention.jax = _JaxWithoutBarrier(attention.jax)
 
 
@@ -97,6 +95,9 @@ class _LaxWithoutBarrier:
         return getattr(self._real, name)
 
 
+from rm_jax.engine.memory import train_step_memory  # noqa: E402
+
+
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", choices=sorted(SHAPES))
@@ -114,6 +115,7 @@ def main(argv: Optional[list] = None) -> int:
     if a.reproduce_hoisting:
         reproduce_hoisting()
     import jax
+
     over = {} if a.layers is None else {"num_hidden_layers": a.layers}
     seqs = [int(s) for s in a.seq.split(",")]
     results = []
@@ -123,26 +125,47 @@ def main(argv: Optional[list] = None) -> int:
             for seq in seqs:
                 cfg = model_config(a.model, kernel, layout == "scan", a.dtype, a.remat, **over)
                 r = train_step_memory(cfg, a.rows, seq, a.max_segments)
-                r.update(kernel=cfg.attention_kernel(), layout=layout, seq=seq, rows=a.rows,
-                         growth=None if prev is None else r["temp_bytes"] / prev)
+                r.update(
+                    kernel=cfg.attention_kernel(),
+                    layout=layout,
+                    seq=seq,
+                    rows=a.rows,
+                    growth=None if prev is None else r["temp_bytes"] / prev,
+                )
                 prev = r["temp_bytes"]
                 results.append(r)
-                print(f"[memory_report] {kernel} {layout} T={seq}: temp {r['temp_bytes'] / 2**20:.1f} MiB "
-                      f"(compile {r['compile_s']} s)", file=sys.stderr, flush=True)
-    head = {"model": a.model, "dtype": a.dtype, "remat": a.remat, "rows": a.rows, "max_segments": a.max_segments,
-            "layers": over.get("num_hidden_layers", SHAPES[a.model]["num_hidden_layers"]),
-            "hoisting_fix": not a.reproduce_hoisting, "jax": jax.__version__, "backend": jax.default_backend()}
+                print(
+                    f"[memory_report] {kernel} {layout} T={seq}: temp {r['temp_bytes'] / 2**20:.1f} MiB "
+                    f"(compile {r['compile_s']} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    head = {
+        "model": a.model,
+        "dtype": a.dtype,
+        "remat": a.remat,
+        "rows": a.rows,
+        "max_segments": a.max_segments,
+        "layers": over.get("num_hidden_layers", SHAPES[a.model]["num_hidden_layers"]),
+        "hoisting_fix": not a.reproduce_hoisting,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+    }
     if a.json:
         print(json.dumps({**head, "results": results}))
         return 0
-    print(f"{a.model}, {head['layers']} layers, {a.dtype}, remat {a.remat}, {a.rows} rows; jax {jax.__version__} "
-          f"on {head['backend']}; hoisting fix {'on' if head['hoisting_fix'] else 'OFF'}")
+    print(
+        f"{a.model}, {head['layers']} layers, {a.dtype}, remat {a.remat}, {a.rows} rows; jax {jax.__version__} "
+        f"on {head['backend']}; hoisting fix {'on' if head['hoisting_fix'] else 'OFF'}"
+    )
     print("| kernel | layers | T | temp | temp / T | x vs T/2 | args |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         g = "" if r["growth"] is None else f"{r['growth']:.2f}"
-        print(f"| {r['kernel']} | {r['layout']} | {r['seq']} | {_size(r['temp_bytes'])} | "
-              f"{r['temp_bytes'] / r['seq'] / 1024:.1f} KiB | {g} | {_size(r['argument_bytes'])} |")
+        print(
+            f"| {r['kernel']} | {r['layout']} | {r['seq']} | {_size(r['temp_bytes'])} | "
+            f"{r['temp_bytes'] / r['seq'] / 1024:.1f} KiB | {g} | {_size(r['argument_bytes'])} |"
+        )
     return 0
 
 

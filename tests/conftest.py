@@ -29,12 +29,16 @@ def data_files(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session", params=[("llama", False), ("mistral", False), ("qwen2", False), ("qwen3", True)],
-                ids=["llama", "mistral", "qwen2", "qwen3-tied"])
+@pytest.fixture(
+    scope="session",
+    params=[("llama", False), ("mistral", False), ("qwen2", False), ("qwen3", True)],
+    ids=["llama", "mistral", "qwen2", "qwen3-tied"],
+)
 def hf_causal_lm(request, tmp_path_factory):
     """An HF ``*ForCausalLM`` folder with its tokenizer per family (qwen3 with tied embeddings):
     (folder, transformers model, tokenizer)."""
-    from tests.hf_fixtures import make_hf_causal_lm_with_tokenizer
+    from tests.helpers import make_hf_causal_lm_with_tokenizer
+
     family, tied = request.param
     d = str(tmp_path_factory.mktemp(f"causal_lm_{family}"))
     model, tok = make_hf_causal_lm_with_tokenizer(family, d, seed=5, tied=tied)
@@ -44,10 +48,12 @@ def hf_causal_lm(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def subprocess_cache_env(tmp_path_factory):
     """worker_env() plus one compilation cache shared by this session's subprocess trainings."""
-    from tests.subprocesses import compile_cache_env, worker_env
+    from tests.helpers import compile_cache_env, worker_env
+
     return {**worker_env(), **compile_cache_env(str(tmp_path_factory.mktemp("xla_cache_subprocesses")))}
 
 
 def _bundled() -> str:
     from rm_jax.data.pipeline import resolve_source
+
     return resolve_source("bundled")

@@ -2,7 +2,7 @@
 calling the library; this module dispatches and turns expected failures into one line and an exit code.
 
 Nothing below ``rm_jax.cli`` parses argv: library functions return values and raise
-:class:`rm_jax.errors.RmJaxError` subclasses (and ``OSError`` for the file system), whose message
+:class:`rm_jax.core.errors.RmJaxError` subclasses (and ``OSError`` for the file system), whose message
 is printed as ``rm-jax COMMAND: error: ...``. ``--debug`` (anywhere on the line) shows the traceback.
 """
 
@@ -23,7 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data", "data stats FILE|HUB_ID [--json] [--tokenizer DIR]"),
     "lm": ("lm", "lm generate|logprob --model DIR --input IN.jsonl --output OUT.jsonl [--n N] ..."),
     "steer": ("steer", "steer label|eval --policy DIR --rm DIR --input ... (SteerLM 2.0)"),
-    "serve": ("serve", "serve --model DIR [--host H] [--port P] [--weights ...] [--max-batch-tokens N] [--max-wait-ms M]"),
+    "serve": (
+        "serve",
+        "serve --model DIR [--host H] [--port P] [--weights ...] [--max-batch-tokens N] [--max-wait-ms M]",
+    ),
 }
 
 
@@ -44,7 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cmd not in COMMANDS:
         print(f"rm-jax: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    from rm_jax.errors import RmJaxError
+    from rm_jax.core.errors import RmJaxError
+
     try:
         module = importlib.import_module(f"rm_jax.cli.{COMMANDS[cmd][0]}")
         return int(module.main(rest) or 0)

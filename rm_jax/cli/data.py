@@ -19,9 +19,11 @@ def main(argv: Sequence[str]) -> int:
     st.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
     a = ap.parse_args(list(argv))
     from rm_jax.data.stats import dataset_stats, format_stats_report
+
     tokenizer = None
     if a.tokenizer:
-        from rm_jax.hf_io import load_tokenizer
+        from rm_jax.models.hf_io import load_tokenizer
+
         tokenizer = load_tokenizer(a.tokenizer)
     stats = dataset_stats(a.source, a.split, a.on_bad_row, tokenizer, a.template)
     print(json.dumps(stats) if a.json else format_stats_report(stats))

@@ -6,39 +6,57 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from rm_jax.attributes import REWARD_PRESETS
-from rm_jax.errors import InputError
+from rm_jax.core.attributes import REWARD_PRESETS
+from rm_jax.core.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
     from rm_jax.evaluation.evaluate import DEFAULT_MAX_SEQ_LEN
     from rm_jax.evaluation.weights import DEFAULT_WEIGHTS
-    ap = argparse.ArgumentParser(prog="rm-jax eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    ap = argparse.ArgumentParser(
+        prog="rm-jax eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", help="HF *ForSequenceClassification folder or rm_jax run folder")
     ap.add_argument("--helpsteer", help="HelpSteer2-format data: file, folder, hub id, or 'bundled'")
     ap.add_argument("--helpsteer-split", default="validation")
     ap.add_argument("--rewardbench", help="RewardBench-format pairs: file, folder or hub id (allenai/reward-bench)")
     ap.add_argument("--rewardbench-split", default="filtered")
-    ap.add_argument("--weights", default=None,
-                    help=f"reward weights: a preset ({', '.join(REWARD_PRESETS)}) or w1,...,w5 "
-                         f"(default {DEFAULT_WEIGHTS})")
-    ap.add_argument("--output", default=None,
-                    help="results json (default eval_results.json; with --from-predictions, print only); "
-                         "predictions go to <stem>.helpsteer_predictions.jsonl / <stem>.rewardbench_predictions.jsonl")
-    ap.add_argument("--seq-len", type=int, default=None,
-                    help=f"longest conversation in tokens; longer prompts are cut from the left "
-                         f"(default: the model's positions, at most {DEFAULT_MAX_SEQ_LEN})")
-    ap.add_argument("--drop-long-pairs", action="store_true",
-                    help="drop RewardBench pairs whose response alone is longer than --seq-len (default: cut "
-                         "them from the left and count them, so every pair is scored)")
+    ap.add_argument(
+        "--weights",
+        default=None,
+        help=f"reward weights: a preset ({', '.join(REWARD_PRESETS)}) or w1,...,w5 (default {DEFAULT_WEIGHTS})",
+    )
+    ap.add_argument(
+        "--output",
+        default=None,
+        help="results json (default eval_results.json; with --from-predictions, print only); "
+        "predictions go to <stem>.helpsteer_predictions.jsonl / <stem>.rewardbench_predictions.jsonl",
+    )
+    ap.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help=f"longest conversation in tokens; longer prompts are cut from the left "
+        f"(default: the model's positions, at most {DEFAULT_MAX_SEQ_LEN})",
+    )
+    ap.add_argument(
+        "--drop-long-pairs",
+        action="store_true",
+        help="drop RewardBench pairs whose response alone is longer than --seq-len (default: cut "
+        "them from the left and count them, so every pair is scored)",
+    )
     ap.add_argument("--batch-rows", type=int, default=16, help="packed rows per forward pass")
     ap.add_argument("--max-segments", type=int, default=16, help="conversations packed into one row at most")
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--from-predictions", default=None, metavar="PATH",
-                    help="recompute all metrics from an earlier eval's saved predictions (its results json or "
-                         "stem); no model needed")
+    ap.add_argument(
+        "--from-predictions",
+        default=None,
+        metavar="PATH",
+        help="recompute all metrics from an earlier eval's saved predictions (its results json or "
+        "stem); no model needed",
+    )
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -56,16 +74,19 @@ def main(argv: Sequence[str]) -> int:
         raise InputError(f"--seq-len: must be at least 2, got {a.seq_len}")
     from rm_jax.evaluation.evaluate import evaluate_model, reweight_from_predictions
     from rm_jax.evaluation.predictions import copy_predictions, output_stem
-    from rm_jax.evaluation.reports import format_report
+    from rm_jax.evaluation.report_text import format_report
 
     if a.from_predictions:
         if a.model or a.helpsteer or a.rewardbench:
-            raise InputError("--from-predictions recomputes metrics from saved predictions: "
-                             "do not also give --model, --helpsteer or --rewardbench")
+            raise InputError(
+                "--from-predictions recomputes metrics from saved predictions: "
+                "do not also give --model, --helpsteer or --rewardbench"
+            )
         result = reweight_from_predictions(a.from_predictions, a.weights)
         print(format_report(result))
         if a.output:
-            from rm_jax.files import write_json
+            from rm_jax.core.files import write_json
+
             out = a.output if a.output.endswith(".json") else a.output + ".json"
             copy_predictions(result["from_predictions"], output_stem(out))
             write_json(out, result)
@@ -75,10 +96,21 @@ def main(argv: Sequence[str]) -> int:
     if not a.model:
         raise InputError("--model is required (or --from-predictions PATH to re-weight an earlier evaluation)")
     result, out_path = evaluate_model(
-        a.model, helpsteer=a.helpsteer, helpsteer_split=a.helpsteer_split, rewardbench=a.rewardbench,
-        rewardbench_split=a.rewardbench_split, weights=a.weights, output=a.output or "eval_results.json",
-        seq_len=a.seq_len, batch_rows=a.batch_rows, max_segments=a.max_segments, template=a.template,
-        dtype=a.dtype, drop_long_pairs=a.drop_long_pairs, progress=not a.no_progress)
+        a.model,
+        helpsteer=a.helpsteer,
+        helpsteer_split=a.helpsteer_split,
+        rewardbench=a.rewardbench,
+        rewardbench_split=a.rewardbench_split,
+        weights=a.weights,
+        output=a.output or "eval_results.json",
+        seq_len=a.seq_len,
+        batch_rows=a.batch_rows,
+        max_segments=a.max_segments,
+        template=a.template,
+        dtype=a.dtype,
+        drop_long_pairs=a.drop_long_pairs,
+        progress=not a.no_progress,
+    )
     print(format_report(result))
     print(f"\nresults -> {out_path}")
     return 0

@@ -12,6 +12,7 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: the kept/best one)")
     a = ap.parse_args(list(argv))
-    from rm_jax.runs import export_run
+    from rm_jax.runs.read import export_run
+
     print(f"exported -> {export_run(a.run_dir, a.out, a.step)}")
     return 0

@@ -9,10 +9,14 @@ from typing import Sequence
 def main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="rm-jax lm", description="causal LMs (policies): sampling and log-probs")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, what in (("generate", "rows {prompt}|{messages} (+ attributes) -> + responses"),
-                       ("logprob", "rows with the response -> + logprob, response_tokens")):
+    for name, what in (
+        ("generate", "rows {prompt}|{messages} (+ attributes) -> + responses"),
+        ("logprob", "rows with the response -> + logprob, response_tokens"),
+    ):
         p = sub.add_parser(name, help=what, description=what)
-        p.add_argument("--model", required=True, help="HF *ForCausalLM folder or rm_jax lm run folder (task sft/steerlm2)")
+        p.add_argument(
+            "--model", required=True, help="HF *ForCausalLM folder or rm_jax lm run folder (task sft/steerlm2)"
+        )
         p.add_argument("--input", required=True, help="JSON-lines rows (docs/policy.md)")
         p.add_argument("--output", required=True, help="the input rows plus the results, written atomically")
         p.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
@@ -22,17 +26,22 @@ def main(argv: Sequence[str]) -> int:
         if name == "generate":
             p.add_argument("--n", type=int, default=1, help="responses per row")
             p.add_argument("--temperature", type=float, default=1.0)
-            p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens "
-                                                                    "whose probability reaches P")
+            p.add_argument(
+                "--top-p",
+                type=float,
+                default=1.0,
+                help="nucleus sampling: keep the most likely tokens whose probability reaches P",
+            )
             p.add_argument("--max-new-tokens", type=int, default=256)
             p.add_argument("--seed", type=int, default=0, help="the same seed gives the same responses")
             p.add_argument("--greedy", action="store_true", help="argmax decoding (the same as --temperature 0)")
     a = ap.parse_args(list(argv))
-    from rm_jax.errors import InputError
-    from rm_jax.files import write_jsonl
+    from rm_jax.core.errors import InputError
+    from rm_jax.core.files import write_jsonl
     from rm_jax.policy import load_policy
     from rm_jax.policy.generate import check_sampling
     from rm_jax.policy.rows import generate_rows, logprob_rows, read_prompt_rows, read_response_rows
+
     if a.batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {a.batch_size}")
     if a.cmd == "generate":
@@ -42,9 +51,19 @@ def main(argv: Sequence[str]) -> int:
         rows, where = read_response_rows(a.input)
     policy = load_policy(a.model, dtype=a.dtype, template=a.template)
     if a.cmd == "generate":
-        out = generate_rows(policy, rows, where=where, n=a.n, temperature=a.temperature, top_p=a.top_p,
-                            max_new_tokens=a.max_new_tokens, seed=a.seed, greedy=a.greedy, batch_size=a.batch_size,
-                            progress=not a.no_progress)
+        out = generate_rows(
+            policy,
+            rows,
+            where=where,
+            n=a.n,
+            temperature=a.temperature,
+            top_p=a.top_p,
+            max_new_tokens=a.max_new_tokens,
+            seed=a.seed,
+            greedy=a.greedy,
+            batch_size=a.batch_size,
+            progress=not a.no_progress,
+        )
     else:
         out = logprob_rows(policy, rows, where=where, batch_rows=a.batch_size, progress=not a.no_progress)
     write_jsonl(a.output, out)

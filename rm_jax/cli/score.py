@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from rm_jax.attributes import resolve_reward_weights
-from rm_jax.errors import InputError
+from rm_jax.core.attributes import resolve_reward_weights
+from rm_jax.core.errors import InputError
 
 
 def check_weights(spec: str, n: Optional[int]) -> None:
@@ -35,14 +35,16 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(list(argv))
-    from rm_jax.runs import load_scoring_model
-    from rm_jax.scoring import read_score_rows, score_rows, write_scored
+    from rm_jax.engine.scoring import read_score_rows, score_rows, write_scored
+    from rm_jax.runs.read import load_scoring_model
+
     check_weights(a.weights, None)
     rows = read_score_rows(a.input)
     model = load_scoring_model(a.model, dtype=a.dtype, template=a.template)
     check_weights(a.weights, model.cfg.num_labels)
-    pred, reward = score_rows(model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress,
-                              where=a.input)
+    pred, reward = score_rows(
+        model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress, where=a.input
+    )
     write_scored(a.output, rows, model.attributes, pred, reward)
     print(f"scored {len(rows)} rows -> {a.output}")
     return 0

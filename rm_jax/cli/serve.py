@@ -8,23 +8,31 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
-    from rm_jax.serving.config import ServeConfig
+    from rm_jax.serving.settings import ServeConfig
+
     d = ServeConfig()
     ap = argparse.ArgumentParser(prog="rm-jax serve", description=__doc__)
     ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
     ap.add_argument("--host", default=d.host, help="bind address (default loopback: the server has no auth)")
     ap.add_argument("--port", type=int, default=d.port, help="0: any free port (printed on stderr)")
     ap.add_argument("--weights", default=d.weights, help="default reward weights: preset name or w1,...,w5")
-    ap.add_argument("--seq-len", type=int, default=None,
-                    help="longest conversation served (default: the model's context, at most 4096)")
+    ap.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="longest conversation served (default: the model's context, at most 4096)",
+    )
     ap.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens, help="token slots of the largest batch")
-    ap.add_argument("--min-batch-tokens", type=int, default=d.min_batch_tokens, help="token slots of the smallest batch")
+    ap.add_argument(
+        "--min-batch-tokens", type=int, default=d.min_batch_tokens, help="token slots of the smallest batch"
+    )
     ap.add_argument("--max-segments", type=int, default=d.max_segments, help="conversations packed per row, at most")
     ap.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest batching delay for a row")
     ap.add_argument("--max-queue", type=int, default=d.max_queue, help="rows waiting, at most; beyond: 503")
     ap.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body limit; beyond: 413")
-    ap.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s,
-                    help="seconds SIGTERM waits for requests in flight")
+    ap.add_argument(
+        "--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds SIGTERM waits for requests in flight"
+    )
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
     ap.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16"])
     ap.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
@@ -32,10 +40,23 @@ def main(argv: Sequence[str]) -> int:
     a = ap.parse_args(list(argv))
     from rm_jax.cli.score import check_weights
     from rm_jax.serving.server import serve
+
     check_weights(a.weights, None)  # a typo fails before the model loads
-    cfg = ServeConfig(host=a.host, port=a.port, weights=a.weights, seq_len=a.seq_len,
-                      max_batch_tokens=a.max_batch_tokens, min_batch_tokens=a.min_batch_tokens,
-                      max_segments=a.max_segments, max_wait_ms=a.max_wait_ms, max_queue=a.max_queue,
-                      max_body_bytes=a.max_body_bytes, drain_timeout_s=a.drain_timeout, template=a.template,
-                      dtype=a.dtype, log_level=a.log_level, access_log=a.access_log)
+    cfg = ServeConfig(
+        host=a.host,
+        port=a.port,
+        weights=a.weights,
+        seq_len=a.seq_len,
+        max_batch_tokens=a.max_batch_tokens,
+        min_batch_tokens=a.min_batch_tokens,
+        max_segments=a.max_segments,
+        max_wait_ms=a.max_wait_ms,
+        max_queue=a.max_queue,
+        max_body_bytes=a.max_body_bytes,
+        drain_timeout_s=a.drain_timeout,
+        template=a.template,
+        dtype=a.dtype,
+        log_level=a.log_level,
+        access_log=a.access_log,
+    )
     return serve(a.model, cfg)

@@ -14,27 +14,46 @@ def main(argv: Sequence[str]) -> int:
     lb = sub.add_parser("label", help="sampled responses -> SteerLM 2.0 groups with importance-weight terms")
     lb.add_argument("--policy", required=True, help="the sampling policy Q' (HF *ForCausalLM folder or lm run)")
     lb.add_argument("--rm", required=True, help="the multi-attribute RM (HF folder or rm_jax run folder)")
-    lb.add_argument("--sft", default=None, help="the unconditional model for log P(y|x) (default: the policy "
-                                                "read without the label)")
+    lb.add_argument(
+        "--sft",
+        default=None,
+        help="the unconditional model for log P(y|x) (default: the policy read without the label)",
+    )
     lb.add_argument("--input", required=True, help="samples: rm-jax lm generate output rows with 'attributes'")
     lb.add_argument("--output", required=True, help="groups JSONL in NeMo-Aligner's SteerLM 2.0 format")
-    lb.add_argument("--sigma", default=None, help="P(a|x,y) widths: one number or five (default: the RM's "
-                                                  "validation RMSE per attribute)")
+    lb.add_argument(
+        "--sigma",
+        default=None,
+        help="P(a|x,y) widths: one number or five (default: the RM's validation RMSE per attribute)",
+    )
     lb.add_argument("--batch-size", type=int, default=16)
-    lb.add_argument("--skip-empty", action="store_true", help="leave out empty responses (counted) instead of "
-                                                               "stopping; a group left with one response goes too")
-    lb.add_argument("--skip-unfinished", action="store_true",
-                    help="leave out responses cut off at --max-new-tokens (the samples' 'finished' false; "
-                         "counted); kept by default, with a count")
+    lb.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out empty responses (counted) instead of stopping; a group left with one response goes too",
+    )
+    lb.add_argument(
+        "--skip-unfinished",
+        action="store_true",
+        help="leave out responses cut off at --max-new-tokens (the samples' 'finished' false; "
+        "counted); kept by default, with a count",
+    )
     lb.add_argument("--no-progress", action="store_true")
     ev = sub.add_parser("eval", help="requested vs RM-predicted attributes of a policy's samples")
     ev.add_argument("--policy", required=True)
     ev.add_argument("--rm", required=True)
-    ev.add_argument("--input", required=True, help="prompts: JSONL rows {prompt}|{messages}, or HelpSteer2 data "
-                                                   "('bundled' = its validation split)")
-    ev.add_argument("--targets", nargs="*", default=None,
-                    help="requested attribute vectors, e.g. helpfulness:4,verbosity:0 (default: a grid over "
-                         "complexity and verbosity at helpfulness/correctness/coherence 4)")
+    ev.add_argument(
+        "--input",
+        required=True,
+        help="prompts: JSONL rows {prompt}|{messages}, or HelpSteer2 data ('bundled' = its validation split)",
+    )
+    ev.add_argument(
+        "--targets",
+        nargs="*",
+        default=None,
+        help="requested attribute vectors, e.g. helpfulness:4,verbosity:0 (default: a grid over "
+        "complexity and verbosity at helpfulness/correctness/coherence 4)",
+    )
     ev.add_argument("--k", type=int, default=4, help="samples per prompt and target")
     ev.add_argument("--prompts", type=int, default=16, help="at most this many prompts")
     ev.add_argument("--temperature", type=float, default=1.0)
@@ -46,22 +65,56 @@ def main(argv: Sequence[str]) -> int:
     a = ap.parse_args(list(argv))
     if a.cmd == "label":
         from rm_jax.steer.label import label_samples
-        rep = label_samples(a.input, a.policy, a.rm, a.output, sft=a.sft, sigma=a.sigma, batch_size=a.batch_size,
-                            skip_empty=a.skip_empty, skip_unfinished=a.skip_unfinished, progress=not a.no_progress)
+
+        rep = label_samples(
+            a.input,
+            a.policy,
+            a.rm,
+            a.output,
+            sft=a.sft,
+            sigma=a.sigma,
+            batch_size=a.batch_size,
+            skip_empty=a.skip_empty,
+            skip_unfinished=a.skip_unfinished,
+            progress=not a.no_progress,
+        )
         sk = rep["skipped"]
-        what = [f"{sk[k]} {name}" for k, name in (("empty_responses", "empty responses"),
-                                                   ("unfinished_responses", "cut-off responses"),
-                                                   ("groups", "groups left with fewer than 2")) if sk.get(k)]
-        print(f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
-              f"{rep['log_p_y_given_x']}" + (f"; skipped {', '.join(what)}" if what else ""))
+        what = [
+            f"{sk[k]} {name}"
+            for k, name in (
+                ("empty_responses", "empty responses"),
+                ("unfinished_responses", "cut-off responses"),
+                ("groups", "groups left with fewer than 2"),
+            )
+            if sk.get(k)
+        ]
+        print(
+            f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
+            f"{rep['log_p_y_given_x']}" + (f"; skipped {', '.join(what)}" if what else "")
+        )
         if rep["unfinished"]:
-            print(f"note: {rep['unfinished']} labelled responses were cut off at max_new_tokens; their log-probs "
-                  f"include an end of turn they never wrote (--skip-unfinished leaves them out)", file=sys.stderr)
+            print(
+                f"note: {rep['unfinished']} labelled responses were cut off at max_new_tokens; their log-probs "
+                f"include an end of turn they never wrote (--skip-unfinished leaves them out)",
+                file=sys.stderr,
+            )
         return 0
-    from rm_jax.steer.evaluate import EVAL_FILE, format_steer_eval, steer_eval
-    res = steer_eval(a.policy, a.rm, a.input, a.output, targets=a.targets, k=a.k, prompts=a.prompts,
-                     temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed,
-                     progress=not a.no_progress)
+    from rm_jax.steer.steer_eval import EVAL_FILE, format_steer_eval, steer_eval
+
+    res = steer_eval(
+        a.policy,
+        a.rm,
+        a.input,
+        a.output,
+        targets=a.targets,
+        k=a.k,
+        prompts=a.prompts,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        max_new_tokens=a.max_new_tokens,
+        seed=a.seed,
+        progress=not a.no_progress,
+    )
     print(format_steer_eval(res))
     print(f"results -> {a.output}/{EVAL_FILE}: " + json.dumps(res["mean_abs_error"]))
     return 0

@@ -11,8 +11,9 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 mesh.fsdp=-1")
     a = ap.parse_args(list(argv))
-    from rm_jax.config import load_config
-    from rm_jax.train import train
+    from rm_jax.core.config import load_config
+    from rm_jax.training.run import train
+
     run_dir = train(load_config(a.config, a.overrides))
     print(f"run folder: {run_dir}")
     return 0

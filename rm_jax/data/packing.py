@@ -162,9 +162,7 @@ def build_batch(
     labels = np.asarray(labels)
     label_mask = np.asarray(label_mask)
     if labels.ndim != 2 or labels.shape != label_mask.shape:
-        raise ValueError(
-            f"labels and label_mask must both be [N, A]; got {labels.shape} and {label_mask.shape}"
-        )
+        raise ValueError(f"labels and label_mask must both be [N, A]; got {labels.shape} and {label_mask.shape}")
     n_examples, n_attrs = labels.shape
     if len(examples) != n_examples:
         raise ValueError(f"{len(examples)} examples but {n_examples} label rows")
@@ -184,9 +182,7 @@ def build_batch(
         if len(row) > max_segments:
             raise ValueError(f"bin {r} has {len(row)} examples > max_segments {max_segments}")
         if padding_side == "left" and len(row) != 1:
-            raise ValueError(
-                f"padding_side='left' needs one example per bin; bin {r} has {len(row)}"
-            )
+            raise ValueError(f"padding_side='left' needs one example per bin; bin {r} has {len(row)}")
         toks = []
         for i in row:
             if not 0 <= i < n_examples:
@@ -198,8 +194,7 @@ def build_batch(
             t = np.asarray(examples[i])
             if t.ndim != 1 or t.size == 0 or t.dtype.kind not in "iu":
                 raise ValueError(
-                    f"example {i} must be a non-empty 1-D integer array, "
-                    f"got shape {t.shape} dtype {t.dtype}"
+                    f"example {i} must be a non-empty 1-D integer array, got shape {t.shape} dtype {t.dtype}"
                 )
             if t.min() < info32.min or t.max() > info32.max:
                 raise ValueError(f"example {i} has token ids outside int32")

@@ -16,11 +16,11 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.conversation import encode_with_prompt_lengths, row_to_messages
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import ConfigError
+from rm_jax.data.conversation import encode_with_prompt_lengths, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
 from rm_jax.data.sources import pair_ids
-from rm_jax.errors import ConfigError
 
 BUNDLED = "bundled"
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
@@ -49,6 +49,7 @@ class LengthReport:
 @dataclass
 class Encoded:
     """Token ids of every kept example plus what each one is for."""
+
     ids: list[np.ndarray]
     labels: np.ndarray  # [N, A] float32 (0 where missing)
     label_mask: np.ndarray  # [N, A] float32
@@ -67,8 +68,9 @@ class Encoded:
         return np.asarray([sum(len(self.ids[i]) for i in u) for u in self.units], dtype=np.int64)
 
 
-def fit_length(ids: np.ndarray, prompt_len: int, seq_len: int, policy: str,
-               bos_id: Optional[int]) -> tuple[Optional[np.ndarray], bool]:
+def fit_length(
+    ids: np.ndarray, prompt_len: int, seq_len: int, policy: str, bos_id: Optional[int]
+) -> tuple[Optional[np.ndarray], bool]:
     """Apply the over-length policy to one conversation: (ids or None if dropped, truncated?).
 
     ``truncate`` removes prompt tokens from the left (after a leading BOS, which is kept) and
@@ -89,12 +91,19 @@ def fit_length(ids: np.ndarray, prompt_len: int, seq_len: int, policy: str,
 def keep_end(ids: np.ndarray, seq_len: int, bos_id: Optional[int]) -> np.ndarray:
     """The last tokens of a conversation (after a leading BOS, which is kept): what the head reads."""
     head = ids[:1] if bos_id is not None and len(ids) > 0 and ids[0] == bos_id else ids[:0]
-    tail = ids[len(ids) - (seq_len - len(head)):]
+    tail = ids[len(ids) - (seq_len - len(head)) :]
     return np.concatenate([head, tail]).astype(np.int32)
 
 
-def _encode(tokenizer: Any, conversations: list, template: Optional[str], seq_len: int,
-            policy: str, report: LengthReport, cut_response: bool = False) -> list[Optional[np.ndarray]]:
+def _encode(
+    tokenizer: Any,
+    conversations: list,
+    template: Optional[str],
+    seq_len: int,
+    policy: str,
+    report: LengthReport,
+    cut_response: bool = False,
+) -> list[Optional[np.ndarray]]:
     ids, plen = encode_with_prompt_lengths(tokenizer, conversations, template)
     bos = getattr(tokenizer, "bos_token_id", None)
     out = []
@@ -109,9 +118,15 @@ def _encode(tokenizer: Any, conversations: list, template: Optional[str], seq_le
     return out
 
 
-def encode_helpsteer(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Optional[str] = None,
-                     overlength: str = "truncate", attributes: Sequence[str] = ATTRIBUTES,
-                     cut_response: bool = False) -> Encoded:
+def encode_helpsteer(
+    rows: Sequence[dict],
+    tokenizer: Any,
+    seq_len: int,
+    template: Optional[str] = None,
+    overlength: str = "truncate",
+    attributes: Sequence[str] = ATTRIBUTES,
+    cut_response: bool = False,
+) -> Encoded:
     report = LengthReport(rows=len(rows))
     convs = [row_to_messages(r, where=f"row {r.get('_row', i)}") for i, r in enumerate(rows)]
     ids = _encode(tokenizer, convs, template, seq_len, overlength, report, cut_response)
@@ -125,14 +140,27 @@ def encode_helpsteer(rows: Sequence[dict], tokenizer: Any, seq_len: int, templat
             v = rows[i].get(name)
             if v is not None:
                 labels[j, a], mask[j, a] = float(v), 1.0
-    return Encoded(ids=[ids[i] for i in keep], labels=labels, label_mask=mask, units=[(j,) for j in range(len(keep))],
-                   source_rows=np.asarray([rows[i].get("_row", i) for i in keep], np.int64),
-                   group=groups[keep] if len(keep) else groups, strength=np.ones(len(keep), np.float32),
-                   report=report)
+    return Encoded(
+        ids=[ids[i] for i in keep],
+        labels=labels,
+        label_mask=mask,
+        units=[(j,) for j in range(len(keep))],
+        source_rows=np.asarray([rows[i].get("_row", i) for i in keep], np.int64),
+        group=groups[keep] if len(keep) else groups,
+        strength=np.ones(len(keep), np.float32),
+        report=report,
+    )
 
 
-def encode_pairs(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Optional[str] = None,
-                 overlength: str = "truncate", n_attributes: int = len(ATTRIBUTES), cut_response: bool = False) -> Encoded:
+def encode_pairs(
+    rows: Sequence[dict],
+    tokenizer: Any,
+    seq_len: int,
+    template: Optional[str] = None,
+    overlength: str = "truncate",
+    n_attributes: int = len(ATTRIBUTES),
+    cut_response: bool = False,
+) -> Encoded:
     """Pairs: examples 2k (chosen) and 2k+1 (rejected); a pair with either side dropped is dropped.
     ``cut_response``: a response that alone does not fit is cut from the left instead of dropped."""
     report = LengthReport(rows=len(rows))
@@ -154,14 +182,21 @@ def encode_pairs(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: O
         s = r.get("strength")
         strength.append(1.0 if s is None else float(s))
     n = len(kept_ids)
-    return Encoded(ids=kept_ids, labels=np.zeros((n, n_attributes), np.float32),
-                   label_mask=np.zeros((n, n_attributes), np.float32), units=units,
-                   source_rows=np.asarray(src, np.int64), group=np.repeat(np.arange(len(units)), 2),
-                   strength=np.asarray(strength, np.float32), report=report)
+    return Encoded(
+        ids=kept_ids,
+        labels=np.zeros((n, n_attributes), np.float32),
+        label_mask=np.zeros((n, n_attributes), np.float32),
+        units=units,
+        source_rows=np.asarray(src, np.int64),
+        group=np.repeat(np.arange(len(units)), 2),
+        strength=np.asarray(strength, np.float32),
+        report=report,
+    )
 
 
-def subset_prompts(rows: Sequence[dict], fraction: float = 1.0, max_prompts: Optional[int] = None,
-                   seed: int = 0) -> list[int]:
+def subset_prompts(
+    rows: Sequence[dict], fraction: float = 1.0, max_prompts: Optional[int] = None, seed: int = 0
+) -> list[int]:
     """Row indices of a random subset of whole prompts (both responses kept together).
 
     Prompts are ranked once by a seeded permutation and the first k are taken, so for one seed
@@ -181,11 +216,22 @@ def subset_prompts(rows: Sequence[dict], fraction: float = 1.0, max_prompts: Opt
 
 # ---------------------------------------------------------------- batches
 
+
 class Loader:
     """Deterministic, restorable iterator of global batches (numpy dicts)."""
 
-    def __init__(self, enc: Encoded, seq_len: int, max_segments: int, rows_per_batch: int, pad_id: int,
-                 packing: bool = True, padding_side: str = "right", seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        enc: Encoded,
+        seq_len: int,
+        max_segments: int,
+        rows_per_batch: int,
+        pad_id: int,
+        packing: bool = True,
+        padding_side: str = "right",
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         if not enc.units:
             raise ConfigError("no training examples left (after subsetting and the over-length policy)")
         self.enc, self.seq_len, self.rows = enc, seq_len, rows_per_batch
@@ -195,9 +241,11 @@ class Loader:
             raise ConfigError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
         if rows_per_batch < self.unit_size and (not packing or self._longest_unit() > seq_len):
             # A unit that does not fit one row takes one row per member, all in one micro-batch.
-            raise ConfigError(f"train.batch_rows ({rows_per_batch}) must be at least {self.unit_size}: a pair or "
-                             f"group is never split across micro-batches, and one too long for a row of "
-                             f"data.seq_len takes a row per member")
+            raise ConfigError(
+                f"train.batch_rows ({rows_per_batch}) must be at least {self.unit_size}: a pair or "
+                f"group is never split across micro-batches, and one too long for a row of "
+                f"data.seq_len takes a row per member"
+            )
         self.pad_id, self.packing, self.padding_side = pad_id, packing, padding_side
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
@@ -254,8 +302,9 @@ class Loader:
             plan = self._epoch_plan(self.epoch)
         bins = plan[self.index]
         self.index += 1
-        return make_batch(self.enc, bins, self.seq_len, self.max_segments, self.rows, self.pad_id,
-                          self.padding_side, self.unit_size)
+        return make_batch(
+            self.enc, bins, self.seq_len, self.max_segments, self.rows, self.pad_id, self.padding_side, self.unit_size
+        )
 
 
 def _cut_into_batches(blocks: list[list[list[int]]], rows: int) -> list[list[list[int]]]:
@@ -268,11 +317,28 @@ def _cut_into_batches(blocks: list[list[list[int]]], rows: int) -> list[list[lis
     return [b for b in batches if b]
 
 
-def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segments: int, rows: int,
-               pad_id: int, padding_side: str = "right", unit_size: int = 1) -> dict:
+def make_batch(
+    enc: Encoded,
+    bins: Sequence[list[int]],
+    seq_len: int,
+    max_segments: int,
+    rows: int,
+    pad_id: int,
+    padding_side: str = "right",
+    unit_size: int = 1,
+) -> dict:
     """One fixed-shape batch; pair units add chosen/rejected slot indices into the flat [B*S] outputs."""
-    b = build_batch(enc.ids, enc.labels, enc.label_mask, bins, seq_len, max_segments, pad_id,
-                    rows=rows, padding_side=padding_side if max_segments == 1 else "right")
+    b = build_batch(
+        enc.ids,
+        enc.labels,
+        enc.label_mask,
+        bins,
+        seq_len,
+        max_segments,
+        pad_id,
+        rows=rows,
+        padding_side=padding_side if max_segments == 1 else "right",
+    )
     if enc.response_start is not None:  # a causal LM: next-token targets on the response tokens
         for k in ("labels", "label_mask"):
             b.pop(k)
@@ -285,8 +351,9 @@ def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segmen
         # Dense group numbers within this batch: the loss normalises each group on its own.
         groups = np.where(present, enc.group[np.clip(idx, 0, None)], -1)
         _, local = np.unique(groups, return_inverse=True)
-        b["steer_group"] = np.where(present, local.reshape(groups.shape) - (1 if (~present).any() else 0),
-                                    -1).astype(np.int32)
+        b["steer_group"] = np.where(present, local.reshape(groups.shape) - (1 if (~present).any() else 0), -1).astype(
+            np.int32
+        )
     if unit_size == 2 and enc.response_start is None:  # reward-model pairs
         n_pairs = rows * max_segments // 2
         flat = b["example_index"].reshape(-1)
@@ -305,8 +372,9 @@ def make_batch(enc: Encoded, bins: Sequence[list[int]], seq_len: int, max_segmen
     return b
 
 
-def eval_batches(enc: Encoded, seq_len: int, max_segments: int, rows: int, pad_id: int,
-                 packing: bool = True) -> list[dict]:
+def eval_batches(
+    enc: Encoded, seq_len: int, max_segments: int, rows: int, pad_id: int, packing: bool = True
+) -> list[dict]:
     """Every example exactly once, in fixed-shape batches (outputs map back via example_index). Units of
     several examples (pairs, SteerLM 2.0 groups) stay whole in one batch, as in training."""
     if any(len(u) > 1 for u in enc.units):
@@ -314,4 +382,4 @@ def eval_batches(enc: Encoded, seq_len: int, max_segments: int, rows: int, pad_i
         return [next(loader) for _ in range(loader.steps_per_epoch())]
     ms = max_segments if packing else 1
     bins = plan_packed([len(x) for x in enc.ids], seq_len, ms) if packing else [[i] for i in range(len(enc.ids))]
-    return [make_batch(enc, bins[i:i + rows], seq_len, ms, rows, pad_id) for i in range(0, len(bins), rows)]
+    return [make_batch(enc, bins[i : i + rows], seq_len, ms, rows, pad_id) for i in range(0, len(bins), rows)]

@@ -1,6 +1,6 @@
 """Conversations -> causal-LM examples for supervised fine-tuning (``task: sft``).
 
-Each example is a whole conversation's token ids (``rm_jax.conversation.encode_responses``: the
+Each example is a whole conversation's token ids (``rm_jax.data.conversation.encode_responses``: the
 response runs through the end-of-turn EOS) plus where its response starts; packing and the loader
 are the reward model's (:mod:`rm_jax.data.pipeline`), and :func:`rm_jax.data.packing.token_targets`
 turns a packed batch into next-token targets with a response-only loss mask.
@@ -16,8 +16,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.conversation import attribute_label, encode_responses, row_to_messages, with_label
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.data.conversation import attribute_label, encode_responses, row_to_messages, with_label
 from rm_jax.data.pipeline import Encoded, LengthReport, fit_length
 from rm_jax.data.sources import pair_ids
 
@@ -33,9 +33,15 @@ def row_label(row: dict, where: str, attributes_as_label: bool, names: Sequence[
     return None
 
 
-def encode_sft(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Optional[str] = None,
-               overlength: str = "truncate", attributes_as_label: bool = False,
-               names: Sequence[str] = ATTRIBUTES) -> Encoded:
+def encode_sft(
+    rows: Sequence[dict],
+    tokenizer: Any,
+    seq_len: int,
+    template: Optional[str] = None,
+    overlength: str = "truncate",
+    attributes_as_label: bool = False,
+    names: Sequence[str] = ATTRIBUTES,
+) -> Encoded:
     """Causal-LM examples with ``response_start``. Over-long conversations follow the RM's policy: the
     prompt is cut from the left (a leading BOS kept); one whose response alone does not fit is dropped
     (counted), and so is every conversation under ``overlength: drop``."""
@@ -60,8 +66,14 @@ def encode_sft(rows: Sequence[dict], tokenizer: Any, seq_len: int, template: Opt
         kept_rows.append(i)
     groups = np.asarray(pair_ids(rows), np.int64)[kept_rows] if rows else np.zeros(0, np.int64)
     n = len(kept)
-    return Encoded(ids=kept, labels=np.zeros((n, 0), np.float32), label_mask=np.zeros((n, 0), np.float32),
-                   units=[(j,) for j in range(n)],
-                   source_rows=np.asarray([rows[i].get("_row", i) for i in kept_rows], np.int64),
-                   group=groups, strength=np.ones(n, np.float32), report=report,
-                   response_start=np.asarray(kept_start, np.int64))
+    return Encoded(
+        ids=kept,
+        labels=np.zeros((n, 0), np.float32),
+        label_mask=np.zeros((n, 0), np.float32),
+        units=[(j,) for j in range(n)],
+        source_rows=np.asarray([rows[i].get("_row", i) for i in kept_rows], np.int64),
+        group=groups,
+        strength=np.ones(n, np.float32),
+        report=report,
+        response_start=np.asarray(kept_start, np.int64),
+    )

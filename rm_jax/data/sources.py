@@ -21,16 +21,16 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import re
 import numbers
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.conversation import parse_attribute_label
-from rm_jax.errors import ConversationError, DataError
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import ConversationError, DataError
+from rm_jax.data.conversation import parse_attribute_label
 
 MISSING_LABEL = -100  # NeMo-Aligner's marker for "not annotated"; loaded as None
 LABEL_RANGE = (0, 4)
@@ -123,8 +123,9 @@ def pair_ids(rows: Sequence[Mapping[str, Any]]) -> list[int]:
 # ----------------------------------------------------------------------------- the loading loop
 
 
-def _load(source: str, split: str | None, on_bad_row: str,
-          make_converter: Callable[[], Callable[[Any, str], dict]]) -> LoadResult:
+def _load(
+    source: str, split: str | None, on_bad_row: str, make_converter: Callable[[], Callable[[Any, str], dict]]
+) -> LoadResult:
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     convert = make_converter()  # fresh per load: the pair converter remembers ids it has seen
@@ -164,13 +165,20 @@ def _chat_row(record: Any, where: str) -> dict:
         if not isinstance(msgs, list) or not msgs:
             raise _BadRow("messages", "expected a non-empty list of {role, content} objects")
         for j, m in enumerate(msgs):
-            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            if (
+                not isinstance(m, Mapping)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
+            ):
                 raise _BadRow(f"messages[{j}]", "expected an object with string 'role' and 'content'")
         if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
             raise _BadRow(f"messages[{len(msgs) - 1}]", "the last message must be the assistant's non-empty response")
         out: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
     else:
-        out = {"prompt": _string(rec, "prompt", allow_empty=True), "response": _string(rec, "response", allow_empty=False)}
+        out = {
+            "prompt": _string(rec, "prompt", allow_empty=True),
+            "response": _string(rec, "response", allow_empty=False),
+        }
     for name in ATTRIBUTES:
         if name in rec:
             out[name] = _integer(rec, name, *LABEL_RANGE, allow_missing=True)
@@ -216,8 +224,14 @@ class _PairConverter:
             if pid in self.seen:
                 raise _BadRow("id", f"duplicate id {pid!r} (first seen at {self.seen[pid]})")
             self.seen[pid] = where
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                "subset": subset, "id": pid, "strength": strength}
+        return {
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+            "subset": subset,
+            "id": pid,
+            "strength": strength,
+        }
 
 
 def _mapping(record: Any) -> Mapping[str, Any]:
@@ -299,8 +313,12 @@ def _split_files(directory: Path, split: str) -> list[Path]:
     whole = [directory / f"{split}{ext}" for ext in _FILE_SUFFIXES]
     found = [p for p in whole if p.is_file()]
     if len(found) > 1:
-        raise DataError(str(directory), None, None,
-                        f"several files for split '{split}': {', '.join(p.name for p in found)}; pass one file")
+        raise DataError(
+            str(directory),
+            None,
+            None,
+            f"several files for split '{split}': {', '.join(p.name for p in found)}; pass one file",
+        )
     if found:
         return found
     for where in (directory, directory / "data"):
@@ -309,9 +327,13 @@ def _split_files(directory: Path, split: str) -> list[Path]:
             if shards:
                 return shards
     present = ", ".join(sorted(p.name for p in directory.iterdir())[:20]) or "nothing"
-    raise DataError(str(directory), None, None,
-                    f"no data file for split '{split}' (looked for {split}.jsonl[.gz], {split}.parquet, "
-                    f"{split}.json, {split}.csv and {split}-*.* shards); the directory holds: {present}")
+    raise DataError(
+        str(directory),
+        None,
+        None,
+        f"no data file for split '{split}' (looked for {split}.jsonl[.gz], {split}.parquet, "
+        f"{split}.json, {split}.csv and {split}-*.* shards); the directory holds: {present}",
+    )
 
 
 def _read_file(file: str) -> Iterator[tuple[str, int, Any]]:
@@ -437,10 +459,14 @@ def _read_hub(source: str, split: str | None, data_files: str | None = None) -> 
             split = split or _DEFAULT_HUB_SPLITS.get(source, "train")
             ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # offline, unknown id, unknown split: all reported the same way
-        raise DataError(source, None, None,
-                        f"not a local file or directory, and loading it from the Hugging Face hub "
-                        f"({'file ' + data_files if data_files else f'split {split!r}'}) failed: "
-                        f"{type(e).__name__}: {e}") from e
+        raise DataError(
+            source,
+            None,
+            None,
+            f"not a local file or directory, and loading it from the Hugging Face hub "
+            f"({'file ' + data_files if data_files else f'split {split!r}'}) failed: "
+            f"{type(e).__name__}: {e}",
+        ) from e
     label = f"{source}:{data_files}" if data_files else f"{source}[{split}]"
     for rownum, record in enumerate(ds, start=1):
         if data_files and split and isinstance(record, Mapping) and "split" in record and record["split"] != split:

@@ -12,8 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.conversation import count_turns, encode, row_to_messages
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.data.conversation import count_turns, encode, row_to_messages
 
 STAT_NAMES: tuple[str, ...] = ATTRIBUTES + ("turns", "prompt_chars", "response_chars")
 _TABLE_LABELS = {"turns": "turns in prompt", "prompt_chars": "prompt chars", "response_chars": "response chars"}
@@ -76,17 +76,21 @@ def format_stats_table(stats: Mapping[str, Any]) -> str:
             continue
         s = per_name[name]
         digits = 1 if name.endswith("_chars") else 4  # the paper's precision
-        lines.append(f"| {_TABLE_LABELS.get(name, name)} | {_num(s['mean'], digits)} | "
-                     f"{_num(s['std'], digits)} | {_num(s['pearson_helpfulness'], 4)} |")
+        lines.append(
+            f"| {_TABLE_LABELS.get(name, name)} | {_num(s['mean'], digits)} | "
+            f"{_num(s['std'], digits)} | {_num(s['pearson_helpfulness'], 4)} |"
+        )
     return "\n".join(lines)
 
 
-def dataset_stats(source: str, split: str = "train", on_bad_row: str = "error", tokenizer: Any = None,
-                  template: str | None = None) -> dict:
+def dataset_stats(
+    source: str, split: str = "train", on_bad_row: str = "error", tokenizer: Any = None, template: str | None = None
+) -> dict:
     """``rm-jax data stats``: :func:`helpsteer_stats` of a source (file, folder, hub id, ``bundled``), plus
     token lengths under ``tokenizer`` when one is given and the count of skipped bad rows."""
     from rm_jax.data.pipeline import resolve_source
     from rm_jax.data.sources import load_helpsteer
+
     res = load_helpsteer(resolve_source(source), split, on_bad_row=on_bad_row)
     stats = helpsteer_stats(res.rows)
     if tokenizer is not None:

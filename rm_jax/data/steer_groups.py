@@ -19,10 +19,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.conversation import Message, attribute_label, encode_responses, with_label
+from rm_jax.core.errors import ConversationError, DataError
+from rm_jax.core.files import iter_jsonl, write_jsonl
+from rm_jax.data.conversation import Message, attribute_label, encode_responses, with_label
 from rm_jax.data.pipeline import Encoded, LengthReport, fit_length
-from rm_jax.errors import ConversationError, DataError
-from rm_jax.files import iter_jsonl, write_jsonl
 
 LOG_PA, LOG_PY, LOG_Q = "log(P(a|x,y))", "log(P(y|x))", "log(Q(y|a,x))"
 ROLES = {"User": "user", "Assistant": "assistant"}
@@ -76,7 +76,7 @@ def parse_group(rec: Any, file: str, row: int) -> SteerGroup:
     prompt = []
     for j, t in enumerate(turns):
         if not isinstance(t, Mapping) or t.get("from") not in ROLES or not isinstance(t.get("value"), str):
-            raise DataError(file, row, f"prompt_turns[{j}]", "expected {\"from\": \"User\"|\"Assistant\", \"value\": str}")
+            raise DataError(file, row, f"prompt_turns[{j}]", 'expected {"from": "User"|"Assistant", "value": str}')
         prompt.append({"role": ROLES[t["from"]], "content": t["value"]})
     if prompt[-1]["role"] != "user":
         raise DataError(file, row, f"prompt_turns[{len(prompt) - 1}]", "the prompt must end with a User turn")
@@ -86,14 +86,19 @@ def parse_group(rec: Any, file: str, row: int) -> SteerGroup:
         raise DataError(file, row, "label", str(e).split("field 'attributes': ", 1)[-1]) from None
     responses = rec.get("responses")
     if not isinstance(responses, list) or len(responses) < 2:
-        raise DataError(file, row, "responses", f"a group needs at least 2 responses (got "
-                        f"{len(responses) if isinstance(responses, list) else type(responses).__name__}): "
-                        f"the weights are a softmax within the group")
+        raise DataError(
+            file,
+            row,
+            "responses",
+            f"a group needs at least 2 responses (got "
+            f"{len(responses) if isinstance(responses, list) else type(responses).__name__}): "
+            f"the weights are a softmax within the group",
+        )
     texts, pa, py, q = [], [], [], []
     for j, r in enumerate(responses):
         where = f"responses[{j}]"
         if not isinstance(r, Mapping) or not isinstance(r.get("value"), str):
-            raise DataError(file, row, where, "expected {\"from\": \"Assistant\", \"value\": str, log-probs}")
+            raise DataError(file, row, where, 'expected {"from": "Assistant", "value": str, log-probs}')
         if not r["value"].strip():
             raise DataError(file, row, f"{where}.value", "empty response")
         texts.append(r["value"])
@@ -111,24 +116,41 @@ def load_groups(path: str) -> list[SteerGroup]:
     return groups
 
 
-def group_record(system: str, prompt: Sequence[Message], label: str, responses: Sequence[str],
-                 log_pa: Iterable[float], log_py: Iterable[float], log_q: Iterable[float]) -> dict:
+def group_record(
+    system: str,
+    prompt: Sequence[Message],
+    label: str,
+    responses: Sequence[str],
+    log_pa: Iterable[float],
+    log_py: Iterable[float],
+    log_q: Iterable[float],
+) -> dict:
     """One line of the NeMo format."""
     inverse = {v: k for k, v in ROLES.items()}
-    return {"system": system,
-            "prompt_turns": [{"from": inverse[m["role"]], "value": m["content"]} for m in prompt],
-            "label": label,
-            "responses": [{"from": "Assistant", "value": y, LOG_PA: float(a), LOG_PY: float(b), LOG_Q: float(c)}
-                          for y, a, b, c in zip(responses, log_pa, log_py, log_q)]}
+    return {
+        "system": system,
+        "prompt_turns": [{"from": inverse[m["role"]], "value": m["content"]} for m in prompt],
+        "label": label,
+        "responses": [
+            {"from": "Assistant", "value": y, LOG_PA: float(a), LOG_PY: float(b), LOG_Q: float(c)}
+            for y, a, b, c in zip(responses, log_pa, log_py, log_q)
+        ],
+    }
 
 
 def write_groups(path: str, groups: Sequence[SteerGroup]) -> None:
-    write_jsonl(path, (group_record(g.system, g.prompt, g.label, g.responses, g.log_pa, g.log_py, g.log_q)
-                       for g in groups))
+    write_jsonl(
+        path, (group_record(g.system, g.prompt, g.label, g.responses, g.log_pa, g.log_py, g.log_q) for g in groups)
+    )
 
 
-def encode_groups(groups: Sequence[SteerGroup], tokenizer: Any, seq_len: int, template: Optional[str] = None,
-                  overlength: str = "truncate") -> Encoded:
+def encode_groups(
+    groups: Sequence[SteerGroup],
+    tokenizer: Any,
+    seq_len: int,
+    template: Optional[str] = None,
+    overlength: str = "truncate",
+) -> Encoded:
     """Causal-LM examples, one per response, with per-example ``w`` (importance weight) and
     ``logq_prime`` values; a group is one unit, so it stays whole in a micro-batch, and batches carry
     each slot's group (``steer_group``, -1 for empty slots). A group with a
@@ -164,9 +186,15 @@ def encode_groups(groups: Sequence[SteerGroup], tokenizer: Any, seq_len: int, te
             src.append(g.row)
         k += 1
     n = len(kept_ids)
-    return Encoded(ids=kept_ids, labels=np.zeros((n, 0), np.float32), label_mask=np.zeros((n, 0), np.float32),
-                   units=units, source_rows=np.asarray(src, np.int64), group=np.asarray(grp, np.int64),
-                   strength=np.ones(len(units), np.float32), report=report,
-                   response_start=np.asarray(kept_start, np.int64),
-                   example_values={"w": np.asarray(w, np.float32), "logq_prime": np.asarray(lq, np.float32)})
-
+    return Encoded(
+        ids=kept_ids,
+        labels=np.zeros((n, 0), np.float32),
+        label_mask=np.zeros((n, 0), np.float32),
+        units=units,
+        source_rows=np.asarray(src, np.int64),
+        group=np.asarray(grp, np.int64),
+        strength=np.ones(len(units), np.float32),
+        report=report,
+        response_start=np.asarray(kept_start, np.int64),
+        example_values={"w": np.asarray(w, np.float32), "logq_prime": np.asarray(lq, np.float32)},
+    )

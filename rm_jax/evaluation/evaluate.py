@@ -3,7 +3,7 @@
 The data flow, one module a step:
 
   rows -> :func:`predict_encoded` (the one prediction step: over-length policy, packed forward passes
-  through :class:`rm_jax.scoring.Scorer`, the same path as ``rm-jax score``)
+  through :class:`rm_jax.engine.scoring.Scorer`, the same path as ``rm-jax score``)
        -> metrics from predictions (:mod:`.metrics`, :mod:`.rewardbench`; weights from :mod:`.weights`)
        -> prediction files (:mod:`.predictions`) and readable tables (:mod:`.reports`).
 
@@ -30,19 +30,27 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.attributes import ATTRIBUTES, WeightSpec
+from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
+from rm_jax.core.errors import InputError, ModelLoadError
+from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source
 from rm_jax.data.sources import load_helpsteer, load_pairs
-from rm_jax.errors import InputError, ModelLoadError
+from rm_jax.engine.scoring import Scorer
 from rm_jax.evaluation.metrics import helpsteer_metrics
-from rm_jax.evaluation.predictions import (HELPSTEER_SUFFIX, REWARDBENCH_SUFFIX, find_predictions, helpsteer_records,
-                                           load_helpsteer_predictions, load_rewardbench_predictions, output_stem,
-                                           rewardbench_records, subset_of)
+from rm_jax.evaluation.predictions import (
+    HELPSTEER_SUFFIX,
+    REWARDBENCH_SUFFIX,
+    find_predictions,
+    helpsteer_records,
+    load_helpsteer_predictions,
+    load_rewardbench_predictions,
+    output_stem,
+    rewardbench_records,
+    subset_of,
+)
 from rm_jax.evaluation.rewardbench import rewardbench_metrics
 from rm_jax.evaluation.weights import check_weights, default_weights, weights_record
-from rm_jax.files import write_json, write_jsonl
-from rm_jax.runs import is_run_dir, load_scoring_model
-from rm_jax.scoring import Scorer
+from rm_jax.runs.read import is_run_dir, load_scoring_model
 
 DEFAULT_MAX_SEQ_LEN = 4096  # NeMo-Aligner's RM sequence length for HelpSteer2; capped by the model's positions
 
@@ -55,29 +63,49 @@ def _limit(model: Any, seq_len: Optional[int]) -> int:
     return int(min(DEFAULT_MAX_SEQ_LEN, model.cfg.max_position_embeddings))
 
 
-def predict_encoded(model: Any, enc: Encoded, limit: int, batch_rows: int = 16, max_segments: int = 16,
-                    progress: bool = True, desc: str = "scoring") -> np.ndarray:
+def predict_encoded(
+    model: Any,
+    enc: Encoded,
+    limit: int,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> np.ndarray:
     """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs."""
     if not enc.ids:
         return np.zeros((0, model.cfg.num_labels), np.float32)
     longest = max(len(x) for x in enc.ids)
     pack_len = min(limit, ((longest + 63) // 64) * 64)
     scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)
-    return scorer.predict(list(enc.ids), pack_len, batch_rows, max_segments, packing=True, progress=progress,
-                          desc=desc)
+    return scorer.predict(list(enc.ids), pack_len, batch_rows, max_segments, packing=True, progress=progress, desc=desc)
 
 
 def _counts(enc: Encoded, scored: int, limit: int) -> dict:
-    return {"rows": enc.report.rows, "scored": int(scored), "truncated": enc.report.truncated,
-            "response_cut": enc.report.response_cut, "dropped": enc.report.dropped, "seq_len": limit}
+    return {
+        "rows": enc.report.rows,
+        "scored": int(scored),
+        "truncated": enc.report.truncated,
+        "response_cut": enc.report.response_cut,
+        "dropped": enc.report.dropped,
+        "seq_len": limit,
+    }
 
 
-def evaluate_helpsteer(model: Any, rows: Sequence[dict], weights: Optional[WeightSpec] = None, *,
-                       seq_len: Optional[int] = None, batch_rows: int = 16, max_segments: int = 16,
-                       overlength: str = "truncate", progress: bool = True) -> tuple[dict, list[dict]]:
+def evaluate_helpsteer(
+    model: Any,
+    rows: Sequence[dict],
+    weights: Optional[WeightSpec] = None,
+    *,
+    seq_len: Optional[int] = None,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    overlength: str = "truncate",
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
     """Score HelpSteer2 rows and compute their metrics.
 
-    ``model`` is a :class:`rm_jax.runs.ScoringModel`. Rows longer than ``seq_len`` (default: the
+    ``model`` is a :class:`rm_jax.runs.read.ScoringModel`. Rows longer than ``seq_len`` (default: the
     model's positions, at most 4096) have their prompt cut from the left; a row whose response
     alone does not fit is dropped (counted). Returns ``(report, predictions)``: the report holds
     ``per_attribute``, ``pairwise`` and ``counts``; predictions are the records of
@@ -94,10 +122,18 @@ def evaluate_helpsteer(model: Any, rows: Sequence[dict], weights: Optional[Weigh
     return report, helpsteer_records(enc.source_rows, enc.group, pred, attributes, enc.labels, enc.label_mask)
 
 
-def evaluate_rewardbench(model: Any, rows: Sequence[dict], weights: Optional[WeightSpec] = None, *,
-                         seq_len: Optional[int] = None, batch_rows: int = 16, max_segments: int = 16,
-                         overlength: str = "truncate", drop_long_pairs: bool = False, progress: bool = True
-                         ) -> tuple[dict, np.ndarray, np.ndarray]:
+def evaluate_rewardbench(
+    model: Any,
+    rows: Sequence[dict],
+    weights: Optional[WeightSpec] = None,
+    *,
+    seq_len: Optional[int] = None,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    overlength: str = "truncate",
+    drop_long_pairs: bool = False,
+    progress: bool = True,
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Score RewardBench-format pairs (rows as :func:`rm_jax.data.sources.load_pairs` gives them).
 
     Returns ``(report, chosen_pred, rejected_pred)``: the :func:`rewardbench_metrics` report plus
@@ -110,16 +146,24 @@ def evaluate_rewardbench(model: Any, rows: Sequence[dict], weights: Optional[Wei
     weights = default_weights(attributes) if weights is None else weights
     check_weights(weights, attributes)
     limit = _limit(model, seq_len)
-    enc = encode_pairs(rows, model.tokenizer, limit, model.template, overlength, n_attributes=len(attributes),
-                       cut_response=not drop_long_pairs)
+    enc = encode_pairs(
+        rows,
+        model.tokenizer,
+        limit,
+        model.template,
+        overlength,
+        n_attributes=len(attributes),
+        cut_response=not drop_long_pairs,
+    )
     pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "rewardbench")
     position = {r.get("_row", i): i for i, r in enumerate(rows)}
     scored = np.asarray([position[int(src)] for src in enc.source_rows[0::2]], np.int64)
     chosen = np.full((len(rows), len(attributes)), np.nan, np.float32)
     rejected = np.full_like(chosen, np.nan)
     chosen[scored], rejected[scored] = pred[0::2], pred[1::2]
-    report = rewardbench_metrics([subset_of(rows[i]) for i in scored], chosen[scored], rejected[scored],
-                                 attributes, weights)
+    report = rewardbench_metrics(
+        [subset_of(rows[i]) for i in scored], chosen[scored], rejected[scored], attributes, weights
+    )
     report["counts"] = _counts(enc, len(scored), limit)
     return report, chosen, rejected
 
@@ -198,12 +242,23 @@ def model_attributes_cheaply(path: str) -> Optional[list[str]]:
         return None
 
 
-def evaluate_model(model_path: str, *, helpsteer: Optional[str] = None, helpsteer_split: str = "validation",
-                   rewardbench: Optional[str] = None, rewardbench_split: str = "filtered",
-                   weights: Optional[WeightSpec] = None, output: str = "eval_results.json",
-                   seq_len: Optional[int] = None, batch_rows: int = 16, max_segments: int = 16,
-                   template: Optional[str] = None, dtype: str = "float32", drop_long_pairs: bool = False,
-                   progress: bool = True) -> tuple[dict, str]:
+def evaluate_model(
+    model_path: str,
+    *,
+    helpsteer: Optional[str] = None,
+    helpsteer_split: str = "validation",
+    rewardbench: Optional[str] = None,
+    rewardbench_split: str = "filtered",
+    weights: Optional[WeightSpec] = None,
+    output: str = "eval_results.json",
+    seq_len: Optional[int] = None,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    template: Optional[str] = None,
+    dtype: str = "float32",
+    drop_long_pairs: bool = False,
+    progress: bool = True,
+) -> tuple[dict, str]:
     """``rm-jax eval --model``: evaluate on HelpSteer2 rows and/or RewardBench pairs, write the results
     json and the prediction files next to it; returns (results, results path). Everything that can be
     checked without the model's weights (weights, template, data files) is checked first."""
@@ -212,7 +267,8 @@ def evaluate_model(model_path: str, *, helpsteer: Optional[str] = None, helpstee
     if weights is not None:
         check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
     if template:
-        from rm_jax.conversation import resolve_template
+        from rm_jax.data.conversation import resolve_template
+
         try:
             resolve_template(None, template)  # a built-in name or a literal jinja template
         except ValueError as e:
@@ -236,8 +292,7 @@ def evaluate_model(model_path: str, *, helpsteer: Optional[str] = None, helpstee
     stem = output_stem(out_path)
     opts = dict(seq_len=seq_len, batch_rows=batch_rows, max_segments=max_segments, progress=progress)
     result: dict[str, Any] = {
-        "model": {"path": os.path.abspath(model_path), "attributes": attributes, "template": template,
-                  "dtype": dtype},
+        "model": {"path": os.path.abspath(model_path), "attributes": attributes, "template": template, "dtype": dtype},
         "weights": weights_record(weights, attributes),
         "counts": {},
     }
@@ -264,11 +319,16 @@ def _warn(msg: str) -> None:
 
 def _report_lengths(what: str, c: Mapping[str, Any]) -> None:
     if c.get("truncated"):
-        _warn(f"{what}: {c['truncated']} conversations longer than {c['seq_len']} tokens had their prompt "
-              f"cut from the left")
+        _warn(
+            f"{what}: {c['truncated']} conversations longer than {c['seq_len']} tokens had their prompt "
+            f"cut from the left"
+        )
     if c.get("response_cut"):
-        _warn(f"{what}: {c['response_cut']} responses longer than {c['seq_len']} tokens on their own were cut "
-              f"from the left (the reward reads their end; raise --seq-len to score them whole)")
+        _warn(
+            f"{what}: {c['response_cut']} responses longer than {c['seq_len']} tokens on their own were cut "
+            f"from the left (the reward reads their end; raise --seq-len to score them whole)"
+        )
     if c.get("dropped"):
-        _warn(f"{what}: {c['dropped']} left out: a response alone is longer than {c['seq_len']} tokens "
-              f"(raise --seq-len)")
+        _warn(
+            f"{what}: {c['dropped']} left out: a response alone is longer than {c['seq_len']} tokens (raise --seq-len)"
+        )

@@ -11,7 +11,7 @@ from typing import Any, Hashable, Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from rm_jax.attributes import ATTRIBUTES, WeightSpec, resolve_reward_weights
+from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, resolve_reward_weights
 from rm_jax.evaluation.weights import weight_sets
 
 LABEL_MIN = 0.0
@@ -184,20 +184,33 @@ def helpsteer_report(
     return {"per_attribute": per_attribute, "pairwise": pairwise_by_weights(pred, target[:, h], has_help, pair_ids, w)}
 
 
-def pairwise_by_weights(pred: np.ndarray, helpfulness: np.ndarray, has_help: np.ndarray,
-                        pair_ids: Sequence[Hashable], weights: Mapping[str, np.ndarray]) -> dict[str, dict]:
+def pairwise_by_weights(
+    pred: np.ndarray,
+    helpfulness: np.ndarray,
+    has_help: np.ndarray,
+    pair_ids: Sequence[Hashable],
+    weights: Mapping[str, np.ndarray],
+) -> dict[str, dict]:
     """:func:`pairwise_accuracy` of the reward ``pred @ w`` for each named weight vector, over the rows
     whose helpfulness label is present (a pair with a missing one counts as a skipped group)."""
     pred = _as_2d("pred", pred)
     keep = np.asarray(has_help, bool)
     kept_ids = [pid for pid, k in zip(pair_ids, keep) if k]
     target = np.asarray(helpfulness, np.float64)[keep]
-    return {name: pairwise_accuracy((pred @ np.asarray(w, np.float64))[keep], target, kept_ids)
-            for name, w in weights.items()}
+    return {
+        name: pairwise_accuracy((pred @ np.asarray(w, np.float64))[keep], target, kept_ids)
+        for name, w in weights.items()
+    }
 
 
-def helpsteer_metrics(pred: np.ndarray, attributes: Sequence[str], labels: np.ndarray, label_mask: np.ndarray,
-                      groups: Sequence[int], weights: WeightSpec) -> dict[str, Any]:
+def helpsteer_metrics(
+    pred: np.ndarray,
+    attributes: Sequence[str],
+    labels: np.ndarray,
+    label_mask: np.ndarray,
+    groups: Sequence[int],
+    weights: WeightSpec,
+) -> dict[str, Any]:
     """Metrics of predictions ``pred`` [N, len(attributes)] against HelpSteer2 ``labels`` [N, 5]
     (columns in :data:`ATTRIBUTES` order, ``label_mask`` 1 where present).
 
@@ -211,9 +224,18 @@ def helpsteer_metrics(pred: np.ndarray, attributes: Sequence[str], labels: np.nd
     label_mask = np.asarray(label_mask) != 0
     model_cols = [j for j, a in enumerate(attributes) if a in ATTRIBUTES]
     label_cols = [ATTRIBUTES.index(attributes[j]) for j in model_cols]
-    per_attribute = attribute_metrics(pred[:, model_cols], labels[:, label_cols], label_mask[:, label_cols],
-                                      names=[attributes[j] for j in model_cols]) if model_cols else {}
+    per_attribute = (
+        attribute_metrics(
+            pred[:, model_cols],
+            labels[:, label_cols],
+            label_mask[:, label_cols],
+            names=[attributes[j] for j in model_cols],
+        )
+        if model_cols
+        else {}
+    )
     h = ATTRIBUTES.index("helpfulness")
-    pairwise = pairwise_by_weights(pred, labels[:, h], label_mask[:, h], list(np.asarray(groups).tolist()),
-                                   weight_sets(weights, attributes))
+    pairwise = pairwise_by_weights(
+        pred, labels[:, h], label_mask[:, h], list(np.asarray(groups).tolist()), weight_sets(weights, attributes)
+    )
     return {"per_attribute": per_attribute, "pairwise": pairwise}

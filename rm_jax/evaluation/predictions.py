@@ -14,9 +14,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.errors import InputError
-from rm_jax.files import iter_jsonl, write_text
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import InputError
+from rm_jax.core.files import iter_jsonl, write_text
 
 HELPSTEER_SUFFIX = ".helpsteer_predictions.jsonl"
 REWARDBENCH_SUFFIX = ".rewardbench_predictions.jsonl"
@@ -29,30 +29,50 @@ def subset_of(row: Mapping[str, Any]) -> str:
 
 # ---------------------------------------------------------------- records
 
-def helpsteer_records(source_rows: Sequence[int], groups: Sequence[int], pred: np.ndarray, attributes: Sequence[str],
-                      labels: np.ndarray, label_mask: np.ndarray) -> list[dict]:
+
+def helpsteer_records(
+    source_rows: Sequence[int],
+    groups: Sequence[int],
+    pred: np.ndarray,
+    attributes: Sequence[str],
+    labels: np.ndarray,
+    label_mask: np.ndarray,
+) -> list[dict]:
     """One record per scored row; ``labels`` [N, 5] in :data:`ATTRIBUTES` order (None where masked)."""
-    return [{"row": int(source_rows[i]), "group": int(groups[i]),
-             "pred": {a: float(pred[i, j]) for j, a in enumerate(attributes)},
-             "label": {a: (int(labels[i, k]) if label_mask[i, k] else None) for k, a in enumerate(ATTRIBUTES)}}
-            for i in range(len(pred))]
+    return [
+        {
+            "row": int(source_rows[i]),
+            "group": int(groups[i]),
+            "pred": {a: float(pred[i, j]) for j, a in enumerate(attributes)},
+            "label": {a: (int(labels[i, k]) if label_mask[i, k] else None) for k, a in enumerate(ATTRIBUTES)},
+        }
+        for i in range(len(pred))
+    ]
 
 
-def rewardbench_records(rows: Sequence[dict], chosen_pred: np.ndarray, rejected_pred: np.ndarray,
-                        attributes: Sequence[str]) -> list[dict]:
+def rewardbench_records(
+    rows: Sequence[dict], chosen_pred: np.ndarray, rejected_pred: np.ndarray, attributes: Sequence[str]
+) -> list[dict]:
     """One record per scored pair: ``{"row", "id", "subset", "chosen", "rejected"}`` (a pair whose
     predictions are NaN was dropped and gets no record)."""
     out = []
     for i, r in enumerate(rows):
         if np.isnan(chosen_pred[i]).any():
             continue
-        out.append({"row": int(r.get("_row", i)), "id": r.get("id"), "subset": subset_of(r),
-                    "chosen": {a: float(v) for a, v in zip(attributes, chosen_pred[i])},
-                    "rejected": {a: float(v) for a, v in zip(attributes, rejected_pred[i])}})
+        out.append(
+            {
+                "row": int(r.get("_row", i)),
+                "id": r.get("id"),
+                "subset": subset_of(r),
+                "chosen": {a: float(v) for a, v in zip(attributes, chosen_pred[i])},
+                "rejected": {a: float(v) for a, v in zip(attributes, rejected_pred[i])},
+            }
+        )
     return out
 
 
 # ---------------------------------------------------------------- reading
+
 
 def _records(path: str) -> list[tuple[int, dict]]:
     recs = list(iter_jsonl(path))
@@ -107,6 +127,7 @@ def load_rewardbench_predictions(path: str) -> tuple[list[str], np.ndarray, np.n
 
 # ---------------------------------------------------------------- finding and copying
 
+
 def output_stem(path: str) -> str:
     """``results.json`` / ``results`` / ``results.helpsteer_predictions.jsonl`` -> ``results``."""
     for suffix in (HELPSTEER_SUFFIX, REWARDBENCH_SUFFIX, ".json"):
@@ -122,8 +143,10 @@ def find_predictions(path: str) -> tuple[Optional[str], Optional[str], Optional[
         hs = os.path.join(path, "predictions", "validation.jsonl")
         if os.path.isfile(hs):  # a training run folder: its kept checkpoint's validation predictions
             return hs, None, None
-        raise InputError(f"--from-predictions: {path} is a folder without predictions/validation.jsonl; "
-                         f"give the results json (or its stem) of an earlier rm-jax eval")
+        raise InputError(
+            f"--from-predictions: {path} is a folder without predictions/validation.jsonl; "
+            f"give the results json (or its stem) of an earlier rm-jax eval"
+        )
     stem = output_stem(path)
     hs, rb, js = stem + HELPSTEER_SUFFIX, stem + REWARDBENCH_SUFFIX, stem + ".json"
     found = [p if os.path.isfile(p) else None for p in (hs, rb, js)]

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.attributes import WeightSpec
+from rm_jax.core.attributes import WeightSpec
 from rm_jax.evaluation.weights import check_weights, weight_sets
 
 # Official per-subset counts. They weight subsets within a section even when the data
@@ -55,7 +55,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "llmbar-adver-GPTOut",
         "llmbar-adver-manual",
     ),
-    "safety": ("refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond", "donotanswer"),
+    "safety": (
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ),
     "reasoning": ("math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"),
 }
 
@@ -111,8 +117,13 @@ def score_pairs(
     }
 
 
-def rewardbench_metrics(subsets: Sequence[str], chosen_pred: np.ndarray, rejected_pred: np.ndarray,
-                        attributes: Sequence[str], weights: WeightSpec) -> dict[str, Any]:
+def rewardbench_metrics(
+    subsets: Sequence[str],
+    chosen_pred: np.ndarray,
+    rejected_pred: np.ndarray,
+    attributes: Sequence[str],
+    weights: WeightSpec,
+) -> dict[str, Any]:
     """:func:`score_pairs` for the ``weights`` reward (a pair is right iff chosen > rejected),
     plus every preset's sections / overall / subsets under ``presets``."""
     chosen_pred = np.asarray(chosen_pred, np.float64).reshape(len(subsets), len(attributes))

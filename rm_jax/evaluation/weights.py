@@ -6,8 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rm_jax.attributes import ATTRIBUTES, REWARD_PRESETS, WeightSpec, resolve_reward_weights
-from rm_jax.errors import InputError
+from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS, WeightSpec, resolve_reward_weights
+from rm_jax.core.errors import InputError
 
 DEFAULT_WEIGHTS = "70b-rewardbench"
 
@@ -18,8 +18,10 @@ def default_weights(attributes: Sequence[str]) -> str:
         return DEFAULT_WEIGHTS
     if len(attributes) == 1:
         return "1"
-    raise InputError(f"--weights: the model predicts {len(attributes)} attributes ({', '.join(attributes)}), "
-                     f"not the five HelpSteer2 ones; give {len(attributes)} comma-separated weights")
+    raise InputError(
+        f"--weights: the model predicts {len(attributes)} attributes ({', '.join(attributes)}), "
+        f"not the five HelpSteer2 ones; give {len(attributes)} comma-separated weights"
+    )
 
 
 def check_weights(spec: WeightSpec, attributes: Sequence[str]) -> np.ndarray:
@@ -48,5 +50,8 @@ def _label(spec: WeightSpec, attributes: Sequence[str]) -> str:
 
 def weights_record(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, Any]:
     w = check_weights(spec, attributes)
-    return {"spec": spec if isinstance(spec, str) else [float(x) for x in spec], "label": _label(spec, attributes),
-            "values": {a: float(x) for a, x in zip(attributes, w)}}
+    return {
+        "spec": spec if isinstance(spec, str) else [float(x) for x in spec],
+        "label": _label(spec, attributes),
+        "values": {a: float(x) for a, x in zip(attributes, w)},
+    }

@@ -11,10 +11,22 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from rm_jax.models.llama import CausalLM, DecoderConfig, KVCache, RewardModel, init_cache
-from rm_jax.sharding import activate, param_shardings
+from rm_jax.models.sharding import activate, param_shardings
 
-__all__ = ["CausalLM", "DecoderConfig", "KVCache", "RewardModel", "abstract_params", "init_cache", "model_for",
-           "param_logical_specs", "param_shardings_for", "init_params", "apply_model", "relayout_params"]
+__all__ = [
+    "CausalLM",
+    "DecoderConfig",
+    "KVCache",
+    "RewardModel",
+    "abstract_params",
+    "init_cache",
+    "model_for",
+    "param_logical_specs",
+    "param_shardings_for",
+    "init_params",
+    "apply_model",
+    "relayout_params",
+]
 
 
 def model_for(cfg: DecoderConfig) -> nn.Module:
@@ -69,13 +81,15 @@ def relayout_params(params: Any, cfg: DecoderConfig, mesh: Mesh) -> Any:
     return jax.device_put(params, param_shardings_for(cfg, mesh))
 
 
-def apply_model(cfg: DecoderConfig, params: Any, batch: dict, max_segments: int,
-                mesh: Optional[Mesh] = None) -> jax.Array:
+def apply_model(
+    cfg: DecoderConfig, params: Any, batch: dict, max_segments: int, mesh: Optional[Mesh] = None
+) -> jax.Array:
     """Scores [B, S, num_labels] (reward head) or logits [B, T, V] (LM head) for a batch dict with
     input_ids, segment_ids, positions.
 
     One jitted call (compiled per call: a convenience for tests and scripts; the train and score
     paths keep their own compiled functions)."""
+
     def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array) -> jax.Array:
         with activate(mesh):
             return model_for(cfg).apply({"params": params}, ids, seg, pos, max_segments=max_segments)

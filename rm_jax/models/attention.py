@@ -56,16 +56,21 @@ def attention_mask(segment_ids: jax.Array, sliding_window: Optional[int]) -> jax
     return (same & causal[None])[:, None, None]
 
 
-def pooled_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                           query_index: jax.Array, sliding_window: Optional[int],
-                           precision: Precision = None) -> jax.Array:
+def pooled_query_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    query_index: jax.Array,
+    sliding_window: Optional[int],
+    precision: Precision = None,
+) -> jax.Array:
     """Attention for a few queries per row: q [B,S,N,D] sits at tokens query_index [B,S]; k/v [B,T,K,D].
     Each query sees the keys of its own segment up to itself (and inside the sliding window)."""
     b, s, n, d = q.shape
     t, kv = k.shape[1], k.shape[2]
     qg = q.reshape(b, s, kv, n // kv, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32,
-                        precision=precision) * (d ** -0.5)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32, precision=precision) * (d**-0.5)
     idx = jnp.arange(t)[None, None, :]
     qseg = jnp.take_along_axis(segment_ids, query_index, axis=1)
     # The query's own token always passes, so no row is fully masked (absent segments point at token 0).
@@ -78,6 +83,7 @@ def pooled_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids
 
 
 # ---------------------------------------------------------------- flash-style blockwise attention
+
 
 def first_visible_key(segment_ids: jax.Array) -> jax.Array:
     """[B, T]: index of the first token carrying each token's segment id (the earliest key a causal,
@@ -103,8 +109,9 @@ def _key_blocks(segment_ids: jax.Array, block: int, window: Optional[int]) -> ja
     return (starts + block - (need // block) * block) // block
 
 
-def _block_mask(segment_ids: jax.Array, q0: jax.Array, k0: jax.Array, tq: int, tk: int,
-                window: Optional[int]) -> jax.Array:
+def _block_mask(
+    segment_ids: jax.Array, q0: jax.Array, k0: jax.Array, tq: int, tk: int, window: Optional[int]
+) -> jax.Array:
     """[B, tq, tk] bool for queries [q0, q0+tq) against keys [k0, k0+tk)."""
     qi = q0 + jnp.arange(tq)[:, None]
     ki = k0 + jnp.arange(tk)[None, :]
@@ -141,7 +148,7 @@ class _Plan:
         self.block = max(1, min(block if block > 0 else self.t, self.t))
         self.tp = -(-self.t // self.block) * self.block
         self.nb = self.tp // self.block
-        self.scale = self.d ** -0.5
+        self.scale = self.d**-0.5
         # Key-window widths (in blocks) with a compiled branch each. Capped so compile time stays
         # flat in T: past the cap a block reads up to (nb / cap) blocks more than it needs.
         n = min(self.nb, MAX_WIDTHS)
@@ -190,20 +197,25 @@ def _forward(q, k, v, segment_ids, window, block, precision):
         qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
         kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
         vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
-        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32,
-                       precision=p.precision).reshape(b, kv, blk, g, tk)
+        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32, precision=p.precision).reshape(
+            b, kv, blk, g, tk
+        )
         s = jnp.where(_block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :], s * p.scale, _NEG)
         m = jnp.max(s, axis=-1, keepdims=True)
         e = jnp.exp(s - m)
         l = jnp.sum(e, axis=-1, keepdims=True)
-        o = jnp.einsum("bkrs,bksd->bkrd", e.reshape(b, kv, blk * g, tk).astype(v.dtype), vb,
-                       preferred_element_type=jnp.float32, precision=p.precision)
+        o = jnp.einsum(
+            "bkrs,bksd->bkrd",
+            e.reshape(b, kv, blk * g, tk).astype(v.dtype),
+            vb,
+            preferred_element_type=jnp.float32,
+            precision=p.precision,
+        )
         o = (o.reshape(b, kv, blk, g, d) / l).astype(q.dtype)
         return o, (m + jnp.log(l))[..., 0]
 
-    _, (ob, lse) = jax.lax.scan(lambda c, i: (c, _switch(p, needed, i, one_block, i)), None,
-                                jnp.arange(p.nb))
-    out = ob.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, :p.t]  # [nb,B,kv,blk,g,D] -> [B,T,N,D]
+    _, (ob, lse) = jax.lax.scan(lambda c, i: (c, _switch(p, needed, i, one_block, i)), None, jnp.arange(p.nb))
+    out = ob.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, : p.t]  # [nb,B,kv,blk,g,D] -> [B,T,N,D]
     return out, lse
 
 
@@ -231,27 +243,32 @@ def _flash_bwd(window, block, precision, res, dout):
         kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
         vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
         db = jax.lax.dynamic_slice_in_dim(delta, q0, blk, axis=2)[..., None]
-        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32,
-                       precision=p.precision).reshape(b, kv, blk, g, tk)
+        s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32, precision=p.precision).reshape(
+            b, kv, blk, g, tk
+        )
         mask = _block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :]
         prob = jnp.where(mask, jnp.exp(s * p.scale - lse[i][..., None]), 0.0)
-        dprob = jnp.einsum("bkrd,bksd->bkrs", dob, vb, preferred_element_type=jnp.float32,
-                           precision=p.precision).reshape(b, kv, blk, g, tk)
+        dprob = jnp.einsum(
+            "bkrd,bksd->bkrs", dob, vb, preferred_element_type=jnp.float32, precision=p.precision
+        ).reshape(b, kv, blk, g, tk)
         ds = (prob * (dprob - db) * p.scale).reshape(b, kv, blk * g, tk).astype(q.dtype)
         prob = prob.reshape(b, kv, blk * g, tk).astype(v.dtype)
         dv_b = jnp.einsum("bkrs,bkrd->bksd", prob, dob, preferred_element_type=jnp.float32, precision=p.precision)
         dk_b = jnp.einsum("bkrs,bkrd->bksd", ds, qb, preferred_element_type=jnp.float32, precision=p.precision)
         dq_b = jnp.einsum("bkrs,bksd->bkrd", ds, kb, preferred_element_type=jnp.float32, precision=p.precision)
-        dk = jax.lax.dynamic_update_slice_in_dim(dk, jax.lax.dynamic_slice_in_dim(dk, k0, tk, axis=2) + dk_b, k0, axis=2)
-        dv = jax.lax.dynamic_update_slice_in_dim(dv, jax.lax.dynamic_slice_in_dim(dv, k0, tk, axis=2) + dv_b, k0, axis=2)
+        dk = jax.lax.dynamic_update_slice_in_dim(
+            dk, jax.lax.dynamic_slice_in_dim(dk, k0, tk, axis=2) + dk_b, k0, axis=2
+        )
+        dv = jax.lax.dynamic_update_slice_in_dim(
+            dv, jax.lax.dynamic_slice_in_dim(dv, k0, tk, axis=2) + dv_b, k0, axis=2
+        )
         return (dk, dv), dq_b.reshape(b, kv, blk, g, d).astype(q.dtype)
 
     zeros = jnp.zeros((b, kv, p.tp, d), jnp.float32)
-    (dk, dv), dqb = jax.lax.scan(lambda c, i: _switch(p, needed, i, one_block, c, i), (zeros, zeros),
-                                 jnp.arange(p.nb))
-    dq = dqb.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, :p.t]
-    dk = dk.transpose(0, 2, 1, 3)[:, :p.t].astype(k.dtype)
-    dv = dv.transpose(0, 2, 1, 3)[:, :p.t].astype(v.dtype)
+    (dk, dv), dqb = jax.lax.scan(lambda c, i: _switch(p, needed, i, one_block, c, i), (zeros, zeros), jnp.arange(p.nb))
+    dq = dqb.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, : p.t]
+    dk = dk.transpose(0, 2, 1, 3)[:, : p.t].astype(k.dtype)
+    dv = dv.transpose(0, 2, 1, 3)[:, : p.t].astype(v.dtype)
     return dq, dk, dv, None
 
 
@@ -263,8 +280,15 @@ def _flash(q, k, v, segment_ids, window, block, precision):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                    sliding_window: Optional[int] = None, block: int = 128, precision: Precision = None) -> jax.Array:
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    sliding_window: Optional[int] = None,
+    block: int = 128,
+    precision: Precision = None,
+) -> jax.Array:
     """Causal, segment-masked attention; q [B,T,N,D], k/v [B,T,K,D] (K divides N) -> [B,T,N,D].
 
     Softmax in float32 whatever the compute dtype. Pads (segment 0) attend to pads only, so no row
@@ -275,8 +299,13 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.A
 KERNELS = ("xla", "cudnn", "cudnn_dense", "splash")
 
 
-def resolve_kernel(name: str, backend: Optional[str] = None, *, dtype: Optional[str] = None,
-                   compute_capability: Optional[tuple[int, int]] = None) -> str:
+def resolve_kernel(
+    name: str,
+    backend: Optional[str] = None,
+    *,
+    dtype: Optional[str] = None,
+    compute_capability: Optional[tuple[int, int]] = None,
+) -> str:
     """The kernel ``model.attention: name`` runs on ``backend`` (default: JAX's default backend).
 
     ``auto``: TPU -> ``splash``; GPU -> packed ``cudnn`` (Hopper or newer, bfloat16/float16),
@@ -301,9 +330,19 @@ def resolve_kernel(name: str, backend: Optional[str] = None, *, dtype: Optional[
     return "xla"  # cpu, and rocm (no cuDNN)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, kernel: str,
-           sliding_window: Optional[int] = None, block: int = 128, precision: Precision = None,
-           max_segments: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None) -> jax.Array:
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    kernel: str,
+    sliding_window: Optional[int] = None,
+    block: int = 128,
+    precision: Precision = None,
+    max_segments: Optional[int] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
+) -> jax.Array:
     """Causal, segment-masked attention by the named kernel (already resolved: see resolve_kernel).
     q [B,T,N,D], k/v [B,T,K,D] -> [B,T,N,D]. ``max_segments`` (conversations per row) bounds the
     packed cuDNN layout; ``mesh`` lets splash run per shard."""
@@ -318,22 +357,37 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, 
         mask = attention_mask(segment_ids, sliding_window)[:, 0]  # [B, 1, T, T]
         return cudnn.dense_mask_attention(q, k, v, mask)
     if kernel == "splash":
-        return splash.splash_attention(q, k, v, segment_ids, sliding_window=sliding_window, precision=precision,
-                                       mesh=mesh)
+        return splash.splash_attention(
+            q, k, v, segment_ids, sliding_window=sliding_window, precision=precision, mesh=mesh
+        )
     raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 
 
-def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                        sliding_window: Optional[int] = None, precision: Precision = lax.Precision.HIGHEST) -> jax.Array:
+def reference_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    sliding_window: Optional[int] = None,
+    precision: Precision = lax.Precision.HIGHEST,
+) -> jax.Array:
     """The same function as a dense T x T softmax, differentiated by XLA: the tests' yardstick."""
     b, t, n, d = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, n // kv, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32, precision=precision) * (d ** -0.5)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32, precision=precision) * (d**-0.5)
     s = jnp.where(attention_mask(segment_ids, sliding_window), s, _NEG)
     probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=precision).reshape(b, t, n, d)
 
 
-__all__ = ["KERNELS", "KernelUnavailableError", "attend", "attention_mask", "flash_attention", "pooled_query_attention",
-           "reference_attention", "resolve_kernel"]
+__all__ = [
+    "KERNELS",
+    "KernelUnavailableError",
+    "attend",
+    "attention_mask",
+    "flash_attention",
+    "pooled_query_attention",
+    "reference_attention",
+    "resolve_kernel",
+]

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rm_jax.errors import ConfigError
+from rm_jax.core.errors import ConfigError
 
 # Runs beyond the conversations: one padding run before them and one after.
 EXTRA_RUNS = 2
@@ -70,20 +70,23 @@ def segment_runs(segment_ids: jax.Array, m: int) -> tuple[jax.Array, jax.Array, 
 
 # ---------------------------------------------------------------- availability
 
+
 def check_backend(kernel: str, backend: Optional[str] = None) -> None:
     """Fail at trace time (before anything compiles) when there is no GPU to run cuDNN on."""
     backend = backend or jax.default_backend()
     if backend not in ("gpu", "cuda"):
         raise KernelUnavailableError(
             f"model.attention={kernel} needs an NVIDIA GPU with cuDNN, but the JAX backend is {backend!r}; "
-            f"use model.attention=auto (picks xla on CPU, splash on TPU) or xla")
+            f"use model.attention=auto (picks xla on CPU, splash on TPU) or xla"
+        )
 
 
 def check_dtype(kernel: str, dtype: Any) -> None:
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         raise KernelUnavailableError(
             f"model.attention={kernel}: cuDNN flash attention takes bfloat16 or float16, not {jnp.dtype(dtype).name}; "
-            f"use model.dtype=bfloat16, or model.attention=auto (float32 on a GPU runs the xla kernel)")
+            f"use model.dtype=bfloat16, or model.attention=auto (float32 on a GPU runs the xla kernel)"
+        )
 
 
 def gpu_compute_capability() -> Optional[tuple[int, int]]:
@@ -107,24 +110,28 @@ def _packed_attention_fn() -> tuple[Callable, Any, bool]:
     missing: the module or function, cuDNN itself, or a GPU older than Hopper (packed layout)."""
     try:
         from jax._src.cudnn import fused_attention_stablehlo as fa
+
         fn, mask_type = fa.dot_product_attention, fa.MaskType
         mask_type.PADDING_CAUSAL  # noqa: B018  (must exist)
     except (ImportError, AttributeError) as e:
         raise KernelUnavailableError(
             f"model.attention=cudnn: this JAX ({jax.__version__}) has no packed cuDNN attention "
-            f"(jax._src.cudnn.fused_attention_stablehlo.dot_product_attention: {e}); use cudnn_dense or xla") from e
+            f"(jax._src.cudnn.fused_attention_stablehlo.dot_product_attention: {e}); use cudnn_dense or xla"
+        ) from e
     try:
         version = fa.check_cudnn_version()
     except Exception as e:  # RuntimeError("cuDNN is not detected.") and friends
         raise KernelUnavailableError(f"model.attention=cudnn: cuDNN is not usable here ({e})") from e
     if int(version) < 90100:  # packed (ragged offset) layouts need cuDNN 9.1+
         raise KernelUnavailableError(
-            f"model.attention=cudnn: packed attention needs cuDNN >= 9.1, found {version}; use cudnn_dense or xla")
+            f"model.attention=cudnn: packed attention needs cuDNN >= 9.1, found {version}; use cudnn_dense or xla"
+        )
     cc = gpu_compute_capability()
     if cc is not None and cc < (9, 0):
         raise KernelUnavailableError(
             f"model.attention=cudnn: packed attention needs a Hopper or newer GPU (compute capability >= 9.0), "
-            f"found {cc[0]}.{cc[1]}; use cudnn_dense or xla")
+            f"found {cc[0]}.{cc[1]}; use cudnn_dense or xla"
+        )
     return fn, mask_type, _kv_offsets_follow_kv_heads(fa)
 
 
@@ -149,8 +156,16 @@ def _kv_offsets_follow_kv_heads(fa: Any) -> bool:
 
 # ---------------------------------------------------------------- kernels
 
-def packed_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, max_segments: int,
-                     sliding_window: Optional[int] = None) -> jax.Array:
+
+def packed_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    max_segments: int,
+    sliding_window: Optional[int] = None,
+) -> jax.Array:
     """Causal attention within each segment by cuDNN's packed layout. q [B,T,N,D], k/v [B,T,K,D]."""
     check_backend("cudnn")
     check_dtype("cudnn", q.dtype)
@@ -160,8 +175,18 @@ def packed_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
         k, v = jnp.repeat(k, n // kv, axis=2), jnp.repeat(v, n // kv, axis=2)
     m = max_runs(max_segments)
     offsets, lengths, count = segment_runs(segment_ids, m)
-    out = fn(q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
-             scale=q.shape[-1] ** -0.5, mask_type=mask_type.PADDING_CAUSAL, sliding_window_length=sliding_window)
+    out = fn(
+        q,
+        k,
+        v,
+        q_seqlen=lengths,
+        kv_seqlen=lengths,
+        q_offsets=offsets,
+        kv_offsets=offsets,
+        scale=q.shape[-1] ** -0.5,
+        mask_type=mask_type.PADDING_CAUSAL,
+        sliding_window_length=sliding_window,
+    )
     # A row with more runs than the bound was cut short: poison it rather than return a wrong answer.
     return jnp.where((count <= m)[:, None, None, None], out, jnp.asarray(jnp.nan, out.dtype))
 

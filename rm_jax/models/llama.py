@@ -25,7 +25,7 @@ import numpy as np
 
 from rm_jax.models.attention import KERNELS, attend, pooled_query_attention, resolve_kernel
 from rm_jax.models.precision import PRECISIONS, resolve_precision
-from rm_jax.sharding import active_mesh, constrain
+from rm_jax.models.sharding import active_mesh, constrain
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -67,10 +67,14 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise ValueError(
+                f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
-                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads ({self.num_key_value_heads})")
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -80,7 +84,9 @@ class DecoderConfig:
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r}; choose one of {', '.join(HEADS)}")
         if self.matmul_precision is not None and self.matmul_precision not in PRECISIONS:
-            raise ValueError(f"model.matmul_precision={self.matmul_precision!r}; choose null or one of {', '.join(PRECISIONS)}")
+            raise ValueError(
+                f"model.matmul_precision={self.matmul_precision!r}; choose null or one of {', '.join(PRECISIONS)}"
+            )
 
     @property
     def compute_dtype(self) -> Any:
@@ -99,8 +105,16 @@ class DecoderConfig:
         return dataclasses.replace(self, **kw)
 
     def num_params(self, include_embedding: bool = True) -> int:
-        h, i, n, k, d = self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim
-        attn = h * n * d * 2 + h * k * d * 2 + (n * d + 2 * k * d if self.qkv_bias else 0) + (2 * d if self.qk_norm else 0)
+        h, i, n, k, d = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+        )
+        attn = (
+            h * n * d * 2 + h * k * d * 2 + (n * d + 2 * k * d if self.qkv_bias else 0) + (2 * d if self.qk_norm else 0)
+        )
         layer = attn + 3 * h * i + 2 * h
         # An LM head is a matmul every token pays for, tied or not: counted with the non-embedding params.
         head = h * self.num_labels if self.head == "reward" else h * self.vocab_size
@@ -111,6 +125,7 @@ class DecoderConfig:
 
 # ---------------------------------------------------------------- building blocks
 
+
 def dense(x: jax.Array, w: jax.Array, precision: Optional[jax.lax.Precision] = None) -> jax.Array:
     """x [B, T, E] times a weight whose first axis is E, as one 2-D matmul over flattened tokens:
     XLA:CPU inserts layout copies around the equivalent 3-D einsum (see docs/performance.md)."""
@@ -119,7 +134,9 @@ def dense(x: jax.Array, w: jax.Array, precision: Optional[jax.lax.Precision] = N
     return y.reshape((b, t) + tuple(w.shape[1:]))
 
 
-def _param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: tuple[Optional[str], ...]) -> jax.Array:
+def _param(
+    module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: tuple[Optional[str], ...]
+) -> jax.Array:
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
@@ -177,8 +194,14 @@ class Attention(nn.Module):
     max_segments: int = 1  # conversations per row: bounds the packed cuDNN layout
 
     @nn.compact
-    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 query_index: Optional[jax.Array] = None, cache: Optional["LayerCache"] = None) -> Any:
+    def __call__(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        query_index: Optional[jax.Array] = None,
+        cache: Optional["LayerCache"] = None,
+    ) -> Any:
         """query_index [B, S] (optional): compute outputs only at these tokens (keys/values still come
         from every token); the result is then [B, S, H] instead of [B, T, H]. With ``cache`` (decoding),
         the new keys/values are written at ``cache.index`` and the queries read every cached token:
@@ -191,7 +214,9 @@ class Attention(nn.Module):
             w = _param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
             y = dense(inp, w.astype(dt), prec)
             if cfg.qkv_bias:
-                y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")).astype(dt)
+                y = y + _param(
+                    self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")
+                ).astype(dt)
             return y
 
         xq, qpos = x, positions
@@ -214,9 +239,18 @@ class Attention(nn.Module):
         elif query_index is not None:
             out = pooled_query_attention(q, kk, v, segment_ids, query_index, cfg.sliding_window, prec)
         else:
-            out = attend(q, kk, v, segment_ids, kernel=cfg.attention_kernel(), sliding_window=cfg.sliding_window,
-                         block=cfg.attention_block, precision=prec, max_segments=self.max_segments,
-                         mesh=active_mesh())
+            out = attend(
+                q,
+                kk,
+                v,
+                segment_ids,
+                kernel=cfg.attention_kernel(),
+                sliding_window=cfg.sliding_window,
+                block=cfg.attention_block,
+                precision=prec,
+                max_segments=self.max_segments,
+                mesh=active_mesh(),
+            )
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
         b, t = out.shape[:2]
@@ -232,6 +266,7 @@ class LayerCache:
     """One layer's view of a :class:`KVCache`: the whole stacked buffers and the layer's index. Writing
     updates the stacked buffer in place (``dynamic_update_slice`` at [layer, :, index]); slicing a layer
     out and stacking the layers back would copy the whole cache for every decoded token."""
+
     k: jax.Array  # [L, B, Tmax, K, D]
     v: jax.Array
     valid: jax.Array  # [B, Tmax]
@@ -241,18 +276,23 @@ class LayerCache:
     def write(self, k: jax.Array, v: jax.Array) -> "LayerCache":
         def upd(buf: jax.Array, new: jax.Array) -> jax.Array:
             zero = jnp.zeros((), jnp.int32)
-            return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype)[None],
-                                                (self.layer, zero, self.index, zero, zero))
+            return jax.lax.dynamic_update_slice(
+                buf, new.astype(buf.dtype)[None], (self.layer, zero, self.index, zero, zero)
+            )
+
         return dataclasses.replace(self, k=upd(self.k, k), v=upd(self.v, v))
 
     def keys_values(self) -> tuple[jax.Array, jax.Array]:
         """This layer's [B, Tmax, K, D] keys and values."""
-        return (jax.lax.dynamic_index_in_dim(self.k, self.layer, keepdims=False),
-                jax.lax.dynamic_index_in_dim(self.v, self.layer, keepdims=False))
+        return (
+            jax.lax.dynamic_index_in_dim(self.k, self.layer, keepdims=False),
+            jax.lax.dynamic_index_in_dim(self.v, self.layer, keepdims=False),
+        )
 
 
-def cached_attention(q: jax.Array, cache: LayerCache, sliding_window: Optional[int],
-                     precision: Optional[jax.lax.Precision] = None) -> jax.Array:
+def cached_attention(
+    q: jax.Array, cache: LayerCache, sliding_window: Optional[int], precision: Optional[jax.lax.Precision] = None
+) -> jax.Array:
     """q [B, L, N, D] for the tokens just written at slots index..index+L-1, against every cached slot:
     causal by slot, real slots only (and the sliding window, by slot distance: with left padding a
     slot distance is a position distance). Dense over Tmax: decoding reads the whole cache anyway."""
@@ -260,8 +300,7 @@ def cached_attention(q: jax.Array, cache: LayerCache, sliding_window: Optional[i
     keys, values = cache.keys_values()
     kv, tmax = keys.shape[2], keys.shape[1]
     qg = q.reshape(b, l, kv, n // kv, d)
-    s = jnp.einsum("blkgd,btkd->bkglt", qg, keys, preferred_element_type=jnp.float32,
-                   precision=precision) * (d ** -0.5)
+    s = jnp.einsum("blkgd,btkd->bkglt", qg, keys, preferred_element_type=jnp.float32, precision=precision) * (d**-0.5)
     q_slot = cache.index + jnp.arange(l)
     k_slot = jnp.arange(tmax)
     mask = cache.valid[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, L, Tmax]
@@ -294,15 +333,22 @@ class DecoderLayer(nn.Module):
     max_segments: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 query_index: Optional[jax.Array] = None, cache: Optional[LayerCache] = None) -> Any:
+    def __call__(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        query_index: Optional[jax.Array] = None,
+        cache: Optional[LayerCache] = None,
+    ) -> Any:
         """With query_index [B, S], the layer's output only at those tokens ([B, S, H]): a reward
         model's last layer matters only where the head reads, so its queries and MLP run there only.
         With ``cache``, returns (output, updated cache)."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        attn = Attention(cfg, self.max_segments, name="attn")(RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x),
-                                                             segment_ids, positions, query_index, cache)
+        attn = Attention(cfg, self.max_segments, name="attn")(
+            RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions, query_index, cache
+        )
         if cache is not None:
             attn, cache = attn
         if query_index is not None:
@@ -350,6 +396,7 @@ class KVCache:
     slots holding real tokens (the left padding of a batch of prompts does not); ``index`` is the first
     slot the next tokens are written to, the same for every row (prompts are left-padded to one length).
     Sharded like the activations: batch over (data, fsdp), kv heads over tensor."""
+
     k: jax.Array
     v: jax.Array
     valid: jax.Array
@@ -368,21 +415,37 @@ class KVCache:
 
     def constrained(self) -> "KVCache":
         axes = (None, "act_batch", "act_length", "act_kv_heads", None)
-        return dataclasses.replace(self, k=constrain(self.k, axes), v=constrain(self.v, axes),
-                                   valid=constrain(self.valid, ("act_batch", "act_length")))
+        return dataclasses.replace(
+            self,
+            k=constrain(self.k, axes),
+            v=constrain(self.v, axes),
+            valid=constrain(self.valid, ("act_batch", "act_length")),
+        )
 
 
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int) -> KVCache:
     """An empty cache for ``batch`` rows of up to ``max_len`` tokens (prompt + new tokens), in the compute
     dtype; under an active mesh (inside a jitted function) it is created sharded."""
     shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
-    return KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype),
-                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32)).constrained()
+    return KVCache(
+        jnp.zeros(shape, cfg.compute_dtype),
+        jnp.zeros(shape, cfg.compute_dtype),
+        jnp.zeros((batch, max_len), bool),
+        jnp.zeros((), jnp.int32),
+    ).constrained()
 
 
-def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                   last: Optional[jax.Array], max_segments: int, full_last_layer: bool,
-                   cache: Optional[KVCache] = None) -> tuple[jax.Array, Optional[KVCache]]:
+def _scanned_stack(
+    cfg: DecoderConfig,
+    stacked: Any,
+    x: jax.Array,
+    segment_ids: jax.Array,
+    positions: jax.Array,
+    last: Optional[jax.Array],
+    max_segments: int,
+    full_last_layer: bool,
+    cache: Optional[KVCache] = None,
+) -> tuple[jax.Array, Optional[KVCache]]:
     """The scanned layer stack as a pure function of its stacked params ([L, ...] leaves, the
     ``layers`` param that nn.scan created): a ``lax.scan`` over the layers; with ``last`` (a reward
     model's head tokens) the last layer runs at those tokens only ([B, S, H]), as the unrolled stack does.
@@ -398,12 +461,15 @@ def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: 
         return layer.apply({"params": p}, x, segment_ids, positions, query_index)
 
     if cache is not None:  # decoding: no remat; the stacked cache is carried and updated in place
+
         def step(carry: tuple, i: jax.Array) -> tuple:
             h, k, v = carry
             p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
-            h, lc = layer.apply({"params": p}, h, segment_ids, positions, None,
-                                LayerCache(k, v, cache.valid, cache.index, i))
+            h, lc = layer.apply(
+                {"params": p}, h, segment_ids, positions, None, LayerCache(k, v, cache.valid, cache.index, i)
+            )
             return (h, lc.k, lc.v), None
+
         (x, k, v), _ = jax.lax.scan(step, (x, cache.k, cache.v), jnp.arange(n, dtype=jnp.int32))
         return x, dataclasses.replace(cache, k=k, v=v)
 
@@ -419,10 +485,17 @@ def _scanned_stack(cfg: DecoderConfig, stacked: Any, x: jax.Array, segment_ids: 
     return run(stacked, jnp.asarray(n - 1, jnp.int32), x, last), None
 
 
-def decoder_stack(module: nn.Module, cfg: DecoderConfig, input_ids: jax.Array, segment_ids: jax.Array,
-                  positions: jax.Array, max_segments: int, last: Optional[jax.Array] = None,
-                  full_last_layer: bool = False, cache: Optional[KVCache] = None
-                  ) -> tuple[jax.Array, jax.Array, Optional[KVCache]]:
+def decoder_stack(
+    module: nn.Module,
+    cfg: DecoderConfig,
+    input_ids: jax.Array,
+    segment_ids: jax.Array,
+    positions: jax.Array,
+    max_segments: int,
+    last: Optional[jax.Array] = None,
+    full_last_layer: bool = False,
+    cache: Optional[KVCache] = None,
+) -> tuple[jax.Array, jax.Array, Optional[KVCache]]:
     """The decoder both heads share, creating its params in ``module``'s scope (``embedding``, then
     ``layers_i`` unrolled or the stacked ``layers`` scanned): (hidden states, embedding, cache).
 
@@ -430,8 +503,13 @@ def decoder_stack(module: nn.Module, cfg: DecoderConfig, input_ids: jax.Array, s
     the last layer computed there only. Otherwise every token's [B, T, H]; with ``cache``, the tokens
     are written to it and read it (decoding)."""
     dt = cfg.compute_dtype
-    emb = _param(module, "embedding", nn.initializers.normal(cfg.initializer_range),
-                 (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+    emb = _param(
+        module,
+        "embedding",
+        nn.initializers.normal(cfg.initializer_range),
+        (cfg.vocab_size, cfg.hidden_size),
+        ("vocab", "embed"),
+    )
     x = jnp.take(emb, input_ids, axis=0).astype(dt)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     n = cfg.num_hidden_layers
@@ -440,10 +518,15 @@ def decoder_stack(module: nn.Module, cfg: DecoderConfig, input_ids: jax.Array, s
     if n == 0:
         return (jnp.take_along_axis(x, last[..., None], axis=1) if last is not None else x), emb, cache
     if cfg.scan_layers:
-        if module.is_initializing():  # nn.scan creates the stacked ``layers`` params (layout: rm_jax.hf_io)
-            stack = nn.scan(_ScanLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, nn.broadcast), length=n,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
+        if module.is_initializing():  # nn.scan creates the stacked ``layers`` params (layout: rm_jax.models.hf_io)
+            stack = nn.scan(
+                _ScanLayer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=n,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             stack(cfg, max_segments, name="layers")(x, segment_ids, positions)
         stacked = nn.meta.unbox(module.variables["params"]["layers"])
         x, cache = _scanned_stack(cfg, stacked, x, segment_ids, positions, last, max_segments, full_last_layer, cache)
@@ -478,17 +561,24 @@ class RewardModel(nn.Module):
     full_last_layer: bool = False
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 max_segments: int = 1) -> jax.Array:
+    def __call__(
+        self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array, max_segments: int = 1
+    ) -> jax.Array:
         cfg, dt = self.cfg, self.cfg.compute_dtype
         last, present = last_token_index(segment_ids, max_segments)
-        pooled, _, _ = decoder_stack(self, cfg, input_ids, segment_ids, positions, max_segments, last,
-                                     self.full_last_layer)
+        pooled, _, _ = decoder_stack(
+            self, cfg, input_ids, segment_ids, positions, max_segments, last, self.full_last_layer
+        )
 
         # The final norm is per token, so only the pooled tokens need it.
         pooled = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(pooled).astype(jnp.float32)
-        w = _param(self, "head_kernel", nn.initializers.normal(cfg.initializer_range),
-                   (cfg.hidden_size, cfg.num_labels), ("embed", "attributes"))
+        w = _param(
+            self,
+            "head_kernel",
+            nn.initializers.normal(cfg.initializer_range),
+            (cfg.hidden_size, cfg.num_labels),
+            ("embed", "attributes"),
+        )
         scores = jnp.einsum("bsh,ha->bsa", pooled, w, precision=cfg.precision)
         return jnp.where(present[..., None], scores, 0.0)
 
@@ -506,17 +596,28 @@ class CausalLM(nn.Module):
     logits_chunk: int = 128
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 targets: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
-                 max_segments: int = 1) -> Any:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        targets: Optional[jax.Array] = None,
+        cache: Optional[KVCache] = None,
+        max_segments: int = 1,
+    ) -> Any:
         cfg, dt, prec = self.cfg, self.cfg.compute_dtype, self.cfg.precision
         x, emb, cache = decoder_stack(self, cfg, input_ids, segment_ids, positions, max_segments, cache=cache)
         x = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             w = emb.T
         else:
-            w = _param(self, "lm_head_kernel", nn.initializers.normal(cfg.initializer_range),
-                       (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+            w = _param(
+                self,
+                "lm_head_kernel",
+                nn.initializers.normal(cfg.initializer_range),
+                (cfg.hidden_size, cfg.vocab_size),
+                ("embed", "vocab"),
+            )
         w = w.astype(dt)
 
         def logits_of(h: jax.Array) -> jax.Array:

@@ -46,18 +46,34 @@ def _kernel(tp: int, heads: int, window: Optional[int], interpret: bool) -> sa.S
     else:
         mask = sa.LocalMask((tp, tp), window_size=(window - 1, 0), offset=0)  # keys q-window+1 .. q: causal band
     blk = _block(tp)
-    sizes = sa.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
-                          block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
-    return sa.make_splash_mha(sa.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                              interpret=interpret)
+    sizes = sa.BlockSizes(
+        block_q=blk,
+        block_kv=blk,
+        block_kv_compute=blk,
+        block_q_dkv=blk,
+        block_kv_dkv=blk,
+        block_kv_dkv_compute=blk,
+        block_q_dq=blk,
+        block_kv_dq=blk,
+    )
+    return sa.make_splash_mha(
+        sa.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    )
 
 
-def _local(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, window: Optional[int],
-           interpret: bool, precision: Optional[lax.Precision]) -> jax.Array:
+def _local(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    window: Optional[int],
+    interpret: bool,
+    precision: Optional[lax.Precision],
+) -> jax.Array:
     b, t, n, d = q.shape
     tp = -(-t // LANES) * LANES
     pad = [(0, 0), (0, tp - t), (0, 0), (0, 0)]
-    scale = d ** -0.5
+    scale = d**-0.5
     qh = jnp.pad((q.astype(jnp.float32) * scale).astype(q.dtype), pad).transpose(0, 2, 1, 3)  # [B, N, Tp, D]
     kh = jnp.pad(k, pad).transpose(0, 2, 1, 3)
     vh = jnp.pad(v, pad).transpose(0, 2, 1, 3)
@@ -98,9 +114,17 @@ def _under_precision(fn, precision: Optional[lax.Precision]):
     return run
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *,
-                     sliding_window: Optional[int] = None, precision: Optional[lax.Precision] = None,
-                     interpret: Optional[bool] = None, mesh: Optional[jax.sharding.Mesh] = None) -> jax.Array:
+def splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    sliding_window: Optional[int] = None,
+    precision: Optional[lax.Precision] = None,
+    interpret: Optional[bool] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
+) -> jax.Array:
     """Causal, segment-masked attention by splash; q [B,T,N,D], k/v [B,T,K,D] -> [B,T,N,D].
     ``interpret`` defaults to True off a TPU."""
     if interpret is None:
@@ -113,8 +137,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     tensor = mesh.shape["tensor"]
     heads_spec = "tensor" if tensor > 1 and q.shape[2] % tensor == 0 and k.shape[2] % tensor == 0 else None
     qkv = P(rows_spec, None, heads_spec, None)
-    return jax.shard_map(run, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows_spec, None)), out_specs=qkv,
-                         check_vma=False)(q, k, v, segment_ids)
+    return jax.shard_map(run, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows_spec, None)), out_specs=qkv, check_vma=False)(
+        q, k, v, segment_ids
+    )
 
 
 def _size(mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> int:

@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rm_jax.conversation import Message, encode_prompts, end_of_turn_ids, response_text
-from rm_jax.errors import InputError
+from rm_jax.core.errors import InputError
+from rm_jax.data.conversation import Message, encode_prompts, end_of_turn_ids, response_text
 from rm_jax.models import CausalLM, init_cache
-from rm_jax.policy.model import program
-from rm_jax.sharding import activate
+from rm_jax.models.sharding import activate
+from rm_jax.policy.load import program
 
 PROMPT_BUCKET = 32
 
@@ -34,6 +34,7 @@ PROMPT_BUCKET = 32
 @dataclass
 class Generation:
     """What :func:`generate` returns with ``return_tokens=True``; each field is [conversation][sample]."""
+
     texts: list[list[str]]  # response texts (the template's end-of-turn removed)
     tokens: list[list[np.ndarray]]  # the generated ids, through EOS when it was emitted
     finished: list[list[bool]]  # EOS emitted within max_new_tokens
@@ -75,8 +76,8 @@ def _in_nucleus(probs: jax.Array, top_p: float) -> jax.Array:
     rather than by sorting the vocabulary: XLA:CPU's sort of [8, 32000] took ~60 ms per decode step, more than
     the model; 31 masked sums over the row take a few."""
     bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
-    lo = jnp.zeros(probs.shape[:-1], jnp.int32)          # threshold 0: everything, always enough mass
-    hi = jnp.max(bits, axis=-1) + 1                        # above the top token: no mass
+    lo = jnp.zeros(probs.shape[:-1], jnp.int32)  # threshold 0: everything, always enough mass
+    hi = jnp.max(bits, axis=-1) + 1  # above the top token: no mass
 
     def halve(_, bounds):
         lo, hi = bounds
@@ -88,16 +89,19 @@ def _in_nucleus(probs: jax.Array, top_p: float) -> jax.Array:
     return bits >= lo[:, None]
 
 
-def _program(policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
-             greedy: bool) -> Any:
+def _program(
+    policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float, greedy: bool
+) -> Any:
     """The jitted prefill + decode loop for one batch shape."""
     key = ("generate", rows, prompt_len, max_new, temperature, top_p, greedy)
-    return program(policy, key, lambda: jax.jit(_decode_loop(policy, rows, prompt_len, max_new, temperature, top_p,
-                                                             greedy)))
+    return program(
+        policy, key, lambda: jax.jit(_decode_loop(policy, rows, prompt_len, max_new, temperature, top_p, greedy))
+    )
 
 
-def _decode_loop(policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
-                 greedy: bool) -> Any:
+def _decode_loop(
+    policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float, greedy: bool
+) -> Any:
     cfg, mesh = policy.cfg, policy.mesh
     model = CausalLM(cfg)
     eos = jnp.asarray(end_of_turn_ids(policy.tokenizer), jnp.int32)
@@ -127,8 +131,9 @@ def _decode_loop(policy: Any, rows: int, prompt_len: int, max_new: int, temperat
                 tok = jnp.where(done, pad, tok)
                 out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], t, axis=1)
                 done = done | jnp.isin(tok, eos)
-                logits, cache = model.apply({"params": params}, tok[:, None], jnp.ones((rows, 1), jnp.int32),
-                                            nxt[:, None], cache=cache)
+                logits, cache = model.apply(
+                    {"params": params}, tok[:, None], jnp.ones((rows, 1), jnp.int32), nxt[:, None], cache=cache
+                )
                 return t + 1, out, cache.advanced(1), logits, done, nxt + 1
 
             state = (jnp.asarray(0, jnp.int32), out, cache, logits, done, nxt)
@@ -138,10 +143,20 @@ def _decode_loop(policy: Any, rows: int, prompt_len: int, max_new: int, temperat
     return run
 
 
-def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, temperature: float = 1.0,
-                    top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False,
-                    batch_size: int = 8, progress: bool = False,
-                    locations: Optional[Sequence[str]] = None) -> list[list[tuple[np.ndarray, bool]]]:
+def generate_tokens(
+    policy: Any,
+    prompts: Sequence[np.ndarray],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    greedy: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+    locations: Optional[Sequence[str]] = None,
+) -> list[list[tuple[np.ndarray, bool]]]:
     """n continuations of each prompt's token ids: per prompt, n (ids through EOS, finished) pairs.
     ``temperature`` 0 is greedy decoding. ``locations`` name the prompts in errors (file and row)."""
     check_sampling(n, temperature, top_p, max_new_tokens, greedy)
@@ -159,14 +174,16 @@ def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, t
         if len(p) == 0:
             raise InputError(f"{name}: the prompt encodes to no tokens")
         if len(p) + max_new_tokens > limit:
-            raise InputError(f"{name}: the prompt's {len(p)} tokens plus --max-new-tokens {max_new_tokens} exceed "
-                             f"the model's {limit} positions")
+            raise InputError(
+                f"{name}: the prompt's {len(p)} tokens plus --max-new-tokens {max_new_tokens} exceed "
+                f"the model's {limit} positions"
+            )
     base = jax.random.key(seed)
     eos = set(end_of_turn_ids(policy.tokenizer))
     rows = min(batch_size, len(seqs))  # one batch shape per call: the last batch is filled with repeats
     with tqdm(total=len(seqs), desc="generate", unit="seq", disable=not progress, leave=False) as bar:
         for start in range(0, len(seqs), rows):
-            chunk = seqs[start:start + rows]
+            chunk = seqs[start : start + rows]
             longest = max(len(prompts[i]) for i, _ in chunk)
             plen = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
             fill = [min(r, len(chunk) - 1) for r in range(rows)]
@@ -174,7 +191,7 @@ def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, t
             seg = np.zeros((rows, plen), np.int32)
             for r, c in enumerate(fill):
                 p = np.asarray(prompts[chunk[c][0]], np.int32)
-                ids[r, plen - len(p):], seg[r, plen - len(p):] = p, 1
+                ids[r, plen - len(p) :], seg[r, plen - len(p) :] = p, 1
             pos = np.maximum(np.cumsum(seg, axis=1) - 1, 0).astype(np.int32)
             keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.asarray([start + c for c in fill], jnp.int32))
             fn = _program(policy, rows, plen, max_new_tokens, temperature, top_p, greedy)
@@ -187,19 +204,44 @@ def generate_tokens(policy: Any, prompts: Sequence[np.ndarray], *, n: int = 1, t
     return out
 
 
-def generate(policy: Any, conversations: Sequence[list[Message]], *, n: int = 1, temperature: float = 1.0,
-             top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False, batch_size: int = 8,
-             progress: bool = False, return_tokens: bool = False, locations: Optional[Sequence[str]] = None) -> Any:
+def generate(
+    policy: Any,
+    conversations: Sequence[list[Message]],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    greedy: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+    return_tokens: bool = False,
+    locations: Optional[Sequence[str]] = None,
+) -> Any:
     """n responses to each conversation (ending with the user's turn, optionally carrying a SteerLM label
     placed where the template puts it): texts [len(conversations)][n], or a :class:`Generation` (texts,
     token ids, finished) with ``return_tokens``. Deterministic for a seed, whatever ``batch_size``."""
     check_sampling(n, temperature, top_p, max_new_tokens, greedy)
     prompts = encode_prompts(policy.tokenizer, conversations, policy.template)
-    res = generate_tokens(policy, prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                          seed=seed, greedy=greedy, batch_size=batch_size, progress=progress, locations=locations)
+    res = generate_tokens(
+        policy,
+        prompts,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        greedy=greedy,
+        batch_size=batch_size,
+        progress=progress,
+        locations=locations,
+    )
     tok = policy.tokenizer
-    texts = [[response_text(tok, tok.decode(ids, skip_special_tokens=False), policy.template) for ids, _ in per]
-             for per in res]
+    texts = [
+        [response_text(tok, tok.decode(ids, skip_special_tokens=False), policy.template) for ids, _ in per]
+        for per in res
+    ]
     if not return_tokens:
         return texts
     return Generation(texts, [[ids for ids, _ in per] for per in res], [[f for _, f in per] for per in res])

@@ -13,12 +13,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rm_jax.conversation import Message, encode_responses
+from rm_jax.core.errors import ConversationError, InputError
+from rm_jax.data.conversation import Message, encode_responses
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
-from rm_jax.errors import ConversationError, InputError
 from rm_jax.models import CausalLM
-from rm_jax.policy.model import program
-from rm_jax.sharding import activate
+from rm_jax.models.sharding import activate
+from rm_jax.policy.load import program
 
 
 def _program(policy: Any, max_segments: int) -> Any:
@@ -32,9 +32,15 @@ def _program(policy: Any, max_segments: int) -> Any:
     return program(policy, ("logprob", max_segments), lambda: jax.jit(run))
 
 
-def response_logprobs(policy: Any, conversations: Sequence[list[Message]], *, batch_rows: int = 8,
-                      max_segments: int = 8, progress: bool = False,
-                      locations: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+def response_logprobs(
+    policy: Any,
+    conversations: Sequence[list[Message]],
+    *,
+    batch_rows: int = 8,
+    max_segments: int = 8,
+    progress: bool = False,
+    locations: Optional[Sequence[str]] = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(sum of response-token log-probabilities [N] float64, response token counts [N]) of whole
     conversations (ending with the assistant's response; a SteerLM label, if carried, conditions it).
     ``locations`` name the conversations in errors (file, row, field)."""
@@ -61,11 +67,14 @@ def response_logprobs(policy: Any, conversations: Sequence[list[Message]], *, ba
     empty = np.zeros((n, 0), np.float32)
     with tqdm(total=n, desc="logprob", unit="seq", disable=not progress, leave=False) as bar:
         for s in range(0, len(bins), batch_rows):
-            b = build_batch(ids, empty, empty, bins[s:s + batch_rows], seq_len, max_segments, policy.pad_id,
-                            rows=batch_rows)
+            b = build_batch(
+                ids, empty, empty, bins[s : s + batch_rows], seq_len, max_segments, policy.pad_id, rows=batch_rows
+            )
             tgt, mask = token_targets(b, starts)
-            logp = np.asarray(jax.device_get(fn(policy.params, b["input_ids"], b["segment_ids"], b["positions"],
-                                                tgt, mask)), np.float64)
+            logp = np.asarray(
+                jax.device_get(fn(policy.params, b["input_ids"], b["segment_ids"], b["positions"], tgt, mask)),
+                np.float64,
+            )
             seg = b["segment_ids"]
             ex = np.take_along_axis(b["example_index"], np.clip(seg - 1, 0, None).astype(np.int64), axis=1)
             real = (seg > 0) & (mask > 0)

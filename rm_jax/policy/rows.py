@@ -13,9 +13,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence, Union
 
-from rm_jax.conversation import ATTRIBUTES_ROLE, Message, attribute_label, row_to_messages, split_prompt, with_label
-from rm_jax.errors import ConversationError, InputError
-from rm_jax.files import iter_jsonl
+from rm_jax.core.errors import ConversationError, InputError
+from rm_jax.core.files import iter_jsonl
+from rm_jax.data.conversation import (
+    ATTRIBUTES_ROLE,
+    Message,
+    attribute_label,
+    row_to_messages,
+    split_prompt,
+    with_label,
+)
 
 Where = Union[str, Sequence[str]]
 
@@ -28,8 +35,10 @@ def prompt_messages(row: dict, where: str) -> list[Message]:
             if not isinstance(msgs, list) or not msgs:
                 raise InputError(f"{where}, field 'messages': expected a non-empty list")
             if not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "user":
-                raise InputError(f"{where}, field 'messages[{len(msgs) - 1}]': the last message must be the user's "
-                                 f"turn (the policy writes the next one)")
+                raise InputError(
+                    f"{where}, field 'messages[{len(msgs) - 1}]': the last message must be the user's "
+                    f"turn (the policy writes the next one)"
+                )
             out = row_to_messages({"messages": list(msgs) + [{"role": "assistant", "content": "-"}]}, where)[:-1]
             field = "messages"
         elif "prompt" in row:
@@ -37,8 +46,10 @@ def prompt_messages(row: dict, where: str) -> list[Message]:
                 raise InputError(f"{where}, field 'prompt': expected a string")
             out = split_prompt(row["prompt"])
             if out[-1]["role"] != "user":
-                raise InputError(f"{where}, field 'prompt': ends with an assistant turn; a prompt ends with the "
-                                 f"user's turn (the policy writes the next one)")
+                raise InputError(
+                    f"{where}, field 'prompt': ends with an assistant turn; a prompt ends with the "
+                    f"user's turn (the policy writes the next one)"
+                )
             field = "prompt"
         else:
             raise InputError(f"{where}: needs 'prompt' or 'messages'")
@@ -95,33 +106,64 @@ def read_response_rows(path: str) -> tuple[list[dict], list[str]]:
     return _read(path, response_messages)
 
 
-def generate_rows(policy: Any, rows: Sequence[dict], *, where: Where = "rows", n: int = 1, temperature: float = 1.0,
-                  top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, greedy: bool = False,
-                  batch_size: int = 8, progress: bool = True) -> list[dict]:
+def generate_rows(
+    policy: Any,
+    rows: Sequence[dict],
+    *,
+    where: Where = "rows",
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    greedy: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict]:
     """The rows plus ``"responses"`` (n texts each, in row order), sampled as :func:`rm_jax.policy.generate`
     samples (a row's ``"attributes"`` condition it), and ``"finished"`` (per response: it ended its turn
     within ``max_new_tokens``; false means cut off)."""
     from rm_jax.policy.generate import generate
+
     if n < 1:
         raise InputError(f"--n: must be at least 1, got {n}")
     locations = _locations(rows, where)
     convs = [prompt_messages(r, w) for r, w in zip(rows, locations)]
-    gen = generate(policy, convs, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                   seed=seed, greedy=greedy, batch_size=batch_size, progress=progress, locations=locations,
-                   return_tokens=True)
+    gen = generate(
+        policy,
+        convs,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        greedy=greedy,
+        batch_size=batch_size,
+        progress=progress,
+        locations=locations,
+        return_tokens=True,
+    )
     return [{**r, "responses": t, "finished": f} for r, t, f in zip(rows, gen.texts, gen.finished)]
 
 
-def logprob_rows(policy: Any, rows: Sequence[dict], *, where: Where = "rows", batch_rows: int = 8,
-                 progress: bool = True) -> list[dict]:
+def logprob_rows(
+    policy: Any, rows: Sequence[dict], *, where: Where = "rows", batch_rows: int = 8, progress: bool = True
+) -> list[dict]:
     """The rows plus ``"logprob"`` (the response's summed token log-probabilities, given the prompt and the
     label when present) and ``"response_tokens"``."""
     from rm_jax.policy.logprob import response_logprobs
+
     locations = _locations(rows, where)
     convs = [response_messages(r, w) for r, w in zip(rows, locations)]
     lp, count = response_logprobs(policy, convs, batch_rows=batch_rows, progress=progress, locations=locations)
     return [{**r, "logprob": float(a), "response_tokens": int(c)} for r, a, c in zip(rows, lp, count)]
 
 
-__all__ = ["prompt_messages", "response_messages", "read_prompt_rows", "read_response_rows", "generate_rows",
-           "logprob_rows"]
+__all__ = [
+    "prompt_messages",
+    "response_messages",
+    "read_prompt_rows",
+    "read_response_rows",
+    "generate_rows",
+    "logprob_rows",
+]

@@ -35,7 +35,7 @@ import numpy as np
 
 from rm_jax.data.packing import build_batch
 from rm_jax.serving.buckets import Bucket, fitting_prefix, plan
-from rm_jax.serving.metrics import ServeMetrics
+from rm_jax.serving.prometheus import ServeMetrics
 
 log = logging.getLogger("rm_jax.serve")
 
@@ -57,32 +57,40 @@ class NotReady(Exception):
 @dataclass(eq=False)
 class Job:
     ids: list[np.ndarray]
-    out: np.ndarray                                  # [n, num_labels] float32, filled by row index
+    out: np.ndarray  # [n, num_labels] float32, filled by row index
     done: Callable[[Optional[BaseException]], None]  # called once, from the batcher thread
     enqueued: float = field(default_factory=time.monotonic)
-    queued: int = 0       # rows still in the queue
+    queued: int = 0  # rows still in the queue
     queued_tokens: int = 0
-    remaining: int = 0    # rows not yet scored
+    remaining: int = 0  # rows not yet scored
     cancelled: bool = False
     finished: bool = False
 
 
 class Batcher:
-    def __init__(self, score_fn: ScoreFn, buckets: Sequence[Bucket], num_labels: int, pad_id: int,
-                 max_queue: int, max_wait_s: float, metrics: Optional[ServeMetrics] = None):
+    def __init__(
+        self,
+        score_fn: ScoreFn,
+        buckets: Sequence[Bucket],
+        num_labels: int,
+        pad_id: int,
+        max_queue: int,
+        max_wait_s: float,
+        metrics: Optional[ServeMetrics] = None,
+    ):
         self.score_fn, self.buckets = score_fn, sorted(buckets, key=lambda b: b.tokens)
         self.num_labels, self.pad_id = num_labels, pad_id
         self.max_queue, self.max_wait_s = max_queue, max_wait_s
         self.metrics = metrics or ServeMetrics()
         self._cond = threading.Condition()
-        self._queue: deque[tuple[Job, int]] = deque()   # (job, row index), oldest first
+        self._queue: deque[tuple[Job, int]] = deque()  # (job, row index), oldest first
         self._queued_rows = 0
         self._queued_tokens = 0
         self._incoming = 0
         self._stopping = False
         self._rows_per_s = 0.0  # running estimate, for Retry-After
         self.ready = threading.Event()
-        self.state = "starting"   # starting -> compiling -> ready -> stopped | failed: ...
+        self.state = "starting"  # starting -> compiling -> ready -> stopped | failed: ...
         self._thread: Optional[threading.Thread] = None
         self._running: set[Job] = set()  # jobs in the batch being run
         self.metrics.watch_queue(lambda: self._queued_rows)
@@ -173,8 +181,9 @@ class Batcher:
             self.state = "ready"
             self.metrics.ready.set(1)
             self.ready.set()
-            log.info("ready: compiled %d batch shapes (%s)", len(self.buckets),
-                     ", ".join(b.name() for b in self.buckets))
+            log.info(
+                "ready: compiled %d batch shapes (%s)", len(self.buckets), ", ".join(b.name() for b in self.buckets)
+            )
             while True:
                 taken = self._next_batch()
                 if taken is None:

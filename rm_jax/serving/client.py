@@ -54,8 +54,9 @@ class Client:
             self._conn.close()
             self._conn = None
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[dict[str, str]] = None) -> Reply:
+    def request(
+        self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None
+    ) -> Reply:
         # A keep-alive connection the server closed meanwhile: reconnect once (scoring is idempotent).
         for attempt in (0, 1):
             if self._conn is None:
@@ -107,8 +108,14 @@ _LISTENING = re.compile(r"rm-jax serve: listening on (http://[^\s]+)")
 class ServerProcess:
     """``rm-jax serve`` started with ``--port 0``; stderr goes to ``log_path``, where its URL is read."""
 
-    def __init__(self, model: str, args: Sequence[str] = (), log_path: Optional[str] = None,
-                 env: Optional[dict] = None, python: str = sys.executable):
+    def __init__(
+        self,
+        model: str,
+        args: Sequence[str] = (),
+        log_path: Optional[str] = None,
+        env: Optional[dict] = None,
+        python: str = sys.executable,
+    ):
         self.log_path = log_path or os.path.join(tempfile.gettempdir(), f"rm-serve-{os.getpid()}-{time.time_ns()}.log")
         cmd = [python, "-m", "rm_jax.cli", "serve", "--model", model, "--port", "0", *args]
         self._log = open(self.log_path, "wb")

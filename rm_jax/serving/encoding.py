@@ -1,6 +1,6 @@
 """Validated inputs -> token ids, exactly as ``rm-jax score`` makes them, and the over-length policy.
 
-Conversations go through :func:`rm_jax.conversation.encode` (the chat template, then the fast tokenizer
+Conversations go through :func:`rm_jax.data.conversation.encode` (the chat template, then the fast tokenizer
 with ``add_special_tokens=False``), the function ``rm-jax score`` calls. OpenRLHF queries are already
 templated text and are tokenized as they are: ``tokenizer(text, add_special_tokens=False)``, the call
 OpenRLHF's own ``serve_rm`` makes; nothing is stripped or appended, and special-token strings in the
@@ -24,14 +24,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.conversation import Message, encode
+from rm_jax.data.conversation import Message, encode
 from rm_jax.serving.protocol import BadRequest
 
 
 @dataclass
 class Encoded:
-    ids: list[Optional[np.ndarray]]              # None for a row answered with an error
-    tokens: list[int]                            # token count of every row (over-long ones too)
+    ids: list[Optional[np.ndarray]]  # None for a row answered with an error
+    tokens: list[int]  # token count of every row (over-long ones too)
     errors: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -51,16 +51,21 @@ class Encoder:
                 try:
                     encode(self.tokenizer, [c], self.template)
                 except Exception as e:
-                    raise BadRequest(f"rows[{i}].{fields[i]}: the chat template cannot render this conversation "
-                                     f"({type(e).__name__}: {e})", row=i, field=fields[i]) from None
+                    raise BadRequest(
+                        f"rows[{i}].{fields[i]}: the chat template cannot render this conversation "
+                        f"({type(e).__name__}: {e})",
+                        row=i,
+                        field=fields[i],
+                    ) from None
             raise
         return self._limit(ids, "rows", fields)
 
     def texts(self, texts: Sequence[str]) -> Encoded:
         if not texts:
             return Encoded([], [])
-        ids = [np.asarray(x, dtype=np.int32)
-               for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        ids = [
+            np.asarray(x, dtype=np.int32) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ]
         return self._limit(ids, "query", [""] * len(ids))
 
     def _limit(self, ids: list[np.ndarray], name: str, fields: Sequence[str]) -> Encoded:
@@ -70,7 +75,9 @@ class Encoder:
                 where = f"{name}[{i}]" + (f".{fields[i]}" if fields[i] else "")
                 raise BadRequest(f"{where}: empty (0 tokens), nothing to score", row=i, field=fields[i] or name)
             if len(x) > self.seq_len:
-                out.errors[i] = (f"{name}[{i}]: {len(x)} tokens, more than the limit of {self.seq_len} "
-                                 f"(the server's --seq-len); not scored")
+                out.errors[i] = (
+                    f"{name}[{i}]: {len(x)} tokens, more than the limit of {self.seq_len} "
+                    f"(the server's --seq-len); not scored"
+                )
                 out.ids[i] = None
         return out

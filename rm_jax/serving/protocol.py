@@ -13,9 +13,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.attributes import resolve_reward_weights
-from rm_jax.conversation import Message, row_to_messages
-from rm_jax.errors import ConversationError
+from rm_jax.core.attributes import resolve_reward_weights
+from rm_jax.core.errors import ConversationError
+from rm_jax.data.conversation import Message, row_to_messages
 
 
 class BadRequest(Exception):
@@ -32,8 +32,8 @@ class BadRequest(Exception):
 @dataclass
 class ScoreRequest:
     conversations: list[list[Message]]
-    weights: Optional[np.ndarray]   # None: the server's default
-    fields: list[str]               # per row: the field a template failure is reported on
+    weights: Optional[np.ndarray]  # None: the server's default
+    fields: list[str]  # per row: the field a template failure is reported on
 
 
 @dataclass
@@ -52,8 +52,11 @@ def parse_json(body: bytes) -> Any:
 
 
 def _type(x: Any) -> str:
-    return "null" if x is None else {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
-        type(x), type(x).__name__)
+    return (
+        "null"
+        if x is None
+        else {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(x), type(x).__name__)
+    )
 
 
 def _object(obj: Any) -> Mapping[str, Any]:
@@ -68,8 +71,12 @@ def _list(obj: Mapping[str, Any], field: str, max_rows: int) -> list:
     if not isinstance(obj[field], list):
         raise BadRequest(f"body: field '{field}' must be an array, got {_type(obj[field])}", field=field)
     if len(obj[field]) > max_rows:  # checked before any row is looked at: it could never be admitted
-        raise BadRequest(f"{field}: {len(obj[field])} rows in one request, more than the server's --max-queue of "
-                         f"{max_rows}; split the request", field=field, status=413)
+        raise BadRequest(
+            f"{field}: {len(obj[field])} rows in one request, more than the server's --max-queue of "
+            f"{max_rows}; split the request",
+            field=field,
+            status=413,
+        )
     return obj[field]
 
 
@@ -81,8 +88,10 @@ def parse_weights(obj: Mapping[str, Any], n_attributes: int) -> Optional[np.ndar
     if isinstance(spec, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
         raise BadRequest("weights: an array of weights must hold numbers only", field="weights")
     if not isinstance(spec, (str, list)):
-        raise BadRequest(f"weights: must be a preset name, a comma-separated string or an array of numbers, "
-                         f"got {_type(spec)}", field="weights")
+        raise BadRequest(
+            f"weights: must be a preset name, a comma-separated string or an array of numbers, got {_type(spec)}",
+            field="weights",
+        )
     try:
         return resolve_reward_weights(spec, n_attributes)
     except ValueError as e:
@@ -90,12 +99,13 @@ def parse_weights(obj: Mapping[str, Any], n_attributes: int) -> Optional[np.ndar
 
 
 def _check_row(i: int, row: Any) -> str:
-    """The same rules as rm_jax.conversation.row_to_messages, checked first so the error names the field.
+    """The same rules as rm_jax.data.conversation.row_to_messages, checked first so the error names the field.
     Returns the field a chat-template failure on this row is reported on."""
     where = f"rows[{i}]"
     if not isinstance(row, dict):
-        raise BadRequest(f"{where}: expected an object with 'prompt' and 'response', or 'messages'; got {_type(row)}",
-                         row=i)
+        raise BadRequest(
+            f"{where}: expected an object with 'prompt' and 'response', or 'messages'; got {_type(row)}", row=i
+        )
     if row.get("messages") is not None:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -106,12 +116,16 @@ def _check_row(i: int, row: Any) -> str:
                 raise BadRequest(f"{where}.{f}: needs 'role' and 'content'", row=i, field=f)
             for key in ("role", "content"):
                 if not isinstance(m[key], str):
-                    raise BadRequest(f"{where}.{f}.{key}: must be a string, got {_type(m[key])}", row=i,
-                                     field=f"{f}.{key}")
+                    raise BadRequest(
+                        f"{where}.{f}.{key}: must be a string, got {_type(m[key])}", row=i, field=f"{f}.{key}"
+                    )
         if msgs[-1]["role"] != "assistant":
             f = f"messages[{len(msgs) - 1}].role"
-            raise BadRequest(f"{where}.{f}: the last message must be the assistant's response, got "
-                             f"{msgs[-1]['role']!r}", row=i, field=f)
+            raise BadRequest(
+                f"{where}.{f}: the last message must be the assistant's response, got {msgs[-1]['role']!r}",
+                row=i,
+                field=f,
+            )
         return "messages"
     for key in ("prompt", "response"):
         if key not in row:
@@ -148,16 +162,23 @@ def parse_reward_request(obj: Any, n_attributes: int, max_rows: int) -> RewardRe
 
 # ---------------------------------------------------------------- responses
 
-def score_response(attributes: Sequence[str], pred: np.ndarray, reward: np.ndarray, tokens: Sequence[int],
-                   errors: Mapping[int, str]) -> dict:
+
+def score_response(
+    attributes: Sequence[str], pred: np.ndarray, reward: np.ndarray, tokens: Sequence[int], errors: Mapping[int, str]
+) -> dict:
     """``{"results": [...]}`` in row order; a row the server did not score carries ``error`` and nulls."""
     results = []
     for i, n in enumerate(tokens):
         if i in errors:
             results.append({"attributes": None, "reward": None, "tokens": int(n), "error": errors[i]})
         else:
-            results.append({"attributes": {a: float(v) for a, v in zip(attributes, pred[i])},
-                            "reward": float(reward[i]), "tokens": int(n)})
+            results.append(
+                {
+                    "attributes": {a: float(v) for a, v in zip(attributes, pred[i])},
+                    "reward": float(reward[i]),
+                    "tokens": int(n),
+                }
+            )
     return {"results": results}
 
 

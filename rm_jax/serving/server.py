@@ -13,8 +13,8 @@ import signal
 import sys
 from typing import Any, Optional
 
-from rm_jax.errors import RmJaxError
-from rm_jax.serving.config import ServeConfig
+from rm_jax.core.errors import RmJaxError
+from rm_jax.serving.settings import ServeConfig
 
 log = logging.getLogger("rm_jax.serve")
 
@@ -36,7 +36,7 @@ def serve(model_path: str, cfg: ServeConfig) -> int:
     """Serve ``model_path`` (an HF folder or a run folder) until SIGTERM / SIGINT; 0 after a clean drain."""
     import uvicorn
 
-    from rm_jax.runs import load_scoring_model
+    from rm_jax.runs.read import load_scoring_model
     from rm_jax.serving.app import create_app
     from rm_jax.serving.service import RewardService
 
@@ -60,9 +60,15 @@ def serve(model_path: str, cfg: ServeConfig) -> int:
                     # One line a supervisor (or a test started with --port 0) can read the port from.
                     print(f"rm-jax serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
 
-    config = uvicorn.Config(create_app(service), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                            access_log=cfg.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s or None,
-                            lifespan="on")
+    config = uvicorn.Config(
+        create_app(service),
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        access_log=cfg.access_log,
+        timeout_graceful_shutdown=cfg.drain_timeout_s or None,
+        lifespan="on",
+    )
     server = Server(config)
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:

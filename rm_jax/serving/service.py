@@ -16,17 +16,22 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from rm_jax.attributes import REWARD_PRESETS, resolve_reward_weights
-from rm_jax.errors import InputError
-from rm_jax.runs import ScoringModel
-from rm_jax.scoring import Scorer
+from rm_jax.core.attributes import REWARD_PRESETS, resolve_reward_weights
+from rm_jax.core.errors import InputError
+from rm_jax.engine.scoring import Scorer
+from rm_jax.runs.read import ScoringModel
 from rm_jax.serving.batcher import Batcher, Job, NotReady
 from rm_jax.serving.buckets import ladder
-from rm_jax.serving.config import ServeConfig
 from rm_jax.serving.encoding import Encoded, Encoder
-from rm_jax.serving.metrics import ServeMetrics, count_xla_compilations
-from rm_jax.serving.protocol import (parse_json, parse_reward_request, parse_score_request,
-                                     reward_response, score_response)
+from rm_jax.serving.prometheus import ServeMetrics, count_xla_compilations
+from rm_jax.serving.protocol import (
+    parse_json,
+    parse_reward_request,
+    parse_score_request,
+    reward_response,
+    score_response,
+)
+from rm_jax.serving.settings import ServeConfig
 
 ENDPOINTS = ("score", "get_reward")
 
@@ -56,8 +61,15 @@ class RewardService:
         self.metrics = ServeMetrics()
         count_xla_compilations(self.metrics.compilations.inc)
         scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)  # the rm-jax score forward pass
-        self.batcher = Batcher(lambda batch, b: scorer.score_batch(batch, b.max_segments), self.buckets, n,
-                               model.pad_id, cfg.max_queue, cfg.max_wait_ms / 1000.0, self.metrics)
+        self.batcher = Batcher(
+            lambda batch, b: scorer.score_batch(batch, b.max_segments),
+            self.buckets,
+            n,
+            model.pad_id,
+            cfg.max_queue,
+            cfg.max_wait_ms / 1000.0,
+            self.metrics,
+        )
         # One thread owns the tokenizer (HF fast tokenizers are not thread-safe) and keeps JSON parsing and
         # chat templating off the event loop.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rm-serve-encode")
@@ -107,7 +119,7 @@ class RewardService:
         pred = np.zeros((len(enc.ids), self.model.cfg.num_labels), np.float32)
         pred[enc.to_score] = job.out
         w = self.weights if prepared.weights is None else prepared.weights
-        reward = pred.astype(np.float64) @ w  # as rm_jax.scoring.score_rows computes it
+        reward = pred.astype(np.float64) @ w  # as rm_jax.engine.scoring.score_rows computes it
         self.metrics.rows.labels(prepared.endpoint, "scored").inc(len(enc.to_score))
         if enc.errors:
             self.metrics.rows.labels(prepared.endpoint, "over_length").inc(len(enc.errors))
@@ -123,6 +135,7 @@ class RewardService:
 
     def info(self) -> dict[str, Any]:
         from rm_jax.models.attention import resolve_kernel
+
         mc = self.model.cfg
         try:
             kernel = resolve_kernel(mc.attention, dtype=mc.dtype)

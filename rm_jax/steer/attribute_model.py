@@ -20,16 +20,17 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from scipy.special import log_ndtr
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.errors import InputError
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import InputError
 
 LEVELS = (0, 1, 2, 3, 4)
 
 
 def log_level_probability(mu: np.ndarray, sigma: np.ndarray, level: np.ndarray) -> np.ndarray:
     """log P(level | mu, sigma) under the binned normal, elementwise, accurate in the far tails."""
-    mu, sigma, level = np.broadcast_arrays(np.asarray(mu, np.float64), np.asarray(sigma, np.float64),
-                                           np.asarray(level, np.float64))
+    mu, sigma, level = np.broadcast_arrays(
+        np.asarray(mu, np.float64), np.asarray(sigma, np.float64), np.asarray(level, np.float64)
+    )
     lo = np.where(level <= LEVELS[0], -np.inf, level - 0.5)
     hi = np.where(level >= LEVELS[-1], np.inf, level + 0.5)
     a, b = (lo - mu) / sigma, (hi - mu) / sigma
@@ -42,8 +43,9 @@ def log_level_probability(mu: np.ndarray, sigma: np.ndarray, level: np.ndarray) 
         return lb + np.log1p(-np.exp(la - lb))
 
 
-def log_p_attributes(pred: np.ndarray, label: Mapping[str, int], sigma: Mapping[str, float],
-                     attributes: Sequence[str] = ATTRIBUTES) -> np.ndarray:
+def log_p_attributes(
+    pred: np.ndarray, label: Mapping[str, int], sigma: Mapping[str, float], attributes: Sequence[str] = ATTRIBUTES
+) -> np.ndarray:
     """log P(a|x,y) [N] for RM predictions ``pred`` [N, len(attributes)] and one label {name: level}."""
     total = np.zeros(pred.shape[0], np.float64)
     for name, level in label.items():
@@ -55,8 +57,10 @@ def log_p_attributes(pred: np.ndarray, label: Mapping[str, int], sigma: Mapping[
 def validation_rmse(rm_path: str, attributes: Sequence[str] = ATTRIBUTES) -> Optional[dict]:
     """The RM's per-attribute validation RMSE: from a run folder's eval.json, or from the ``rm_jax``
     block an exported HF folder's config.json carries; None when neither has it."""
-    for path, pick in ((os.path.join(rm_path, "eval.json"), lambda d: {a: d["per_attribute"][a]["rmse"] for a in attributes}),
-                       (os.path.join(rm_path, "config.json"), lambda d: dict(d["rm_jax"]["validation_rmse"]))):
+    for path, pick in (
+        (os.path.join(rm_path, "eval.json"), lambda d: {a: d["per_attribute"][a]["rmse"] for a in attributes}),
+        (os.path.join(rm_path, "config.json"), lambda d: dict(d["rm_jax"]["validation_rmse"])),
+    ):
         if os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:
@@ -74,9 +78,11 @@ def resolve_sigma(rm_path: str, sigma: Optional[object] = None, attributes: Sequ
     if sigma is None:
         found = validation_rmse(rm_path, attributes)
         if found is None:
-            raise InputError(f"--sigma: {rm_path} records no per-attribute validation RMSE (an rm_jax run folder's "
-                             f"eval.json or an exported folder's config.json has it); give --sigma S or "
-                             f"--sigma s1,...,s{len(attributes)}")
+            raise InputError(
+                f"--sigma: {rm_path} records no per-attribute validation RMSE (an rm_jax run folder's "
+                f"eval.json or an exported folder's config.json has it); give --sigma S or "
+                f"--sigma s1,...,s{len(attributes)}"
+            )
         return found
     if isinstance(sigma, Mapping):
         values = [sigma.get(a) for a in attributes]
@@ -89,6 +95,7 @@ def resolve_sigma(rm_path: str, sigma: Optional[object] = None, attributes: Sequ
     if len(values) == 1:
         values = values * len(attributes)
     if len(values) != len(attributes) or any(v is None or not float(v) > 0 for v in values):
-        raise InputError(f"--sigma: expected one positive number or {len(attributes)} ({', '.join(attributes)}), "
-                         f"got {sigma!r}")
+        raise InputError(
+            f"--sigma: expected one positive number or {len(attributes)} ({', '.join(attributes)}), got {sigma!r}"
+        )
     return {a: float(v) for a, v in zip(attributes, values)}

@@ -17,12 +17,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.conversation import Message, parse_attribute_label, with_label
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import InputError
+from rm_jax.core.files import iter_jsonl, write_jsonl
+from rm_jax.data.conversation import Message, parse_attribute_label, with_label
 from rm_jax.data.steer_groups import group_record
-from rm_jax.errors import InputError
-from rm_jax.files import iter_jsonl, write_jsonl
-from rm_jax.scoring import score_rows
+from rm_jax.engine.scoring import score_rows
 from rm_jax.steer.attribute_model import log_p_attributes, resolve_sigma
 from rm_jax.steer.prompts import prompt_from_row
 
@@ -30,6 +30,7 @@ from rm_jax.steer.prompts import prompt_from_row
 @dataclass
 class Sample:
     """One row of samples: a (prompt, label) group of responses."""
+
     messages: list[Message]  # the prompt, ending with the user's turn
     label: str  # the label the responses were sampled under
     responses: list[str]
@@ -38,8 +39,9 @@ class Sample:
     unfinished: int  # how many of the responses were cut off at max_new_tokens
 
 
-def read_samples(path: str, skip_empty: bool = False, skipped: Optional[dict] = None,
-                 skip_unfinished: bool = False) -> list[Sample]:
+def read_samples(
+    path: str, skip_empty: bool = False, skipped: Optional[dict] = None, skip_unfinished: bool = False
+) -> list[Sample]:
     """One :class:`Sample` per row; errors name file, line and field. ``skip_empty``: an empty
     response (a policy that ended its turn at once) is left out instead; ``skip_unfinished``: so is one the
     row's ``"finished"`` marks as cut off; a group left with fewer than 2 responses goes too; all counted in
@@ -56,18 +58,24 @@ def read_samples(path: str, skip_empty: bool = False, skipped: Optional[dict] = 
         if row.get("attributes") is None:
             # Not the row's HelpSteer2 columns: log Q'(y|a,x) must use the label the responses were sampled
             # under, which `rm-jax lm generate` and the sample step take from "attributes" only.
-            raise InputError(f"{where}, field 'attributes': missing: the label the responses were sampled under "
-                             f"(a group is a (prompt, label) pair)")
+            raise InputError(
+                f"{where}, field 'attributes': missing: the label the responses were sampled under "
+                f"(a group is a (prompt, label) pair)"
+            )
         p = prompt_from_row(row, where)
         field = "messages" if "messages" in p.row else "prompt"
         for i, m in enumerate(p.messages):
             if m["role"] not in ("user", "assistant") and not (i == 0 and m["role"] == "system"):
-                raise InputError(f"{where}, field '{field}': role {m['role']!r} in turn {i}: NeMo's SteerLM 2.0 "
-                                 f"format holds one leading system message, then user and assistant turns")
+                raise InputError(
+                    f"{where}, field '{field}': role {m['role']!r} in turn {i}: NeMo's SteerLM 2.0 "
+                    f"format holds one leading system message, then user and assistant turns"
+                )
         ys = row.get("responses")
         if not isinstance(ys, list) or len(ys) < 2:
-            raise InputError(f"{where}, field 'responses': a group needs at least 2 responses, got "
-                             f"{len(ys) if isinstance(ys, list) else type(ys).__name__}")
+            raise InputError(
+                f"{where}, field 'responses': a group needs at least 2 responses, got "
+                f"{len(ys) if isinstance(ys, list) else type(ys).__name__}"
+            )
         for j, y in enumerate(ys):
             if not isinstance(y, str) or (not y.strip() and not skip_empty):
                 raise InputError(f"{where}, field 'responses[{j}]': empty or not a string")
@@ -76,27 +84,50 @@ def read_samples(path: str, skip_empty: bool = False, skipped: Optional[dict] = 
             raise InputError(f"{where}, field 'finished': expected one true/false per response")
         keep = [j for j, y in enumerate(ys) if y.strip() and (done[j] or not skip_unfinished)]
         count("empty_responses", sum(not y.strip() for y in ys))
-        count("unfinished_responses", sum(bool(y.strip()) and not done[j] for j, y in enumerate(ys))
-              if skip_unfinished else 0)
+        count(
+            "unfinished_responses",
+            sum(bool(y.strip()) and not done[j] for j, y in enumerate(ys)) if skip_unfinished else 0,
+        )
         if len(keep) < 2:
             count("groups", 1)
             continue
-        out.append(Sample(p.messages, p.label, [ys[j] for j in keep], p.row,
-                          [f"{where}, field 'responses[{j}]'" for j in keep], sum(not done[j] for j in keep)))
+        out.append(
+            Sample(
+                p.messages,
+                p.label,
+                [ys[j] for j in keep],
+                p.row,
+                [f"{where}, field 'responses[{j}]'" for j in keep],
+                sum(not done[j] for j in keep),
+            )
+        )
     if not out:
         raise InputError(f"{path}: no samples")
     return out
 
 
-def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optional[Any] = None,
-                  sigma: Optional[Any] = None, batch_size: int = 16, skip_empty: bool = False,
-                  skip_unfinished: bool = False, devices: str = "one", dtype: str = "float32",
-                  progress: bool = True) -> dict:
+def label_samples(
+    input: str,
+    policy: Any,
+    rm: str,
+    output: str,
+    *,
+    sft: Optional[Any] = None,
+    sigma: Optional[Any] = None,
+    batch_size: int = 16,
+    skip_empty: bool = False,
+    skip_unfinished: bool = False,
+    devices: str = "one",
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict:
     """Write ``output`` (NeMo-format groups); returns a report. ``policy``/``sft``: folders or loaded
     :class:`rm_jax.policy.Policy`; ``rm``: an RM folder (HF or run); ``sigma``: see
     :func:`rm_jax.steer.attribute_model.resolve_sigma` (default: the RM's validation RMSE)."""
     from rm_jax.policy import response_logprobs
-    from rm_jax.steer.models import policy as load, reward_model
+    from rm_jax.steer.placement import policy as load
+    from rm_jax.steer.placement import reward_model
+
     skipped: dict = {}
     samples = read_samples(input, skip_empty, skipped, skip_unfinished)
     sig = resolve_sigma(rm, sigma)
@@ -113,12 +144,17 @@ def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optiona
         flat_y += smp.responses
         flat_where += smp.locations
     rows = [{"messages": m + [{"role": "assistant", "content": y}]} for m, y in zip(flat_prompt, flat_y)]
-    pred, _ = score_rows(rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress,
-                         where=flat_where)
-    log_pa = np.concatenate([log_p_attributes(pred[i:i + 1], parse_attribute_label(lab), sig)
-                             for i, lab in enumerate(flat_label)]) if rows else np.zeros(0)
-    cond = [with_label(m + [{"role": "assistant", "content": y}], lab)
-            for m, y, lab in zip(flat_prompt, flat_y, flat_label)]
+    pred, _ = score_rows(rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress, where=flat_where)
+    log_pa = (
+        np.concatenate(
+            [log_p_attributes(pred[i : i + 1], parse_attribute_label(lab), sig) for i, lab in enumerate(flat_label)]
+        )
+        if rows
+        else np.zeros(0)
+    )
+    cond = [
+        with_label(m + [{"role": "assistant", "content": y}], lab) for m, y, lab in zip(flat_prompt, flat_y, flat_label)
+    ]
     plain = [m + [{"role": "assistant", "content": y}] for m, y in zip(flat_prompt, flat_y)]
     log_q, n_tokens = response_logprobs(pol, cond, locations=flat_where)
     log_py, _ = response_logprobs(uncond, plain, locations=flat_where)
@@ -129,14 +165,23 @@ def label_samples(input: str, policy: Any, rm: str, output: str, *, sft: Optiona
         msgs = smp.messages
         has_system = bool(msgs) and msgs[0]["role"] == "system"
         system, turns = (msgs[0]["content"], msgs[1:]) if has_system else ("", msgs)
-        records.append(group_record(system, turns, smp.label, smp.responses, log_pa[sl], np.asarray(log_py)[sl],
-                                    np.asarray(log_q)[sl]))
+        records.append(
+            group_record(
+                system, turns, smp.label, smp.responses, log_pa[sl], np.asarray(log_py)[sl], np.asarray(log_q)[sl]
+            )
+        )
         k += len(smp.responses)
     if not np.all(np.isfinite(log_pa)) or not np.all(np.isfinite(log_q)) or not np.all(np.isfinite(log_py)):
         raise InputError(f"{input}: a log-probability came out non-finite; nothing written")
     write_jsonl(output, records)
-    return {"groups": len(records), "responses": len(rows), "sigma": sig, "skipped": skipped,
-            "unfinished": sum(smp.unfinished for smp in samples),
-            "log_p_y_given_x": os.path.abspath(sft) if isinstance(sft, str) else
-            ("the given sft model" if sft is not None else "the sampling policy without the label"),
-            "mean_response_tokens": float(np.mean(n_tokens)) if len(rows) else 0.0}
+    return {
+        "groups": len(records),
+        "responses": len(rows),
+        "sigma": sig,
+        "skipped": skipped,
+        "unfinished": sum(smp.unfinished for smp in samples),
+        "log_p_y_given_x": os.path.abspath(sft)
+        if isinstance(sft, str)
+        else ("the given sft model" if sft is not None else "the sampling policy without the label"),
+        "mean_response_tokens": float(np.mean(n_tokens)) if len(rows) else 0.0,
+    }

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from rm_jax.attributes import ATTRIBUTES
-from rm_jax.conversation import Message, attribute_label, split_label, with_label
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import InputError
+from rm_jax.core.files import iter_jsonl
+from rm_jax.data.conversation import Message, attribute_label, split_label, with_label
 from rm_jax.data.pipeline import resolve_source
 from rm_jax.data.sources import load_helpsteer
-from rm_jax.errors import InputError
-from rm_jax.files import iter_jsonl
 from rm_jax.policy.rows import prompt_messages
 
 
@@ -36,8 +36,9 @@ def prompt_from_row(row: dict, where: str) -> Prompt:
     return Prompt(prompt_messages(keep, where), label, keep)
 
 
-def read_prompts(source: str, limit: Optional[int] = None, split: str = "validation",
-                 by_label: bool = False) -> list[Prompt]:
+def read_prompts(
+    source: str, limit: Optional[int] = None, split: str = "validation", by_label: bool = False
+) -> list[Prompt]:
     """Prompts from a JSON-lines file (rows ``{"prompt"}`` or ``{"messages"}``, optionally ``"attributes"``;
     a ``response`` is ignored), or from HelpSteer2-format data (file, folder, hub id, ``bundled``: its
     ``split``), one per distinct prompt in order, the first ``limit`` of them. ``by_label``: one per distinct
@@ -48,8 +49,10 @@ def read_prompts(source: str, limit: Optional[int] = None, split: str = "validat
     if source.endswith(".jsonl"):
         rows = ((f"{source}: line {n}", r) for n, r in iter_jsonl(source))
     else:
-        rows = ((f"{source}: row {r.get('_row', i) + 1}", r)
-                for i, r in enumerate(load_helpsteer(resolve_source(source), split).rows))
+        rows = (
+            (f"{source}: row {r.get('_row', i) + 1}", r)
+            for i, r in enumerate(load_helpsteer(resolve_source(source), split).rows)
+        )
     for where, r in rows:
         p = prompt_from_row(r, where)
         key = repr((p.messages, p.label)) if by_label else repr(p.messages)

@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import jax
 
-from rm_jax.config import RunConfig, to_dict
-from rm_jax.files import write_json
+from rm_jax.core.config import RunConfig, to_dict
+from rm_jax.core.files import write_json
 
 
 def log(msg: str) -> None:
@@ -39,14 +39,20 @@ class MetricsLog:
         if cfg.logging.tensorboard:
             try:
                 from tensorboardX import SummaryWriter
+
                 self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
             except ImportError:
                 log("tensorboardX not installed: no TensorBoard events")
         if cfg.logging.wandb:
             try:
                 import wandb
-                self.wandb = wandb.init(project=cfg.logging.wandb_project, config=to_dict(cfg),
-                                        name=os.path.basename(os.path.abspath(run_dir)), resume="allow")
+
+                self.wandb = wandb.init(
+                    project=cfg.logging.wandb_project,
+                    config=to_dict(cfg),
+                    name=os.path.basename(os.path.abspath(run_dir)),
+                    resume="allow",
+                )
             except ImportError:
                 log("logging.wandb=true but wandb is not installed: skipping W&B")
 

@@ -1,8 +1,8 @@
 """The training loop: steps, validation loss, checkpoints and metrics for one run folder.
 
 ``fit(cfg)`` trains (or resumes) and returns what the run's evaluation needs (:class:`FitResult`);
-:func:`rm_jax.train.train` adds that evaluation. The loop knows the objective only through the
-jitted step (:mod:`rm_jax.step`) and the validation loss below, which is the same objective
+:func:`rm_jax.training.run.train` adds that evaluation. The loop knows the objective only through the
+jitted step (:mod:`rm_jax.engine.train_step`) and the validation loss below, which is the same objective
 computed from predictions.
 """
 
@@ -20,22 +20,37 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from rm_jax.attributes import resolve_reward_weights
-from rm_jax.checkpoint import Checkpointer, abstract_with_shardings
-from rm_jax.config import RunConfig, dump_yaml
+from rm_jax.core.attributes import resolve_reward_weights
+from rm_jax.core.config import RunConfig, dump_yaml
+from rm_jax.core.errors import ConfigError, TrainingError
+from rm_jax.core.flops import device_peak_flops, flops_per_token
 from rm_jax.data.pipeline import Encoded, Loader, eval_batches
-from rm_jax.errors import ConfigError, TrainingError
-from rm_jax.hf_io import load_tokenizer
-from rm_jax.losses import pair_sums
-from rm_jax.perf import device_peak_flops, flops_per_token
-from rm_jax.scoring import Scorer
-from rm_jax.sharding import replicated
-from rm_jax.step import (batch_shardings, create_state, lr_schedule, make_eval_sums_fn, make_optimizer,
-                         make_train_step, put_batch)
+from rm_jax.engine.checkpoint import Checkpointer, abstract_with_shardings
+from rm_jax.engine.losses import pair_sums
+from rm_jax.engine.scoring import Scorer
+from rm_jax.engine.train_step import (
+    batch_shardings,
+    create_state,
+    lr_schedule,
+    make_eval_sums_fn,
+    make_optimizer,
+    make_train_step,
+    put_batch,
+)
+from rm_jax.models.hf_io import load_tokenizer
+from rm_jax.models.sharding import replicated
 from rm_jax.training.logs import MetricsLog, log, write_json_main
-from rm_jax.training.setup import (build_mesh, build_model, check_label_probe, check_model_path, load_split,
-                                   inherit_from_init, maybe_init_distributed, run_opts,
-                                   tokenizer_path)
+from rm_jax.training.setup import (
+    build_mesh,
+    build_model,
+    check_label_probe,
+    check_model_path,
+    inherit_from_init,
+    load_split,
+    maybe_init_distributed,
+    run_opts,
+    tokenizer_path,
+)
 
 
 @dataclass
@@ -57,11 +72,14 @@ class LMValidator:
 
     def __init__(self, cfg: RunConfig, dcfg: Any, mesh: Any, enc: Encoded, pad_id: int):
         d = cfg.data
-        self.batches = [{k: v for k, v in b.items() if k != "example_index"}
-                        for b in eval_batches(enc, d.seq_len, d.max_segments, cfg.train.eval_rows, pad_id, d.packing)]
+        self.batches = [
+            {k: v for k, v in b.items() if k != "example_index"}
+            for b in eval_batches(enc, d.seq_len, d.max_segments, cfg.train.eval_rows, pad_id, d.packing)
+        ]
         self.mesh, self.shardings, self.params = mesh, None, None
-        self.fn = jax.jit(make_eval_sums_fn(dcfg, cfg.loss, d.max_segments if d.packing else 1, mesh),
-                          out_shardings=replicated(mesh))
+        self.fn = jax.jit(
+            make_eval_sums_fn(dcfg, cfg.loss, d.max_segments if d.packing else 1, mesh), out_shardings=replicated(mesh)
+        )
 
     def __call__(self, params: Any) -> dict:
         total: dict[str, float] = {}
@@ -72,8 +90,11 @@ class LMValidator:
                 total[k] = total.get(k, 0.0) + float(v)
         loss = total["num"] / total["den"] if total.get("den") else float("nan")
         if "kl_sum" in total:  # SteerLM 2.0: the objective and KL(w || b) over the validation groups
-            return {"val_loss": loss, "val_kl_w_b": total["kl_sum"] / max(total["groups"], 1.0),
-                    "val_groups": int(total["groups"])}
+            return {
+                "val_loss": loss,
+                "val_kl_w_b": total["kl_sum"] / max(total["groups"], 1.0),
+                "val_groups": int(total["groups"]),
+            }
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0)), "val_tokens": int(total["den"])}
 
 
@@ -83,14 +104,19 @@ def validation_metrics(cfg: RunConfig, scorer: Any, enc: Encoded) -> tuple[dict,
     if isinstance(scorer, LMValidator):
         return scorer(scorer.params), None
     d = cfg.data
-    pred = scorer.predict(enc.ids, d.seq_len, cfg.train.eval_rows, d.max_segments, d.packing,
-                          progress=False, desc="validation")
+    pred = scorer.predict(
+        enc.ids, d.seq_len, cfg.train.eval_rows, d.max_segments, d.packing, progress=False, desc="validation"
+    )
     out: dict[str, Any] = {}
     if cfg.data.kind == "pairs":
-        # The training objective itself (rm_jax.losses), on the whole validation set as one "row".
+        # The training objective itself (rm_jax.engine.losses), on the whole validation set as one "row".
         n = len(enc.units)
-        pairs = {"pair_chosen": np.arange(0, 2 * n, 2), "pair_rejected": np.arange(1, 2 * n, 2),
-                 "pair_mask": np.ones(n, np.float32), "pair_strength": enc.strength}
+        pairs = {
+            "pair_chosen": np.arange(0, 2 * n, 2),
+            "pair_rejected": np.arange(1, 2 * n, 2),
+            "pair_mask": np.ones(n, np.float32),
+            "pair_strength": enc.strength,
+        }
         w = resolve_reward_weights(cfg.loss.reward_weights, pred.shape[1]).astype(np.float32)
         sums = pair_sums(pred[None], pairs, w, cfg.loss.type, cfg.loss.centering)
         out["val_loss"] = float(sums["num"] / sums["den"]) if n else float("nan")
@@ -127,25 +153,45 @@ def fit(cfg: RunConfig) -> FitResult:
     tokenizer = load_tokenizer(tok_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_enc, train_rep = load_split(cfg, cfg.data.train, cfg.data.train_split, tokenizer, subset=True)
-    val_enc, val_rep = (load_split(cfg, cfg.data.validation, cfg.data.validation_split, tokenizer, subset=False)
-                        if cfg.data.validation else (None, None))
+    val_enc, val_rep = (
+        load_split(cfg, cfg.data.validation, cfg.data.validation_split, tokenizer, subset=False)
+        if cfg.data.validation
+        else (None, None)
+    )
     write_json_main(os.path.join(run_dir, "data_report.json"), {"train": train_rep, "validation": val_rep})
-    log(f"train: {train_rep['rows_used']} rows -> {len(train_enc.units)} units; "
-        f"validation: {val_rep['rows_used'] if val_rep else 0} rows")
+    log(
+        f"train: {train_rep['rows_used']} rows -> {len(train_enc.units)} units; "
+        f"validation: {val_rep['rows_used'] if val_rep else 0} rows"
+    )
 
     dcfg, params, hf_base = build_model(cfg, mesh, tokenizer)
     if len(tokenizer) > dcfg.vocab_size:
-        raise ConfigError(f"tokenizer {tok_path!r} has {len(tokenizer)} tokens but the model's vocab_size is {dcfg.vocab_size}")
+        raise ConfigError(
+            f"tokenizer {tok_path!r} has {len(tokenizer)} tokens but the model's vocab_size is {dcfg.vocab_size}"
+        )
     kernel = dcfg.attention_kernel()
-    meta = {"task": cfg.task, "decoder": {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in run_opts(cfg)},
-            "attributes": list(cfg.model.attributes),
-            "tokenizer": os.path.abspath(tok_path) if os.path.exists(tok_path) else tok_path,
-            "hf_config": hf_base, "template": cfg.data.template}
+    meta = {
+        "task": cfg.task,
+        "decoder": {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in run_opts(cfg)},
+        "attributes": list(cfg.model.attributes),
+        "tokenizer": os.path.abspath(tok_path) if os.path.exists(tok_path) else tok_path,
+        "hf_config": hf_base,
+        "template": cfg.data.template,
+    }
     write_json_main(os.path.join(run_dir, "model_meta.json"), meta)
 
     accum = cfg.train.grad_accum
-    loader = Loader(train_enc, cfg.data.seq_len, cfg.data.max_segments, cfg.train.batch_rows // accum, pad_id,
-                    cfg.data.packing, cfg.data.padding_side, cfg.train.seed, cfg.data.shuffle)
+    loader = Loader(
+        train_enc,
+        cfg.data.seq_len,
+        cfg.data.max_segments,
+        cfg.train.batch_rows // accum,
+        pad_id,
+        cfg.data.packing,
+        cfg.data.padding_side,
+        cfg.train.seed,
+        cfg.data.shuffle,
+    )
     per_epoch = loader.steps_per_epoch(accum)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
     tx = make_optimizer(cfg.train, total)
@@ -158,30 +204,78 @@ def fit(cfg: RunConfig) -> FitResult:
     try:
         start = 0
         if ckpt.latest_step() is not None:
-            start, (state, data_state) = ckpt.first_readable(_restore_order(ckpt, ckpt.latest_step()),
-                                                             lambda s: ckpt.restore(s, abstract), log)
+            start, (state, data_state) = ckpt.first_readable(
+                _restore_order(ckpt, ckpt.latest_step()), lambda s: ckpt.restore(s, abstract), log
+            )
             loader.set_state(data_state)
             log(f"resumed from step {start} (epoch {data_state['epoch']}, batch {data_state['index']})")
-        result = _loop(cfg, run_dir, mesh, dcfg, kernel, state, shard, tx, schedule, loader, ckpt, start, total,
-                       per_epoch, train_rep, val_enc, val_rep, pad_id, abstract)
+        result = _loop(
+            cfg,
+            run_dir,
+            mesh,
+            dcfg,
+            kernel,
+            state,
+            shard,
+            tx,
+            schedule,
+            loader,
+            ckpt,
+            start,
+            total,
+            per_epoch,
+            train_rep,
+            val_enc,
+            val_rep,
+            pad_id,
+            abstract,
+        )
         result.train_rows, result.train_examples = train_rep["rows_used"], len(train_enc.ids)
         return result
     finally:
         ckpt.close()
 
 
-def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state: Any, shard: Any, tx: Any,
-          schedule: Any, loader: Loader, ckpt: Checkpointer, start: int, total: int, per_epoch: int, train_rep: dict,
-          val_enc: Optional[Encoded], val_rep: Optional[dict], pad_id: int, abstract: Any) -> FitResult:
+def _loop(
+    cfg: RunConfig,
+    run_dir: str,
+    mesh: Any,
+    dcfg: Any,
+    kernel: str,
+    state: Any,
+    shard: Any,
+    tx: Any,
+    schedule: Any,
+    loader: Loader,
+    ckpt: Checkpointer,
+    start: int,
+    total: int,
+    per_epoch: int,
+    train_rep: dict,
+    val_enc: Optional[Encoded],
+    val_rep: Optional[dict],
+    pad_id: int,
+    abstract: Any,
+) -> FitResult:
     mlog = MetricsLog(cfg, run_dir, start)
     if start == 0:  # the over-length and bad-row counts, next to the losses they affect
         counts = ("rows_skipped", "truncated", "dropped_overlength")
-        mlog.write({"step": 0, "attention_kernel": kernel, **{f"train_{k}": train_rep[k] for k in counts},
-                    **({f"validation_{k}": val_rep[k] for k in counts} if val_rep else {})})
+        mlog.write(
+            {
+                "step": 0,
+                "attention_kernel": kernel,
+                **{f"train_{k}": train_rep[k] for k in counts},
+                **({f"validation_{k}": val_rep[k] for k in counts} if val_rep else {}),
+            }
+        )
 
     accum = cfg.train.grad_accum
-    step_fn = jax.jit(make_train_step(dcfg, cfg.loss, tx, loader.max_segments, schedule, mesh),
-                      in_shardings=(shard, None), out_shardings=(shard, replicated(mesh)), donate_argnums=0)
+    step_fn = jax.jit(
+        make_train_step(dcfg, cfg.loss, tx, loader.max_segments, schedule, mesh),
+        in_shardings=(shard, None),
+        out_shardings=(shard, replicated(mesh)),
+        donate_argnums=0,
+    )
     if cfg.task != "rm":
         scorer: Any = LMValidator(cfg, dcfg, mesh, val_enc, pad_id) if val_enc is not None else None
         if scorer is not None:
@@ -191,11 +285,18 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
     fpt = flops_per_token(dcfg, cfg.data.seq_len)
     peak = device_peak_flops(cfg.logging.peak_flops)
     eval_every = cfg.train.eval_every
-    log(f"{dcfg.num_params() / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; attention kernel {kernel}; "
-        f"{total} steps ({per_epoch} per epoch); {cfg.train.batch_rows} rows x {cfg.data.seq_len} tokens per step")
+    log(
+        f"{dcfg.num_params() / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; attention kernel {kernel}; "
+        f"{total} steps ({per_epoch} per epoch); {cfg.train.batch_rows} rows x {cfg.data.seq_len} tokens per step"
+    )
 
-    bar = tqdm(total=total, initial=start, desc="train", disable=not cfg.logging.progress or jax.process_index() != 0,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc="train",
+        disable=not cfg.logging.progress or jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
     batch_sh = None
     window_t, window_tok, window_real = time.perf_counter(), 0, 0
     try:
@@ -210,15 +311,22 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
                 raise TrainingError(
                     f"non-finite loss or gradient at step {step + 1} (loss={float(m['loss'])}, "
                     f"grad_norm={float(m['grad_norm'])}); the update was not applied and the last good checkpoint "
-                    f"is kept in {ckpt.directory}. Lower train.lr or check the data.")
+                    f"is kept in {ckpt.directory}. Lower train.lr or check the data."
+                )
             window_tok += host["segment_ids"].size
             window_real += int(m["real_tokens"])
             done = step + 1
             if done % cfg.train.log_every == 0 or done == total or done == start + 1:
                 dt = max(time.perf_counter() - window_t, 1e-9)
-                rec = {"step": done, "loss": float(m["loss"]), "lr": float(m["lr"]),
-                       "grad_norm": float(m["grad_norm"]), "tokens_per_s": window_tok / dt,
-                       "real_tokens_per_s": window_real / dt, "epoch": loader.epoch}
+                rec = {
+                    "step": done,
+                    "loss": float(m["loss"]),
+                    "lr": float(m["lr"]),
+                    "grad_norm": float(m["grad_norm"]),
+                    "tokens_per_s": window_tok / dt,
+                    "real_tokens_per_s": window_real / dt,
+                    "epoch": loader.epoch,
+                }
                 if "attr_mse" in m:
                     rec.update({f"train_mse_{a}": float(v) for a, v in zip(cfg.model.attributes, m["attr_mse"])})
                 if "pair_accuracy" in m:
@@ -243,8 +351,11 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
                 mlog.write({"step": done, **val})
                 if jax.process_index() == 0:
                     bar.write(f"step {done}: val_loss {val['val_loss']:.4f}", file=sys.stderr)
-            if metrics is not None or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) \
-                    or done == total:
+            if (
+                metrics is not None
+                or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0)
+                or done == total
+            ):
                 ckpt.save(done, state, loader.get_state(), metrics)
         ckpt.wait()
     finally:
@@ -254,10 +365,13 @@ def _loop(cfg: RunConfig, run_dir: str, mesh: Any, dcfg: Any, kernel: str, state
     # The kept checkpoint: best validation loss, else the latest (falling back past unreadable ones).
     result = FitResult(run_dir, total, ckpt.best_step() or ckpt.latest_step(), 0, 0, val_enc, mesh=mesh)
     if val_enc is not None and result.kept_step is not None:
-        result.kept_step, (best_state, _) = ckpt.first_readable(_restore_order(ckpt, result.kept_step),
-                                                               lambda s: ckpt.restore(s, abstract), log)
+        result.kept_step, (best_state, _) = ckpt.first_readable(
+            _restore_order(ckpt, result.kept_step), lambda s: ckpt.restore(s, abstract), log
+        )
         scorer.params = best_state["params"]
         result.val, result.val_pred = validation_metrics(cfg, scorer, val_enc)
-        log(f"kept checkpoint: step {result.kept_step}, val_loss {result.val['val_loss']:.4f}"
-            + (f", perplexity {result.val['val_perplexity']:.2f}" if "val_perplexity" in result.val else ""))
+        log(
+            f"kept checkpoint: step {result.kept_step}, val_loss {result.val['val_loss']:.4f}"
+            + (f", perplexity {result.val['val_perplexity']:.2f}" if "val_perplexity" in result.val else "")
+        )
     return result

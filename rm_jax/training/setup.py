@@ -10,18 +10,31 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from rm_jax.config import RunConfig
-from rm_jax.data.pipeline import Encoded, bundled_tokenizer_path, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
+from rm_jax.core.config import RunConfig
+from rm_jax.core.errors import ConfigError, ConversationError
+from rm_jax.data.conversation import parse_attribute_label
+from rm_jax.data.pipeline import (
+    Encoded,
+    bundled_tokenizer_path,
+    encode_helpsteer,
+    encode_pairs,
+    resolve_source,
+    subset_prompts,
+)
 from rm_jax.data.sft import encode_sft
-from rm_jax.data.steer_groups import encode_groups, load_groups
 from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
-from rm_jax.conversation import parse_attribute_label
-from rm_jax.errors import ConfigError, ConversationError
-from rm_jax.hf_io import LoadedModel, decoder_config_from_hf, load_hf_reward_model, read_hf_config, resolve_model_dir
+from rm_jax.data.steer_groups import encode_groups, load_groups
 from rm_jax.models import init_params
+from rm_jax.models.hf_io import (
+    LoadedModel,
+    decoder_config_from_hf,
+    load_hf_reward_model,
+    read_hf_config,
+    resolve_model_dir,
+)
 from rm_jax.models.llama import DecoderConfig
-from rm_jax.runs import META, read_meta, restore_run_params
-from rm_jax.sharding import make_mesh
+from rm_jax.models.sharding import make_mesh
+from rm_jax.runs.read import META, read_meta, restore_run_params
 from rm_jax.training.logs import log
 
 
@@ -29,9 +42,16 @@ def maybe_init_distributed(cfg: RunConfig) -> None:
     d = cfg.distributed
     if not d.enabled or jax.distributed.is_initialized():
         return
-    kwargs = {k: v for k, v in dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
-                                    process_id=d.process_id, local_device_ids=d.local_device_ids).items()
-              if v is not None}
+    kwargs = {
+        k: v
+        for k, v in dict(
+            coordinator_address=d.coordinator_address,
+            num_processes=d.num_processes,
+            process_id=d.process_id,
+            local_device_ids=d.local_device_ids,
+        ).items()
+        if v is not None
+    }
     jax.distributed.initialize(**kwargs)
 
 
@@ -40,13 +60,15 @@ def build_mesh(cfg: RunConfig) -> Any:
     if cfg.mesh.num_devices:
         if cfg.mesh.num_devices > len(devices):
             raise ConfigError(f"mesh.num_devices={cfg.mesh.num_devices} but only {len(devices)} devices exist")
-        devices = devices[:cfg.mesh.num_devices]
+        devices = devices[: cfg.mesh.num_devices]
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = cfg.train.batch_rows // cfg.train.grad_accum
     if micro % dp:
-        raise ConfigError(f"train.batch_rows / train.grad_accum = {micro} rows per micro-batch does not divide over "
-                          f"the data-parallel size data x fsdp = {dp}")
+        raise ConfigError(
+            f"train.batch_rows / train.grad_accum = {micro} rows per micro-batch does not divide over "
+            f"the data-parallel size data x fsdp = {dp}"
+        )
     if cfg.train.eval_rows % dp:
         raise ConfigError(f"train.eval_rows = {cfg.train.eval_rows} does not divide over data x fsdp = {dp}")
     return mesh
@@ -96,9 +118,14 @@ def check_label_probe(cfg: RunConfig) -> None:
 
 
 def run_opts(cfg: RunConfig) -> dict:
-    return dict(dtype=cfg.model.dtype, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers,
-                attention=cfg.model.attention, attention_block=cfg.model.attention_block,
-                matmul_precision=cfg.model.matmul_precision)
+    return dict(
+        dtype=cfg.model.dtype,
+        remat=cfg.model.remat,
+        scan_layers=cfg.model.scan_layers,
+        attention=cfg.model.attention,
+        attention_block=cfg.model.attention_block,
+        matmul_precision=cfg.model.matmul_precision,
+    )
 
 
 def model_head(cfg: RunConfig) -> str:
@@ -128,21 +155,27 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
         meta = read_meta(cfg.model.init_from)
         dcfg = DecoderConfig(**{**meta["decoder"], **run_opts(cfg)})
         if dcfg.head != model_head(cfg):
-            raise ConfigError(f"model.init_from: {cfg.model.init_from} has a {dcfg.head} head; "
-                              f"task {cfg.task} trains a {model_head(cfg)} head")
+            raise ConfigError(
+                f"model.init_from: {cfg.model.init_from} has a {dcfg.head} head; "
+                f"task {cfg.task} trains a {model_head(cfg)} head"
+            )
         if cfg.task == "rm" and meta["attributes"] != list(cfg.model.attributes):
-            raise ConfigError(f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes")
+            raise ConfigError(
+                f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes"
+            )
         params = restore_run_params(cfg.model.init_from, dcfg, mesh)
         log(f"initialised from {cfg.model.init_from}")
         return dcfg, params, meta.get("hf_config")
     if cfg.model.path and model_head(cfg) == "lm":
-        from rm_jax.hf_io import load_hf_causal_lm
+        from rm_jax.models.hf_io import load_hf_causal_lm
+
         lm = load_hf_causal_lm(cfg.model.path, mesh, **run_opts(cfg))
         log(f"loaded {cfg.model.path} (causal LM)")
         return lm.cfg, lm.params, lm.hf_config
     if cfg.model.path:
-        lm: LoadedModel = load_hf_reward_model(cfg.model.path, mesh, seed=cfg.model.seed,
-                                               attribute_names=cfg.model.attributes, **run_opts(cfg))
+        lm: LoadedModel = load_hf_reward_model(
+            cfg.model.path, mesh, seed=cfg.model.seed, attribute_names=cfg.model.attributes, **run_opts(cfg)
+        )
         for n in lm.notes:
             log(n)
         log(f"loaded {cfg.model.path} ({'head loaded' if lm.head_loaded else 'new head'})")
@@ -161,9 +194,17 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
             keep = np.sort(np.random.default_rng(d.subset_seed).permutation(len(groups))[:k])
             groups = [groups[i] for i in keep]
         enc = encode_groups(groups, tokenizer, d.seq_len, d.template, d.overlength)
-        report = {"source": source, "split": split, "rows_read": len(groups), "rows_skipped": 0,
-                  "rows_used": len(groups), "truncated": enc.report.truncated,
-                  "dropped_overlength": enc.report.dropped, "examples": len(enc.ids), "skipped": []}
+        report = {
+            "source": source,
+            "split": split,
+            "rows_read": len(groups),
+            "rows_skipped": 0,
+            "rows_used": len(groups),
+            "truncated": enc.report.truncated,
+            "dropped_overlength": enc.report.dropped,
+            "examples": len(enc.ids),
+            "skipped": [],
+        }
         return enc, report
     if d.kind == "pairs":
         res = load_pairs(src, split, on_bad_row=d.on_bad_row)
@@ -180,13 +221,22 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
         enc = encode_pairs(rows, tokenizer, d.seq_len, d.template, d.overlength, len(cfg.model.attributes))
     else:
         enc = encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, cfg.model.attributes)
-    report = {"source": source, "split": split, "rows_read": len(res.rows) + len(res.skipped),
-              "rows_skipped": len(res.skipped), "rows_used": len(rows), "truncated": enc.report.truncated,
-              "dropped_overlength": enc.report.dropped, "examples": len(enc.ids),
-              "skipped": [list(s) for s in res.skipped[:100]]}
+    report = {
+        "source": source,
+        "split": split,
+        "rows_read": len(res.rows) + len(res.skipped),
+        "rows_skipped": len(res.skipped),
+        "rows_used": len(rows),
+        "truncated": enc.report.truncated,
+        "dropped_overlength": enc.report.dropped,
+        "examples": len(enc.ids),
+        "skipped": [list(s) for s in res.skipped[:100]],
+    }
     if res.skipped:
         log(f"{source} [{split}]: skipped {len(res.skipped)} bad rows (first: {res.skipped[0]})")
     if enc.report.truncated or enc.report.dropped:
-        log(f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} truncated, "
-            f"{enc.report.dropped} dropped (seq_len {d.seq_len})")
+        log(
+            f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} truncated, "
+            f"{enc.report.dropped} dropped (seq_len {d.seq_len})"
+        )
     return enc, report

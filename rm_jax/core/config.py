@@ -1,0 +1,394 @@
+"""Run configuration: typed dataclasses loaded from YAML, with ``key=value`` overrides.
+
+Unknown keys and wrong types are errors that name the key (``train.lr: expected float, got 'x'``).
+The resolved config is written to each run folder as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import yaml
+
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import ConfigError
+
+__all__ = ["ConfigError", "RunConfig", "build_config", "load_config", "load_yaml", "dump_yaml", "to_dict"]
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None  # HF folder (or hub id); None = a new model of ``arch`` (from scratch)
+    arch: dict = field(default_factory=dict)  # DecoderConfig fields for a from-scratch model
+    tokenizer: Optional[str] = None  # default: ``path``, else the bundled tokenizer
+    dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
+    remat: str = "none"  # none | full | dots | dots_no_batch
+    scan_layers: bool = False
+    attention: str = "auto"  # auto (GPU: cudnn, TPU: splash, CPU: xla) | xla | cudnn | cudnn_dense | splash
+    attention_block: int = (
+        128  # xla attention: query block; a block reads only keys it can see (rm_jax/models/attention.py)
+    )
+    matmul_precision: Optional[str] = (
+        None  # None = highest for float32, default for bfloat16 | default | high | highest
+    )
+    attributes: list = field(default_factory=lambda: list(ATTRIBUTES))
+    init_from: Optional[str] = None  # a previous run folder: start from its kept checkpoint's parameters
+    seed: int = 0  # initialisation of new parameters (from-scratch model, new head)
+
+
+@dataclass
+class DataConfig:
+    train: str = "bundled"  # file, folder, hub id, or "bundled" (the sample shipped in rm_jax/assets)
+    train_split: str = "train"
+    validation: Optional[str] = "bundled"
+    validation_split: str = "validation"
+    # helpsteer (attribute regression) | pairs (chosen/rejected or HelpSteer2-Preference)
+    # | chat (task sft: prompt/response or messages rows)
+    kind: str = "helpsteer"
+    template: Optional[str] = None  # chat template: None = the tokenizer's own, else a built-in name (nemotron)
+    seq_len: int = 128
+    packing: bool = True
+    max_segments: int = 16  # conversations per packed row at most
+    padding_side: str = "right"  # when packing is off
+    overlength: str = "truncate"  # truncate (prompt from the left) | drop
+    fraction: float = 1.0  # share of prompts used for training (nested across fractions for one seed)
+    max_prompts: Optional[int] = None  # absolute count instead of a fraction
+    subset_seed: int = 0
+    on_bad_row: str = "error"  # error | skip (counted and reported)
+    shuffle: bool = True
+    attributes_as_label: bool = False  # task sft on HelpSteer2 rows: each response's labels become its SteerLM label
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    max_steps: int = 0  # 0 = derive from epochs
+    epochs: float = 1.0
+    batch_rows: int = 16  # packed rows per optimizer step (global, all devices)
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    schedule: str = "constant"  # constant | cosine | linear (after warmup)
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # 0 = off
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end
+    eval_rows: int = 16  # packed rows per evaluation batch
+
+
+@dataclass
+class LossConfig:
+    type: str = "mse"  # mse | bt | margin_bt | scaled_bt
+    attribute_weights: list = field(default_factory=lambda: [1.0] * len(ATTRIBUTES))
+    reward_weights: Any = "helpfulness-only"  # pair losses: which combination of attributes is the reward
+    centering: float = 0.0  # pair losses: coefficient of the (r_chosen + r_rejected)^2 term
+
+
+@dataclass
+class MeshConfig:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1  # any one of the three may be -1 = the rest of the devices
+    num_devices: int = 0  # use only the first N devices (0 = all); e.g. 1 for a single-device baseline
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0 = at evaluations and at the end
+    keep_latest: int = 2  # two, so an unreadable latest checkpoint has a previous one to resume from
+    keep_best: int = 1
+    async_save: bool = True
+
+
+@dataclass
+class LabelProbeConfig:
+    """task sft: after training, generate for held-out validation prompts at each requested level of one
+    attribute (the others from ``base``) and report response lengths per level in eval.json."""
+
+    prompts: int = 0  # 0 = off
+    attribute: str = "verbosity"
+    levels: list = field(default_factory=lambda: [0, 4])
+    base: str = "helpfulness:4,correctness:4,coherence:4,complexity:2"
+    max_new_tokens: int = 96
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    reward_weights: list = field(default_factory=lambda: ["70b-rewardbench", "helpfulness-only"])
+    rewardbench: Optional[str] = None  # file / hub id of RewardBench-format pairs to evaluate at the end
+    rewardbench_split: str = "filtered"
+    label_probe: LabelProbeConfig = field(default_factory=LabelProbeConfig)
+
+
+@dataclass
+class DistributedConfig:
+    enabled: bool = False  # call jax.distributed.initialize (auto-detects TPU pods and SLURM)
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+    local_device_ids: Optional[list] = None
+
+
+@dataclass
+class LoggingConfig:
+    progress: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "rm_jax"
+    peak_flops: Optional[float] = None  # per device, for MFU; None = known GPUs/TPUs only
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/default"
+    task: str = "rm"  # rm (reward model) | sft (causal LM, response-only next-token loss; SteerLM with labels)
+    #                   | steerlm2 (SteerLM 2.0 on NeMo-format groups of sampled responses: data.train/validation)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+CHOICES = {
+    "task": ("rm", "sft", "steerlm2"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots", "dots_no_batch"),
+    "model.attention": ("auto", "xla", "cudnn", "cudnn_dense", "splash"),
+    "model.matmul_precision": (None, "default", "high", "highest"),
+    "data.kind": ("helpsteer", "pairs", "chat"),
+    "data.padding_side": ("right", "left"),
+    "data.overlength": ("truncate", "drop"),
+    "data.on_bad_row": ("error", "skip"),
+    "train.schedule": ("constant", "cosine", "linear"),
+    "loss.type": ("mse", "bt", "margin_bt", "scaled_bt"),
+}
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            full = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(
+                f"unknown config key {full!r} (known under {prefix or 'the top level'}: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for k, v in data.items():
+        full = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _check(v, hints[k], full)
+        if full in CHOICES and kwargs[k] not in CHOICES[full]:
+            raise ConfigError(f"{full}: {kwargs[k]!r} is not one of {', '.join(CHOICES[full])}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    data = _deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for p in path[:-1]:
+            if not isinstance(node.setdefault(p, {}), dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = node[p]
+        node[path[-1]] = value
+    return data
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def _yaml_floats(data: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; treat numeric-looking strings as numbers."""
+    if isinstance(data, dict):
+        return {k: _yaml_floats(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_yaml_floats(v) for v in data]
+    if isinstance(data, str) and any(c in data.lower() for c in "e.") and data[:1] in "0123456789-+.":
+        try:
+            return float(data)
+        except ValueError:
+            return data
+    return data
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return _yaml_floats(data)
+
+
+def build_config(data: dict, overrides: Sequence[str] = (), where: str = "config") -> RunConfig:
+    try:
+        cfg = from_dict(RunConfig, _yaml_floats(apply_overrides(data, overrides)))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    validate(cfg, where)
+    return cfg
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> RunConfig:
+    return build_config(load_yaml(path), overrides, where=path)
+
+
+def validate(cfg: RunConfig, where: str = "config") -> None:
+    """Checks that need more than one key; run before anything compiles."""
+    n_attr = len(cfg.model.attributes)
+    if len(cfg.loss.attribute_weights) != n_attr:
+        raise ConfigError(
+            f"{where}: loss.attribute_weights has {len(cfg.loss.attribute_weights)} values; "
+            f"expected {n_attr} (one per attribute: {', '.join(cfg.model.attributes)})"
+        )
+    if not 0 < cfg.data.fraction <= 1:
+        raise ConfigError(f"{where}: data.fraction must be in (0, 1], got {cfg.data.fraction}")
+    if cfg.train.grad_accum < 1 or cfg.train.batch_rows % cfg.train.grad_accum:
+        raise ConfigError(
+            f"{where}: train.batch_rows ({cfg.train.batch_rows}) must be a multiple of "
+            f"train.grad_accum ({cfg.train.grad_accum})"
+        )
+    if cfg.data.seq_len < 8:
+        raise ConfigError(f"{where}: data.seq_len must be at least 8")
+    if cfg.task == "steerlm2" and not (cfg.model.init_from or cfg.model.path):
+        raise ConfigError(
+            f"{where}: task steerlm2 starts from the sampling policy Q': set model.init_from (an sft "
+            f"run folder) or model.path (an HF *ForCausalLM folder)"
+        )
+    if cfg.task in ("sft", "steerlm2"):
+        if cfg.data.kind == "pairs":
+            raise ConfigError(
+                f"{where}: task {cfg.task} trains on conversations: data.kind helpsteer or chat, not pairs"
+            )
+        if cfg.loss.type != "mse":
+            raise ConfigError(
+                f"{where}: task {cfg.task} has its own loss; loss.type={cfg.loss.type} is for reward models"
+            )
+    elif cfg.data.kind == "chat":
+        raise ConfigError(f"{where}: data.kind=chat holds no labels for a reward model; use it with task: sft")
+    if cfg.task != "rm" and cfg.eval.rewardbench:
+        raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task {cfg.task} trains a policy")
+    if cfg.eval.label_probe.prompts and cfg.task == "rm":
+        raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
+    if cfg.data.attributes_as_label and cfg.task != "sft":
+        raise ConfigError(f"{where}: data.attributes_as_label is for task: sft (SteerLM attribute-conditioned SFT)")
+    if cfg.data.kind == "pairs" and cfg.loss.type == "mse":
+        raise ConfigError(f"{where}: data.kind=pairs needs a pair loss (loss.type bt, margin_bt or scaled_bt)")
+    if cfg.data.kind == "helpsteer" and cfg.loss.type != "mse":
+        raise ConfigError(f"{where}: loss.type={cfg.loss.type} needs data.kind=pairs")
+    if cfg.model.path is None and not cfg.model.arch and cfg.model.init_from is None:
+        raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
+    from rm_jax.core.attributes import resolve_reward_weights
+
+    # Presets weigh the five HelpSteer2 attributes; with other attributes they are not scored.
+    for spec in cfg.eval.reward_weights if n_attr == len(ATTRIBUTES) else []:
+        try:
+            resolve_reward_weights(spec, n_attr)
+        except ValueError as e:
+            raise ConfigError(f"{where}: eval.reward_weights: {e}") from None
+    try:
+        if cfg.data.kind == "pairs":
+            resolve_reward_weights(cfg.loss.reward_weights, n_attr)
+    except ValueError as e:
+        raise ConfigError(f"{where}: loss.reward_weights: {e}") from None
+
+
+def dump_yaml(cfg: RunConfig, path: str) -> None:
+    from rm_jax.core.files import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,88 @@
+"""Losses as (sum, count) pairs, so gradient accumulation over micro-batches is exact.
+
+* ``mse``: masked, per-attribute-weighted squared error (weight 0 = attribute not trained).
+* ``token_nll`` (causal LMs, ``task: sft``): negative log-likelihood of the response tokens, normalised
+  by their count.
+* ``steerlm2`` (``task: steerlm2``): SteerLM 2.0's importance-weighted policy loss on groups of sampled
+  responses (:func:`steerlm2_sums`).
+* ``bt``: -log sigmoid(r_c - r_r); ``margin_bt``: -log sigmoid(r_c - r_r - m);
+  ``scaled_bt``: -m log sigmoid(r_c - r_r), with m the preference strength. r is the reward,
+  a weighted combination of the attribute outputs. Optional centering adds c (r_c + r_r)^2.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def mse_sums(scores: jax.Array, labels: jax.Array, mask: jax.Array, attr_weights: jax.Array) -> dict:
+    """scores, labels, mask: [B, S, A]. Returns weighted sum and weight total, plus per-attribute sums."""
+    err = (scores - labels) ** 2 * mask
+    return {
+        "num": jnp.sum(err * attr_weights),
+        "den": jnp.sum(mask * attr_weights),
+        "attr_sq": jnp.sum(err, axis=(0, 1)),
+        "attr_n": jnp.sum(mask, axis=(0, 1)),
+    }
+
+
+def pair_sums(scores: jax.Array, batch: dict, reward_weights: jax.Array, kind: str, centering: float) -> dict:
+    reward = (scores @ reward_weights).reshape(-1)  # [B*S]
+    rc, rr = reward[batch["pair_chosen"]], reward[batch["pair_rejected"]]
+    m, valid = batch["pair_strength"], batch["pair_mask"]
+    diff = rc - rr
+    if kind == "bt":
+        loss = -jax.nn.log_sigmoid(diff)
+    elif kind == "margin_bt":
+        loss = -jax.nn.log_sigmoid(diff - m)
+    elif kind == "scaled_bt":
+        loss = -m * jax.nn.log_sigmoid(diff)
+    else:
+        raise ValueError(f"unknown pair loss {kind!r}")
+    if centering:
+        loss = loss + centering * (rc + rr) ** 2
+    return {
+        "num": jnp.sum(loss * valid),
+        "den": jnp.sum(valid),
+        "correct": jnp.sum((diff > 0) * valid),
+    }
+
+
+def token_nll_sums(logp: jax.Array, mask: jax.Array) -> dict:
+    """logp, mask: [B, T] log-probabilities of the next-token targets and where they count."""
+    return {"num": -jnp.sum(logp * mask), "den": jnp.sum(mask)}
+
+
+def steerlm2_sums(
+    seq_logp: jax.Array, resp_tokens: jax.Array, w: jax.Array, logq_prime: jax.Array, group: jax.Array
+) -> dict:
+    """SteerLM 2.0 on the response slots of a micro-batch (every array [B, S], flattened here).
+
+    ``seq_logp``: log Q_theta(y_i|a,x), the sum of response-token log-probs under the current parameters;
+    ``w``: the group's importance weights softmax(log P(a|x,y) + log P(y|x) - log Q'(y|a,x)) (from the data);
+    ``logq_prime``: log Q'(y|a,x) of the sampling policy; ``group``: the slot's group in this micro-batch
+    (-1 = empty slot). Per group the baseline is b = softmax(log Q_theta - log Q'), with no gradient
+    through it, and
+
+        loss = -sum_g sum_i (w_i - b_i) log Q_theta(y_i|a,x)  /  sum_g mean_i |y_i|
+
+    (NeMo-Aligner normalises by the average response length). Also returns the sums of KL(w || b)
+    over groups and the group count, for logging.
+    """
+    seq_logp, w = seq_logp.reshape(-1), w.reshape(-1)
+    logq_prime, tokens = logq_prime.reshape(-1), resp_tokens.reshape(-1).astype(jnp.float32)
+    n = seq_logp.shape[0]
+    valid = group.reshape(-1) >= 0
+    g = jnp.where(valid, group.reshape(-1), n)  # empty slots go to a segment of their own
+    logits = jnp.where(valid, jax.lax.stop_gradient(seq_logp) - logq_prime, 0.0)
+    top = jax.ops.segment_max(logits, g, num_segments=n + 1)
+    e = jnp.where(valid, jnp.exp(logits - top[g]), 0.0)
+    b = e / jnp.maximum(jax.ops.segment_sum(e, g, num_segments=n + 1)[g], 1e-30)
+    num = -jnp.sum(jnp.where(valid, (w - b) * seq_logp, 0.0))
+    count = jax.ops.segment_sum(valid.astype(jnp.float32), g, num_segments=n + 1)[:n]
+    mean_tokens = jax.ops.segment_sum(jnp.where(valid, tokens, 0.0), g, num_segments=n + 1)[:n] / jnp.maximum(
+        count, 1.0
+    )
+    kl = jnp.sum(jnp.where(valid & (w > 0), w * (jnp.log(jnp.maximum(w, 1e-30)) - jnp.log(jnp.maximum(b, 1e-30))), 0.0))
+    return {"num": num, "den": jnp.sum(mean_tokens), "kl_sum": kl, "groups": jnp.sum(count > 0)}

@@ -1,0 +1,148 @@
+"""Batched, packed forward passes: predictions for every example, in input order.
+
+Shared by validation during training, ``rm-jax eval``, ``rm-jax score`` and serving. The row-level
+functions (:func:`read_score_rows`, :func:`score_rows`, :func:`write_scored`) are ``rm-jax score``
+as a library.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from rm_jax.core.attributes import WeightSpec, resolve_reward_weights
+from rm_jax.core.errors import ConversationError, InputError
+from rm_jax.core.files import iter_jsonl, write_jsonl
+from rm_jax.data.conversation import encode, row_to_messages
+from rm_jax.data.packing import build_batch, plan_packed
+from rm_jax.engine.train_step import batch_shardings, make_score_fn, put_batch
+from rm_jax.models.llama import DecoderConfig
+from rm_jax.models.sharding import make_mesh, replicated
+
+
+class Scorer:
+    """Holds one compiled score function per (rows, seq_len, max_segments) shape."""
+
+    def __init__(self, cfg: DecoderConfig, params: Any, mesh: Optional[Mesh] = None, pad_id: int = 0):
+        self.cfg, self.params, self.pad_id = cfg, params, pad_id
+        self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
+        self._fns: dict[int, Any] = {}
+
+    def _fn(self, max_segments: int) -> Any:
+        if max_segments not in self._fns:
+            # Replicated output: every process can read all scores (multi-host validation).
+            self._fns[max_segments] = jax.jit(
+                make_score_fn(self.cfg, max_segments, self.mesh), out_shardings=replicated(self.mesh)
+            )
+        return self._fns[max_segments]
+
+    def score_batch(self, batch: dict, max_segments: int) -> np.ndarray:
+        sh = batch_shardings(self.mesh, {k: batch[k] for k in ("input_ids", "segment_ids", "positions")}, accum=False)
+        out = self._fn(max_segments)(self.params, put_batch(batch, sh))
+        return np.asarray(jax.device_get(out), dtype=np.float32)
+
+    def predict(
+        self,
+        ids: Sequence[np.ndarray],
+        seq_len: Optional[int] = None,
+        rows: int = 16,
+        max_segments: int = 16,
+        packing: bool = True,
+        progress: bool = True,
+        desc: str = "scoring",
+    ) -> np.ndarray:
+        """[N, num_labels] predictions for token-id sequences, each scored alone (packing never mixes them)."""
+        n = len(ids)
+        out = np.zeros((n, self.cfg.num_labels), np.float32)
+        if n == 0:
+            return out
+        longest = max(len(x) for x in ids)
+        seq_len = seq_len or _round_up(longest, 64)
+        if longest > seq_len:
+            raise ValueError(f"a conversation has {longest} tokens, more than seq_len={seq_len}")
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        rows = _round_up(max(rows, 1), dp)
+        ms = max_segments if packing else 1
+        bins = plan_packed([len(x) for x in ids], seq_len, ms) if packing else [[i] for i in range(n)]
+        # Even batches: 17 rows at rows=16 run as 2 x 9, not 16 + 1 with 15 empty rows.
+        rows = _round_up(-(-len(bins) // -(-len(bins) // rows)), dp)
+        zeros = np.zeros((n, self.cfg.num_labels), np.float32)
+        real = sum(len(x) for x in ids)
+        with tqdm(total=real, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False) as bar:
+            for start in range(0, len(bins), rows):
+                chunk = bins[start : start + rows]
+                b = build_batch(ids, zeros, zeros, chunk, seq_len, ms, self.pad_id, rows=rows)
+                scores = self.score_batch(b, ms)
+                idx = b["example_index"]
+                sel = idx >= 0
+                out[idx[sel]] = scores[sel]
+                bar.update(int((b["segment_ids"] > 0).sum()))
+        return out
+
+
+# ---------------------------------------------------------------- rows -> scores (rm-jax score)
+
+
+def read_score_rows(path: str) -> list[dict]:
+    """Every row parsed and checked before any scoring: errors name the file and the 1-based line."""
+    rows = []
+    for lineno, obj in iter_jsonl(path):
+        try:
+            row_to_messages(obj, where=f"{path}: line {lineno}")
+        except ConversationError as e:
+            raise InputError(str(e)) from None
+        rows.append(obj)
+    return rows
+
+
+def score_rows(
+    model: Any,
+    rows: Sequence[dict],
+    weights: WeightSpec = "70b-rewardbench",
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    seq_len: Optional[int] = None,
+    progress: bool = True,
+    where: Union[str, Sequence[str]] = "input",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
+    :class:`rm_jax.runs.read.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
+    max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
+    each row's location."""
+    w = resolve_reward_weights(weights, model.cfg.num_labels)
+    ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
+    limit = seq_len or model.cfg.max_position_embeddings
+    for i, x in enumerate(ids):
+        if len(x) > limit:
+            name = f"{where}: row {i + 1}" if isinstance(where, str) else where[i]
+            raise InputError(
+                f"{name}: {len(x)} tokens, more than the limit of {limit} "
+                f"({'--seq-len' if seq_len else 'the model max_position_embeddings'})"
+            )
+    longest = max((len(x) for x in ids), default=1)
+    seq_len = seq_len or min(max(512, _round_up(longest, 128)), limit)
+    pred = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
+        ids, seq_len, batch_rows, max_segments, progress=progress
+    )
+    return pred, pred.astype(np.float64) @ w
+
+
+def write_scored(
+    path: str, rows: Sequence[dict], attributes: Sequence[str], pred: np.ndarray, reward: np.ndarray
+) -> None:
+    """The input rows plus ``attributes`` and ``reward``; written atomically."""
+    write_jsonl(
+        path,
+        (
+            {**r, "attributes": {a: float(v) for a, v in zip(attributes, p)}, "reward": float(s)}
+            for r, p, s in zip(rows, pred, reward)
+        ),
+    )
+
+
+def _round_up(x: int, m: int) -> int:
+    return ((x + m - 1) // m) * m

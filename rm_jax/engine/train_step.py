@@ -1,0 +1,259 @@
+"""The pure train and eval steps, the optimizer, and the sharded train state.
+
+``train_step(state, batch) -> (state, metrics)`` is jitted with in/out shardings and donated
+state. The batch carries a leading grad-accumulation axis; micro-batches are scanned and their
+loss sums added before one division, so accumulation gives the same update as one big batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rm_jax.core.attributes import resolve_reward_weights
+from rm_jax.core.config import LossConfig, TrainConfig
+from rm_jax.engine.losses import mse_sums, pair_sums, steerlm2_sums, token_nll_sums
+from rm_jax.models import CausalLM, RewardModel, param_shardings_for
+from rm_jax.models.llama import DecoderConfig
+from rm_jax.models.sharding import activate
+
+BATCH_KEYS_2D = ("input_ids", "segment_ids", "positions")
+
+
+def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    warm = max(int(cfg.warmup_steps), 0)
+    decay_steps = max(total_steps - warm, 1)
+    end = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.min_lr_ratio)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(cfg.lr, end, decay_steps)
+    else:
+        after = optax.constant_schedule(cfg.lr)
+    if warm == 0:
+        return after
+    # Step 0 trains with lr/warm (not 0), so the first step is never wasted.
+    return optax.join_schedules([optax.linear_schedule(cfg.lr / warm, cfg.lr, warm), after], [warm])
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    def decay_mask(params: Any) -> Any:  # no weight decay on norms and biases
+        return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+    parts = []
+    if cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    parts.append(
+        optax.adamw(
+            lr_schedule(cfg, total_steps),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=decay_mask,
+        )
+    )
+    return optax.chain(*parts)
+
+
+# ---------------------------------------------------------------- sharded state
+
+
+def _path_key(path: tuple) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def state_shardings(abstract_state: dict, param_shard: Any, mesh: Mesh) -> Any:
+    """Optimizer moments take the sharding of the parameter they belong to (matched by path suffix
+    and shape); everything else (counts, step) is replicated."""
+    by_path = {}
+    for path, s in jax.tree_util.tree_flatten_with_path(param_shard)[0]:
+        by_path[_path_key(path)] = s
+    shapes = {k: None for k in by_path}
+    for path, a in jax.tree_util.tree_flatten_with_path(abstract_state["params"])[0]:
+        shapes[_path_key(path)] = a.shape
+    rep = NamedSharding(mesh, P())
+
+    def pick(path: tuple, leaf: Any) -> NamedSharding:
+        key = _path_key(path)
+        for start in range(len(key)):
+            suffix = key[start:]
+            if suffix in by_path and shapes[suffix] == leaf.shape:
+                return by_path[suffix]
+        return rep
+
+    return {
+        "step": rep,
+        "params": param_shard,
+        "opt_state": jax.tree_util.tree_map_with_path(pick, abstract_state["opt_state"]),
+    }
+
+
+def create_state(cfg: DecoderConfig, tx: optax.GradientTransformation, mesh: Mesh, params: Any) -> tuple[dict, Any]:
+    """(state, shardings): ``params`` (already sharded; donated) plus optimizer state created by a
+    jit whose out_shardings come from the logical rules."""
+    pshard = param_shardings_for(cfg, mesh)
+    abstract = jax.eval_shape(
+        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}, params
+    )
+    shard = state_shardings(abstract, pshard, mesh)
+    state = jax.jit(
+        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
+        in_shardings=(pshard,),
+        out_shardings=shard,
+        donate_argnums=0,
+    )(params)
+    return state, shard
+
+
+def batch_shardings(mesh: Mesh, batch: dict, accum: bool) -> dict:
+    """Rows over (data, fsdp); with an accumulation axis in front, that axis is not split."""
+
+    def one(x: np.ndarray) -> NamedSharding:
+        lead = (None,) if accum else ()
+        rest = x.ndim - len(lead) - 1
+        if x.shape[len(lead)] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+            return NamedSharding(mesh, P())  # pair-index vectors etc. are small: replicate
+        return NamedSharding(mesh, P(*lead, ("data", "fsdp"), *([None] * rest)))
+
+    return {k: one(v) for k, v in batch.items() if k != "example_index"}
+
+
+def put_batch(batch: dict, shardings: dict) -> dict:
+    """Global numpy batch -> sharded arrays; each process supplies only its addressable slices."""
+    return {
+        k: jax.make_array_from_callback(batch[k].shape, s, lambda idx, a=batch[k]: a[idx]) for k, s in shardings.items()
+    }
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _sums(
+    model_cfg: DecoderConfig,
+    loss_cfg: LossConfig,
+    params: Any,
+    mb: dict,
+    max_segments: int,
+    attr_w: jax.Array,
+    reward_w: jax.Array,
+) -> dict:
+    if model_cfg.head == "lm":  # a causal LM
+        logp = CausalLM(model_cfg).apply(
+            {"params": params},
+            mb["input_ids"],
+            mb["segment_ids"],
+            mb["positions"],
+            targets=mb["targets"],
+            max_segments=max_segments,
+        )
+        if "steer_group" not in mb:  # SFT: response-only next-token loss
+            return token_nll_sums(logp, mb["loss_mask"])
+
+        # SteerLM 2.0: each response slot's summed log-prob, then the group-weighted loss.
+        def per_slot(x: jax.Array, seg: jax.Array) -> jax.Array:
+            return jax.ops.segment_sum(x, seg, num_segments=max_segments + 1)[1:]
+
+        seq_logp = jax.vmap(per_slot)(logp * mb["loss_mask"], mb["segment_ids"])
+        tokens = jax.vmap(per_slot)(mb["loss_mask"], mb["segment_ids"])
+        return steerlm2_sums(seq_logp, tokens, mb["w"], mb["logq_prime"], mb["steer_group"])
+    scores = RewardModel(model_cfg).apply(
+        {"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"], max_segments=max_segments
+    )
+    if loss_cfg.type == "mse":
+        return mse_sums(scores, mb["labels"], mb["label_mask"], attr_w)
+    return pair_sums(scores, mb, reward_w, loss_cfg.type, loss_cfg.centering)
+
+
+def make_train_step(
+    model_cfg: DecoderConfig,
+    loss_cfg: LossConfig,
+    tx: optax.GradientTransformation,
+    max_segments: int,
+    schedule: optax.Schedule,
+    mesh: Optional[Mesh] = None,
+) -> Callable:
+    attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
+    reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
+
+    def step(state: dict, batch: dict) -> tuple[dict, dict]:
+        params = state["params"]
+
+        def micro(acc: Any, mb: dict) -> tuple[Any, None]:
+            def f(p: Any) -> tuple[jax.Array, dict]:
+                s = _sums(model_cfg, loss_cfg, p, mb, max_segments, attr_w, reward_w)
+                return s["num"], s
+
+            (_, sums), g = jax.value_and_grad(f, has_aux=True)(params)
+            return jax.tree.map(jnp.add, acc, (g, sums)), None
+
+        with activate(mesh):
+            zero_g = jax.tree.map(jnp.zeros_like, params)
+            zero_s = jax.eval_shape(
+                lambda: _sums(
+                    model_cfg, loss_cfg, params, jax.tree.map(lambda x: x[0], batch), max_segments, attr_w, reward_w
+                )
+            )
+            zero_s = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zero_s)
+            (grads, sums), _ = jax.lax.scan(micro, (zero_g, zero_s), batch)
+        den = jnp.maximum(sums["den"], 1e-9)
+        grads = jax.tree.map(lambda g: g / den, grads)
+        loss = sums["num"] / den
+        gnorm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        # A non-finite step leaves the state untouched; the host stops the run on seeing ok == 0.
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        metrics = {
+            "loss": loss,
+            "grad_norm": gnorm,
+            "lr": schedule(state["step"]),
+            "ok": ok,
+            "real_tokens": jnp.sum(batch["segment_ids"] > 0),
+        }
+        if model_cfg.head == "lm" and "kl_sum" not in sums:
+            metrics["loss_tokens"] = sums["den"]
+        if "kl_sum" in sums:  # SteerLM 2.0: how far the current policy's baseline is from the targets
+            metrics["kl_w_b"] = sums["kl_sum"] / jnp.maximum(sums["groups"], 1.0)
+        if "attr_sq" in sums:
+            metrics["attr_mse"] = sums["attr_sq"] / jnp.maximum(sums["attr_n"], 1.0)
+        if "correct" in sums:
+            metrics["pair_accuracy"] = sums["correct"] / den
+        return new, metrics
+
+    return step
+
+
+def make_eval_sums_fn(
+    model_cfg: DecoderConfig, loss_cfg: LossConfig, max_segments: int, mesh: Optional[Mesh] = None
+) -> Callable:
+    """(params, batch) -> the loss sums of one batch without gradients (validation of a causal LM)."""
+    attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
+    reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
+
+    def sums(params: Any, batch: dict) -> dict:
+        with activate(mesh):
+            return _sums(model_cfg, loss_cfg, params, batch, max_segments, attr_w, reward_w)
+
+    return sums
+
+
+def make_score_fn(model_cfg: DecoderConfig, max_segments: int, mesh: Optional[Mesh] = None) -> Callable:
+    def score(params: Any, batch: dict) -> jax.Array:
+        with activate(mesh):
+            return RewardModel(model_cfg).apply(
+                {"params": params},
+                batch["input_ids"],
+                batch["segment_ids"],
+                batch["positions"],
+                max_segments=max_segments,
+            )
+
+    return score

@@ -1,0 +1,112 @@
+"""Evaluation results as readable text: attribute tables, pairwise accuracy, RewardBench sections.
+
+Pure formatting of the dicts :mod:`rm_jax.evaluation.metrics` and :mod:`rm_jax.evaluation.rewardbench`
+return; nothing here computes a metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from rm_jax.evaluation.metrics import STAT_KEYS
+from rm_jax.evaluation.rewardbench import SECTIONS, SUBSET_COUNTS
+
+
+def _fmt(x: Optional[float], width: int, digits: int = 4) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
+
+
+def format_attribute_table(per_attribute: Mapping[str, Mapping[str, Any]]) -> str:
+    """Fixed-width text table of attribute_metrics output; undefined values print as '-'."""
+    name_w = max([len("attribute")] + [len(n) for n in per_attribute])
+    header = f"{'attribute':<{name_w}} {'n':>7} " + " ".join(f"{k:>9}" for k in STAT_KEYS)
+    lines = [header, "-" * len(header)]
+    for name, m in per_attribute.items():
+        cells = " ".join(_fmt(m.get(k), 9) for k in STAT_KEYS)
+        lines.append(f"{name:<{name_w}} {int(m['n']):>7d} {cells}")
+    return "\n".join(lines)
+
+
+def _pct(x: Optional[float]) -> str:
+    return f"{'-':>7}" if x is None else f"{100.0 * x:>7.2f}"
+
+
+def format_rewardbench(result: Mapping[str, Any]) -> str:
+    """Readable table of score_pairs output, accuracies in percent."""
+    counts = result.get("subset_counts", {})
+    lines = [f"{'subset':<26} {'acc %':>7} {'rows':>6} {'weight':>6}"]
+    lines.append("-" * len(lines[0]))
+    for section, members in SECTIONS.items():
+        if section not in result["sections"]:
+            continue
+        lines.append(f"{'[' + section + ']':<26} {_pct(result['sections'][section])}")
+        for sub in members:
+            if sub in result["subsets"]:
+                lines.append(
+                    f"  {sub:<24} {_pct(result['subsets'][sub])} {counts.get(sub, 0):>6d} {SUBSET_COUNTS[sub]:>6d}"
+                )
+    if result.get("unknown_subsets"):
+        lines.append("[not in any section]")
+        for sub, acc in result["unknown_subsets"].items():
+            lines.append(f"  {sub:<24} {_pct(acc)} {counts.get(sub, 0):>6d} {'-':>6}")
+    lines.append("-" * len(lines[0]))
+    lines.append(f"{'overall (mean of sections)':<26} {_pct(result.get('overall'))}")
+    lines.append(f"{'pairs':<26} {int(result.get('n_pairs', 0)):>7d}")
+    return "\n".join(lines)
+
+
+def format_pairwise(pairwise: Mapping[str, Mapping[str, Any]], selected: Optional[str] = None) -> str:
+    name_w = max([len("weights")] + [len(n) + 2 for n in pairwise])
+    header = f"{'weights':<{name_w}} {'acc %':>7} {'pairs':>6} {'right':>6} {'ties':>6} {'skipped':>7}"
+    lines = [header, "-" * len(header)]
+    for name, r in pairwise.items():
+        mark = "* " if name == selected else "  "
+        lines.append(
+            f"{mark + name:<{name_w}} {_pct(r['accuracy'])} {r['n_pairs']:>6d} {r['n_correct']:>6d} "
+            f"{r['n_label_ties']:>6d} {r['n_skipped_groups']:>7d}"
+        )
+    return "\n".join(lines)
+
+
+def format_presets(presets: Mapping[str, Mapping[str, Any]], selected: Optional[str] = None) -> str:
+    sections = ("chat", "chat_hard", "safety", "reasoning")
+    name_w = max([len("weights")] + [len(n) + 2 for n in presets])
+    header = f"{'weights':<{name_w}} " + " ".join(f"{s:>9}" for s in sections) + f" {'overall':>9}"
+    lines = [header, "-" * len(header)]
+    for name, r in presets.items():
+        mark = "* " if name == selected else "  "
+        cells = " ".join(f"{_pct(r['sections'].get(s)):>9}" for s in sections)
+        lines.append(f"{mark + name:<{name_w}} {cells} {_pct(r['overall']):>9}")
+    return "\n".join(lines)
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """Readable tables of a results dict (what ``rm-jax eval`` prints)."""
+    label = result.get("weights", {}).get("label")
+    parts = []
+    counts = result.get("counts", {})
+    if "per_attribute" in result:
+        c = counts.get("helpsteer", {})
+        parts.append(f"HelpSteer2-format rows: {_counts_line(c)}")
+        if result["per_attribute"]:
+            parts.append(format_attribute_table(result["per_attribute"]))
+            rounded = {a: dict(m["rounded"], n=m["n"]) for a, m in result["per_attribute"].items()}
+            parts.append("predictions rounded to 0..4:\n" + format_attribute_table(rounded))
+        parts.append(
+            "pairwise accuracy (more helpful response of a prompt gets the higher reward; "
+            "* = --weights):\n" + format_pairwise(result["pairwise"], label)
+        )
+    if "rewardbench" in result:
+        rb = result["rewardbench"]
+        c = counts.get("rewardbench", {})
+        parts.append(f"RewardBench-format pairs: {_counts_line(c)}; reward = {label}")
+        parts.append(format_rewardbench(rb))
+        if rb.get("n_reward_ties"):
+            parts.append(f"{rb['n_reward_ties']} pairs with equal rewards (counted wrong)")
+        parts.append("all reward-weight presets (section scores, %):\n" + format_presets(rb["presets"], label))
+    return "\n\n".join(parts)
+
+
+def _counts_line(c: Mapping[str, Any]) -> str:
+    keys = ("rows", "scored", "truncated", "dropped", "seq_len")
+    return ", ".join(f"{k} {c[k]}" for k in keys if k in c) or "-"

@@ -1,0 +1,594 @@
+"""Hugging Face folders in and out: config.json + safetensors (single file or sharded index).
+
+Import reads one tensor at a time with safetensors' numpy API and places it straight onto its
+target sharding (each device receives only its slice), so a model larger than one device loads.
+Reward models: ``load_hf_reward_model`` reads ``*ForSequenceClassification`` folders with their head
+(``id2label`` names the attributes) and ``*ForCausalLM`` folders with a freshly initialised head
+(``task: rm`` from a base LM); ``export_hf`` writes a ``*ForSequenceClassification`` folder that
+transformers loads and scores exactly as rm_jax does. Causal LMs (policies): ``load_hf_causal_lm`` reads
+``*ForCausalLM`` folders with their LM head (tied or untied) and ``export_hf_causal_lm`` writes one.
+One tensor-name map (``tensor_maps``) serves all four directions. No torch, no pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import ModelLoadError
+from rm_jax.core.files import read_json
+from rm_jax.models import abstract_params, param_logical_specs
+from rm_jax.models.llama import SUPPORTED_MODEL_TYPES, DecoderConfig
+from rm_jax.models.sharding import logical_sharding, make_mesh
+
+ARCH_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "added_tokens.json",
+)
+
+
+@dataclass
+class LoadedModel:
+    cfg: DecoderConfig
+    params: Any
+    attribute_names: list[str]
+    hf_config: dict
+    path: str
+    head_loaded: bool
+    pad_token_id: Optional[int] = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- config
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+
+
+def resolve_model_dir(path: str) -> str:
+    """A local folder as is; an ``org/name`` hub id downloaded (safetensors, configs and tokenizer
+    files only) into the HF cache. The same loading code runs on both."""
+    if os.path.isdir(path):
+        return path
+    if _HUB_ID.match(path) and not os.path.exists(path.split("/")[0]):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(path, allow_patterns=_HUB_FILES)
+        except Exception as e:  # offline, gated, unknown id
+            raise ModelLoadError(
+                f"model {path!r} is not a local folder, and downloading it from the Hugging Face "
+                f"hub failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
+    raise ModelLoadError(f"model folder {path!r} does not exist (or is not a folder)")
+
+
+def read_hf_config(path: str) -> dict:
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"model folder {path!r} does not exist (or is not a folder)")
+    cfg_path = os.path.join(path, "config.json")
+    return read_json(cfg_path, f"{cfg_path}: missing; an HF model folder needs config.json", ModelLoadError)
+
+
+def _rope(hf: dict) -> tuple[float, Optional[dict]]:
+    """Both conventions: transformers<5 (rope_theta + rope_scaling) and >=5 (rope_parameters)."""
+    rp = dict(hf.get("rope_parameters") or {})
+    rs = hf.get("rope_scaling") or None
+    theta = float(rp.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    scaling = dict(rs) if rs else ({k: v for k, v in rp.items() if k != "rope_theta"} if rp else None)
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        scaling["rope_type"] = kind
+        if kind == "default":
+            scaling = None
+    return theta, scaling
+
+
+def decoder_config_from_hf(hf: dict, where: str = "config.json", **run_options: Any) -> DecoderConfig:
+    mt = hf.get("model_type")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(f"{where}: unsupported model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if hf.get("mlp_bias"):
+        raise ModelLoadError(f"{where}: mlp_bias=true is not supported")
+    if hf.get("hidden_act", "silu") not in ("silu", "swish"):
+        raise ModelLoadError(f"{where}: hidden_act {hf.get('hidden_act')!r} is not supported (only silu)")
+    if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ModelLoadError(f"{where}: partial_rotary_factor != 1 is not supported")
+    try:
+        n = int(hf["num_attention_heads"])
+        h = int(hf["hidden_size"])
+        theta, scaling = _rope(hf)
+        if mt == "qwen2":
+            qkv_bias, o_bias, qk_norm = True, False, False
+        elif mt == "qwen3":
+            qkv_bias = o_bias = bool(hf.get("attention_bias", False))
+            qk_norm = True
+        else:
+            qkv_bias = o_bias = bool(hf.get("attention_bias", False))
+            qk_norm = False
+        window = hf.get("sliding_window")
+        if mt in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+            window = None
+        if (
+            window is not None
+            and mt in ("qwen2", "qwen3")
+            and int(hf.get("max_window_layers", 0)) < int(hf["num_hidden_layers"])
+        ):
+            raise ModelLoadError(f"{where}: per-layer sliding windows (max_window_layers) are not supported")
+        num_labels = int(hf.get("num_labels", len(hf.get("id2label") or {}) or len(ATTRIBUTES)))
+        return DecoderConfig(
+            model_type=mt,
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=h,
+            intermediate_size=int(hf["intermediate_size"]),
+            num_hidden_layers=int(hf["num_hidden_layers"]),
+            num_attention_heads=n,
+            num_key_value_heads=int(hf.get("num_key_value_heads") or n),
+            head_dim=int(hf.get("head_dim") or h // n),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            qk_norm=qk_norm,
+            sliding_window=int(window) if window else None,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            initializer_range=float(hf.get("initializer_range", 0.02)),
+            num_labels=num_labels,
+            **run_options,
+        )
+    except KeyError as e:
+        raise ModelLoadError(f"{where}: missing field {e.args[0]!r}") from None
+
+
+def hf_config_from_decoder(
+    cfg: DecoderConfig,
+    attribute_names: Sequence[str],
+    base: Optional[dict] = None,
+    pad_token_id: Optional[int] = None,
+    extra: Optional[dict] = None,
+) -> dict:
+    """config.json for a ``*ForSequenceClassification`` folder (reward head) or a ``*ForCausalLM``
+    folder (LM head). Keeps unknown fields of ``base``."""
+    out = dict(base or {})
+    for k in (
+        "rope_parameters",
+        "rope_scaling",
+        "rope_theta",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "auto_map",
+        "quantization_config",
+        "num_labels",
+        "id2label",
+        "label2id",
+        "problem_type",
+    ):
+        out.pop(k, None)
+    kind = "ForCausalLM" if cfg.head == "lm" else "ForSequenceClassification"
+    out.update(
+        {
+            "model_type": cfg.model_type,
+            "architectures": [f"{ARCH_NAMES[cfg.model_type]}{kind}"],
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "rms_norm_eps": cfg.rms_norm_eps,
+            "rope_theta": cfg.rope_theta,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "tie_word_embeddings": cfg.tie_word_embeddings,
+            "hidden_act": "silu",
+            "initializer_range": cfg.initializer_range,
+            "sliding_window": cfg.sliding_window,
+            "pad_token_id": pad_token_id,
+            "dtype": "float32",
+        }
+    )
+    if cfg.head == "reward":
+        out.update(
+            {
+                "num_labels": len(attribute_names),
+                "id2label": {str(i): n for i, n in enumerate(attribute_names)},
+                "label2id": {n: i for i, n in enumerate(attribute_names)},
+                "problem_type": "regression",
+            }
+        )
+    if cfg.rope_scaling:
+        out["rope_scaling"] = dict(cfg.rope_scaling)
+    if cfg.model_type == "llama":
+        out["attention_bias"] = cfg.qkv_bias
+    if cfg.model_type == "qwen3":
+        out["attention_bias"] = cfg.qkv_bias
+    if cfg.model_type in ("qwen2", "qwen3"):
+        out["use_sliding_window"] = cfg.sliding_window is not None
+        out["max_window_layers"] = cfg.num_hidden_layers
+    out.update(extra or {})
+    return out
+
+
+# ---------------------------------------------------------------- the name map
+
+
+@dataclass(frozen=True)
+class TensorMap:
+    """One HF tensor <-> one rm_jax parameter leaf (``layer`` set for per-layer tensors)."""
+
+    hf_name: str
+    path: tuple[str, ...]
+    to_jax: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    layer: Optional[int] = None
+
+
+def tensor_maps(cfg: DecoderConfig, with_head: bool = True) -> list[TensorMap]:
+    h, n, k, d, L = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.num_hidden_layers,
+    )
+    ident = lambda w: w  # noqa: E731
+    tr = lambda w: np.ascontiguousarray(w.T)  # noqa: E731
+
+    def proj_in(heads: int) -> tuple[Callable, Callable]:
+        return (
+            lambda w: np.ascontiguousarray(w.T).reshape(h, heads, d),
+            lambda w: np.ascontiguousarray(w.reshape(h, heads * d).T),
+        )
+
+    maps = [
+        TensorMap("model.embed_tokens.weight", ("embedding",), ident, ident),
+        TensorMap("model.norm.weight", ("final_norm", "scale"), ident, ident),
+    ]
+    for i in range(L):
+        pre = f"model.layers.{i}."
+        base = ("layers",) if cfg.scan_layers else (f"layers_{i}",)
+        entries = []
+        for name, heads in (("q", n), ("k", k), ("v", k)):
+            fin, fout = proj_in(heads)
+            entries.append((f"self_attn.{name}_proj.weight", ("attn", f"{name}_kernel"), fin, fout))
+            if cfg.qkv_bias:
+                entries.append(
+                    (
+                        f"self_attn.{name}_proj.bias",
+                        ("attn", f"{name}_bias"),
+                        lambda w, hh=heads: w.reshape(hh, d),
+                        lambda w: w.reshape(-1),
+                    )
+                )
+        entries.append(
+            (
+                "self_attn.o_proj.weight",
+                ("attn", "o_kernel"),
+                lambda w: np.ascontiguousarray(w.T).reshape(n, d, h),
+                lambda w: np.ascontiguousarray(w.reshape(n * d, h).T),
+            )
+        )
+        if cfg.o_bias:
+            entries.append(("self_attn.o_proj.bias", ("attn", "o_bias"), ident, ident))
+        if cfg.qk_norm:
+            entries.append(("self_attn.q_norm.weight", ("attn", "q_norm", "scale"), ident, ident))
+            entries.append(("self_attn.k_norm.weight", ("attn", "k_norm", "scale"), ident, ident))
+        entries += [
+            ("mlp.gate_proj.weight", ("mlp", "gate_kernel"), tr, tr),
+            ("mlp.up_proj.weight", ("mlp", "up_kernel"), tr, tr),
+            ("mlp.down_proj.weight", ("mlp", "down_kernel"), tr, tr),
+            ("input_layernorm.weight", ("input_norm", "scale"), ident, ident),
+            ("post_attention_layernorm.weight", ("post_attn_norm", "scale"), ident, ident),
+        ]
+        maps += [TensorMap(pre + hf, base + p, fj, fh, i if cfg.scan_layers else None) for hf, p, fj, fh in entries]
+    if with_head and cfg.head == "reward":
+        maps.append(TensorMap("score.weight", ("head_kernel",), tr, tr))
+    elif with_head and not cfg.tie_word_embeddings:  # a tied LM head is the embedding itself
+        maps.append(TensorMap("lm_head.weight", ("lm_head_kernel",), tr, tr))
+    return maps
+
+
+# ---------------------------------------------------------------- reading
+
+
+class SafetensorsFolder:
+    """Lazy access to the tensors of a folder (model.safetensors or a sharded index)."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        self.path = path
+        index = os.path.join(path, "model.safetensors.index.json")
+        single = os.path.join(path, "model.safetensors")
+        if os.path.exists(index):
+            try:
+                with open(index, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (OSError, ValueError, KeyError) as e:
+                raise ModelLoadError(f"{index}: unreadable sharded index ({e})") from None
+        elif os.path.exists(single):
+            weight_map = None
+        else:
+            found = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+            hint = f" (found {found[0]}: pickled weights are never loaded; convert to safetensors)" if found else ""
+            raise ModelLoadError(f"{path}: no model.safetensors or model.safetensors.index.json{hint}")
+        self._handles: dict[str, Any] = {}
+        self._open = lambda fn: safe_open(os.path.join(path, fn), framework="numpy")
+        if weight_map is None:
+            h = self._handle("model.safetensors")
+            self.weight_map = {k: "model.safetensors" for k in h.keys()}
+        else:
+            self.weight_map = dict(weight_map)
+
+    def _handle(self, fn: str) -> Any:
+        if fn not in self._handles:
+            try:
+                self._handles[fn] = self._open(fn)
+            except Exception as e:  # safetensors raises several types for a bad file
+                raise ModelLoadError(f"{os.path.join(self.path, fn)}: unreadable safetensors file ({e})") from None
+        return self._handles[fn]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.weight_map:
+            raise ModelLoadError(f"{self.path}: tensor {name!r} is missing")
+        return self._handle(self.weight_map[name]).get_tensor(name)
+
+
+def _strip_prefix(names: Sequence[str]) -> str:
+    """Some checkpoints (e.g. saved from a bare ``LlamaModel``) have no ``model.`` prefix."""
+    return "" if any(n.startswith("model.") for n in names) else "model."
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_dir(path) if not os.path.isdir(path) and _HUB_ID.match(path) else path
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
+
+
+def load_hf_reward_model(
+    path: str,
+    mesh: Optional[Mesh] = None,
+    *,
+    seed: int = 0,
+    attribute_names: Optional[Sequence[str]] = None,
+    **run_options: Any,
+) -> LoadedModel:
+    """Load an HF ``*ForCausalLM`` or ``*ForSequenceClassification`` folder onto ``mesh``.
+
+    run_options are DecoderConfig run fields (dtype, remat, scan_layers, attention).
+    """
+    path = resolve_model_dir(path)
+    hf = read_hf_config(path)
+    where = os.path.join(path, "config.json")
+    archs = hf.get("architectures") or []
+    is_rm = any(a.endswith("ForSequenceClassification") for a in archs)
+    names = list(attribute_names) if attribute_names else None
+    if is_rm:
+        id2label = hf.get("id2label") or {}
+        file_names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+        if names is None:
+            names = file_names or list(ATTRIBUTES)
+        hf = dict(hf, num_labels=len(names))
+    else:
+        names = names or list(ATTRIBUTES)
+        hf = dict(hf, num_labels=len(names))
+    cfg = decoder_config_from_hf(hf, where, **run_options)
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    folder = SafetensorsFolder(path)
+    specs = param_logical_specs(cfg)
+    abstract = abstract_params(cfg)
+    head_loaded = is_rm and "score.weight" in folder
+    notes = []
+    if is_rm and not head_loaded:
+        notes.append("score.weight missing: head initialised")
+    params = init_head_only(cfg, abstract, specs, mesh, seed) if not head_loaded else {}
+
+    _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh)
+    pad = hf.get("pad_token_id")
+    return LoadedModel(cfg, params, list(names), hf, path, head_loaded, pad if isinstance(pad, int) else None, notes)
+
+
+def _read_tensors(
+    folder: SafetensorsFolder,
+    path: str,
+    cfg: DecoderConfig,
+    maps: Sequence[TensorMap],
+    params: dict,
+    specs: Any,
+    abstract: Any,
+    mesh: Mesh,
+) -> None:
+    """Every mapped tensor, read one at a time and placed straight onto its sharding, into ``params``."""
+    prefix = _strip_prefix(list(folder.weight_map))
+    stacked: dict[tuple[str, ...], list] = {}
+    for m in maps:
+        top = m.hf_name in ("score.weight", "lm_head.weight")
+        hf_name = m.hf_name if top or not prefix else prefix + m.hf_name[len("model.") :]
+        arr = folder.get(hf_name)
+        target = _get(abstract, m.path)
+        spec = _get(specs, m.path)
+        if m.layer is not None:
+            shape, axes = target.shape[1:], tuple(spec)[1:]
+        else:
+            shape, axes = target.shape, tuple(spec)
+        w = m.to_jax(np.asarray(arr))
+        if tuple(w.shape) != tuple(shape):
+            raise ModelLoadError(
+                f"{path}: tensor {hf_name!r} has shape {tuple(arr.shape)}, which does not fit "
+                f"the config (expected {tuple(shape)} after layout change)"
+            )
+        placed = _place(w.astype(np.float32), logical_sharding(axes, shape, mesh))
+        if m.layer is not None:
+            stacked.setdefault(m.path, [None] * cfg.num_hidden_layers)[m.layer] = placed
+        else:
+            _set(params, m.path, placed)
+        del arr, w
+    for p, layers in stacked.items():
+        full = logical_sharding(tuple(_get(specs, p)), _get(abstract, p).shape, mesh)
+        _set(params, p, jax.jit(lambda *xs: jnp.stack(xs), out_shardings=full)(*layers))
+
+
+def load_hf_causal_lm(path: str, mesh: Optional[Mesh] = None, **run_options: Any) -> LoadedModel:
+    """Load an HF ``*ForCausalLM`` folder (llama, mistral, qwen2, qwen3; tied or untied embeddings) as
+    a policy: the same decoder with its LM head. run_options are DecoderConfig run fields."""
+    path = resolve_model_dir(path)
+    hf = read_hf_config(path)
+    where = os.path.join(path, "config.json")
+    archs = hf.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelLoadError(f"{where}: {archs[0]} is a reward/classification model; a policy needs *ForCausalLM")
+    cfg = decoder_config_from_hf(hf, where, head="lm", **run_options)
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    folder = SafetensorsFolder(path)
+    if not cfg.tie_word_embeddings and "lm_head.weight" not in folder:
+        raise ModelLoadError(f"{path}: tie_word_embeddings is false but the folder has no lm_head.weight")
+    params: dict = {}
+    _read_tensors(folder, path, cfg, tensor_maps(cfg), params, param_logical_specs(cfg), abstract_params(cfg), mesh)
+    pad = hf.get("pad_token_id")
+    return LoadedModel(cfg, params, [], hf, path, True, pad if isinstance(pad, int) else None, [])
+
+
+def _place(w: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Each device gets only its slice of the host array."""
+    return jax.make_array_from_callback(w.shape, sharding, lambda idx: w[idx])
+
+
+def init_head_only(cfg: DecoderConfig, abstract: Any, specs: Any, mesh: Mesh, seed: int) -> dict:
+    """A new regression head, std = initializer_range, as transformers initialises ``score``."""
+    shape = _get(abstract, ("head_kernel",)).shape
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(shape) * cfg.initializer_range).astype(np.float32)
+    return {"head_kernel": _place(w, logical_sharding(tuple(specs["head_kernel"]), shape, mesh))}
+
+
+def _get(tree: Any, path: Sequence[str]) -> Any:
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree: dict, path: Sequence[str], value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+# ---------------------------------------------------------------- writing
+
+
+def iter_hf_tensors(cfg: DecoderConfig, params: Any) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, host array) pairs, one at a time, gathered from any sharding."""
+    for m in tensor_maps(cfg, with_head=True):
+        leaf = _get(params, m.path)
+        arr = np.asarray(jax.device_get(leaf[m.layer] if m.layer is not None else leaf), dtype=np.float32)
+        yield m.hf_name, np.ascontiguousarray(m.to_hf(arr))
+
+
+def export_hf(
+    cfg: DecoderConfig,
+    params: Any,
+    out_dir: str,
+    attribute_names: Sequence[str] = (),
+    tokenizer: Any = None,
+    base_hf_config: Optional[dict] = None,
+    max_shard_bytes: int = 5 * 2**30,
+    extra: Optional[dict] = None,
+) -> str:
+    """Write a ``*ForSequenceClassification`` folder (reward head) or a ``*ForCausalLM`` folder (LM
+    head): config.json (plus ``extra`` fields), safetensors (sharded past ``max_shard_bytes``), and the
+    tokenizer with its chat template. Written to a temporary folder and renamed, so a crash never
+    leaves a half-written model behind."""
+    from safetensors.numpy import save_file
+
+    if cfg.head == "reward" and len(attribute_names) != cfg.num_labels:
+        raise ValueError(f"{len(attribute_names)} attribute names for a head with {cfg.num_labels} outputs")
+    out_dir = os.path.abspath(out_dir)
+    tmp = out_dir + ".tmp-export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    pad_id = _pad_token_id(tokenizer, base_hf_config)
+    hf = hf_config_from_decoder(cfg, attribute_names, base_hf_config, pad_id, extra)
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, arr in iter_hf_tensors(cfg, params):
+        if size and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = arr
+        size += arr.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(tmp, fn), metadata={"format": "pt"})
+            weight_map.update({k: fn for k in shard})
+            total += sum(a.nbytes for a in shard.values())
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def export_hf_causal_lm(
+    cfg: DecoderConfig,
+    params: Any,
+    out_dir: str,
+    tokenizer: Any = None,
+    base_hf_config: Optional[dict] = None,
+    max_shard_bytes: int = 5 * 2**30,
+    extra: Optional[dict] = None,
+) -> str:
+    """Write a ``*ForCausalLM`` folder (``AutoModelForCausalLM.from_pretrained`` gives the same logits):
+    config.json (with the tokenizer's bos/eos ids, so transformers' ``generate`` stops where rm_jax does),
+    safetensors (``lm_head.weight`` unless the head is tied to the embedding), and the tokenizer with its
+    chat template. See :func:`export_hf`."""
+    if cfg.head != "lm":
+        raise ValueError(f"export_hf_causal_lm: the config has a {cfg.head!r} head; use export_hf for reward models")
+    ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id")} if tokenizer is not None else {}
+    ids = {k: int(v) for k, v in ids.items() if isinstance(v, int)}
+    return export_hf(cfg, params, out_dir, (), tokenizer, base_hf_config, max_shard_bytes, {**ids, **(extra or {})})
+
+
+def _pad_token_id(tokenizer: Any, base: Optional[dict]) -> Optional[int]:
+    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
+        return int(tokenizer.pad_token_id)
+    if base and isinstance(base.get("pad_token_id"), int):
+        return int(base["pad_token_id"])
+    return None

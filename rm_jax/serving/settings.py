@@ -1,0 +1,65 @@
+"""What ``rm-jax serve`` can be told, checked once before anything is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from rm_jax.core.errors import InputError
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback unless told otherwise: an RM server has no auth
+    port: int = 8000
+    weights: str = "70b-rewardbench"  # default reward weights (a request may bring its own)
+    seq_len: Optional[int] = None  # longest conversation served; None: min(max_position_embeddings, 4096)
+    max_batch_tokens: int = 16384  # token slots of the largest compiled batch
+    min_batch_tokens: int = 64  # token slots of the smallest one (the ladder halves down to it)
+    max_segments: int = 32  # conversations packed into one row, at most
+    max_wait_ms: float = 5.0  # longest a row waits for company before its batch runs
+    max_queue: int = 2048  # rows admitted and not yet scored; beyond: 503 + Retry-After
+    max_body_bytes: int = 16 * 2**20  # request body limit; beyond: 413
+    drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight requests may take to finish
+    template: Optional[str] = None  # chat template override, as for rm-jax score
+    dtype: str = "float32"
+    log_level: str = "info"
+    access_log: bool = False  # one log line per request (costs CPU under load)
+
+    def check(self) -> "ServeConfig":
+        """Raise InputError naming the flag for a value that cannot work."""
+
+        def positive(flag: str, value: float) -> None:
+            if not value > 0:
+                raise InputError(f"{flag}: must be positive, got {value}")
+
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port: {self.port} is not a TCP port")
+        for flag, value in (
+            ("--max-batch-tokens", self.max_batch_tokens),
+            ("--max-queue", self.max_queue),
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-segments", self.max_segments),
+            ("--min-batch-tokens", self.min_batch_tokens),
+        ):
+            positive(flag, value)
+        if self.seq_len is not None:
+            positive("--seq-len", self.seq_len)
+        if self.max_wait_ms < 0:
+            raise InputError(f"--max-wait-ms: must be >= 0, got {self.max_wait_ms}")
+        if self.drain_timeout_s < 0:
+            raise InputError(f"--drain-timeout: must be >= 0, got {self.drain_timeout_s}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise InputError(f"--dtype: {self.dtype!r}; choose float32 or bfloat16")
+        return self
+
+    def resolve_seq_len(self, max_position_embeddings: int) -> int:
+        """The served limit: ``--seq-len`` or the model's context capped at 4096 (larger contexts compile
+        huge batches; raise it explicitly). The largest batch must hold one row of that length."""
+        seq_len = self.seq_len or min(max_position_embeddings, 4096)
+        if seq_len > self.max_batch_tokens:
+            raise InputError(
+                f"--max-batch-tokens {self.max_batch_tokens} is less than --seq-len {seq_len}: "
+                f"a conversation of the longest allowed length would not fit in any batch"
+            )
+        return seq_len

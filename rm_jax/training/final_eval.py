@@ -1,0 +1,146 @@
+"""The evaluation a training run writes for its kept checkpoint: ``eval.json`` (validation loss,
+per-attribute metrics, pairwise accuracy under ``eval.reward_weights``), the per-row predictions
+``predictions/validation.jsonl`` (so any re-weighting needs no forward pass), and, with
+``eval.rewardbench`` set, RewardBench-format pairs scored into ``predictions/rewardbench.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.config import RunConfig
+from rm_jax.core.files import write_json, write_jsonl
+from rm_jax.data.pipeline import Encoded, resolve_source
+from rm_jax.data.sources import load_pairs
+from rm_jax.evaluation.evaluate import evaluate_rewardbench
+from rm_jax.evaluation.metrics import helpsteer_report
+from rm_jax.evaluation.predictions import rewardbench_records
+from rm_jax.runs.read import load_scoring_model
+from rm_jax.training.setup import build_mesh
+
+EVAL_FILE = "eval.json"
+
+
+def kept_checkpoint_report(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
+    result: dict[str, Any] = {"step": step, **val}
+    if cfg.task == "rm" and cfg.data.kind == "helpsteer":
+        n = len(cfg.model.attributes)
+        weights = {str(w): w for w in cfg.eval.reward_weights} if n == len(ATTRIBUTES) else {}
+        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
+        result.update(per_attribute=rep["per_attribute"], pairwise=rep["pairwise"])
+    return result
+
+
+def validation_records(enc: Encoded, pred: np.ndarray, attributes: list) -> list[dict]:
+    """``predictions/validation.jsonl``: labels of the model's own attributes (floats; None where missing)."""
+    return [
+        {
+            "row": int(enc.source_rows[i]),
+            "group": int(enc.group[i]),
+            "pred": {a: float(pred[i, j]) for j, a in enumerate(attributes)},
+            "label": {a: (float(enc.labels[i, j]) if enc.label_mask[i, j] else None) for j, a in enumerate(attributes)},
+        }
+        for i in range(len(enc.ids))
+    ]
+
+
+def write_run_evaluation(cfg: RunConfig, fit: Any) -> None:
+    """eval.json and predictions/validation.jsonl from a :class:`rm_jax.training.loop.FitResult`."""
+    if fit.val is None or jax.process_index() != 0:
+        return
+    result = kept_checkpoint_report(cfg, fit.val_enc, fit.val_pred, fit.val, fit.kept_step)
+    result["train_rows"] = fit.train_rows
+    result["train_examples"] = fit.train_examples
+    if fit.val_pred is not None:
+        write_jsonl(
+            os.path.join(fit.run_dir, "predictions", "validation.jsonl"),
+            validation_records(fit.val_enc, fit.val_pred, list(cfg.model.attributes)),
+        )
+    if cfg.eval.label_probe.prompts and cfg.data.validation:
+        result["label_probe"] = label_probe(cfg, fit.run_dir, fit.mesh)
+    write_json(os.path.join(fit.run_dir, EVAL_FILE), result)
+
+
+def label_probe(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
+    """Does the policy read its label? For held-out validation prompts, generate at each requested level
+    of one attribute (the others from ``eval.label_probe.base``) and compare response lengths: on
+    HelpSteer2 data verbosity is mostly length, so a policy that follows it writes longer at 4 than at 0."""
+    from rm_jax.data.conversation import attribute_label, parse_attribute_label
+    from rm_jax.policy import generate, load_policy
+    from rm_jax.steer.prompts import labelled, read_prompts
+
+    probe = cfg.eval.label_probe
+    prompts = read_prompts(cfg.data.validation, probe.prompts, split=cfg.data.validation_split)
+    policy = load_policy(run_dir, mesh=mesh)
+    base = parse_attribute_label(probe.base) if probe.base else {}
+    out: dict[str, Any] = {
+        "attribute": probe.attribute,
+        "base": probe.base,
+        "prompts": len(prompts),
+        "max_new_tokens": probe.max_new_tokens,
+        "temperature": probe.temperature,
+        "levels": {},
+    }
+    for level in probe.levels:
+        label = attribute_label({**base, probe.attribute: level})
+        texts = [
+            ys[0]
+            for ys in generate(
+                policy,
+                [labelled(p, label) for p in prompts],
+                n=1,
+                temperature=probe.temperature or 1.0,
+                greedy=probe.temperature == 0,
+                max_new_tokens=probe.max_new_tokens,
+                seed=probe.seed,
+            )
+        ]
+        tokens = [len(policy.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        out["levels"][str(level)] = {
+            "label": label,
+            "mean_response_tokens": float(np.mean(tokens)),
+            "mean_response_chars": float(np.mean([len(t) for t in texts])),
+            "examples": texts[:2],
+        }
+    lo, hi = str(min(probe.levels)), str(max(probe.levels))
+    out["higher_level_longer"] = out["levels"][hi]["mean_response_tokens"] > out["levels"][lo]["mean_response_tokens"]
+    return out
+
+
+def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
+    """RewardBench-format pairs scored by the run's kept checkpoint. The per-pair attribute
+    predictions go to predictions/rewardbench.jsonl, so every reward weighting is scored from them
+    without another forward pass; returns the metrics under eval.reward_weights[0] and adds them
+    to eval.json (when the run wrote one)."""
+    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg), dtype=cfg.model.dtype)
+    rows = load_pairs(
+        resolve_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split, on_bad_row=cfg.data.on_bad_row
+    ).rows
+    weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+    report, chosen, rejected = evaluate_rewardbench(
+        model,
+        rows,
+        weights,
+        seq_len=cfg.data.seq_len,
+        batch_rows=cfg.train.eval_rows,
+        max_segments=cfg.data.max_segments,
+        overlength=cfg.data.overlength,
+        progress=cfg.logging.progress,
+    )
+    if jax.process_index() == 0:
+        write_jsonl(
+            os.path.join(run_dir, "predictions", "rewardbench.jsonl"),
+            rewardbench_records(rows, chosen, rejected, list(model.attributes)),
+        )
+        path = os.path.join(run_dir, EVAL_FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                result = json.load(f)
+            result["rewardbench"] = report
+            write_json(path, result)
+    return report

@@ -1,0 +1,173 @@
+"""Encoding with the over-length policy, nested subsets, deterministic and restorable loading."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from rm_jax.cli import main
+from rm_jax.data.conversation import encode, row_to_messages
+from rm_jax.data.pipeline import Loader, encode_helpsteer, fit_length, resolve_source, subset_prompts
+from rm_jax.data.sources import load_helpsteer, pair_ids
+from tests.helpers import bundled_tokenizer
+
+ATTRS = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return bundled_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_helpsteer(resolve_source("bundled"), "train").rows
+
+
+def test_fit_length_policy():
+    ids = np.arange(1, 21, dtype=np.int32)  # prompt = first 12 tokens, response = last 8
+    kept, trunc = fit_length(ids, 12, 30, "truncate", bos_id=None)
+    assert not trunc and (kept == ids).all()
+    kept, trunc = fit_length(ids, 12, 15, "truncate", bos_id=None)
+    assert trunc and (kept == ids[-15:]).all()
+    kept, trunc = fit_length(ids, 12, 15, "truncate", bos_id=1)  # BOS kept, prompt cut after it
+    assert trunc and kept[0] == 1 and (kept[1:] == ids[-14:]).all() and len(kept) == 15
+    assert fit_length(ids, 12, 8, "truncate", None) == (None, False)  # response alone fills the row
+    assert fit_length(ids, 12, 15, "drop", None) == (None, False)
+
+
+def test_encode_counts_truncation_and_keeps_the_response(tok, rows):
+    enc = encode_helpsteer(rows[:400], tok, 48, overlength="truncate")
+    full = encode(tok, [row_to_messages(r) for r in rows[:400]])
+    assert enc.report.truncated == sum(48 < len(x) for x in full) - enc.report.dropped
+    assert enc.report.truncated > 0 and all(len(x) <= 48 for x in enc.ids)
+    kept_rows = enc.source_rows
+    for x, r in zip(enc.ids, kept_rows):
+        f = full[r]
+        assert (x == f[len(f) - len(x) :]).all()  # a suffix: the response and the end of the prompt
+    dropped = encode_helpsteer(rows[:400], tok, 48, overlength="drop")
+    assert dropped.report.dropped == sum(48 < len(x) for x in full) and dropped.report.truncated == 0
+
+
+def test_missing_labels_are_masked(tok, tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(
+        json.dumps(
+            {
+                "prompt": "a",
+                "response": "b",
+                "helpfulness": 3,
+                "correctness": -100,
+                "coherence": None,
+                "complexity": 1,
+                "verbosity": 2,
+            }
+        )
+        + "\n"
+    )
+    enc = encode_helpsteer(load_helpsteer(str(p)).rows, tok, 64)
+    assert enc.label_mask.tolist() == [[1, 0, 0, 1, 1]]
+    assert enc.labels.tolist() == [[3, 0, 0, 1, 2]]
+
+
+def test_subsets_are_nested_whole_prompts_and_reproducible(rows):
+    groups = np.asarray(pair_ids(rows))
+    subsets = {f: set(subset_prompts(rows, f, seed=5)) for f in (0.1, 0.25, 0.5, 1.0)}
+    assert subsets[0.1] <= subsets[0.25] <= subsets[0.5] <= subsets[1.0] == set(range(len(rows)))
+    for f, s in subsets.items():
+        g = set(groups[list(s)])
+        assert sum(groups[i] in g for i in range(len(rows))) == len(s)  # both responses of a prompt, or none
+        assert len(g) == round(f * (groups.max() + 1))
+    assert subsets[0.25] == set(subset_prompts(rows, 0.25, seed=5))
+    assert subsets[0.25] != set(subset_prompts(rows, 0.25, seed=6))
+    assert len(set(groups[subset_prompts(rows, max_prompts=37, seed=5)])) == 37
+
+
+def _loader(enc, seed=0):
+    return Loader(enc, seq_len=128, max_segments=8, rows_per_batch=4, pad_id=0, seed=seed)
+
+
+def test_loader_is_deterministic_reshuffles_and_restores(tok, rows):
+    enc = encode_helpsteer(rows[:300], tok, 128)
+    a, b = _loader(enc), _loader(enc)
+    n = a.steps_per_epoch()
+    first = [next(a) for _ in range(n + 3)]
+    second = [next(b) for _ in range(n + 3)]
+    for x, y in zip(first, second):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    # every example exactly once per epoch, and epoch 2 is ordered differently
+    ep1 = np.concatenate([x["example_index"].ravel() for x in first[:n]])
+    assert sorted(ep1[ep1 >= 0].tolist()) == list(range(len(enc.ids)))
+    assert not np.array_equal(first[0]["example_index"], first[n]["example_index"])
+    # a restored loader continues with exactly the next batch
+    c = _loader(enc)
+    c.set_state(json.loads(json.dumps(_state_after(enc, n + 1))))
+    nxt = next(c)
+    for k in nxt:
+        np.testing.assert_array_equal(nxt[k], first[n + 1][k])
+    assert _loader(enc, seed=1).__next__()["example_index"].tolist() != first[0]["example_index"].tolist()
+
+
+def _state_after(enc, k):
+    l = _loader(enc)
+    for _ in range(k):
+        next(l)
+    return l.get_state()
+
+
+def test_packing_fills_rows(tok, rows):
+    enc = encode_helpsteer(rows, tok, 128)
+    l = _loader(enc)
+    batches = [next(l) for _ in range(l.steps_per_epoch())]
+    fill = np.mean([(b["segment_ids"] > 0).mean() for b in batches[:-1]])
+    assert fill > 0.95
+
+
+def test_train_reports_bad_rows(tmp_path, capsys):
+    good = load_helpsteer(resolve_source("bundled"), "validation").rows[:40]
+    lines = [json.dumps({k: r[k] for k in ["prompt", "response", *ATTRS]}) for r in good]
+    lines[5] = lines[5].replace('"helpfulness": ', '"helpfulness": 9, "x": ')
+    lines[9] = "{not json"
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    from tests.helpers import TINY as tiny
+
+    args = [
+        "train",
+        tiny,
+        f"run_dir={tmp_path / 'run'}",
+        f"data.train={path}",
+        "data.validation=null",
+        "train.max_steps=2",
+        "logging.progress=false",
+        "mesh.num_devices=1",
+        "mesh.data=1",
+        "model.arch.hidden_size=32",
+        "model.arch.intermediate_size=64",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "row 6" in err and "helpfulness" in err
+    assert main(args + ["data.on_bad_row=skip"]) == 0
+    rep = json.load(open(tmp_path / "run" / "data_report.json"))["train"]
+    assert rep["rows_skipped"] == 2 and rep["rows_used"] == 38
+    assert "skipped 2 bad rows" in capsys.readouterr().err
+
+
+def test_data_stats_cli_matches_numpy_and_scipy(capsys, rows):
+    assert main(["data", "stats", "bundled", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"] == len(rows) and out["prompts"] == len(set(r["prompt"] for r in rows))
+    h = np.asarray([r["helpfulness"] for r in rows], float)
+    cols = {a: np.asarray([r[a] for r in rows], float) for a in ATTRS}
+    cols["turns"] = np.asarray([1 + 2 * r["prompt"].count("\n<extra_id_1>User\n") for r in rows], float)
+    cols["prompt_chars"] = np.asarray([len(r["prompt"]) for r in rows], float)
+    cols["response_chars"] = np.asarray([len(r["response"]) for r in rows], float)
+    for name, x in cols.items():
+        s = out["stats"][name]
+        assert s["mean"] == pytest.approx(x.mean(), abs=1e-6)
+        assert s["std"] == pytest.approx(x.std(ddof=1), abs=1e-6)
+        if name != "helpfulness":
+            assert s["pearson_helpfulness"] == pytest.approx(sps.pearsonr(x, h)[0], abs=1e-6)

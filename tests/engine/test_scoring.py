@@ -1,0 +1,187 @@
+"""`rm-jax score`: transformers parity on chat-templated ids, row order, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rm_jax.cli import main
+from rm_jax.core.attributes import REWARD_PRESETS
+from rm_jax.data.conversation import row_to_messages
+from tests.helpers import make_hf_rm_with_tokenizer
+
+ROWS = [
+    {"prompt": "What is 2 plus 2?", "response": "2 plus 2 equals 4."},
+    {
+        "prompt": "Hi\n<extra_id_1>Assistant\nHello! How can I help?\n<extra_id_1>User\nName a red fruit.",
+        "response": "An apple is a red fruit.",
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello there"},
+        ]
+    },
+    {"prompt": "Tell me a long story. " * 30, "response": "Once upon a time " * 40, "id": 7},
+]
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("rm"))
+    model, tok = make_hf_rm_with_tokenizer("qwen2", d)
+    return d, model, tok
+
+
+def _write(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+
+def test_score_matches_transformers(rm_dir, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    d, model, _ = rm_dir
+    tok = AutoTokenizer.from_pretrained(d)  # as a transformers user loads it (Qwen2 picks its own class)
+    _write(tmp_path / "in.jsonl", ROWS)
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                d,
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                "--weights",
+                "340b-rewardbench",
+                "--batch-rows",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = [json.loads(x) for x in open(tmp_path / "out.jsonl")]
+    assert len(out) == len(ROWS)
+    w = np.asarray(REWARD_PRESETS["340b-rewardbench"])
+    for row, o in zip(ROWS, out):
+        assert {k: v for k, v in o.items() if k not in ("attributes", "reward")} == row  # order and fields kept
+        ids = tok.apply_chat_template(row_to_messages(row), tokenize=True, return_dict=False)
+        with torch.no_grad():
+            want = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+        got = np.asarray(list(o["attributes"].values()))
+        assert list(o["attributes"]) == ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert o["reward"] == pytest.approx(float(got @ w), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], "line 2: invalid JSON"),
+        (
+            ['{"prompt": "a", "response": "b"}', '{"text": "no conversation"}'],
+            "line 2: needs either 'prompt' and 'response', or 'messages'",
+        ),
+        (["[1, 2]"], "line 1: expected a JSON object"),
+        (['{"messages": [{"role": "user", "content": "hi"}]}'], "line 1: the last message must be the assistant's"),
+    ],
+)
+def test_bad_input_names_file_and_line_and_writes_nothing(rm_dir, tmp_path, capsys, lines, message):
+    d, _, _ = rm_dir
+    _write(tmp_path / "bad.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous results\n")
+    assert main(["score", "--model", d, "--input", str(tmp_path / "bad.jsonl"), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "bad.jsonl") in err and message in err
+    assert out.read_text() == "previous results\n"
+    assert not os.path.exists(str(out) + ".tmp")
+
+
+def test_bad_model_and_weights(rm_dir, tmp_path, capsys):
+    d, _, _ = rm_dir
+    _write(tmp_path / "in.jsonl", ROWS[:1])
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tmp_path / "nope"),
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 1
+    )
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "gpt2"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "gpt2"}')
+    assert (
+        main(
+            ["score", "--model", str(bad), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]
+        )
+        == 1
+    )
+    assert "unsupported model_type 'gpt2'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                d,
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--weights",
+                "1,2,3",
+            ]
+        )
+        == 1
+    )
+    assert "expected 5" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tmp_path / "nope"),
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--weights",
+                "bogus",
+            ]
+        )
+        == 1
+    )
+    assert "unknown reward-weight preset 'bogus'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                d,
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--seq-len",
+                "8",
+            ]
+        )
+        == 1
+    )
+    assert "in.jsonl: row 1:" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o.jsonl")

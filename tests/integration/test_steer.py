@@ -1,0 +1,405 @@
+"""SteerLM 2.0 end to end on tiny random models: sampling, labelling into NeMo-Aligner's format (every
+log-probability checked against its definition), training on the groups (resume gives the same losses),
+attribute-following evaluation, and bad input named by file, line and field."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rm_jax.cli import main
+from rm_jax.data.conversation import parse_attribute_label, row_to_messages, with_label
+from rm_jax.data.steer_groups import load_groups
+from tests.helpers import make_hf_causal_lm_with_tokenizer, make_hf_rm_with_tokenizer
+
+pytestmark = pytest.mark.slow  # end to end: trains or spawns processes
+
+SIGMA = "0.8,0.9,0.6,0.7,0.75"
+TARGETS = ["helpfulness:4,verbosity:0", "helpfulness:3,complexity:2,verbosity:4"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("steer")
+    make_hf_rm_with_tokenizer("llama", str(d / "rm"))
+    make_hf_causal_lm_with_tokenizer("llama", str(d / "policy"), seed=1)
+    make_hf_causal_lm_with_tokenizer("qwen2", str(d / "sft"), seed=2)
+    prompts = d / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"prompt": "What is 2 plus 2?"},
+                {"prompt": "Name a colour."},
+                {
+                    "messages": [
+                        {"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello"},
+                        {"role": "user", "content": "Tell me a fact."},
+                    ]
+                },
+            ]
+        )
+    )
+    return {k: str(d / k) for k in ("rm", "policy", "sft")} | {"prompts": str(prompts), "dir": str(d)}
+
+
+@pytest.fixture(scope="module")
+def labelled(models):
+    from rm_jax.steer.label import label_samples
+    from rm_jax.steer.sample import sample_prompts
+
+    samples, groups = os.path.join(models["dir"], "samples.jsonl"), os.path.join(models["dir"], "groups.jsonl")
+    rep = sample_prompts(models["policy"], models["prompts"], samples, n=3, targets=TARGETS, max_new_tokens=10, seed=4)
+    rows = [json.loads(x) for x in open(samples)]
+    assert rep == {
+        "prompts": 3,
+        "groups": 6,
+        "responses": 18,
+        "unfinished": sum(not f for r in rows for f in r["finished"]),
+    }
+    assert all(len(r["finished"]) == 3 for r in rows)
+    label_samples(samples, models["policy"], models["rm"], groups, sft=models["sft"], sigma=SIGMA, progress=False)
+    return samples, groups
+
+
+def test_labels_follow_their_definitions(models, labelled):
+    from rm_jax.engine.scoring import score_rows
+    from rm_jax.policy import load_policy, response_logprobs
+    from rm_jax.runs.read import load_scoring_model
+    from rm_jax.steer.attribute_model import log_p_attributes, resolve_sigma
+
+    samples, groups_path = labelled
+    groups = load_groups(groups_path)
+    rows = [json.loads(x) for x in open(samples)]
+    assert len(groups) == 6 and all(len(g.responses) == 3 for g in groups)
+    pol, sft = load_policy(models["policy"]), load_policy(models["sft"])
+    rm = load_scoring_model(models["rm"])
+    sigma = resolve_sigma(models["rm"], SIGMA)
+    for row, g in zip(rows, groups):
+        assert g.label == row["attributes"] and g.responses == row["responses"]
+        prompt = row_to_messages(
+            {**{k: row[k] for k in ("prompt", "messages") if k in row}, "response": "x"}
+            if "prompt" in row
+            else {"messages": row["messages"] + [{"role": "assistant", "content": "x"}]}
+        )[:-1]
+        convs = [prompt + [{"role": "assistant", "content": y}] for y in g.responses]
+        pred, _ = score_rows(rm, [{"messages": c} for c in convs], progress=False)
+        np.testing.assert_allclose(g.log_pa, log_p_attributes(pred, parse_attribute_label(g.label), sigma), atol=1e-6)
+        q, _ = response_logprobs(pol, [with_label(c, g.label) for c in convs])
+        p, _ = response_logprobs(sft, convs)
+        np.testing.assert_allclose(g.log_q, q, atol=1e-4)
+        np.testing.assert_allclose(g.log_py, p, atol=1e-4)
+        assert abs(g.weights.sum() - 1) < 1e-9
+    assert groups[4].prompt[0] == {"role": "user", "content": "Hi"} and len(groups[4].prompt) == 3  # prompt 3, target 1
+
+
+def test_without_sft_the_policy_without_its_label_stands_in(models, labelled, tmp_path, capsys):
+    samples, _ = labelled
+    out = tmp_path / "g.jsonl"
+    assert (
+        main(
+            [
+                "steer",
+                "label",
+                "--policy",
+                models["policy"],
+                "--rm",
+                models["rm"],
+                "--input",
+                samples,
+                "--output",
+                str(out),
+                "--sigma",
+                SIGMA,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "the sampling policy without the label" in capsys.readouterr().out
+    from rm_jax.policy import load_policy, response_logprobs
+
+    g = load_groups(str(out))[0]
+    pol = load_policy(models["policy"])
+    convs = [
+        [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": y}] for y in g.responses
+    ]
+    np.testing.assert_allclose(g.log_py, response_logprobs(pol, convs)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "row, field, needle",
+    [
+        ({"prompt": "q", "attributes": "verbosity:1", "responses": ["a"]}, "responses", "at least 2 responses"),
+        ({"prompt": "q", "responses": ["a", "b"]}, "attributes", "missing"),
+        ({"prompt": "q", "attributes": "verbosity:9", "responses": ["a", "b"]}, "attributes", "not an integer 0-4"),
+        ({"prompt": "q", "attributes": "humor:1", "responses": ["a", "b"]}, "attributes", "unknown attribute"),
+        ({"prompt": "q", "attributes": "verbosity:1", "responses": ["a", " "]}, "responses[1]", "empty"),
+        # HelpSteer2 columns are not the label the responses were sampled under (generate reads "attributes" only)
+        ({"prompt": "q", "helpfulness": 3, "verbosity": 1, "responses": ["a", "b"]}, "attributes", "sampled under"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "r"},
+                ],
+                "attributes": "verbosity:1",
+                "responses": ["a", "b"],
+            },
+            "messages",
+            "role 'system' in turn 1",
+        ),
+        (
+            {"prompt": "q", "attributes": "verbosity:1", "responses": ["a", "b"], "finished": [True]},
+            "finished",
+            "one true/false per response",
+        ),
+        # found only when a model reads it: still named by line and response
+        (
+            {"prompt": "q", "attributes": "verbosity:1", "responses": ["a", "word " * 1100]},
+            "responses[1]",
+            "more than the limit of 1024",
+        ),
+    ],
+)
+def test_bad_samples_are_named(models, tmp_path, capsys, row, field, needle):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "b"]})
+        + "\n"
+        + json.dumps(row)
+        + "\n"
+    )
+    assert (
+        main(
+            [
+                "steer",
+                "label",
+                "--policy",
+                models["policy"],
+                "--rm",
+                models["rm"],
+                "--input",
+                str(bad),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--sigma",
+                SIGMA,
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"{bad}: line 2, field '{field}'" in err and needle in err, err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_empty_and_cut_off_responses_skipped_on_request(models, tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(
+        json.dumps(
+            {
+                "prompt": "ok",
+                "attributes": "verbosity:1",
+                "responses": ["a", "", "b", "c"],
+                "finished": [True, True, True, False],
+            }
+        )
+        + "\n"
+        + json.dumps({"prompt": "no", "attributes": "verbosity:1", "responses": ["", "c"]})
+        + "\n"
+    )
+    out = tmp_path / "g.jsonl"
+    args = [
+        "steer",
+        "label",
+        "--policy",
+        models["policy"],
+        "--rm",
+        models["rm"],
+        "--input",
+        str(samples),
+        "--output",
+        str(out),
+        "--sigma",
+        SIGMA,
+        "--skip-empty",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    got = capsys.readouterr()
+    assert "skipped 2 empty responses, 1 groups left with fewer than 2" in got.out
+    assert "1 labelled responses were cut off" in got.err  # kept, but said
+    groups = load_groups(str(out))
+    assert len(groups) == 1 and groups[0].responses == ["a", "b", "c"]
+    assert main(args + ["--skip-unfinished"]) == 0
+    got = capsys.readouterr()
+    assert "skipped 2 empty responses, 1 cut-off responses, 1 groups left with fewer than 2" in got.out
+    assert "cut off" not in got.err
+    assert load_groups(str(out))[0].responses == ["a", "b"]
+
+
+def test_a_leading_system_message_becomes_the_system_field_even_empty(models, tmp_path):
+    from rm_jax.steer.label import label_samples
+
+    samples = tmp_path / "s.jsonl"
+    rows = [
+        {
+            "messages": [{"role": "system", "content": sys_}, {"role": "user", "content": "Hi"}],
+            "attributes": "verbosity:1",
+            "responses": ["a", "b"],
+        }
+        for sys_ in ("", "Be brief.")
+    ]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    label_samples(str(samples), models["policy"], models["rm"], str(tmp_path / "g.jsonl"), sigma=SIGMA, progress=False)
+    groups = load_groups(str(tmp_path / "g.jsonl"))
+    assert [g.system for g in groups] == ["", "Be brief."]
+    assert all(g.prompt == [{"role": "user", "content": "Hi"}] for g in groups)
+
+
+def test_sampling_under_own_labels_keeps_each_prompt_label_pair(tmp_path):
+    from rm_jax.steer.prompts import read_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"prompt": "Name a colour.", "attributes": "verbosity:0"},
+                {"prompt": "Name a colour.", "attributes": "verbosity:4"},
+                {"prompt": "Name a colour.", "attributes": "verbosity:0"},
+                {"prompt": "Name a fruit.", "helpfulness": 2},
+            ]
+        )
+    )
+    assert [p.label for p in read_prompts(str(f), by_label=True)] == ["verbosity:0", "verbosity:4", "helpfulness:2"]
+    assert len(read_prompts(str(f))) == 2  # eval and targets: one per distinct prompt
+    assert len(read_prompts(str(f), limit=2, by_label=True)) == 2
+
+
+def test_sigma_is_required_when_the_rm_has_no_validation_rmse(models, labelled, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "steer",
+                "label",
+                "--policy",
+                models["policy"],
+                "--rm",
+                models["rm"],
+                "--input",
+                labelled[0],
+                "--output",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 1
+    )
+    assert "records no per-attribute validation RMSE" in capsys.readouterr().err
+
+
+def test_steer_eval_reports_what_it_measured(models, tmp_path):
+    from rm_jax.engine.scoring import score_rows
+    from rm_jax.runs.read import load_scoring_model
+
+    out = tmp_path / "ev"
+    assert (
+        main(
+            [
+                "steer",
+                "eval",
+                "--policy",
+                models["policy"],
+                "--rm",
+                models["rm"],
+                "--input",
+                models["prompts"],
+                "--targets",
+                *TARGETS,
+                "--k",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    res = json.loads((out / "steer_eval.json").read_text())
+    assert set(res["mean_abs_error"]) == {"helpfulness", "complexity", "verbosity", "mean"}
+    assert res["prompts"] == 3 and res["k"] == 2 and len(res["per_target"]) == 2 and "70b-card" in res["reward"]
+    # Recompute from the saved samples: the same RM, the same errors.
+    rows = [json.loads(x) for x in (out / "steer_samples.jsonl").read_text().splitlines()]
+    rm = load_scoring_model(models["rm"])
+    errs = {"helpfulness": [], "complexity": [], "verbosity": []}
+    for r in rows:
+        base = {k: r[k] for k in ("prompt", "messages") if k in r}
+        msgs = [
+            row_to_messages(
+                {**base, "response": y}
+                if "prompt" in base
+                else {"messages": base["messages"] + [{"role": "assistant", "content": y}]}
+            )
+            for y in r["responses"]
+        ]
+        pred, _ = score_rows(rm, [{"messages": m} for m in msgs], progress=False)
+        for a, lv in parse_attribute_label(r["attributes"]).items():
+            errs[a] += list(np.abs(pred[:, rm.attributes.index(a)] - lv))
+    for a, e in errs.items():
+        assert res["mean_abs_error"][a] == pytest.approx(np.mean(e), abs=1e-5)
+    assert (out / "steer_eval.md").exists() and (out / "steer_eval.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path):
+    import shutil
+
+    from rm_jax.core.config import build_config
+    from rm_jax.training.run import train
+
+    _, groups = labelled
+    base = {
+        "task": "steerlm2",
+        "run_dir": str(tmp_path / "run"),
+        "model": {"path": models["policy"]},
+        "data": {"train": groups, "validation": groups, "seq_len": 256, "max_segments": 8},
+        "train": {
+            "max_steps": 6,
+            "batch_rows": 2,
+            "lr": 1e-3,
+            "warmup_steps": 1,
+            "log_every": 1,
+            "eval_every": 3,
+            "eval_rows": 2,
+        },
+        "checkpoint": {"every_steps": 2, "keep_latest": 3, "keep_best": 0},
+        "mesh": {"num_devices": 1, "data": 1},
+        "logging": {"progress": False, "tensorboard": False},
+    }
+    rd = train(build_config(base))
+
+    def losses():
+        recs = [json.loads(x) for x in open(os.path.join(rd, "metrics.jsonl"))]
+        return {r["step"]: (r["loss"], r["kl_w_b"]) for r in recs if "loss" in r}
+
+    first = losses()
+    assert sorted(first) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v).all() for v in first.values())
+    ev = json.load(open(os.path.join(rd, "eval.json")))
+    assert {"val_loss", "val_kl_w_b", "val_groups"} <= set(ev) and ev["val_groups"] == 6
+    for step in ("4", "6"):  # back to the step-2 checkpoint, as after a pre-emption
+        shutil.rmtree(os.path.join(rd, "checkpoints", step))
+    os.remove(os.path.join(rd, "DONE"))
+    train(build_config(base))
+    again = losses()
+    for s in range(3, 7):
+        assert again[s][0] == pytest.approx(first[s][0], rel=1e-5) and again[s][1] == pytest.approx(
+            first[s][1], rel=1e-4
+        )

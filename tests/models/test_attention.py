@@ -1,0 +1,193 @@
+"""The flash-style attention (hand-written backward, run-time key skipping) against a dense softmax
+differentiated by XLA, on the layouts the pipeline produces: packed rows, pads on either side, GQA,
+sliding windows, rows that are not a whole number of blocks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rm_jax.models.attention import (
+    _key_blocks,
+    first_visible_key,
+    flash_attention,
+    pooled_query_attention,
+    reference_attention,
+)
+
+
+def _segments(kind: str, b: int, t: int, rng: np.random.Generator) -> np.ndarray:
+    seg = np.zeros((b, t), np.int32)
+    for r in range(b):
+        if kind == "single":
+            seg[r] = 1
+        elif kind == "right_pad":
+            seg[r, : t - 3 - r] = 1
+        elif kind == "left_pad":
+            seg[r, 2 + r :] = 1
+        elif kind == "packed":
+            cuts = np.sort(rng.choice(np.arange(1, t - 4), 3, replace=False))
+            bounds = [0, *cuts, t - 2 - r]  # 4 conversations, then pads
+            for i in range(4):
+                seg[r, bounds[i] : bounds[i + 1]] = i + 1
+    return seg
+
+
+def _inputs(b, t, n, kv, d, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    q, k, v, g = (
+        jnp.asarray(rng.standard_normal(s), dtype) for s in ((b, t, n, d), (b, t, kv, d), (b, t, kv, d), (b, t, n, d))
+    )
+    return q, k, v, g, rng
+
+
+def _loss(fn):
+    return lambda q, k, v, seg, g: jnp.sum(fn(q, k, v, seg).astype(jnp.float32) * g.astype(jnp.float32))
+
+
+# Every layout with several blocks per row (the skipping path), plus: a block larger than the row,
+# block 0 (= one block), and sliding windows shorter / longer than a block.
+CASES = [
+    ("single", None, 8),
+    ("right_pad", None, 8),
+    ("left_pad", None, 8),
+    ("packed", None, 8),
+    ("packed", None, 64),
+    ("single", None, 0),
+    ("packed", 6, 8),
+    ("left_pad", 13, 4),
+    ("right_pad", 6, 8),
+]
+
+
+@pytest.mark.parametrize("kind,window,block", CASES)
+def test_flash_matches_dense_softmax_and_its_gradients(kind, window, block):
+    q, k, v, g, rng = _inputs(2, 37, 4, 2, 16, jnp.float32)
+    seg = jnp.asarray(_segments(kind, 2, 37, rng))
+    flash = lambda *a: flash_attention(*a, sliding_window=window, block=block)  # noqa: E731
+    ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(flash)(q, k, v, seg), ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
+    got = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
+    for name, a, b in zip("qkv", got, want):
+        assert np.all(np.isfinite(np.asarray(a))), name
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"d{name}")
+
+
+def test_bfloat16_inputs_follow_the_float32_function():
+    q, k, v, g, rng = _inputs(2, 40, 8, 2, 16, jnp.bfloat16, seed=1)
+    seg = jnp.asarray(_segments("packed", 2, 40, rng))
+    out = flash_attention(q, k, v, seg, block=16)
+    assert out.dtype == jnp.bfloat16
+    want = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), seg)
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2, rtol=3e-2)
+    dq = jax.grad(_loss(lambda *a: flash_attention(*a, block=16)))(q, k, v, seg, g)
+    dq_ref = jax.grad(_loss(reference_attention))(*(x.astype(jnp.float32) for x in (q, k, v)), seg, g)
+    assert dq.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(dq, np.float32), dq_ref, atol=6e-2, rtol=6e-2)
+
+
+def test_blocks_skip_keys_of_earlier_conversations_and_the_upper_triangle():
+    # Two rows packed the same way: conversations [0, 20), [20, 50), [50, 64).
+    seg = np.concatenate([np.full(20, 1), np.full(30, 2), np.full(14, 3)])[None].repeat(2, 0)
+    seg = jnp.asarray(seg, jnp.int32)
+    np.testing.assert_array_equal(first_visible_key(seg)[0], np.repeat([0, 20, 50], [20, 30, 14]))
+    # 8 query blocks of 8: block i needs key blocks from its first conversation's start block to i.
+    np.testing.assert_array_equal(_key_blocks(seg, 8, None), [1, 2, 3, 2, 3, 4, 5, 2])
+    # A sliding window bounds the width too; one causal conversation reads the whole lower triangle.
+    np.testing.assert_array_equal(_key_blocks(jnp.ones((1, 64), jnp.int32), 8, 9), [1, 2, 2, 2, 2, 2, 2, 2])
+    np.testing.assert_array_equal(_key_blocks(jnp.ones((1, 64), jnp.int32), 8, None), np.arange(1, 9))
+    # The batch shares one program: the widest row decides.
+    mixed = seg.at[1].set(1)
+    np.testing.assert_array_equal(_key_blocks(mixed, 8, None), np.arange(1, 9))
+
+
+def test_pooled_queries_equal_the_full_attention_at_those_tokens():
+    q, k, v, _, rng = _inputs(2, 30, 4, 1, 8, jnp.float32, seed=2)
+    seg = jnp.asarray(_segments("packed", 2, 30, rng))
+    full = reference_attention(q, k, v, seg, sliding_window=7)
+    idx = jnp.asarray([[3, 11, 20, 27], [0, 9, 17, 28]], jnp.int32)
+    qs = jnp.take_along_axis(q, idx[..., None, None], axis=1)
+    got = pooled_query_attention(qs, k, v, seg, idx, sliding_window=7)
+    np.testing.assert_allclose(got, jnp.take_along_axis(full, idx[..., None, None], axis=1), atol=2e-6, rtol=1e-5)
+
+
+def test_capped_key_widths_round_up_and_stay_exact(monkeypatch):
+    """Long rows compile at most MAX_WIDTHS window widths; a block then reads a wider window than it
+    needs (moved right at the row's start), and the mask must still make it the same function."""
+    from rm_jax.models import attention
+
+    monkeypatch.setattr(attention, "MAX_WIDTHS", 3)
+    q, k, v, g, rng = _inputs(2, 37, 4, 2, 16, jnp.float32, seed=3)
+    for kind, window in (("packed", None), ("left_pad", 9), ("single", None)):
+        seg = jnp.asarray(_segments(kind, 2, 37, rng))
+        flash = lambda *a: flash_attention(*a, sliding_window=window, block=4)  # noqa: E731
+        ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
+        assert attention._Plan(q, k, 4).widths == [4, 7, 10]
+        np.testing.assert_allclose(jax.jit(flash)(q, k, v, seg), ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
+        got = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+        want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
+        for name, a, b in zip("qkv", got, want):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"{kind} d{name}")
+
+
+# ---------------------------------------------------------------- Pallas splash attention (interpret mode on CPU)
+
+# Rows shorter than one 128-token block, and one of three blocks (tile skipping across blocks);
+# GQA (4 query heads on 2 kv heads) and MQA (1 kv head); windows inside one block and across two.
+SPLASH_CASES = [
+    ("packed", None, 37, 2),
+    ("left_pad", None, 37, 2),
+    ("right_pad", None, 37, 1),
+    ("packed", 6, 37, 2),
+    ("packed", None, 300, 2),
+    ("single", 150, 300, 1),
+]
+
+
+@pytest.mark.parametrize("kind,window,t,kv", SPLASH_CASES)
+def test_splash_matches_the_xla_kernel_and_the_dense_softmax(kind, window, t, kv):
+    from rm_jax.models.splash import splash_attention
+
+    q, k, v, g, rng = _inputs(2, t, 4, kv, 16, jnp.float32, seed=7)
+    seg = jnp.asarray(_segments(kind, 2, t, rng))
+    splash = lambda *a: splash_attention(*a, sliding_window=window, interpret=True)  # noqa: E731
+    flash = lambda *a: flash_attention(*a, sliding_window=window, block=64)  # noqa: E731
+    ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
+    out = jax.jit(splash)(q, k, v, seg)
+    np.testing.assert_allclose(out, ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(out, jax.jit(flash)(q, k, v, seg), atol=2e-6, rtol=1e-5)
+    got = jax.jit(jax.grad(_loss(splash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
+    xla = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+    for name, a, b, c in zip("qkv", got, want, xla):
+        assert np.all(np.isfinite(np.asarray(a))), name
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"d{name} vs dense")
+        np.testing.assert_allclose(a, c, atol=1e-5, rtol=1e-4, err_msg=f"d{name} vs xla kernel")
+
+
+def test_splash_padding_rows_are_finite_and_real_tokens_exact():
+    """An all-padding row (segment 0 everywhere) and pad tokens inside rows: every output finite
+    (no query row is fully masked), and real tokens unaffected by the pads next to them."""
+    from rm_jax.models.splash import splash_attention
+
+    q, k, v, _, rng = _inputs(2, 40, 4, 2, 16, jnp.float32, seed=8)
+    seg = np.zeros((2, 40), np.int32)
+    seg[0, 5:30] = 1
+    out = np.asarray(splash_attention(q, k, v, jnp.asarray(seg), interpret=True))
+    assert np.all(np.isfinite(out))
+    alone = splash_attention(q[:1, 5:30], k[:1, 5:30], v[:1, 5:30], jnp.ones((1, 25), jnp.int32), interpret=True)
+    np.testing.assert_allclose(out[0, 5:30], alone[0], atol=2e-6, rtol=1e-5)
+
+
+def test_splash_bfloat16_follows_the_float32_function():
+    from rm_jax.models.splash import splash_attention
+
+    q, k, v, _, rng = _inputs(2, 50, 4, 2, 16, jnp.bfloat16, seed=9)
+    seg = jnp.asarray(_segments("packed", 2, 50, rng))
+    out = splash_attention(q, k, v, seg, interpret=True)
+    assert out.dtype == jnp.bfloat16
+    want = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), seg)
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2, rtol=3e-2)

@@ -1,0 +1,131 @@
+"""Loading HF folders (single file, sharded index, onto a mesh) and exporting them back."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rm_jax.data.packing import build_batch
+from rm_jax.models import apply_model
+from rm_jax.models.hf_io import ModelLoadError, export_hf, load_hf_reward_model
+from rm_jax.models.sharding import make_mesh
+from tests.helpers import PAD, make_hf_model, random_conversations, torch_scores
+
+
+def _scores(lm, convs, mesh=None):
+    b = build_batch(
+        convs,
+        np.zeros((len(convs), 5), np.float32),
+        np.ones((len(convs), 5), np.float32),
+        [[i] for i in range(len(convs))],
+        24,
+        1,
+        PAD,
+    )
+    return np.asarray(apply_model(lm.cfg, lm.params, b, 1, mesh))[:, 0]
+
+
+def test_sharded_index_loads_onto_an_fsdp_tensor_mesh(tmp_path):
+    tm = make_hf_model("llama", str(tmp_path), max_shard_size="20KB")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json")
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 2
+    mesh = make_mesh(data=1, fsdp=4, tensor=2)
+    lm = load_hf_reward_model(str(tmp_path), mesh)
+    q = lm.params["layers_0"]["attn"]["q_kernel"]  # [48, 4, 16]: embed/fsdp, heads/tensor
+    assert {s.data.shape for s in q.addressable_shards} == {(12, 2, 16)}
+    gate = lm.params["layers_1"]["mlp"]["gate_kernel"]  # [48, 96]: embed/fsdp, mlp/tensor
+    assert {s.data.shape for s in gate.addressable_shards} == {(12, 48)}
+    emb = lm.params["embedding"]  # [97, 48]: vocab 97 is not divisible by 2 -> replicated on tensor
+    assert {s.data.shape for s in emb.addressable_shards} == {(97, 12)}
+    convs = random_conversations(4, 3, 20, seed=7)
+    # batch of 4 rows over data x fsdp = 4 devices
+    np.testing.assert_allclose(_scores(lm, convs, mesh), torch_scores(tm, convs), atol=1e-4)
+
+
+def test_one_kv_head_on_a_tensor_axis_is_replicated(tmp_path):
+    tm = make_hf_model("mistral", str(tmp_path))
+    mesh = make_mesh(data=1, fsdp=2, tensor=4)
+    lm = load_hf_reward_model(str(tmp_path), mesh)
+    k = lm.params["layers_0"]["attn"]["k_kernel"]  # [32, 1, 8]
+    assert {s.data.shape for s in k.addressable_shards} == {(16, 1, 8)}
+    convs = random_conversations(2, 3, 10, seed=8)
+    np.testing.assert_allclose(_scores(lm, convs, mesh), torch_scores(tm, convs), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
+def test_export_round_trip_through_transformers(tmp_path, family):
+    from transformers import AutoModelForSequenceClassification
+
+    make_hf_model(family, str(tmp_path / "src"))
+    lm = load_hf_reward_model(str(tmp_path / "src"))
+    out = export_hf(lm.cfg, lm.params, str(tmp_path / "out"), lm.attribute_names, base_hf_config=lm.hf_config)
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["num_labels"] == 5 and cfg["id2label"]["4"] == "verbosity" and cfg["pad_token_id"] == PAD
+    assert cfg["architectures"][0].endswith("ForSequenceClassification")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out, attn_implementation="eager").float().eval()
+    convs = random_conversations(3, 3, 18, seed=9)
+    np.testing.assert_allclose(torch_scores(reloaded, convs), _scores(lm, convs), atol=1e-4)
+    again = load_hf_reward_model(out)
+    for a, b in zip(jax.tree.leaves(lm.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sharded_export_and_reload(tmp_path):
+    make_hf_model("qwen2", str(tmp_path / "src"))
+    lm = load_hf_reward_model(str(tmp_path / "src"))
+    out = export_hf(lm.cfg, lm.params, str(tmp_path / "out"), lm.attribute_names, max_shard_bytes=30_000)
+    assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
+    convs = random_conversations(2, 3, 12, seed=1)
+    np.testing.assert_allclose(_scores(load_hf_reward_model(out), convs), _scores(lm, convs), atol=0)
+
+
+def test_bad_model_folders(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_hf_reward_model(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_hf_reward_model(str(tmp_path / "empty"))
+    bad = tmp_path / "gpt2"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ModelLoadError, match="unsupported model_type 'gpt2'"):
+        load_hf_reward_model(str(bad))
+    pickled = tmp_path / "pickled"
+    make_hf_model("llama", str(pickled))
+    os.remove(pickled / "model.safetensors")
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="pickled weights are never loaded"):
+        load_hf_reward_model(str(pickled))
+    broken = tmp_path / "broken"
+    make_hf_model("llama", str(broken))
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="unreadable safetensors"):
+        load_hf_reward_model(str(broken))
+
+
+def test_hub_ids_go_through_the_same_loader_and_fail_clearly_offline(monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, allow_patterns=None):
+        calls.append((repo_id, allow_patterns))
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    with pytest.raises(ModelLoadError, match="downloading it from the Hugging Face hub failed"):
+        load_hf_reward_model("meta-llama/Llama-3.2-1B")
+    assert calls and calls[0][0] == "meta-llama/Llama-3.2-1B" and "*.safetensors" in calls[0][1]
+    assert not any(p.endswith((".bin", ".pt")) for p in calls[0][1])
+
+
+def test_hub_download_result_is_loaded_like_a_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    tm = make_hf_model("qwen3", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None: str(tmp_path))
+    lm = load_hf_reward_model("Qwen/Qwen3-tiny")
+    convs = random_conversations(2, 3, 10, seed=2)
+    np.testing.assert_allclose(_scores(lm, convs), torch_scores(tm, convs), atol=1e-4)

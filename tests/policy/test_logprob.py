@@ -1,0 +1,92 @@
+"""Response log-probabilities (``rm_jax.policy.response_logprobs``: packed rows, training's forward pass)
+against a transformers forward pass on the same ids, for the four families; a SteerLM label conditions the
+response wherever the template puts it (the nemotron label turn, or a system message); long responses are
+summed in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rm_jax.data.conversation import encode_responses, render, row_to_messages, with_label
+from rm_jax.policy import load_policy, response_logprobs
+
+CONVS = [
+    row_to_messages({"prompt": "What is the capital of France?", "response": "Paris."}),
+    row_to_messages(
+        {
+            "prompt": "Name a red fruit.",
+            "response": "An apple, surely.",
+            "attributes": {"helpfulness": 4, "verbosity": 0},
+        },
+        with_attributes=True,
+    ),
+    row_to_messages(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+            ],
+            "attributes": "verbosity:1",
+        },
+        with_attributes=True,
+    ),
+]
+# A chat template without a label turn: the label becomes (part of) the system message.
+CHATML = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _torch_logprob(model, ids, start):
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.as_tensor(ids[None].astype(np.int64))).logits[0].double()
+    lp = torch.log_softmax(logits, -1)[torch.arange(start - 1, len(ids) - 1), torch.as_tensor(ids[start:])]
+    return lp.sum().item()
+
+
+@pytest.fixture(scope="module")
+def lm(hf_causal_lm):
+    return hf_causal_lm
+
+
+def test_response_logprobs_equal_a_torch_forward_pass(lm):
+    """Three conversations and a repeat of the first, packed into one row: each sum equals transformers'
+    on that conversation alone (the label turn of the nemotron template conditions the second and third)."""
+    d, model, tok = lm
+    pol = load_policy(d)
+    lp, count = response_logprobs(pol, CONVS + CONVS[:1], max_segments=4)
+    ids, starts = encode_responses(tok, CONVS)
+    assert "<extra_id_2>helpfulness:4,verbosity:0\n" in tok.decode(ids[1])
+    for i, (x, s) in enumerate(zip(ids, starts)):
+        assert count[i] == len(x) - s and x[-1] == tok.eos_token_id  # through the end of the turn
+        assert lp[i] == pytest.approx(_torch_logprob(model, x, s), abs=1e-4)
+    assert lp.dtype == np.float64 and lp[3] == pytest.approx(lp[0], abs=1e-5)
+    # the label is read: the same response scores differently under another label
+    other, _ = response_logprobs(pol, [with_label(CONVS[1], "helpfulness:0,verbosity:4")])
+    assert abs(other[0] - lp[1]) > 1e-3
+
+
+@pytest.mark.parametrize("lm", [("qwen3", True)], indirect=True, ids=["qwen3-tied"])
+def test_label_as_a_system_message_and_a_long_response(lm):
+    """A chat template without a label turn puts the label in the system message; a ~400-token response
+    is summed in float64 (a float32 sum of that many terms drifts past 1e-4)."""
+    d, model, tok = lm
+    pol = load_policy(d, template=CHATML)
+    long = row_to_messages(
+        {"prompt": "Tell me a story.", "response": " ".join(["once upon a time"] * 100), "attributes": "verbosity:4"},
+        with_attributes=True,
+    )
+    text = render(tok, [long], CHATML)[0]
+    assert text.startswith("<|system|>\nverbosity:4</s>")
+    lp, count = response_logprobs(pol, [long, CONVS[2]], batch_rows=2, max_segments=1)
+    ids, starts = encode_responses(tok, [long, CONVS[2]], CHATML)
+    assert count[0] > 300 and "Be brief.\nverbosity:1" in tok.decode(ids[1])
+    for i in range(2):
+        assert lp[i] == pytest.approx(_torch_logprob(model, ids[i], starts[i]), abs=1e-4)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence
+from typing import Sequence, get_args
+
+from rm_jax.core.config import OnBadRow
 
 
 def main(argv: Sequence[str]) -> int:
@@ -16,7 +18,7 @@ def main(argv: Sequence[str]) -> int:
     st.add_argument("--json", action="store_true")
     st.add_argument("--tokenizer", default=None, help="also report token lengths with this tokenizer")
     st.add_argument("--template", default=None)
-    st.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    st.add_argument("--on-bad-row", default="error", choices=get_args(OnBadRow))
     a = ap.parse_args(list(argv))
     from rm_jax.data.stats import dataset_stats, format_stats_report
 

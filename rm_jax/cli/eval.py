@@ -4,9 +4,10 @@ metrics recomputed from an earlier evaluation's saved predictions (``--from-pred
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from typing import Optional, Sequence, get_args
 
 from rm_jax.core.attributes import REWARD_PRESETS
+from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 
 
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-rows", type=int, default=16, help="packed rows per forward pass")
     ap.add_argument("--max-segments", type=int, default=16, help="conversations packed into one row at most")
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=get_args(Dtype))
     ap.add_argument(
         "--from-predictions",
         default=None,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Sequence, get_args
+
+from rm_jax.core.config import Dtype
 
 
 def main(argv: Sequence[str]) -> int:
@@ -20,7 +22,7 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--input", required=True, help="JSON-lines rows (docs/policy.md)")
         p.add_argument("--output", required=True, help="the input rows plus the results, written atomically")
         p.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+        p.add_argument("--dtype", default="float32", choices=get_args(Dtype))
         p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together / packed rows per batch")
         p.add_argument("--no-progress", action="store_true")
         if name == "generate":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from typing import Optional, Sequence, get_args
 
 from rm_jax.core.attributes import resolve_reward_weights
+from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--batch-rows", type=int, default=16)
     ap.add_argument("--max-segments", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=None)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=get_args(Dtype))
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(list(argv))
     from rm_jax.engine.scoring import read_score_rows, score_rows, write_scored

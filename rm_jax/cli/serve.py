@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Sequence, get_args
+
+from rm_jax.core.config import Dtype
 
 
 def main(argv: Sequence[str]) -> int:
@@ -34,7 +36,7 @@ def main(argv: Sequence[str]) -> int:
         "--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds SIGTERM waits for requests in flight"
     )
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
-    ap.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default=d.dtype, choices=get_args(Dtype))
     ap.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
     ap.add_argument("--access-log", action="store_true", help="log every request")
     a = ap.parse_args(list(argv))

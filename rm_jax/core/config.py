@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 
@@ -18,22 +18,63 @@ from rm_jax.core.errors import ConfigError
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "load_config", "load_yaml", "dump_yaml", "to_dict"]
 
+# The allowed values of the choice fields: the annotation is the only list (the validator and
+# rm_jax.models read it with typing.get_args).
+Task = Literal["rm", "sft", "steerlm2"]
+Dtype = Literal["float32", "bfloat16"]
+Remat = Literal["none", "full", "dots", "dots_no_batch"]
+Attention = Literal["auto", "xla", "cudnn", "cudnn_dense", "splash"]
+MatmulPrecision = Literal["default", "high", "highest"]
+DataKind = Literal["helpsteer", "pairs", "chat"]
+PaddingSide = Literal["right", "left"]
+Overlength = Literal["truncate", "drop"]
+OnBadRow = Literal["error", "skip"]
+Schedule = Literal["constant", "cosine", "linear"]
+LossType = Literal["mse", "bt", "margin_bt", "scaled_bt"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numeric values of a field, declared on it as ``Annotated[int, Range(1)]`` and checked by the
+    same validator as the types; a bound of None is open-ended."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # (low, ...] instead of [low, ...]
+    high_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = self.low is None or (v > self.low if self.low_open else v >= self.low)
+        below = self.high is None or (v < self.high if self.high_open else v <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        if self.low is None:
+            return f"less than {self.high:g}" if self.high_open else f"at most {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+Count = Annotated[int, Range(1)]  # sizes and counts that must hold something
+NonNegInt = Annotated[int, Range(0)]  # counts where 0 means off / derive / all
+Positive = Annotated[float, Range(0, low_open=True)]
+NonNegative = Annotated[float, Range(0)]
+Unit = Annotated[float, Range(0, 1)]
+Beta = Annotated[float, Range(0, 1, high_open=True)]  # Adam moment decay
+
 
 @dataclass
 class ModelConfig:
     path: Optional[str] = None  # HF folder (or hub id); None = a new model of ``arch`` (from scratch)
     arch: dict = field(default_factory=dict)  # DecoderConfig fields for a from-scratch model
     tokenizer: Optional[str] = None  # default: ``path``, else the bundled tokenizer
-    dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
-    remat: str = "none"  # none | full | dots | dots_no_batch
+    dtype: Dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+    remat: Remat = "none"
     scan_layers: bool = False
-    attention: str = "auto"  # auto (GPU: cudnn, TPU: splash, CPU: xla) | xla | cudnn | cudnn_dense | splash
-    attention_block: int = (
-        128  # xla attention: query block; a block reads only keys it can see (rm_jax/models/attention.py)
-    )
-    matmul_precision: Optional[str] = (
-        None  # None = highest for float32, default for bfloat16 | default | high | highest
-    )
+    attention: Attention = "auto"  # auto = GPU: cudnn, TPU: splash, CPU: xla
+    attention_block: int = 128  # xla attention: query block (<= 0: the whole row); a block reads only keys it can see
+    matmul_precision: Optional[MatmulPrecision] = None  # None = highest for float32, default for bfloat16
     attributes: list = field(default_factory=lambda: list(ATTRIBUTES))
     init_from: Optional[str] = None  # a previous run folder: start from its kept checkpoint's parameters
     seed: int = 0  # initialisation of new parameters (from-scratch model, new head)
@@ -47,17 +88,18 @@ class DataConfig:
     validation_split: str = "validation"
     # helpsteer (attribute regression) | pairs (chosen/rejected or HelpSteer2-Preference)
     # | chat (task sft: prompt/response or messages rows)
-    kind: str = "helpsteer"
+    kind: DataKind = "helpsteer"
     template: Optional[str] = None  # chat template: None = the tokenizer's own, else a built-in name (nemotron)
-    seq_len: int = 128
+    seq_len: Annotated[int, Range(8)] = 128
     packing: bool = True
-    max_segments: int = 16  # conversations per packed row at most
-    padding_side: str = "right"  # when packing is off
-    overlength: str = "truncate"  # truncate (prompt from the left) | drop
-    fraction: float = 1.0  # share of prompts used for training (nested across fractions for one seed)
-    max_prompts: Optional[int] = None  # absolute count instead of a fraction
+    max_segments: Count = 16  # conversations per packed row at most
+    padding_side: PaddingSide = "right"  # when packing is off
+    overlength: Overlength = "truncate"  # truncate: the prompt from the left
+    # share of prompts used for training (nested across fractions for one seed)
+    fraction: Annotated[float, Range(0, 1, low_open=True)] = 1.0
+    max_prompts: Optional[Count] = None  # absolute count instead of a fraction
     subset_seed: int = 0
-    on_bad_row: str = "error"  # error | skip (counted and reported)
+    on_bad_row: OnBadRow = "error"  # skip: counted and reported
     shuffle: bool = True
     attributes_as_label: bool = False  # task sft on HelpSteer2 rows: each response's labels become its SteerLM label
 
@@ -65,30 +107,30 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    max_steps: int = 0  # 0 = derive from epochs
-    epochs: float = 1.0
-    batch_rows: int = 16  # packed rows per optimizer step (global, all devices)
-    grad_accum: int = 1
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    schedule: str = "constant"  # constant | cosine | linear (after warmup)
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0  # 0 = off
-    log_every: int = 10
-    eval_every: int = 0  # 0 = only at the end
-    eval_rows: int = 16  # packed rows per evaluation batch
+    max_steps: NonNegInt = 0  # 0 = derive from epochs
+    epochs: Positive = 1.0
+    batch_rows: Count = 16  # packed rows per optimizer step (global, all devices)
+    grad_accum: Count = 1
+    lr: Positive = 1e-3
+    warmup_steps: NonNegInt = 10
+    schedule: Schedule = "constant"  # after warmup
+    min_lr_ratio: Unit = 0.0
+    weight_decay: NonNegative = 0.0
+    b1: Beta = 0.9
+    b2: Beta = 0.95
+    eps: NonNegative = 1e-8
+    clip_norm: NonNegative = 1.0  # 0 = off
+    log_every: Count = 10
+    eval_every: NonNegInt = 0  # 0 = only at the end
+    eval_rows: Count = 16  # packed rows per evaluation batch
 
 
 @dataclass
 class LossConfig:
-    type: str = "mse"  # mse | bt | margin_bt | scaled_bt
+    type: LossType = "mse"
     attribute_weights: list = field(default_factory=lambda: [1.0] * len(ATTRIBUTES))
     reward_weights: Any = "helpfulness-only"  # pair losses: which combination of attributes is the reward
-    centering: float = 0.0  # pair losses: coefficient of the (r_chosen + r_rejected)^2 term
+    centering: NonNegative = 0.0  # pair losses: coefficient of the (r_chosen + r_rejected)^2 term
 
 
 @dataclass
@@ -96,14 +138,14 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1  # any one of the three may be -1 = the rest of the devices
-    num_devices: int = 0  # use only the first N devices (0 = all); e.g. 1 for a single-device baseline
+    num_devices: NonNegInt = 0  # use only the first N devices (0 = all); e.g. 1 for a single-device baseline
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0  # 0 = at evaluations and at the end
-    keep_latest: int = 2  # two, so an unreadable latest checkpoint has a previous one to resume from
-    keep_best: int = 1
+    every_steps: NonNegInt = 0  # 0 = at evaluations and at the end
+    keep_latest: Count = 2  # two, so an unreadable latest checkpoint has a previous one to resume from
+    keep_best: NonNegInt = 1
     async_save: bool = True
 
 
@@ -112,12 +154,12 @@ class LabelProbeConfig:
     """task sft: after training, generate for held-out validation prompts at each requested level of one
     attribute (the others from ``base``) and report response lengths per level in eval.json."""
 
-    prompts: int = 0  # 0 = off
+    prompts: NonNegInt = 0  # 0 = off
     attribute: str = "verbosity"
     levels: list = field(default_factory=lambda: [0, 4])
     base: str = "helpfulness:4,correctness:4,coherence:4,complexity:2"
-    max_new_tokens: int = 96
-    temperature: float = 0.0  # 0 = greedy
+    max_new_tokens: Count = 96
+    temperature: NonNegative = 0.0  # 0 = greedy
     seed: int = 0
 
 
@@ -144,13 +186,13 @@ class LoggingConfig:
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "rm_jax"
-    peak_flops: Optional[float] = None  # per device, for MFU; None = known GPUs/TPUs only
+    peak_flops: Optional[Positive] = None  # per device, for MFU; None = known GPUs/TPUs only
 
 
 @dataclass
 class RunConfig:
     run_dir: str = "runs/default"
-    task: str = "rm"  # rm (reward model) | sft (causal LM, response-only next-token loss; SteerLM with labels)
+    task: Task = "rm"  # rm (reward model) | sft (causal LM, response-only next-token loss; SteerLM with labels)
     #                   | steerlm2 (SteerLM 2.0 on NeMo-format groups of sampled responses: data.train/validation)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,21 +205,6 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-CHOICES = {
-    "task": ("rm", "sft", "steerlm2"),
-    "model.dtype": ("float32", "bfloat16"),
-    "model.remat": ("none", "full", "dots", "dots_no_batch"),
-    "model.attention": ("auto", "xla", "cudnn", "cudnn_dense", "splash"),
-    "model.matmul_precision": (None, "default", "high", "highest"),
-    "data.kind": ("helpsteer", "pairs", "chat"),
-    "data.padding_side": ("right", "left"),
-    "data.overlength": ("truncate", "drop"),
-    "data.on_bad_row": ("error", "skip"),
-    "train.schedule": ("constant", "cosine", "linear"),
-    "loss.type": ("mse", "bt", "margin_bt", "scaled_bt"),
-}
-
-
 # ---------------------------------------------------------------- dict <-> dataclass
 
 
@@ -185,6 +212,18 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _check(value, base, key)
+        for r in extras:
+            if isinstance(r, Range) and value not in r:
+                raise ConfigError(f"{key} must be {r}, got {value!r}")
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     if origin is Union:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -230,7 +269,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
         if k not in names:
@@ -242,8 +281,6 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     for k, v in data.items():
         full = f"{prefix}.{k}" if prefix else k
         kwargs[k] = _check(v, hints[k], full)
-        if full in CHOICES and kwargs[k] not in CHOICES[full]:
-            raise ConfigError(f"{full}: {kwargs[k]!r} is not one of {', '.join(CHOICES[full])}")
     return cls(**kwargs)
 
 
@@ -336,15 +373,11 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
             f"{where}: loss.attribute_weights has {len(cfg.loss.attribute_weights)} values; "
             f"expected {n_attr} (one per attribute: {', '.join(cfg.model.attributes)})"
         )
-    if not 0 < cfg.data.fraction <= 1:
-        raise ConfigError(f"{where}: data.fraction must be in (0, 1], got {cfg.data.fraction}")
-    if cfg.train.grad_accum < 1 or cfg.train.batch_rows % cfg.train.grad_accum:
+    if cfg.train.batch_rows % cfg.train.grad_accum:
         raise ConfigError(
             f"{where}: train.batch_rows ({cfg.train.batch_rows}) must be a multiple of "
             f"train.grad_accum ({cfg.train.grad_accum})"
         )
-    if cfg.data.seq_len < 8:
-        raise ConfigError(f"{where}: data.seq_len must be at least 8")
     if cfg.task == "steerlm2" and not (cfg.model.init_from or cfg.model.path):
         raise ConfigError(
             f"{where}: task steerlm2 starts from the sampling policy Q': set model.init_from (an sft "

@@ -21,9 +21,11 @@ Pure numpy on purpose: this runs in the host input pipeline and in tests without
 from __future__ import annotations
 
 import bisect
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, get_args
 
 import numpy as np
+
+from rm_jax.core.config import PaddingSide
 
 __all__ = [
     "plan_packed",
@@ -148,8 +150,8 @@ def build_batch(
     """
     seq_len = _check_positive("seq_len", seq_len)
     max_segments = _check_positive("max_segments", max_segments)
-    if padding_side not in ("right", "left"):
-        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if padding_side not in get_args(PaddingSide):
+        raise ValueError(f"padding_side must be {' or '.join(map(repr, get_args(PaddingSide)))}, got {padding_side!r}")
     n_rows = len(bins) if rows is None else _check_positive("rows", rows)
     if n_rows < len(bins):
         raise ValueError(f"rows={n_rows} < number of bins {len(bins)}")

@@ -26,9 +26,10 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, get_args
 
 from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.config import OnBadRow
 from rm_jax.core.errors import ConversationError, DataError
 from rm_jax.data.conversation import parse_attribute_label
 
@@ -126,8 +127,8 @@ def pair_ids(rows: Sequence[Mapping[str, Any]]) -> list[int]:
 def _load(
     source: str, split: str | None, on_bad_row: str, make_converter: Callable[[], Callable[[Any, str], dict]]
 ) -> LoadResult:
-    if on_bad_row not in ("error", "skip"):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if on_bad_row not in get_args(OnBadRow):
+        raise ValueError(f"on_bad_row must be {' or '.join(map(repr, get_args(OnBadRow)))}, got {on_bad_row!r}")
     convert = make_converter()  # fresh per load: the pair converter remembers ids it has seen
     rows: list[dict] = []
     skipped: list[tuple[str, int, str, str]] = []

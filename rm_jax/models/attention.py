@@ -29,12 +29,13 @@ Every dot takes the model's matmul precision (``rm_jax.models.precision``).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, get_args
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rm_jax.core.config import Attention
 from rm_jax.models import cudnn, splash
 from rm_jax.models.cudnn import KernelUnavailableError
 
@@ -296,7 +297,7 @@ def flash_attention(
     return _flash(q, k, v, segment_ids, sliding_window, int(block), precision)
 
 
-KERNELS = ("xla", "cudnn", "cudnn_dense", "splash")
+KERNELS = tuple(k for k in get_args(Attention) if k != "auto")  # model.attention, "auto" resolved below
 
 
 def resolve_kernel(

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Optional, get_args
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rm_jax.core.config import Dtype, Remat
 from rm_jax.models.attention import KERNELS, attend, pooled_query_attention, resolve_kernel
 from rm_jax.models.precision import PRECISIONS, resolve_precision
 from rm_jax.models.sharding import active_mesh, constrain
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = get_args(Remat)
+DTYPES = get_args(Dtype)
 HEADS = ("reward", "lm")
 
 
@@ -77,8 +79,8 @@ class DecoderConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"model.dtype={self.dtype!r}; choose float32 or bfloat16")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r}; choose {' or '.join(DTYPES)}")
         if self.attention != "auto" and self.attention not in KERNELS:
             raise ValueError(f"model.attention={self.attention!r}; choose auto or one of {', '.join(KERNELS)}")
         if self.head not in HEADS:

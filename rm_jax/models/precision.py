@@ -9,12 +9,14 @@ tests check the lowered program carries the precision instead of checking number
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, get_args
 
 import jax
 from jax import lax
 
-PRECISIONS = ("default", "high", "highest")
+from rm_jax.core.config import MatmulPrecision
+
+PRECISIONS = get_args(MatmulPrecision)
 
 _BY_NAME = {"default": lax.Precision.DEFAULT, "high": lax.Precision.HIGH, "highest": lax.Precision.HIGHEST}
 

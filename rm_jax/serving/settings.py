@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, get_args
 
+from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 
 
@@ -49,8 +50,8 @@ class ServeConfig:
             raise InputError(f"--max-wait-ms: must be >= 0, got {self.max_wait_ms}")
         if self.drain_timeout_s < 0:
             raise InputError(f"--drain-timeout: must be >= 0, got {self.drain_timeout_s}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise InputError(f"--dtype: {self.dtype!r}; choose float32 or bfloat16")
+        if self.dtype not in get_args(Dtype):
+            raise InputError(f"--dtype: {self.dtype!r}; choose {' or '.join(get_args(Dtype))}")
         return self
 
     def resolve_seq_len(self, max_position_embeddings: int) -> int:

@@ -1,0 +1,133 @@
+"""Config choices and ranges: declared on the dataclass fields, checked by the one validator, reported as one
+line naming the key through the real CLI."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import typing
+from typing import Annotated, Literal, Union
+
+import pytest
+
+from rm_jax.cli import main
+from rm_jax.core import config as config_module
+from rm_jax.core.config import ConfigError, Range, RunConfig, build_config
+from tests.helpers import TINY
+
+ROOT = os.path.dirname(config_module.__file__).rsplit(os.sep, 1)[0]
+
+
+def _fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, typing.Any]]:
+    """(dotted key, annotation with extras) for every leaf field of the run config."""
+    out = []
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        if dataclasses.is_dataclass(tp):
+            out += _fields(tp, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", tp))
+    return out
+
+
+def _unwrap_optional(tp: typing.Any) -> typing.Any:
+    if typing.get_origin(tp) is Union:
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    return tp
+
+
+LITERAL_FIELDS = [
+    (k, typing.get_args(_unwrap_optional(t))) for k, t in _fields() if typing.get_origin(_unwrap_optional(t)) is Literal
+]
+RANGE_FIELDS = [
+    (k, typing.get_args(t)[0], typing.get_args(t)[1])
+    for k, t in ((k, _unwrap_optional(t)) for k, t in _fields())
+    if typing.get_origin(t) is Annotated
+]
+
+
+def _leaf(cfg: RunConfig, key: str) -> typing.Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_the_tables_cover_the_fields_the_issue_names():
+    keys = {k for k, _ in LITERAL_FIELDS}
+    assert {"task", "model.dtype", "model.remat", "model.attention", "model.matmul_precision", "data.kind"} <= keys
+    assert {"data.padding_side", "data.overlength", "data.on_bad_row", "train.schedule", "loss.type"} <= keys
+    assert {"train.lr", "train.batch_rows", "train.grad_accum", "data.seq_len", "data.fraction"} <= {
+        k for k, _, _ in RANGE_FIELDS
+    }
+
+
+@pytest.mark.parametrize("key,allowed", LITERAL_FIELDS, ids=[k for k, _ in LITERAL_FIELDS])
+def test_every_choice_field_rejects_a_value_outside_its_annotation(key, allowed):
+    with pytest.raises(ConfigError) as e:
+        build_config({}, [f"{key}=not_a_choice"])
+    assert f"{key}: 'not_a_choice' is not one of {', '.join(allowed)}" in str(e.value)
+    for value in allowed:  # and accepts each value it declares (the field check alone: from_dict)
+        assert _leaf(config_module.from_dict(RunConfig, _nest(key, value)), key) == value
+
+
+def _nest(key: str, value: typing.Any) -> dict:
+    out: dict = {}
+    node = out
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return out
+
+
+def _outside(r: Range) -> typing.Any:
+    return r.low if r.low_open else (r.low - 1 if r.low is not None else r.high + 1)
+
+
+@pytest.mark.parametrize("key,base,r", RANGE_FIELDS, ids=[k for k, _, _ in RANGE_FIELDS])
+def test_every_range_field_rejects_a_value_outside_and_keeps_its_bounds(key, base, r):
+    bad = _outside(r)
+    with pytest.raises(ConfigError) as e:
+        config_module.from_dict(RunConfig, _nest(key, base(bad)))
+    assert str(e.value) == f"{key} must be {r}, got {base(bad)!r}"
+    edge = r.low if r.low is not None and not r.low_open else r.high if r.high is not None and not r.high_open else None
+    if edge is not None:
+        assert _leaf(config_module.from_dict(RunConfig, _nest(key, base(edge))), key) == edge
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("train.lr=-1", "train.lr must be greater than 0, got -1.0"),
+        ("train.batch_rows=0", "train.batch_rows must be at least 1, got 0"),
+        ("train.grad_accum=0", "train.grad_accum must be at least 1, got 0"),
+        ("data.fraction=1.5", "data.fraction must be in (0, 1], got 1.5"),
+        ("data.seq_len=4", "data.seq_len must be at least 8, got 4"),
+        ("train.b2=1", "train.b2 must be in [0, 1), got 1.0"),
+        ("model.remat=everything", "model.remat: 'everything' is not one of none, full, dots, dots_no_batch"),
+        ("model.matmul_precision=fast", "model.matmul_precision: 'fast' is not one of default, high, highest"),
+    ],
+)
+def test_a_bad_value_is_one_line_from_the_cli(override, line, capsys, tmp_path):
+    assert main(["train", TINY, f"run_dir={tmp_path / 'run'}", override]) == 1
+    err = capsys.readouterr().err
+    assert err == f"rm-jax train: error: {TINY}: {line}\n"
+    assert not (tmp_path / "run").exists()  # rejected before the run folder (or anything compiled)
+
+
+def test_no_second_list_of_allowed_values_in_rm_jax():
+    """A tuple/list/set literal spelling a choice annotation's values (all, or all but one: "auto" aside),
+    anywhere but config.py, would be a second list that can drift from the annotation."""
+    choices = [set(a) for _, a in LITERAL_FIELDS]
+    found = []
+    for dirpath, _, files in os.walk(ROOT):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if not f.endswith(".py") or path == config_module.__file__:
+                continue
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                    strs = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                    if len(strs) >= 2 and any(strs <= c and len(strs) >= len(c) - (len(c) > 2) for c in choices):
+                        found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {sorted(strs)}")
+    assert found == []

@@ -30,7 +30,9 @@ from rm_jax.core.config import CheckpointConfig
 from rm_jax.core.errors import CheckpointError
 
 T = TypeVar("T")
-UNREADABLE_DIR = "checkpoints.unreadable"  # beside checkpoints/: damaged steps moved out of Orbax's way
+# <checkpoint folder>.unreadable/ beside it: damaged steps moved out of Orbax's way (the folder's name
+# comes from above: rm_jax.runs.layout)
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 def _neg_val_loss(metrics: Any) -> float:
@@ -142,7 +144,8 @@ class Checkpointer:
     def quarantine(self, step: int) -> str:
         """Move a damaged step folder next to the checkpoints (kept for inspection, out of Orbax's listing)."""
         src = os.path.join(self.directory, str(step))
-        dst = os.path.join(os.path.dirname(self.directory), UNREADABLE_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside = os.path.normpath(self.directory) + UNREADABLE_SUFFIX
+        dst = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         if jax.process_index() == 0 and os.path.isdir(src):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.move(src, dst)

@@ -50,6 +50,7 @@ from rm_jax.evaluation.predictions import (
 )
 from rm_jax.evaluation.rewardbench import rewardbench_metrics
 from rm_jax.evaluation.weights import check_weights, default_weights, weights_record
+from rm_jax.runs import layout
 from rm_jax.runs.read import is_run_dir, load_scoring_model
 
 DEFAULT_MAX_SEQ_LEN = 4096  # NeMo-Aligner's RM sequence length for HelpSteer2; capped by the model's positions
@@ -229,7 +230,7 @@ def model_attributes_cheaply(path: str) -> Optional[list[str]]:
     so ``weights`` can be checked before anything heavy; None when unknown."""
     try:
         if is_run_dir(path):
-            with open(os.path.join(path, "model_meta.json"), encoding="utf-8") as f:
+            with open(layout.meta_path(path), encoding="utf-8") as f:
                 return list(json.load(f)["attributes"])
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             hf = json.load(f)

@@ -17,6 +17,7 @@ import numpy as np
 from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.errors import InputError
 from rm_jax.core.files import iter_jsonl, write_text
+from rm_jax.runs import layout
 
 HELPSTEER_SUFFIX = ".helpsteer_predictions.jsonl"
 REWARDBENCH_SUFFIX = ".rewardbench_predictions.jsonl"
@@ -140,7 +141,7 @@ def find_predictions(path: str) -> tuple[Optional[str], Optional[str], Optional[
     """(helpsteer predictions, rewardbench predictions, earlier results json) for ``--from-predictions``:
     the results json or its stem, one of its predictions files, or a training run folder."""
     if os.path.isdir(path):
-        hs = os.path.join(path, "predictions", "validation.jsonl")
+        hs = layout.predictions_path(path, "validation")
         if os.path.isfile(hs):  # a training run folder: its kept checkpoint's validation predictions
             return hs, None, None
         raise InputError(

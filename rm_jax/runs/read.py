@@ -23,8 +23,9 @@ from rm_jax.models.hf_io import export_hf, export_hf_causal_lm, load_hf_reward_m
 from rm_jax.models import abstract_params, param_shardings_for, relayout_params
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.sharding import make_mesh
+from rm_jax.runs import layout
 
-META = "model_meta.json"
+META = layout.MODEL_META  # kept for callers that name it through this module
 
 
 @dataclass
@@ -43,11 +44,11 @@ class ScoringModel:
 
 
 def is_run_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, META))
+    return os.path.isfile(layout.meta_path(path))
 
 
 def read_meta(run_dir: str) -> dict:
-    return read_json(os.path.join(run_dir, META), f"{run_dir}: not an rm_jax run folder (no {META})", ConfigError)
+    return read_json(layout.meta_path(run_dir), f"{run_dir}: not an rm_jax run folder (no {META})", ConfigError)
 
 
 def _log(msg: str) -> None:
@@ -62,7 +63,7 @@ def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optio
     if trained is not None and trained != dcfg.scan_layers:  # read the layout it was saved in, then convert
         stored = restore_run_params(run_dir, dcfg.replace(scan_layers=trained), mesh, step)
         return relayout_params(stored, dcfg, mesh)
-    ck = Checkpointer(os.path.join(run_dir, "checkpoints"), CheckpointConfig(async_save=False))
+    ck = Checkpointer(layout.checkpoints_dir(run_dir), CheckpointConfig(async_save=False))
     try:
         target = abstract_with_shardings(abstract_params(dcfg), param_shardings_for(dcfg, mesh))
         if step is not None:
@@ -80,7 +81,7 @@ def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optio
 def _trained_scan_layers(run_dir: str) -> Optional[bool]:
     """The layer layout a run's checkpoints hold (``model.scan_layers`` of its config.yaml: a run option,
     so model_meta.json does not record it); None when the run has no config.yaml."""
-    path = os.path.join(run_dir, "config.yaml")
+    path = layout.config_path(run_dir)
     if not os.path.isfile(path):
         return None
     import yaml
@@ -132,7 +133,7 @@ def export_run(run_dir: str, out_dir: str, step: Optional[int] = None) -> str:
 
 
 def _validation_rmse(run_dir: str, attributes: list) -> Optional[dict]:
-    path = os.path.join(run_dir, "eval.json")
+    path = layout.eval_path(run_dir)
     if not os.path.isfile(path):
         return None
     per = read_json(path, f"{path}: missing").get("per_attribute") or {}

@@ -22,6 +22,7 @@ from scipy.special import log_ndtr
 
 from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.errors import InputError
+from rm_jax.runs import layout
 
 LEVELS = (0, 1, 2, 3, 4)
 
@@ -58,7 +59,7 @@ def validation_rmse(rm_path: str, attributes: Sequence[str] = ATTRIBUTES) -> Opt
     """The RM's per-attribute validation RMSE: from a run folder's eval.json, or from the ``rm_jax``
     block an exported HF folder's config.json carries; None when neither has it."""
     for path, pick in (
-        (os.path.join(rm_path, "eval.json"), lambda d: {a: d["per_attribute"][a]["rmse"] for a in attributes}),
+        (layout.eval_path(rm_path), lambda d: {a: d["per_attribute"][a]["rmse"] for a in attributes}),
         (os.path.join(rm_path, "config.json"), lambda d: dict(d["rm_jax"]["validation_rmse"])),
     ):
         if os.path.isfile(path):

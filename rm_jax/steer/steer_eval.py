@@ -18,9 +18,10 @@ from rm_jax.core.errors import InputError
 from rm_jax.core.files import write_json, write_jsonl, write_text
 from rm_jax.data.conversation import parse_attribute_label
 from rm_jax.engine.scoring import score_rows
+from rm_jax.runs import layout
 from rm_jax.steer.prompts import labelled, read_prompts, targets_as_labels
 
-EVAL_FILE = "steer_eval.json"
+EVAL_FILE = layout.STEER_EVAL
 # Requested vectors when none are given: the paper's favoured quality levels, spanning the two
 # attributes users steer most (verbosity, complexity).
 DEFAULT_TARGETS = tuple(
@@ -118,12 +119,12 @@ def steer_eval(
     }
     os.makedirs(output, exist_ok=True)
     write_jsonl(
-        os.path.join(output, "steer_samples.jsonl"),
+        os.path.join(output, layout.STEER_SAMPLES),
         ({**p.row, "attributes": labels[t], "responses": list(ys)} for (p, t), ys in zip(jobs, texts)),
     )
     write_json(os.path.join(output, EVAL_FILE), result)
-    write_text(os.path.join(output, "steer_eval.md"), format_steer_eval(result))
-    plot_steer_eval(result, os.path.join(output, "steer_eval.png"))
+    write_text(os.path.join(output, layout.STEER_EVAL_MD), format_steer_eval(result))
+    plot_steer_eval(result, os.path.join(output, layout.STEER_EVAL_PLOT))
     return result
 
 

@@ -46,11 +46,11 @@ from typing import Any, Optional, Sequence
 
 from rm_jax.core.attributes import resolve_reward_weights
 from rm_jax.core.config import ConfigError, RunConfig, _yaml_floats, build_config, load_yaml, parse_override, to_dict
+from rm_jax.runs.layout import RESERVED_IN_SWEEP
 
 EXPERIMENT_KEYS = ("name", "description", "sweep_dir", "base_config", "base", "sweep", "zip", "members")
 EVAL_AXES = ("eval.reward_weights",)  # axes scored from saved predictions: never another training
 PLAN_VERSION = 1
-RESERVED = ("plan.json", "plots", "results.csv", "results.md", "results.png")
 # Config sections whose change makes an existing run folder hold a different training.
 TRAINING_SECTIONS = ("model", "data", "train", "loss")
 # ... except these, which change speed or logging but not what is trained.
@@ -623,7 +623,7 @@ def expand(exp: Experiment) -> Plan:
             name = "-".join(parts) if parts else sanitize(exp.name)
             desc = f"member {member.name!r}" if member.name else "run"
             desc += " " + " ".join(f"{a.key}={a.labels[i]}" for a, i in point) if point else ""
-            if name in RESERVED or name.startswith("results."):
+            if name in RESERVED_IN_SWEEP or name.startswith("results."):
                 raise ConfigError(
                     f"{where}: run name {name!r} ({desc}) is taken by the sweep's own files; "
                     f"rename that member or axis value"

@@ -12,10 +12,9 @@ from typing import Any, Callable
 
 from rm_jax.core.errors import ConfigError
 from rm_jax.core.files import write_json
+from rm_jax.runs import layout
 
-STEP_FILE = "step.json"
-REPORT_FILE = "report.json"
-OUTPUTS = {"sample": "samples.jsonl", "label": "groups.jsonl", "steer_eval": "steer_eval.json"}
+OUTPUTS = {"sample": layout.SAMPLES, "label": layout.GROUPS, "steer_eval": layout.STEER_EVAL}
 
 
 def _sample(args: dict, out: str) -> dict:
@@ -62,7 +61,7 @@ def _record(run: Any) -> dict:
 
 def check_existing_step(run: Any) -> None:
     """A step folder holding the output of different arguments (an edited experiment file) is an error."""
-    path = os.path.join(run.run_dir, STEP_FILE)
+    path = layout.step_path(run.run_dir)
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
@@ -76,9 +75,8 @@ def check_existing_step(run: Any) -> None:
 
 def run_step(run: Any) -> None:
     os.makedirs(run.run_dir, exist_ok=True)
-    write_json(os.path.join(run.run_dir, STEP_FILE), _record(run))
+    write_json(layout.step_path(run.run_dir), _record(run))
     report = STEPS[run.step](run.args, run.run_dir)
     if isinstance(report, dict):  # counts a user would otherwise not see (skipped, cut-off responses)
-        write_json(os.path.join(run.run_dir, REPORT_FILE), report)
-    with open(os.path.join(run.run_dir, "DONE"), "w") as f:
-        f.write(json.dumps({"step": run.step}) + "\n")
+        write_json(layout.step_report_path(run.run_dir), report)
+    layout.mark_done(run.run_dir, {"step": run.step})

@@ -21,6 +21,7 @@ import numpy as np
 from rm_jax.core.attributes import resolve_reward_weights
 from rm_jax.core.config import ConfigError
 from rm_jax.core.files import write_text
+from rm_jax.runs import layout
 
 # Columns shown when their value differs between runs: (column, config section, key)
 VARYING_COLUMNS = (
@@ -56,12 +57,12 @@ class Report:
 
 
 def load_plan(sweep_dir: str) -> dict:
-    path = os.path.join(sweep_dir, "plan.json")
+    path = layout.plan_path(sweep_dir)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{sweep_dir}: not a sweep folder (no plan.json; rm-jax sweep writes it)") from None
+        raise ConfigError(f"{sweep_dir}: not a sweep folder (no {layout.PLAN}; rm-jax sweep writes it)") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: unreadable ({e})") from None
 
@@ -111,7 +112,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     from rm_jax.evaluation.metrics import attribute_metrics, pairwise_accuracy
 
     rd = run_path(sweep_dir, run["run_dir"])
-    if not os.path.isfile(os.path.join(rd, "DONE")):
+    if not layout.is_done(rd):
         return None
     if run.get("step"):  # pipeline steps: only a policy evaluation has result rows
         return steer_eval_rows(run, rd) if run["step"] == "steer_eval" else []
@@ -119,15 +120,15 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     if cfg.get("task", "rm") != "rm":  # a policy's numbers are its steer_eval rows and its eval.json
         return []
     ev: dict = {}
-    if os.path.isfile(os.path.join(rd, "eval.json")):
-        with open(os.path.join(rd, "eval.json"), encoding="utf-8") as f:
+    if os.path.isfile(layout.eval_path(rd)):
+        with open(layout.eval_path(rd), encoding="utf-8") as f:
             ev = json.load(f)
     train_rows = ev.get("train_rows")
-    if train_rows is None and os.path.isfile(os.path.join(rd, "data_report.json")):
-        with open(os.path.join(rd, "data_report.json"), encoding="utf-8") as f:
+    if train_rows is None and os.path.isfile(layout.data_report_path(rd)):
+        with open(layout.data_report_path(rd), encoding="utf-8") as f:
             train_rows = (json.load(f).get("train") or {}).get("rows_used")
     base = {"train_rows": train_rows, "val_loss": ev.get("val_loss")}
-    pred_path = os.path.join(rd, "predictions", "validation.jsonl")
+    pred_path = layout.predictions_path(rd, "validation")
     pred = None
     if os.path.isfile(pred_path):
         pred, labels, mask, group = read_predictions(pred_path, attributes)
@@ -139,7 +140,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     else:
         notes.append(f"{run['name']}: no predictions/validation.jsonl (no validation set?): metrics left empty")
     rb = None
-    rb_path = os.path.join(rd, "predictions", "rewardbench.jsonl")
+    rb_path = layout.predictions_path(rd, "rewardbench")
     if cfg["eval"].get("rewardbench"):
         if os.path.isfile(rb_path):
             from rm_jax.evaluation.predictions import load_rewardbench_predictions
@@ -177,14 +178,11 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     return rows
 
 
-STEER_EVAL_FILE = "steer_eval.json"
-
-
 def steer_eval_rows(run: dict, rd: str) -> list:
     """One row for the evaluated policy: ``iteration`` and ``steer_mae_<attribute>`` / ``steer_mae_mean``
     (mean absolute error between requested and RM-predicted attribute values), plus its mean reward
     under each preset (``steer_reward_<preset>``)."""
-    with open(os.path.join(rd, STEER_EVAL_FILE), encoding="utf-8") as f:
+    with open(os.path.join(rd, layout.STEER_EVAL), encoding="utf-8") as f:
         ev = json.load(f)
     row: dict[str, Any] = {"iteration": run.get("args", {}).get("iteration"), "policy": ev.get("policy")}
     for a, v in ev["mean_abs_error"].items():
@@ -263,8 +261,8 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
             rows.append({c: row.get(c) for c in columns})
     if missing:
         notes.insert(0, f"{len(missing)} of {len(plan['runs'])} runs not finished (left out): {', '.join(missing)}")
-    csv_path = os.path.join(sweep_dir, "results.csv")
-    md_path = os.path.join(sweep_dir, "results.md")
+    csv_path = os.path.join(sweep_dir, layout.RESULTS_CSV)
+    md_path = os.path.join(sweep_dir, layout.RESULTS_MD)
     write_text(csv_path, to_csv(columns, rows))
     md = to_markdown(
         columns,
@@ -409,7 +407,7 @@ def make_steer_plot(sweep_dir: str, rows: list, attributes: list, title: str = "
     ax.set_title(f"{title}: attribute-following error", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    path = os.path.join(sweep_dir, "plots", "steer_mae.png")
+    path = layout.plot_path(sweep_dir, "steer_mae")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -465,18 +463,18 @@ def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc
             fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), **kw)
     fig.suptitle(title + suffix)
     fig.tight_layout(rect=(0, 0.08 if legend_below else 0, 1, 0.96))
-    overview = os.path.join(sweep_dir, "results.png")
+    overview = os.path.join(sweep_dir, layout.RESULTS_PLOT)
     _save(fig, overview)
     plt.close(fig)
     paths.append(overview)
-    os.makedirs(os.path.join(sweep_dir, "plots"), exist_ok=True)
+    os.makedirs(layout.plots_dir(sweep_dir), exist_ok=True)
     for stem, panel_title, d in panels:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         _draw(ax, d, panel_title + suffix, by_fraction)
         if by_fraction:
             ax.legend(fontsize=8, title=", ".join(group_cols) or None, title_fontsize=8)
         fig.tight_layout()
-        p = os.path.join(sweep_dir, "plots", f"{stem}.png")
+        p = layout.plot_path(sweep_dir, stem)
         _save(fig, p)
         plt.close(fig)
         paths.append(p)

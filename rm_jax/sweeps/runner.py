@@ -16,6 +16,7 @@ import yaml
 from rm_jax.core.config import ConfigError, build_config
 from rm_jax.core.errors import TrainingError
 from rm_jax.core.files import write_json
+from rm_jax.runs import layout
 from rm_jax.sweeps.experiment_file import (
     NOT_TRAINING,
     TRAINING_SECTIONS,
@@ -34,14 +35,10 @@ from rm_jax.sweeps.report import build_report, print_report
 # ---------------------------------------------------------------- running
 
 
-def is_done(run_dir: str) -> bool:
-    return os.path.isfile(os.path.join(run_dir, "DONE"))
-
-
 def run_status(run: Run) -> str:
-    if is_done(run.run_dir):
+    if layout.is_done(run.run_dir):
         return "done"
-    ck = os.path.join(run.run_dir, "checkpoints")
+    ck = layout.checkpoints_dir(run.run_dir)
     if os.path.isdir(ck):
         steps = [int(d) for d in os.listdir(ck) if d.isdigit()]
         if steps:
@@ -56,7 +53,7 @@ def check_existing(run: Run) -> None:
 
         check_existing_step(run)
         return
-    path = os.path.join(run.run_dir, "config.yaml")
+    path = layout.config_path(run.run_dir)
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
@@ -68,7 +65,7 @@ def check_existing(run: Run) -> None:
             if a[k] != b[k] and f"{sec}.{k}" not in NOT_TRAINING:
                 diffs.append(f"{sec}.{k}: {a[k]!r} there, {b[k]!r} now")
     if diffs:
-        state = "finished" if is_done(run.run_dir) else "unfinished"
+        state = "finished" if layout.is_done(run.run_dir) else "unfinished"
         raise ConfigError(
             f"{run.run_dir} holds a {state} run with a different training config "
             f"({'; '.join(diffs[:3])}); delete that folder or choose another sweep_dir"
@@ -77,7 +74,7 @@ def check_existing(run: Run) -> None:
 
 def rewardbench_pending(run: Run) -> bool:
     return bool(run.config["eval"].get("rewardbench")) and not os.path.isfile(
-        os.path.join(run.run_dir, "predictions", "rewardbench.jsonl")
+        layout.predictions_path(run.run_dir, "rewardbench")
     )
 
 
@@ -86,7 +83,7 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
     if trainer is None:
         from rm_jax.training.run import train as trainer
     by_name = {r.name: r for r in plan.runs}
-    missing = [d for d in run.after if not is_done(by_name[d].run_dir)]
+    missing = [d for d in run.after if not layout.is_done(by_name[d].run_dir)]
     if missing:
         dep = by_name[missing[0]]
         raise ConfigError(
@@ -97,13 +94,13 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
     status = "done"
     check_existing(run)
     if run.step:
-        if not is_done(run.run_dir):
+        if not layout.is_done(run.run_dir):
             from rm_jax.sweeps.pipeline_steps import run_step
 
             run_step(run)
             status = "ran"
         return status
-    if not is_done(run.run_dir):
+    if not layout.is_done(run.run_dir):
         import jax
 
         if cfg.distributed.enabled and jax.distributed.is_initialized():
@@ -218,7 +215,7 @@ def sweep(
         print(f"\nall {len(plan.runs)} run configs validated; nothing was trained (--dry-run)", file=out)
         return 0
     if _is_main():
-        write_json(os.path.join(exp.sweep_dir, "plan.json"), plan_record(plan))
+        write_json(layout.plan_path(exp.sweep_dir), plan_record(plan))
     selected = plan.runs if task_index is None else [plan.runs[task_index]]
     for r in selected:  # errors about existing folders (an edited experiment) before anything trains
         check_existing(r)

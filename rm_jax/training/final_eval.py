@@ -20,10 +20,9 @@ from rm_jax.data.sources import load_pairs
 from rm_jax.evaluation.evaluate import evaluate_rewardbench
 from rm_jax.evaluation.metrics import helpsteer_report
 from rm_jax.evaluation.predictions import rewardbench_records
+from rm_jax.runs import layout
 from rm_jax.runs.read import load_scoring_model
 from rm_jax.training.setup import build_mesh
-
-EVAL_FILE = "eval.json"
 
 
 def kept_checkpoint_report(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
@@ -58,12 +57,12 @@ def write_run_evaluation(cfg: RunConfig, fit: Any) -> None:
     result["train_examples"] = fit.train_examples
     if fit.val_pred is not None:
         write_jsonl(
-            os.path.join(fit.run_dir, "predictions", "validation.jsonl"),
+            layout.predictions_path(fit.run_dir, "validation"),
             validation_records(fit.val_enc, fit.val_pred, list(cfg.model.attributes)),
         )
     if cfg.eval.label_probe.prompts and cfg.data.validation:
         result["label_probe"] = label_probe(cfg, fit.run_dir, fit.mesh)
-    write_json(os.path.join(fit.run_dir, EVAL_FILE), result)
+    write_json(layout.eval_path(fit.run_dir), result)
 
 
 def label_probe(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
@@ -134,10 +133,10 @@ def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     )
     if jax.process_index() == 0:
         write_jsonl(
-            os.path.join(run_dir, "predictions", "rewardbench.jsonl"),
+            layout.predictions_path(run_dir, "rewardbench"),
             rewardbench_records(rows, chosen, rejected, list(model.attributes)),
         )
-        path = os.path.join(run_dir, EVAL_FILE)
+        path = layout.eval_path(run_dir)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 result = json.load(f)

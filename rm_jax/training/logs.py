@@ -11,6 +11,7 @@ import jax
 
 from rm_jax.core.config import RunConfig, to_dict
 from rm_jax.core.files import write_json
+from rm_jax.runs import layout
 
 
 def log(msg: str) -> None:
@@ -24,7 +25,7 @@ class MetricsLog:
 
     def __init__(self, cfg: RunConfig, run_dir: str, resume_step: int):
         self.main = jax.process_index() == 0
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = layout.metrics_path(run_dir)
         self.tb = self.wandb = None
         if not self.main:
             return
@@ -40,7 +41,7 @@ class MetricsLog:
             try:
                 from tensorboardX import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+                self.tb = SummaryWriter(layout.tensorboard_dir(run_dir))
             except ImportError:
                 log("tensorboardX not installed: no TensorBoard events")
         if cfg.logging.wandb:

@@ -1,14 +1,6 @@
 """``rm-jax train``: one run from a config to a finished run folder.
 
-run_dir/
-  config.yaml        the resolved config
-  model_meta.json    what export and ``model.init_from`` need (architecture, attributes, tokenizer)
-  metrics.jsonl      one JSON object per logged step (train) and per evaluation (val_*)
-  data_report.json   rows read, skipped, truncated and dropped, per split
-  checkpoints/       Orbax: latest and best-by-validation-loss, with the loader position
-  eval.json          metrics of the kept (best) checkpoint on the validation set
-  predictions/validation.jsonl   its per-row predictions (re-weighting needs no forward pass)
-  DONE               written last: the run finished
+The run folder it fills is drawn in :mod:`rm_jax.runs.layout`; ``DONE`` is written last.
 
 The training loop (:mod:`rm_jax.training.loop`) and the evaluation of its kept checkpoint
 (:mod:`rm_jax.training.final_eval`) are separate layers; this module puts them in order.
@@ -16,17 +8,13 @@ The training loop (:mod:`rm_jax.training.loop`) and the evaluation of its kept c
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 
 from rm_jax.core.config import RunConfig
+from rm_jax.runs import layout
 from rm_jax.training.final_eval import score_rewardbench, write_run_evaluation
 from rm_jax.training.loop import fit
 from rm_jax.training.setup import inherit_from_init
-
-DONE_FILE = "DONE"
 
 
 def train(cfg: RunConfig) -> str:
@@ -37,6 +25,5 @@ def train(cfg: RunConfig) -> str:
     if cfg.eval.rewardbench:
         score_rewardbench(cfg, result.run_dir, result.mesh)
     if jax.process_index() == 0:
-        with open(os.path.join(result.run_dir, DONE_FILE), "w") as f:
-            f.write(json.dumps({"steps": result.steps, "best_step": result.kept_step}) + "\n")
+        layout.mark_done(result.run_dir, {"steps": result.steps, "best_step": result.kept_step})
     return result.run_dir

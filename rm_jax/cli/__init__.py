@@ -47,8 +47,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cmd not in COMMANDS:
         print(f"rm-jax: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from rm_jax.core.console import setup_logging
     from rm_jax.core.errors import RmJaxError
 
+    setup_logging()  # the library's one-line messages on stderr (rm_jax.core.console)
     try:
         module = importlib.import_module(f"rm_jax.cli.{COMMANDS[cmd][0]}")
         return int(module.main(rest) or 0)

@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 
 from rm_jax.engine.checkpoint import Checkpointer, abstract_with_shardings
 from rm_jax.core.config import CheckpointConfig
+from rm_jax.core.console import get_logger
 from rm_jax.data.conversation import resolve_template
 from rm_jax.core.errors import CheckpointError, ConfigError, ModelLoadError
 from rm_jax.core.files import read_json
@@ -25,6 +26,7 @@ from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.sharding import make_mesh
 from rm_jax.runs import layout
 
+logger = get_logger("runs")
 META = layout.MODEL_META  # kept for callers that name it through this module
 
 
@@ -51,10 +53,6 @@ def read_meta(run_dir: str) -> dict:
     return read_json(layout.meta_path(run_dir), f"{run_dir}: not an rm_jax run folder (no {META})", ConfigError)
 
 
-def _log(msg: str) -> None:
-    print(f"[rm_jax] {msg}", file=sys.stderr, flush=True)
-
-
 def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optional[int] = None) -> Any:
     """Parameters of a run's best checkpoint (else its latest), placed on ``mesh`` in ``dcfg``'s layer layout
     (whatever layout the run trained with), for either head. Without an explicit ``step``, an unreadable
@@ -73,7 +71,7 @@ def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optio
             raise CheckpointError(f"{run_dir}: has no checkpoint")
         order = [kept] + [s for s in sorted(ck.all_steps(), reverse=True) if s != kept]
         # Reading a run never changes it: no quarantine here.
-        return ck.first_readable(order, lambda s: ck.restore_params(s, target), _log, quarantine=False)[1]
+        return ck.first_readable(order, lambda s: ck.restore_params(s, target), logger.info, quarantine=False)[1]
     finally:
         ck.close()
 

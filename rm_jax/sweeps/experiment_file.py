@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import re
-import sys
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, Sequence
@@ -81,19 +80,6 @@ _PREFIX = {
 }
 _PLACEHOLDER = re.compile(r"\{(sweep_dir|run:([A-Za-z0-9_.+=-]+))\}")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.+=-]+$")
-
-
-def log(msg: str) -> None:
-    if _is_main():
-        print(f"[sweep] {msg}", file=sys.stderr, flush=True)
-
-
-def _is_main() -> bool:
-    if "jax" not in sys.modules:
-        return True
-    import jax
-
-    return jax.process_index() == 0
 
 
 # ---------------------------------------------------------------- file format

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from rm_jax.core.config import ConfigError, build_config
+from rm_jax.core.console import get_logger, is_main_process
 from rm_jax.core.errors import TrainingError
 from rm_jax.core.files import write_json
 from rm_jax.runs import layout
@@ -22,15 +23,15 @@ from rm_jax.sweeps.experiment_file import (
     TRAINING_SECTIONS,
     Plan,
     Run,
-    _is_main,
     attribute_weights_label,
     expand,
     load_experiment,
-    log,
     plan_record,
     reward_weights_label,
 )
 from rm_jax.sweeps.report import build_report, print_report
+
+logger = get_logger("sweeps")
 
 # ---------------------------------------------------------------- running
 
@@ -108,7 +109,7 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
         trainer(cfg)
         status = "trained"
     if rewardbench_pending(run):
-        log(f"{run.name}: RewardBench predictions ({cfg.eval.rewardbench})")
+        logger.info(f"{run.name}: RewardBench predictions ({cfg.eval.rewardbench})")
         from rm_jax.training.final_eval import score_rewardbench
 
         score_rewardbench(cfg, run.run_dir)
@@ -214,12 +215,12 @@ def sweep(
         print(format_plan(plan), file=out)
         print(f"\nall {len(plan.runs)} run configs validated; nothing was trained (--dry-run)", file=out)
         return 0
-    if _is_main():
+    if is_main_process():
         write_json(layout.plan_path(exp.sweep_dir), plan_record(plan))
     selected = plan.runs if task_index is None else [plan.runs[task_index]]
     for r in selected:  # errors about existing folders (an edited experiment) before anything trains
         check_existing(r)
-    log(
+    logger.info(
         f"{exp.path}: {len(plan.runs)} runs in {exp.sweep_dir}"
         + (f"; this task runs #{task_index} ({selected[0].name})" if task_index is not None else "")
     )
@@ -227,17 +228,17 @@ def sweep(
     for k, r in enumerate(selected, 1):
         blocked = [d for d in r.after if d in failed]
         if blocked:
-            log(f"({k}/{len(selected)}) {r.name}: skipped, {blocked[0]} failed")
+            logger.info(f"({k}/{len(selected)}) {r.name}: skipped, {blocked[0]} failed")
             failed.append(r.name)
             continue
         st = run_status(r)
-        log(f"({k}/{len(selected)}) {r.name}: {'finished, skipped' if st == 'done' else st}")
+        logger.info(f"({k}/{len(selected)}) {r.name}: {'finished, skipped' if st == 'done' else st}")
         try:
             run_one(r, plan, trainer)
         except TrainingError as e:  # the next member may still run; others are real errors
-            log(f"{r.name} failed: {e}")
+            logger.info(f"{r.name} failed: {e}")
             failed.append(r.name)
-    if _is_main():
+    if is_main_process():
         rep = build_report(exp.sweep_dir)
         print_report(rep, out)
         if task_index is not None and rep.missing:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Optional
 
 import jax
 
 from rm_jax.core.config import RunConfig, to_dict
+from rm_jax.core.console import get_logger
 from rm_jax.core.files import write_json
 from rm_jax.runs import layout
 
-
-def log(msg: str) -> None:
-    if jax.process_index() == 0:
-        print(f"[rm_jax] {msg}", file=sys.stderr, flush=True)
+logger = get_logger("training")
+log = logger.info  # the name training/loop.py calls it by
 
 
 class MetricsLog:
@@ -43,7 +41,7 @@ class MetricsLog:
 
                 self.tb = SummaryWriter(layout.tensorboard_dir(run_dir))
             except ImportError:
-                log("tensorboardX not installed: no TensorBoard events")
+                logger.info("tensorboardX not installed: no TensorBoard events")
         if cfg.logging.wandb:
             try:
                 import wandb
@@ -55,7 +53,7 @@ class MetricsLog:
                     resume="allow",
                 )
             except ImportError:
-                log("logging.wandb=true but wandb is not installed: skipping W&B")
+                logger.info("logging.wandb=true but wandb is not installed: skipping W&B")
 
     def write(self, record: dict) -> None:
         if not self.main:

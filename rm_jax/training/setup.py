@@ -35,7 +35,7 @@ from rm_jax.models.hf_io import (
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.sharding import make_mesh
 from rm_jax.runs.read import META, read_meta, restore_run_params
-from rm_jax.training.logs import log
+from rm_jax.training.logs import logger
 
 
 def maybe_init_distributed(cfg: RunConfig) -> None:
@@ -164,21 +164,21 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
                 f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes"
             )
         params = restore_run_params(cfg.model.init_from, dcfg, mesh)
-        log(f"initialised from {cfg.model.init_from}")
+        logger.info(f"initialised from {cfg.model.init_from}")
         return dcfg, params, meta.get("hf_config")
     if cfg.model.path and model_head(cfg) == "lm":
         from rm_jax.models.hf_io import load_hf_causal_lm
 
         lm = load_hf_causal_lm(cfg.model.path, mesh, **run_opts(cfg))
-        log(f"loaded {cfg.model.path} (causal LM)")
+        logger.info(f"loaded {cfg.model.path} (causal LM)")
         return lm.cfg, lm.params, lm.hf_config
     if cfg.model.path:
         lm: LoadedModel = load_hf_reward_model(
             cfg.model.path, mesh, seed=cfg.model.seed, attribute_names=cfg.model.attributes, **run_opts(cfg)
         )
         for n in lm.notes:
-            log(n)
-        log(f"loaded {cfg.model.path} ({'head loaded' if lm.head_loaded else 'new head'})")
+            logger.info(n)
+        logger.info(f"loaded {cfg.model.path} ({'head loaded' if lm.head_loaded else 'new head'})")
         return lm.cfg, lm.params, lm.hf_config
     dcfg = scratch_config(cfg, len(tokenizer))
     return dcfg, init_params(dcfg, mesh, cfg.model.seed), None
@@ -233,9 +233,9 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
         "skipped": [list(s) for s in res.skipped[:100]],
     }
     if res.skipped:
-        log(f"{source} [{split}]: skipped {len(res.skipped)} bad rows (first: {res.skipped[0]})")
+        logger.info(f"{source} [{split}]: skipped {len(res.skipped)} bad rows (first: {res.skipped[0]})")
     if enc.report.truncated or enc.report.dropped:
-        log(
+        logger.info(
             f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} truncated, "
             f"{enc.report.dropped} dropped (seq_len {d.seq_len})"
         )

@@ -300,3 +300,16 @@ def fake_train(cfg):
         )
     Path(rd, "DONE").write_text("{}\n")
     return rd
+
+
+def rm_jax_sources() -> dict[str, str]:
+    """Path relative to rm_jax/ -> source text, for every module of the package (tests that read the code)."""
+    root = os.path.join(ROOT, "rm_jax")
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                with open(path, encoding="utf-8") as fh:
+                    out[os.path.relpath(path, root)] = fh.read()
+    return out

@@ -99,7 +99,8 @@ def main(argv: Sequence[str]) -> int:
                 file=sys.stderr,
             )
         return 0
-    from rm_jax.steer.steer_eval import EVAL_FILE, format_steer_eval, steer_eval
+    from rm_jax.runs.layout import STEER_EVAL
+    from rm_jax.steer.steer_eval import format_steer_eval, steer_eval
 
     res = steer_eval(
         a.policy,
@@ -116,5 +117,5 @@ def main(argv: Sequence[str]) -> int:
         progress=not a.no_progress,
     )
     print(format_steer_eval(res))
-    print(f"results -> {a.output}/{EVAL_FILE}: " + json.dumps(res["mean_abs_error"]))
+    print(f"results -> {a.output}/{STEER_EVAL}: " + json.dumps(res["mean_abs_error"]))
     return 0

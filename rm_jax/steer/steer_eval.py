@@ -21,7 +21,6 @@ from rm_jax.engine.scoring import score_rows
 from rm_jax.runs import layout
 from rm_jax.steer.prompts import labelled, read_prompts, targets_as_labels
 
-EVAL_FILE = layout.STEER_EVAL
 # Requested vectors when none are given: the paper's favoured quality levels, spanning the two
 # attributes users steer most (verbosity, complexity).
 DEFAULT_TARGETS = tuple(
@@ -122,7 +121,7 @@ def steer_eval(
         os.path.join(output, layout.STEER_SAMPLES),
         ({**p.row, "attributes": labels[t], "responses": list(ys)} for (p, t), ys in zip(jobs, texts)),
     )
-    write_json(os.path.join(output, EVAL_FILE), result)
+    write_json(os.path.join(output, layout.STEER_EVAL), result)
     write_text(os.path.join(output, layout.STEER_EVAL_MD), format_steer_eval(result))
     plot_steer_eval(result, os.path.join(output, layout.STEER_EVAL_PLOT))
     return result

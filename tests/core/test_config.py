@@ -14,9 +14,7 @@ import pytest
 from rm_jax.cli import main
 from rm_jax.core import config as config_module
 from rm_jax.core.config import ConfigError, Range, RunConfig, build_config
-from tests.helpers import TINY
-
-ROOT = os.path.dirname(config_module.__file__).rsplit(os.sep, 1)[0]
+from tests.helpers import TINY, rm_jax_sources
 
 
 def _fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, typing.Any]]:
@@ -120,14 +118,12 @@ def test_no_second_list_of_allowed_values_in_rm_jax():
     anywhere but config.py, would be a second list that can drift from the annotation."""
     choices = [set(a) for _, a in LITERAL_FIELDS]
     found = []
-    for dirpath, _, files in os.walk(ROOT):
-        for f in files:
-            path = os.path.join(dirpath, f)
-            if not f.endswith(".py") or path == config_module.__file__:
-                continue
-            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-                if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-                    strs = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
-                    if len(strs) >= 2 and any(strs <= c and len(strs) >= len(c) - (len(c) > 2) for c in choices):
-                        found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {sorted(strs)}")
+    for path, src in rm_jax_sources().items():
+        if path == os.path.join("core", "config.py"):
+            continue
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                strs = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                if len(strs) >= 2 and any(strs <= c and len(strs) >= len(c) - (len(c) > 2) for c in choices):
+                    found.append(f"{path}:{node.lineno} {sorted(strs)}")
     assert found == []

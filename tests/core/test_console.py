@@ -12,8 +12,7 @@ import pytest
 
 from rm_jax.core import console
 from rm_jax.core.console import get_logger, setup_logging
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(console.__file__)))
+from tests.helpers import rm_jax_sources
 
 
 @pytest.mark.parametrize(
@@ -66,16 +65,12 @@ def test_the_cli_sets_it_up_before_a_command(capsys):
 def test_no_private_stderr_printer_is_left():
     """Nothing but core/console.py spells the prefixes, and the private _is_main is gone."""
     found = []
-    for dirpath, _, files in os.walk(ROOT):
-        for f in files:
-            path = os.path.join(dirpath, f)
-            if not f.endswith(".py") or path == console.__file__:
-                continue
-            src = open(path, encoding="utf-8").read()
+    for path, src in rm_jax_sources().items():
+        if path != os.path.join("core", "console.py"):
             for n in ast.walk(ast.parse(src)):
                 text = n.value if isinstance(n, ast.Constant) and isinstance(n.value, str) else ""
                 if text.startswith(("[rm_jax] ", "[sweep] ")):
                     found.append(f"{path}:{n.lineno}")
-            if "_is_main" in src:
-                found.append(f"{path}: _is_main")
+        if "_is_main" in src:
+            found.append(f"{path}: _is_main")
     assert found == []

@@ -10,8 +10,8 @@ import os
 import pytest
 
 from rm_jax.runs import layout
+from tests.helpers import rm_jax_sources
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(layout.__file__)))
 NAMES = {
     v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str) and k != "RESERVED_IN_SWEEP"
 } | set(layout.RESERVED_IN_SWEEP)
@@ -20,22 +20,12 @@ NAMES = {
 PENDING = {os.path.join("training", "loop.py"): {"config.yaml", "data_report.json", "model_meta.json", "checkpoints"}}
 
 
-def _string_constants() -> dict[str, set]:
-    """module path (relative to rm_jax/) -> the string constants it holds (docstrings included: a docstring
-    is never exactly a file name)."""
-    out = {}
-    for dirpath, _, files in os.walk(ROOT):
-        for f in files:
-            if f.endswith(".py"):
-                path = os.path.join(dirpath, f)
-                tree = ast.parse(open(path, encoding="utf-8").read())
-                out[os.path.relpath(path, ROOT)] = {
-                    n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                }
-    return out
-
-
-CONSTANTS = _string_constants()
+# module path (relative to rm_jax/) -> the string constants it holds (docstrings included: a docstring is never
+# exactly a file name)
+CONSTANTS = {
+    path: {n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    for path, src in rm_jax_sources().items()
+}
 
 
 @pytest.mark.parametrize("name", ["DONE", "eval.json", "metrics.jsonl"])

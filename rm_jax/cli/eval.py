@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--weights",
         default=None,
-        help=f"reward weights: a preset ({', '.join(REWARD_PRESETS)}) or w1,...,w5 (default {DEFAULT_WEIGHTS})",
+        help=f"reward weights: a preset ({', '.join(REWARD_PRESETS)}), w1,...,w5, or a W.json from "
+        f"'rm-jax weights fit' (default {DEFAULT_WEIGHTS})",
     )
     ap.add_argument(
         "--output",

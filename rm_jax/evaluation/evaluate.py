@@ -66,6 +66,11 @@ def _limit(model: Any, seq_len: Optional[int]) -> int:
     return int(min(DEFAULT_MAX_SEQ_LEN, model.cfg.max_position_embeddings))
 
 
+def sequence_limit(model: Any, seq_len: Optional[int]) -> int:
+    """``seq_len`` checked, or the default: the model's positions, at most :data:`DEFAULT_MAX_SEQ_LEN`."""
+    return _limit(model, seq_len)
+
+
 def predict_encoded(
     model: Any,
     enc: Encoded,
@@ -204,22 +209,11 @@ def predict_rewardbench2(
     bit-identical rewards and run_v2's exact-tie rule sees them tie (packing may otherwise place them
     differently and change the last bits).
     """
-    attributes = list(model.attributes)
     limit = _limit(model, seq_len)
     rows = flatten(sets)
-    for i, r in enumerate(rows):
-        r["_row"] = i
-    enc = encode_helpsteer(
-        rows, model.tokenizer, limit, model.template, "truncate", attributes=(), cut_response=not drop_long_pairs
+    pred, counts = predict_conversations(
+        model, rows, limit, not drop_long_pairs, batch_rows, max_segments, progress, "rewardbench2"
     )
-    unique: dict[bytes, int] = {}
-    which = np.empty(len(enc.ids), np.int64)
-    for j, x in enumerate(enc.ids):
-        which[j] = unique.setdefault(np.asarray(x, np.int32).tobytes(), len(unique))
-    distinct = [np.frombuffer(k, np.int32) for k in unique]
-    pred_unique = predict_ids(model, distinct, limit, batch_rows, max_segments, progress, "rewardbench2")
-    pred = np.full((len(rows), len(attributes)), np.nan, np.float32)
-    pred[enc.source_rows] = pred_unique[which]
     bounds = np.cumsum([0] + [len(s.completions) for s in sets])
     dropped_sets = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
@@ -229,12 +223,44 @@ def predict_rewardbench2(
     counts = {
         "sets": len(sets),
         "scored_sets": len(sets) - dropped_sets,
-        "completions": len(rows),
+        "completions": counts.pop("rows"),
+        **counts,
+        "dropped_sets": dropped_sets,
+    }
+    return pred, counts
+
+
+def predict_conversations(
+    model: Any,
+    rows: Sequence[dict],
+    limit: int,
+    cut_response: bool = True,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> tuple[np.ndarray, dict]:
+    """Attribute predictions [len(rows), A] of ``{"prompt", "response"}`` rows (NaN for a dropped row) and
+    length counts. Over-long prompts are cut from the left; a response that alone does not fit is cut
+    from the left (``cut_response``) or dropped. Each distinct token sequence is scored once."""
+    rows = [dict(r, _row=i) for i, r in enumerate(rows)]
+    enc = encode_helpsteer(
+        rows, model.tokenizer, limit, model.template, "truncate", attributes=(), cut_response=cut_response
+    )
+    unique: dict[bytes, int] = {}
+    which = np.empty(len(enc.ids), np.int64)
+    for j, x in enumerate(enc.ids):
+        which[j] = unique.setdefault(np.asarray(x, np.int32).tobytes(), len(unique))
+    distinct = [np.frombuffer(k, np.int32) for k in unique]
+    pred_unique = predict_ids(model, distinct, limit, batch_rows, max_segments, progress, desc)
+    pred = np.full((len(rows), len(model.attributes)), np.nan, np.float32)
+    pred[enc.source_rows] = pred_unique[which]
+    counts = {
+        "rows": len(rows),
         "distinct_conversations": len(unique),
         "truncated": enc.report.truncated,
         "response_cut": enc.report.response_cut,
         "dropped_completions": enc.report.dropped,
-        "dropped_sets": dropped_sets,
         "seq_len": limit,
     }
     return pred, counts

@@ -50,7 +50,7 @@ from rm_jax.evaluation.predictions import (
     subset_of,
 )
 from rm_jax.evaluation.rewardbench import rewardbench_metrics
-from rm_jax.evaluation.rewardbench2 import rewardbench2_metrics
+from rm_jax.evaluation.rewardbench2 import rewardbench2_metrics, rewardbench2_records
 from rm_jax.evaluation.weights import check_weights, default_weights, weights_record
 from rm_jax.runs.read import is_run_dir, load_scoring_model
 
@@ -286,30 +286,6 @@ def evaluate_rewardbench2(
     report = rewardbench2_metrics([sets[i] for i in keep], pred[rows], attributes, weights)
     report["counts"] = counts
     return report, pred
-
-
-def rewardbench2_records(
-    sets: Sequence[RB2Set], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
-) -> list[dict]:
-    """One record per completion: set id, subset, index, correct?, reward and attributes (null if dropped)."""
-    w = check_weights(weights, attributes)
-    out, i = [], 0
-    for s in sets:
-        for j in range(len(s.completions)):
-            p = pred[i]
-            dropped = bool(np.isnan(p).any())
-            out.append(
-                {
-                    "id": s.id,
-                    "subset": s.subset,
-                    "index": j,
-                    "correct": j < s.num_correct,
-                    "reward": None if dropped else float(np.asarray(p, np.float64) @ w),
-                    "attributes": None if dropped else {a: float(x) for a, x in zip(attributes, p)},
-                }
-            )
-            i += 1
-    return out
 
 
 def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -> dict:

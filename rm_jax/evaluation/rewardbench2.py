@@ -19,6 +19,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from rm_jax.core.attributes import WeightSpec
+from rm_jax.core.errors import InputError
+from rm_jax.core.files import iter_jsonl
 from rm_jax.data.rewardbench2_sets import RB2Set, ties_key
 from rm_jax.evaluation.weights import check_weights, weight_sets
 
@@ -114,3 +116,57 @@ def rewardbench2_metrics(
         r = score_sets(sets, split_rewards(sets, pred @ w))
         result["presets"][name] = {"score": r["score"], "subsets": r["subsets"]}
     return result
+
+
+# ----------------------------------------------------------------------------- the per-completion scores file
+
+
+def rewardbench2_records(
+    sets: Sequence[RB2Set], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+) -> list[dict]:
+    """One record per completion: set id, subset, index, correct?, reward and attributes (null if dropped)."""
+    w = check_weights(weights, attributes)
+    out, i = [], 0
+    for s in sets:
+        for j in range(len(s.completions)):
+            p = pred[i]
+            dropped = bool(np.isnan(p).any())
+            out.append(
+                {
+                    "id": s.id,
+                    "subset": s.subset,
+                    "index": j,
+                    "correct": j < s.num_correct,
+                    "reward": None if dropped else float(np.asarray(p, np.float64) @ w),
+                    "attributes": None if dropped else {a: float(x) for a, x in zip(attributes, p)},
+                }
+            )
+            i += 1
+    return out
+
+
+def load_rewardbench2_scores(path: str) -> tuple[list[RB2Set], np.ndarray, list[str]]:
+    """(sets, attribute predictions [completions, A], attribute names) back from a scores file, for
+    re-weighting without the model; sets dropped for length are left out. Texts are not stored: the
+    sets hold placeholders."""
+    groups: dict[str, list[dict]] = {}
+    attributes: Optional[list[str]] = None
+    for lineno, rec in iter_jsonl(path):
+        try:
+            key, subset, correct, attrs = str(rec["id"]), str(rec["subset"]), bool(rec["correct"]), rec["attributes"]
+            if attrs is not None:
+                attributes = attributes or list(attrs)
+                vec = [float(attrs[a]) for a in attributes]
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: line {lineno}: not a RewardBench 2 score record ({e!r})") from None
+        groups.setdefault(key, []).append({"subset": subset, "correct": correct, "vec": None if attrs is None else vec})
+    sets, rows = [], []
+    for key, recs in groups.items():
+        if any(r["vec"] is None for r in recs):
+            continue
+        n_correct = sum(r["correct"] for r in recs)
+        sets.append(RB2Set(key, recs[0]["subset"], "", tuple(str(i) for i in range(len(recs))), n_correct))
+        rows += [r["vec"] for r in recs]
+    if attributes is None:
+        raise InputError(f"{path}: no scored completions")
+    return sets, np.asarray(rows, np.float64), attributes

@@ -22,7 +22,7 @@ import os
 import jax
 
 from rm_jax.core.config import RunConfig
-from rm_jax.training.final_eval import score_rewardbench, write_run_evaluation
+from rm_jax.training.final_eval import score_rewardbench, score_rewardbench2, write_run_evaluation
 from rm_jax.training.loop import fit
 from rm_jax.training.setup import inherit_from_init
 
@@ -36,6 +36,8 @@ def train(cfg: RunConfig) -> str:
     write_run_evaluation(cfg, result)
     if cfg.eval.rewardbench:
         score_rewardbench(cfg, result.run_dir, result.mesh)
+    if cfg.eval.rewardbench2:
+        score_rewardbench2(cfg, result.run_dir, result.mesh)
     if jax.process_index() == 0:
         with open(os.path.join(result.run_dir, DONE_FILE), "w") as f:
             f.write(json.dumps({"steps": result.steps, "best_step": result.kept_step}) + "\n")

@@ -99,7 +99,7 @@ def format_rewardbench2(result: Mapping[str, Any], selected: Optional[str] = Non
         cells = [
             _pct(presets[n]["score"] if key is None else presets[n]["subsets"].get(key)).rjust(col_w) for n in names[1:]
         ]
-        return f"{label:<{name_w}} {_pct(main).rjust(col_w + 1)} " + " ".join(cells)
+        return f"{label:<{name_w}} {_pct(main).strip().rjust(col_w)} " + " ".join(c.strip().rjust(col_w) for c in cells)
 
     for sub in subsets:
         lines.append(row(f"{sub} ({sets.get(sub, 0)})", sub))

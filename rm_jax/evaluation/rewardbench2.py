@@ -91,7 +91,7 @@ def score_sets(sets: Sequence[RB2Set], rewards: Sequence[Sequence[float]]) -> di
     return {
         "score": float(np.mean(list(subsets.values()))) if subsets else None,
         "subsets": subsets,
-        "subset_sets": {k: len(v) for k, v in by_subset.items()},
+        "subset_sets": {k: len(by_subset[k]) for k in sorted(by_subset)},
         "sets": len(sets),
     }
 

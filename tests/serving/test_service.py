@@ -21,7 +21,8 @@ def test_service_info_reports_fitted_weights_and_their_file(tmp_path):
     w = {a: 0.1 * (i + 1) for i, a in enumerate(ATTRIBUTES)}
     (tmp_path / "W.json").write_text(json.dumps({"weights": w, "heldout_accuracy": {"mean": 0.7}}))
     model = load_scoring_model(str(tmp_path / "rm"))
-    svc = RewardService(model, ServeConfig(weights=str(tmp_path / "W.json"), seq_len=128, max_batch_tokens=256), str(tmp_path))
+    cfg = ServeConfig(weights=str(tmp_path / "W.json"), seq_len=128, max_batch_tokens=256)
+    svc = RewardService(model, cfg, str(tmp_path))
     info = svc.info()["weights"]
     assert info["spec"] == str(tmp_path / "W.json") and info["source"] == f"file {tmp_path / 'W.json'}"
     np.testing.assert_allclose(info["values"], [w[a] for a in ATTRIBUTES])

@@ -5,6 +5,7 @@ A set is one prompt with ``chosen`` (correct) and ``rejected`` completions; ``nu
 ``run_v2`` re-groups the flattened scores by ``total_completions`` and marks completion ``i`` correct
 when ``i < num_correct``: a disagreement would silently score the wrong completions. Sets of the
 ``Ties`` subset carry ids ``ref:K`` / ``tied:K`` (prompt K with one, or several, correct answers).
+Every set needs at least one chosen and one rejected completion (the Ties formula compares the two).
 
 Rows are read by the same record readers as every other source (:mod:`rm_jax.data.sources`: jsonl,
 json, parquet, csv, a folder's ``{split}`` files, a hub id with ``datasets`` imported lazily), so a
@@ -96,12 +97,8 @@ def _set_row(record: Any) -> RB2Set:
         )
     s = RB2Set(set_id, subset, prompt, tuple(chosen) + tuple(rejected), len(chosen))
     if s.is_ties:
-        m = _TIES_ID.match(set_id)
-        if not m:
+        if not _TIES_ID.match(set_id):
             raise _BadRow("id", f"a {subset} set needs an id 'ref:K' or 'tied:K' (K an integer), got {set_id!r}")
-        if m.group(1) == "tied" and len(chosen) < 2:
-            # the Ties formula's spread between correct answers needs two of them
-            raise _BadRow("chosen", f"a 'tied:' set needs at least 2 correct completions, got {len(chosen)}")
     return s
 
 

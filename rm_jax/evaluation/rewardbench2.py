@@ -1,5 +1,6 @@
 """RewardBench 2 scores from per-completion rewards, by the rules of reward-bench's ``scripts/run_v2.py``
-(package ``rewardbench`` 0.1.4: ``reroll_and_score_dataset`` and ``process_single_model``).
+(package ``rewardbench`` 0.1.4: ``reroll_and_score_dataset`` and ``process_single_model``; later
+versions of the latter differ only where a tied set's correct answers score equally).
 
 * A set of any subset but Ties scores ``1 / (number of completions equal to the maximum)`` when its first
   (chosen) completion holds the maximum, else 0; a subset's score is the mean over its sets.
@@ -40,13 +41,16 @@ def _prompt_stats(correct: np.ndarray, scores: np.ndarray) -> tuple[bool, Option
 
 
 def ties_score(ids: Sequence[str], num_correct: Sequence[int], scores: Sequence[Sequence[float]]) -> float:
-    """reward-bench's Ties score over sets ``ref:K`` / ``tied:K``.
+    """reward-bench 0.1.4's Ties score (``process_single_model``) over sets ``ref:K`` / ``tied:K``.
 
     Per set: accurate = worst correct > best incorrect; margin = worst correct - best incorrect;
-    spread = best correct - worst correct. Over the prompts K with both a ref and a tied set:
+    spread = best correct - worst correct (only with 2+ correct). Accuracy is averaged over all ref and
+    all tied sets; the margin terms over the prompts K that have both, and a spread:
     ``0.3 * mean(tied accurate) + 0.3 * mean(ref accurate) + 0.2 * mean(tied margin > tied spread)
-    + 0.2 * mean(min(ref margin, tied margin) > tied spread) + 0.01 * mean(tanh(min margin / tied spread - 1))``
-    with 0/0 in the last term counted as 0 (run_v2's ``nan_to_num``).
+    + 0.2 * mean(min(ref margin, tied margin) > tied spread)
+    + 0.01 * mean(tanh(min margin / tied spread - 1) over prompts whose spread is > 0)``.
+    A mean over no prompts counts 0 (0.1.4 does so when no prompt has both kinds; when prompts have both
+    but no spread, 0.1.4 returns NaN).
     """
     stats: dict[str, dict[int, tuple[bool, Optional[float], float]]] = defaultdict(dict)
     for set_id, k, sc in zip(ids, num_correct, scores):
@@ -56,19 +60,15 @@ def ties_score(ids: Sequence[str], num_correct: Sequence[int], scores: Sequence[
     ref, tied = stats.get("ref", {}), stats.get("tied", {})
     ref_acc = float(np.mean([v[0] for v in ref.values()])) if ref else 0.0
     tied_acc = float(np.mean([v[0] for v in tied.values()])) if tied else 0.0
-    both = sorted(set(ref) & set(tied))
-    if not both:
-        # run_v2 takes means of empty arrays here (NaN): say so instead of returning NaN silently
-        raise ValueError("Ties: no prompt has both a 'ref:K' and a 'tied:K' set")
+    both = [k for k in sorted(set(ref) & set(tied)) if tied[k][1] is not None]
     spread = np.asarray([tied[k][1] for k in both], np.float64)
     tied_margin = np.asarray([tied[k][2] for k in both], np.float64)
-    ref_margin = np.asarray([ref[k][2] for k in both], np.float64)
-    hard = np.minimum(ref_margin, tied_margin)
-    preferred = float(np.mean(tied_margin > spread))
-    preferred_hard = float(np.mean(hard > spread))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        margin = np.nan_to_num(np.tanh(hard / spread - 1), nan=0.0)
-    return float(0.3 * tied_acc + 0.3 * ref_acc + 0.2 * preferred + 0.2 * preferred_hard + 0.01 * np.mean(margin))
+    hard = np.minimum(np.asarray([ref[k][2] for k in both], np.float64), tied_margin)
+    preferred = float(np.mean(tied_margin > spread)) if both else 0.0
+    preferred_hard = float(np.mean(hard > spread)) if both else 0.0
+    spread_out = spread > 0  # a zero spread has no ratio: 0.1.4 leaves the prompt out of this mean
+    margin = float(np.mean(np.tanh(hard[spread_out] / spread[spread_out] - 1))) if spread_out.any() else 0.0
+    return float(0.3 * tied_acc + 0.3 * ref_acc + 0.2 * preferred + 0.2 * preferred_hard + 0.01 * margin)
 
 
 def score_sets(sets: Sequence[RB2Set], rewards: Sequence[Sequence[float]]) -> dict[str, Any]:

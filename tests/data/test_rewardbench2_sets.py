@@ -62,7 +62,7 @@ def test_parquet_same_as_jsonl(tmp_path):
         (dict(num_incorrect=2), 2, "num_incorrect", "holds 3"),
         (dict(total_completions=5), 2, "total_completions", "hold 4"),
         (dict(subset="Ties"), 2, "id", "'ref:K' or 'tied:K'"),
-        (dict(subset="Ties", id="tied:1"), 2, "chosen", "at least 2"),
+        (dict(rejected=[], num_incorrect=0, total_completions=1), 2, "rejected", "non-empty list"),
         (dict(id="7"), 2, "id", "duplicate id '7'"),
         (dict(id=None), 2, "id", "string or an integer"),
         (dict(num_correct="1"), 2, "num_correct", "non-negative integer"),

@@ -3,7 +3,6 @@ random tied scores, and ``rm-jax eval --rewardbench2`` against transformers on a
 
 import json
 import math
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from rm_jax.evaluation.rewardbench2 import best_of_n, score_sets, ties_score
 
 
 def plain_run_v2(rows, scores):
-    """reward-bench 0.1.4 run_v2: reroll_and_score_dataset per set, process_single_model for Ties, then the
-    unweighted mean of subsets. ``rows``: dicts id / subset / num_correct; ``scores``: a list per row."""
+    """reward-bench 0.1.4 run_v2, transcribed: reroll_and_score_dataset per set, process_single_model (with
+    sample_stats) for Ties, then the unweighted mean of subsets. ``rows``: dicts id / subset / num_correct;
+    ``scores``: a list per row."""
     results = {}
     for subset in sorted({r["subset"] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r["subset"] == subset]
@@ -30,33 +30,29 @@ def plain_run_v2(rows, scores):
                 res.append((1 / np.sum(np.asarray(s) == m)) if s[0] == m else 0)
             results[subset] = sum(res) / len(res)
             continue
-        grouped = defaultdict(list)
+        stats = {"ref": {}, "tied": {}}
         for i in idx:
             kind, pid = rows[i]["id"].split(":")
-            for j, sc in enumerate(scores[i]):
-                grouped[(kind, int(pid))].append((j < rows[i]["num_correct"], sc))
-        ref, tied = {}, {}
-        for (kind, pid), samples in grouped.items():
-            good = [s for c, s in samples if c]
-            bad = [s for c, s in samples if not c]
-            dcm = max(good) - min(good) if len(good) > 1 else None
-            cim = min(good) - max(bad)
-            (ref if kind == "ref" else tied)[pid] = (cim > 0, dcm, cim)
-        ref_acc = np.mean([v[0] for v in ref.values()]) if ref else 0.0
-        tied_acc = np.mean([v[0] for v in tied.values()]) if tied else 0.0
-        both = set(ref) & set(tied)
-        dcm = np.array([tied[p][1] for p in both], dtype=float)
-        cit = np.array([tied[p][2] for p in both], dtype=float)
-        cir = np.array([ref[p][2] for p in both], dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ms = np.nan_to_num(np.tanh(np.minimum(cir, cit) / dcm - 1), nan=0.0)
-        results[subset] = float(
-            0.3 * tied_acc
-            + 0.3 * ref_acc
-            + 0.2 * np.mean(cit > dcm)
-            + 0.2 * np.mean(np.minimum(cir, cit) > dcm)
-            + 0.01 * np.mean(ms)
-        )
+            good = [sc for j, sc in enumerate(scores[i]) if j < rows[i]["num_correct"]]
+            bad = [sc for j, sc in enumerate(scores[i]) if j >= rows[i]["num_correct"]]
+            stats[kind][int(pid)] = {
+                "accurate": min(good) > max(bad),
+                "dcm": max(good) - min(good) if len(good) > 1 else None,
+                "cim": min(good) - max(bad),
+            }
+        ref, tied = stats["ref"], stats["tied"]
+        acc_ref = np.mean([r["accurate"] for r in ref.values()]) if ref else 0
+        acc_tied = np.mean([r["accurate"] for r in tied.values()]) if tied else 0
+        common = set(ref) & set(tied)
+        if common:
+            with_dcm = [r for r in common if tied[r]["dcm"] is not None]
+            pref = np.mean([tied[r]["cim"] > tied[r]["dcm"] for r in with_dcm])
+            hard = np.mean([min(ref[r]["cim"], tied[r]["cim"]) > tied[r]["dcm"] for r in with_dcm])
+            ratios = [min(ref[r]["cim"], tied[r]["cim"]) / tied[r]["dcm"] for r in with_dcm if tied[r]["dcm"] > 0]
+            margin = np.mean([math.tanh(x - 1) for x in ratios]) if ratios else 0
+        else:
+            pref = hard = margin = 0
+        results[subset] = float(0.3 * acc_tied + 0.3 * acc_ref + 0.2 * pref + 0.2 * hard + 0.01 * margin)
     return float(np.mean(list(results.values()))), results
 
 
@@ -94,22 +90,20 @@ def test_hand_worked_example():
     got = score_sets(_sets(rows), [r["s"] for r in rows])
     math_ = (1 + 0.5 + 0 + 1 / 3) / 4
     # 0.3 * tied acc 1 + 0.3 * ref acc 1/2 + 0.2 * (tied margin > spread: 1 > 2 no, 3 > 0 yes)
-    # + 0.2 * (min margin > spread: 1 > 2 no, -1 > 0 no) + 0.01 * mean(tanh(1/2 - 1), tanh(-1/0 - 1) = -1)
-    ties = 0.3 + 0.15 + 0.1 + 0.0 + 0.01 * (math.tanh(-0.5) - 1) / 2
+    # + 0.2 * (min margin > spread: 1 > 2 no, -1 > 0 no) + 0.01 * tanh(1/2 - 1) (prompt 1's spread is 0: left out)
+    ties = 0.3 + 0.15 + 0.1 + 0.0 + 0.01 * math.tanh(-0.5)
     assert got["subsets"] == pytest.approx({"Focus": 0.25, "Math": math_, "Ties": ties}, abs=1e-12)
     assert got["score"] == pytest.approx((math_ + 0.25 + ties) / 3, abs=1e-12)
     assert got["sets"] == 9 and got["subset_sets"] == {"Math": 4, "Focus": 1, "Ties": 4}
 
 
-def test_ties_zero_over_zero_counts_zero():
-    # both margins 0 and no spread: tanh(0/0 - 1) is NaN in run_v2, then nan_to_num -> 0
-    score = ties_score(["ref:3", "tied:3"], [1, 2], [[1.0, 1.0], [1.0, 1.0, 1.0]])
-    assert score == pytest.approx(0.0)
-
-
-def test_ties_needs_a_prompt_with_both_kinds():
-    with pytest.raises(ValueError, match="both"):
-        ties_score(["ref:1", "tied:2"], [1, 2], [[1.0, 0.0], [2.0, 1.0, 0.0]])
+def test_ties_edge_cases_as_in_0_1_4():
+    # no spread and no margin: nothing accurate, not preferred, and no tanh term (spread 0 is left out)
+    assert ties_score(["ref:3", "tied:3"], [1, 2], [[1.0, 1.0], [1.0, 1.0, 1.0]]) == 0.0
+    # no prompt with both kinds: only the accuracy terms
+    assert ties_score(["ref:1", "tied:2"], [1, 2], [[1.0, 0.0], [2.0, 1.0, 0.0]]) == pytest.approx(0.6)
+    # a tied set with one correct answer has no spread: it counts for accuracy only
+    assert ties_score(["ref:1", "tied:1"], [1, 1], [[1.0, 0.0], [2.0, 0.0]]) == pytest.approx(0.6)
 
 
 def test_matches_plain_run_v2_on_random_tied_scores():
@@ -122,7 +116,7 @@ def test_matches_plain_run_v2_on_random_tied_scores():
         for k in range(int(rng.integers(2, 10))):
             if rng.random() < 0.9:
                 rows.append(dict(id=f"ref:{k}", subset="Ties", num_correct=1, n=int(rng.integers(2, 6))))
-            nc = int(rng.integers(2, 5))
+            nc = int(rng.integers(1, 5))  # one correct answer: no spread
             rows.append(dict(id=f"tied:{k}", subset="Ties", num_correct=nc, n=nc + int(rng.integers(1, 4))))
         rows.append(dict(id="ref:999", subset="Ties", num_correct=1, n=3))  # a ref without its tied set
         rows.append(dict(id="ref:998", subset="Ties", num_correct=1, n=3))

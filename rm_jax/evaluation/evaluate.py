@@ -40,6 +40,7 @@ from rm_jax.engine.scoring import Scorer
 from rm_jax.evaluation.metrics import helpsteer_metrics
 from rm_jax.evaluation.predictions import (
     HELPSTEER_SUFFIX,
+    REWARDBENCH2_SUFFIX,
     REWARDBENCH_SUFFIX,
     find_predictions,
     helpsteer_records,
@@ -50,11 +51,10 @@ from rm_jax.evaluation.predictions import (
     subset_of,
 )
 from rm_jax.evaluation.rewardbench import rewardbench_metrics
-from rm_jax.evaluation.rewardbench2 import rewardbench2_metrics, rewardbench2_records
+from rm_jax.evaluation.rewardbench2 import load_rewardbench2_scores, rewardbench2_metrics, rewardbench2_records
 from rm_jax.evaluation.weights import check_weights, default_weights, weights_record
 from rm_jax.runs.read import is_run_dir, load_scoring_model
 
-REWARDBENCH2_SUFFIX = ".rewardbench2_scores.jsonl"
 DEFAULT_MAX_SEQ_LEN = 4096  # NeMo-Aligner's RM sequence length for HelpSteer2; capped by the model's positions
 
 
@@ -297,6 +297,8 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
     earlier results json when it is there.
     """
     hs_path, rb_path, json_path = find_predictions(path)
+    rb2_path: Optional[str] = None if os.path.isdir(path) else output_stem(path) + REWARDBENCH2_SUFFIX
+    rb2_path = rb2_path if rb2_path and os.path.isfile(rb2_path) else None
     previous: dict = {}
     if json_path:
         try:
@@ -304,7 +306,7 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
                 previous = json.load(f)
         except (OSError, json.JSONDecodeError):
             previous = {}
-    out: dict[str, Any] = {"from_predictions": {"helpsteer": hs_path, "rewardbench": rb_path}}
+    out: dict[str, Any] = {"from_predictions": {"helpsteer": hs_path, "rewardbench": rb_path, "rewardbench2": rb2_path}}
     if isinstance(previous, dict) and "model" in previous:
         out["model"] = previous["model"]
     prev_counts = previous.get("counts", {}) if isinstance(previous, dict) else {}
@@ -324,6 +326,14 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
         w = default_weights(attributes) if weights is None else weights
         out["rewardbench"] = rewardbench_metrics(subsets, chosen, rejected, attributes, w)
         counts["rewardbench"] = dict(prev_counts.get("rewardbench", {}), scored=int(len(subsets)))
+    if rb2_path:
+        sets, pred, rb2_attrs = load_rewardbench2_scores(rb2_path)
+        if attributes is not None and rb2_attrs != attributes:
+            raise InputError(f"{rb2_path}: attributes {rb2_attrs} differ from the other predictions' {attributes}")
+        attributes = rb2_attrs
+        w = default_weights(attributes) if weights is None else weights
+        out["rewardbench2"] = rewardbench2_metrics(sets, pred, attributes, w)
+        counts["rewardbench2"] = dict(prev_counts.get("rewardbench2", {}), scored_sets=len(sets))
     assert attributes is not None
     w = default_weights(attributes) if weights is None else weights
     out["weights"] = weights_record(w, attributes)

@@ -226,6 +226,24 @@ def test_eval_rewardbench2_matches_transformers(hf_rm, tmp_path, capsys):
     assert "RewardBench 2" in printed and "Ties (4)" in printed and "overall" in printed
 
 
+def test_reweight_from_saved_scores(hf_rm, tmp_path, capsys):
+    d, _, _ = hf_rm
+    src = _write(tmp_path / "rb2.jsonl", _rb2_rows())
+    out = tmp_path / "res.json"
+    argv = ["eval", "--model", d, "--rewardbench2", src, "--seq-len", str(SEQ_LEN), "--drop-long-pairs"]
+    assert cli.main(argv + ["--no-progress", "--output", str(out)]) == 0
+    first = json.loads(out.read_text())["rewardbench2"]
+    again = tmp_path / "again.json"
+    argv = ["eval", "--from-predictions", str(out), "--weights", "helpfulness-only", "--output", str(again)]
+    assert cli.main(argv) == 0
+    res = json.loads(again.read_text())
+    assert res["weights"]["label"] == "helpfulness-only" and res["counts"]["rewardbench2"]["scored_sets"] == 9
+    assert res["rewardbench2"]["score"] == pytest.approx(first["presets"]["helpfulness-only"]["score"], abs=1e-12)
+    assert res["rewardbench2"]["subsets"] == pytest.approx(first["presets"]["helpfulness-only"]["subsets"])
+    assert (tmp_path / "again.rewardbench2_scores.jsonl").exists()  # usable as a source itself
+    assert "RewardBench 2" in capsys.readouterr().out
+
+
 def test_drop_long_pairs_drops_the_whole_set(hf_rm, tmp_path):
     d, _, _ = hf_rm
     src = _write(tmp_path / "rb2.jsonl", _rb2_rows())

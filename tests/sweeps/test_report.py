@@ -56,7 +56,7 @@ def test_sweep_writes_rb2_columns_and_panel(data_files, tmp_path):
     for r in rows:
         recs = [json.loads(line) for line in open(sd / r["run"] / "predictions" / "rewardbench2.jsonl")]
         w = np.asarray(REWARD_PRESETS[r["reward_weights"]])
-        flat = [sum(w[k] * rec["attributes"][a] for k, a in enumerate(ATTRIBUTES)) for rec in recs]
+        flat = list(np.array([[rec["attributes"][a] for a in ATTRIBUTES] for rec in recs]) @ w)
         scores, i = [], 0
         for s in sets:
             scores.append(flat[i : i + len(s.completions)])
@@ -92,3 +92,25 @@ def test_missing_rb2_predictions_noted(data_files, tmp_path):
     rep = build_report(str(sd), plots=False)
     assert any("rewardbench2" in n and "missing" in n for n in rep.notes)
     assert all(r["rb2_score"] is None for r in rep.rows)
+
+
+def test_fitted_w_json_as_an_eval_weighting(data_files, tmp_path):
+    w = {a: v for a, v in zip(ATTRIBUTES, (0.9, 0.1, -0.3, 0.0, 0.4))}
+    (tmp_path / "W.json").write_text(json.dumps({"weights": w}))
+    base = tiny_base(data_files)
+    base["eval"] = {"rewardbench2": "bundled", "reward_weights": [str(tmp_path / "W.json"), "goodness"]}
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump({"base": base}))
+    sd = tmp_path / "s"
+    assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=fake_train_rb2, out=io.StringIO()) == 0
+    rows = _csv(sd / "results.csv")
+    assert len(rows) == 2 and rows[0]["reward_weights"].endswith("W.json")
+    recs = [json.loads(line) for line in open(sd / rows[0]["run"] / "predictions" / "rewardbench2.jsonl")]
+    # the same float arithmetic as the reward everywhere (a dot product): rounded attributes make exact ties
+    flat = list(np.array([[rec["attributes"][a] for a in ATTRIBUTES] for rec in recs]) @ np.array(list(w.values())))
+    sets = load_rewardbench2("bundled")
+    bounds = np.cumsum([0] + [len(s.completions) for s in sets])
+    rows_ = [{"id": s.id, "subset": s.subset, "num_correct": s.num_correct} for s in sets]
+    want, _ = plain_run_v2(rows_, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    assert abs(float(rows[0]["rb2_score"]) - want) < 1e-6
+    assert rows[0]["rb2_score"] != rows[1]["rb2_score"]

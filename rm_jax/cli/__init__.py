@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "report SWEEP_DIR                         rebuild results.csv / results.md / plots"),
     "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5]"),
     "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),
+    "weights": ("weights", "weights fit --model DIR (--pairs|--rewardbench2|--helpsteer SRC) --output W.json"),
     "export": ("export", "export RUN_DIR --out HF_DIR"),
     "data": ("data", "data stats FILE|HUB_ID [--json] [--tokenizer DIR]"),
     "lm": ("lm", "lm generate|logprob --model DIR --input IN.jsonl --output OUT.jsonl [--n N] ..."),

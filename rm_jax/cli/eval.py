@@ -24,9 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rewardbench", help="RewardBench-format pairs: file, folder or hub id (allenai/reward-bench)")
     ap.add_argument("--rewardbench-split", default="filtered")
     ap.add_argument(
+        "--rewardbench2",
+        help="RewardBench 2 sets in their own columns: .jsonl/.parquet file, folder, hub id "
+        "(allenai/reward-bench-2) or 'bundled'; per-completion scores go to <stem>.rewardbench2_scores.jsonl",
+    )
+    ap.add_argument("--rewardbench2-split", default=None, help="hub split (default test)")
+    ap.add_argument(
         "--weights",
         default=None,
-        help=f"reward weights: a preset ({', '.join(REWARD_PRESETS)}) or w1,...,w5 (default {DEFAULT_WEIGHTS})",
+        help=f"reward weights: a preset ({', '.join(REWARD_PRESETS)}), w1,...,w5, or a W.json from "
+        f"'rm-jax weights fit' (default {DEFAULT_WEIGHTS})",
     )
     ap.add_argument(
         "--output",
@@ -44,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--drop-long-pairs",
         action="store_true",
-        help="drop RewardBench pairs whose response alone is longer than --seq-len (default: cut "
-        "them from the left and count them, so every pair is scored)",
+        help="drop RewardBench pairs (RewardBench 2: whole sets) whose response alone is longer than --seq-len "
+        "(default: cut them from the left and count them, so every pair is scored)",
     )
     ap.add_argument("--batch-rows", type=int, default=16, help="packed rows per forward pass")
     ap.add_argument("--max-segments", type=int, default=16, help="conversations packed into one row at most")
@@ -78,7 +85,7 @@ def main(argv: Sequence[str]) -> int:
     from rm_jax.evaluation.report_text import format_report
 
     if a.from_predictions:
-        if a.model or a.helpsteer or a.rewardbench:
+        if a.model or a.helpsteer or a.rewardbench or a.rewardbench2:
             raise InputError(
                 "--from-predictions recomputes metrics from saved predictions: "
                 "do not also give --model, --helpsteer or --rewardbench"
@@ -102,6 +109,8 @@ def main(argv: Sequence[str]) -> int:
         helpsteer_split=a.helpsteer_split,
         rewardbench=a.rewardbench,
         rewardbench_split=a.rewardbench_split,
+        rewardbench2=a.rewardbench2,
+        rewardbench2_split=a.rewardbench2_split,
         weights=a.weights,
         output=a.output or "eval_results.json",
         seq_len=a.seq_len,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence, get_args
 
-from rm_jax.core.attributes import resolve_reward_weights
+from rm_jax.core.attributes import fitted_weights, resolve_reward_weights
 from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 
@@ -15,7 +15,9 @@ def check_weights(spec: str, n: Optional[int]) -> None:
     many attributes it predicts."""
     try:
         if n is None:
-            if "," not in spec:
+            if spec.strip().endswith(".json"):  # a W.json: readable now, its length checked against the model
+                fitted_weights(spec.strip())
+            elif "," not in spec:
                 resolve_reward_weights(spec)
         else:
             resolve_reward_weights(spec, n)
@@ -28,7 +30,7 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
     ap.add_argument("--input", required=True, help="jsonl rows: {prompt, response} or {messages: [...]}")
     ap.add_argument("--output", required=True)
-    ap.add_argument("--weights", default="70b-rewardbench", help="preset name or w1,...,w5")
+    ap.add_argument("--weights", default="70b-rewardbench", help="preset name, w1,...,w5, or a W.json (weights fit)")
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
     ap.add_argument("--batch-rows", type=int, default=16)
     ap.add_argument("--max-segments", type=int, default=16)

@@ -17,7 +17,9 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
     ap.add_argument("--host", default=d.host, help="bind address (default loopback: the server has no auth)")
     ap.add_argument("--port", type=int, default=d.port, help="0: any free port (printed on stderr)")
-    ap.add_argument("--weights", default=d.weights, help="default reward weights: preset name or w1,...,w5")
+    ap.add_argument(
+        "--weights", default=d.weights, help="default reward weights: preset name, w1,...,w5, or a W.json (weights fit)"
+    )
     ap.add_argument(
         "--seq-len",
         type=int,

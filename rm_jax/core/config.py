@@ -168,6 +168,8 @@ class EvalConfig:
     reward_weights: list = field(default_factory=lambda: ["70b-rewardbench", "helpfulness-only"])
     rewardbench: Optional[str] = None  # file / hub id of RewardBench-format pairs to evaluate at the end
     rewardbench_split: str = "filtered"
+    rewardbench2: Optional[str] = None  # RewardBench 2 sets (file / hub id / bundled) scored at the end
+    rewardbench2_split: Optional[str] = None  # hub split (default test)
     label_probe: LabelProbeConfig = field(default_factory=LabelProbeConfig)
 
 
@@ -396,6 +398,8 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: data.kind=chat holds no labels for a reward model; use it with task: sft")
     if cfg.task != "rm" and cfg.eval.rewardbench:
         raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task {cfg.task} trains a policy")
+    if cfg.task != "rm" and cfg.eval.rewardbench2:
+        raise ConfigError(f"{where}: eval.rewardbench2 scores a reward model; task {cfg.task} trains a policy")
     if cfg.eval.label_probe.prompts and cfg.task == "rm":
         raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
     if cfg.data.attributes_as_label and cfg.task != "sft":

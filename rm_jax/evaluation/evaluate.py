@@ -34,11 +34,13 @@ from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source
+from rm_jax.data.rewardbench2_sets import RB2Set, flatten, load_rewardbench2
 from rm_jax.data.sources import load_helpsteer, load_pairs
 from rm_jax.engine.scoring import Scorer
 from rm_jax.evaluation.metrics import helpsteer_metrics
 from rm_jax.evaluation.predictions import (
     HELPSTEER_SUFFIX,
+    REWARDBENCH2_SUFFIX,
     REWARDBENCH_SUFFIX,
     find_predictions,
     helpsteer_records,
@@ -49,6 +51,7 @@ from rm_jax.evaluation.predictions import (
     subset_of,
 )
 from rm_jax.evaluation.rewardbench import rewardbench_metrics
+from rm_jax.evaluation.rewardbench2 import load_rewardbench2_scores, rewardbench2_metrics, rewardbench2_records
 from rm_jax.evaluation.weights import check_weights, default_weights, weights_record
 from rm_jax.runs import layout
 from rm_jax.runs.read import is_run_dir, load_scoring_model
@@ -64,6 +67,11 @@ def _limit(model: Any, seq_len: Optional[int]) -> int:
     return int(min(DEFAULT_MAX_SEQ_LEN, model.cfg.max_position_embeddings))
 
 
+def sequence_limit(model: Any, seq_len: Optional[int]) -> int:
+    """``seq_len`` checked, or the default: the model's positions, at most :data:`DEFAULT_MAX_SEQ_LEN`."""
+    return _limit(model, seq_len)
+
+
 def predict_encoded(
     model: Any,
     enc: Encoded,
@@ -74,12 +82,25 @@ def predict_encoded(
     desc: str = "scoring",
 ) -> np.ndarray:
     """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs."""
-    if not enc.ids:
+    return predict_ids(model, list(enc.ids), limit, batch_rows, max_segments, progress, desc)
+
+
+def predict_ids(
+    model: Any,
+    ids: Sequence[np.ndarray],
+    limit: int,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> np.ndarray:
+    """Attribute predictions [len(ids), A] for token id sequences (each at most ``limit`` long)."""
+    if not ids:
         return np.zeros((0, model.cfg.num_labels), np.float32)
-    longest = max(len(x) for x in enc.ids)
+    longest = max(len(x) for x in ids)
     pack_len = min(limit, ((longest + 63) // 64) * 64)
     scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)
-    return scorer.predict(list(enc.ids), pack_len, batch_rows, max_segments, packing=True, progress=progress, desc=desc)
+    return scorer.predict(list(ids), pack_len, batch_rows, max_segments, packing=True, progress=progress, desc=desc)
 
 
 def _counts(enc: Encoded, scored: int, limit: int) -> dict:
@@ -169,6 +190,105 @@ def evaluate_rewardbench(
     return report, chosen, rejected
 
 
+def predict_rewardbench2(
+    model: Any,
+    sets: Sequence[RB2Set],
+    *,
+    seq_len: Optional[int] = None,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    drop_long_pairs: bool = False,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Attribute predictions [completions, A] of every completion of ``sets`` (flattened as run_v2 does:
+    set by set, chosen first) and the length counts.
+
+    Over-long conversations have their prompt cut from the left; a completion that alone does not fit is
+    cut from the left too (``response_cut``), or with ``drop_long_pairs`` its whole set is dropped (NaN
+    predictions for all its completions; ``dropped_sets``), since best-of-N without one completion is
+    another question. Each distinct token sequence is scored once, so identical completions get
+    bit-identical rewards and run_v2's exact-tie rule sees them tie (packing may otherwise place them
+    differently and change the last bits).
+    """
+    limit = _limit(model, seq_len)
+    rows = flatten(sets)
+    pred, counts = predict_conversations(
+        model, rows, limit, not drop_long_pairs, batch_rows, max_segments, progress, "rewardbench2"
+    )
+    bounds = np.cumsum([0] + [len(s.completions) for s in sets])
+    dropped_sets = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if np.isnan(pred[a:b]).any():
+            pred[a:b] = np.nan
+            dropped_sets += 1
+    counts = {
+        "sets": len(sets),
+        "scored_sets": len(sets) - dropped_sets,
+        "completions": counts.pop("rows"),
+        **counts,
+        "dropped_sets": dropped_sets,
+    }
+    return pred, counts
+
+
+def predict_conversations(
+    model: Any,
+    rows: Sequence[dict],
+    limit: int,
+    cut_response: bool = True,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> tuple[np.ndarray, dict]:
+    """Attribute predictions [len(rows), A] of ``{"prompt", "response"}`` rows (NaN for a dropped row) and
+    length counts. Over-long prompts are cut from the left; a response that alone does not fit is cut
+    from the left (``cut_response``) or dropped. Each distinct token sequence is scored once."""
+    rows = [dict(r, _row=i) for i, r in enumerate(rows)]
+    enc = encode_helpsteer(
+        rows, model.tokenizer, limit, model.template, "truncate", attributes=(), cut_response=cut_response
+    )
+    unique: dict[bytes, int] = {}
+    which = np.empty(len(enc.ids), np.int64)
+    for j, x in enumerate(enc.ids):
+        which[j] = unique.setdefault(np.asarray(x, np.int32).tobytes(), len(unique))
+    distinct = [np.frombuffer(k, np.int32) for k in unique]
+    pred_unique = predict_ids(model, distinct, limit, batch_rows, max_segments, progress, desc)
+    pred = np.full((len(rows), len(model.attributes)), np.nan, np.float32)
+    pred[enc.source_rows] = pred_unique[which]
+    counts = {
+        "rows": len(rows),
+        "distinct_conversations": len(unique),
+        "truncated": enc.report.truncated,
+        "response_cut": enc.report.response_cut,
+        "dropped_completions": enc.report.dropped,
+        "seq_len": limit,
+    }
+    return pred, counts
+
+
+def evaluate_rewardbench2(
+    model: Any,
+    sets: Sequence[RB2Set],
+    weights: Optional[WeightSpec] = None,
+    **opts: Any,
+) -> tuple[dict, np.ndarray]:
+    """RewardBench 2 scores (:func:`rm_jax.evaluation.rewardbench2.rewardbench2_metrics`) of ``model`` on
+    ``sets`` plus ``counts``; and the per-completion predictions of :func:`predict_rewardbench2`."""
+    attributes = list(model.attributes)
+    weights = default_weights(attributes) if weights is None else weights
+    check_weights(weights, attributes)
+    pred, counts = predict_rewardbench2(model, sets, **opts)
+    bounds = np.cumsum([0] + [len(s.completions) for s in sets])
+    keep = [i for i in range(len(sets)) if not np.isnan(pred[bounds[i]]).any()]
+    rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in keep]) if keep else np.zeros(0, np.int64)
+    if not keep:
+        raise InputError("RewardBench 2: every set was dropped for length (raise --seq-len)")
+    report = rewardbench2_metrics([sets[i] for i in keep], pred[rows], attributes, weights)
+    report["counts"] = counts
+    return report, pred
+
+
 def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -> dict:
     """Every metric of an earlier ``rm-jax eval`` recomputed from its saved predictions with
     ``weights`` (default: the model-appropriate default); no model, no forward pass.
@@ -178,6 +298,8 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
     earlier results json when it is there.
     """
     hs_path, rb_path, json_path = find_predictions(path)
+    rb2_path: Optional[str] = None if os.path.isdir(path) else output_stem(path) + REWARDBENCH2_SUFFIX
+    rb2_path = rb2_path if rb2_path and os.path.isfile(rb2_path) else None
     previous: dict = {}
     if json_path:
         try:
@@ -185,7 +307,7 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
                 previous = json.load(f)
         except (OSError, json.JSONDecodeError):
             previous = {}
-    out: dict[str, Any] = {"from_predictions": {"helpsteer": hs_path, "rewardbench": rb_path}}
+    out: dict[str, Any] = {"from_predictions": {"helpsteer": hs_path, "rewardbench": rb_path, "rewardbench2": rb2_path}}
     if isinstance(previous, dict) and "model" in previous:
         out["model"] = previous["model"]
     prev_counts = previous.get("counts", {}) if isinstance(previous, dict) else {}
@@ -205,6 +327,14 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
         w = default_weights(attributes) if weights is None else weights
         out["rewardbench"] = rewardbench_metrics(subsets, chosen, rejected, attributes, w)
         counts["rewardbench"] = dict(prev_counts.get("rewardbench", {}), scored=int(len(subsets)))
+    if rb2_path:
+        sets, pred, rb2_attrs = load_rewardbench2_scores(rb2_path)
+        if attributes is not None and rb2_attrs != attributes:
+            raise InputError(f"{rb2_path}: attributes {rb2_attrs} differ from the other predictions' {attributes}")
+        attributes = rb2_attrs
+        w = default_weights(attributes) if weights is None else weights
+        out["rewardbench2"] = rewardbench2_metrics(sets, pred, attributes, w)
+        counts["rewardbench2"] = dict(prev_counts.get("rewardbench2", {}), scored_sets=len(sets))
     assert attributes is not None
     w = default_weights(attributes) if weights is None else weights
     out["weights"] = weights_record(w, attributes)
@@ -250,6 +380,8 @@ def evaluate_model(
     helpsteer_split: str = "validation",
     rewardbench: Optional[str] = None,
     rewardbench_split: str = "filtered",
+    rewardbench2: Optional[str] = None,
+    rewardbench2_split: Optional[str] = None,
     weights: Optional[WeightSpec] = None,
     output: str = "eval_results.json",
     seq_len: Optional[int] = None,
@@ -263,8 +395,10 @@ def evaluate_model(
     """``rm-jax eval --model``: evaluate on HelpSteer2 rows and/or RewardBench pairs, write the results
     json and the prediction files next to it; returns (results, results path). Everything that can be
     checked without the model's weights (weights, template, data files) is checked first."""
-    if not helpsteer and not rewardbench:
-        raise InputError("nothing to evaluate: give --helpsteer FILE|HUB_ID and/or --rewardbench FILE|HUB_ID")
+    if not helpsteer and not rewardbench and not rewardbench2:
+        raise InputError(
+            "nothing to evaluate: give --helpsteer FILE|HUB_ID, --rewardbench FILE|HUB_ID and/or --rewardbench2 SRC"
+        )
     if weights is not None:
         check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
     if template:
@@ -280,6 +414,7 @@ def evaluate_model(
         raise InputError(f"--helpsteer {helpsteer}: no rows")
     if rb_rows is not None and not rb_rows:
         raise InputError(f"--rewardbench {rewardbench}: no rows")
+    rb2_sets = load_rewardbench2(rewardbench2, rewardbench2_split) if rewardbench2 else None
 
     try:
         model = load_scoring_model(model_path, dtype=dtype, template=template)
@@ -309,6 +444,12 @@ def evaluate_model(
         result["rewardbench"] = rep
         _report_lengths("RewardBench pairs", result["counts"]["rewardbench"])
         write_jsonl(stem + REWARDBENCH_SUFFIX, rewardbench_records(rb_rows, chosen, rejected, attributes))
+    if rb2_sets is not None:
+        rep, pred = evaluate_rewardbench2(model, rb2_sets, weights, drop_long_pairs=drop_long_pairs, **opts)
+        result["counts"]["rewardbench2"] = dict(rep.pop("counts"), source=rewardbench2)
+        result["rewardbench2"] = rep
+        _report_lengths("RewardBench 2 completions", result["counts"]["rewardbench2"])
+        write_jsonl(stem + REWARDBENCH2_SUFFIX, rewardbench2_records(rb2_sets, pred, attributes, weights))
     result = _ordered(result)
     write_json(out_path, result)
     return result, out_path
@@ -328,6 +469,11 @@ def _report_lengths(what: str, c: Mapping[str, Any]) -> None:
         _warn(
             f"{what}: {c['response_cut']} responses longer than {c['seq_len']} tokens on their own were cut "
             f"from the left (the reward reads their end; raise --seq-len to score them whole)"
+        )
+    if c.get("dropped_sets"):
+        _warn(
+            f"{what}: {c['dropped_sets']} sets left out: a completion alone is longer than {c['seq_len']} tokens "
+            f"(raise --seq-len)"
         )
     if c.get("dropped"):
         _warn(

@@ -21,6 +21,7 @@ from rm_jax.runs import layout
 
 HELPSTEER_SUFFIX = ".helpsteer_predictions.jsonl"
 REWARDBENCH_SUFFIX = ".rewardbench_predictions.jsonl"
+REWARDBENCH2_SUFFIX = ".rewardbench2_scores.jsonl"
 NO_SUBSET = "unlabeled"  # subset name for pairs whose row has no ``subset``
 
 
@@ -131,7 +132,7 @@ def load_rewardbench_predictions(path: str) -> tuple[list[str], np.ndarray, np.n
 
 def output_stem(path: str) -> str:
     """``results.json`` / ``results`` / ``results.helpsteer_predictions.jsonl`` -> ``results``."""
-    for suffix in (HELPSTEER_SUFFIX, REWARDBENCH_SUFFIX, ".json"):
+    for suffix in (HELPSTEER_SUFFIX, REWARDBENCH_SUFFIX, REWARDBENCH2_SUFFIX, ".json"):
         if path.endswith(suffix):
             return path[: -len(suffix)]
     return path
@@ -151,14 +152,15 @@ def find_predictions(path: str) -> tuple[Optional[str], Optional[str], Optional[
     stem = output_stem(path)
     hs, rb, js = stem + HELPSTEER_SUFFIX, stem + REWARDBENCH_SUFFIX, stem + ".json"
     found = [p if os.path.isfile(p) else None for p in (hs, rb, js)]
-    if found[0] is None and found[1] is None:
+    if found[0] is None and found[1] is None and not os.path.isfile(stem + REWARDBENCH2_SUFFIX):
         raise InputError(f"--from-predictions: no saved predictions for {path!r} (looked for {hs} and {rb})")
     return found[0], found[1], found[2]
 
 
 def copy_predictions(sources: Mapping[str, Optional[str]], stem: str) -> None:
     """Keep a re-weighted results json usable as a --from-predictions source itself."""
-    for key, suffix in (("helpsteer", HELPSTEER_SUFFIX), ("rewardbench", REWARDBENCH_SUFFIX)):
+    suffixes = {"helpsteer": HELPSTEER_SUFFIX, "rewardbench": REWARDBENCH_SUFFIX, "rewardbench2": REWARDBENCH2_SUFFIX}
+    for key, suffix in suffixes.items():
         src = sources.get(key)
         if not src:
             continue

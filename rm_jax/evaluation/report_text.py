@@ -80,6 +80,34 @@ def format_presets(presets: Mapping[str, Mapping[str, Any]], selected: Optional[
     return "\n".join(lines)
 
 
+def format_rewardbench2(result: Mapping[str, Any], selected: Optional[str] = None) -> str:
+    """RewardBench 2 subset scores (%) for ``--weights`` (the first column) and every preset."""
+    presets = result.get("presets", {})
+    names = [selected] if selected in presets else []
+    names += [n for n in presets if n not in names]
+    subsets = list(result["subsets"])
+    sets = result.get("subset_sets", {})
+    name_w = max([len("subset (sets)")] + [len(f"{s} ({sets.get(s, 0)})") for s in subsets] + [len("overall")])
+    col_w = max([9] + [len(n) for n in names])
+    header = f"{'subset (sets)':<{name_w}} {'*' + (selected or 'weights'):>{col_w}} " + " ".join(
+        f"{n:>{col_w}}" for n in names[1:]
+    )
+    lines = [header, "-" * len(header)]
+
+    def row(label: str, key: Optional[str]) -> str:
+        main = result["score"] if key is None else result["subsets"][key]
+        cells = [
+            _pct(presets[n]["score"] if key is None else presets[n]["subsets"].get(key)).rjust(col_w) for n in names[1:]
+        ]
+        return f"{label:<{name_w}} {_pct(main).strip().rjust(col_w)} " + " ".join(c.strip().rjust(col_w) for c in cells)
+
+    for sub in subsets:
+        lines.append(row(f"{sub} ({sets.get(sub, 0)})", sub))
+    lines.append("-" * len(header))
+    lines.append(row("overall", None))
+    return "\n".join(lines)
+
+
 def format_report(result: Mapping[str, Any]) -> str:
     """Readable tables of a results dict (what ``rm-jax eval`` prints)."""
     label = result.get("weights", {}).get("label")
@@ -104,6 +132,12 @@ def format_report(result: Mapping[str, Any]) -> str:
         if rb.get("n_reward_ties"):
             parts.append(f"{rb['n_reward_ties']} pairs with equal rewards (counted wrong)")
         parts.append("all reward-weight presets (section scores, %):\n" + format_presets(rb["presets"], label))
+    if "rewardbench2" in result:
+        c = counts.get("rewardbench2", {})
+        keys = ("sets", "scored_sets", "completions", "truncated", "response_cut", "dropped_sets", "seq_len")
+        line = ", ".join(f"{k} {c[k]}" for k in keys if k in c) or "-"
+        parts.append(f"RewardBench 2: {line}; * = --weights ({label}); overall = mean of subsets; chance 25% best-of-4")
+        parts.append(format_rewardbench2(result["rewardbench2"], label))
     return "\n\n".join(parts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,6 +46,8 @@ def weight_sets(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, np.nda
 def _label(spec: WeightSpec, attributes: Sequence[str]) -> str:
     if isinstance(spec, str) and spec.strip() in REWARD_PRESETS:
         return spec.strip()
+    if isinstance(spec, str) and spec.strip().endswith(".json"):  # a fitted W.json: named by its file
+        return os.path.basename(spec.strip())[: -len(".json")]
     return "w" + "_".join(f"{x:g}" for x in check_weights(spec, attributes))
 
 

@@ -91,7 +91,7 @@ def eval_path(run_dir: str) -> str:
 
 
 def predictions_path(run_dir: str, split: str) -> str:
-    """``predictions/<split>.jsonl``: ``validation`` or ``rewardbench``."""
+    """``predictions/<split>.jsonl``: ``validation``, ``rewardbench`` or ``rewardbench2``."""
     return os.path.join(run_dir, PREDICTIONS, f"{split}.jsonl")
 
 

@@ -93,7 +93,7 @@ def parse_weights(obj: Mapping[str, Any], n_attributes: int) -> Optional[np.ndar
             field="weights",
         )
     try:
-        return resolve_reward_weights(spec, n_attributes)
+        return resolve_reward_weights(spec, n_attributes, allow_file=False)  # a client may not read server files
     except ValueError as e:
         raise BadRequest(f"weights: {e}", field="weights") from None
 

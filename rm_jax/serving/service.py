@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from rm_jax.core.attributes import REWARD_PRESETS, resolve_reward_weights
+from rm_jax.core.attributes import REWARD_PRESETS, resolve_reward_weights, weights_source
 from rm_jax.core.errors import InputError
 from rm_jax.engine.scoring import Scorer
 from rm_jax.runs.read import ScoringModel
@@ -145,7 +145,11 @@ class RewardService:
             "model": self.model_path,
             "model_type": mc.model_type,
             "attributes": list(self.model.attributes),
-            "weights": {"spec": self.cfg.weights, "values": [float(x) for x in self.weights]},
+            "weights": {
+                "spec": self.cfg.weights,
+                "source": weights_source(self.cfg.weights),
+                "values": [float(x) for x in self.weights],
+            },
             "weight_presets": sorted(REWARD_PRESETS),
             "seq_len": self.seq_len,
             "max_position_embeddings": mc.max_position_embeddings,

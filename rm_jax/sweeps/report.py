@@ -151,6 +151,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
                 f"{run['name']}: eval.rewardbench is set but {rb_path} is missing "
                 f"(re-run rm-jax sweep to score it): RewardBench columns left empty"
             )
+    rb2 = _rb2_predictions(run, rd, notes)
     rows = []
     for label, spec in run["evals"]:
         row = dict(base, reward_weights=label)
@@ -174,8 +175,39 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
             row["rewardbench_overall"] = res["overall"]
             for s in RB_SECTIONS:
                 row[f"rewardbench_{s}"] = res["sections"].get(s)
+        if rb2 is not None:
+            row.update(rb2_columns(rb2, spec))
         rows.append(row)
     return rows
+
+
+def rb2_column(subset: str) -> str:
+    """``Precise IF`` -> ``rb2_precise_if``."""
+    return "rb2_" + "_".join(subset.lower().split())
+
+
+def rb2_columns(rb2: tuple, spec: Any) -> dict:
+    """``rb2_score`` and ``rb2_<subset>`` of saved RewardBench 2 predictions under one reward weighting."""
+    from rm_jax.evaluation.rewardbench2 import score_sets, split_rewards
+
+    sets, pred, attrs = rb2
+    res = score_sets(sets, split_rewards(sets, pred @ resolve_reward_weights(spec, len(attrs))))
+    return {"rb2_score": res["score"], **{rb2_column(k): v for k, v in res["subsets"].items()}}
+
+
+def _rb2_predictions(run: dict, rd: str, notes: list) -> Optional[tuple]:
+    if not run["config"]["eval"].get("rewardbench2"):
+        return None
+    path = layout.predictions_path(rd, "rewardbench2")
+    if not os.path.isfile(path):
+        notes.append(
+            f"{run['name']}: eval.rewardbench2 is set but {path} is missing "
+            f"(re-run rm-jax sweep to score it): RewardBench 2 columns left empty"
+        )
+        return None
+    from rm_jax.evaluation.rewardbench2 import load_rewardbench2_scores
+
+    return load_rewardbench2_scores(path)
 
 
 def steer_eval_rows(run: dict, rd: str) -> list:
@@ -240,6 +272,7 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
         + [f"mse_{a}" for a in attributes]
         + ["pair_accuracy"]
         + (["rewardbench_overall"] + [f"rewardbench_{s}" for s in RB_SECTIONS] if has_rb else [])
+        + (["rb2_score"] if any(r["config"]["eval"].get("rewardbench2") for r in plan["runs"]) else [])
     )
     if any(r.get("step") == "steer_eval" for r in plan["runs"]):
         from rm_jax.core.attributes import REWARD_PRESETS
@@ -256,9 +289,15 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
         if rr is None:
             missing.append(run["name"])
             continue
+        # RewardBench 2 subsets are whatever the data holds: their columns follow rb2_score, sorted
+        new = sorted({k for r in rr for k in r if k.startswith("rb2_")} - set(columns))
+        if new:
+            at = columns.index("rb2_score") + 1 + len([c for c in columns if c.startswith("rb2_")]) - 1
+            columns[at:at] = new
         for r in rr:
             row = {"run": run["name"], **values[run["name"]], **r}
             rows.append({c: row.get(c) for c in columns})
+    rows = [{c: r.get(c) for c in columns} for r in rows]  # rb2_<subset> columns may appear after a row
     if missing:
         notes.insert(0, f"{len(missing)} of {len(plan['runs'])} runs not finished (left out): {', '.join(missing)}")
     csv_path = os.path.join(sweep_dir, layout.RESULTS_CSV)
@@ -435,7 +474,7 @@ def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc
         d = _aggregate(first_rw, metric, group_cols)
         if d:
             panels.append((metric, metric.replace("_", " ", 1) if metric != "val_loss" else "validation loss", d))
-    for metric in ["pair_accuracy", "rewardbench_overall"]:
+    for metric in ["pair_accuracy", "rewardbench_overall", "rb2_score"]:
         for rw in weightings:
             d = _aggregate([r for r in rows if r["reward_weights"] == rw], metric, group_cols)
             if d:

@@ -79,6 +79,12 @@ def rewardbench_pending(run: Run) -> bool:
     )
 
 
+def rewardbench2_pending(run: Run) -> bool:
+    return bool(run.config["eval"].get("rewardbench2")) and not os.path.isfile(
+        layout.predictions_path(run.run_dir, "rewardbench2")
+    )
+
+
 def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
     """Train (or resume) one run unless it is finished; returns 'done' / 'trained'."""
     if trainer is None:
@@ -113,6 +119,11 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
         from rm_jax.training.final_eval import score_rewardbench
 
         score_rewardbench(cfg, run.run_dir)
+    if rewardbench2_pending(run):
+        log(f"{run.name}: RewardBench 2 predictions ({cfg.eval.rewardbench2})")
+        from rm_jax.training.final_eval import score_rewardbench2
+
+        score_rewardbench2(cfg, run.run_dir)
     return status
 
 

@@ -1,7 +1,8 @@
 """The evaluation a training run writes for its kept checkpoint: ``eval.json`` (validation loss,
 per-attribute metrics, pairwise accuracy under ``eval.reward_weights``), the per-row predictions
 ``predictions/validation.jsonl`` (so any re-weighting needs no forward pass), and, with
-``eval.rewardbench`` set, RewardBench-format pairs scored into ``predictions/rewardbench.jsonl``."""
+``eval.rewardbench`` set, RewardBench-format pairs scored into ``predictions/rewardbench.jsonl``; with
+``eval.rewardbench2`` set, RewardBench 2 sets scored into ``predictions/rewardbench2.jsonl``."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.config import RunConfig
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, resolve_source
+from rm_jax.data.rewardbench2_sets import load_rewardbench2
 from rm_jax.data.sources import load_pairs
-from rm_jax.evaluation.evaluate import evaluate_rewardbench
+from rm_jax.evaluation.evaluate import evaluate_rewardbench, evaluate_rewardbench2
 from rm_jax.evaluation.metrics import helpsteer_report
 from rm_jax.evaluation.predictions import rewardbench_records
+from rm_jax.evaluation.rewardbench2 import rewardbench2_records
+from rm_jax.evaluation.weights import default_weights
 from rm_jax.runs import layout
 from rm_jax.runs.read import load_scoring_model
 from rm_jax.training.setup import build_mesh
@@ -141,5 +145,37 @@ def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
             with open(path, encoding="utf-8") as f:
                 result = json.load(f)
             result["rewardbench"] = report
+            write_json(path, result)
+    return report
+
+
+def score_rewardbench2(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
+    """RewardBench 2 sets scored by the run's kept checkpoint: per-completion attributes go to
+    predictions/rewardbench2.jsonl (any weighting is scored from them later), and the scores under
+    eval.reward_weights[0] (every preset under ``presets``) to eval.json's ``rewardbench2``."""
+    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg), dtype=cfg.model.dtype)
+    sets = load_rewardbench2(cfg.eval.rewardbench2, cfg.eval.rewardbench2_split)
+    weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+    report, pred = evaluate_rewardbench2(
+        model,
+        sets,
+        weights,
+        seq_len=cfg.data.seq_len,
+        batch_rows=cfg.train.eval_rows,
+        max_segments=cfg.data.max_segments,
+        progress=cfg.logging.progress,
+    )
+    if jax.process_index() == 0:
+        attributes = list(model.attributes)
+        w = weights if weights is not None else default_weights(attributes)
+        write_jsonl(
+            layout.predictions_path(run_dir, "rewardbench2"),
+            rewardbench2_records(sets, pred, attributes, w),
+        )
+        path = os.path.join(run_dir, EVAL_FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                result = json.load(f)
+            result["rewardbench2"] = report
             write_json(path, result)
     return report

@@ -12,7 +12,7 @@ import jax
 
 from rm_jax.core.config import RunConfig
 from rm_jax.runs import layout
-from rm_jax.training.final_eval import score_rewardbench, write_run_evaluation
+from rm_jax.training.final_eval import score_rewardbench, score_rewardbench2, write_run_evaluation
 from rm_jax.training.loop import fit
 from rm_jax.training.setup import inherit_from_init
 
@@ -24,6 +24,8 @@ def train(cfg: RunConfig) -> str:
     write_run_evaluation(cfg, result)
     if cfg.eval.rewardbench:
         score_rewardbench(cfg, result.run_dir, result.mesh)
+    if cfg.eval.rewardbench2:
+        score_rewardbench2(cfg, result.run_dir, result.mesh)
     if jax.process_index() == 0:
         layout.mark_done(result.run_dir, {"steps": result.steps, "best_step": result.kept_step})
     return result.run_dir

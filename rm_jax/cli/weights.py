@@ -1,0 +1,66 @@
+"""``rm-jax weights fit``: the attribute weights that best order preference pairs (Bradley-Terry regression
+on the RM's predicted attribute differences, L2-regularised, no intercept), with k-fold held-out accuracy
+of the fit and of every preset. W.json works as ``--weights`` in score / eval / serve / configs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from rm_jax.core.errors import InputError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rm-jax weights", description=__doc__)
+    sub = ap.add_subparsers(dest="action", required=True)
+    fit = sub.add_parser("fit", help="fit reward weights from preferences")
+    fit.add_argument("--model", help="HF *ForSequenceClassification folder or rm_jax run folder")
+    src = fit.add_mutually_exclusive_group()
+    src.add_argument("--pairs", help="RewardBench-format pairs (prompt, chosen, rejected): file, folder or hub id")
+    src.add_argument("--rewardbench2", help="RewardBench 2 sets: every chosen vs rejected completion of a set")
+    src.add_argument("--helpsteer", help="HelpSteer2 rows ('bundled' too): same-prompt responses by helpfulness")
+    src.add_argument("--from-predictions", help="refit from an earlier fit's <W>.fit_predictions.jsonl (no model)")
+    fit.add_argument("--split", default=None, help="split of a folder / hub source (helpsteer default: validation)")
+    fit.add_argument("--folds", type=int, default=5)
+    fit.add_argument("--l2", type=float, default=0.01, help="L2 penalty on the weights (per mean pair loss)")
+    fit.add_argument("--seed", type=int, default=0, help="fold assignment")
+    fit.add_argument("--output", required=True, help="W.json; predictions go to <stem>.fit_predictions.jsonl")
+    fit.add_argument("--seq-len", type=int, default=None)
+    fit.add_argument("--batch-rows", type=int, default=16)
+    fit.add_argument("--max-segments", type=int, default=16)
+    fit.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    fit.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv: Sequence[str]) -> int:
+    a = _parser().parse_args(list(argv))
+    kind = next((k for k in ("pairs", "rewardbench2", "helpsteer") if getattr(a, k)), None)
+    if a.from_predictions and a.model:
+        raise InputError("--from-predictions refits saved predictions: do not also give --model")
+    if not a.from_predictions and (not a.model or not kind):
+        raise InputError("give --model and one of --pairs / --rewardbench2 / --helpsteer (or --from-predictions)")
+    for name in ("folds", "batch_rows", "max_segments"):
+        if getattr(a, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')}: must be a positive integer, got {getattr(a, name)}")
+    from rm_jax.evaluation.weight_fit import fit_weights, format_fit
+
+    report, path = fit_weights(
+        a.output,
+        model_path=a.model,
+        kind=kind,
+        source=getattr(a, kind) if kind else None,
+        split=a.split,
+        from_predictions=a.from_predictions,
+        folds=a.folds,
+        l2=a.l2,
+        seed=a.seed,
+        seq_len=a.seq_len,
+        batch_rows=a.batch_rows,
+        max_segments=a.max_segments,
+        dtype=a.dtype,
+        progress=not a.no_progress,
+    )
+    print(format_fit(report))
+    print(f"\nweights -> {path}")
+    return 0

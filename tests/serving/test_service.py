@@ -1,0 +1,38 @@
+"""The serving side of fitted weights: ``--weights W.json`` becomes the server's default and ``/info``
+names it; a request can not make the server read a file."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import InputError
+from rm_jax.serving.protocol import BadRequest, parse_weights
+
+
+def test_service_info_reports_fitted_weights_and_their_file(tmp_path):
+    from rm_jax.runs.read import load_scoring_model
+    from rm_jax.serving.service import RewardService
+    from rm_jax.serving.settings import ServeConfig
+    from tests.helpers import make_hf_rm_with_tokenizer
+
+    make_hf_rm_with_tokenizer("llama", str(tmp_path / "rm"))
+    w = {a: 0.1 * (i + 1) for i, a in enumerate(ATTRIBUTES)}
+    (tmp_path / "W.json").write_text(json.dumps({"weights": w, "heldout_accuracy": {"mean": 0.7}}))
+    model = load_scoring_model(str(tmp_path / "rm"))
+    cfg = ServeConfig(weights=str(tmp_path / "W.json"), seq_len=128, max_batch_tokens=256)
+    svc = RewardService(model, cfg, str(tmp_path))
+    info = svc.info()["weights"]
+    assert info["spec"] == str(tmp_path / "W.json") and info["source"] == f"file {tmp_path / 'W.json'}"
+    np.testing.assert_allclose(info["values"], [w[a] for a in ATTRIBUTES])
+    (tmp_path / "short.json").write_text(json.dumps({"weights": {"helpfulness": 1.0}}))
+    with pytest.raises(InputError, match="--weights: .* expected 5"):
+        RewardService(model, ServeConfig(weights=str(tmp_path / "short.json")), str(tmp_path))
+
+
+def test_request_weights_never_read_a_file(tmp_path):
+    (tmp_path / "W.json").write_text(json.dumps({"weights": {a: 1.0 for a in ATTRIBUTES}}))
+    with pytest.raises(BadRequest, match="unknown reward-weight preset"):
+        parse_weights({"weights": str(tmp_path / "W.json")}, 5)
+    np.testing.assert_array_equal(parse_weights({"weights": [1, 0, 0, 0, 0]}, 5), [1, 0, 0, 0, 0])

@@ -1,0 +1,116 @@
+"""Sweep results with RewardBench 2: ``rb2_score`` / ``rb2_<subset>`` columns per reward weighting, recomputed
+from each run's saved per-completion predictions, a plot panel, and ``rm-jax report`` rebuilding the same."""
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import yaml
+
+from rm_jax import cli
+from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS
+from rm_jax.data.rewardbench2_sets import load_rewardbench2
+from rm_jax.sweeps.runner import sweep
+from tests.evaluation.test_rewardbench2 import plain_run_v2
+from tests.helpers import fake_train, tiny_base
+
+
+def fake_train_rb2(cfg):
+    """fake_train plus what score_rewardbench2 leaves: per-completion attribute predictions of the bundled
+    RewardBench 2 sample, better with more data (the correct completions get a bonus)."""
+    rd = fake_train(cfg)
+    rng = np.random.default_rng(int(cfg.data.fraction * 10))
+    with open(os.path.join(rd, "predictions", "rewardbench2.jsonl"), "w") as f:
+        for s in load_rewardbench2(cfg.eval.rewardbench2):
+            for j in range(len(s.completions)):
+                bonus = cfg.data.fraction * (j < s.num_correct)
+                attrs = {a: float(np.round(rng.normal() + bonus, 1)) for a in ATTRIBUTES}  # rounded: exact ties
+                f.write(json.dumps({"id": s.id, "subset": s.subset, "index": j, "correct": j < s.num_correct,
+                                    "reward": None, "attributes": attrs}) + "\n")  # fmt: skip
+    return rd
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_rb2_columns_and_panel(data_files, tmp_path):
+    base = tiny_base(data_files)
+    base["eval"] = {"rewardbench2": "bundled"}
+    exp = tmp_path / "e.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {"base": base, "sweep": {"data.fraction": [0.2, 1.0], "eval.reward_weights": list(REWARD_PRESETS)[:2]}}
+        )
+    )
+    sd = tmp_path / "s"
+    assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=fake_train_rb2, out=io.StringIO()) == 0
+    rows = _csv(sd / "results.csv")
+    cols = list(rows[0])
+    subsets = ["rb2_factuality", "rb2_focus", "rb2_math", "rb2_ties"]
+    assert cols[cols.index("rb2_score") :][:5] == ["rb2_score"] + subsets
+    sets = load_rewardbench2("bundled")
+    for r in rows:
+        recs = [json.loads(line) for line in open(sd / r["run"] / "predictions" / "rewardbench2.jsonl")]
+        w = np.asarray(REWARD_PRESETS[r["reward_weights"]])
+        flat = list(np.array([[rec["attributes"][a] for a in ATTRIBUTES] for rec in recs]) @ w)
+        scores, i = [], 0
+        for s in sets:
+            scores.append(flat[i : i + len(s.completions)])
+            i += len(s.completions)
+        rows_ = [{"id": s.id, "subset": s.subset, "num_correct": s.num_correct} for s in sets]
+        want_score, want = plain_run_v2(rows_, scores)
+        assert abs(float(r["rb2_score"]) - want_score) < 1e-6
+        for name, v in want.items():
+            assert abs(float(r["rb2_" + "_".join(name.lower().split())]) - v) < 1e-6
+    by_frac = {r["data_fraction"]: float(r["rb2_score"]) for r in rows if r["reward_weights"] == "340b-rewardbench"}
+    assert by_frac["1.0"] > by_frac["0.2"]
+    assert (sd / "plots" / "rb2_score-340b-rewardbench.png").exists()
+    assert "rb2_score" in (sd / "results.md").read_text()
+
+    before = (sd / "results.csv").read_text()
+    (sd / "results.csv").unlink()
+    assert cli.main(["report", str(sd)]) == 0
+    assert (sd / "results.csv").read_text() == before
+
+
+def test_missing_rb2_predictions_noted(data_files, tmp_path):
+    base = tiny_base(data_files)
+    base["eval"] = {"rewardbench2": "bundled"}
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump({"base": base}))
+    sd = tmp_path / "s"
+    # a finished run whose predictions file went missing: the report says so and leaves the columns empty
+    from rm_jax.sweeps.report import build_report
+
+    assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=fake_train_rb2, out=io.StringIO()) == 0
+    run_dir = next(p for p in sd.iterdir() if (p / "DONE").exists())
+    (run_dir / "predictions" / "rewardbench2.jsonl").unlink()
+    rep = build_report(str(sd), plots=False)
+    assert any("rewardbench2" in n and "missing" in n for n in rep.notes)
+    assert all(r["rb2_score"] is None for r in rep.rows)
+
+
+def test_fitted_w_json_as_an_eval_weighting(data_files, tmp_path):
+    w = {a: v for a, v in zip(ATTRIBUTES, (0.9, 0.1, -0.3, 0.0, 0.4))}
+    (tmp_path / "W.json").write_text(json.dumps({"weights": w}))
+    base = tiny_base(data_files)
+    base["eval"] = {"rewardbench2": "bundled", "reward_weights": [str(tmp_path / "W.json"), "goodness"]}
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump({"base": base}))
+    sd = tmp_path / "s"
+    assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=fake_train_rb2, out=io.StringIO()) == 0
+    rows = _csv(sd / "results.csv")
+    assert len(rows) == 2 and rows[0]["reward_weights"].endswith("W.json")
+    recs = [json.loads(line) for line in open(sd / rows[0]["run"] / "predictions" / "rewardbench2.jsonl")]
+    # the same float arithmetic as the reward everywhere (a dot product): rounded attributes make exact ties
+    flat = list(np.array([[rec["attributes"][a] for a in ATTRIBUTES] for rec in recs]) @ np.array(list(w.values())))
+    sets = load_rewardbench2("bundled")
+    bounds = np.cumsum([0] + [len(s.completions) for s in sets])
+    rows_ = [{"id": s.id, "subset": s.subset, "num_correct": s.num_correct} for s in sets]
+    want, _ = plain_run_v2(rows_, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    assert abs(float(rows[0]["rb2_score"]) - want) < 1e-6
+    assert rows[0]["rb2_score"] != rows[1]["rb2_score"]

@@ -5,8 +5,9 @@ of the fit and of every preset. W.json works as ``--weights`` in score / eval / 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Sequence, get_args
 
+from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 
 
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seq-len", type=int, default=None)
     fit.add_argument("--batch-rows", type=int, default=16)
     fit.add_argument("--max-segments", type=int, default=16)
-    fit.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    fit.add_argument("--dtype", default="float32", choices=get_args(Dtype))
     fit.add_argument("--no-progress", action="store_true")
     return ap
 

@@ -260,7 +260,7 @@ def fit_weights(
             "model": os.path.abspath(model_path),
             "source": {"kind": kind, "path": source, "split": split},
             "counts": counts,
-            "predictions": os.path.abspath(pred_path),
+            "predictions_file": os.path.abspath(pred_path),
         }
     report = {**fit_report(d, attributes, folds, l2, seed), **provenance}
     write_json(out_path, report)

@@ -120,7 +120,7 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
 
         score_rewardbench(cfg, run.run_dir)
     if rewardbench2_pending(run):
-        log(f"{run.name}: RewardBench 2 predictions ({cfg.eval.rewardbench2})")
+        logger.info(f"{run.name}: RewardBench 2 predictions ({cfg.eval.rewardbench2})")
         from rm_jax.training.final_eval import score_rewardbench2
 
         score_rewardbench2(cfg, run.run_dir)

@@ -172,7 +172,7 @@ def score_rewardbench2(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
             layout.predictions_path(run_dir, "rewardbench2"),
             rewardbench2_records(sets, pred, attributes, w),
         )
-        path = os.path.join(run_dir, EVAL_FILE)
+        path = layout.eval_path(run_dir)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 result = json.load(f)

@@ -22,6 +22,8 @@ from rm_jax.serving.client import Client, ServerProcess
 from tests.helpers import make_hf_rm_with_tokenizer, worker_env
 
 pytestmark = pytest.mark.slow
+for _module in ("fastapi", "uvicorn", "prometheus_client"):  # the server's own dependencies (not on the GPU image)
+    pytest.importorskip(_module, reason=f"rm-jax serve needs {_module}")
 
 ROWS = [
     {"prompt": "What is 2 plus 2?", "response": "2 plus 2 equals 4."},

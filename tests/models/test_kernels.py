@@ -15,6 +15,7 @@ from rm_jax.core.errors import ConfigError
 from rm_jax.models.attention import KernelUnavailableError, attend, attention_mask, resolve_kernel
 from rm_jax.models.cudnn import _kv_offsets_follow_kv_heads, max_runs, segment_runs
 from rm_jax.models.llama import DecoderConfig
+from tests.helpers import requires_cpu, requires_devices
 
 # ---------------------------------------------------------------- which kernel runs where
 
@@ -49,12 +50,19 @@ def test_explicit_kernels_and_bad_names():
     assert DecoderConfig(attention="splash").attention_kernel("cpu") == "splash"
 
 
+@pytest.mark.parametrize("backend", ["cpu", "tpu", "rocm"])
+@pytest.mark.parametrize("kernel", ["cudnn", "cudnn_dense"])
+def test_cudnn_elsewhere_is_refused_by_name(kernel, backend):
+    """The backend is an argument here: this half holds on every machine."""
+    with pytest.raises(KernelUnavailableError, match=f"backend is '{backend}'") as e:
+        resolve_kernel(kernel, backend)
+    assert isinstance(e.value, ConfigError)  # the command line prints it as one line
+
+
+@requires_cpu("the traced model must refuse cuDNN for want of a GPU")
 @pytest.mark.parametrize("kernel", ["cudnn", "cudnn_dense"])
 def test_cudnn_without_a_gpu_fails_before_compiling_and_names_the_backend(kernel):
-    with pytest.raises(KernelUnavailableError, match="backend is 'cpu'") as e:
-        resolve_kernel(kernel, "cpu")
-    assert isinstance(e.value, ConfigError)  # the command line prints it as one line
-    # The same check while the model is traced (lower() compiles nothing).
+    # The check resolve_kernel makes, while the model is traced on this machine (lower() compiles nothing).
     from rm_jax.models import RewardModel, abstract_params
 
     cfg = DecoderConfig(
@@ -236,6 +244,7 @@ def test_a_tiny_train_with_splash_gives_the_xla_losses():
     np.testing.assert_allclose(losses["splash"], losses["xla"], rtol=1e-4, atol=0)
 
 
+@requires_devices(4)
 def test_splash_runs_per_shard_on_a_mesh():
     """Rows over data x fsdp and heads over tensor (shard_map): the same scores as one device."""
     from rm_jax.models import apply_model, init_params
@@ -315,6 +324,7 @@ def test_packed_attention_repeats_kv_heads_only_for_the_old_offset_rule(monkeypa
     assert np.all(np.isnan(np.asarray(bad, np.float32)))
 
 
+@requires_devices(8)
 def test_scanned_pooled_stack_on_a_mesh_matches_one_device():
     """The scanned stack indexes its stacked params per step; with params split over fsdp and
     tensor, scores and gradients are those of one device."""

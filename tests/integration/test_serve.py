@@ -394,7 +394,7 @@ def test_info_health_metrics_and_no_recompiles(main):
     assert c.get("/health").json() == {"status": "ready"}
     info = c.get("/info").json()
     assert info["attributes"] == list(ATTRIBUTES) and info["seq_len"] == SEQ_LEN
-    assert info["weights"]["spec"] == "70b-rewardbench" and info["kernel"] == "xla"
+    assert info["weights"]["spec"] == "70b-rewardbench" and info["kernel"] == "xla" and info["auth"] == "none"
     shapes = [(b["rows"], b["seq_len"]) for b in info["buckets"]]
     assert shapes == [(1, 128), (1, 256), (2, 256), (4, 256)]
     m0 = c.get("/metrics")
@@ -461,7 +461,8 @@ def test_api_key_guards_every_endpoint_but_health(keyed, expected):
     results = good.score(ROWS[:2], weights="340b-rewardbench")
     for got, want in zip(results, expected[0]):
         assert got["reward"] == pytest.approx(want["reward"], abs=1e-5)
-    assert good.get("/info").json()["seq_len"] == 128
+    info = good.get("/info").json()
+    assert info["seq_len"] == 128 and info["auth"] == "bearer" and KEY not in json.dumps(info)
     text = good.get("/metrics").body.decode()
     for reason, n in refused.items():
         assert _metric(text, "rm_serve_unauthorized_requests_total", reason=reason) == n, reason

@@ -323,6 +323,14 @@ def requires_cpu(why: str):
     return pytest.mark.skipif(b != "cpu", reason=f"assumes the CPU backend ({why}); this run's backend is {b}")
 
 
+def requires_gpu(what: str):
+    """Skip unless jax runs on a GPU: the subject only exists there (cuDNN kernels)."""
+    import pytest
+
+    b = jax_backend()
+    return pytest.mark.skipif(b != "gpu", reason=f"needs a GPU ({what}); this run's backend is {b}")
+
+
 def requires_devices(n: int):
     """Skip unless jax has ``n`` devices: meshes of several devices. On the CPU tests/conftest.py fakes 8
     (XLA_FLAGS --xla_force_host_platform_device_count); a one-GPU machine has 1."""

@@ -139,6 +139,50 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 8, with_torch: bool = True
     return out
 
 
+# Dense (no 2:4 sparsity) bf16 tensor-core peak from the vendor's data sheet, FLOP/s, keyed by the device name
+# jax (device_kind) and torch (get_device_name) report. Exact names: an H100 PCIe (756) or NVL (835) must not
+# borrow the SXM figure. Add a card when one is measured.
+SPEC_BF16_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM5
+    "NVIDIA H200": 989e12,  # H200 SXM: the H100's compute, more and faster memory
+}
+
+
+def spec_bf16_flops(device_kind: str) -> tuple[Optional[float], str]:
+    """The card's data-sheet dense bf16 peak and where it comes from; (None, why) for a card not in the table."""
+    name = (device_kind or "").strip()
+    if name in SPEC_BF16_FLOPS:
+        return SPEC_BF16_FLOPS[name], f"data sheet, dense bf16, {name}"
+    return None, f"no data-sheet peak for {name or 'this device'!r} in bench_common.SPEC_BF16_FLOPS: spec MFU not given"
+
+
+def mfu_figures(tokens_per_s: float, flops_per_token: float, peak: dict) -> dict:
+    """Model FLOP utilisation of a measured throughput against the highest measured matmul rate (what this
+    card delivers to a plain GEMM) and against the data-sheet peak (what it is sold at); ``peak`` is
+    :func:`matmul_peaks`' result. A rate that is missing gives None, never a guess."""
+    achieved = tokens_per_s * flops_per_token
+    measured, spec = peak.get("measured_flops"), peak.get("spec_flops")
+    return {
+        "model_flops": achieved,
+        "mfu": achieved / measured if measured else None,
+        "mfu_spec": achieved / spec if spec else None,
+    }
+
+
+def matmul_peaks(jax_best: Optional[float], torch_best: Optional[float], device_kind: str) -> dict:
+    """The peaks MFU divides by: the higher of jnp.dot's and torch.matmul's best rates (the weaker of two
+    libraries on the same card measures the library, not the card), and the data-sheet figure."""
+    rates = {k: v for k, v in (("jnp.dot", jax_best), ("torch.matmul", torch_best)) if v}
+    by = max(rates, key=rates.get) if rates else None
+    spec, note = spec_bf16_flops(device_kind)
+    return {
+        "measured_flops": rates[by] if by else None,
+        "measured_by": by,
+        "spec_flops": spec,
+        "spec_note": note,
+    }
+
+
 def bench_model_config(**over: Any) -> Any:
     """The hidden-512 Llama-shaped reward model these benchmarks use."""
     from rm_jax.models.llama import DecoderConfig

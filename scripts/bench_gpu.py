@@ -4,8 +4,9 @@ A Llama-3.2-1B-shaped reward model (5 labels, bf16 compute, fp32 params + AdamW,
 ``dots_no_batch``, scanned layers), random weights, synthetic HelpSteer2-shaped conversations (the
 paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``). Sections:
 
-  peak          the card's bf16 matmul rate: best of repeated 8192^3 ``jnp.dot``; the one peak every
-                MFU below divides by (torch.matmul's rate is recorded beside it)
+  peak          the card's bf16 matmul rate: best of repeated 8192^3 ``jnp.dot`` and ``torch.matmul``; every
+                MFU below divides by the higher of the two (``mfu``) and by the card's data-sheet dense
+                bf16 peak (``mfu_spec``; null with a note for a card not in bench_common.SPEC_BF16_FLOPS)
   rm_jax:KERNEL rm_jax's real train step (``make_train_step`` jitted with donated, sharded state as
                 the train loop does) on 4 packed rows x 4096, per ``model.attention`` kernel
                 (``--attention auto,cudnn_dense,xla``); step time, tokens/s, real tokens/s, MFU, peak memory
@@ -148,7 +149,7 @@ def packed_batches(a: argparse.Namespace, vocab: int) -> tuple[list, dict]:
 
 
 def section_peak(a: argparse.Namespace) -> dict:
-    """Best bf16 x bf16 -> bf16 matmul rate of jnp.dot (random operands, never zeros); torch's beside it."""
+    """Best bf16 x bf16 -> bf16 matmul rate of jnp.dot and of torch.matmul (random operands, never zeros)."""
     import jax
     import jax.numpy as jnp
 
@@ -174,7 +175,40 @@ def section_peak(a: argparse.Namespace) -> dict:
         "jax": jax.__version__,
     }
     log(f"jnp.dot bf16 {n}^3: {out['best_flops'] / 1e12:.1f} TFLOP/s on {dev.device_kind}")
+    del x, y
+    try:  # the same product in torch, on its CUDA device when it has one (CPU in --smoke off a GPU)
+        out.update(_torch_matmul_rate(n, reps))
+        log(f"torch.matmul bf16 {n}^3: {out['torch_best_flops'] / 1e12:.1f} TFLOP/s on {out['torch_device']}")
+    except Exception as e:  # recorded, not fatal: MFU then divides by jnp.dot's rate alone
+        out["torch_error"] = f"{type(e).__name__}: {e}"[:300]
+        log(f"torch.matmul: {out['torch_error']}")
     return out
+
+
+def _torch_matmul_rate(n: int, reps: int) -> dict:
+    import torch
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    g = torch.Generator(device=dev).manual_seed(1)
+    x = torch.randn(n, n, generator=g, device=dev, dtype=torch.bfloat16)
+    y = torch.randn(n, n, generator=g, device=dev, dtype=torch.bfloat16)
+    torch.matmul(x, y)
+    sync()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.matmul(x, y)
+        sync()
+        ts.append(time.perf_counter() - t)
+    flops = 2.0 * n**3
+    name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
+    return {
+        "torch_best_flops": flops / min(ts),
+        "torch_median_flops": flops / statistics.median(ts),
+        "torch_device": name,
+        "torch": torch.__version__,
+    }
 
 
 def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
@@ -553,22 +587,24 @@ FLOORS = {
 
 def derive(res: dict) -> None:
     """Ratios and floors from the sections' raw numbers (in place)."""
+    from bench_common import matmul_peaks, mfu_figures
+
     s = res["sections"]
-    peak = s.get("peak", {}).get("best_flops")
+    p = s.get("peak", {})
+    peaks = res["peaks"] = matmul_peaks(p.get("best_flops"), p.get("torch_best_flops"), p.get("device_kind", ""))
     dense = s.get("torch_dense", {}).get("tokens_per_s")
     trl = s.get("torch_trl", {}).get("real_tokens_per_s")
     fpt = None
     for name, r in s.items():
         if name.startswith("rm_jax:") and "tokens_per_s" in r:
             fpt = r["flops_per_token"]
-            if peak:
-                r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / peak
+            r.update(mfu_figures(r["tokens_per_s"], r["flops_per_token"], peaks))
             if dense:
                 r["ratio_vs_torch_dense"] = r["tokens_per_s"] / dense
             if trl:
                 r["ratio_real_tokens_vs_trl_padded"] = r["real_tokens_per_s"] / trl
-    if dense and peak and fpt:  # same model, same formula, same peak
-        s["torch_dense"]["mfu"] = dense * fpt / peak
+    if dense and fpt:  # same model, same formula, same peaks
+        s["torch_dense"].update(mfu_figures(dense, fpt, peaks))
     auto = s.get("rm_jax:auto", {})
     parity = [v.get("max_abs_diff_shipped") for k, v in s.get("score_parity", {}).items() if isinstance(v, dict)]
     xla = s.get("rm_jax:xla", {})
@@ -597,28 +633,35 @@ def _floor(value: Optional[float], floor: float) -> dict:
 
 def table(res: dict) -> str:
     lines = [
-        "| section | kernel | step | tok/s | real tok/s | MFU | x torch dense | x TRL padded | peak mem |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| section | kernel | step | tok/s | real tok/s | MFU | MFU spec | x torch dense | x TRL padded | peak mem |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["sections"].items():
         if name in ("peak", "score_parity", "generate"):
             continue
         if "step_s" not in r and "seconds" not in r:
             why = r.get("skipped") or r.get("error", "?")
-            lines.append(f"| {name} | - | {why[:70]} | | | | | | |")
+            lines.append(f"| {name} | - | {why[:70]} | | | | | | | |")
             continue
         f = lambda k, fmt: "" if r.get(k) is None else format(r[k], fmt)  # noqa: E731
         step = f"{r['step_s'] * 1e3:.0f} ms" if "step_s" in r else f"{r['seconds']:.2f} s total"
         lines.append(
             f"| {name} | {r.get('kernel', r.get('attn_implementation', ''))} | {step} | "
-            f"{f('tokens_per_s', ',.0f')} | {f('real_tokens_per_s', ',.0f')} | {f('mfu', '.1%')} | "
+            f"{f('tokens_per_s', ',.0f')} | {f('real_tokens_per_s', ',.0f')} | "
+            f"{f('mfu', '.1%')} | {f('mfu_spec', '.1%')} | "
             f"{f('ratio_vs_torch_dense', '.2f')} | {f('ratio_real_tokens_vs_trl_padded', '.2f')} | "
             f"{f('peak_memory_gib', '.1f')} |"
         )
     peak = res["sections"].get("peak", {})
     if "best_flops" in peak:
+        torch_rate = (
+            f"{peak['torch_best_flops'] / 1e12:.1f}" if "torch_best_flops" in peak else peak.get("torch_error", "-")
+        )
+        peaks = res.get("peaks", {})
+        spec = f"{peaks['spec_flops'] / 1e12:.0f}" if peaks.get("spec_flops") else "none"
         lines.append(
-            f"peak bf16 jnp.dot {peak['n']}^3: {peak['best_flops'] / 1e12:.1f} TFLOP/s ({peak['device_kind']})"
+            f"peak bf16 {peak['n']}^3 ({peak['device_kind']}): jnp.dot {peak['best_flops'] / 1e12:.1f}, torch.matmul "
+            f"{torch_rate} TFLOP/s; MFU divides by {peaks.get('measured_by')}; spec {spec} ({peaks.get('spec_note')})"
         )
     gen = res["sections"].get("generate", {})
     if "ratio_vs_transformers_generate" in gen:
@@ -663,8 +706,9 @@ def parent(a: argparse.Namespace, argv: list) -> int:
             "dtype": "bfloat16 compute, float32 params + AdamW",
         },
         "flop_formula": "rm_jax.core.flops.flops_per_token: 6 x non-embedding params + 12 x layers x heads x "
-        "head_dim x seq_len / 2, per token slot (padding included); MFU = tokens/s x that / "
-        "the peak section's jnp.dot rate, for rm_jax and torch alike",
+        "head_dim x seq_len / 2, per token slot (padding included); mfu = tokens/s x that / the higher of "
+        "the peak section's jnp.dot and torch.matmul rates, mfu_spec = the same / the card's data-sheet dense "
+        "bf16 peak (bench_common.SPEC_BF16_FLOPS), for rm_jax and torch alike",
         "sections": {},
     }
     for name in plan:

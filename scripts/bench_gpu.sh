@@ -3,7 +3,8 @@
 # model, bf16 compute, 4 packed rows x 4096 of HelpSteer2-shaped conversations. rm_jax's train step
 # per attention kernel (auto = packed cuDNN on Hopper, cudnn_dense, xla) against transformers + torch
 # on the same card (sdpa, bf16 autocast, gradient checkpointing, fused AdamW; 4 x 4096 dense rows and
-# TRL-style padded batches), one measured bf16 matmul peak for every MFU, and fp32 `rm-jax score`
+# TRL-style padded batches), MFU against the higher of jnp.dot's and torch's measured bf16 matmul rates
+# and against the card's data-sheet peak, and fp32 `rm-jax score`
 # parity against transformers. See scripts/bench_gpu.py for the sections.
 #
 #   bash scripts/bench_gpu.sh                 # on the GPU machine (jax[cuda], flax, optax, orbax,

@@ -2,7 +2,8 @@
 
 Starts the server itself (``--model DIR``, or ``--synthetic`` for a random model, e.g. on a GPU machine
 with no trained run) or uses a running one (``--url``, loopback only). Bounded: at most ``--requests``
-concurrent-phase requests and ``--seconds`` of wall time; it always stops by itself.
+concurrent-phase requests and ``--seconds`` of wall time; it always stops by itself. With
+``RM_JAX_API_KEY`` set, every client sends it (and a server it starts reads the same variable).
 
 What it does, interleaved in ``--rounds`` rounds so a noisy shared machine affects both sides alike:
   sequential  one client, one row per request (what an RL loop without batching would do);
@@ -149,9 +150,11 @@ class Load:
         seed: int,
         tolerance: float,
     ):
+        import functools
+
         from rm_jax.serving.client import Client
 
-        self.Client = Client
+        self.Client = functools.partial(Client, api_key=os.environ.get("RM_JAX_API_KEY"))
         self.url, self.rows, self.want, self.texts, self.weights = url, rows, want, texts, weights
         self.max_body, self.tolerance = max_body, tolerance
         self.rng = random.Random(seed)
@@ -312,7 +315,7 @@ def run(args: argparse.Namespace) -> dict:
         server = ServerProcess(model, server_args, log_path=os.path.join(tmp, "server.log"))
         url = server.wait_ready(600)
     try:
-        info = Client(url).get("/info").json()
+        info = Client(url, api_key=os.environ.get("RM_JAX_API_KEY")).get("/info").json()
         model = model or info["model"]
         rows = make_rows(args.distinct_rows, args.seed)
         t0 = time.perf_counter()
@@ -327,7 +330,7 @@ def run(args: argparse.Namespace) -> dict:
         for _ in range(args.rounds):
             seq_s += load.sequential(seq, seq_n, deadline)
             conc_s += load.concurrent(conc, conc_n, args.clients, args.max_rows, args.bad_share, deadline)
-        metrics = Client(url).get("/metrics").body.decode()
+        metrics = Client(url, api_key=os.environ.get("RM_JAX_API_KEY")).get("/metrics").body.decode()
     finally:
         code = server.terminate(120) if server else None
     seq_rps = seq.rows / seq_s if seq_s else 0.0

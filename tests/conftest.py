@@ -1,6 +1,7 @@
 import os
 
-# Several fake CPU devices for sharding tests; must be set before jax initialises.
+# Several fake CPU devices for sharding tests; must be set before jax initialises. Only the CPU backend
+# has them: on a GPU the mesh tests skip (tests/helpers.py requires_devices; docs/testing.md, "GPU").
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

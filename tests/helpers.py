@@ -313,3 +313,44 @@ def rm_jax_sources() -> dict[str, str]:
                 with open(path, encoding="utf-8") as fh:
                     out[os.path.relpath(path, root)] = fh.read()
     return out
+
+
+# ---------------------------------------------------------------- backend assumptions (docs/testing.md, "GPU")
+# A test that holds only on some backend says so with one of these marks and is skipped elsewhere with the
+# reason, instead of failing there. Numeric tolerances are not backend marks: they are argued in the test
+# from the precision that runs (float32 2^-24, TF32 2^-11, bfloat16 2^-8).
+
+
+def jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
+def requires_cpu(why: str):
+    """Skip unless jax runs on the CPU: the test's subject is the CPU backend itself (e.g. a GPU-only
+    kernel refused there)."""
+    import pytest
+
+    b = jax_backend()
+    return pytest.mark.skipif(b != "cpu", reason=f"assumes the CPU backend ({why}); this run's backend is {b}")
+
+
+def requires_gpu(what: str):
+    """Skip unless jax runs on a GPU: the subject only exists there (cuDNN kernels)."""
+    import pytest
+
+    b = jax_backend()
+    return pytest.mark.skipif(b != "gpu", reason=f"needs a GPU ({what}); this run's backend is {b}")
+
+
+def requires_devices(n: int):
+    """Skip unless jax has ``n`` devices: meshes of several devices. On the CPU tests/conftest.py fakes 8
+    (XLA_FLAGS --xla_force_host_platform_device_count); a one-GPU machine has 1."""
+    import jax
+    import pytest
+
+    have = jax.device_count()
+    return pytest.mark.skipif(
+        have < n, reason=f"needs {n} devices for its mesh; the {jax_backend()} backend here has {have}"
+    )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Sequence, get_args
 
 from rm_jax.core.config import Dtype
@@ -15,7 +16,22 @@ def main(argv: Sequence[str]) -> int:
     d = ServeConfig()
     ap = argparse.ArgumentParser(prog="rm-jax serve", description=__doc__)
     ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
-    ap.add_argument("--host", default=d.host, help="bind address (default loopback: the server has no auth)")
+    ap.add_argument(
+        "--host",
+        default=d.host,
+        help="bind address (default loopback); any other needs --api-key or --allow-unauthenticated",
+    )
+    ap.add_argument(
+        "--api-key",
+        default=None,
+        help="every endpoint but /health then needs 'Authorization: Bearer KEY' (default: env RM_JAX_API_KEY; "
+        "the environment keeps the key out of `ps`)",
+    )
+    ap.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="bind a non-loopback --host without a key (a private network, or behind an authenticating proxy)",
+    )
     ap.add_argument("--port", type=int, default=d.port, help="0: any free port (printed on stderr)")
     ap.add_argument(
         "--weights", default=d.weights, help="default reward weights: preset name, w1,...,w5, or a W.json (weights fit)"
@@ -43,9 +59,11 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--access-log", action="store_true", help="log every request")
     a = ap.parse_args(list(argv))
     from rm_jax.cli.score import check_weights
+    from rm_jax.serving.auth import ENV_API_KEY
     from rm_jax.serving.server import serve
 
     check_weights(a.weights, None)  # a typo fails before the model loads
+    api_key = a.api_key if a.api_key is not None else os.environ.get(ENV_API_KEY)
     cfg = ServeConfig(
         host=a.host,
         port=a.port,
@@ -62,5 +80,8 @@ def main(argv: Sequence[str]) -> int:
         dtype=a.dtype,
         log_level=a.log_level,
         access_log=a.access_log,
+        api_key=api_key,
+        allow_unauthenticated=a.allow_unauthenticated,
     )
+    cfg.check()  # an exposed server without a key is refused before the model loads
     return serve(a.model, cfg)

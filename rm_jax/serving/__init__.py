@@ -9,7 +9,8 @@ The modules follow a request through the server:
 - :mod:`.batcher`   the one thread that owns the jitted scorer: queue, back-pressure, dynamic batches
 - :mod:`.metrics`   Prometheus counters and histograms
 - :mod:`.service`   the above joined: prepare a request, queue its rows, answer with rewards
-- :mod:`.app`       the FastAPI app: endpoints, body limit, disconnects, error handling
+- :mod:`.auth`      the optional API key (Bearer, constant-time) and the loopback-or-key rule for --host
+- :mod:`.app`       the FastAPI app: endpoints, the key check, body limit, disconnects, error handling
 - :mod:`.server`    load the model, run uvicorn, drain on SIGTERM
 - :mod:`.client`    a standard-library client, and ``rm-jax serve`` as a subprocess (tests, load test)
 

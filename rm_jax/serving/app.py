@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from rm_jax.serving.auth import MESSAGES, refusal
 from rm_jax.serving.batcher import NotReady, QueueFull
 from rm_jax.serving.protocol import BadRequest
 from rm_jax.serving.service import RewardService
@@ -139,6 +140,30 @@ def _settle(fut: asyncio.Future, exc: Optional[BaseException]) -> None:
         fut.set_exception(exc)
 
 
+class RequireKey:
+    """With --api-key, every path but /health (unknown ones, /docs and /openapi.json included) needs the
+    key, checked before the body is read. Plain ASGI rather than ``@app.middleware``: Starlette's
+    BaseHTTPMiddleware wraps ``receive``, which the disconnect watch in :func:`handle` reads directly."""
+
+    def __init__(self, app, service: RewardService):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send) -> None:
+        key = self.service.cfg.api_key
+        if key is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        why = refusal(scope["path"], header.decode("latin-1") if header is not None else None, key)
+        if why is None:
+            await self.app(scope, receive, send)
+            return
+        self.service.metrics.unauthorized.labels(why).inc()
+        body = {"error": MESSAGES[why], "row": None, "field": "Authorization"}
+        headers = {"WWW-Authenticate": 'Bearer realm="rm-jax serve"'}
+        await JSONResponse(body, status_code=401, headers=headers)(scope, receive, send)
+
+
 def create_app(service: RewardService) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,6 +172,8 @@ def create_app(service: RewardService) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(None, service.close)
 
     app = FastAPI(title="rm-jax serve", summary="HelpSteer2-style multi-attribute reward model", lifespan=lifespan)
+
+    app.add_middleware(RequireKey, service=service)
 
     @app.post("/score")
     async def score(request: Request) -> Response:

@@ -4,7 +4,7 @@ Used by the tests and scripts/load_test.py, and usable from an RL loop that woul
 ``requests``::
 
     from rm_jax.serving.client import Client
-    rm = Client("http://127.0.0.1:8000")
+    rm = Client("http://127.0.0.1:8000", api_key=os.environ.get("RM_JAX_API_KEY"))
     rewards = rm.get_reward(["<templated conversation text>", ...])
     results = rm.score([{"prompt": "...", "response": "..."}], weights="70b-card")
 """
@@ -44,9 +44,10 @@ class ServerError(RuntimeError):
 class Client:
     """One keep-alive connection; not for sharing between threads (make one per thread)."""
 
-    def __init__(self, url: str, timeout: float = 120.0):
+    def __init__(self, url: str, timeout: float = 120.0, api_key: Optional[str] = None):
         u = urlparse(url)
         self.host, self.port, self.timeout = u.hostname or "127.0.0.1", u.port or 80, timeout
+        self.api_key = api_key  # sent as 'Authorization: Bearer KEY' on every request when given
         self._conn: Optional[http.client.HTTPConnection] = None
 
     def close(self) -> None:
@@ -62,7 +63,7 @@ class Client:
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
-                self._conn.request(method, path, body=body, headers=headers or {})
+                self._conn.request(method, path, body=body, headers=self._headers(headers))
                 r = self._conn.getresponse()
                 data = r.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -75,6 +76,12 @@ class Client:
                 self.close()
             return reply
         raise AssertionError("unreachable")
+
+    def _headers(self, headers: Optional[dict[str, str]]) -> dict[str, str]:
+        out = dict(headers or {})
+        if self.api_key is not None and not any(k.lower() == "authorization" for k in out):
+            out["Authorization"] = f"Bearer {self.api_key}"
+        return out
 
     def get(self, path: str) -> Reply:
         return self.request("GET", path)

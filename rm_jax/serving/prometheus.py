@@ -70,6 +70,12 @@ class ServeMetrics:
         self.disconnects = Counter(
             "rm_serve_client_disconnects", "Requests whose client went away before the answer", registry=r
         )
+        self.unauthorized = Counter(
+            "rm_serve_unauthorized_requests",
+            "Requests refused with 401 (--api-key), by reason (missing | malformed | wrong)",
+            ["reason"],
+            registry=r,
+        )
         self.compilations = Counter(
             "rm_serve_xla_compilations",
             "XLA compilations in this process (all at start-up when shapes are fixed)",

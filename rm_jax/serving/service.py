@@ -163,5 +163,6 @@ class RewardService:
             "max_wait_ms": self.cfg.max_wait_ms,
             "max_queue": self.cfg.max_queue,
             "max_body_bytes": self.cfg.max_body_bytes,
+            "auth": "bearer" if self.cfg.api_key is not None else "none",  # never the key itself
             "state": self.state,
         }

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, get_args
 
 from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
+from rm_jax.serving.auth import check_exposure
 
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback unless told otherwise: an RM server has no auth
+    host: str = "127.0.0.1"  # loopback unless told otherwise; elsewhere only with a key or allow_unauthenticated
     port: int = 8000
     weights: str = "70b-rewardbench"  # default reward weights (a request may bring its own)
     seq_len: Optional[int] = None  # longest conversation served; None: min(max_position_embeddings, 4096)
@@ -26,6 +27,8 @@ class ServeConfig:
     dtype: str = "float32"
     log_level: str = "info"
     access_log: bool = False  # one log line per request (costs CPU under load)
+    api_key: Optional[str] = field(default=None, repr=False)  # set: every endpoint but /health needs Bearer KEY
+    allow_unauthenticated: bool = False  # bind a non-loopback host without a key (a private network)
 
     def check(self) -> "ServeConfig":
         """Raise InputError naming the flag for a value that cannot work."""
@@ -52,6 +55,7 @@ class ServeConfig:
             raise InputError(f"--drain-timeout: must be >= 0, got {self.drain_timeout_s}")
         if self.dtype not in get_args(Dtype):
             raise InputError(f"--dtype: {self.dtype!r}; choose {' or '.join(get_args(Dtype))}")
+        check_exposure(self.host, self.api_key, self.allow_unauthenticated)
         return self
 
     def resolve_seq_len(self, max_position_embeddings: int) -> int:

@@ -22,6 +22,8 @@ from rm_jax.serving.client import Client, ServerProcess
 from tests.helpers import make_hf_rm_with_tokenizer, worker_env
 
 pytestmark = pytest.mark.slow
+for _module in ("fastapi", "uvicorn", "prometheus_client"):  # the server's own dependencies (not on the GPU image)
+    pytest.importorskip(_module, reason=f"rm-jax serve needs {_module}")
 
 ROWS = [
     {"prompt": "What is 2 plus 2?", "response": "2 plus 2 equals 4."},
@@ -210,6 +212,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--weights: unknown reward-weight preset 'bogus'" in capsys.readouterr().err
 
 
+def test_an_exposed_host_without_a_key_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    from rm_jax.cli import main as cli
+
+    monkeypatch.delenv("RM_JAX_API_KEY", raising=False)
+    nope = str(tmp_path / "nope")  # the refusal comes first: nothing is loaded for a server that won't start
+    assert cli(["serve", "--model", nope, "--host", "0.0.0.0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rm-jax serve: error: --host 0.0.0.0:" in err and "--allow-unauthenticated" in err
+    # A key (flag or environment) or the explicit flag lets it through to loading the model.
+    for args in (["--api-key", "k"], ["--allow-unauthenticated"]):
+        assert cli(["serve", "--model", nope, "--host", "0.0.0.0", *args]) == 1
+        assert "does not exist" in capsys.readouterr().err, args
+    monkeypatch.setenv("RM_JAX_API_KEY", "k")
+    assert cli(["serve", "--model", nope, "--host", "0.0.0.0"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- correctness
 
 
@@ -375,7 +394,7 @@ def test_info_health_metrics_and_no_recompiles(main):
     assert c.get("/health").json() == {"status": "ready"}
     info = c.get("/info").json()
     assert info["attributes"] == list(ATTRIBUTES) and info["seq_len"] == SEQ_LEN
-    assert info["weights"]["spec"] == "70b-rewardbench" and info["kernel"] == "xla"
+    assert info["weights"]["spec"] == "70b-rewardbench" and info["kernel"] == "xla" and info["auth"] == "none"
     shapes = [(b["rows"], b["seq_len"]) for b in info["buckets"]]
     assert shapes == [(1, 128), (1, 256), (2, 256), (4, 256)]
     m0 = c.get("/metrics")
@@ -400,6 +419,54 @@ def test_info_health_metrics_and_no_recompiles(main):
     assert _metric(text, "rm_serve_request_seconds_bucket", endpoint="score", le="+Inf") == _metric(
         text, "rm_serve_request_seconds_count", endpoint="score"
     )
+
+
+# ---------------------------------------------------------------- the API key
+
+KEY = "test-key-7f3a"
+
+
+@pytest.fixture(scope="module")
+def keyed(model_dir, tmp_path_factory):
+    """A server given its key through the environment (one small batch shape: it compiles quickly)."""
+    log = str(tmp_path_factory.mktemp("serve") / "keyed.log")
+    args = ["--seq-len", "128", "--max-batch-tokens", "128", "--min-batch-tokens", "128"]
+    s = ServerProcess(model_dir[0], args, log_path=log, env={**worker_env(), "RM_JAX_API_KEY": KEY})
+    yield s
+    if s.proc.poll() is None:
+        s.terminate(30)
+
+
+def test_api_key_guards_every_endpoint_but_health(keyed, expected):
+    url = keyed.wait_ready(300)  # /health answers without a key
+    anon, wrong, good = Client(url), Client(url, api_key=KEY + "x"), Client(url, api_key=KEY)
+    assert anon.get("/health").json() == {"status": "ready"}
+    refused = {"missing": 0, "malformed": 0, "wrong": 0}
+    for path in ("/info", "/metrics", "/docs", "/nope"):
+        r = anon.get(path)
+        assert r.status == 401 and r.json()["field"] == "Authorization", (path, r.body)
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        refused["missing"] += 1
+    for path in ("/score", "/get_reward"):
+        body = {"rows": ROWS[:1]} if path == "/score" else {"query": ["hi"]}
+        assert anon.post(path, body).status == 401
+        refused["missing"] += 1
+        r = wrong.post(path, body)
+        assert r.status == 401 and "does not match" in r.json()["error"]
+        refused["wrong"] += 1
+    r = anon.request("GET", "/info", headers={"Authorization": f"Basic {KEY}"})
+    assert r.status == 401 and "Bearer" in r.json()["error"]
+    refused["malformed"] += 1
+    # The key lets the same requests in, and scores are those of `rm-jax score`.
+    results = good.score(ROWS[:2], weights="340b-rewardbench")
+    for got, want in zip(results, expected[0]):
+        assert got["reward"] == pytest.approx(want["reward"], abs=1e-5)
+    info = good.get("/info").json()
+    assert info["seq_len"] == 128 and info["auth"] == "bearer" and KEY not in json.dumps(info)
+    text = good.get("/metrics").body.decode()
+    for reason, n in refused.items():
+        assert _metric(text, "rm_serve_unauthorized_requests_total", reason=reason) == n, reason
+    assert KEY not in keyed.log()  # the key is never logged
 
 
 # ---------------------------------------------------------------- back-pressure, disconnects, drain

@@ -17,7 +17,7 @@ from rm_jax.data.packing import build_batch, plan_packed
 from rm_jax.models import CausalLM, abstract_params, init_cache, param_logical_specs
 from rm_jax.models.hf_io import export_hf_causal_lm, load_hf_causal_lm
 from rm_jax.models.llama import DecoderConfig
-from tests.helpers import FAMILIES, make_hf_model, random_conversations
+from tests.helpers import FAMILIES, make_hf_model, random_conversations, requires_devices
 
 TOL = 1e-4
 CASES = [(f, False) for f in FAMILIES] + [("qwen3", True)]
@@ -251,6 +251,7 @@ def test_every_dot_of_training_and_decoding_carries_the_precision(dtype, want, a
             assert sum(got.values()) >= least and set(got) == {(want, want)}, got
 
 
+@requires_devices(4)
 def test_decoding_under_a_mesh_shards_the_cache_and_gives_the_same_logits(made):
     """data=2 x tensor=2: the cache is split by batch and kv heads, as the activations are."""
     from rm_jax.models.hf_io import load_hf_causal_lm as load

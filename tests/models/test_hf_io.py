@@ -11,7 +11,7 @@ from rm_jax.data.packing import build_batch
 from rm_jax.models import apply_model
 from rm_jax.models.hf_io import ModelLoadError, export_hf, load_hf_reward_model
 from rm_jax.models.sharding import make_mesh
-from tests.helpers import PAD, make_hf_model, random_conversations, torch_scores
+from tests.helpers import PAD, make_hf_model, random_conversations, requires_devices, torch_scores
 
 
 def _scores(lm, convs, mesh=None):
@@ -27,6 +27,7 @@ def _scores(lm, convs, mesh=None):
     return np.asarray(apply_model(lm.cfg, lm.params, b, 1, mesh))[:, 0]
 
 
+@requires_devices(8)
 def test_sharded_index_loads_onto_an_fsdp_tensor_mesh(tmp_path):
     tm = make_hf_model("llama", str(tmp_path), max_shard_size="20KB")
     assert os.path.exists(tmp_path / "model.safetensors.index.json")
@@ -44,6 +45,7 @@ def test_sharded_index_loads_onto_an_fsdp_tensor_mesh(tmp_path):
     np.testing.assert_allclose(_scores(lm, convs, mesh), torch_scores(tm, convs), atol=1e-4)
 
 
+@requires_devices(8)
 def test_one_kv_head_on_a_tensor_axis_is_replicated(tmp_path):
     tm = make_hf_model("mistral", str(tmp_path))
     mesh = make_mesh(data=1, fsdp=2, tensor=4)

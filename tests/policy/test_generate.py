@@ -13,7 +13,7 @@ from rm_jax.core.errors import InputError
 from rm_jax.data.conversation import encode_prompts, with_label
 from rm_jax.policy import generate, generate_tokens, load_policy
 from rm_jax.policy.generate import sample_token
-from tests.helpers import make_hf_causal_lm_with_tokenizer
+from tests.helpers import make_hf_causal_lm_with_tokenizer, requires_devices
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -80,6 +80,7 @@ def test_sampling_is_deterministic_and_independent_of_batching(llama):
     assert len({tuple(x) for x in flat(a)}) > 1  # samples differ from each other
 
 
+@requires_devices(4)
 def test_sampling_under_a_mesh_equals_one_device(llama):
     """The same policy on data=2 x tensor=2 (params, cache and activations sharded) samples the same tokens."""
     from rm_jax.models.sharding import make_mesh

@@ -12,7 +12,7 @@ from rm_jax.models import init_params
 from rm_jax.models.sharding import make_mesh
 from rm_jax.training.run import train
 from rm_jax.training.setup import scratch_config
-from tests.helpers import TINY  # noqa: E402
+from tests.helpers import TINY, requires_devices  # noqa: E402
 
 SMALL = [
     "model.arch.hidden_size=32",
@@ -35,6 +35,7 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in recs if "loss" in r}
 
 
+@requires_devices(8)
 def test_sharded_run_matches_single_device(tmp_path):
     common = ["train.max_steps=20", "train.batch_rows=8"]
     one = train(cfg_for(tmp_path / "one", *common, "mesh.num_devices=1", "mesh.data=1"))
@@ -46,6 +47,7 @@ def test_sharded_run_matches_single_device(tmp_path):
     assert a[20] < a[1]  # it trains
 
 
+@requires_devices(8)
 def test_sharded_state_is_split_across_devices():
     cfg = cfg_for("/tmp/unused")
     dcfg = scratch_config(cfg, 1000)
@@ -97,8 +99,12 @@ def test_tiny_beats_the_predict_the_mean_baseline(tmp_path):
     "override, message",
     [
         (["train.lrr=1"], "unknown config key 'train.lrr'"),
-        (["mesh.data=3"], "does not match the 8 available devices"),
-        (["mesh.data=8", "train.batch_rows=4"], "does not divide over the data-parallel size"),
+        pytest.param(["mesh.data=3"], "does not match the 8 available devices", marks=requires_devices(8)),
+        pytest.param(
+            ["mesh.data=8", "train.batch_rows=4"],
+            "does not divide over the data-parallel size",
+            marks=requires_devices(8),
+        ),
         (["model.path=/nonexistent/model"], "/nonexistent/model"),
         (["model.arch.hiden_size=3"], "model.arch.hiden_size"),
     ],

@@ -31,16 +31,23 @@ class MetricsHook:
     """A train record per logged step. Throughput is over the window since the previous record, so the hook
     counts the tokens of the steps it does not log (``count`` runs every step)."""
 
-    def __init__(self, mlog: MetricsLog, task: Task, flops_per_token: float, peak: Optional[float]):
-        self.mlog, self.task, self.fpt, self.peak = mlog, task, flops_per_token, peak
-        self.window_t, self.window_tok, self.window_real = time.perf_counter(), 0, 0
+    def __init__(
+        self,
+        mlog: MetricsLog,
+        task: Task,
+        flops_per_token: float,
+        peak: Optional[float],
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.mlog, self.task, self.fpt, self.peak, self.clock = mlog, task, flops_per_token, peak, clock
+        self.window_t, self.window_tok, self.window_real = clock(), 0, 0
 
     def count(self, info: StepInfo) -> None:
         self.window_tok += info.tokens
         self.window_real += info.real_tokens
 
     def __call__(self, info: StepInfo) -> None:
-        dt = max(time.perf_counter() - self.window_t, 1e-9)
+        dt = max(self.clock() - self.window_t, 1e-9)
         m = info.metrics
         rec = {
             "step": info.step,
@@ -56,7 +63,7 @@ class MetricsHook:
             rec["mfu"] = self.window_tok / dt * self.fpt / (self.peak * jax.device_count())
         self.mlog.write(rec)
         info.results["train"] = rec
-        self.window_t, self.window_tok, self.window_real = time.perf_counter(), 0, 0
+        self.window_t, self.window_tok, self.window_real = self.clock(), 0, 0
 
 
 class ProgressHook:

@@ -110,3 +110,49 @@ def test_bad_config_fails_before_compiling(tmp_path, override, message, monkeypa
     with pytest.raises(Exception) as e:
         train(cfg_for(tmp_path, *override))
     assert message in str(e.value)
+
+
+def test_hooks_fire_at_their_steps_on_a_real_run_and_after_a_resume(tmp_path, data_files):
+    """log_every=3, eval_every=4, checkpoint.every_steps=3 over 7 steps; then the run is cut back to its
+    step-4 checkpoint (as after a pre-emption) and run again."""
+    run_dir = tmp_path / "run"
+    cfg = cfg_for(
+        run_dir,
+        "train.max_steps=7",
+        "train.log_every=3",
+        "train.eval_every=4",
+        "checkpoint.every_steps=3",
+        "checkpoint.keep_latest=10",
+        "mesh.num_devices=1",
+        "mesh.data=1",
+        f"data.train={data_files['train']}",
+        f"data.validation={data_files['validation']}",
+    )
+
+    def records():
+        with open(run_dir / "metrics.jsonl") as f:
+            recs = [json.loads(x) for x in f]
+        train_steps = [r["step"] for r in recs if "loss" in r]
+        val_steps = [r["step"] for r in recs if "val_loss" in r]
+        return recs, train_steps, val_steps
+
+    train(cfg)
+    first, train_steps, val_steps = records()
+    assert train_steps == [1, 3, 6, 7] and val_steps == [4, 7]
+    assert sorted(int(s) for s in os.listdir(run_dir / "checkpoints")) == [3, 4, 6, 7]
+    assert first[0]["step"] == 0 and "attention_kernel" in first[0]
+
+    for step in ("6", "7"):
+        __import__("shutil").rmtree(run_dir / "checkpoints" / step)
+    os.remove(run_dir / "DONE")
+    train(cfg)
+    again, train_steps, val_steps = records()
+    assert train_steps == [1, 3, 5, 6, 7] and val_steps == [4, 7]  # step 5: the first step after the resume
+    assert sorted(int(s) for s in os.listdir(run_dir / "checkpoints")) == [3, 4, 6, 7]
+    before = {r["step"]: r for r in first if "loss" in r or "val_loss" in r}
+    for r in again:
+        if r["step"] in (6, 7) and ("loss" in r or "val_loss" in r):
+            key = "loss" if "loss" in r else "val_loss"
+            same = [b for b in first if b["step"] == r["step"] and key in b][0]
+            assert r[key] == pytest.approx(same[key], rel=1e-6), (r, same)
+    assert before[1] == [r for r in again if r["step"] == 1][0]  # lines up to the resumed step are kept as written

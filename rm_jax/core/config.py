@@ -119,6 +119,7 @@ class LabelProbeConfig:
     max_new_tokens: int = 96
     temperature: float = 0.0  # 0 = greedy
     seed: int = 0
+    every: int = 0  # > 0: also during training, every n steps and at the last, into metrics.jsonl
 
 
 @dataclass

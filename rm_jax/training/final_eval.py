@@ -70,13 +70,26 @@ def label_probe(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     """Does the policy read its label? For held-out validation prompts, generate at each requested level
     of one attribute (the others from ``eval.label_probe.base``) and compare response lengths: on
     HelpSteer2 data verbosity is mostly length, so a policy that follows it writes longer at 4 than at 0."""
+    from rm_jax.policy import load_policy
+
+    prompts = probe_prompts(cfg)
+    return probe_labels(cfg, load_policy(run_dir, mesh=mesh), prompts)
+
+
+def probe_prompts(cfg: RunConfig) -> list:
+    """The label probe's held-out prompts (the first ``eval.label_probe.prompts`` of the validation split)."""
+    from rm_jax.steer.prompts import read_prompts
+
+    return read_prompts(cfg.data.validation, cfg.eval.label_probe.prompts, split=cfg.data.validation_split)
+
+
+def probe_labels(cfg: RunConfig, policy: Any, prompts: list) -> dict:
+    """:func:`label_probe` for a policy in memory (the kept checkpoint's, or the training state's)."""
     from rm_jax.data.conversation import attribute_label, parse_attribute_label
-    from rm_jax.policy import generate, load_policy
-    from rm_jax.steer.prompts import labelled, read_prompts
+    from rm_jax.policy import generate
+    from rm_jax.steer.prompts import labelled
 
     probe = cfg.eval.label_probe
-    prompts = read_prompts(cfg.data.validation, probe.prompts, split=cfg.data.validation_split)
-    policy = load_policy(run_dir, mesh=mesh)
     base = parse_attribute_label(probe.base) if probe.base else {}
     out: dict[str, Any] = {
         "attribute": probe.attribute,

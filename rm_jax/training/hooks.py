@@ -7,6 +7,10 @@
                            metrics.jsonl and ``step N: val_loss X`` on stderr; leaves ``val`` for step 4
 4. :class:`CheckpointHook` every ``checkpoint.every_steps`` steps, the last, and wherever step 3 validated
                            (the validation loss ranks the best checkpoints)
+5. :class:`LabelProbeHook` every ``eval.label_probe.every`` steps and the last (when set > 0): the label probe
+                           of the training state into metrics.jsonl and a stderr line
+
+Before them, every step, :meth:`MetricsHook.count` adds the step's tokens to the throughput window.
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 from tqdm.auto import tqdm
 
 from rm_jax.core.config import RunConfig
 from rm_jax.engine.checkpoint import Checkpointer
+from rm_jax.policy.load import Policy
+from rm_jax.training.final_eval import probe_labels, probe_prompts
 from rm_jax.training.logs import MetricsLog
 from rm_jax.training.tasks import Task
 from rm_jax.training.trainer import StepInfo, Trainer
-from rm_jax.training.validators import Validator
+from rm_jax.training.validators import ModelParts, Validator
 
 
 class MetricsHook:
@@ -119,6 +125,32 @@ class CheckpointHook:
         return "val" in info.results
 
 
+class LabelProbeHook:
+    """``eval.label_probe`` on the training state (a policy's run with ``eval.label_probe.every`` > 0): mean
+    response tokens and characters per level into metrics.jsonl and one stderr line. eval.json keeps the
+    probe of the kept checkpoint (:func:`rm_jax.training.final_eval.label_probe`); this shows its course."""
+
+    def __init__(self, cfg: RunConfig, parts: ModelParts, tokenizer: Any, mlog: MetricsLog, say: Callable[[str], None]):
+        self.cfg, self.parts, self.tokenizer, self.mlog, self.say = cfg, parts, tokenizer, mlog, say
+        self.prompts = probe_prompts(cfg)
+
+    def __call__(self, info: StepInfo) -> None:
+        p = self.parts
+        policy = Policy(p.dcfg, info.state["params"], self.tokenizer, self.cfg.data.template, p.mesh)
+        out = probe_labels(self.cfg, policy, self.prompts)
+        name = f"label_probe_{out['attribute']}"
+        tokens = {level: v["mean_response_tokens"] for level, v in out["levels"].items()}
+        rec = {}
+        for level, v in out["levels"].items():
+            rec[f"{name}_{level}_tokens"] = v["mean_response_tokens"]
+            rec[f"{name}_{level}_chars"] = v["mean_response_chars"]
+        self.mlog.write({"step": info.step, **rec, "label_probe_higher_level_longer": out["higher_level_longer"]})
+        self.say(
+            f"step {info.step}: label probe {out['attribute']} "
+            + ", ".join(f"{level}: {t:.1f} tokens" for level, t in tokens.items())
+        )
+
+
 @dataclass
 class RunHooks:
     """A run's hooks; :meth:`register` adds them in the documented order."""
@@ -127,6 +159,7 @@ class RunHooks:
     progress: ProgressHook
     validation: Optional[ValidationHook]  # None without a validation split
     checkpoint: CheckpointHook
+    probe: Optional[LabelProbeHook] = None  # with eval.label_probe.every > 0
 
     def register(self, trainer: Trainer, cfg: RunConfig) -> None:
         trainer.add_hook(self.metrics.count, every=1, name="count_tokens")
@@ -137,3 +170,5 @@ class RunHooks:
         trainer.add_hook(
             self.checkpoint, every=cfg.checkpoint.every_steps, when=CheckpointHook.validated, name="checkpoint"
         )
+        if self.probe is not None:
+            trainer.add_hook(self.probe, every=cfg.eval.label_probe.every, name="label_probe")

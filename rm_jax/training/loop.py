@@ -33,7 +33,14 @@ from rm_jax.engine.train_step import (
 )
 from rm_jax.models.hf_io import load_tokenizer
 from rm_jax.models.sharding import replicated
-from rm_jax.training.hooks import CheckpointHook, MetricsHook, ProgressHook, RunHooks, ValidationHook
+from rm_jax.training.hooks import (
+    CheckpointHook,
+    LabelProbeHook,
+    MetricsHook,
+    ProgressHook,
+    RunHooks,
+    ValidationHook,
+)
 from rm_jax.training.logs import MetricsLog, log, write_json_main
 from rm_jax.training.setup import (
     build_mesh,
@@ -132,7 +139,7 @@ def fit(cfg: RunConfig) -> FitResult:
             )
             loader.set_state(data_state)
             log(f"resumed from step {start} (epoch {data_state['epoch']}, batch {data_state['index']})")
-        result = _train(RunContext(cfg, run_dir, task, parts, data, loader, ckpt), opt, start)
+        result = _train(RunContext(cfg, run_dir, task, parts, data, loader, ckpt, tokenizer), opt, start)
         result.train_rows, result.train_examples = data.train_report["rows_used"], len(data.train.ids)
         return result
     finally:
@@ -150,6 +157,7 @@ class RunContext:
     data: Splits
     loader: Loader
     ckpt: Checkpointer
+    tokenizer: Any
 
 
 def _load_splits(cfg: RunConfig, task: Task, tokenizer: Any, run_dir: str) -> Splits:
@@ -243,6 +251,7 @@ def _train(ctx: RunContext, opt: Optimization, start: int) -> FitResult:
         progress=progress,
         validation=ValidationHook(validator, mlog, progress.write) if validator is not None else None,
         checkpoint=CheckpointHook(ctx.ckpt),
+        probe=_label_probe_hook(ctx, mlog, progress),
     )
     hooks.register(trainer, cfg)
     try:
@@ -252,6 +261,13 @@ def _train(ctx: RunContext, opt: Optimization, start: int) -> FitResult:
         progress.close()
         mlog.close()
     return _kept(ctx, opt, validator)
+
+
+def _label_probe_hook(ctx: RunContext, mlog: MetricsLog, progress: ProgressHook) -> Optional[LabelProbeHook]:
+    probe = ctx.cfg.eval.label_probe
+    if not (probe.every and probe.prompts and ctx.data.val is not None):
+        return None
+    return LabelProbeHook(ctx.cfg, ctx.parts, ctx.tokenizer, mlog, progress.write)
 
 
 def _kept(ctx: RunContext, opt: Optimization, validator: Optional[Validator]) -> FitResult:

@@ -94,6 +94,8 @@ def check_model_path(cfg: RunConfig) -> None:
 def check_label_probe(cfg: RunConfig) -> None:
     """eval.label_probe's labels are checked before anything trains (config.py sits below the label code)."""
     probe = cfg.eval.label_probe
+    if probe.every < 0:
+        raise ConfigError(f"eval.label_probe.every must be >= 0 (0 = only the kept checkpoint), got {probe.every}")
     if not probe.prompts:
         return
     try:

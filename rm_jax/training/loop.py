@@ -65,7 +65,7 @@ class FitResult:
     train_rows: int
     train_examples: int
     val_enc: Optional[Encoded] = None
-    val: Optional[dict] = None  # validation_metrics of the kept checkpoint
+    val: Optional[dict] = None  # the task's validation metrics of the kept checkpoint
     val_pred: Optional[np.ndarray] = None  # its predictions [N, A]
     mesh: Any = None
 
@@ -78,6 +78,8 @@ def _restore_order(ckpt: Checkpointer, first: Optional[int]) -> list[int]:
 
 @dataclass
 class Splits:
+    """The encoded splits with their data_report.json entries."""
+
     train: Encoded
     train_report: dict
     val: Optional[Encoded]

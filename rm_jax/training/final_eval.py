@@ -12,28 +12,21 @@ from typing import Any
 import jax
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.config import RunConfig
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, resolve_source
 from rm_jax.data.sources import load_pairs
 from rm_jax.evaluation.evaluate import evaluate_rewardbench
-from rm_jax.evaluation.metrics import helpsteer_report
 from rm_jax.evaluation.predictions import rewardbench_records
 from rm_jax.runs.read import load_scoring_model
 from rm_jax.training.setup import build_mesh
+from rm_jax.training.tasks import task_for
 
 EVAL_FILE = "eval.json"
 
 
 def kept_checkpoint_report(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
-    result: dict[str, Any] = {"step": step, **val}
-    if cfg.task == "rm" and cfg.data.kind == "helpsteer":
-        n = len(cfg.model.attributes)
-        weights = {str(w): w for w in cfg.eval.reward_weights} if n == len(ATTRIBUTES) else {}
-        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
-        result.update(per_attribute=rep["per_attribute"], pairwise=rep["pairwise"])
-    return result
+    return {"step": step, **val, **task_for(cfg).eval_report(enc, pred)}
 
 
 def validation_records(enc: Encoded, pred: np.ndarray, attributes: list) -> list[dict]:

@@ -13,13 +13,14 @@ from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
-from rm_jax.core.attributes import resolve_reward_weights
+from rm_jax.core.attributes import ATTRIBUTES, resolve_reward_weights
 from rm_jax.core.config import LossConfig, RunConfig
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
 from rm_jax.data.sft import encode_sft
 from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
 from rm_jax.data.steer_groups import encode_groups, load_groups
 from rm_jax.engine.losses import pair_sums
+from rm_jax.evaluation.metrics import helpsteer_report
 from rm_jax.training.logs import log
 from rm_jax.training.validators import LossSums, ModelParts, RewardPredictions, Validator
 
@@ -101,6 +102,10 @@ class Task:
         """The stderr summary of the kept checkpoint's validation."""
         return f"kept checkpoint: step {step}, val_loss {val['val_loss']:.4f}"
 
+    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray]) -> dict:
+        """What eval.json adds for the kept checkpoint beyond its validation metrics."""
+        return {}
+
 
 class RegressionTask(Task):
     """A multi-attribute reward model on rated rows: masked, attribute-weighted MSE."""
@@ -117,6 +122,16 @@ class RegressionTask(Task):
 
     def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
         return RewardPredictions(self.cfg, parts, enc, self.metrics)
+
+    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray]) -> dict:
+        """HelpSteer2 rows: per-attribute MSE / Pearson / Spearman and pairwise accuracy under each of
+        ``eval.reward_weights`` (presets only apply to the five HelpSteer2 attributes)."""
+        cfg = self.cfg
+        if cfg.data.kind != "helpsteer":
+            return {}
+        weights = {str(w): w for w in cfg.eval.reward_weights} if len(cfg.model.attributes) == len(ATTRIBUTES) else {}
+        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
+        return {"per_attribute": rep["per_attribute"], "pairwise": rep["pairwise"]}
 
     def metrics(self, pred: np.ndarray, enc: Encoded) -> dict:
         """Validation loss (the training objective) and per-attribute MSE from predictions [N, A]."""

@@ -175,3 +175,17 @@ def test_regression_and_sft_read_the_same_rows_into_their_own_encodings(tmp_path
     assert enc.labels.shape == (len(enc.ids), 5) and len(enc.ids) == 11
     sft_enc, sft_rep = task_for(cfg_for("task=sft", *common)).load_split(str(path), "train", tok, subset=False)
     assert sft_rep["rows_used"] == 11 and sft_enc.response_start is not None and enc.response_start is None
+
+
+def test_eval_report_is_the_regression_tasks_own():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, size=(8, 5)).astype(np.float32)
+    enc = _enc(labels, np.ones((8, 5)))
+    enc.group = np.repeat(np.arange(4), 2)  # two responses per prompt: four pairs
+    pred = labels + rng.normal(0, 0.1, size=labels.shape).astype(np.float32)  # ranks every pair right
+    rep = task_for(cfg_for()).eval_report(enc, pred)
+    assert set(rep) == {"per_attribute", "pairwise"}
+    assert set(rep["per_attribute"]) == set(cfg_for().model.attributes)
+    assert set(rep["pairwise"]) == {str(w) for w in cfg_for().eval.reward_weights}
+    assert task_for(cfg_for("data.kind=pairs", "loss.type=bt")).eval_report(enc, pred) == {}
+    assert task_for(cfg_for("task=sft")).eval_report(enc, None) == {}

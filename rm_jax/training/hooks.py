@@ -2,7 +2,7 @@
 
 1. :class:`MetricsHook`    every ``train.log_every`` steps, the first step of a session and the last: one
                            metrics.jsonl record (+ TensorBoard, + W&B) of the step's metrics, throughput, MFU
-2. :class:`ProgressHook`   every step: the progress bar (its postfix from the record of step 1, if any)
+2. :class:`ProgressHook`   every step: the progress bar (its postfix from hook 1's record, when it wrote one)
 3. :class:`ValidationHook` every ``train.eval_every`` steps and the last: the task's validation metrics into
                            metrics.jsonl and ``step N: val_loss X`` on stderr; leaves ``val`` for step 4
 4. :class:`CheckpointHook` every ``checkpoint.every_steps`` steps, the last, and wherever step 3 validated
@@ -139,16 +139,14 @@ class LabelProbeHook:
         policy = Policy(p.dcfg, info.state["params"], self.tokenizer, self.cfg.data.template, p.mesh)
         out = probe_labels(self.cfg, policy, self.prompts)
         name = f"label_probe_{out['attribute']}"
-        tokens = {level: v["mean_response_tokens"] for level, v in out["levels"].items()}
-        rec = {}
+        rec: dict = {"step": info.step}
         for level, v in out["levels"].items():
             rec[f"{name}_{level}_tokens"] = v["mean_response_tokens"]
             rec[f"{name}_{level}_chars"] = v["mean_response_chars"]
-        self.mlog.write({"step": info.step, **rec, "label_probe_higher_level_longer": out["higher_level_longer"]})
-        self.say(
-            f"step {info.step}: label probe {out['attribute']} "
-            + ", ".join(f"{level}: {t:.1f} tokens" for level, t in tokens.items())
-        )
+        rec["label_probe_higher_level_longer"] = out["higher_level_longer"]
+        self.mlog.write(rec)
+        levels = ", ".join(f"{level}: {v['mean_response_tokens']:.1f} tokens" for level, v in out["levels"].items())
+        self.say(f"step {info.step}: label probe {out['attribute']} {levels}")
 
 
 @dataclass

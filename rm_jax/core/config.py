@@ -161,6 +161,7 @@ class LabelProbeConfig:
     max_new_tokens: Count = 96
     temperature: NonNegative = 0.0  # 0 = greedy
     seed: int = 0
+    every: int = 0  # > 0: also during training, every n steps and at the last, into metrics.jsonl
 
 
 @dataclass

@@ -13,30 +13,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.config import RunConfig
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, resolve_source
 from rm_jax.data.rewardbench2_sets import load_rewardbench2
 from rm_jax.data.sources import load_pairs
 from rm_jax.evaluation.evaluate import evaluate_rewardbench, evaluate_rewardbench2
-from rm_jax.evaluation.metrics import helpsteer_report
 from rm_jax.evaluation.predictions import rewardbench_records
 from rm_jax.evaluation.rewardbench2 import rewardbench2_records
 from rm_jax.evaluation.weights import default_weights
 from rm_jax.runs import layout
 from rm_jax.runs.read import load_scoring_model
 from rm_jax.training.setup import build_mesh
+from rm_jax.training.tasks import task_for
 
 
 def kept_checkpoint_report(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
-    result: dict[str, Any] = {"step": step, **val}
-    if cfg.task == "rm" and cfg.data.kind == "helpsteer":
-        n = len(cfg.model.attributes)
-        weights = {str(w): w for w in cfg.eval.reward_weights} if n == len(ATTRIBUTES) else {}
-        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
-        result.update(per_attribute=rep["per_attribute"], pairwise=rep["pairwise"])
-    return result
+    return {"step": step, **val, **task_for(cfg).eval_report(enc, pred)}
 
 
 def validation_records(enc: Encoded, pred: np.ndarray, attributes: list) -> list[dict]:
@@ -73,13 +66,26 @@ def label_probe(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     """Does the policy read its label? For held-out validation prompts, generate at each requested level
     of one attribute (the others from ``eval.label_probe.base``) and compare response lengths: on
     HelpSteer2 data verbosity is mostly length, so a policy that follows it writes longer at 4 than at 0."""
+    from rm_jax.policy import load_policy
+
+    prompts = probe_prompts(cfg)
+    return probe_labels(cfg, load_policy(run_dir, mesh=mesh), prompts)
+
+
+def probe_prompts(cfg: RunConfig) -> list:
+    """The label probe's held-out prompts (the first ``eval.label_probe.prompts`` of the validation split)."""
+    from rm_jax.steer.prompts import read_prompts
+
+    return read_prompts(cfg.data.validation, cfg.eval.label_probe.prompts, split=cfg.data.validation_split)
+
+
+def probe_labels(cfg: RunConfig, policy: Any, prompts: list) -> dict:
+    """:func:`label_probe` for a policy in memory (the kept checkpoint's, or the training state's)."""
     from rm_jax.data.conversation import attribute_label, parse_attribute_label
-    from rm_jax.policy import generate, load_policy
-    from rm_jax.steer.prompts import labelled, read_prompts
+    from rm_jax.policy import generate
+    from rm_jax.steer.prompts import labelled
 
     probe = cfg.eval.label_probe
-    prompts = read_prompts(cfg.data.validation, probe.prompts, split=cfg.data.validation_split)
-    policy = load_policy(run_dir, mesh=mesh)
     base = parse_attribute_label(probe.base) if probe.base else {}
     out: dict[str, Any] = {
         "attribute": probe.attribute,

@@ -14,7 +14,6 @@ from rm_jax.core.files import write_json
 from rm_jax.runs import layout
 
 logger = get_logger("training")
-log = logger.info  # the name training/loop.py calls it by
 
 
 class MetricsLog:

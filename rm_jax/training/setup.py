@@ -1,5 +1,5 @@
 """Everything a run builds before its first step: distributed init, the mesh, the model (from scratch,
-an HF folder or an earlier run), and the encoded data splits with their over-length and bad-row counts."""
+an HF folder or an earlier run). The data splits are read by the run's task (:mod:`rm_jax.training.tasks`)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,11 @@ import os
 from typing import Any, Optional
 
 import jax
-import numpy as np
 
 from rm_jax.core.config import RunConfig
 from rm_jax.core.errors import ConfigError, ConversationError
 from rm_jax.data.conversation import parse_attribute_label
-from rm_jax.data.pipeline import (
-    Encoded,
-    bundled_tokenizer_path,
-    encode_helpsteer,
-    encode_pairs,
-    resolve_source,
-    subset_prompts,
-)
-from rm_jax.data.sft import encode_sft
-from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
-from rm_jax.data.steer_groups import encode_groups, load_groups
+from rm_jax.data.pipeline import bundled_tokenizer_path
 from rm_jax.models import init_params
 from rm_jax.models.hf_io import (
     LoadedModel,
@@ -105,6 +94,8 @@ def check_model_path(cfg: RunConfig) -> None:
 def check_label_probe(cfg: RunConfig) -> None:
     """eval.label_probe's labels are checked before anything trains (config.py sits below the label code)."""
     probe = cfg.eval.label_probe
+    if probe.every < 0:
+        raise ConfigError(f"eval.label_probe.every must be >= 0 (0 = only the kept checkpoint), got {probe.every}")
     if not probe.prompts:
         return
     try:
@@ -182,61 +173,3 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
         return lm.cfg, lm.params, lm.hf_config
     dcfg = scratch_config(cfg, len(tokenizer))
     return dcfg, init_params(dcfg, mesh, cfg.model.seed), None
-
-
-def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any, subset: bool) -> tuple[Encoded, dict]:
-    src = resolve_source(source)
-    d = cfg.data
-    if cfg.task == "steerlm2":
-        groups = load_groups(src)  # NeMo-Aligner's SteerLM 2.0 format; errors name file, row and field
-        if subset and (d.fraction < 1 or d.max_prompts is not None):
-            k = d.max_prompts if d.max_prompts is not None else max(1, round(d.fraction * len(groups)))
-            keep = np.sort(np.random.default_rng(d.subset_seed).permutation(len(groups))[:k])
-            groups = [groups[i] for i in keep]
-        enc = encode_groups(groups, tokenizer, d.seq_len, d.template, d.overlength)
-        report = {
-            "source": source,
-            "split": split,
-            "rows_read": len(groups),
-            "rows_skipped": 0,
-            "rows_used": len(groups),
-            "truncated": enc.report.truncated,
-            "dropped_overlength": enc.report.dropped,
-            "examples": len(enc.ids),
-            "skipped": [],
-        }
-        return enc, report
-    if d.kind == "pairs":
-        res = load_pairs(src, split, on_bad_row=d.on_bad_row)
-    elif d.kind == "chat":
-        res = load_chat(src, split, on_bad_row=d.on_bad_row)
-    else:
-        res = load_helpsteer(src, split, on_bad_row=d.on_bad_row)
-    rows = res.rows
-    if subset and (d.fraction < 1 or d.max_prompts is not None):
-        rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
-    if cfg.task == "sft":
-        enc = encode_sft(rows, tokenizer, d.seq_len, d.template, d.overlength, d.attributes_as_label)
-    elif d.kind == "pairs":
-        enc = encode_pairs(rows, tokenizer, d.seq_len, d.template, d.overlength, len(cfg.model.attributes))
-    else:
-        enc = encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, cfg.model.attributes)
-    report = {
-        "source": source,
-        "split": split,
-        "rows_read": len(res.rows) + len(res.skipped),
-        "rows_skipped": len(res.skipped),
-        "rows_used": len(rows),
-        "truncated": enc.report.truncated,
-        "dropped_overlength": enc.report.dropped,
-        "examples": len(enc.ids),
-        "skipped": [list(s) for s in res.skipped[:100]],
-    }
-    if res.skipped:
-        logger.info(f"{source} [{split}]: skipped {len(res.skipped)} bad rows (first: {res.skipped[0]})")
-    if enc.report.truncated or enc.report.dropped:
-        logger.info(
-            f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} truncated, "
-            f"{enc.report.dropped} dropped (seq_len {d.seq_len})"
-        )
-    return enc, report

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rm_jax.core.config import load_config
+from rm_jax.core.errors import ConfigError
 from rm_jax.engine.train_step import create_state, make_optimizer
 from rm_jax.models import init_params
 from rm_jax.models.sharding import make_mesh
@@ -116,3 +117,89 @@ def test_bad_config_fails_before_compiling(tmp_path, override, message, monkeypa
     with pytest.raises(Exception) as e:
         train(cfg_for(tmp_path, *override))
     assert message in str(e.value)
+
+
+def test_hooks_fire_at_their_steps_on_a_real_run_and_after_a_resume(tmp_path, data_files):
+    """log_every=3, eval_every=4, checkpoint.every_steps=3 over 7 steps; then the run is cut back to its
+    step-4 checkpoint (as after a pre-emption) and run again."""
+    run_dir = tmp_path / "run"
+    cfg = cfg_for(
+        run_dir,
+        "train.max_steps=7",
+        "train.log_every=3",
+        "train.eval_every=4",
+        "checkpoint.every_steps=3",
+        "checkpoint.keep_latest=10",
+        "mesh.num_devices=1",
+        "mesh.data=1",
+        f"data.train={data_files['train']}",
+        f"data.validation={data_files['validation']}",
+    )
+
+    def records():
+        with open(run_dir / "metrics.jsonl") as f:
+            recs = [json.loads(x) for x in f]
+        train_steps = [r["step"] for r in recs if "loss" in r]
+        val_steps = [r["step"] for r in recs if "val_loss" in r]
+        return recs, train_steps, val_steps
+
+    train(cfg)
+    first, train_steps, val_steps = records()
+    assert train_steps == [1, 3, 6, 7] and val_steps == [4, 7]
+    assert sorted(int(s) for s in os.listdir(run_dir / "checkpoints")) == [3, 4, 6, 7]
+    assert first[0]["step"] == 0 and "attention_kernel" in first[0]
+
+    for step in ("6", "7"):
+        __import__("shutil").rmtree(run_dir / "checkpoints" / step)
+    os.remove(run_dir / "DONE")
+    train(cfg)
+    again, train_steps, val_steps = records()
+    assert train_steps == [1, 3, 5, 6, 7] and val_steps == [4, 7]  # step 5: the first step after the resume
+    assert sorted(int(s) for s in os.listdir(run_dir / "checkpoints")) == [3, 4, 6, 7]
+    before = {r["step"]: r for r in first if "loss" in r or "val_loss" in r}
+    for r in again:
+        if r["step"] in (6, 7) and ("loss" in r or "val_loss" in r):
+            key = "loss" if "loss" in r else "val_loss"
+            same = [b for b in first if b["step"] == r["step"] and key in b][0]
+            assert r[key] == pytest.approx(same[key], rel=1e-6), (r, same)
+    assert before[1] == [r for r in again if r["step"] == 1][0]  # lines up to the resumed step are kept as written
+
+
+def test_label_probe_hook_runs_every_n_steps_and_matches_the_kept_checkpoint_probe(tmp_path, data_files, capsys):
+    """eval.label_probe.every=2 on a 4-step SFT run: probe records at steps 2 and 4; the one at step 4 (the
+    training state) equals eval.json's probe of the kept checkpoint (the same parameters, reloaded)."""
+    run = train(
+        cfg_for(
+            tmp_path,
+            "task=sft",
+            "data.attributes_as_label=true",
+            "train.max_steps=4",
+            "mesh.num_devices=1",
+            "mesh.data=1",
+            f"data.train={data_files['train']}",
+            f"data.validation={data_files['validation']}",
+            "eval.label_probe.prompts=2",
+            "eval.label_probe.max_new_tokens=6",
+            "eval.label_probe.temperature=0",
+            "eval.label_probe.every=2",
+        )
+    )
+    recs = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+    probes = [r for r in recs if "label_probe_higher_level_longer" in r]
+    assert [r["step"] for r in probes] == [2, 4]
+    ev = json.load(open(os.path.join(run, "eval.json")))
+    assert ev["step"] == 4
+    for level in ("0", "4"):
+        for what in ("tokens", "chars"):
+            got = probes[-1][f"label_probe_verbosity_{level}_{what}"]
+            assert got == ev["label_probe"]["levels"][level][f"mean_response_{what}"], (level, what)
+    # The probe reads the current parameters: step 2's answers differ from step 4's.
+    assert any(probes[0][k] != probes[1][k] for k in probes[0] if k.endswith("_chars"))
+    assert probes[-1]["label_probe_higher_level_longer"] == ev["label_probe"]["higher_level_longer"]
+    err = capsys.readouterr().err
+    assert "step 2: label probe verbosity 0: " in err and "step 4: label probe verbosity 0: " in err
+
+
+def test_label_probe_every_must_not_be_negative(tmp_path):
+    with pytest.raises(ConfigError, match="eval.label_probe.every must be >= 0"):
+        train(cfg_for(tmp_path, "task=sft", "eval.label_probe.prompts=2", "eval.label_probe.every=-1"))

@@ -1,0 +1,253 @@
+"""What a run trains, as an object: regression (``rm``), preference ``pairs``, ``sft`` and ``steerlm2``.
+
+A :class:`Task` knows how its splits are read and encoded, the loss config its step gets, how the step's
+metrics dict becomes a metrics.jsonl record, how its validation split is scored, and how that is
+summarised on stderr. :func:`task_for` picks one from the config; the loop (:mod:`rm_jax.training.loop`)
+holds a task and never looks at task names or metric keys itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar, Optional
+
+import numpy as np
+
+from rm_jax.core.attributes import ATTRIBUTES, resolve_reward_weights
+from rm_jax.core.config import LossConfig, RunConfig
+from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
+from rm_jax.data.sft import encode_sft
+from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
+from rm_jax.data.steer_groups import encode_groups, load_groups
+from rm_jax.engine.losses import pair_sums
+from rm_jax.evaluation.metrics import helpsteer_report
+from rm_jax.training.logs import logger
+from rm_jax.training.validators import LossSums, ModelParts, RewardPredictions, Validator
+
+# Keys of the step's metrics dict the loop reads itself (the record's first fields, the token counts, the
+# finite check); every other key is the task's to format (or logged under its own name).
+LOOP_KEYS = ("loss", "lr", "grad_norm", "ok", "real_tokens")
+
+MetricFormat = Callable[[Any], dict]
+
+
+def plain_metric(key: str, value: Any) -> dict:
+    """A step metric no task formats: a number under its own name (an int for integer dtypes), or a list."""
+    a = np.asarray(value)
+    if a.ndim:
+        return {key: a.tolist()}
+    return {key: int(a) if a.dtype.kind in "iub" else float(a)}
+
+
+class Task:
+    """The base: reads rows by ``data.kind`` and reports them; subclasses set :attr:`name`, encode rows,
+    validate and may format step metrics (:attr:`formats`: step key -> function of its value)."""
+
+    name: ClassVar[str] = ""
+    formats: ClassVar[dict[str, str]] = {}  # step key -> name of the method formatting it
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    @property
+    def loss(self) -> LossConfig:
+        """The loss config the jitted step is built with."""
+        return self.cfg.loss
+
+    # ------------------------------------------------------------------ data
+
+    def encode(self, rows: list, tokenizer: Any) -> Encoded:
+        raise NotImplementedError
+
+    def load_split(self, source: Optional[str], split: str, tokenizer: Any, subset: bool) -> tuple[Encoded, dict]:
+        """One split, encoded, with its report (rows read, skipped, truncated, dropped)."""
+        d = self.cfg.data
+        src = resolve_source(source)
+        loader = {"pairs": load_pairs, "chat": load_chat}.get(d.kind, load_helpsteer)
+        res = loader(src, split, on_bad_row=d.on_bad_row)
+        rows = res.rows
+        if subset and (d.fraction < 1 or d.max_prompts is not None):
+            rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
+        enc = self.encode(rows, tokenizer)
+        report = split_report(source, split, len(res.rows) + len(res.skipped), len(rows), enc)
+        report["rows_skipped"] = len(res.skipped)
+        report["skipped"] = [list(s) for s in res.skipped[:100]]
+        if res.skipped:
+            logger.info(f"{source} [{split}]: skipped {len(res.skipped)} bad rows (first: {res.skipped[0]})")
+        if enc.report.truncated or enc.report.dropped:
+            logger.info(
+                f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} truncated, "
+                f"{enc.report.dropped} dropped (seq_len {d.seq_len})"
+            )
+        return enc, report
+
+    # ------------------------------------------------------------------ metrics
+
+    def train_metrics(self, metrics: dict) -> dict:
+        """The step's own metrics for a metrics.jsonl record: every key the step returned beyond the loop's,
+        formatted by the task where it has a format, else under its own name."""
+        out: dict = {}
+        for key, value in metrics.items():
+            if key in LOOP_KEYS:
+                continue
+            fmt = self.formats.get(key)
+            out.update(getattr(self, fmt)(value) if fmt else plain_metric(key, value))
+        return out
+
+    def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
+        """Scores the validation split for given parameters: (metrics with ``val_loss``, predictions or None)."""
+        raise NotImplementedError
+
+    def kept_line(self, step: int, val: dict) -> str:
+        """The stderr summary of the kept checkpoint's validation."""
+        return f"kept checkpoint: step {step}, val_loss {val['val_loss']:.4f}"
+
+    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray]) -> dict:
+        """What eval.json adds for the kept checkpoint beyond its validation metrics."""
+        return {}
+
+
+class RegressionTask(Task):
+    """A multi-attribute reward model on rated rows: masked, attribute-weighted MSE."""
+
+    name = "rm"
+    formats = {"attr_mse": "_attr_mse"}
+
+    def encode(self, rows: list, tokenizer: Any) -> Encoded:
+        d = self.cfg.data
+        return encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, self.cfg.model.attributes)
+
+    def _attr_mse(self, value: Any) -> dict:
+        return {f"train_mse_{a}": float(v) for a, v in zip(self.cfg.model.attributes, value)}
+
+    def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
+        return RewardPredictions(self.cfg, parts, enc, self.metrics)
+
+    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray]) -> dict:
+        """HelpSteer2 rows: per-attribute MSE / Pearson / Spearman and pairwise accuracy under each of
+        ``eval.reward_weights`` (presets only apply to the five HelpSteer2 attributes)."""
+        cfg = self.cfg
+        if cfg.data.kind != "helpsteer":
+            return {}
+        weights = {str(w): w for w in cfg.eval.reward_weights} if len(cfg.model.attributes) == len(ATTRIBUTES) else {}
+        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
+        return {"per_attribute": rep["per_attribute"], "pairwise": rep["pairwise"]}
+
+    def metrics(self, pred: np.ndarray, enc: Encoded) -> dict:
+        """Validation loss (the training objective) and per-attribute MSE from predictions [N, A]."""
+        w = np.asarray(self.cfg.loss.attribute_weights, np.float64)
+        err = (pred - enc.labels) ** 2 * enc.label_mask
+        out: dict[str, Any] = {"val_loss": float((err * w).sum() / max((enc.label_mask * w).sum(), 1e-9))}
+        for a, name in enumerate(self.cfg.model.attributes):
+            n = enc.label_mask[:, a].sum()
+            out[f"val_mse_{name}"] = float(err[:, a].sum() / n) if n else None
+        return out
+
+
+class PairsTask(RegressionTask):
+    """A reward model on preference pairs (``data.kind: pairs``): a Bradley-Terry-family loss on the reward."""
+
+    name = "pairs"
+    formats = {"pair_accuracy": "_pair_accuracy"}
+
+    def encode(self, rows: list, tokenizer: Any) -> Encoded:
+        d = self.cfg.data
+        return encode_pairs(rows, tokenizer, d.seq_len, d.template, d.overlength, len(self.cfg.model.attributes))
+
+    def _pair_accuracy(self, value: Any) -> dict:
+        return {"train_pair_accuracy": float(value)}
+
+    def metrics(self, pred: np.ndarray, enc: Encoded) -> dict:
+        """The training objective itself (rm_jax.engine.losses), on the whole split as one "row"."""
+        n = len(enc.units)
+        pairs = {
+            "pair_chosen": np.arange(0, 2 * n, 2),
+            "pair_rejected": np.arange(1, 2 * n, 2),
+            "pair_mask": np.ones(n, np.float32),
+            "pair_strength": enc.strength,
+        }
+        loss = self.cfg.loss
+        w = resolve_reward_weights(loss.reward_weights, pred.shape[1]).astype(np.float32)
+        sums = pair_sums(pred[None], pairs, w, loss.type, loss.centering)
+        return {
+            "val_loss": float(sums["num"] / sums["den"]) if n else float("nan"),
+            "val_pair_accuracy": float(sums["correct"] / sums["den"]) if n else float("nan"),
+        }
+
+
+class SftTask(Task):
+    """A causal LM: response-only next-token loss (SteerLM SFT with ``data.attributes_as_label``)."""
+
+    name = "sft"
+    formats = {"loss_tokens": "_loss_tokens"}
+
+    def encode(self, rows: list, tokenizer: Any) -> Encoded:
+        d = self.cfg.data
+        return encode_sft(rows, tokenizer, d.seq_len, d.template, d.overlength, d.attributes_as_label)
+
+    def _loss_tokens(self, value: Any) -> dict:
+        return {"loss_tokens": int(value)}
+
+    def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
+        return LossSums(self.cfg, parts, enc, self.metrics)
+
+    def metrics(self, total: dict) -> dict:
+        loss = _ratio(total)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0)), "val_tokens": int(total["den"])}
+
+    def kept_line(self, step: int, val: dict) -> str:
+        return super().kept_line(step, val) + f", perplexity {val['val_perplexity']:.2f}"
+
+
+class SteerLM2Task(Task):
+    """SteerLM 2.0 on NeMo-Aligner-format groups: the importance-weighted group loss and KL(w || b)."""
+
+    name = "steerlm2"
+
+    def load_split(self, source: Optional[str], split: str, tokenizer: Any, subset: bool) -> tuple[Encoded, dict]:
+        d = self.cfg.data
+        groups = load_groups(resolve_source(source))  # errors name file, row and field
+        if subset and (d.fraction < 1 or d.max_prompts is not None):
+            k = d.max_prompts if d.max_prompts is not None else max(1, round(d.fraction * len(groups)))
+            keep = np.sort(np.random.default_rng(d.subset_seed).permutation(len(groups))[:k])
+            groups = [groups[i] for i in keep]
+        enc = encode_groups(groups, tokenizer, d.seq_len, d.template, d.overlength)
+        return enc, split_report(source, split, len(groups), len(groups), enc)
+
+    def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
+        return LossSums(self.cfg, parts, enc, self.metrics)
+
+    def metrics(self, total: dict) -> dict:
+        return {
+            "val_loss": _ratio(total),
+            "val_kl_w_b": total["kl_sum"] / max(total["groups"], 1.0),
+            "val_groups": int(total["groups"]),
+        }
+
+
+def task_for(cfg: RunConfig) -> Task:
+    """The task a config trains: ``task`` (rm, sft, steerlm2), an ``rm`` on ``data.kind: pairs`` being pairs."""
+    if cfg.task == "steerlm2":
+        return SteerLM2Task(cfg)
+    if cfg.task == "sft":
+        return SftTask(cfg)
+    return PairsTask(cfg) if cfg.data.kind == "pairs" else RegressionTask(cfg)
+
+
+def split_report(source: Optional[str], split: str, rows_read: int, rows_used: int, enc: Encoded) -> dict:
+    """data_report.json's entry for one split (key order as written)."""
+    return {
+        "source": source,
+        "split": split,
+        "rows_read": rows_read,
+        "rows_skipped": 0,
+        "rows_used": rows_used,
+        "truncated": enc.report.truncated,
+        "dropped_overlength": enc.report.dropped,
+        "examples": len(enc.ids),
+        "skipped": [],
+    }
+
+
+def _ratio(total: dict) -> float:
+    return total["num"] / total["den"] if total.get("den") else float("nan")

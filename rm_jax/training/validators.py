@@ -1,0 +1,73 @@
+"""How a validation split is scored for given parameters, before a task turns the result into metrics:
+a reward model's predictions [N, A] (:class:`RewardPredictions`) or a causal LM's summed training
+objective over fixed-shape batches (:class:`LossSums`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol
+
+import jax
+import numpy as np
+
+from rm_jax.core.config import RunConfig
+from rm_jax.data.pipeline import Encoded, eval_batches
+from rm_jax.engine.scoring import Scorer
+from rm_jax.engine.train_step import batch_shardings, make_eval_sums_fn, put_batch
+from rm_jax.models.sharding import replicated
+
+
+@dataclass
+class ModelParts:
+    """The model a run trains, as validation and the step need it."""
+
+    dcfg: Any  # DecoderConfig
+    mesh: Any
+    pad_id: int
+    kernel: str  # the attention kernel in use
+
+
+class Validator(Protocol):
+    def __call__(self, params: Any) -> tuple[dict, Optional[np.ndarray]]: ...
+
+
+class RewardPredictions:
+    """Predictions of the whole split by a reward model, then ``metrics(pred, enc)``."""
+
+    def __init__(self, cfg: RunConfig, parts: ModelParts, enc: Encoded, metrics: Callable[[np.ndarray, Encoded], dict]):
+        self.cfg, self.enc, self.metrics = cfg, enc, metrics
+        self.scorer = Scorer(parts.dcfg, None, parts.mesh, parts.pad_id)
+
+    def __call__(self, params: Any) -> tuple[dict, Optional[np.ndarray]]:
+        d, rows = self.cfg.data, self.cfg.train.eval_rows
+        self.scorer.params = params
+        pred = self.scorer.predict(
+            self.enc.ids, d.seq_len, rows, d.max_segments, d.packing, progress=False, desc="validation"
+        )
+        return self.metrics(pred, self.enc), pred
+
+
+class LossSums:
+    """A causal LM's training objective summed over the whole split, then ``metrics(sums)``. One compiled
+    function for the split's fixed-shape batches; no predictions."""
+
+    def __init__(self, cfg: RunConfig, parts: ModelParts, enc: Encoded, metrics: Callable[[dict], dict]):
+        d = cfg.data
+        self.batches = [
+            {k: v for k, v in b.items() if k != "example_index"}
+            for b in eval_batches(enc, d.seq_len, d.max_segments, cfg.train.eval_rows, parts.pad_id, d.packing)
+        ]
+        self.mesh, self.shardings, self.metrics = parts.mesh, None, metrics
+        self.fn = jax.jit(
+            make_eval_sums_fn(parts.dcfg, cfg.loss, d.max_segments if d.packing else 1, parts.mesh),
+            out_shardings=replicated(parts.mesh),
+        )
+
+    def __call__(self, params: Any) -> tuple[dict, Optional[np.ndarray]]:
+        total: dict[str, float] = {}
+        for b in self.batches:
+            if self.shardings is None:
+                self.shardings = batch_shardings(self.mesh, b, accum=False)
+            for k, v in jax.device_get(self.fn(params, put_batch(b, self.shardings))).items():
+                total[k] = total.get(k, 0.0) + float(v)
+        return self.metrics(total), None

@@ -28,7 +28,7 @@ def test_the_modules_log_through_their_package_logger(capfd):
     from rm_jax.sweeps import runner
     from rm_jax.training import logs
 
-    logs.log("from training")
+    logs.logger.info("from training")
     runner.logger.info("from sweeps")
     read.logger.info("from runs")
     assert capfd.readouterr().err == "[rm_jax] from training\n[sweep] from sweeps\n[rm_jax] from runs\n"

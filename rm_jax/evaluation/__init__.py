@@ -1,7 +1,11 @@
-"""Evaluation of reward models: from predictions to metrics, prediction files and reports.
+"""evaluation: reward models judged — from predictions to metrics, prediction files and reports.
 
 Modules along the data flow: :mod:`.evaluate` (rows -> predictions -> results; ``rm-jax eval`` as a
-library), :mod:`.metrics` and :mod:`.rewardbench` (metrics from predictions alone), :mod:`.weights`
-(reward weightings), :mod:`.predictions` (prediction files), :mod:`.reports` (readable tables) and
-:mod:`.run_eval` (the evaluation a training run writes for its kept checkpoint).
+library), :mod:`.metrics`, :mod:`.rewardbench` and :mod:`.rewardbench2` (metrics from predictions alone:
+per-attribute, pairwise, RewardBench sections, RewardBench 2 best-of-N and Ties), :mod:`.weights` (reward
+weightings), :mod:`.weight_fit` (attribute weights fitted from preferences, ``rm-jax weights fit``),
+:mod:`.predictions` (prediction files) and :mod:`.report_text` (readable tables). The evaluation a training
+run writes for its kept checkpoint is rm_jax.training.final_eval.
+
+Imports: core, data, models, engine, runs.
 """

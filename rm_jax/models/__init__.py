@@ -1,5 +1,11 @@
-"""Model registry: the Llama-family decoder with a reward head or a language-model head
-(``DecoderConfig.head``), created already sharded."""
+"""models: the Llama-family decoder with a reward head or a language-model head (:mod:`.llama`, one file
+for Llama / Mistral / Qwen2 / Qwen3), its attention kernels (:mod:`.attention`, :mod:`.cudnn`,
+:mod:`.splash`), matmul precision (:mod:`.precision`), the mesh and its one logical-axis rules table
+(:mod:`.sharding`) and Hugging Face folders in and out (:mod:`.hf_io`). This module is the registry:
+parameters created already sharded.
+
+Imports: core, data.
+"""
 
 from __future__ import annotations
 

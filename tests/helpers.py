@@ -300,3 +300,48 @@ def fake_train(cfg):
         )
     Path(rd, "DONE").write_text("{}\n")
     return rd
+
+
+# ---- chat templates that write text after their end-of-turn token (response-end tests)
+
+END_TEMPLATE = (  # Phi-style: the turn ends with <|end|> (the tokenizer's EOS), then a newline
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CHATML_TEMPLATE = (  # Qwen's: the turn ends with <|im_end|>, then a newline; the EOS stays </s>
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_hf_causal_lm_with_template(
+    family: str, out_dir: str, template: str, special: list[str], eos: str | None = None, seed: int = 0
+):
+    """A tiny random ``*ForCausalLM`` folder with the bundled tokenizer plus ``special`` tokens, ``template`` as
+    its chat template and (optionally) ``eos`` as its EOS: (model, tokenizer)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = bundled_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": list(special)})
+    if eos is not None:
+        tok.eos_token = eos
+    tok.chat_template = template
+    spec = dict(FAMILIES[family])
+    model_type = spec.pop("model_type")
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        attn_implementation="eager",
+        **spec,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.normal_(0, 0.3)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return model, tok

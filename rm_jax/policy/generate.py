@@ -36,7 +36,7 @@ class Generation:
     """What :func:`generate` returns with ``return_tokens=True``; each field is [conversation][sample]."""
 
     texts: list[list[str]]  # response texts (the template's end-of-turn removed)
-    tokens: list[list[np.ndarray]]  # the generated ids, through EOS when it was emitted
+    tokens: list[list[np.ndarray]]  # the generated ids, through the end-of-turn token when it was emitted
     finished: list[list[bool]]  # EOS emitted within max_new_tokens
 
     @property
@@ -93,7 +93,8 @@ def _program(
     policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float, greedy: bool
 ) -> Any:
     """The jitted prefill + decode loop for one batch shape."""
-    key = ("generate", rows, prompt_len, max_new, temperature, top_p, greedy)
+    stops = tuple(end_of_turn_ids(policy.tokenizer, policy.template))  # the template decides where a turn ends
+    key = ("generate", rows, prompt_len, max_new, temperature, top_p, greedy, stops)
     return program(
         policy, key, lambda: jax.jit(_decode_loop(policy, rows, prompt_len, max_new, temperature, top_p, greedy))
     )
@@ -104,7 +105,7 @@ def _decode_loop(
 ) -> Any:
     cfg, mesh = policy.cfg, policy.mesh
     model = CausalLM(cfg)
-    eos = jnp.asarray(end_of_turn_ids(policy.tokenizer), jnp.int32)
+    eos = jnp.asarray(end_of_turn_ids(policy.tokenizer, policy.template), jnp.int32)
     pad = policy.pad_id
 
     def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, keys: jax.Array) -> tuple:
@@ -179,7 +180,7 @@ def generate_tokens(
                 f"the model's {limit} positions"
             )
     base = jax.random.key(seed)
-    eos = set(end_of_turn_ids(policy.tokenizer))
+    eos = set(end_of_turn_ids(policy.tokenizer, policy.template))
     rows = min(batch_size, len(seqs))  # one batch shape per call: the last batch is filled with repeats
     with tqdm(total=len(seqs), desc="generate", unit="seq", disable=not progress, leave=False) as bar:
         for start in range(0, len(seqs), rows):

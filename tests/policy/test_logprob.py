@@ -90,3 +90,53 @@ def test_label_as_a_system_message_and_a_long_response(lm):
     assert count[0] > 300 and "Be brief.\nverbosity:1" in tok.decode(ids[1])
     for i in range(2):
         assert lp[i] == pytest.approx(_torch_logprob(model, ids[i], starts[i]), abs=1e-4)
+
+
+@pytest.fixture(scope="module", params=["end", "chatml"])
+def templated_lm(request, tmp_path_factory):
+    """A tiny llama whose template writes a newline after its end-of-turn token: ``<|end|>\\n`` (the EOS) or
+    ChatML's ``<|im_end|>\\n`` (the EOS stays ``</s>``)."""
+    from tests.helpers import CHATML_TEMPLATE, END_TEMPLATE, make_hf_causal_lm_with_template
+
+    d = str(tmp_path_factory.mktemp(f"lm_{request.param}"))
+    if request.param == "end":
+        model, tok = make_hf_causal_lm_with_template(
+            "llama", d, END_TEMPLATE, ["<|end|>", "<|user|>", "<|assistant|>"], eos="<|end|>", seed=3
+        )
+        return d, model, tok, "<|end|>"
+    model, tok = make_hf_causal_lm_with_template("llama", d, CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], seed=3)
+    return d, model, tok, "<|im_end|>"
+
+
+def test_lm_logprob_counts_the_response_through_its_end_of_turn_and_nothing_after(templated_lm):
+    """``rm-jax lm logprob`` rows: response_tokens are the response's tokens plus the template's end-of-turn
+    token (not the newline after it, not a second EOS), and logprob is transformers' sum over exactly those."""
+    from rm_jax.policy import logprob_rows
+
+    d, model, tok, end = templated_lm
+    rows = [
+        {"prompt": "hello", "response": "hi! how can I help?"},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
+    out = logprob_rows(load_policy(d), rows, progress=False)
+    for row, r in zip(out, rows):
+        text = r.get("response") or r["messages"][-1]["content"]
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": r.get("prompt") or r["messages"][0]["content"]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        ids = np.asarray(tok(prompt + text + end, add_special_tokens=False)["input_ids"])
+        start = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        assert row["response_tokens"] == len(ids) - start == len(tok(text, add_special_tokens=False)["input_ids"]) + 1
+        assert row["logprob"] == pytest.approx(_torch_logprob(model, ids, start), abs=1e-4)
+    ids, starts = encode_responses(tok, [row_to_messages(rows[0])])
+    assert tok.convert_ids_to_tokens(ids[0][starts[0] :].tolist())[-2:] == ["?", end]
+
+
+def test_a_response_holding_the_end_of_turn_token_is_refused(templated_lm):
+    from rm_jax.core.errors import ConversationError
+
+    _, _, tok, end = templated_lm
+    with pytest.raises(ConversationError, match=r"conv 1: the response contains the end-of-turn token"):
+        encode_responses(tok, [row_to_messages({"prompt": "q", "response": f"a{end} b"})], locations=["conv 1"])

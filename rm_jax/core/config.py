@@ -89,6 +89,9 @@ class LossConfig:
     attribute_weights: list = field(default_factory=lambda: [1.0] * len(ATTRIBUTES))
     reward_weights: Any = "helpfulness-only"  # pair losses: which combination of attributes is the reward
     centering: float = 0.0  # pair losses: coefficient of the (r_chosen + r_rejected)^2 term
+    # task steerlm2: group_mean_length (NeMo-Aligner: each group's loss / its own mean response length, averaged
+    # over groups) | batch_mean_length (the step's summed loss / the sum of the groups' mean lengths)
+    steerlm2_normalisation: str = "group_mean_length"
 
 
 @dataclass
@@ -175,6 +178,7 @@ CHOICES = {
     "data.on_bad_row": ("error", "skip"),
     "train.schedule": ("constant", "cosine", "linear"),
     "loss.type": ("mse", "bt", "margin_bt", "scaled_bt"),
+    "loss.steerlm2_normalisation": ("group_mean_length", "batch_mean_length"),
 }
 
 

@@ -92,6 +92,15 @@ def main(argv: Sequence[str]) -> int:
             f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
             f"{rep['log_p_y_given_x']}" + (f"; skipped {', '.join(what)}" if what else "")
         )
+        if rep["sampling"] is None:
+            print(
+                "note: the samples record no sampling settings; log Q' is the policy's own distribution "
+                "(temperature 1, top-p 1)",
+                file=sys.stderr,
+            )
+        else:
+            used = ", ".join(f"temperature {s['temperature']} top-p {s['top_p']}" for s in rep["sampling"])
+            print(f"log Q' under the sampling distribution: {used}")
         if rep["unfinished"]:
             print(
                 f"note: {rep['unfinished']} labelled responses were cut off at max_new_tokens; their log-probs "

@@ -68,6 +68,31 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: f
     return jax.vmap(jax.random.categorical)(key, logits).astype(jnp.int32)
 
 
+def sampling_logprob(logits: jax.Array, targets: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """[N] log-probabilities of ``targets`` [N] under the distribution :func:`sample_token` draws from with
+    logits [N, V] (not greedy): softmax(logits / temperature), restricted to the ``top_p`` nucleus exactly as
+    the sampler defines it, renormalised. A target outside the nucleus gets -inf (the sampler never draws it)."""
+    z = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        z = jnp.where(_in_nucleus(jax.nn.softmax(z, axis=-1), top_p), z, -jnp.inf)
+    return jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(z, axis=-1)
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "seed", "max_new_tokens")
+
+
+def sampling_record(temperature: float, top_p: float, seed: int, max_new_tokens: int, greedy: bool = False) -> dict:
+    """The settings a sample was drawn with, as rows and reports record them (temperature 0 = greedy), so that
+    ``rm-jax steer label`` can score log Q' under the same distribution."""
+    greedy = greedy or temperature == 0
+    return {
+        "temperature": 0.0 if greedy else float(temperature),
+        "top_p": 1.0 if greedy else float(top_p),
+        "seed": int(seed),
+        "max_new_tokens": int(max_new_tokens),
+    }
+
+
 def _in_nucleus(probs: jax.Array, top_p: float) -> jax.Array:
     """[B, V] bool: ``probs >= c`` per row, c the largest value with ``sum(probs[probs >= c]) >= top_p``;
     that set is the nucleus (the k most likely tokens, k the fewest that reach ``top_p``, plus ties with the k-th).

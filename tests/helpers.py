@@ -345,3 +345,35 @@ def make_hf_causal_lm_with_template(
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     return model, tok
+
+
+def make_hf_causal_lm_that_ends_turns(out_dir: str, seed: int = 1):
+    """A tiny random llama with the ``<|end|>`` template (its turn ends with the EOS ``<|end|>``, so re-encoding
+    a sample gives back the tokens the policy emitted) that ends its turn within a few tokens when sampled at
+    temperature 0.5 (a random model almost never emits EOS): the EOS row of its LM head points along the mean
+    final hidden state of its own samples, scaled to 3/4 of a typical top logit. (model, tokenizer)."""
+    import torch
+
+    from rm_jax.data.conversation import encode_prompts
+    from rm_jax.policy import generate, load_policy
+
+    model, tok = make_hf_causal_lm_with_template(
+        "llama", out_dir, END_TEMPLATE, ["<|end|>", "<|user|>", "<|assistant|>"], eos="<|end|>", seed=seed
+    )
+    prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "What is 2 plus 2?"}]]
+    gen = generate(load_policy(out_dir), prompts, n=4, temperature=0.5, top_p=0.8, max_new_tokens=16, seed=7,
+                   return_tokens=True)  # fmt: skip
+    hidden, top = [], []
+    with torch.no_grad():
+        for p, toks in zip(encode_prompts(tok, prompts), gen.tokens):
+            for t in toks:
+                out = model(torch.as_tensor(np.concatenate([p, t])[None].astype(np.int64)), output_hidden_states=True)
+                hidden.append(out.hidden_states[-1][0, len(p) :])
+                top.append(out.logits[0, len(p) :].max(-1).values)
+        h, mx = torch.cat(hidden), torch.cat(top)
+        u = h.mean(0) / h.mean(0).norm()
+        proj = h @ u
+        scale = torch.median(mx[proj > 0] / proj[proj > 0])
+        model.get_output_embeddings().weight[tok.eos_token_id] = u * scale * 0.75
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model, tok

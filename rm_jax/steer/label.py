@@ -15,6 +15,7 @@ For each (prompt x, label a) group of n responses y_i:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.errors import InputError
 from rm_jax.core.files import iter_jsonl, write_jsonl
 from rm_jax.data.conversation import Message, parse_attribute_label, with_label
-from rm_jax.data.steer_groups import group_record
+from rm_jax.data.steer_groups import ALTERNATION, equalise, group_record, unequal_sizes
 from rm_jax.engine.scoring import score_rows
 from rm_jax.steer.attribute_model import log_p_attributes, resolve_sigma
 from rm_jax.steer.prompts import prompt_from_row
@@ -117,6 +118,10 @@ def read_samples(
                     f"{where}, field '{field}': role {m['role']!r} in turn {i}: NeMo's SteerLM 2.0 "
                     f"format holds one leading system message, then user and assistant turns"
                 )
+        turns = [m for m in p.messages if m["role"] != "system"]
+        for i, m in enumerate(turns):
+            if m["role"] != ("user" if i % 2 == 0 else "assistant"):
+                raise InputError(f"{where}, field '{field}': turn {i} is the {m['role']}'s: {ALTERNATION}")
         ys = row.get("responses")
         if not isinstance(ys, list) or len(ys) < 2:
             raise InputError(
@@ -156,6 +161,18 @@ def read_samples(
     return out
 
 
+def _filled(smp: Sample, n: int) -> Sample:
+    """The sample with its responses repeated in turn up to n (see :func:`rm_jax.data.steer_groups.equalise`)."""
+    pick = [j % len(smp.responses) for j in range(n)]
+    return dataclasses.replace(
+        smp,
+        responses=[smp.responses[j] for j in pick],
+        locations=[smp.locations[j] for j in pick],
+        finished=[smp.finished[j] for j in pick],
+        unfinished=sum(not smp.finished[j] for j in pick),
+    )
+
+
 def label_samples(
     input: str,
     policy: Any,
@@ -170,16 +187,26 @@ def label_samples(
     devices: str = "one",
     dtype: str = "float32",
     progress: bool = True,
+    equal_groups: Optional[str] = None,
 ) -> dict:
     """Write ``output`` (NeMo-format groups); returns a report. ``policy``/``sft``: folders or loaded
     :class:`rm_jax.policy.Policy`; ``rm``: an RM folder (HF or run); ``sigma``: see
-    :func:`rm_jax.steer.attribute_model.resolve_sigma` (default: the RM's validation RMSE)."""
+    :func:`rm_jax.steer.attribute_model.resolve_sigma` (default: the RM's validation RMSE).
+    ``equal_groups``: ``drop`` or ``fill`` makes every group hold the same number of responses, as NeMo-Aligner
+    needs (:func:`rm_jax.data.steer_groups.equalise`); without it, uneven groups are written and the report's
+    ``nemo`` says which group breaks the rule."""
     from rm_jax.policy import response_logprobs
     from rm_jax.steer.placement import policy as load
     from rm_jax.steer.placement import reward_model
 
     skipped: dict = {}
     samples = read_samples(input, skip_empty, skipped, skip_unfinished)
+    equalised = 0
+    if equal_groups is not None:
+        if equal_groups not in ("drop", "fill"):
+            raise InputError(f"--equal-groups: {equal_groups!r} is not drop or fill")
+        samples, equalised = equalise(samples, equal_groups, lambda smp: len(smp.responses), _filled)
+    uneven = unequal_sizes([len(smp.responses) for smp in samples], lambda i: samples[i].locations[0].split(",")[0])
     sig = resolve_sigma(rm, sigma)
     rm_model = reward_model(rm, devices, dtype)
     if list(rm_model.attributes) != list(ATTRIBUTES):
@@ -257,6 +284,9 @@ def label_samples(
         if isinstance(sft, str)
         else ("the given sft model" if sft is not None else "the sampling policy without the label"),
         "mean_response_tokens": float(np.mean(n_tokens)) if len(rows) else 0.0,
+        # NeMo-Aligner needs equal group sizes: None when they are, else which group breaks the rule
+        "nemo": uneven,
+        "equal_groups": {"policy": equal_groups, "groups": equalised} if equal_groups else None,
         # the distributions log Q' was scored under; None: the samples recorded none (temperature 1, top-p 1)
         "sampling": [{"temperature": t, "top_p": p} for t, p in sorted({smp.sampling for smp in samples})]
         if samples[0].recorded

@@ -23,7 +23,7 @@ from rm_jax.data.pipeline import (
 )
 from rm_jax.data.sft import encode_sft
 from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
-from rm_jax.data.steer_groups import encode_groups, load_groups
+from rm_jax.data.steer_groups import encode_groups, load_groups, unequal_sizes
 from rm_jax.models import init_params
 from rm_jax.models.hf_io import (
     LoadedModel,
@@ -205,6 +205,14 @@ def load_split(cfg: RunConfig, source: Optional[str], split: str, tokenizer: Any
             "examples": len(enc.ids),
             "skipped": [],
         }
+        uneven = unequal_sizes([len(g.responses) for g in groups], lambda i: f"{src}: row {groups[i].row}")
+        if uneven:
+            log(f"note: {uneven}")
+        if enc.report.truncated or enc.report.dropped:
+            log(
+                f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} groups truncated "
+                f"(each group's prompt cut once), {enc.report.dropped} groups dropped (seq_len {d.seq_len})"
+            )
         return enc, report
     if d.kind == "pairs":
         res = load_pairs(src, split, on_bad_row=d.on_bad_row)

@@ -21,7 +21,7 @@ import numpy as np
 
 from rm_jax.core.errors import ConversationError, DataError
 from rm_jax.core.files import iter_jsonl, write_jsonl
-from rm_jax.data.conversation import Message, attribute_label, encode_responses, with_label
+from rm_jax.data.conversation import Message, attribute_label, encode_responses, render, with_label
 from rm_jax.data.pipeline import Encoded, LengthReport
 
 LOG_PA, LOG_PY, LOG_Q = "log(P(a|x,y))", "log(P(y|x))", "log(Q(y|a,x))"
@@ -216,6 +216,23 @@ def fit_group(
     return out, out_starts, True
 
 
+def _kept_text(tokenizer: Any, g: SteerGroup, template: Optional[str]) -> list[str]:
+    """What a cut must leave whole: the text the template writes for the group's label (the nemotron label turn
+    ``<extra_id_2>LABEL\n``, or the label in a system message) and the generation prompt (the assistant
+    header the responses follow)."""
+    plain = ([{"role": "system", "content": g.system}] if g.system else []) + list(g.prompt)
+    with_, without = render(tokenizer, [g.messages(), plain], template, add_generation_prompt=True)
+    a = 0
+    while a < min(len(with_), len(without)) and with_[a] == without[a]:
+        a += 1
+    b = 0
+    while b < min(len(with_), len(without)) - a and with_[-1 - b] == without[-1 - b]:
+        b += 1
+    turns = render(tokenizer, [plain], template, add_generation_prompt=False)[0]
+    header = without[len(turns) :] if without.startswith(turns) else ""
+    return [t for t in (with_[a : len(with_) - b], header) if t]
+
+
 def encode_groups(
     groups: Sequence[SteerGroup],
     tokenizer: Any,
@@ -246,7 +263,9 @@ def encode_groups(
             seq_len,
             overlength,
             bos,
-            lambda prompt, label=g.label: label in tokenizer.decode(prompt, skip_special_tokens=False),
+            lambda prompt, keep=_kept_text(tokenizer, g, template): all(
+                t in tokenizer.decode(prompt, skip_special_tokens=False) for t in keep
+            ),
         )
         if fitted is None:
             report.dropped += 1

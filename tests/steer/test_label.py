@@ -52,3 +52,17 @@ def test_settings_log_q_cannot_reproduce_are_refused_by_name(tmp_path, rows, fie
     msg = str(e.value)
     line = 1 if field == "sampling" and needle == "missing, while" and "sampling" not in rows[0] else 2
     assert msg.startswith(f"{path}: line {line}, field '{field}'") and needle in msg, msg
+
+
+def test_prompt_turns_must_alternate_user_assistant_for_nemo(tmp_path):
+    ok = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    bad = [{"role": "user", "content": "a"}, {"role": "user", "content": "c"}]
+    rows = [_row(messages=ok), _row(messages=bad)]
+    for r in rows:
+        r.pop("prompt")
+    path = _file(tmp_path, rows)
+    with pytest.raises(InputError) as e:
+        read_samples(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: line 2, field 'messages': turn 1 is the user's") and "alternate" in msg
+    assert len(read_samples(_file(tmp_path, rows[:1]))) == 1

@@ -251,7 +251,8 @@ def label_samples(
             "it was cut off at max_new_tokens, so its end of turn was never sampled (--skip-unfinished leaves "
             "such responses out)"
             if not finished[i]
-            else "it cannot have been sampled from this policy with these settings"
+            else "it cannot have been sampled from this policy with these settings (or its text does not "
+            "re-encode to the tokens sampled, e.g. a partial UTF-8 character)"
         )
         raise InputError(
             f"{flat_where[i]}: a token of the response lies outside the top-p {p} nucleus (temperature {t}) of "

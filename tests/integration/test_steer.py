@@ -477,3 +477,28 @@ def test_first_steerlm2_step_reproduces_the_labels_log_q(models, labelled, tmp_p
     want = np.mean([np.sum(g.weights * np.log(g.weights * len(g.weights))) for g in groups])
     assert want > 0.05  # far from uniform weights, so a wrong log Q_theta would show
     assert first["step"] == 1 and first["kl_w_b"] == pytest.approx(want, abs=2e-3)
+
+
+def test_uneven_groups_are_named_and_equal_groups_makes_them_nemo_safe(models, tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(
+        json.dumps({"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "b", "c"]})
+        + "\n"
+        + json.dumps({"prompt": "no", "attributes": "verbosity:1", "responses": ["d", "", "e"]})
+        + "\n"
+    )
+    out = tmp_path / "g.jsonl"
+    args = ["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", str(samples)]
+    args += ["--output", str(out), "--sigma", SIGMA, "--skip-empty", "--no-progress"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"note: {samples}: line 2 holds 2 responses, while the largest groups hold 3" in err
+    assert [len(g.responses) for g in load_groups(str(out))] == [3, 2]
+    assert main(args + ["--equal-groups", "drop"]) == 0
+    assert "1 groups dropped" in capsys.readouterr().out
+    assert [g.responses for g in load_groups(str(out))] == [["a", "b", "c"]]
+    assert main(args + ["--equal-groups", "fill"]) == 0
+    assert "holds 2 responses" not in capsys.readouterr().err
+    got = load_groups(str(out))
+    assert [g.responses for g in got] == [["a", "b", "c"], ["d", "e", "d"]]
+    assert got[1].log_q[0] == got[1].log_q[2]  # the repeat is the same response, labelled the same

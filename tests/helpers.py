@@ -354,3 +354,91 @@ def requires_devices(n: int):
     return pytest.mark.skipif(
         have < n, reason=f"needs {n} devices for its mesh; the {jax_backend()} backend here has {have}"
     )
+
+
+# ---- chat templates that write text after their end-of-turn token (response-end tests)
+
+END_TEMPLATE = (  # Phi-style: the turn ends with <|end|> (the tokenizer's EOS), then a newline
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CHATML_TEMPLATE = (  # Qwen's: the turn ends with <|im_end|>, then a newline; the EOS stays </s>
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_hf_causal_lm_with_template(
+    family: str, out_dir: str, template: str, special: list[str], eos: str | None = None, seed: int = 0
+):
+    """A tiny random ``*ForCausalLM`` folder with the bundled tokenizer plus ``special`` tokens, ``template`` as
+    its chat template and (optionally) ``eos`` as its EOS: (model, tokenizer)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = bundled_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": list(special)})
+    if eos is not None:
+        tok.eos_token = eos
+    tok.chat_template = template
+    spec = dict(FAMILIES[family])
+    model_type = spec.pop("model_type")
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        attn_implementation="eager",
+        **spec,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.normal_(0, 0.3)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return model, tok
+
+
+def make_hf_causal_lm_that_ends_turns(out_dir: str, seed: int = 1, prompts: list | None = None):
+    """A tiny random llama with the ``<|end|>`` template (its turn ends with the EOS ``<|end|>``, so re-encoding
+    a sample gives back the tokens the policy emitted) that ends its turn within a few tokens when sampled at
+    temperature 0.5 (a random model almost never emits EOS), and whose samples' text re-encodes to the sampled
+    tokens (no partial UTF-8 byte tokens): the EOS row of its LM head points along the mean
+    final hidden state of its own samples for ``prompts`` (conversations ending with the user's turn), scaled to
+    3/4 of a typical top logit. (model, tokenizer)."""
+    import torch
+
+    from rm_jax.data.conversation import encode_prompts
+    from rm_jax.policy import generate, load_policy
+
+    model, tok = make_hf_causal_lm_with_template(
+        "llama", out_dir, END_TEMPLATE, ["<|end|>", "<|user|>", "<|assistant|>"], eos="<|end|>", seed=seed
+    )
+    with torch.no_grad():  # no partial UTF-8 byte tokens: their text does not re-encode to the sampled tokens
+        head = model.get_output_embeddings().weight
+        for i in range(len(tok)):
+            if "\ufffd" in tok.decode([i]):
+                head[i] = 0.0  # logit 0, far below the nucleus at temperature 0.5
+    model.save_pretrained(out_dir, safe_serialization=True)
+    prompts = prompts or [
+        [{"role": "user", "content": "Name a colour."}],
+        [{"role": "user", "content": "What is 2 plus 2?"}],
+    ]
+    gen = generate(load_policy(out_dir), prompts, n=4, temperature=0.5, top_p=0.8, max_new_tokens=16, seed=7,
+                   return_tokens=True)  # fmt: skip
+    hidden, top = [], []
+    with torch.no_grad():
+        for p, toks in zip(encode_prompts(tok, prompts), gen.tokens):
+            for t in toks:
+                out = model(torch.as_tensor(np.concatenate([p, t])[None].astype(np.int64)), output_hidden_states=True)
+                hidden.append(out.hidden_states[-1][0, len(p) :])
+                top.append(out.logits[0, len(p) :].max(-1).values)
+        h, mx = torch.cat(hidden), torch.cat(top)
+        u = h.mean(0) / h.mean(0).norm()
+        proj = h @ u
+        scale = torch.median(mx[proj > 0] / proj[proj > 0])
+        model.get_output_embeddings().weight[tok.eos_token_id] = u * scale * 0.75
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return model, tok

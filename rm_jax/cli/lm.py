@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Sequence, get_args
 
 from rm_jax.core.config import Dtype
@@ -69,5 +70,6 @@ def main(argv: Sequence[str]) -> int:
     else:
         out = logprob_rows(policy, rows, where=where, batch_rows=a.batch_size, progress=not a.no_progress)
     write_jsonl(a.output, out)
-    print(f"lm {a.cmd}: {len(out)} rows -> {a.output}")
+    settings = f" (sampling: {json.dumps(out[0]['sampling'])})" if a.cmd == "generate" and out else ""
+    print(f"lm {a.cmd}: {len(out)} rows -> {a.output}{settings}")
     return 0

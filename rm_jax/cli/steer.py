@@ -38,6 +38,13 @@ def main(argv: Sequence[str]) -> int:
         help="leave out responses cut off at --max-new-tokens (the samples' 'finished' false; "
         "counted); kept by default, with a count",
     )
+    lb.add_argument(
+        "--equal-groups",
+        choices=["drop", "fill"],
+        default=None,
+        help="NeMo-safe output: every group the same number of responses (NeMo-Aligner needs it per batch): "
+        "drop the smaller groups, or fill them by repeating their responses (biases those groups' weights)",
+    )
     lb.add_argument("--no-progress", action="store_true")
     ev = sub.add_parser("eval", help="requested vs RM-predicted attributes of a policy's samples")
     ev.add_argument("--policy", required=True)
@@ -77,6 +84,7 @@ def main(argv: Sequence[str]) -> int:
             skip_empty=a.skip_empty,
             skip_unfinished=a.skip_unfinished,
             progress=not a.no_progress,
+            equal_groups=a.equal_groups,
         )
         sk = rep["skipped"]
         what = [
@@ -92,6 +100,21 @@ def main(argv: Sequence[str]) -> int:
             f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
             f"{rep['log_p_y_given_x']}" + (f"; skipped {', '.join(what)}" if what else "")
         )
+        if rep["equal_groups"]:
+            eq = rep["equal_groups"]
+            done = "dropped" if eq["policy"] == "drop" else "filled"
+            print(f"--equal-groups {eq['policy']}: {eq['groups']} groups {done}")
+        if rep["nemo"]:
+            print(f"note: {rep['nemo']}; --equal-groups drop|fill writes NeMo-safe groups", file=sys.stderr)
+        if rep["sampling"] is None:
+            print(
+                "note: the samples record no sampling settings; log Q' is the policy's own distribution "
+                "(temperature 1, top-p 1)",
+                file=sys.stderr,
+            )
+        else:
+            used = ", ".join(f"temperature {s['temperature']} top-p {s['top_p']}" for s in rep["sampling"])
+            print(f"log Q' under the sampling distribution: {used}")
         if rep["unfinished"]:
             print(
                 f"note: {rep['unfinished']} labelled responses were cut off at max_new_tokens; their log-probs "

@@ -31,6 +31,7 @@ Overlength = Literal["truncate", "drop"]
 OnBadRow = Literal["error", "skip"]
 Schedule = Literal["constant", "cosine", "linear"]
 LossType = Literal["mse", "bt", "margin_bt", "scaled_bt"]
+Steerlm2Normalisation = Literal["group_mean_length", "batch_mean_length"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ class LossConfig:
     attribute_weights: list = field(default_factory=lambda: [1.0] * len(ATTRIBUTES))
     reward_weights: Any = "helpfulness-only"  # pair losses: which combination of attributes is the reward
     centering: NonNegative = 0.0  # pair losses: coefficient of the (r_chosen + r_rejected)^2 term
+    # task steerlm2: group_mean_length (NeMo-Aligner: each group's loss / its own mean response length, averaged
+    # over groups) | batch_mean_length (the step's summed loss / the sum of the groups' mean lengths)
+    steerlm2_normalisation: Steerlm2Normalisation = "group_mean_length"
 
 
 @dataclass

@@ -229,14 +229,51 @@ def _label_as_system(messages: list[Message], label: str) -> list[Message]:
 # ---------------------------------------------------------------- causal-LM views of a conversation
 
 
-def end_of_turn_ids(tokenizer: Any) -> list[int]:
-    """What a policy emits to end its turn (and generation stops at): the tokenizer's EOS."""
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])}
+    for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(t, "special", False):
+            ids.add(int(i))
+    return ids
+
+
+def _response_suffix(tokenizer: Any, template: str | None) -> str:
+    """The text the template writes after a final assistant response."""
+    probe = "\x00RESPONSE\x00"
+    rendered = render(
+        tokenizer, [[{"role": "user", "content": "u"}, {"role": "assistant", "content": probe}]], template
+    )[0]
+    return rendered[rendered.index(probe) + len(probe) :]
+
+
+def turn_end(tokenizer: Any, template: str | None = None) -> tuple[int | None, str]:
+    """(the end-of-turn token the template writes after a response, or None when it writes none; the text
+    it writes between the response and that token, or after the response when there is none).
+
+    The end-of-turn token is the first special token in what the template writes after a response:
+    ChatML's ``<|im_end|>``, Phi's ``<|end|>``, Llama 3's ``<|eot_id|>``, a ``</s>``. The nemotron template
+    writes only ``\n`` (NeMo's turn ends at the next turn's ``<extra_id_1>``), so it has none."""
+    suffix = _response_suffix(tokenizer, template)
+    special = _special_ids(tokenizer)
+    for tid in tokenizer(suffix, add_special_tokens=False)["input_ids"]:
+        if int(tid) in special:
+            text = tokenizer.convert_ids_to_tokens(int(tid))
+            return int(tid), suffix[: suffix.index(text)] if text in suffix else ""
+    return None, suffix
+
+
+def end_of_turn_ids(tokenizer: Any, template: str | None = None) -> list[int]:
+    """What a policy emits to end its turn, and generation stops at: the end-of-turn token the chat template
+    writes after a response (:func:`turn_end`), and the tokenizer's EOS."""
+    written, _ = turn_end(tokenizer, template)
     eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
+    ids = ([written] if written is not None else []) + ([int(eos)] if eos is not None and eos != written else [])
+    if not ids:
         raise ConversationError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token: a policy needs one to end its turn"
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token and its chat template writes no "
+            f"end-of-turn token: a policy needs one to end its turn"
         )
-    return [int(eos)]
+    return ids
 
 
 def encode_prompts(
@@ -255,33 +292,50 @@ def encode_responses(
     template: str | None = None,
     locations: Sequence[str] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """(ids, response_start) of whole conversations for a causal LM: the response tokens are those
-    after the template's generation prompt, through the end of the turn, which is the tokenizer's EOS
-    (appended unless the template already ends the turn with it). Log-probabilities and the SFT
-    loss cover exactly ``ids[response_start:]``. ``locations`` name the conversations in errors."""
-    eot = end_of_turn_ids(tokenizer)
+    """(ids, response_start) of whole conversations for a causal LM. The response tokens are those after
+    the template's generation prompt through the first end-of-turn token the template writes (what
+    ``rm-jax lm generate`` emits when it stops); whatever the template writes after that token (ChatML's
+    ``\n``) is not part of it. A template that writes no end-of-turn token (nemotron) gets the EOS appended
+    after what it writes. Log-probabilities and the SFT loss cover exactly ``ids[response_start:]``.
+    ``locations`` name the conversations in errors."""
+    eot = end_of_turn_ids(tokenizer, template)
+    written, _ = turn_end(tokenizer, template)
+    stops = set(eot)
+    # end-of-turn tokens the template itself writes after a response (a response holding more ends early)
+    suffix_ids = tokenizer(_response_suffix(tokenizer, template), add_special_tokens=False)["input_ids"]
+    own = sum(int(t) in stops for t in suffix_ids)
     ids, plen = encode_with_prompt_lengths(tokenizer, conversations, template)
     out = []
     for x, p in zip(ids, plen):
+        name = locations[len(out)] if locations is not None else f"conversation {len(out) + 1}"
         if len(x) <= p:
-            name = locations[len(out)] if locations is not None else f"conversation {len(out) + 1}"
             raise ConversationError(f"{name}: the response renders to no tokens")
-        out.append(x if x[-len(eot) :].tolist() == eot else np.concatenate([x, np.asarray(eot, np.int32)]))
+        hits = [k for k in range(int(p), len(x)) if int(x[k]) in stops]
+        if len(hits) > own:
+            raise ConversationError(
+                f"{name}: the response contains the end-of-turn token "
+                f"{tokenizer.convert_ids_to_tokens(int(x[hits[0]]))!r}; a policy's turn ends there"
+            )
+        if written is not None:
+            if not hits:
+                raise ConversationError(
+                    f"{name}: the chat template wrote no end-of-turn token "
+                    f"{tokenizer.convert_ids_to_tokens(written)!r} after this response"
+                )
+            out.append(x[: hits[0] + 1])
+        else:
+            out.append(np.concatenate([x, np.asarray(eot[:1], np.int32)]))
     return out, plen
 
 
 def response_text(tokenizer: Any, text: str, template: str | None = None) -> str:
-    """A generated response as message content: the text the template writes after a response (the
-    nemotron template's newline, say) and a trailing EOS are removed, so re-rendering the conversation
-    gives back the tokens the policy produced."""
-    eos = getattr(tokenizer, "eos_token", None)
-    if eos and text.endswith(eos):
-        text = text[: -len(eos)]
-    probe = "\x00RESPONSE\x00"
-    rendered = render(
-        tokenizer, [[{"role": "user", "content": "u"}, {"role": "assistant", "content": probe}]], template
-    )[0]
-    suffix = rendered[rendered.index(probe) + len(probe) :]
-    if eos and suffix.endswith(eos):
-        suffix = suffix[: -len(eos)]
-    return text[: -len(suffix)] if suffix and text.endswith(suffix) else text
+    """A generated response (decoded through its end-of-turn token) as message content: the end-of-turn
+    token and what the template writes before it (the nemotron template's newline) are removed, so
+    re-rendering the conversation gives back the tokens the policy produced."""
+    for tid in end_of_turn_ids(tokenizer, template):
+        end = tokenizer.convert_ids_to_tokens(tid)
+        if end and text.endswith(end):
+            text = text[: -len(end)]
+            break
+    _, before = turn_end(tokenizer, template)
+    return text[: -len(before)] if before and text.endswith(before) else text

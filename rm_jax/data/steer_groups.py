@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from rm_jax.core.errors import ConversationError, DataError
 from rm_jax.core.files import iter_jsonl, write_jsonl
-from rm_jax.data.conversation import Message, attribute_label, encode_responses, with_label
-from rm_jax.data.pipeline import Encoded, LengthReport, fit_length
+from rm_jax.data.conversation import Message, attribute_label, encode_responses, render, with_label
+from rm_jax.data.pipeline import Encoded, LengthReport
 
 LOG_PA, LOG_PY, LOG_Q = "log(P(a|x,y))", "log(P(y|x))", "log(Q(y|a,x))"
+ALTERNATION = (
+    "NeMo-Aligner's SteerLM 2.0 format needs the prompt turns to alternate User, Assistant, ..., starting and "
+    "ending with User"
+)
 ROLES = {"User": "user", "Assistant": "assistant"}
 
 
@@ -78,6 +82,9 @@ def parse_group(rec: Any, file: str, row: int) -> SteerGroup:
         if not isinstance(t, Mapping) or t.get("from") not in ROLES or not isinstance(t.get("value"), str):
             raise DataError(file, row, f"prompt_turns[{j}]", 'expected {"from": "User"|"Assistant", "value": str}')
         prompt.append({"role": ROLES[t["from"]], "content": t["value"]})
+    for j, m in enumerate(prompt):  # NeMo reads the turns by position: User, Assistant, ..., User
+        if m["role"] != ("user" if j % 2 == 0 else "assistant"):
+            raise DataError(file, row, f"prompt_turns[{j}]", ALTERNATION)
     if prompt[-1]["role"] != "user":
         raise DataError(file, row, f"prompt_turns[{len(prompt) - 1}]", "the prompt must end with a User turn")
     try:
@@ -106,6 +113,39 @@ def parse_group(rec: Any, file: str, row: int) -> SteerGroup:
         py.append(_number(r, LOG_PY, file, row, where))
         q.append(_number(r, LOG_Q, file, row, where))
     return SteerGroup(system, prompt, label, texts, np.asarray(pa), np.asarray(py), np.asarray(q), row)
+
+
+def unequal_sizes(sizes: Sequence[int], name: Any = None) -> Optional[str]:
+    """None when every group holds the same number of responses (NeMo-Aligner needs that within a batch), else a
+    message naming the first group that differs from the largest size. ``name(i)`` names group i."""
+    if not sizes or min(sizes) == max(sizes):
+        return None
+    n = max(sizes)
+    i = next(k for k, m in enumerate(sizes) if m != n)
+    where = name(i) if name is not None else f"group {i + 1}"
+    short = sum(m != n for m in sizes)
+    return (
+        f"{where} holds {sizes[i]} responses, while the largest groups hold {n} ({short} of {len(sizes)} groups "
+        f"hold fewer): NeMo-Aligner needs every group of a batch to hold the same number (rm_jax does not)"
+    )
+
+
+def equalise(
+    groups: Sequence[Any], policy: str, size: Callable[[Any], int], fill: Callable[[Any, int], Any]
+) -> tuple[list[Any], int]:
+    """(groups, how many were dropped or filled) with every group holding the largest group's number of
+    responses n: ``drop`` leaves out the smaller groups; ``fill`` repeats a smaller group's responses in turn
+    up to n (``fill(group, n)``). A repeated response counts twice in its group's softmax (w and b), which
+    biases that group's estimate; ``drop`` does not."""
+    if policy not in ("drop", "fill"):
+        raise ValueError(f"equal group sizes: {policy!r} is not drop or fill")
+    if not groups:
+        return list(groups), 0
+    n = max(size(g) for g in groups)
+    if policy == "drop":
+        kept = [g for g in groups if size(g) == n]
+        return kept, len(groups) - len(kept)
+    return [g if size(g) == n else fill(g, n) for g in groups], sum(size(g) != n for g in groups)
 
 
 def load_groups(path: str) -> list[SteerGroup]:
@@ -144,6 +184,55 @@ def write_groups(path: str, groups: Sequence[SteerGroup]) -> None:
     )
 
 
+def fit_group(
+    ids: Sequence[np.ndarray],
+    starts: Sequence[int],
+    seq_len: int,
+    overlength: str,
+    bos_id: Optional[int],
+    label_kept: Callable[[np.ndarray], bool],
+) -> tuple[Optional[list[np.ndarray]], Optional[list[int]], bool]:
+    """One group's conversations (they share a prompt) fitted to ``seq_len``: (ids, response starts, truncated),
+    ids None when the group is dropped. A group is one context: under ``truncate`` its prompt is cut from the
+    left once (after a leading BOS), by what its longest conversation needs, and every response follows that
+    same prompt; the group is dropped instead when the cut would reach the label (``label_kept`` of the
+    remaining prompt is false) or leave no prompt, and always under ``drop``."""
+    longest = max(len(x) for x in ids)
+    if longest <= seq_len:
+        return list(ids), [int(s) for s in starts], False
+    if overlength == "drop":
+        return None, None, False
+    cut = longest - seq_len
+    out, out_starts = [], []
+    for x, s in zip(ids, starts):  # the prompts are the same tokens (the same cut from each, should they differ)
+        head = 1 if bos_id is not None and s and x[0] == bos_id else 0
+        if head + cut >= s:
+            return None, None, False
+        kept = np.concatenate([x[:head], x[head + cut : s]]).astype(np.int32)
+        if not label_kept(kept):
+            return None, None, False
+        out.append(np.concatenate([kept, x[s:]]).astype(np.int32))
+        out_starts.append(len(kept))
+    return out, out_starts, True
+
+
+def _kept_text(tokenizer: Any, g: SteerGroup, template: Optional[str]) -> list[str]:
+    """What a cut must leave whole: the text the template writes for the group's label (the nemotron label turn
+    ``<extra_id_2>LABEL\n``, or the label in a system message) and the generation prompt (the assistant
+    header the responses follow)."""
+    plain = ([{"role": "system", "content": g.system}] if g.system else []) + list(g.prompt)
+    with_, without = render(tokenizer, [g.messages(), plain], template, add_generation_prompt=True)
+    a = 0
+    while a < min(len(with_), len(without)) and with_[a] == without[a]:
+        a += 1
+    b = 0
+    while b < min(len(with_), len(without)) - a and with_[-1 - b] == without[-1 - b]:
+        b += 1
+    turns = render(tokenizer, [plain], template, add_generation_prompt=False)[0]
+    header = without[len(turns) :] if without.startswith(turns) else ""
+    return [t for t in (with_[a : len(with_) - b], header) if t]
+
+
 def encode_groups(
     groups: Sequence[SteerGroup],
     tokenizer: Any,
@@ -153,9 +242,9 @@ def encode_groups(
 ) -> Encoded:
     """Causal-LM examples, one per response, with per-example ``w`` (importance weight) and
     ``logq_prime`` values; a group is one unit, so it stays whole in a micro-batch, and batches carry
-    each slot's group (``steer_group``, -1 for empty slots). A group with a
-    response that cannot fit ``seq_len`` is dropped whole (its weights would no longer be a softmax
-    over what is trained), counted in the report."""
+    each slot's group (``steer_group``, -1 for empty slots). Over-long groups follow :func:`fit_group`: the
+    prompt cut once for the whole group (never the label), or the group dropped whole (its weights would no
+    longer be a softmax over what is trained); the report counts groups (truncated, dropped)."""
     report = LengthReport(rows=len(groups))
     convs = []
     for g in groups:
@@ -163,23 +252,29 @@ def encode_groups(
         convs.extend(base + [{"role": "assistant", "content": y}] for y in g.responses)
     ids, starts = encode_responses(tokenizer, convs, template)
     bos = getattr(tokenizer, "bos_token_id", None)
-    fitted: list[tuple[Optional[np.ndarray], int, bool]] = []
-    for x, s in zip(ids, starts):
-        y, truncated = fit_length(x, int(s), seq_len, overlength, bos)
-        fitted.append((y, int(s) - (len(x) - len(y)) if y is not None else 0, truncated))
     kept_ids, kept_start, units, w, lq, grp, src = [], [], [], [], [], [], []
     k, first = 0, 0
     for g in groups:
         mine = list(range(first, first + len(g.responses)))  # convs were appended group by group
         first += len(g.responses)
-        if any(fitted[j][0] is None for j in mine):
+        fitted, fstarts, truncated = fit_group(
+            [ids[j] for j in mine],
+            [int(starts[j]) for j in mine],
+            seq_len,
+            overlength,
+            bos,
+            lambda prompt, keep=_kept_text(tokenizer, g, template): all(
+                t in tokenizer.decode(prompt, skip_special_tokens=False) for t in keep
+            ),
+        )
+        if fitted is None:
             report.dropped += 1
             continue
-        report.truncated += sum(fitted[j][2] for j in mine)
+        report.truncated += truncated
         units.append(tuple(range(len(kept_ids), len(kept_ids) + len(mine))))
-        for j, weight, logq in zip(mine, g.weights, g.log_q):
-            kept_ids.append(fitted[j][0])
-            kept_start.append(fitted[j][1])
+        for x, st, weight, logq in zip(fitted, fstarts, g.weights, g.log_q):
+            kept_ids.append(x)
+            kept_start.append(st)
             w.append(weight)
             lq.append(logq)
             grp.append(k)

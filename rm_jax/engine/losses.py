@@ -54,22 +54,37 @@ def token_nll_sums(logp: jax.Array, mask: jax.Array) -> dict:
     return {"num": -jnp.sum(logp * mask), "den": jnp.sum(mask)}
 
 
+STEERLM2_NORMALISATIONS = ("group_mean_length", "batch_mean_length")
+
+
 def steerlm2_sums(
-    seq_logp: jax.Array, resp_tokens: jax.Array, w: jax.Array, logq_prime: jax.Array, group: jax.Array
+    seq_logp: jax.Array,
+    resp_tokens: jax.Array,
+    w: jax.Array,
+    logq_prime: jax.Array,
+    group: jax.Array,
+    normalisation: str = "group_mean_length",
 ) -> dict:
     """SteerLM 2.0 on the response slots of a micro-batch (every array [B, S], flattened here).
 
     ``seq_logp``: log Q_theta(y_i|a,x), the sum of response-token log-probs under the current parameters;
     ``w``: the group's importance weights softmax(log P(a|x,y) + log P(y|x) - log Q'(y|a,x)) (from the data);
     ``logq_prime``: log Q'(y|a,x) of the sampling policy; ``group``: the slot's group in this micro-batch
-    (-1 = empty slot). Per group the baseline is b = softmax(log Q_theta - log Q'), with no gradient
-    through it, and
+    (-1 = empty slot). Per group g the baseline is b = softmax(log Q_theta - log Q'), with no gradient
+    through it, its loss is l_g = -sum_i (w_i - b_i) log Q_theta(y_i|a,x), and L_g = mean_i |y_i| its mean
+    response length in tokens. The step's loss (``num`` / ``den``, summed over micro-batches) is
 
-        loss = -sum_g sum_i (w_i - b_i) log Q_theta(y_i|a,x)  /  sum_g mean_i |y_i|
+    * ``group_mean_length`` (NeMo-Aligner's, the default): mean_g l_g / L_g, each group divided by its own
+      mean length, then averaged over the step's groups (``num`` = sum_g l_g / L_g, ``den`` = group count);
+    * ``batch_mean_length`` (rm_jax before): sum_g l_g / sum_g L_g, one divisor for the step, so a group of
+      long responses weighs more (mean lengths 10 and 100: both groups scaled by 1/110, not 1/10 and 1/100).
 
-    (NeMo-Aligner normalises by the average response length). Also returns the sums of KL(w || b)
-    over groups and the group count, for logging.
+    Also returns, for logging, the sums over groups of KL(w || b) and of the effective sample size of w,
+    ESS = 1 / sum_i w_i^2 (n for uniform weights, 1 when one response holds all the weight), the smallest
+    ESS, and the group count.
     """
+    if normalisation not in STEERLM2_NORMALISATIONS:
+        raise ValueError(f"steerlm2 normalisation {normalisation!r}: not one of {', '.join(STEERLM2_NORMALISATIONS)}")
     seq_logp, w = seq_logp.reshape(-1), w.reshape(-1)
     logq_prime, tokens = logq_prime.reshape(-1), resp_tokens.reshape(-1).astype(jnp.float32)
     n = seq_logp.shape[0]
@@ -79,10 +94,22 @@ def steerlm2_sums(
     top = jax.ops.segment_max(logits, g, num_segments=n + 1)
     e = jnp.where(valid, jnp.exp(logits - top[g]), 0.0)
     b = e / jnp.maximum(jax.ops.segment_sum(e, g, num_segments=n + 1)[g], 1e-30)
-    num = -jnp.sum(jnp.where(valid, (w - b) * seq_logp, 0.0))
-    count = jax.ops.segment_sum(valid.astype(jnp.float32), g, num_segments=n + 1)[:n]
-    mean_tokens = jax.ops.segment_sum(jnp.where(valid, tokens, 0.0), g, num_segments=n + 1)[:n] / jnp.maximum(
-        count, 1.0
-    )
+    count = jax.ops.segment_sum(valid.astype(jnp.float32), g, num_segments=n + 1)
+    mean_tokens = jax.ops.segment_sum(jnp.where(valid, tokens, 0.0), g, num_segments=n + 1) / jnp.maximum(count, 1.0)
+    term = jnp.where(valid, (w - b) * seq_logp, 0.0)
+    present = count[:n] > 0
+    if normalisation == "group_mean_length":
+        num = -jnp.sum(jnp.where(valid, term / jnp.maximum(mean_tokens[g], 1.0), 0.0))
+        den = jnp.sum(present).astype(jnp.float32)
+    else:
+        num, den = -jnp.sum(term), jnp.sum(mean_tokens[:n])
     kl = jnp.sum(jnp.where(valid & (w > 0), w * (jnp.log(jnp.maximum(w, 1e-30)) - jnp.log(jnp.maximum(b, 1e-30))), 0.0))
-    return {"num": num, "den": jnp.sum(mean_tokens), "kl_sum": kl, "groups": jnp.sum(count > 0)}
+    ess = 1.0 / jnp.maximum(jax.ops.segment_sum(jnp.where(valid, w * w, 0.0), g, num_segments=n + 1)[:n], 1e-30)
+    return {
+        "num": num,
+        "den": den,
+        "kl_sum": kl,
+        "groups": jnp.sum(present),
+        "ess_sum": jnp.sum(jnp.where(present, ess, 0.0)),
+        "ess_min": jnp.min(jnp.where(present, ess, jnp.inf)),
+    }

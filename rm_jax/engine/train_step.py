@@ -162,13 +162,19 @@ def _sums(
 
         seq_logp = jax.vmap(per_slot)(logp * mb["loss_mask"], mb["segment_ids"])
         tokens = jax.vmap(per_slot)(mb["loss_mask"], mb["segment_ids"])
-        return steerlm2_sums(seq_logp, tokens, mb["w"], mb["logq_prime"], mb["steer_group"])
+        return steerlm2_sums(
+            seq_logp, tokens, mb["w"], mb["logq_prime"], mb["steer_group"], loss_cfg.steerlm2_normalisation
+        )
     scores = RewardModel(model_cfg).apply(
         {"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"], max_segments=max_segments
     )
     if loss_cfg.type == "mse":
         return mse_sums(scores, mb["labels"], mb["label_mask"], attr_w)
     return pair_sums(scores, mb, reward_w, loss_cfg.type, loss_cfg.centering)
+
+
+def _combine_sums(acc: dict, sums: dict) -> dict:
+    return {k: jnp.minimum(acc[k], v) if k.endswith("_min") else acc[k] + v for k, v in sums.items()}
 
 
 def make_train_step(
@@ -191,7 +197,8 @@ def make_train_step(
                 return s["num"], s
 
             (_, sums), g = jax.value_and_grad(f, has_aux=True)(params)
-            return jax.tree.map(jnp.add, acc, (g, sums)), None
+            acc_g, acc_s = acc
+            return (jax.tree.map(jnp.add, acc_g, g), _combine_sums(acc_s, sums)), None
 
         with activate(mesh):
             zero_g = jax.tree.map(jnp.zeros_like, params)
@@ -200,7 +207,9 @@ def make_train_step(
                     model_cfg, loss_cfg, params, jax.tree.map(lambda x: x[0], batch), max_segments, attr_w, reward_w
                 )
             )
-            zero_s = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zero_s)
+            zero_s = {  # a "_min" entry is a minimum over micro-batches, the rest are sums
+                k: jnp.full(a.shape, jnp.inf if k.endswith("_min") else 0, a.dtype) for k, a in zero_s.items()
+            }
             (grads, sums), _ = jax.lax.scan(micro, (zero_g, zero_s), batch)
         den = jnp.maximum(sums["den"], 1e-9)
         grads = jax.tree.map(lambda g: g / den, grads)
@@ -222,6 +231,9 @@ def make_train_step(
             metrics["loss_tokens"] = sums["den"]
         if "kl_sum" in sums:  # SteerLM 2.0: how far the current policy's baseline is from the targets
             metrics["kl_w_b"] = sums["kl_sum"] / jnp.maximum(sums["groups"], 1.0)
+            # effective sample size of the weights per group, 1 / sum w^2: how many responses carry the signal
+            metrics["ess_w_mean"] = sums["ess_sum"] / jnp.maximum(sums["groups"], 1.0)
+            metrics["ess_w_min"] = jnp.where(sums["groups"] > 0, sums["ess_min"], 0.0)
         if "attr_sq" in sums:
             metrics["attr_mse"] = sums["attr_sq"] / jnp.maximum(sums["attr_n"], 1.0)
         if "correct" in sums:

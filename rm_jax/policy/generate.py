@@ -36,7 +36,7 @@ class Generation:
     """What :func:`generate` returns with ``return_tokens=True``; each field is [conversation][sample]."""
 
     texts: list[list[str]]  # response texts (the template's end-of-turn removed)
-    tokens: list[list[np.ndarray]]  # the generated ids, through EOS when it was emitted
+    tokens: list[list[np.ndarray]]  # the generated ids, through the end-of-turn token when it was emitted
     finished: list[list[bool]]  # EOS emitted within max_new_tokens
 
     @property
@@ -68,6 +68,31 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: f
     return jax.vmap(jax.random.categorical)(key, logits).astype(jnp.int32)
 
 
+def sampling_logprob(logits: jax.Array, targets: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """[N] log-probabilities of ``targets`` [N] under the distribution :func:`sample_token` draws from with
+    logits [N, V] (not greedy): softmax(logits / temperature), restricted to the ``top_p`` nucleus exactly as
+    the sampler defines it, renormalised. A target outside the nucleus gets -inf (the sampler never draws it)."""
+    z = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        z = jnp.where(_in_nucleus(jax.nn.softmax(z, axis=-1), top_p), z, -jnp.inf)
+    return jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(z, axis=-1)
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "seed", "max_new_tokens")
+
+
+def sampling_record(temperature: float, top_p: float, seed: int, max_new_tokens: int, greedy: bool = False) -> dict:
+    """The settings a sample was drawn with, as rows and reports record them (temperature 0 = greedy), so that
+    ``rm-jax steer label`` can score log Q' under the same distribution."""
+    greedy = greedy or temperature == 0
+    return {
+        "temperature": 0.0 if greedy else float(temperature),
+        "top_p": 1.0 if greedy else float(top_p),
+        "seed": int(seed),
+        "max_new_tokens": int(max_new_tokens),
+    }
+
+
 def _in_nucleus(probs: jax.Array, top_p: float) -> jax.Array:
     """[B, V] bool: ``probs >= c`` per row, c the largest value with ``sum(probs[probs >= c]) >= top_p``;
     that set is the nucleus (the k most likely tokens, k the fewest that reach ``top_p``, plus ties with the k-th).
@@ -93,7 +118,8 @@ def _program(
     policy: Any, rows: int, prompt_len: int, max_new: int, temperature: float, top_p: float, greedy: bool
 ) -> Any:
     """The jitted prefill + decode loop for one batch shape."""
-    key = ("generate", rows, prompt_len, max_new, temperature, top_p, greedy)
+    stops = tuple(end_of_turn_ids(policy.tokenizer, policy.template))  # the template decides where a turn ends
+    key = ("generate", rows, prompt_len, max_new, temperature, top_p, greedy, stops)
     return program(
         policy, key, lambda: jax.jit(_decode_loop(policy, rows, prompt_len, max_new, temperature, top_p, greedy))
     )
@@ -104,7 +130,7 @@ def _decode_loop(
 ) -> Any:
     cfg, mesh = policy.cfg, policy.mesh
     model = CausalLM(cfg)
-    eos = jnp.asarray(end_of_turn_ids(policy.tokenizer), jnp.int32)
+    eos = jnp.asarray(end_of_turn_ids(policy.tokenizer, policy.template), jnp.int32)
     pad = policy.pad_id
 
     def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, keys: jax.Array) -> tuple:
@@ -179,7 +205,7 @@ def generate_tokens(
                 f"the model's {limit} positions"
             )
     base = jax.random.key(seed)
-    eos = set(end_of_turn_ids(policy.tokenizer))
+    eos = set(end_of_turn_ids(policy.tokenizer, policy.template))
     rows = min(batch_size, len(seqs))  # one batch shape per call: the last batch is filled with repeats
     with tqdm(total=len(seqs), desc="generate", unit="seq", disable=not progress, leave=False) as bar:
         for start in range(0, len(seqs), rows):

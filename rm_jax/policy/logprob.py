@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -18,11 +19,18 @@ from rm_jax.data.conversation import Message, encode_responses
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
 from rm_jax.models import CausalLM
 from rm_jax.models.sharding import activate
+from rm_jax.policy.generate import sampling_logprob
 from rm_jax.policy.load import program
 
 
-def _program(policy: Any, max_segments: int) -> Any:
+def _program(policy: Any, max_segments: int, temperature: float = 1.0, top_p: float = 1.0) -> Any:
     model, mesh = CausalLM(policy.cfg), policy.mesh
+    if (temperature, top_p) != (1.0, 1.0):
+        return program(
+            policy,
+            ("logprob", max_segments, temperature, top_p),
+            lambda: jax.jit(_sampled(model, mesh, max_segments, temperature, top_p)),
+        )
 
     def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, tgt: jax.Array, mask: jax.Array) -> jax.Array:
         with activate(mesh):
@@ -30,6 +38,20 @@ def _program(policy: Any, max_segments: int) -> Any:
         return logp * mask  # per token: summed on the host in float64 (a long response's float32 sum drifts)
 
     return program(policy, ("logprob", max_segments), lambda: jax.jit(run))
+
+
+def _sampled(model: Any, mesh: Any, max_segments: int, temperature: float, top_p: float) -> Any:
+    """Per-token log-probabilities under the tempered, nucleus-renormalised distribution the sampler draws
+    from. The nucleus needs every token's probability, so this materialises [rows, seq_len, vocab] logits
+    (the plain path never does): lower the batch size if memory is short."""
+
+    def run(params: Any, ids: jax.Array, seg: jax.Array, pos: jax.Array, tgt: jax.Array, mask: jax.Array) -> jax.Array:
+        with activate(mesh):
+            logits = model.apply({"params": params}, ids, seg, pos, max_segments=max_segments)
+        logp = jax.lax.map(lambda a: sampling_logprob(a[0], a[1], temperature, top_p), (logits, tgt))
+        return jnp.where(mask > 0, logp, 0.0)  # -inf outside the nucleus stays where it counts, not 0 * -inf
+
+    return run
 
 
 def response_logprobs(
@@ -40,12 +62,22 @@ def response_logprobs(
     max_segments: int = 8,
     progress: bool = False,
     locations: Optional[Sequence[str]] = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sum of response-token log-probabilities [N] float64, response token counts [N]) of whole
     conversations (ending with the assistant's response; a SteerLM label, if carried, conditions it).
-    ``locations`` name the conversations in errors (file, row, field)."""
+    ``locations`` name the conversations in errors (file, row, field). ``temperature`` / ``top_p``: the
+    log-probabilities under the distribution :func:`rm_jax.policy.generate.sample_token` samples from with
+    those settings (:func:`rm_jax.policy.generate.sampling_logprob`); -inf for a response holding a token
+    outside the nucleus. The defaults are the model's own distribution."""
     if batch_rows < 1:
         raise InputError(f"--batch-size: must be at least 1, got {batch_rows}")
+    if not temperature > 0:
+        raise InputError(f"temperature: log-probabilities need a temperature > 0 (0 is greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise InputError(f"top_p: must be in (0, 1], got {top_p}")
+    temperature, top_p = float(temperature), float(top_p)
     try:
         ids, starts = encode_responses(policy.tokenizer, conversations, policy.template, locations)
     except ConversationError as e:
@@ -62,7 +94,7 @@ def response_logprobs(
         raise InputError(f"{name}: {longest} tokens, more than the model's {limit} positions")
     seq_len = min(limit, -(-longest // 64) * 64)
     bins = plan_packed([len(x) for x in ids], seq_len, max_segments)
-    fn = _program(policy, max_segments)
+    fn = _program(policy, max_segments, temperature, top_p)
     batch_rows = min(batch_rows, len(bins))  # one batch shape per call; a small input pays for no empty rows
     empty = np.zeros((n, 0), np.float32)
     with tqdm(total=n, desc="logprob", unit="seq", disable=not progress, leave=False) as bar:

@@ -121,9 +121,10 @@ def generate_rows(
     progress: bool = True,
 ) -> list[dict]:
     """The rows plus ``"responses"`` (n texts each, in row order), sampled as :func:`rm_jax.policy.generate`
-    samples (a row's ``"attributes"`` condition it), and ``"finished"`` (per response: it ended its turn
-    within ``max_new_tokens``; false means cut off)."""
-    from rm_jax.policy.generate import generate
+    samples (a row's ``"attributes"`` condition it), ``"finished"`` (per response: it ended its turn
+    within ``max_new_tokens``; false means cut off) and ``"sampling"`` (the settings they were drawn with:
+    temperature, 0 for greedy, top_p, seed, max_new_tokens; ``rm-jax steer label`` scores log Q' under them)."""
+    from rm_jax.policy.generate import generate, sampling_record
 
     if n < 1:
         raise InputError(f"--n: must be at least 1, got {n}")
@@ -143,7 +144,10 @@ def generate_rows(
         locations=locations,
         return_tokens=True,
     )
-    return [{**r, "responses": t, "finished": f} for r, t, f in zip(rows, gen.texts, gen.finished)]
+    settings = sampling_record(temperature, top_p, seed, max_new_tokens, greedy)
+    return [
+        {**r, "responses": t, "finished": f, "sampling": settings} for r, t, f in zip(rows, gen.texts, gen.finished)
+    ]
 
 
 def logprob_rows(

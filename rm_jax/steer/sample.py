@@ -1,7 +1,8 @@
 """Sampling n responses per (prompt, label): the samples ``rm-jax steer label`` turns into SteerLM 2.0 groups.
 
 Output rows are ``rm-jax lm generate``'s: the prompt (or messages), ``"attributes"`` (the label the policy
-was given), ``"responses"`` (n texts) and ``"finished"`` (false for a response cut off at ``max_new_tokens``)."""
+was given), ``"responses"`` (n texts), ``"finished"`` (false for a response cut off at ``max_new_tokens``)
+and ``"sampling"`` (temperature, top_p, seed, max_new_tokens: the distribution log Q' is scored under)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def sample_prompts(
     HelpSteer2 values; ``prompts`` counts those pairs), or each distinct prompt under each of ``targets``."""
     from rm_jax.core.errors import InputError
     from rm_jax.policy import generate
+    from rm_jax.policy.generate import sampling_record
     from rm_jax.steer.placement import policy as load
 
     if n < 2:
@@ -60,14 +62,16 @@ def sample_prompts(
         batch_size=batch_size,
         return_tokens=True,
     )
+    settings = sampling_record(temperature, top_p, seed, max_new_tokens)
     write_jsonl(
         output,
         (
-            {**p.row, "attributes": lab, "responses": list(ys), "finished": list(fs)}
+            {**p.row, "attributes": lab, "responses": list(ys), "finished": list(fs), "sampling": settings}
             for (p, lab), ys, fs in zip(jobs, gen.texts, gen.finished)
         ),
     )
     return {
+        "sampling": settings,
         "prompts": len(items),
         "groups": len(jobs),
         "responses": sum(len(t) for t in gen.texts),

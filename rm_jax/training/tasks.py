@@ -18,7 +18,7 @@ from rm_jax.core.config import LossConfig, RunConfig
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
 from rm_jax.data.sft import encode_sft
 from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
-from rm_jax.data.steer_groups import encode_groups, load_groups
+from rm_jax.data.steer_groups import encode_groups, load_groups, unequal_sizes
 from rm_jax.engine.losses import pair_sums
 from rm_jax.evaluation.metrics import helpsteer_report
 from rm_jax.training.logs import logger
@@ -206,12 +206,21 @@ class SteerLM2Task(Task):
 
     def load_split(self, source: Optional[str], split: str, tokenizer: Any, subset: bool) -> tuple[Encoded, dict]:
         d = self.cfg.data
-        groups = load_groups(resolve_source(source))  # errors name file, row and field
+        src = resolve_source(source)
+        groups = load_groups(src)  # errors name file, row and field
         if subset and (d.fraction < 1 or d.max_prompts is not None):
             k = d.max_prompts if d.max_prompts is not None else max(1, round(d.fraction * len(groups)))
             keep = np.sort(np.random.default_rng(d.subset_seed).permutation(len(groups))[:k])
             groups = [groups[i] for i in keep]
         enc = encode_groups(groups, tokenizer, d.seq_len, d.template, d.overlength)
+        uneven = unequal_sizes([len(g.responses) for g in groups], lambda i: f"{src}: row {groups[i].row}")
+        if uneven:
+            logger.info(f"note: {uneven}")
+        if enc.report.truncated or enc.report.dropped:
+            logger.info(
+                f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} groups truncated "
+                f"(each group's prompt cut once), {enc.report.dropped} groups dropped (seq_len {d.seq_len})"
+            )
         return enc, split_report(source, split, len(groups), len(groups), enc)
 
     def validator(self, parts: ModelParts, enc: Encoded) -> Validator:

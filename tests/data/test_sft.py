@@ -98,3 +98,17 @@ def test_chat_rows_and_their_errors(tmp_path, tok):
         load_chat(str(level))
     with pytest.raises(ConversationError, match="row 3, field 'attributes': unknown attribute 'humor'"):
         encode_sft([{"prompt": "q", "response": "a", "attributes": "humor:2", "_row": 3}], tok, 128)
+
+
+def test_sft_targets_end_at_the_templates_end_of_turn_token():
+    """task sft with a template writing ``<|end|>\\n`` (the EOS) after a turn: the response targets run through
+    ``<|end|>`` and stop there (no newline, no second EOS for the policy to learn)."""
+    from tests.helpers import END_TEMPLATE, bundled_tokenizer
+
+    tok = bundled_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>", "<|user|>", "<|assistant|>"]})
+    tok.eos_token, tok.chat_template = "<|end|>", END_TEMPLATE
+    enc = encode_sft([{"prompt": "hello", "response": "hi! how can I help?", "_row": 0}], tok, 256)
+    ids, start = enc.ids[0], int(enc.response_start[0])
+    assert tok.convert_ids_to_tokens(ids[start:].tolist())[-3:] == ["Ġhelp", "?", "<|end|>"]
+    assert tok.decode(ids) == "<|user|>\nhello<|end|>\n<|assistant|>\nhi! how can I help?<|end|>"

@@ -30,46 +30,88 @@ def _logq(theta):
     return -20.0 + 3.0 * theta
 
 
-def _plain(theta, w, logq_prime):
-    """The definition, group by group, in plain jnp."""
+def _plain(theta, w, logq_prime, normalisation="group_mean_length"):
+    """The definition, group by group, in plain jnp: NeMo's mean over groups of each group's loss divided by
+    its own mean response length, or the step's summed loss over the sum of the groups' mean lengths."""
     logq = _logq(theta)
-    num, den = 0.0, 0.0
+    losses, lengths = [], []
     for g in (0, 1):
         idx = np.argwhere(GROUP == g)
         lq = jnp.stack([logq[i, j] for i, j in idx])
         lp = jnp.asarray([logq_prime[i, j] for i, j in idx])
         wg = jnp.asarray([w[i, j] for i, j in idx])
         b = jax.nn.softmax(jax.lax.stop_gradient(lq) - lp)
-        num = num - jnp.sum((wg - b) * lq)
-        den = den + np.mean([TOKENS[i, j] for i, j in idx])
-    return num / den
+        losses.append(-jnp.sum((wg - b) * lq))
+        lengths.append(np.mean([TOKENS[i, j] for i, j in idx]))
+    if normalisation == "group_mean_length":
+        return sum(loss / n for loss, n in zip(losses, lengths)) / len(losses)
+    return sum(losses) / sum(lengths)
 
 
-def test_loss_value_baseline_and_kl_against_numpy():
+@pytest.mark.parametrize("normalisation", ["group_mean_length", "batch_mean_length"])
+def test_loss_value_baseline_kl_and_ess_against_numpy(normalisation):
     theta, w, lp = _inputs()
     s = steerlm2_sums(
-        jnp.asarray(_logq(theta)), jnp.asarray(TOKENS), jnp.asarray(w), jnp.asarray(lp), jnp.asarray(GROUP)
+        jnp.asarray(_logq(theta)),
+        jnp.asarray(TOKENS),
+        jnp.asarray(w),
+        jnp.asarray(lp),
+        jnp.asarray(GROUP),
+        normalisation,
     )
-    want_num, want_kl = 0.0, 0.0
+    lengths = {0: np.mean([5, 9, 7]), 1: np.mean([4, 3])}
+    want_num, want_kl, loss, ess = 0.0, 0.0, {}, {}
     for g in (0, 1):
         m = GROUP == g
         b = softmax(_logq(theta)[m].astype(np.float64) - lp[m])
-        want_num -= np.sum((w[m] - b) * _logq(theta)[m])
+        loss[g] = -np.sum((w[m] - b) * _logq(theta)[m])
         want_kl += np.sum(w[m] * (np.log(w[m]) - np.log(b)))
+        ess[g] = 1.0 / np.sum(w[m].astype(np.float64) ** 2)
+    if normalisation == "group_mean_length":
+        want_num, want_den = loss[0] / lengths[0] + loss[1] / lengths[1], 2.0
+    else:
+        want_num, want_den = loss[0] + loss[1], lengths[0] + lengths[1]
     assert float(s["num"]) == pytest.approx(want_num, rel=1e-5)
-    assert float(s["den"]) == pytest.approx(np.mean([5, 9, 7]) + np.mean([4, 3]))
+    assert float(s["den"]) == pytest.approx(want_den)
     assert float(s["kl_sum"]) == pytest.approx(want_kl, rel=1e-4) and int(s["groups"]) == 2
+    assert float(s["ess_sum"]) == pytest.approx(ess[0] + ess[1], rel=1e-5)
+    assert float(s["ess_min"]) == pytest.approx(min(ess.values()), rel=1e-5)
 
 
-def test_gradient_equals_autodiff_of_the_plain_definition():
+def test_nemo_scales_each_group_by_its_own_mean_length():
+    """Groups of mean length 10 and 100 with the same summed term: NeMo's normalisation scales them 1/10 and
+    1/100 (then averages over the 2 groups); the batch option scales both by 1/110."""
+    group = np.array([[0, 0, 1, 1]])
+    tokens = np.array([[8, 12, 90, 110]], np.float32)
+    logq = jnp.asarray([[-3.0, -5.0, -3.0, -5.0]])
+    w = jnp.asarray([[0.9, 0.1, 0.9, 0.1]])
+    lp = jnp.asarray([[-4.0, -4.0, -4.0, -4.0]])  # b = softmax(logq - lp) = softmax([1, -1]) in both groups
+    b = softmax(np.array([1.0, -1.0]))
+    term = -np.sum((np.array([0.9, 0.1]) - b) * np.array([-3.0, -5.0]))  # each group's summed loss
+    assert term != 0
+
+    def loss(norm):
+        s = steerlm2_sums(logq, jnp.asarray(tokens), w, lp, jnp.asarray(group), norm)
+        return float(s["num"] / s["den"])
+
+    assert loss("group_mean_length") == pytest.approx((term / 10 + term / 100) / 2, rel=1e-5)
+    assert loss("batch_mean_length") == pytest.approx((term + term) / 110, rel=1e-5)
+    with pytest.raises(ValueError, match="not one of group_mean_length, batch_mean_length"):
+        steerlm2_sums(logq, jnp.asarray(tokens), w, lp, jnp.asarray(group), "tokens")
+
+
+@pytest.mark.parametrize("normalisation", ["group_mean_length", "batch_mean_length"])
+def test_gradient_equals_autodiff_of_the_plain_definition(normalisation):
     theta, w, lp = _inputs(1)
 
     def ours(t):
-        s = steerlm2_sums(_logq(t), jnp.asarray(TOKENS), jnp.asarray(w), jnp.asarray(lp), jnp.asarray(GROUP))
+        s = steerlm2_sums(
+            _logq(t), jnp.asarray(TOKENS), jnp.asarray(w), jnp.asarray(lp), jnp.asarray(GROUP), normalisation
+        )
         return s["num"] / s["den"]
 
     g_ours = jax.grad(ours)(jnp.asarray(theta))
-    g_plain = jax.grad(lambda t: _plain(t, w, lp))(jnp.asarray(theta))
+    g_plain = jax.grad(lambda t: _plain(t, w, lp, normalisation))(jnp.asarray(theta))
     np.testing.assert_allclose(np.asarray(g_ours), np.asarray(g_plain), rtol=1e-5, atol=1e-7)
     assert np.all(np.asarray(g_ours)[GROUP < 0] == 0)  # empty slots get no gradient
     # The gradient is -(w - b) dlogq / den: zero exactly when the policy's baseline already equals w.

@@ -60,7 +60,9 @@ def labelled(models):
         "groups": 6,
         "responses": 18,
         "unfinished": sum(not f for r in rows for f in r["finished"]),
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "seed": 4, "max_new_tokens": 10},
     }
+    assert all(r["sampling"] == rep["sampling"] for r in rows)
     assert all(len(r["finished"]) == 3 for r in rows)
     label_samples(samples, models["policy"], models["rm"], groups, sft=models["sft"], sigma=SIGMA, progress=False)
     return samples, groups
@@ -403,3 +405,100 @@ def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path):
         assert again[s][0] == pytest.approx(first[s][0], rel=1e-5) and again[s][1] == pytest.approx(
             first[s][1], rel=1e-4
         )
+
+
+def test_log_q_is_scored_under_the_sampling_distribution(models, tmp_path, capsys):
+    """Acceptance: `lm generate --temperature 0.5 --top-p 0.8` rows record their settings, and `steer label`
+    writes log Q' under that distribution: equal to the tempered nucleus log-prob (checked against numpy in
+    tests/policy/test_logprob.py), different from the plain log-prob. A row without settings among rows with
+    them is refused by name, and so is an unknown setting."""
+    from rm_jax.policy import load_policy, response_logprobs
+    from tests.helpers import make_hf_causal_lm_that_ends_turns
+
+    label, questions = "helpfulness:4,verbosity:1", ("Name a colour.", "What is 2 plus 2?")
+    pol_dir = str(tmp_path / "ending")
+    convs = [with_label([{"role": "user", "content": q}], label) for q in questions]
+    make_hf_causal_lm_that_ends_turns(pol_dir, prompts=convs)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q, "attributes": label}) + "\n" for q in questions))
+    samples, groups = tmp_path / "s.jsonl", tmp_path / "g.jsonl"
+    gen = ["lm", "generate", "--model", pol_dir, "--input", str(prompts), "--output", str(samples)]
+    gen += ["--n", "4", "--temperature", "0.5", "--top-p", "0.8", "--max-new-tokens", "16", "--seed", "3"]
+    assert main(gen + ["--no-progress"]) == 0
+    rows = [json.loads(x) for x in open(samples)]
+    want = {"temperature": 0.5, "top_p": 0.8, "seed": 3, "max_new_tokens": 16}
+    assert all(r["sampling"] == want for r in rows) and '"top_p": 0.8' in capsys.readouterr().out
+    cmd = ["steer", "label", "--policy", pol_dir, "--rm", models["rm"], "--sigma", SIGMA, "--no-progress"]
+    cmd += ["--skip-empty", "--skip-unfinished", "--input", str(samples), "--output", str(groups)]
+    assert main(cmd) == 0
+    assert "log Q' under the sampling distribution: temperature 0.5 top-p 0.8" in capsys.readouterr().out
+    pol = load_policy(pol_dir)
+    got = load_groups(str(groups))
+    assert got and sum(len(g.responses) for g in got) >= 4
+    for g in got:
+        convs = [with_label(g.prompt + [{"role": "assistant", "content": y}], g.label) for y in g.responses]
+        tempered, _ = response_logprobs(pol, convs, temperature=0.5, top_p=0.8)
+        plain, _ = response_logprobs(pol, convs)
+        np.testing.assert_allclose(g.log_q, tempered, atol=1e-4)
+        assert np.abs(g.log_q - plain).min() > 1e-2
+
+    rows[1].pop("sampling")
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(cmd) == 1
+    err = capsys.readouterr().err
+    assert f"{samples}: line 2, field 'sampling': missing, while {samples}: line 1 records" in err
+    rows[1]["sampling"] = {**want, "top_k": 40}
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(cmd) == 1
+    assert f"{samples}: line 2, field 'sampling.top_k': unknown setting" in capsys.readouterr().err
+
+
+def test_first_steerlm2_step_reproduces_the_labels_log_q(models, labelled, tmp_path):
+    """At the first step the policy is Q' itself, so the trainer's baseline b = softmax(log Q_theta - log Q') is
+    uniform and the logged kl_w_b is KL(w || uniform) averaged over the groups: the trainer scores exactly the
+    tokens, with the label, that `steer label` scored. (All 6 groups fit the first batch.)"""
+    from rm_jax.core.config import build_config
+    from rm_jax.training.run import train
+
+    _, groups_path = labelled
+    base = {
+        "task": "steerlm2",
+        "run_dir": str(tmp_path / "run"),
+        "model": {"path": models["policy"]},
+        "data": {"train": groups_path, "validation": None, "seq_len": 256, "max_segments": 8, "shuffle": False},
+        "train": {"max_steps": 1, "batch_rows": 8, "lr": 1e-3, "warmup_steps": 1, "log_every": 1},
+        "checkpoint": {"every_steps": 0, "keep_latest": 1, "keep_best": 0},
+        "mesh": {"num_devices": 1, "data": 1},
+        "logging": {"progress": False, "tensorboard": False},
+    }
+    rd = train(build_config(base))
+    first = [json.loads(x) for x in open(os.path.join(rd, "metrics.jsonl")) if '"loss"' in x][0]
+    groups = load_groups(groups_path)
+    want = np.mean([np.sum(g.weights * np.log(g.weights * len(g.weights))) for g in groups])
+    assert want > 0.05  # far from uniform weights, so a wrong log Q_theta would show
+    assert first["step"] == 1 and first["kl_w_b"] == pytest.approx(want, abs=2e-3)
+
+
+def test_uneven_groups_are_named_and_equal_groups_makes_them_nemo_safe(models, tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(
+        json.dumps({"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "b", "c"]})
+        + "\n"
+        + json.dumps({"prompt": "no", "attributes": "verbosity:1", "responses": ["d", "", "e"]})
+        + "\n"
+    )
+    out = tmp_path / "g.jsonl"
+    args = ["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", str(samples)]
+    args += ["--output", str(out), "--sigma", SIGMA, "--skip-empty", "--no-progress"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"note: {samples}: line 2 holds 2 responses, while the largest groups hold 3" in err
+    assert [len(g.responses) for g in load_groups(str(out))] == [3, 2]
+    assert main(args + ["--equal-groups", "drop"]) == 0
+    assert "1 groups dropped" in capsys.readouterr().out
+    assert [g.responses for g in load_groups(str(out))] == [["a", "b", "c"]]
+    assert main(args + ["--equal-groups", "fill"]) == 0
+    assert "holds 2 responses" not in capsys.readouterr().err
+    got = load_groups(str(out))
+    assert [g.responses for g in got] == [["a", "b", "c"], ["d", "e", "d"]]
+    assert got[1].log_q[0] == got[1].log_q[2]  # the repeat is the same response, labelled the same

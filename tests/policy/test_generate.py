@@ -193,3 +193,30 @@ def test_settings_that_cannot_sample_are_refused(llama):
         generate_tokens(pol, [np.asarray([1, 2, 3]), np.arange(1, 1000) % 50 + 3], max_new_tokens=100)
     with pytest.raises(InputError, match="prompt 1: the prompt encodes to no tokens"):
         generate_tokens(pol, [np.zeros(0, np.int32)])
+
+
+def test_generation_stops_at_the_templates_end_of_turn_token(tmp_path):
+    """ChatML's turn ends with ``<|im_end|>`` while the EOS stays ``</s>``: decoding stops at ``<|im_end|>``
+    (the LM head is set so that greedy decoding emits it first), the response text is empty, and the
+    conversation re-encoded for log-probs has exactly the emitted tokens as its response."""
+    import torch
+
+    from rm_jax.data.conversation import encode_responses
+    from tests.helpers import CHATML_TEMPLATE, make_hf_causal_lm_with_template
+
+    d = str(tmp_path / "chatml")
+    model, tok = make_hf_causal_lm_with_template("llama", d, CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], seed=4)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end != tok.eos_token_id
+    conv = [{"role": "user", "content": "Hi"}]
+    prompt = encode_prompts(tok, [conv])[0]
+    with torch.no_grad():
+        h = model(torch.as_tensor(prompt[None].astype(np.int64)), output_hidden_states=True).hidden_states[-1][0, -1]
+        head = model.get_output_embeddings().weight
+        top = float((head @ h).max())
+        head[end] = h * (abs(top) + 5.0) * 2 / float(h @ h)  # its logit: 2 (|top| + 5) > top
+    model.save_pretrained(d, safe_serialization=True)
+    gen = generate(load_policy(d), [conv], greedy=True, max_new_tokens=6, return_tokens=True)
+    assert gen.tokens[0][0].tolist() == [end] and gen.finished[0] == [True] and gen.texts[0] == [""]
+    ids, start = encode_responses(tok, [conv + [{"role": "assistant", "content": ""}]])
+    assert ids[0].tolist() == prompt.tolist() + [end] and start[0] == len(prompt)

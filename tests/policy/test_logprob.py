@@ -90,3 +90,112 @@ def test_label_as_a_system_message_and_a_long_response(lm):
     assert count[0] > 300 and "Be brief.\nverbosity:1" in tok.decode(ids[1])
     for i in range(2):
         assert lp[i] == pytest.approx(_torch_logprob(model, ids[i], starts[i]), abs=1e-4)
+
+
+@pytest.fixture(scope="module", params=["end", "chatml"])
+def templated_lm(request, tmp_path_factory):
+    """A tiny llama whose template writes a newline after its end-of-turn token: ``<|end|>\\n`` (the EOS) or
+    ChatML's ``<|im_end|>\\n`` (the EOS stays ``</s>``)."""
+    from tests.helpers import CHATML_TEMPLATE, END_TEMPLATE, make_hf_causal_lm_with_template
+
+    d = str(tmp_path_factory.mktemp(f"lm_{request.param}"))
+    if request.param == "end":
+        model, tok = make_hf_causal_lm_with_template(
+            "llama", d, END_TEMPLATE, ["<|end|>", "<|user|>", "<|assistant|>"], eos="<|end|>", seed=3
+        )
+        return d, model, tok, "<|end|>"
+    model, tok = make_hf_causal_lm_with_template("llama", d, CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], seed=3)
+    return d, model, tok, "<|im_end|>"
+
+
+def test_lm_logprob_counts_the_response_through_its_end_of_turn_and_nothing_after(templated_lm):
+    """``rm-jax lm logprob`` rows: response_tokens are the response's tokens plus the template's end-of-turn
+    token (not the newline after it, not a second EOS), and logprob is transformers' sum over exactly those."""
+    from rm_jax.policy import logprob_rows
+
+    d, model, tok, end = templated_lm
+    rows = [
+        {"prompt": "hello", "response": "hi! how can I help?"},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
+    out = logprob_rows(load_policy(d), rows, progress=False)
+    for row, r in zip(out, rows):
+        text = r.get("response") or r["messages"][-1]["content"]
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": r.get("prompt") or r["messages"][0]["content"]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        ids = np.asarray(tok(prompt + text + end, add_special_tokens=False)["input_ids"])
+        start = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        assert row["response_tokens"] == len(ids) - start == len(tok(text, add_special_tokens=False)["input_ids"]) + 1
+        assert row["logprob"] == pytest.approx(_torch_logprob(model, ids, start), abs=1e-4)
+    ids, starts = encode_responses(tok, [row_to_messages(rows[0])])
+    assert tok.convert_ids_to_tokens(ids[0][starts[0] :].tolist())[-2:] == ["?", end]
+
+
+def test_a_response_holding_the_end_of_turn_token_is_refused(templated_lm):
+    from rm_jax.core.errors import ConversationError
+
+    _, _, tok, end = templated_lm
+    with pytest.raises(ConversationError, match=r"conv 1: the response contains the end-of-turn token"):
+        encode_responses(tok, [row_to_messages({"prompt": "q", "response": f"a{end} b"})], locations=["conv 1"])
+
+
+def _numpy_sampled_logprob(logits, targets, temperature, top_p):
+    """The definition written plainly, in float64: per token softmax(logits / T), kept the k most likely tokens
+    (k the fewest whose probability reaches top_p, plus ties with the k-th), renormalised; summed."""
+    total = 0.0
+    for z, t in zip(logits.astype(np.float64) / temperature, targets):
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        srt = np.sort(p)[::-1]
+        cut = srt[np.argmax(np.cumsum(srt) >= top_p)]
+        keep = p >= cut if top_p < 1 else np.ones_like(p, bool)  # top-p 1: no nucleus (sums may miss 1.0)
+        total += np.log(p[t]) - np.log(p[keep].sum()) if keep[t] else -np.inf
+    return total
+
+
+@pytest.fixture(scope="module")
+def ending_lm(tmp_path_factory):
+    from tests.helpers import make_hf_causal_lm_that_ends_turns
+
+    d = str(tmp_path_factory.mktemp("ending_lm"))
+    return (d, *make_hf_causal_lm_that_ends_turns(d))
+
+
+def test_logprobs_under_the_sampling_distribution_equal_numpy(ending_lm):
+    """Responses sampled at temperature 0.5 / top-p 0.8, scored under that distribution: equal to the numpy
+    definition on transformers' logits, and different from the plain (temperature 1) log-probability."""
+    from rm_jax.policy import generate
+
+    d, model, tok = ending_lm
+    pol = load_policy(d)
+    prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "What is 2 plus 2?"}]]
+    gen = generate(pol, prompts, n=4, temperature=0.5, top_p=0.8, max_new_tokens=16, seed=3, return_tokens=True)
+    convs = []
+    for p, ys, toks, fs in zip(prompts, gen.texts, gen.tokens, gen.finished):
+        for y, t, f in zip(ys, toks, fs):
+            conv = p + [{"role": "assistant", "content": y}]
+            ids, starts = encode_responses(tok, [conv])
+            if f and y.strip() and ids[0][starts[0] :].tolist() == t.tolist():  # text gives back the tokens
+                convs.append(conv)
+    assert len(convs) >= 4
+    tempered, count = response_logprobs(pol, convs, temperature=0.5, top_p=0.8)
+    plain, _ = response_logprobs(pol, convs)
+    ids, starts = encode_responses(tok, convs)
+    import torch
+
+    for i, (x, s) in enumerate(zip(ids, starts)):
+        with torch.no_grad():
+            logits = model(input_ids=torch.as_tensor(x[None].astype(np.int64))).logits[0].numpy()
+        want = _numpy_sampled_logprob(logits[s - 1 : len(x) - 1], x[s:], 0.5, 0.8)
+        assert np.isfinite(want) and tempered[i] == pytest.approx(want, abs=1e-4)
+        assert count[i] == len(x) - s
+    assert np.abs(tempered - plain).min() > 1e-2  # the plain log-prob is not log Q'
+    # temperature alone (no nucleus) is softmax(logits / T) too
+    only_t, _ = response_logprobs(pol, convs[:1], temperature=0.5)
+    with torch.no_grad():
+        logits = model(input_ids=torch.as_tensor(ids[0][None].astype(np.int64))).logits[0].numpy()
+    want = _numpy_sampled_logprob(logits[starts[0] - 1 : len(ids[0]) - 1], ids[0][starts[0] :], 0.5, 1.0)
+    assert only_t[0] == pytest.approx(want, abs=1e-4)

@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import jax
 import jax.numpy as jnp
+
+from rm_jax.core.config import Steerlm2Normalisation
 
 
 def mse_sums(scores: jax.Array, labels: jax.Array, mask: jax.Array, attr_weights: jax.Array) -> dict:
@@ -54,7 +58,7 @@ def token_nll_sums(logp: jax.Array, mask: jax.Array) -> dict:
     return {"num": -jnp.sum(logp * mask), "den": jnp.sum(mask)}
 
 
-STEERLM2_NORMALISATIONS = ("group_mean_length", "batch_mean_length")
+STEERLM2_NORMALISATIONS = get_args(Steerlm2Normalisation)
 
 
 def steerlm2_sums(

@@ -147,6 +147,18 @@ class LoggingConfig:
     peak_flops: Optional[float] = None  # per device, for MFU; None = known GPUs/TPUs only
 
 
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0  # 0 = full fine-tune; > 0 = the base is frozen, adapters of this rank (and the head) train
+    alpha: float = 16.0  # the adapters' update is scaled by alpha / rank (PEFT's default scaling)
+    targets: list = field(default_factory=lambda: list(LORA_TARGETS))  # which projections get an adapter
+    base_dtype: str = "float32"  # storage dtype of the frozen base (bfloat16 halves its memory)
+    train_lm_head: bool = False  # policies: also train the LM head (reward models always train their head)
+
+
 @dataclass
 class RunConfig:
     run_dir: str = "runs/default"
@@ -161,6 +173,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 CHOICES = {
@@ -175,6 +188,7 @@ CHOICES = {
     "data.on_bad_row": ("error", "skip"),
     "train.schedule": ("constant", "cosine", "linear"),
     "loss.type": ("mse", "bt", "margin_bt", "scaled_bt"),
+    "lora.base_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -373,6 +387,19 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: loss.type={cfg.loss.type} needs data.kind=pairs")
     if cfg.model.path is None and not cfg.model.arch and cfg.model.init_from is None:
         raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
+    if cfg.lora.rank < 0:
+        raise ConfigError(f"{where}: lora.rank must be >= 0 (0 = full fine-tune), got {cfg.lora.rank}")
+    if cfg.lora.rank:
+        bad = [t for t in cfg.lora.targets if t not in LORA_TARGETS]
+        if bad or not cfg.lora.targets:
+            raise ConfigError(f"{where}: lora.targets {bad or '[]'}: choose from {', '.join(LORA_TARGETS)}")
+        if not cfg.model.path:
+            raise ConfigError(f"{where}: lora.rank > 0 adapts a base model: set model.path (an HF folder)")
+        if cfg.model.init_from:
+            raise ConfigError(
+                f"{where}: lora.rank > 0 adapts the HF folder in model.path; model.init_from is not supported "
+                f"with LoRA (export that run with `rm-jax export` and use the folder as model.path)"
+            )
     from rm_jax.core.attributes import resolve_reward_weights
 
     # Presets weigh the five HelpSteer2 attributes; with other attributes they are not scored.

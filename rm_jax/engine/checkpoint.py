@@ -28,6 +28,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from rm_jax.core.config import CheckpointConfig
 from rm_jax.core.errors import CheckpointError
+from rm_jax.models.lora import fill_base, has_adapters, is_checkpointed, partition
 
 T = TypeVar("T")
 UNREADABLE_DIR = "checkpoints.unreadable"  # beside checkpoints/: damaged steps moved out of Orbax's way
@@ -73,7 +74,15 @@ class Checkpointer:
         except Exception:  # a step saved without metrics
             return None
 
+    @property
+    def run_dir(self) -> str:
+        return os.path.dirname(self.directory)
+
     def save(self, step: int, state: Any, data_state: dict, metrics: Optional[dict] = None) -> None:
+        """With LoRA adapters in the parameters, only they and the head are saved (with their optimizer
+        state): the frozen base is identified by the run folder's lora_base.json and re-read on restore."""
+        if has_adapters(state["params"]):
+            state = {**state, "params": partition(state["params"], is_checkpointed)[0]}
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
@@ -82,13 +91,24 @@ class Checkpointer:
         )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        full = abstract_state["params"]
+        lora = has_adapters(full)
+        if lora:
+            abstract_state = {**abstract_state, "params": partition(full, is_checkpointed)[0]}
         out = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
         )
-        return out["state"], out["data"]
+        state = out["state"]
+        if lora:
+            state = {**state, "params": fill_base(self.run_dir, full, state["params"])}
+        return state, out["data"]
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
-        """Only the parameters (e.g. to initialise a new run from this one)."""
+        """Only the parameters (e.g. to initialise a new run from this one); a LoRA run's frozen base
+        is re-read from the folder its lora_base.json names."""
+        if has_adapters(abstract_params):
+            saved = self.restore_params(step, partition(abstract_params, is_checkpointed)[0])
+            return fill_base(self.run_dir, abstract_params, saved)
         target = {"params": abstract_params}
         ckptr = ocp.PyTreeCheckpointer()
         out = ckptr.restore(

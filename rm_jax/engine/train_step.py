@@ -21,6 +21,7 @@ from rm_jax.core.config import LossConfig, TrainConfig
 from rm_jax.engine.losses import mse_sums, pair_sums, steerlm2_sums, token_nll_sums
 from rm_jax.models import CausalLM, RewardModel, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
+from rm_jax.models.lora import combine, split_trainable
 from rm_jax.models.sharding import activate
 
 BATCH_KEYS_2D = ("input_ids", "segment_ids", "positions")
@@ -95,16 +96,20 @@ def state_shardings(abstract_state: dict, param_shard: Any, mesh: Mesh) -> Any:
     }
 
 
+def init_state(cfg: DecoderConfig, tx: optax.GradientTransformation, params: Any) -> dict:
+    """The train state of ``params``: optimizer state for the trainable leaves only (with LoRA, the
+    adapters and the head; the frozen base has none)."""
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(split_trainable(cfg, params)[0])}
+
+
 def create_state(cfg: DecoderConfig, tx: optax.GradientTransformation, mesh: Mesh, params: Any) -> tuple[dict, Any]:
     """(state, shardings): ``params`` (already sharded; donated) plus optimizer state created by a
     jit whose out_shardings come from the logical rules."""
     pshard = param_shardings_for(cfg, mesh)
-    abstract = jax.eval_shape(
-        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}, params
-    )
+    abstract = jax.eval_shape(lambda p: init_state(cfg, tx, p), params)
     shard = state_shardings(abstract, pshard, mesh)
     state = jax.jit(
-        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
+        lambda p: init_state(cfg, tx, p),
         in_shardings=(pshard,),
         out_shardings=shard,
         donate_argnums=0,
@@ -183,11 +188,12 @@ def make_train_step(
     reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
 
     def step(state: dict, batch: dict) -> tuple[dict, dict]:
-        params = state["params"]
+        # With LoRA only the adapters (and head) are differentiated: no gradient buffers for the base.
+        params, frozen = split_trainable(model_cfg, state["params"])
 
         def micro(acc: Any, mb: dict) -> tuple[Any, None]:
             def f(p: Any) -> tuple[jax.Array, dict]:
-                s = _sums(model_cfg, loss_cfg, p, mb, max_segments, attr_w, reward_w)
+                s = _sums(model_cfg, loss_cfg, combine(p, frozen), mb, max_segments, attr_w, reward_w)
                 return s["num"], s
 
             (_, sums), g = jax.value_and_grad(f, has_aux=True)(params)
@@ -197,7 +203,13 @@ def make_train_step(
             zero_g = jax.tree.map(jnp.zeros_like, params)
             zero_s = jax.eval_shape(
                 lambda: _sums(
-                    model_cfg, loss_cfg, params, jax.tree.map(lambda x: x[0], batch), max_segments, attr_w, reward_w
+                    model_cfg,
+                    loss_cfg,
+                    state["params"],
+                    jax.tree.map(lambda x: x[0], batch),
+                    max_segments,
+                    attr_w,
+                    reward_w,
                 )
             )
             zero_s = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zero_s)
@@ -207,7 +219,8 @@ def make_train_step(
         loss = sums["num"] / den
         gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
+        new_params = combine(optax.apply_updates(params, updates), frozen)
+        new = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         # A non-finite step leaves the state untouched; the host stops the run on seeing ok == 0.
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)

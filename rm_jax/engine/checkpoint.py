@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from rm_jax.core.config import CheckpointConfig
-from rm_jax.core.errors import CheckpointError
+from rm_jax.core.errors import CheckpointError, ModelLoadError
 from rm_jax.models.lora import fill_base, has_adapters, is_checkpointed, partition
 
 T = TypeVar("T")
@@ -107,8 +107,11 @@ class Checkpointer:
         """Only the parameters (e.g. to initialise a new run from this one); a LoRA run's frozen base
         is re-read from the folder its lora_base.json names."""
         if has_adapters(abstract_params):
-            saved = self.restore_params(step, partition(abstract_params, is_checkpointed)[0])
+            saved = self._restore_saved_params(step, partition(abstract_params, is_checkpointed)[0])
             return fill_base(self.run_dir, abstract_params, saved)
+        return self._restore_saved_params(step, abstract_params)
+
+    def _restore_saved_params(self, step: int, abstract_params: Any) -> Any:
         target = {"params": abstract_params}
         ckptr = ocp.PyTreeCheckpointer()
         out = ckptr.restore(
@@ -138,6 +141,8 @@ class Checkpointer:
             try:
                 with _quiet_failure():
                     out = restore(step)
+            except ModelLoadError:  # a LoRA run's base is missing or changed: not damage to this checkpoint
+                raise
             except Exception as e:  # Orbax/TensorStore raise many types for damaged files
                 last = e
                 problem = describe_failure(e, os.path.join(self.directory, str(step)))

@@ -201,6 +201,7 @@ class PlanReport:
     fits: bool
     largest_batch_rows: Optional[int]
     compiles: int
+    searched: bool = True
 
 
 def plan(cfg: RunConfig, devices: int, device_memory: int, search: bool = True, max_rows: int = 4096) -> PlanReport:
@@ -241,6 +242,7 @@ def plan(cfg: RunConfig, devices: int, device_memory: int, search: bool = True, 
         at.total <= device_memory,
         best,
         len(results),
+        search,
     )
 
 
@@ -266,6 +268,6 @@ def format_plan(rep: PlanReport, source: str) -> str:
     ]
     if rep.largest_batch_rows is not None:
         lines.append(f"  largest train.batch_rows that fits: {rep.largest_batch_rows} ({rep.compiles} compiles)")
-    elif rep.compiles > 1 or not rep.fits:
+    elif rep.searched:
         lines.append("  no train.batch_rows fits: more devices, LoRA, remat or a shorter data.seq_len")
     return "\n".join(lines)

@@ -78,6 +78,8 @@ class TrainConfig:
     b2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0  # 0 = off
+    optimizer: str = "adamw"  # adamw | adafactor (factored second moments: ~no optimizer state for matrices)
+    optimizer_state_dtype: str = "float32"  # float32 | bfloat16 (the moments stored in bf16: half the bytes)
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
     eval_rows: int = 16  # packed rows per evaluation batch
@@ -189,6 +191,8 @@ CHOICES = {
     "train.schedule": ("constant", "cosine", "linear"),
     "loss.type": ("mse", "bt", "margin_bt", "scaled_bt"),
     "lora.base_dtype": ("float32", "bfloat16"),
+    "train.optimizer": ("adamw", "adafactor"),
+    "train.optimizer_state_dtype": ("float32", "bfloat16"),
 }
 
 

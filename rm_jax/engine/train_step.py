@@ -43,6 +43,23 @@ def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(cfg.lr / warm, cfg.lr, warm), after], [warm])
 
 
+def stored_in(dtype: Any, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` with its floating-point state (moments) stored in ``dtype`` and updated in float32: the
+    arithmetic of each step is unchanged, only what is kept between steps is rounded."""
+
+    def cast(tree: Any, dt: Any) -> Any:
+        return jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim else x, tree)
+
+    def init(params: Any) -> Any:
+        return cast(inner.init(params), dtype)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        out, new = inner.update(updates, cast(state, jnp.float32), params)
+        return out, cast(new, dtype)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     def decay_mask(params: Any) -> Any:  # no weight decay on norms and biases
         return jax.tree.map(lambda x: x.ndim >= 2, params)
@@ -50,8 +67,18 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
     parts = []
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(
-        optax.adamw(
+    if cfg.optimizer == "adafactor":
+        # lr is an absolute step size as for AdamW (no parameter-scale multiplication); optax's own decay
+        # schedule for the factored second moments (b1, b2, eps are AdamW's).
+        opt = optax.adafactor(
+            lr_schedule(cfg, total_steps),
+            multiply_by_parameter_scale=False,
+            clipping_threshold=None,  # clip_norm above does the clipping
+            weight_decay_rate=cfg.weight_decay or None,
+            weight_decay_mask=decay_mask,
+        )
+    else:
+        opt = optax.adamw(
             lr_schedule(cfg, total_steps),
             b1=cfg.b1,
             b2=cfg.b2,
@@ -59,7 +86,9 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
             weight_decay=cfg.weight_decay,
             mask=decay_mask,
         )
-    )
+    if cfg.optimizer_state_dtype != "float32":
+        opt = stored_in(jnp.dtype(cfg.optimizer_state_dtype), opt)
+    parts.append(opt)
     return optax.chain(*parts)
 
 

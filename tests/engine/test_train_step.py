@@ -95,3 +95,52 @@ def test_full_finetune_still_updates_everything():
         not np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(before))
     ]
     assert all(changed) and jnp.dtype(jax.tree.leaves(new["params"])[0].dtype) == jnp.float32
+
+
+def _state_bytes(state) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+
+
+def test_bfloat16_optimizer_state():
+    """train.optimizer_state_dtype=bfloat16: moments stored in bf16 (half the bytes); the arithmetic is float32,
+    so the first step (moments from zero) is the float32 step exactly and later steps stay close."""
+    mesh = make_mesh(devices=jax.devices()[:1])
+    cfg = DecoderConfig(**ARCH)
+    out = {}
+    for dt in ("float32", "bfloat16"):
+        tc = TrainConfig(lr=1e-2, warmup_steps=0, optimizer_state_dtype=dt)
+        tx = make_optimizer(tc, 10)
+        state, _ = create_state(cfg, tx, mesh, init_params(cfg, mesh, 1))
+        step = jax.jit(make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh))
+        s1, _ = step(state, _batch("reward"))
+        s2, _ = step(s1, _batch("reward"))
+        out[dt] = (s1, s2)
+    moments = [x for x in jax.tree.leaves(out["bfloat16"][0]["opt_state"]) if x.ndim > 0]
+    assert moments and {x.dtype for x in moments} == {jnp.dtype(jnp.bfloat16)}
+    assert _state_bytes(out["bfloat16"][0]["opt_state"]) * 2 == pytest.approx(
+        _state_bytes(out["float32"][0]["opt_state"]), rel=0.01
+    )
+    for a, b in zip(jax.tree.leaves(out["bfloat16"][0]["params"]), jax.tree.leaves(out["float32"][0]["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    p0 = jax.tree.leaves(init_params(cfg, mesh, 1))
+    for a, b, z in zip(jax.tree.leaves(out["bfloat16"][1]["params"]), jax.tree.leaves(out["float32"][1]["params"]), p0):
+        step_size = np.abs(np.asarray(b) - np.asarray(z)).max()
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 0.02 * step_size + 1e-7
+
+
+def test_adafactor():
+    """train.optimizer=adafactor: factored second moments (a 256 x 512 matrix keeps 256 + 512 numbers, not
+    its size in moments), and a few steps on one batch lower the loss."""
+    tx = make_optimizer(TrainConfig(optimizer="adafactor", lr=1e-2), 10)
+    assert _state_bytes(tx.init({"w": jnp.zeros((256, 512))})) < 0.05 * 256 * 512 * 4
+    mesh = make_mesh(devices=jax.devices()[:1])
+    cfg = DecoderConfig(**ARCH)
+    tc = TrainConfig(lr=3e-3, warmup_steps=0, optimizer="adafactor")
+    tx = make_optimizer(tc, 10)
+    state, _ = create_state(cfg, tx, mesh, init_params(cfg, mesh, 1))
+    step = jax.jit(make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh))
+    losses = []
+    for _ in range(5):
+        state, m = step(state, _batch("reward"))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.8 * losses[0]

@@ -34,7 +34,7 @@ from rm_jax.models.known_models import known_config
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.lora import cast_frozen, split_trainable
 from rm_jax.models.sharding import make_mesh, replicated
-from rm_jax.training.setup import lora_opts, model_head, run_opts, scratch_config
+from rm_jax.training.setup import lora_opts, model_head, run_opts, scratch_config, tokenizer_path
 
 GiB = 2**30
 
@@ -84,8 +84,10 @@ def planned_decoder(cfg: RunConfig) -> tuple[DecoderConfig, str]:
         hf = dict(hf, num_labels=len(cfg.model.attributes))
         dcfg = decoder_config_from_hf(hf, where, **head, **run_opts(cfg))
     elif cfg.model.arch:
-        where = "model.arch"
-        dcfg = scratch_config(cfg, int(cfg.model.arch.get("vocab_size", 32000)))
+        from rm_jax.models.hf_io import load_tokenizer
+
+        where = "model.arch"  # a new model's vocabulary is its tokenizer's, as training builds it
+        dcfg = scratch_config(cfg, len(load_tokenizer(tokenizer_path(cfg))))
     else:
         raise ConfigError("plan: model.init_from needs the run's model_meta.json; set model.path or model.arch")
     return dcfg.replace(**lora_opts(cfg)), where

@@ -36,6 +36,7 @@ class ModelConfig:
     )
     attributes: list = field(default_factory=lambda: list(ATTRIBUTES))
     init_from: Optional[str] = None  # a previous run folder: start from its kept checkpoint's parameters
+    adapter: Optional[str] = None  # a PEFT LoRA adapter folder for model.path: continue from it (docs/lora.md)
     seed: int = 0  # initialisation of new parameters (from-scratch model, new head)
 
 
@@ -393,6 +394,8 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
     if cfg.lora.rank < 0:
         raise ConfigError(f"{where}: lora.rank must be >= 0 (0 = full fine-tune), got {cfg.lora.rank}")
+    if cfg.model.adapter and not cfg.model.path:
+        raise ConfigError(f"{where}: model.adapter is a LoRA adapter for the HF folder in model.path: set model.path")
     if cfg.lora.rank:
         bad = [t for t in cfg.lora.targets if t not in LORA_TARGETS]
         if bad or not cfg.lora.targets:

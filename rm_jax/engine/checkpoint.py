@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
@@ -81,7 +81,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict, metrics: Optional[dict] = None) -> None:
         """With LoRA adapters in the parameters, only they and the head are saved (with their optimizer
         state): the frozen base is identified by the run folder's lora_base.json and re-read on restore."""
-        if has_adapters(state["params"]):
+        if _lora_state(state):
             state = {**state, "params": partition(state["params"], is_checkpointed)[0]}
         self.manager.save(
             step,
@@ -91,9 +91,9 @@ class Checkpointer:
         )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        full = abstract_state["params"]
-        lora = has_adapters(full)
+        lora = _lora_state(abstract_state)
         if lora:
+            full = abstract_state["params"]
             abstract_state = {**abstract_state, "params": partition(full, is_checkpointed)[0]}
         out = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
@@ -184,6 +184,11 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _lora_state(state: Any) -> bool:
+    """A train state whose parameters carry LoRA adapters (its base is frozen and not saved)."""
+    return isinstance(state, Mapping) and isinstance(state.get("params"), Mapping) and has_adapters(state["params"])
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

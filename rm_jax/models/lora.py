@@ -294,3 +294,77 @@ def export_peft_adapter(cfg: DecoderConfig, params: Any, out_dir: str, base_path
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def read_peft_config(adapter_dir: str) -> dict:
+    """A PEFT LoRA adapter folder's adapter_config.json, checked for what rm_jax can apply."""
+    from rm_jax.core.files import read_json
+
+    where = os.path.join(adapter_dir, "adapter_config.json")
+    cfg = read_json(where, f"{where}: missing; a PEFT adapter folder needs adapter_config.json", ModelLoadError)
+    if cfg.get("peft_type") != "LORA":
+        raise ModelLoadError(f"{where}: peft_type {cfg.get('peft_type')!r}; only LORA adapters are supported")
+    for key in ("use_dora", "use_rslora"):
+        if cfg.get(key):
+            raise ModelLoadError(f"{where}: {key}=true is not supported")
+    if cfg.get("bias", "none") != "none" or cfg.get("fan_in_fan_out"):
+        raise ModelLoadError(f"{where}: bias != none and fan_in_fan_out are not supported")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ModelLoadError(f"{where}: per-module rank_pattern / alpha_pattern are not supported")
+    mods = cfg.get("target_modules") or []
+    mods = [mods] if isinstance(mods, str) else list(mods)
+    by_module = {v.split(".")[-1]: k for k, v in HF_MODULES.items()}
+    bad = [m for m in mods if m not in by_module]
+    if bad or not mods:
+        raise ModelLoadError(f"{where}: target_modules {bad or mods}: supported are {', '.join(sorted(by_module))}")
+    return {**cfg, "targets": tuple(t for t in HF_MODULES if HF_MODULES[t].split(".")[-1] in mods)}
+
+
+def import_peft_adapter(cfg: DecoderConfig, params: Any, adapter_dir: str, mesh: Any) -> tuple[DecoderConfig, dict]:
+    """The base ``params`` (no adapters) with a PEFT LoRA adapter folder's weights as rm_jax adapters (and its
+    ``modules_to_save`` head, when it has one): the inverse of :func:`export_peft_adapter`."""
+    from safetensors.numpy import load_file
+
+    pc = read_peft_config(adapter_dir)
+    cfg = dataclasses.replace(
+        cfg, lora_rank=int(pc["r"]), lora_alpha=float(pc["lora_alpha"]), lora_targets=pc["targets"]
+    )
+    path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{adapter_dir}: no adapter_model.safetensors")
+    tensors = load_file(path)
+    shard = _flat(param_shardings_for(cfg, mesh))
+    out = _flat(add_adapters(params, cfg, mesh))
+    r = cfg.lora_rank
+
+    def take(name: str) -> np.ndarray:
+        if name not in tensors:
+            raise ModelLoadError(f"{path}: missing tensor {name!r}")
+        return tensors[name].astype(np.float32)
+
+    for name in cfg.lora_targets:
+        group = "attn" if name in ("q", "k", "v", "o") else "mlp"
+        for x, hf in (("a", "lora_A"), ("b", "lora_B")):
+            key = ("layers", group, f"{name}_lora_{x}") if cfg.scan_layers else None
+            layers = []
+            for i in range(cfg.num_hidden_layers):
+                w = take(f"{PEFT_PREFIX}model.layers.{i}.{HF_MODULES[name]}.{hf}.weight").T  # [in, r] or [r, out]
+                leaf_key = key or (f"layers_{i}", group, f"{name}_lora_{x}")
+                shape = out[leaf_key].shape[1:] if cfg.scan_layers else out[leaf_key].shape
+                if w.shape[0 if x == "b" else 1] != r:
+                    raise ModelLoadError(
+                        f"{path}: {HF_MODULES[name]}.{hf} of layer {i} has shape {w.T.shape}, not rank {r}"
+                    )
+                layers.append(w.reshape(shape))
+                if not cfg.scan_layers:
+                    out[leaf_key] = jax.device_put(layers[-1], shard[leaf_key])
+            if cfg.scan_layers:
+                out[key] = jax.device_put(np.stack(layers), shard[key])
+    head = {"reward": ("score", ("head_kernel",)), "lm": ("lm_head", ("lm_head_kernel",))}[cfg.head]
+    for candidate in (f"{PEFT_PREFIX}{head[0]}.weight", f"{PEFT_PREFIX}{head[0]}.modules_to_save.weight"):
+        if candidate in tensors and head[1] in out:
+            out[head[1]] = jax.device_put(take(candidate).T.copy(), shard[head[1]])
+            if cfg.head == "lm":
+                cfg = dataclasses.replace(cfg, lora_lm_head=True)
+            break
+    return cfg, _unflat(out)

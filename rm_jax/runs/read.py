@@ -22,7 +22,13 @@ from rm_jax.core.files import read_json
 from rm_jax.models.hf_io import export_hf, export_hf_causal_lm, load_hf_reward_model, load_tokenizer
 from rm_jax.models import abstract_params, param_shardings_for, relayout_params
 from rm_jax.models.llama import DecoderConfig
-from rm_jax.models.lora import export_peft_adapter, merge_adapters, read_base_identity
+from rm_jax.models.lora import (
+    export_peft_adapter,
+    import_peft_adapter,
+    merge_adapters,
+    read_base_identity,
+    read_peft_config,
+)
 from rm_jax.models.sharding import make_mesh
 
 META = "model_meta.json"
@@ -101,7 +107,8 @@ def load_run(path: str, mesh: Any, dtype: str = "float32", step: Optional[int] =
 
 def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "float32",
                        template: Optional[str] = None, step: Optional[int] = None) -> ScoringModel:
-    """``path``: an HF ``*ForSequenceClassification`` folder or an rm_jax run folder (its kept checkpoint)."""
+    """``path``: an HF ``*ForSequenceClassification`` folder, an rm_jax run folder (its kept checkpoint), or a
+    PEFT LoRA adapter folder (applied to the base its adapter_config.json names)."""
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     if is_run_dir(path):
         if read_meta(path).get("decoder", {}).get("head", "reward") != "reward":
@@ -109,6 +116,13 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
         cfg, params, meta, tok = load_run(path, mesh, dtype, step)
         return ScoringModel(cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh,
                             meta.get("hf_config"))
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):  # a PEFT LoRA adapter: on its base
+        base = read_peft_config(path).get("base_model_name_or_path")
+        if not base:
+            raise ModelLoadError(f"{path}: adapter_config.json names no base_model_name_or_path")
+        lm = load_hf_reward_model(base, mesh, dtype=dtype)
+        cfg, params = import_peft_adapter(lm.cfg, lm.params, path, mesh)
+        return ScoringModel(cfg, params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
     lm = load_hf_reward_model(path, mesh, dtype=dtype)
     return ScoringModel(lm.cfg, lm.params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
 

@@ -128,7 +128,7 @@ def lora_opts(cfg: RunConfig) -> dict:
 def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> tuple[DecoderConfig, Any]:
     """The loaded base frozen with fresh adapters (lora.rank > 0), stored in lora.base_dtype; the base's
     identity is recorded in the run folder, and a resumed run must find the same base there."""
-    if not cfg.lora.rank:
+    if not cfg.lora.rank and not cfg.model.adapter:
         return dcfg, params
     from rm_jax.core.files import write_json
     from rm_jax.models.hf_io import resolve_model_dir
@@ -138,10 +138,19 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
         base_identity,
         cast_frozen,
         check_same_base,
+        import_peft_adapter,
         read_base_identity,
     )
 
-    dcfg = dcfg.replace(**lora_opts(cfg))
+    if cfg.model.adapter:  # continue from a PEFT adapter: its rank, alpha and targets
+        dcfg, params = import_peft_adapter(dcfg, params, cfg.model.adapter, mesh)
+        if cfg.lora.rank and cfg.lora.rank != dcfg.lora_rank:
+            raise ConfigError(
+                f"lora.rank={cfg.lora.rank} but model.adapter {cfg.model.adapter} has rank {dcfg.lora_rank}"
+            )
+        dcfg = dcfg.replace(lora_lm_head=dcfg.lora_lm_head or cfg.lora.train_lm_head)
+    else:
+        dcfg = dcfg.replace(**lora_opts(cfg))
     ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype)
     recorded = read_base_identity(cfg.run_dir)
     ck = os.path.join(cfg.run_dir, "checkpoints")
@@ -150,8 +159,13 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
     if jax.process_index() == 0:
         os.makedirs(cfg.run_dir, exist_ok=True)
         write_json(os.path.join(cfg.run_dir, BASE_FILE), ident)
-    params = add_adapters(params, dcfg, mesh, cfg.model.seed)
-    log(f"LoRA rank {cfg.lora.rank} on {', '.join(cfg.lora.targets)}; base frozen in {cfg.lora.base_dtype}")
+    if not cfg.model.adapter:
+        params = add_adapters(params, dcfg, mesh, cfg.model.seed)
+    log(
+        f"LoRA rank {dcfg.lora_rank} on {', '.join(dcfg.lora_targets)}"
+        + (f" from {cfg.model.adapter}" if cfg.model.adapter else "")
+        + f"; base frozen in {cfg.lora.base_dtype}"
+    )
     return dcfg, cast_frozen(dcfg, params, cfg.lora.base_dtype)
 
 

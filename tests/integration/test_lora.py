@@ -159,3 +159,46 @@ def test_policy_lora_sft_and_peft(tmp_path, data_files):
     b0, m0 = load_file(os.path.join(base, "model.safetensors")), load_file(os.path.join(merged, "model.safetensors"))
     moved = [k for k in b0 if not np.array_equal(b0[k], m0[k])]
     assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight", "down_proj.weight")) for k in moved)
+
+
+def test_import_a_peft_adapter(tmp_path, data_files):
+    """An adapter trained elsewhere (made here by peft itself, random B and head): `rm-jax score` on the adapter
+    folder gives peft's scores, and `model.adapter` continues from it (with lr 0 the run scores the same)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = str(tmp_path / "base")
+    make_hf_rm_with_tokenizer("llama", base, seed=3)
+    model = AutoModelForSequenceClassification.from_pretrained(base).float().eval()
+    pm = get_peft_model(
+        model, LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "v_proj", "up_proj"], task_type="SEQ_CLS")
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.normal_(0, 0.2)
+    adapter = str(tmp_path / "peft_adapter")
+    pm.save_pretrained(adapter)
+    pm.eval()
+    ids = _tokenize(AutoTokenizer.from_pretrained(base), ROWS)
+    want = _torch_scores(pm, ids)
+    assert (
+        np.abs(want - _torch_scores(AutoModelForSequenceClassification.from_pretrained(base).eval(), ids)).max() > 1e-2
+    )
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+
+    def score(model_dir):
+        out = tmp_path / "out.jsonl"
+        assert main(["score", "--model", model_dir, "--input", str(inp), "--output", str(out), "--no-progress"]) == 0
+        return np.asarray([list(json.loads(x)["attributes"].values()) for x in open(out)])
+
+    np.testing.assert_allclose(score(adapter), want, atol=1e-4, rtol=0)
+    run = str(tmp_path / "cont")
+    args = [f"run_dir={run}", f"model.path={base}", f"model.adapter={adapter}", "train.max_steps=1", "train.lr=0.0"]
+    args += [f"data.train={data_files['train']}", f"data.validation={data_files['validation']}", "train.eval_every=1"]
+    assert main(["train", TINY, *args, *COMMON[:1], *COMMON[2:], "train.weight_decay=0.0"]) == 0
+    np.testing.assert_allclose(score(run), want, atol=1e-4, rtol=0)

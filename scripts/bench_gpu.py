@@ -18,6 +18,10 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
                 the shipped precision (highest for float32) and with ``matmul_precision=default``
   generate      the same shape with an LM head: rm_jax's KV-cache sampler (``rm-jax lm generate``'s path)
                 against transformers ``generate``, greedy, bf16, 8 prompts x (256 + 128 new) tokens
+  rm_jax_lora:KERNEL / torch_peft   (not in the default plan) a Llama-3.1-8B-shaped RM with LoRA rank
+                ``--lora-rank`` (16) on all seven projections, the base frozen in bf16: rm_jax against
+                transformers + peft (same rank and targets, sdpa, bf16 autocast, gradient checkpointing);
+                floor lora_vs_torch_peft >= 1.5. ``--sections rm_jax_lora:auto,torch_peft``
 
 Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
 memory, and a failure or a time-out in one (say, out of memory) is recorded without losing the
@@ -98,7 +102,33 @@ def arch(smoke: bool) -> dict:
     )
 
 
-def model_config(a: argparse.Namespace, attention: str) -> Any:
+def arch_8b(smoke: bool) -> dict:
+    """meta-llama/Llama-3.1-8B's config.json (the LoRA sections; smoke: the tiny shape)."""
+    if smoke:
+        return arch(True)
+    return dict(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+
+
+def model_config(a: argparse.Namespace, attention: str, lora: bool = False) -> Any:
     from rm_jax.models.llama import DecoderConfig
 
     return DecoderConfig(
@@ -108,7 +138,7 @@ def model_config(a: argparse.Namespace, attention: str) -> Any:
         remat=a.remat,
         scan_layers=not a.no_scan,
         attention=attention,
-        **arch(a.smoke),
+        **(arch_8b(a.smoke) if lora else arch(a.smoke)),
     )
 
 
@@ -211,8 +241,9 @@ def _torch_matmul_rate(n: int, reps: int) -> dict:
     }
 
 
-def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
-    """rm_jax's train step on packed rows, timed as the train loop runs it (metrics fetched every step)."""
+def section_rm_jax(a: argparse.Namespace, attention: str, lora: bool = False) -> dict:
+    """rm_jax's train step on packed rows, timed as the train loop runs it (metrics fetched every step). With
+    ``lora``: the Llama-3.1-8B shape, LoRA rank ``--lora-rank`` on all seven projections, the base frozen in bf16."""
     import jax
     from bench_common import new_train_state
 
@@ -226,7 +257,7 @@ def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
     from rm_jax.models.sharding import make_mesh
 
     imports = {"datasets": "datasets" in sys.modules, "grain": "grain" in sys.modules}
-    cfg = model_config(a, attention)
+    cfg = model_config(a, attention, lora)
     try:
         kernel = cfg.attention_kernel()
     except KernelUnavailableError as e:  # cudnn* without a GPU: the typed error, before compiling
@@ -236,7 +267,18 @@ def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
     tc = TrainConfig(lr=1e-5, warmup_steps=0)
     tx = make_optimizer(tc, 1000)
     t = time.perf_counter()
-    state, shard = new_train_state(cfg, tx, mesh, a.seed)
+    if lora:
+        from rm_jax.engine.train_step import create_state
+        from rm_jax.models import init_params
+        from rm_jax.models.lora import add_adapters, cast_frozen
+
+        cfg = cfg.replace(lora_rank=a.lora_rank, lora_alpha=2.0 * a.lora_rank)
+        base = init_params(cfg.replace(lora_rank=0), mesh, a.seed)
+        params = cast_frozen(cfg, add_adapters(base, cfg, mesh, a.seed), "bfloat16")
+        del base
+        state, shard = create_state(cfg, tx, mesh, params)
+    else:
+        state, shard = new_train_state(cfg, tx, mesh, a.seed)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
     step = jax.jit(
@@ -280,6 +322,8 @@ def section_rm_jax(a: argparse.Namespace, attention: str) -> dict:
         "jax": jax.__version__,
         "device_kind": jax.devices()[0].device_kind,
     }
+    if lora:
+        out.update(lora_rank=a.lora_rank, lora_targets="q,k,v,o,gate,up,down", base_dtype="bfloat16")
     if kernel == "cudnn":  # which packed path ran: native GQA, or kv heads repeated for an older JAX
         from rm_jax.models.cudnn import _packed_attention_fn
 
@@ -295,14 +339,14 @@ class _Torch:
     """transformers + torch as its users train an RM: sdpa, bf16 autocast over fp32 params, gradient
     checkpointing, fused AdamW, global-norm clipping, MSE on the 5 scores."""
 
-    def __init__(self, a: argparse.Namespace):
+    def __init__(self, a: argparse.Namespace, lora: bool = False):
         import torch
         import transformers
         from transformers import LlamaConfig, LlamaForSequenceClassification
 
         self.torch = torch
         self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        spec = {k: v for k, v in arch(a.smoke).items() if k != "rope_scaling"}  # same speed with or without
+        spec = {k: v for k, v in (arch_8b if lora else arch)(a.smoke).items() if k != "rope_scaling"}  # same speed
         hf = LlamaConfig(
             num_labels=5, pad_token_id=0, problem_type="regression", attention_bias=False, mlp_bias=False, **spec
         )
@@ -310,7 +354,20 @@ class _Torch:
         torch.manual_seed(a.seed)
         with self.dev:  # initialise on the device (a 1.2B model's CPU init takes many seconds)
             self.model = LlamaForSequenceClassification(hf).float().train()
+        if lora:  # as a PEFT user: the base in bf16, adapters (fp32, peft's autocast_adapter_dtype) + score train
+            from peft import LoraConfig, get_peft_model
+
+            self.model = self.model.to(torch.bfloat16)
+            targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            lc = LoraConfig(r=a.lora_rank, lora_alpha=2 * a.lora_rank, target_modules=targets, task_type="SEQ_CLS")
+            self.model = get_peft_model(self.model, lc)
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+            self.model.train()
         ckpt = {"use_reentrant": False}
+        if lora:
+            self.model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input
         if hasattr(self.model, "activation_checkpointing_enable"):  # the newer transformers 5 name
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt)
         else:  # transformers 5.17 (the GPU image)
@@ -331,6 +388,10 @@ class _Torch:
             "autocast": "bfloat16",
             "gradient_checkpointing": True,
         }
+        if lora:
+            import peft
+
+            self.info.update(peft=peft.__version__, lora_rank=a.lora_rank, base_dtype="bfloat16")
         if self.dev.type == "cuda":
             self.info["device_kind"] = torch.cuda.get_device_name(0)
 
@@ -375,6 +436,29 @@ def section_torch_dense(a: argparse.Namespace) -> dict:
     med = statistics.median(times)
     slots = a.rows * a.seq_len
     log(f"torch_dense: step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
+    return {
+        **tt.info,
+        **tt.peak_memory(),
+        "rows": a.rows,
+        "seq_len": a.seq_len,
+        "step_s": med,
+        "step_s_all": [round(x, 4) for x in times],
+        "tokens_per_s": slots / med,
+        "real_tokens_per_s": slots / med,
+    }
+
+
+def section_torch_peft(a: argparse.Namespace) -> dict:
+    """transformers + peft LoRA (same rank and targets as rm_jax_lora) on the Llama-3.1-8B shape: rows x seq_len
+    full rows, sdpa, bf16 autocast, gradient checkpointing."""
+    tt = _Torch(a, lora=True)
+    rng = np.random.default_rng(a.seed)
+    ids = rng.integers(3, arch_8b(a.smoke)["vocab_size"], (a.rows, a.seq_len)).astype(np.int32)
+    labels = rng.integers(0, 5, (a.rows, 5)).astype(np.float32)
+    times = [tt.step(ids, np.ones_like(ids), labels) for _ in range(a.warmup + a.steps)][a.warmup :]
+    med = statistics.median(times)
+    slots = a.rows * a.seq_len
+    log(f"torch_peft: step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
     return {
         **tt.info,
         **tt.peak_memory(),
@@ -554,6 +638,7 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], int]] = {
     "torch_trl": (section_torch_trl, 180),
     "score_parity": (section_score_parity, 180),
     "generate": (section_generate, 240),
+    "torch_peft": (section_torch_peft, 300),  # not in DEFAULT_PLAN: --sections rm_jax_lora:auto,torch_peft
 }
 # The headline variant first; the slow xla variant last, where a time-out costs least.
 DEFAULT_PLAN = [
@@ -572,6 +657,8 @@ RM_JAX_LIMIT_S = 240
 def run_section(name: str, a: argparse.Namespace) -> dict:
     if name.startswith("rm_jax:"):
         return section_rm_jax(a, name.split(":", 1)[1])
+    if name.startswith("rm_jax_lora:"):
+        return section_rm_jax(a, name.split(":", 1)[1], lora=True)
     return SECTIONS[name][0](a)
 
 
@@ -582,6 +669,7 @@ FLOORS = {
     "auto_real_tokens_vs_trl_padded": 5.0,
     "auto_mfu": 0.65,
     "score_max_abs_diff": 1e-4,
+    "lora_vs_torch_peft": 1.5,
 }
 
 
@@ -608,12 +696,18 @@ def derive(res: dict) -> None:
     auto = s.get("rm_jax:auto", {})
     parity = [v.get("max_abs_diff_shipped") for k, v in s.get("score_parity", {}).items() if isinstance(v, dict)]
     xla = s.get("rm_jax:xla", {})
+    lora_runs = [k for k in s if k.startswith("rm_jax_lora:") and "tokens_per_s" in s[k]]
+    lora = s[min(lora_runs, key=lambda k: k != "rm_jax_lora:auto")] if lora_runs else {}
+    peft_r = s.get("torch_peft", {})
+    if lora.get("tokens_per_s") and peft_r.get("tokens_per_s"):
+        lora["ratio_vs_torch_peft"] = lora["tokens_per_s"] / peft_r["tokens_per_s"]
     res["floors"] = {
         "auto_vs_torch_dense": _floor(auto.get("ratio_vs_torch_dense"), FLOORS["auto_vs_torch_dense"]),
         "auto_real_tokens_vs_trl_padded": _floor(
             auto.get("ratio_real_tokens_vs_trl_padded"), FLOORS["auto_real_tokens_vs_trl_padded"]
         ),
         "auto_mfu": _floor(auto.get("mfu"), FLOORS["auto_mfu"]),
+        "lora_vs_torch_peft": _floor(lora.get("ratio_vs_torch_peft"), FLOORS["lora_vs_torch_peft"]),
         "xla_fits": {"value": "step_s" in xla, "met": "step_s" in xla} if xla else {"value": None, "met": None},
         "score_max_abs_diff": (
             {
@@ -712,7 +806,7 @@ def parent(a: argparse.Namespace, argv: list) -> int:
         "sections": {},
     }
     for name in plan:
-        limit = RM_JAX_LIMIT_S if name.startswith("rm_jax:") else SECTIONS[name][1]
+        limit = RM_JAX_LIMIT_S if name.startswith(("rm_jax:", "rm_jax_lora:")) else SECTIONS[name][1]
         left = deadline - time.perf_counter()
         if left < 30:
             res["sections"][name] = {"skipped": f"time budget ({a.budget_s} s) used up"}
@@ -729,7 +823,7 @@ def parent(a: argparse.Namespace, argv: list) -> int:
         with open(os.path.join(out_dir, "bench_gpu.json"), "w") as f:
             f.write(text + "\n")
     print(table(res), file=sys.stderr, flush=True)
-    ok = any("step_s" in r for k, r in res["sections"].items() if k.startswith("rm_jax:"))
+    ok = any("step_s" in r for k, r in res["sections"].items() if k.startswith(("rm_jax:", "rm_jax_lora:")))
     return 0 if ok else 1
 
 
@@ -768,6 +862,7 @@ def main(argv: Optional[list] = None) -> int:
         "--rows", type=int, default=None, help="packed rows per step and dense torch rows (default 4, smoke 2)"
     )
     ap.add_argument("--max-segments", type=int, default=16)
+    ap.add_argument("--lora-rank", type=int, default=16, help="rm_jax_lora:* and torch_peft sections")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per section (default 6, smoke 2)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps, the first compiles")
     ap.add_argument("--trl-batch", type=int, default=16, help="conversations per TRL-style padded batch")

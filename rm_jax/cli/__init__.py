@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5]"),
     "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),
     "weights": ("weights", "weights fit --model DIR (--pairs|--rewardbench2|--helpsteer SRC) --output W.json"),
-    "export": ("export", "export RUN_DIR --out HF_DIR"),
+    "export": ("export", "export RUN_DIR --out HF_DIR [--adapter]"),
     "data": ("data", "data stats FILE|HUB_ID [--json] [--tokenizer DIR]"),
     "lm": ("lm", "lm generate|logprob --model DIR --input IN.jsonl --output OUT.jsonl [--n N] ..."),
     "steer": ("steer", "steer label|eval --policy DIR --rm DIR --input ... (SteerLM 2.0)"),
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "serve",
         "serve --model DIR [--host H] [--port P] [--weights ...] [--max-batch-tokens N] [--max-wait-ms M]",
     ),
+    "plan": ("plan", "plan CONFIG [key=value ...] [--devices N] [--device-memory 80GiB]   memory per device"),
 }
 
 

@@ -32,6 +32,7 @@ OnBadRow = Literal["error", "skip"]
 Schedule = Literal["constant", "cosine", "linear"]
 LossType = Literal["mse", "bt", "margin_bt", "scaled_bt"]
 Steerlm2Normalisation = Literal["group_mean_length", "batch_mean_length"]
+OptimizerName = Literal["adamw", "adafactor"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ModelConfig:
     matmul_precision: Optional[MatmulPrecision] = None  # None = highest for float32, default for bfloat16
     attributes: list = field(default_factory=lambda: list(ATTRIBUTES))
     init_from: Optional[str] = None  # a previous run folder: start from its kept checkpoint's parameters
+    adapter: Optional[str] = None  # a PEFT LoRA adapter folder for model.path: continue from it (docs/lora.md)
     seed: int = 0  # initialisation of new parameters (from-scratch model, new head)
 
 
@@ -121,6 +123,9 @@ class TrainConfig:
     b2: Beta = 0.95
     eps: NonNegative = 1e-8
     clip_norm: NonNegative = 1.0  # 0 = off
+    # adamw | adafactor (factored second moments: ~no optimizer state for matrices)
+    optimizer: OptimizerName = "adamw"
+    optimizer_state_dtype: Dtype = "float32"  # bfloat16: the moments stored in bf16 (half the bytes)
     log_every: Count = 10
     eval_every: NonNegInt = 0  # 0 = only at the end
     eval_rows: Count = 16  # packed rows per evaluation batch
@@ -196,6 +201,18 @@ class LoggingConfig:
     peak_flops: Optional[Positive] = None  # per device, for MFU; None = known GPUs/TPUs only
 
 
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass
+class LoraConfig:
+    rank: NonNegInt = 0  # 0 = full fine-tune; > 0 = the base is frozen, adapters of this rank (and the head) train
+    alpha: Positive = 16.0  # the adapters' update is scaled by alpha / rank (PEFT's default scaling)
+    targets: list = field(default_factory=lambda: list(LORA_TARGETS))  # which projections get an adapter
+    base_dtype: Dtype = "float32"  # storage dtype of the frozen base (bfloat16 halves its memory)
+    train_lm_head: bool = False  # policies: also train the LM head (reward models always train their head)
+
+
 @dataclass
 class RunConfig:
     run_dir: str = "runs/default"
@@ -210,6 +227,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 # ---------------------------------------------------------------- dict <-> dataclass
@@ -415,6 +433,21 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: loss.type={cfg.loss.type} needs data.kind=pairs")
     if cfg.model.path is None and not cfg.model.arch and cfg.model.init_from is None:
         raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
+    if cfg.lora.rank < 0:
+        raise ConfigError(f"{where}: lora.rank must be >= 0 (0 = full fine-tune), got {cfg.lora.rank}")
+    if cfg.model.adapter and not cfg.model.path:
+        raise ConfigError(f"{where}: model.adapter is a LoRA adapter for the HF folder in model.path: set model.path")
+    if cfg.lora.rank:
+        bad = [t for t in cfg.lora.targets if t not in LORA_TARGETS]
+        if bad or not cfg.lora.targets:
+            raise ConfigError(f"{where}: lora.targets {bad or '[]'}: choose from {', '.join(LORA_TARGETS)}")
+        if not cfg.model.path:
+            raise ConfigError(f"{where}: lora.rank > 0 adapts a base model: set model.path (an HF folder)")
+        if cfg.model.init_from:
+            raise ConfigError(
+                f"{where}: lora.rank > 0 adapts the HF folder in model.path; model.init_from is not supported "
+                f"with LoRA (export that run with `rm-jax export` and use the folder as model.path)"
+            )
     from rm_jax.core.attributes import resolve_reward_weights
 
     # Presets weigh the five HelpSteer2 attributes; with other attributes they are not scored.

@@ -20,14 +20,15 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from rm_jax.core.config import CheckpointConfig
-from rm_jax.core.errors import CheckpointError
+from rm_jax.core.errors import CheckpointError, ModelLoadError
+from rm_jax.models.lora import fill_base, has_adapters, is_checkpointed, partition
 
 T = TypeVar("T")
 # <checkpoint folder>.unreadable/ beside it: damaged steps moved out of Orbax's way (the folder's name
@@ -75,7 +76,15 @@ class Checkpointer:
         except Exception:  # a step saved without metrics
             return None
 
+    @property
+    def run_dir(self) -> str:
+        return os.path.dirname(self.directory)
+
     def save(self, step: int, state: Any, data_state: dict, metrics: Optional[dict] = None) -> None:
+        """With LoRA adapters in the parameters, only they and the head are saved (with their optimizer
+        state): the frozen base is identified by the run folder's lora_base.json and re-read on restore."""
+        if _lora_state(state):
+            state = {**state, "params": partition(state["params"], is_checkpointed)[0]}
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
@@ -84,13 +93,27 @@ class Checkpointer:
         )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        lora = _lora_state(abstract_state)
+        if lora:
+            full = abstract_state["params"]
+            abstract_state = {**abstract_state, "params": partition(full, is_checkpointed)[0]}
         out = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
         )
-        return out["state"], out["data"]
+        state = out["state"]
+        if lora:
+            state = {**state, "params": fill_base(self.run_dir, full, state["params"])}
+        return state, out["data"]
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
-        """Only the parameters (e.g. to initialise a new run from this one)."""
+        """Only the parameters (e.g. to initialise a new run from this one); a LoRA run's frozen base
+        is re-read from the folder its lora_base.json names."""
+        if has_adapters(abstract_params):
+            saved = self._restore_saved_params(step, partition(abstract_params, is_checkpointed)[0])
+            return fill_base(self.run_dir, abstract_params, saved)
+        return self._restore_saved_params(step, abstract_params)
+
+    def _restore_saved_params(self, step: int, abstract_params: Any) -> Any:
         target = {"params": abstract_params}
         ckptr = ocp.PyTreeCheckpointer()
         out = ckptr.restore(
@@ -120,6 +143,8 @@ class Checkpointer:
             try:
                 with _quiet_failure():
                     out = restore(step)
+            except ModelLoadError:  # a LoRA run's base is missing or changed: not damage to this checkpoint
+                raise
             except Exception as e:  # Orbax/TensorStore raise many types for damaged files
                 last = e
                 problem = describe_failure(e, os.path.join(self.directory, str(step)))
@@ -162,6 +187,11 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _lora_state(state: Any) -> bool:
+    """A train state whose parameters carry LoRA adapters (its base is frozen and not saved)."""
+    return isinstance(state, Mapping) and isinstance(state.get("params"), Mapping) and has_adapters(state["params"])
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

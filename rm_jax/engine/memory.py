@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rm_jax.core.config import LossConfig, TrainConfig
-from rm_jax.engine.train_step import lr_schedule, make_optimizer, make_train_step
+from rm_jax.engine.train_step import init_state, lr_schedule, make_optimizer, make_train_step
 from rm_jax.models import abstract_params
 
 
@@ -19,9 +19,7 @@ def train_step_memory(cfg: Any, rows: int, seq: int, max_segments: int = 16) -> 
     """Bytes of the train step compiled for [1, rows, seq] batches (abstract: nothing runs)."""
     tc = TrainConfig(lr=1e-5, warmup_steps=0)
     tx = make_optimizer(tc, 1000)
-    state = jax.eval_shape(
-        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}, abstract_params(cfg)
-    )
+    state = jax.eval_shape(lambda p: init_state(cfg, tx, p), abstract_params(cfg))
     sd = jax.ShapeDtypeStruct
     tok = sd((1, rows, seq), jnp.int32)
     lab = sd((1, rows, max_segments, cfg.num_labels), jnp.float32)

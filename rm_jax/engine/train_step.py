@@ -21,6 +21,7 @@ from rm_jax.core.config import LossConfig, TrainConfig
 from rm_jax.engine.losses import mse_sums, pair_sums, steerlm2_sums, token_nll_sums
 from rm_jax.models import CausalLM, RewardModel, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
+from rm_jax.models.lora import combine, split_trainable
 from rm_jax.models.sharding import activate
 
 BATCH_KEYS_2D = ("input_ids", "segment_ids", "positions")
@@ -42,6 +43,23 @@ def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(cfg.lr / warm, cfg.lr, warm), after], [warm])
 
 
+def stored_in(dtype: Any, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` with its floating-point state (moments) stored in ``dtype`` and updated in float32: the
+    arithmetic of each step is unchanged, only what is kept between steps is rounded."""
+
+    def cast(tree: Any, dt: Any) -> Any:
+        return jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim else x, tree)
+
+    def init(params: Any) -> Any:
+        return cast(inner.init(params), dtype)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        out, new = inner.update(updates, cast(state, jnp.float32), params)
+        return out, cast(new, dtype)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     def decay_mask(params: Any) -> Any:  # no weight decay on norms and biases
         return jax.tree.map(lambda x: x.ndim >= 2, params)
@@ -49,8 +67,18 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
     parts = []
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(
-        optax.adamw(
+    if cfg.optimizer == "adafactor":
+        # lr is an absolute step size as for AdamW (no parameter-scale multiplication); optax's own decay
+        # schedule for the factored second moments (b1, b2, eps are AdamW's).
+        opt = optax.adafactor(
+            lr_schedule(cfg, total_steps),
+            multiply_by_parameter_scale=False,
+            clipping_threshold=None,  # clip_norm above does the clipping
+            weight_decay_rate=cfg.weight_decay or None,
+            weight_decay_mask=decay_mask,
+        )
+    else:
+        opt = optax.adamw(
             lr_schedule(cfg, total_steps),
             b1=cfg.b1,
             b2=cfg.b2,
@@ -58,7 +86,9 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
             weight_decay=cfg.weight_decay,
             mask=decay_mask,
         )
-    )
+    if cfg.optimizer_state_dtype != "float32":
+        opt = stored_in(jnp.dtype(cfg.optimizer_state_dtype), opt)
+    parts.append(opt)
     return optax.chain(*parts)
 
 
@@ -95,16 +125,20 @@ def state_shardings(abstract_state: dict, param_shard: Any, mesh: Mesh) -> Any:
     }
 
 
+def init_state(cfg: DecoderConfig, tx: optax.GradientTransformation, params: Any) -> dict:
+    """The train state of ``params``: optimizer state for the trainable leaves only (with LoRA, the
+    adapters and the head; the frozen base has none)."""
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(split_trainable(cfg, params)[0])}
+
+
 def create_state(cfg: DecoderConfig, tx: optax.GradientTransformation, mesh: Mesh, params: Any) -> tuple[dict, Any]:
     """(state, shardings): ``params`` (already sharded; donated) plus optimizer state created by a
     jit whose out_shardings come from the logical rules."""
     pshard = param_shardings_for(cfg, mesh)
-    abstract = jax.eval_shape(
-        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}, params
-    )
+    abstract = jax.eval_shape(lambda p: init_state(cfg, tx, p), params)
     shard = state_shardings(abstract, pshard, mesh)
     state = jax.jit(
-        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
+        lambda p: init_state(cfg, tx, p),
         in_shardings=(pshard,),
         out_shardings=shard,
         donate_argnums=0,
@@ -189,11 +223,12 @@ def make_train_step(
     reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
 
     def step(state: dict, batch: dict) -> tuple[dict, dict]:
-        params = state["params"]
+        # With LoRA only the adapters (and head) are differentiated: no gradient buffers for the base.
+        params, frozen = split_trainable(model_cfg, state["params"])
 
         def micro(acc: Any, mb: dict) -> tuple[Any, None]:
             def f(p: Any) -> tuple[jax.Array, dict]:
-                s = _sums(model_cfg, loss_cfg, p, mb, max_segments, attr_w, reward_w)
+                s = _sums(model_cfg, loss_cfg, combine(p, frozen), mb, max_segments, attr_w, reward_w)
                 return s["num"], s
 
             (_, sums), g = jax.value_and_grad(f, has_aux=True)(params)
@@ -204,7 +239,13 @@ def make_train_step(
             zero_g = jax.tree.map(jnp.zeros_like, params)
             zero_s = jax.eval_shape(
                 lambda: _sums(
-                    model_cfg, loss_cfg, params, jax.tree.map(lambda x: x[0], batch), max_segments, attr_w, reward_w
+                    model_cfg,
+                    loss_cfg,
+                    state["params"],
+                    jax.tree.map(lambda x: x[0], batch),
+                    max_segments,
+                    attr_w,
+                    reward_w,
                 )
             )
             zero_s = {  # a "_min" entry is a minimum over micro-batches, the rest are sums
@@ -216,7 +257,8 @@ def make_train_step(
         loss = sums["num"] / den
         gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
+        new_params = combine(optax.apply_updates(params, updates), frozen)
+        new = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         # A non-finite step leaves the state untouched; the host stops the run on seeing ok == 0.
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)

@@ -32,6 +32,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REMAT_POLICIES = get_args(Remat)
 DTYPES = get_args(Dtype)
 HEADS = ("reward", "lm")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,17 @@ class DecoderConfig:
     attention: str = "auto"  # auto | xla | cudnn | cudnn_dense | splash (rm_jax.models.attention)
     attention_block: int = 128  # xla path: query block; each block reads only the keys it can see
     matmul_precision: Optional[str] = None  # None: highest for float32, default for bfloat16 (every dot)
+    # LoRA: rank 0 = none; else each projection in lora_targets gets x @ A @ B * (alpha / rank) added.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple = LORA_TARGETS
+    lora_lm_head: bool = False  # a policy's LM head trains too (a reward head always does)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # JSON gives a list: keep it hashable
+        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if bad:
+            raise ValueError(f"lora targets {bad}: choose from {', '.join(LORA_TARGETS)}")
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -98,6 +108,14 @@ class DecoderConfig:
     def precision(self) -> jax.lax.Precision:
         """The precision every dot of the model runs at (see rm_jax.models.precision)."""
         return resolve_precision(self.matmul_precision, self.dtype)
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    def adapted(self, name: str) -> bool:
+        """Whether projection ``name`` (q, k, v, o, gate, up, down) carries a LoRA adapter."""
+        return self.lora_rank > 0 and name in self.lora_targets
 
     def attention_kernel(self, backend: Optional[str] = None) -> str:
         """The attention kernel this config runs on ``backend`` (default: JAX's): what to log."""
@@ -140,6 +158,32 @@ def _param(
     module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: tuple[Optional[str], ...]
 ) -> jax.Array:
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def lora_a_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """PEFT's default A: kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)); fan_in is every
+    axis but the last (the rank)."""
+    bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def lora_delta(
+    module: nn.Module,
+    cfg: DecoderConfig,
+    name: str,
+    x: jax.Array,
+    in_shape: tuple[int, ...],
+    in_axes: tuple[Optional[str], ...],
+    out_shape: tuple[int, ...],
+    out_axes: tuple[Optional[str], ...],
+) -> jax.Array:
+    """The adapter's contribution (x @ A) @ B * alpha/rank for the projection ``name``; ``x`` [B, T, prod(in)].
+    B starts at zero, so a fresh adapter leaves the base's output unchanged."""
+    dt, prec, r = cfg.compute_dtype, cfg.precision, cfg.lora_rank
+    a = _param(module, f"{name}_lora_a", lora_a_init, (*in_shape, r), (*in_axes, "lora"))
+    b = _param(module, f"{name}_lora_b", nn.initializers.zeros, (r, *out_shape), ("lora", *out_axes))
+    xa = dense(x, a.astype(dt).reshape(-1, r), prec)
+    return dense(xa, b.astype(dt), prec) * jnp.asarray(cfg.lora_scale, dt)
 
 
 class RMSNorm(nn.Module):
@@ -215,6 +259,8 @@ class Attention(nn.Module):
         def proj(name: str, inp: jax.Array, heads: int, heads_axis: str) -> jax.Array:
             w = _param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
             y = dense(inp, w.astype(dt), prec)
+            if cfg.adapted(name):
+                y = y + lora_delta(self, cfg, name, inp, (h,), ("embed",), (heads, d), (heads_axis, "head_dim"))
             if cfg.qkv_bias:
                 y = y + _param(
                     self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")
@@ -256,7 +302,10 @@ class Attention(nn.Module):
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))
         b, t = out.shape[:2]
-        y = dense(out.reshape(b, t, n * d), wo.astype(dt).reshape(n * d, h), prec)
+        flat = out.reshape(b, t, n * d)
+        y = dense(flat, wo.astype(dt).reshape(n * d, h), prec)
+        if cfg.adapted("o"):
+            y = y + lora_delta(self, cfg, "o", flat, (n, d), ("heads", "head_dim"), (h,), ("embed",))
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
         return y if cache is None else (y, cache)
@@ -325,9 +374,17 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", init, (h, i), ("embed", "mlp"))
         up = _param(self, "up_kernel", init, (h, i), ("embed", "mlp"))
         down = _param(self, "down_kernel", init, (i, h), ("mlp", "embed"))
-        a = jax.nn.silu(dense(x, gate.astype(dt), prec)) * dense(x, up.astype(dt), prec)
+
+        def proj(name: str, inp: jax.Array, w: jax.Array, in_dim: tuple, out_dim: tuple) -> jax.Array:
+            y = dense(inp, w.astype(dt), prec)
+            if cfg.adapted(name):
+                y = y + lora_delta(self, cfg, name, inp, in_dim[:1], in_dim[1:], out_dim[:1], out_dim[1:])
+            return y
+
+        hx, ix = (h, "embed"), (i, "mlp")
+        a = jax.nn.silu(proj("gate", x, gate, hx, ix)) * proj("up", x, up, hx, ix)
         a = constrain(a, ("act_batch", "act_length", "act_mlp"))
-        return dense(a, down.astype(dt), prec)
+        return proj("down", a, down, ix, hx)
 
 
 class DecoderLayer(nn.Module):

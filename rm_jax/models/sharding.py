@@ -35,6 +35,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
     ("attributes", None),
+    ("lora", None),  # a LoRA adapter's rank: small, never split
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),

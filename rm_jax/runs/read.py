@@ -23,6 +23,13 @@ from rm_jax.core.files import read_json
 from rm_jax.models.hf_io import export_hf, export_hf_causal_lm, load_hf_reward_model, load_tokenizer
 from rm_jax.models import abstract_params, param_shardings_for, relayout_params
 from rm_jax.models.llama import DecoderConfig
+from rm_jax.models.lora import (
+    export_peft_adapter,
+    import_peft_adapter,
+    merge_adapters,
+    read_base_identity,
+    read_peft_config,
+)
 from rm_jax.models.sharding import make_mesh
 from rm_jax.runs import layout
 
@@ -99,7 +106,8 @@ def load_run(path: str, mesh: Any, dtype: str = "float32", step: Optional[int] =
 
 def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "float32",
                        template: Optional[str] = None, step: Optional[int] = None) -> ScoringModel:
-    """``path``: an HF ``*ForSequenceClassification`` folder or an rm_jax run folder (its kept checkpoint)."""
+    """``path``: an HF ``*ForSequenceClassification`` folder, an rm_jax run folder (its kept checkpoint), or a
+    PEFT LoRA adapter folder (applied to the base its adapter_config.json names)."""
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     if is_run_dir(path):
         if read_meta(path).get("decoder", {}).get("head", "reward") != "reward":
@@ -107,18 +115,32 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
         cfg, params, meta, tok = load_run(path, mesh, dtype, step)
         return ScoringModel(cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh,
                             meta.get("hf_config"))
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):  # a PEFT LoRA adapter: on its base
+        base = read_peft_config(path).get("base_model_name_or_path")
+        if not base:
+            raise ModelLoadError(f"{path}: adapter_config.json names no base_model_name_or_path")
+        lm = load_hf_reward_model(base, mesh, dtype=dtype)
+        cfg, params = import_peft_adapter(lm.cfg, lm.params, path, mesh)
+        return ScoringModel(cfg, params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
     lm = load_hf_reward_model(path, mesh, dtype=dtype)
     return ScoringModel(lm.cfg, lm.params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
 
 
-def export_run(run_dir: str, out_dir: str, step: Optional[int] = None) -> str:
+def export_run(run_dir: str, out_dir: str, step: Optional[int] = None, adapter: bool = False) -> str:
     """A run's kept checkpoint -> an HF folder: ``*ForSequenceClassification`` for a reward model (its
     config.json also records the per-attribute validation RMSE, which SteerLM 2.0 labelling uses),
     ``*ForCausalLM`` for a policy. Its tokenizer carries the chat template the run trained with, so
-    transformers' apply_chat_template gives the same ids."""
+    transformers' apply_chat_template gives the same ids. A LoRA run is exported merged (W + A B alpha/r),
+    or with ``adapter`` as a PEFT adapter folder for its base (adapters, and the head as modules_to_save)."""
     if not is_run_dir(run_dir):
         raise ConfigError(f"{run_dir}: not an rm_jax run folder (no {META})")
     cfg, params, meta, tok = load_run(run_dir, make_mesh(devices=jax.devices()[:1]), step=step)
+    if adapter:
+        base = read_base_identity(run_dir)
+        if not cfg.lora_rank or base is None:
+            raise ConfigError(f"{run_dir}: --adapter exports a LoRA run; this run trained without LoRA (lora.rank 0)")
+        return export_peft_adapter(cfg, params, out_dir, base["path"])
+    cfg, params = merge_adapters(cfg, params)
     tok.chat_template = resolve_template(tok, meta.get("template"))
     if cfg.head == "lm":
         out = export_hf_causal_lm(cfg, params, out_dir, tok, meta.get("hf_config"))

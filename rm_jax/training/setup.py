@@ -108,6 +108,58 @@ def check_label_probe(cfg: RunConfig) -> None:
         raise ConfigError(f"eval.label_probe.base sets {probe.attribute!r}, the attribute it varies")
 
 
+def lora_opts(cfg: RunConfig) -> dict:
+    """The DecoderConfig LoRA fields of a run (none when lora.rank is 0)."""
+    lo = cfg.lora
+    if not lo.rank:
+        return {}
+    return dict(lora_rank=lo.rank, lora_alpha=lo.alpha, lora_targets=tuple(lo.targets), lora_lm_head=lo.train_lm_head)
+
+
+def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> tuple[DecoderConfig, Any]:
+    """The loaded base frozen with fresh adapters (lora.rank > 0), stored in lora.base_dtype; the base's
+    identity is recorded in the run folder, and a resumed run must find the same base there."""
+    if not cfg.lora.rank and not cfg.model.adapter:
+        return dcfg, params
+    from rm_jax.core.files import write_json
+    from rm_jax.models.hf_io import resolve_model_dir
+    from rm_jax.models.lora import (
+        BASE_FILE,
+        add_adapters,
+        base_identity,
+        cast_frozen,
+        check_same_base,
+        import_peft_adapter,
+        read_base_identity,
+    )
+
+    if cfg.model.adapter:  # continue from a PEFT adapter: its rank, alpha and targets
+        dcfg, params = import_peft_adapter(dcfg, params, cfg.model.adapter, mesh)
+        if cfg.lora.rank and cfg.lora.rank != dcfg.lora_rank:
+            raise ConfigError(
+                f"lora.rank={cfg.lora.rank} but model.adapter {cfg.model.adapter} has rank {dcfg.lora_rank}"
+            )
+        dcfg = dcfg.replace(lora_lm_head=dcfg.lora_lm_head or cfg.lora.train_lm_head)
+    else:
+        dcfg = dcfg.replace(**lora_opts(cfg))
+    ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype)
+    recorded = read_base_identity(cfg.run_dir)
+    ck = os.path.join(cfg.run_dir, "checkpoints")
+    if recorded is not None and os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck)):
+        check_same_base(recorded, ident, cfg.run_dir)  # resuming: the adapters belong to the recorded base
+    if jax.process_index() == 0:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        write_json(os.path.join(cfg.run_dir, BASE_FILE), ident)
+    if not cfg.model.adapter:
+        params = add_adapters(params, dcfg, mesh, cfg.model.seed)
+    logger.info(
+        f"LoRA rank {dcfg.lora_rank} on {', '.join(dcfg.lora_targets)}"
+        + (f" from {cfg.model.adapter}" if cfg.model.adapter else "")
+        + f"; base frozen in {cfg.lora.base_dtype}"
+    )
+    return dcfg, cast_frozen(dcfg, params, cfg.lora.base_dtype)
+
+
 def run_opts(cfg: RunConfig) -> dict:
     return dict(
         dtype=cfg.model.dtype,
@@ -162,7 +214,7 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
 
         lm = load_hf_causal_lm(cfg.model.path, mesh, **run_opts(cfg))
         logger.info(f"loaded {cfg.model.path} (causal LM)")
-        return lm.cfg, lm.params, lm.hf_config
+        return (*attach_lora(cfg, lm.cfg, lm.params, mesh), lm.hf_config)
     if cfg.model.path:
         lm: LoadedModel = load_hf_reward_model(
             cfg.model.path, mesh, seed=cfg.model.seed, attribute_names=cfg.model.attributes, **run_opts(cfg)
@@ -170,6 +222,6 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
         for n in lm.notes:
             logger.info(n)
         logger.info(f"loaded {cfg.model.path} ({'head loaded' if lm.head_loaded else 'new head'})")
-        return lm.cfg, lm.params, lm.hf_config
+        return (*attach_lora(cfg, lm.cfg, lm.params, mesh), lm.hf_config)
     dcfg = scratch_config(cfg, len(tokenizer))
     return dcfg, init_params(dcfg, mesh, cfg.model.seed), None

@@ -1,0 +1,146 @@
+"""The train step with LoRA: gradients and optimizer state for the adapters and the head only; the frozen base
+(stored in bfloat16 here) comes out of a step bit-for-bit unchanged, for a reward model and a policy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rm_jax.core.config import LossConfig, TrainConfig
+from rm_jax.engine.train_step import create_state, lr_schedule, make_optimizer, make_train_step
+from rm_jax.models import init_params
+from rm_jax.models.llama import DecoderConfig
+from rm_jax.models.lora import add_adapters, cast_frozen, is_trainable
+from rm_jax.models.sharding import make_mesh
+
+ARCH = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    num_labels=5,
+)
+
+
+def _batch(head: str) -> dict:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 97, size=(1, 4, 32)).astype(np.int32)
+    b = {
+        "input_ids": ids,
+        "segment_ids": np.ones_like(ids),
+        "positions": np.broadcast_to(np.arange(32, dtype=np.int32), ids.shape).copy(),
+    }
+    if head == "reward":
+        b["labels"] = rng.uniform(0, 4, size=(1, 4, 2, 5)).astype(np.float32)
+        b["label_mask"] = np.zeros((1, 4, 2, 5), np.float32)
+        b["label_mask"][:, :, 0] = 1
+    else:
+        b["targets"] = np.roll(ids, -1, axis=-1)
+        b["loss_mask"] = np.ones(ids.shape, np.float32)
+    return b
+
+
+def _step(cfg: DecoderConfig, params, head: str):
+    mesh = make_mesh(devices=jax.devices()[:1])
+    tc = TrainConfig(lr=1e-2, warmup_steps=0, weight_decay=0.0)
+    tx = make_optimizer(tc, 10)
+    before = jax.tree.map(np.asarray, params)
+    state, shard = create_state(cfg, tx, mesh, params)
+    step = jax.jit(make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh), donate_argnums=0)
+    new, m = step(state, _batch(head))
+    assert bool(m["ok"])
+    return before, new
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
+@pytest.mark.parametrize("head", ["reward", "lm"])
+def test_lora_step_updates_only_adapters_and_head(head, scan):
+    mesh = make_mesh(devices=jax.devices()[:1])
+    base_cfg = DecoderConfig(**ARCH, head=head, scan_layers=scan)
+    cfg = base_cfg.replace(lora_rank=4)
+    params = cast_frozen(cfg, add_adapters(init_params(base_cfg, mesh, 1), cfg, mesh, 2), "bfloat16")
+    before, new = _step(cfg, params, head)
+
+    trainable = set()
+    for path, old in jax.tree_util.tree_flatten_with_path(before)[0]:
+        keys = tuple(str(k.key) for k in path)
+        now = new["params"]
+        for k in keys:
+            now = now[k]
+        now = np.asarray(now)
+        assert now.dtype == old.dtype, keys  # the base stays in its storage dtype
+        if is_trainable(cfg, keys):
+            trainable.add(keys)
+            if keys[-1].endswith("_lora_b") or keys[-1] == "head_kernel":
+                assert not np.array_equal(now, old), keys  # B and the head get a gradient at once (A: once B != 0)
+        else:
+            assert np.array_equal(now, old), keys
+    want_head = {("head_kernel",)} if head == "reward" else set()
+    assert {k for k in trainable if "_lora_" not in k[-1]} == want_head
+    # Adam's moments exist for the trainable leaves only (mu and nu: twice their count).
+    moments = [x for x in jax.tree.leaves(new["opt_state"]) if x.ndim > 0]
+    assert len(moments) == 2 * len(trainable)
+
+
+def test_full_finetune_still_updates_everything():
+    mesh = make_mesh(devices=jax.devices()[:1])
+    cfg = DecoderConfig(**ARCH)
+    before, new = _step(cfg, init_params(cfg, mesh, 1), "reward")
+    changed = [
+        not np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(before))
+    ]
+    assert all(changed) and jnp.dtype(jax.tree.leaves(new["params"])[0].dtype) == jnp.float32
+
+
+def _state_bytes(state) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+
+
+def test_bfloat16_optimizer_state():
+    """train.optimizer_state_dtype=bfloat16: moments stored in bf16 (half the bytes); the arithmetic is float32,
+    so the first step (moments from zero) is the float32 step exactly and later steps stay close."""
+    mesh = make_mesh(devices=jax.devices()[:1])
+    cfg = DecoderConfig(**ARCH)
+    out = {}
+    for dt in ("float32", "bfloat16"):
+        tc = TrainConfig(lr=1e-2, warmup_steps=0, optimizer_state_dtype=dt)
+        tx = make_optimizer(tc, 10)
+        state, _ = create_state(cfg, tx, mesh, init_params(cfg, mesh, 1))
+        step = jax.jit(make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh))
+        s1, _ = step(state, _batch("reward"))
+        s2, _ = step(s1, _batch("reward"))
+        out[dt] = (s1, s2)
+    moments = [x for x in jax.tree.leaves(out["bfloat16"][0]["opt_state"]) if x.ndim > 0]
+    assert moments and {x.dtype for x in moments} == {jnp.dtype(jnp.bfloat16)}
+    assert _state_bytes(out["bfloat16"][0]["opt_state"]) * 2 == pytest.approx(
+        _state_bytes(out["float32"][0]["opt_state"]), rel=0.01
+    )
+    for a, b in zip(jax.tree.leaves(out["bfloat16"][0]["params"]), jax.tree.leaves(out["float32"][0]["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    p0 = jax.tree.leaves(init_params(cfg, mesh, 1))
+    for a, b, z in zip(jax.tree.leaves(out["bfloat16"][1]["params"]), jax.tree.leaves(out["float32"][1]["params"]), p0):
+        step_size = np.abs(np.asarray(b) - np.asarray(z)).max()
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 0.02 * step_size + 1e-7
+
+
+def test_adafactor():
+    """train.optimizer=adafactor: factored second moments (a 256 x 512 matrix keeps 256 + 512 numbers, not
+    its size in moments), and a few steps on one batch lower the loss."""
+    tx = make_optimizer(TrainConfig(optimizer="adafactor", lr=1e-2), 10)
+    assert _state_bytes(tx.init({"w": jnp.zeros((256, 512))})) < 0.05 * 256 * 512 * 4
+    mesh = make_mesh(devices=jax.devices()[:1])
+    cfg = DecoderConfig(**ARCH)
+    tc = TrainConfig(lr=3e-3, warmup_steps=0, optimizer="adafactor")
+    tx = make_optimizer(tc, 10)
+    state, _ = create_state(cfg, tx, mesh, init_params(cfg, mesh, 1))
+    step = jax.jit(make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh))
+    losses = []
+    for _ in range(5):
+        state, m = step(state, _batch("reward"))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.8 * losses[0]

@@ -11,6 +11,8 @@ run_dir/                           (``rm-jax train``; a training member of a swe
   eval.json                        metrics of the kept (best) checkpoint on the validation set
   predictions/validation.jsonl     its per-row predictions (re-weighting needs no forward pass)
   predictions/rewardbench.jsonl    eval.rewardbench: per-pair rewards of the kept checkpoint
+  lora_base.json                   lora.rank > 0: the frozen base's path, content hash and storage dtype
+                                   (spelled in rm_jax.models.lora: engine restores read it, below runs)
   DONE                             written last: the run finished
 
 step folder                        (a ``step:`` member of a sweep)
@@ -31,6 +33,7 @@ import json
 import os
 
 from rm_jax.core.files import write_text
+from rm_jax.models.lora import BASE_FILE as LORA_BASE  # spelled beside the code that reads it (models sit below runs)
 
 # ---------------------------------------------------------------- run folder
 CONFIG = "config.yaml"
@@ -42,6 +45,7 @@ CHECKPOINTS = "checkpoints"
 EVAL = "eval.json"
 PREDICTIONS = "predictions"
 DONE = "DONE"
+# LORA_BASE (imported above): a LoRA run's frozen base: path, content hash, storage dtype
 
 # ---------------------------------------------------------------- step folder
 STEP = "step.json"

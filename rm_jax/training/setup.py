@@ -23,6 +23,7 @@ from rm_jax.models.hf_io import (
 )
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.sharding import make_mesh
+from rm_jax.runs import layout
 from rm_jax.runs.read import META, read_meta, restore_run_params
 from rm_jax.training.logs import logger
 
@@ -124,7 +125,6 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
     from rm_jax.core.files import write_json
     from rm_jax.models.hf_io import resolve_model_dir
     from rm_jax.models.lora import (
-        BASE_FILE,
         add_adapters,
         base_identity,
         cast_frozen,
@@ -144,12 +144,12 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
         dcfg = dcfg.replace(**lora_opts(cfg))
     ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype)
     recorded = read_base_identity(cfg.run_dir)
-    ck = os.path.join(cfg.run_dir, "checkpoints")
+    ck = layout.checkpoints_dir(cfg.run_dir)
     if recorded is not None and os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck)):
         check_same_base(recorded, ident, cfg.run_dir)  # resuming: the adapters belong to the recorded base
     if jax.process_index() == 0:
         os.makedirs(cfg.run_dir, exist_ok=True)
-        write_json(os.path.join(cfg.run_dir, BASE_FILE), ident)
+        write_json(os.path.join(cfg.run_dir, layout.LORA_BASE), ident)
     if not cfg.model.adapter:
         params = add_adapters(params, dcfg, mesh, cfg.model.seed)
     logger.info(

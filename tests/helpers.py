@@ -442,3 +442,15 @@ def make_hf_causal_lm_that_ends_turns(out_dir: str, seed: int = 1, prompts: list
         model.get_output_embeddings().weight[tok.eos_token_id] = u * scale * 0.75
     model.save_pretrained(out_dir, safe_serialization=True)
     return model, tok
+
+
+# A decoder small enough to compile in seconds, with GQA and an explicit head_dim (LoRA and train-step tests).
+TINY_DECODER = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+)

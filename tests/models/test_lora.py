@@ -19,17 +19,9 @@ from rm_jax.models.lora import (
     split_trainable,
 )
 from rm_jax.models.sharding import make_mesh
+from tests.helpers import TINY_DECODER
 
-ARCH = dict(
-    vocab_size=97,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    num_labels=3,
-)
+ARCH = {**TINY_DECODER, "num_labels": 3}
 
 
 def _batch(seed: int = 0) -> dict:

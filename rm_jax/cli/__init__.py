@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 # command -> (module under rm_jax.cli, one-line usage)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "train CONFIG.yaml [key=value ...]       train (or resume) one run"),
-    "sweep": ("sweep", "sweep EXPERIMENT.yaml [--task-index I] [--dry-run]"),
+    "train": ("train", "train CONFIG.yaml [key=value ...] [--wait]   train (or resume) one run"),
+    "sweep": ("sweep", "sweep EXPERIMENT.yaml [--task-index I] [--dry-run] [--wait]"),
     "report": ("report", "report SWEEP_DIR                         rebuild results.csv / results.md / plots"),
     "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5]"),
     "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),

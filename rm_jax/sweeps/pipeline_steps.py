@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from rm_jax.core.errors import ConfigError
 from rm_jax.core.files import write_json
+from rm_jax.runs.lock import hold_run_folder
 
 STEP_FILE = "step.json"
 REPORT_FILE = "report.json"
@@ -74,7 +75,13 @@ def check_existing_step(run: Any) -> None:
         )
 
 
-def run_step(run: Any) -> None:
+def run_step(run: Any, wait: bool = False) -> None:
+    """Run one step into its folder, held for the duration (re-entrant: the sweep runner holds it already)."""
+    with hold_run_folder(run.run_dir, wait):
+        _run_step(run)
+
+
+def _run_step(run: Any) -> None:
     os.makedirs(run.run_dir, exist_ok=True)
     write_json(os.path.join(run.run_dir, STEP_FILE), _record(run))
     report = STEPS[run.step](run.args, run.run_dir)

@@ -359,11 +359,12 @@ def test_steer_eval_reports_what_it_measured(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path):
+def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path, capfd):
     import shutil
 
     from rm_jax.core.config import build_config
     from rm_jax.training.run import train
+    from tests.helpers import assert_resumed_not_restarted, assert_states_equal, checkpoint_state, metrics_lines
 
     _, groups = labelled
     base = {
@@ -394,12 +395,18 @@ def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path):
     assert sorted(first) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v).all() for v in first.values())
     ev = json.load(open(os.path.join(rd, "eval.json")))
     assert {"val_loss", "val_kl_w_b", "val_groups"} <= set(ev) and ev["val_groups"] == 6
+    saved = {s: checkpoint_state(rd, s) for s in (4, 6)}
     for step in ("4", "6"):  # back to the step-2 checkpoint, as after a pre-emption
         shutil.rmtree(os.path.join(rd, "checkpoints", step))
     os.remove(os.path.join(rd, "DONE"))
+    before = metrics_lines(rd)
+    capfd.readouterr()
     train(build_config(base))
+    assert_resumed_not_restarted(before, metrics_lines(rd), capfd.readouterr().err, 2, 6)
     again = losses()
     for s in range(3, 7):
         assert again[s][0] == pytest.approx(first[s][0], rel=1e-5) and again[s][1] == pytest.approx(
             first[s][1], rel=1e-4
         )
+    for s in (4, 6):  # what the resumed run saved is what the uninterrupted one saved
+        assert_states_equal(saved[s], checkpoint_state(rd, s), f"steerlm2 step {s}", atol=1e-5)

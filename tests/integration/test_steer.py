@@ -364,7 +364,13 @@ def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path, capfd):
 
     from rm_jax.core.config import build_config
     from rm_jax.training.run import train
-    from tests.helpers import assert_resumed_not_restarted, assert_states_equal, checkpoint_state, metrics_lines
+    from tests.helpers import (
+        assert_resumed_not_restarted,
+        assert_states_equal,
+        checkpoint_state,
+        checkpoint_steps,
+        metrics_lines,
+    )
 
     _, groups = labelled
     base = {
@@ -396,15 +402,16 @@ def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path, capfd):
     ev = json.load(open(os.path.join(rd, "eval.json")))
     assert {"val_loss", "val_kl_w_b", "val_groups"} <= set(ev) and ev["val_groups"] == 6
     saved = {s: checkpoint_state(rd, s) for s in (4, 6)}
-    for step in ("4", "6"):  # back to the step-2 checkpoint, as after a pre-emption
+    for step in ("4", "6"):  # back to the step-3 checkpoint (3 evaluated, 2 rotated out), as after a pre-emption
         shutil.rmtree(os.path.join(rd, "checkpoints", step))
     os.remove(os.path.join(rd, "DONE"))
+    assert checkpoint_steps(rd) == [3]
     before = metrics_lines(rd)
     capfd.readouterr()
     train(build_config(base))
-    assert_resumed_not_restarted(before, metrics_lines(rd), capfd.readouterr().err, 2, 6)
+    assert_resumed_not_restarted(before, metrics_lines(rd), capfd.readouterr().err, 3, 6)
     again = losses()
-    for s in range(3, 7):
+    for s in range(4, 7):
         assert again[s][0] == pytest.approx(first[s][0], rel=1e-5) and again[s][1] == pytest.approx(
             first[s][1], rel=1e-4
         )

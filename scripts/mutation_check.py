@@ -221,6 +221,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         (RESUME_RM,),
     ),
     Mutation(
+        "step_ignored",
+        "score / eval of a run folder at --step read that checkpoint",
+        (
+            (
+                "rm_jax/runs/read.py",
+                "cfg, params, meta, tok = load_run(path, mesh, dtype, step)",
+                "cfg, params, meta, tok = load_run(path, mesh, dtype, None)",
+            ),
+        ),
+        ("tests/integration/test_trained_rm_folder.py::test_score_export_and_eval_at_kept_and_explicit_steps",),
+    ),
+    Mutation(
         "debug_hides_typed_error",
         "--debug shows the typed error's own traceback",
         (

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from rm_jax.engine.checkpoint import Checkpointer, abstract_with_shardings
 from rm_jax.core.config import CheckpointConfig
 from rm_jax.data.conversation import resolve_template
-from rm_jax.core.errors import CheckpointError, ConfigError, ModelLoadError
+from rm_jax.core.errors import CheckpointError, ConfigError, InputError, ModelLoadError
 from rm_jax.core.files import read_json
 from rm_jax.models.hf_io import export_hf, export_hf_causal_lm, load_hf_reward_model, load_tokenizer
 from rm_jax.models import abstract_params, param_shardings_for, relayout_params
@@ -66,6 +66,8 @@ def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optio
     try:
         target = abstract_with_shardings(abstract_params(dcfg), param_shardings_for(dcfg, mesh))
         if step is not None:
+            if step not in ck.all_steps():
+                raise CheckpointError(f"{run_dir}: no checkpoint at step {step} (steps: {ck.all_steps() or 'none'})")
             return ck.restore_params(step, target)
         kept = ck.best_step() or ck.latest_step()
         if kept is None:
@@ -108,6 +110,8 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
         cfg, params, meta, tok = load_run(path, mesh, dtype, step)
         return ScoringModel(cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh,
                             meta.get("hf_config"))
+    if step is not None:
+        raise InputError(f"step {step} asked of {path}, which is not an rm_jax run folder (an HF folder has no steps)")
     lm = load_hf_reward_model(path, mesh, dtype=dtype)
     return ScoringModel(lm.cfg, lm.params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
 

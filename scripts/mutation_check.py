@@ -233,6 +233,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/integration/test_trained_rm_folder.py::test_score_export_and_eval_at_kept_and_explicit_steps",),
     ),
     Mutation(
+        "step_args_dropped",
+        "a sweep's sample step runs with the member's arguments",
+        (
+            (
+                "rm_jax/sweeps/pipeline_steps.py",
+                '**{k: v for k, v in args.items() if k not in ("policy", "input")},',
+                "**{},",
+            ),
+        ),
+        ("tests/sweeps/test_pipeline_steps.py::test_real_step_functions_on_tiny_models",),
+    ),
+    Mutation(
         "debug_hides_typed_error",
         "--debug shows the typed error's own traceback",
         (

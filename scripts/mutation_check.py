@@ -365,6 +365,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per mutation's tests")
     ap.add_argument("--no-baseline", action="store_true", help="skip running the tests on the unmutated copy")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copies (for debugging)")
+    ap.add_argument("--log-dir", default=None, help="write each run's pytest output to DIR/NAME.log")
     a = ap.parse_args(argv)
 
     names = {m.name for m in MUTATIONS}
@@ -402,6 +403,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for fut in concurrent.futures.as_completed(futures):
             r = fut.result()
             results.append(r)
+            if a.log_dir:
+                os.makedirs(a.log_dir, exist_ok=True)
+                with open(os.path.join(a.log_dir, f"{r['name']}.log"), "w", encoding="utf-8") as f:
+                    f.write(r["tail"])
             print(f"{r['name']:28} {r['verdict']:9} {r['seconds']:6.0f} s", flush=True)
             if r["verdict"] != "killed":
                 print(r["tail"], file=sys.stderr)

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train CONFIG.yaml [key=value ...] [--wait]   train (or resume) one run"),
     "sweep": ("sweep", "sweep EXPERIMENT.yaml [--task-index I] [--dry-run] [--wait]"),
     "report": ("report", "report SWEEP_DIR                         rebuild results.csv / results.md / plots"),
-    "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5]"),
+    "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5] [--step N]"),
     "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),
     "export": ("export", "export RUN_DIR --out HF_DIR"),
     "data": ("data", "data stats FILE|HUB_ID [--json] [--tokenizer DIR]"),

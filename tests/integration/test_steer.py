@@ -417,3 +417,31 @@ def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path, capfd):
         )
     for s in (4, 6):  # what the resumed run saved is what the uninterrupted one saved
         assert_states_equal(saved[s], checkpoint_state(rd, s), f"steerlm2 step {s}", atol=1e-5)
+
+
+@pytest.mark.slow
+def test_steerlm2_fits_the_importance_weights_on_a_repeated_batch(models, labelled, tmp_path):
+    """Every step sees the same 6 groups (one batch per epoch): the policy's baseline b = softmax(log Q_theta -
+    log Q') moves towards the target weights w, so KL(w || b), which the loss's gradient lowers, falls."""
+    from rm_jax.core.config import build_config
+    from rm_jax.training.run import train
+
+    _, groups = labelled
+    cfg = {
+        "task": "steerlm2",
+        "run_dir": str(tmp_path / "run"),
+        "model": {"path": models["policy"]},
+        "data": {"train": groups, "validation": None, "seq_len": 256, "max_segments": 8},
+        "train": {"max_steps": 8, "batch_rows": 6, "lr": 1e-2, "warmup_steps": 1, "log_every": 1},
+        "checkpoint": {"keep_best": 0},
+        "mesh": {"num_devices": 1, "data": 1},
+        "logging": {"progress": False, "tensorboard": False},
+    }
+    rd = train(build_config(cfg))
+    recs = [json.loads(x) for x in open(os.path.join(rd, "metrics.jsonl"))]
+    steps = [r for r in recs if "loss" in r]
+    epochs = [r["epoch"] for r in steps]
+    assert len(steps) == 8 and np.all(np.diff(epochs) == 1), epochs  # one batch per epoch: the same groups
+    kl = [r["kl_w_b"] for r in steps]
+    assert all(np.isfinite(kl)) and kl[0] > 0
+    assert kl[-1] < 0.5 * kl[0], kl

@@ -75,9 +75,10 @@ def check_existing_step(run: Any) -> None:
         )
 
 
-def run_step(run: Any, wait: bool = False) -> None:
-    """Run one step into its folder, held for the duration (re-entrant: the sweep runner holds it already)."""
-    with hold_run_folder(run.run_dir, wait):
+def run_step(run: Any) -> None:
+    """Run one step into its folder, held for the duration (re-entrant: the sweep runner holds it already,
+    waiting for it when asked to)."""
+    with hold_run_folder(run.run_dir):
         _run_step(run)
 
 

@@ -17,7 +17,7 @@ from tests.helpers import tiny_base
 
 pytestmark = pytest.mark.slow
 
-STEPS = 30
+STEPS = 60  # long enough that the later processes reach the lock while the first still trains
 
 
 def _sweep(exp: str, sd: Path, env: dict, *extra: str) -> subprocess.Popen:

@@ -454,3 +454,57 @@ TINY_DECODER = dict(
     num_key_value_heads=2,
     head_dim=8,
 )
+
+
+# ---------------------------------------------------------------- resume checks (observable: files, stderr)
+
+
+def metrics_lines(run_dir: str) -> list[str]:
+    """metrics.jsonl as written (lines, not parsed: a recomputed row differs at least in its timings)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [ln for ln in f.read().splitlines() if ln.strip()]
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """Finished checkpoint steps (Orbax renames a step's temporary folder to its number when done)."""
+    ck = os.path.join(run_dir, "checkpoints")
+    return sorted(int(d) for d in os.listdir(ck) if d.isdigit()) if os.path.isdir(ck) else []
+
+
+def checkpoint_state(run_dir: str, step: int) -> dict:
+    """Every array of a saved train state (parameters and optimizer state), by path, as numpy."""
+    import warnings
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    with warnings.catch_warnings():  # "sharding info not provided": one CPU device reads it from the file
+        warnings.simplefilter("ignore", UserWarning)
+        tree = ocp.PyTreeCheckpointer().restore(os.path.join(run_dir, "checkpoints", str(step), "state"))
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def assert_states_equal(a: dict, b: dict, what: str, atol: float = 1e-6) -> None:
+    assert sorted(a) == sorted(b), f"{what}: different state trees"
+    assert any("opt" in k for k in a), f"{what}: no optimizer state in {sorted(a)[:5]}"
+    for k in a:
+        d = float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) if a[k].size else 0.0
+        assert d <= atol, f"{what}: {k} differs by {d:g}"
+
+
+def assert_resumed_not_restarted(before: list[str], after: list[str], stderr: str, step: int, total: int) -> None:
+    """A re-run after a kill resumed at ``step``: it says so, the rows logged up to ``step`` before the
+    kill are still there byte for byte (not recomputed), and every train step is logged exactly once."""
+    assert f"resumed from step {step} (" in stderr, f"no 'resumed from step {step}' in:\n{stderr[-3000:]}"
+
+    def step_of(line: str) -> int:
+        return json.loads(line)["step"]
+
+    kept = [ln for ln in before if step_of(ln) <= step]
+    assert sum("loss" in json.loads(ln) for ln in kept) >= step, "too few rows before the kill to tell"
+    assert after[: len(kept)] == kept, "rows logged before the kill were rewritten (recomputed?)"
+    train = [json.loads(ln)["step"] for ln in after if "loss" in json.loads(ln)]
+    assert train == list(range(1, total + 1)), f"train steps logged: {train}"

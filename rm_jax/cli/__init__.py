@@ -14,10 +14,10 @@ from typing import Optional, Sequence
 
 # command -> (module under rm_jax.cli, one-line usage)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "train CONFIG.yaml [key=value ...]       train (or resume) one run"),
-    "sweep": ("sweep", "sweep EXPERIMENT.yaml [--task-index I] [--dry-run]"),
+    "train": ("train", "train CONFIG.yaml [key=value ...] [--wait]   train (or resume) one run"),
+    "sweep": ("sweep", "sweep EXPERIMENT.yaml [--task-index I] [--dry-run] [--wait]"),
     "report": ("report", "report SWEEP_DIR                         rebuild results.csv / results.md / plots"),
-    "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5]"),
+    "score": ("score", "score --model DIR --input IN.jsonl --output OUT.jsonl [--weights PRESET|w1,..,w5] [--step N]"),
     "eval": ("eval", "eval --model DIR [--helpsteer SRC] [--rewardbench SRC] [--weights ...] [--output results.json]"),
     "weights": ("weights", "weights fit --model DIR (--pairs|--rewardbench2|--helpsteer SRC) --output W.json"),
     "export": ("export", "export RUN_DIR --out HF_DIR [--adapter]"),

@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-segments", type=int, default=16, help="conversations packed into one row at most")
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
     ap.add_argument("--dtype", default="float32", choices=get_args(Dtype))
+    ap.add_argument("--step", type=int, default=None, help="a run folder's checkpoint step (default: the kept one)")
     ap.add_argument(
         "--from-predictions",
         default=None,
@@ -120,6 +121,7 @@ def main(argv: Sequence[str]) -> int:
         dtype=a.dtype,
         drop_long_pairs=a.drop_long_pairs,
         progress=not a.no_progress,
+        step=a.step,
     )
     print(format_report(result))
     print(f"\nresults -> {out_path}")

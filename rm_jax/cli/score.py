@@ -37,13 +37,14 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=get_args(Dtype))
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--step", type=int, default=None, help="a run folder's checkpoint step (default: the kept one)")
     a = ap.parse_args(list(argv))
     from rm_jax.engine.scoring import read_score_rows, score_rows, write_scored
     from rm_jax.runs.read import load_scoring_model
 
     check_weights(a.weights, None)
     rows = read_score_rows(a.input)
-    model = load_scoring_model(a.model, dtype=a.dtype, template=a.template)
+    model = load_scoring_model(a.model, dtype=a.dtype, template=a.template, step=a.step)
     check_weights(a.weights, model.cfg.num_labels)
     pred, reward = score_rows(
         model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress, where=a.input

@@ -27,8 +27,11 @@ def main(argv: Sequence[str]) -> int:
         help="run only this member (0-based, as --dry-run lists them), e.g. $SLURM_ARRAY_TASK_ID",
     )
     ap.add_argument("--dry-run", action="store_true", help="print the plan and validate every run config")
+    ap.add_argument(
+        "--wait", action="store_true", help="if another process holds a member's folder, wait for it instead of failing"
+    )
     a = ap.parse_intermixed_args(list(argv))
     from rm_jax.sweeps.runner import sweep
 
-    failed = sweep(a.experiment, a.overrides, a.task_index, a.dry_run, out=sys.stdout)
+    failed = sweep(a.experiment, a.overrides, a.task_index, a.dry_run, out=sys.stdout, wait=a.wait)
     return 1 if failed else 0

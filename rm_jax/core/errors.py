@@ -54,3 +54,7 @@ class CheckpointError(RmJaxError):
 
 class TrainingError(RmJaxError, RuntimeError):
     """A run that cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class RunLockError(RmJaxError):
+    """A run folder already held by another process; the message names its host, pid and start time."""

@@ -391,6 +391,7 @@ def evaluate_model(
     dtype: str = "float32",
     drop_long_pairs: bool = False,
     progress: bool = True,
+    step: Optional[int] = None,
 ) -> tuple[dict, str]:
     """``rm-jax eval --model``: evaluate on HelpSteer2 rows and/or RewardBench pairs, write the results
     json and the prediction files next to it; returns (results, results path). Everything that can be
@@ -417,7 +418,7 @@ def evaluate_model(
     rb2_sets = load_rewardbench2(rewardbench2, rewardbench2_split) if rewardbench2 else None
 
     try:
-        model = load_scoring_model(model_path, dtype=dtype, template=template)
+        model = load_scoring_model(model_path, dtype=dtype, template=template, step=step)
     except FileNotFoundError as e:
         raise ModelLoadError(f"--model {model_path}: {e}") from None
     attributes = list(model.attributes)

@@ -14,6 +14,7 @@ run_dir/                           (``rm-jax train``; a training member of a swe
   lora_base.json                   lora.rank > 0: the frozen base's path, content hash and storage dtype
                                    (spelled in rm_jax.models.lora: engine restores read it, below runs)
   DONE                             written last: the run finished
+  LOCK                             who holds the folder while a process works in it (rm_jax.runs.lock)
 
 step folder                        (a ``step:`` member of a sweep)
   step.json, report.json           what ran; what was read, skipped, cut off
@@ -45,6 +46,7 @@ CHECKPOINTS = "checkpoints"
 EVAL = "eval.json"
 PREDICTIONS = "predictions"
 DONE = "DONE"
+LOCK = "LOCK"  # who holds the folder while a process trains in it (rm_jax.runs.lock)
 # LORA_BASE (imported above): a LoRA run's frozen base: path, content hash, storage dtype
 
 # ---------------------------------------------------------------- step folder

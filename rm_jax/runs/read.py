@@ -18,7 +18,7 @@ from rm_jax.engine.checkpoint import Checkpointer, abstract_with_shardings
 from rm_jax.core.config import CheckpointConfig
 from rm_jax.core.console import get_logger
 from rm_jax.data.conversation import resolve_template
-from rm_jax.core.errors import CheckpointError, ConfigError, ModelLoadError
+from rm_jax.core.errors import CheckpointError, ConfigError, InputError, ModelLoadError
 from rm_jax.core.files import read_json
 from rm_jax.models.hf_io import export_hf, export_hf_causal_lm, load_hf_reward_model, load_tokenizer
 from rm_jax.models import abstract_params, param_shardings_for, relayout_params
@@ -72,6 +72,8 @@ def restore_run_params(run_dir: str, dcfg: DecoderConfig, mesh: Any, step: Optio
     try:
         target = abstract_with_shardings(abstract_params(dcfg), param_shardings_for(dcfg, mesh))
         if step is not None:
+            if step not in ck.all_steps():
+                raise CheckpointError(f"{run_dir}: no checkpoint at step {step} (steps: {ck.all_steps() or 'none'})")
             return ck.restore_params(step, target)
         kept = ck.best_step() or ck.latest_step()
         if kept is None:
@@ -115,6 +117,8 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
         cfg, params, meta, tok = load_run(path, mesh, dtype, step)
         return ScoringModel(cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh,
                             meta.get("hf_config"))
+    if step is not None:
+        raise InputError(f"step {step} asked of {path}, which is not an rm_jax run folder (an HF folder has no steps)")
     if os.path.isfile(os.path.join(path, "adapter_config.json")):  # a PEFT LoRA adapter: on its base
         base = read_peft_config(path).get("base_model_name_or_path")
         if not base:

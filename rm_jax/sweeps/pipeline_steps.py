@@ -13,6 +13,7 @@ from typing import Any, Callable
 from rm_jax.core.errors import ConfigError
 from rm_jax.core.files import write_json
 from rm_jax.runs import layout
+from rm_jax.runs.lock import hold_run_folder
 
 OUTPUTS = {"sample": layout.SAMPLES, "label": layout.GROUPS, "steer_eval": layout.STEER_EVAL}
 
@@ -74,6 +75,13 @@ def check_existing_step(run: Any) -> None:
 
 
 def run_step(run: Any) -> None:
+    """Run one step into its folder, held for the duration (re-entrant: the sweep runner holds it already,
+    waiting for it when asked to)."""
+    with hold_run_folder(run.run_dir):
+        _run_step(run)
+
+
+def _run_step(run: Any) -> None:
     os.makedirs(run.run_dir, exist_ok=True)
     write_json(layout.step_path(run.run_dir), _record(run))
     report = STEPS[run.step](run.args, run.run_dir)

@@ -18,6 +18,7 @@ from rm_jax.core.console import get_logger, is_main_process
 from rm_jax.core.errors import TrainingError
 from rm_jax.core.files import write_json
 from rm_jax.runs import layout
+from rm_jax.runs.lock import hold_run_folder
 from rm_jax.sweeps.experiment_file import (
     NOT_TRAINING,
     TRAINING_SECTIONS,
@@ -85,8 +86,10 @@ def rewardbench2_pending(run: Run) -> bool:
     )
 
 
-def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
-    """Train (or resume) one run unless it is finished; returns 'done' / 'trained'."""
+def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None, wait: bool = False) -> str:
+    """Train (or resume) one run unless it is finished; returns 'done' / 'trained' / 'ran'. The member's
+    folder is held while it runs (rm_jax.runs.lock): a second process on it is refused, or with ``wait``
+    waits and then finds it finished."""
     if trainer is None:
         from rm_jax.training.run import train as trainer
     by_name = {r.name: r for r in plan.runs}
@@ -98,8 +101,22 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None) -> str:
             f"(no DONE in {dep.run_dir}); with array jobs, make this task depend on that one"
         )
     cfg = build_config(run.config, where=run.name)
-    status = "done"
     check_existing(run)
+    if run.step:
+        main = is_main_process()
+    else:
+        import jax
+
+        from rm_jax.training.setup import maybe_init_distributed
+
+        maybe_init_distributed(cfg)  # before jax.process_index(), which would start jax single-process
+        main = jax.process_index() == 0
+    with hold_run_folder(run.run_dir, wait, enabled=main):
+        return _run_held(run, cfg, trainer)
+
+
+def _run_held(run: Run, cfg: Any, trainer: Callable) -> str:
+    status = "done"  # is_done is read under the lock: a process that waited finds the member finished
     if run.step:
         if not layout.is_done(run.run_dir):
             from rm_jax.sweeps.pipeline_steps import run_step
@@ -211,10 +228,12 @@ def sweep(
     dry_run: bool = False,
     trainer: Optional[Callable] = None,
     out: Any = None,
+    wait: bool = False,
 ) -> int:
     """Run (or resume) the experiment's members, or only ``task_index``, then print the results table to
     ``out``; returns the number of runs that failed (0 = all done). ``trainer`` replaces
-    rm_jax.training.run.train in tests."""
+    rm_jax.training.run.train in tests. ``wait``: a member held by another process is waited for
+    instead of failing."""
     out = out or sys.stdout
     exp = load_experiment(path, overrides)
     plan = expand(exp)
@@ -245,7 +264,7 @@ def sweep(
         st = run_status(r)
         logger.info(f"({k}/{len(selected)}) {r.name}: {'finished, skipped' if st == 'done' else st}")
         try:
-            run_one(r, plan, trainer)
+            run_one(r, plan, trainer, wait)
         except TrainingError as e:  # the next member may still run; others are real errors
             logger.info(f"{r.name} failed: {e}")
             failed.append(r.name)

@@ -1,6 +1,7 @@
 """``rm-jax train``: one run from a config to a finished run folder.
 
-The run folder it fills is drawn in :mod:`rm_jax.runs.layout`; ``DONE`` is written last.
+The run folder it fills is drawn in :mod:`rm_jax.runs.layout` (``LOCK`` held while it trains, :mod:`rm_jax.runs.lock`); ``DONE`` is
+written last.
 
 The training loop (:mod:`rm_jax.training.loop`) and the evaluation of its kept checkpoint
 (:mod:`rm_jax.training.final_eval`) are separate layers; this module puts them in order.
@@ -12,13 +13,22 @@ import jax
 
 from rm_jax.core.config import RunConfig
 from rm_jax.runs import layout
+from rm_jax.runs.lock import hold_run_folder
 from rm_jax.training.final_eval import score_rewardbench, score_rewardbench2, write_run_evaluation
 from rm_jax.training.loop import fit
-from rm_jax.training.setup import inherit_from_init
+from rm_jax.training.setup import inherit_from_init, maybe_init_distributed
 
 
-def train(cfg: RunConfig) -> str:
-    """Train (or resume) the run in ``cfg.run_dir``, evaluate its kept checkpoint; returns the run folder."""
+def train(cfg: RunConfig, wait: bool = False) -> str:
+    """Train (or resume) the run in ``cfg.run_dir``, evaluate its kept checkpoint; returns the run folder.
+    The folder is held for the whole run (one writer at a time); another process holding it is an error,
+    or with ``wait`` is waited for."""
+    maybe_init_distributed(cfg)  # before jax.process_index(), which would start jax single-process
+    with hold_run_folder(os.path.abspath(cfg.run_dir), wait, enabled=jax.process_index() == 0):
+        return _train(cfg)
+
+
+def _train(cfg: RunConfig) -> str:
     cfg = inherit_from_init(cfg)  # evaluation reads the data as training did
     result = fit(cfg)
     write_run_evaluation(cfg, result)

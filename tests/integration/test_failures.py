@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from rm_jax.cli import main
+from rm_jax.core.errors import ModelLoadError
 from tests.helpers import ROOT, TINY, make_hf_rm_with_tokenizer
 
 pytestmark = pytest.mark.slow  # end to end: trains or spawns processes
@@ -164,5 +165,7 @@ def test_truncated_download_is_one_line(tmp_path, capsys):
     _one_line(
         capsys, ["score", "--model", str(d), "--input", str(rows), "--output", str(tmp_path / "o.jsonl")], str(st)
     )
-    with pytest.raises(Exception):
+    # --debug re-raises the typed error itself (with its traceback), not whatever else went wrong.
+    with pytest.raises(ModelLoadError, match="unreadable safetensors file") as e:
         main(["--debug", "score", "--model", str(d), "--input", str(rows), "--output", str(tmp_path / "o.jsonl")])
+    assert str(e.value).startswith(str(st))

@@ -84,10 +84,10 @@ def test_pair_losses_against_numpy(kind):
     assert float(out["den"]) == 3
 
 
-def _preference_file(path):
+def _preference_file(path, split="train"):
     """HelpSteer2-Preference form from the bundled sample: the two responses of each prompt,
     strength from the helpfulness difference (negative = response_1 better)."""
-    rows = load_helpsteer(resolve_source("bundled"), "train").rows
+    rows = load_helpsteer(resolve_source("bundled"), split).rows
     with open(path, "w") as f:
         for a, b in zip(rows[0::2], rows[1::2]):
             if a["prompt"] != b["prompt"] or a["helpfulness"] == b["helpfulness"]:
@@ -109,32 +109,37 @@ def _preference_file(path):
 def test_scaled_bt_from_a_regression_run(tmp_path):
     reg = train(load_config(TINY, [f"run_dir={tmp_path / 'reg'}", *SMALL, "train.max_steps=30", "train.eval_every=0"]))
     _preference_file(tmp_path / "pref.jsonl")
-    bt = train(
-        load_config(
-            TINY,
-            [
-                f"run_dir={tmp_path / 'bt'}",
-                *SMALL,
-                "train.max_steps=30",
-                "train.eval_every=0",
-                "data.kind=pairs",
-                "loss.type=scaled_bt",
-                f"data.train={tmp_path / 'pref.jsonl'}",
-                f"data.validation={tmp_path / 'pref.jsonl'}",
-                f"model.init_from={reg}",
-                "train.lr=1e-3",
-                "loss.reward_weights=helpfulness-only",
-            ],
-        )
-    )
-    recs = [json.loads(x) for x in open(os.path.join(bt, "metrics.jsonl"))]
-    steps = [r for r in recs if "loss" in r]
-    assert len(steps) == 30 and all(np.isfinite(r["loss"]) for r in steps)
-    # The regression run's helpfulness head already ranks pairs: accuracy starts above chance.
-    val = [r for r in recs if "val_pair_accuracy" in r]
-    assert val[-1]["val_pair_accuracy"] > 0.6
-    ev = json.load(open(os.path.join(bt, "eval.json")))
-    assert ev["val_pair_accuracy"] == pytest.approx(val[-1]["val_pair_accuracy"])
+    _preference_file(tmp_path / "pref_val.jsonl", "validation")  # held out: prompts neither run trained on
+    common = [
+        *SMALL,
+        "train.max_steps=30",
+        "train.eval_every=10",
+        "data.kind=pairs",
+        "loss.type=scaled_bt",
+        f"data.train={tmp_path / 'pref.jsonl'}",
+        f"data.validation={tmp_path / 'pref_val.jsonl'}",
+        "train.lr=1e-3",
+        "loss.reward_weights=helpfulness-only",
+    ]
+    bt = train(load_config(TINY, [f"run_dir={tmp_path / 'bt'}", *common, f"model.init_from={reg}"]))
+    control = train(load_config(TINY, [f"run_dir={tmp_path / 'control'}", *common]))  # same, from scratch
+
+    def val_accuracy(run):
+        recs = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+        steps = [r for r in recs if "loss" in r]
+        assert len(steps) == 30 and all(np.isfinite(r["loss"]) for r in steps)
+        ev = json.load(open(os.path.join(run, "eval.json")))
+        return [r["val_pair_accuracy"] for r in recs if "val_pair_accuracy" in r], ev
+
+    acc, ev = val_accuracy(bt)
+    acc0, _ = val_accuracy(control)
+    # The regression run's helpfulness head already ranks held-out pairs: from the first evaluation on,
+    # the initialised run is above chance and ahead of the same run started from scratch (measured on the
+    # 68 held-out pairs: 0.68 / 0.72 / 0.75 against 0.60 / 0.66 / 0.72 at steps 10 / 20 / 30). An ignored
+    # init_from makes the two runs identical.
+    assert len(acc) == len(acc0) == 3
+    assert min(acc) > 0.6 and acc[0] > acc0[0] and np.mean(acc) > np.mean(acc0), (acc, acc0)
+    assert ev["val_pair_accuracy"] == pytest.approx(acc[ev["step"] // 10 - 1])
 
 
 @pytest.mark.parametrize("packing", [True, False])

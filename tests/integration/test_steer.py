@@ -361,11 +361,18 @@ def test_steer_eval_reports_what_it_measured(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path):
+def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path, capfd):
     import shutil
 
     from rm_jax.core.config import build_config
     from rm_jax.training.run import train
+    from tests.helpers import (
+        assert_resumed_not_restarted,
+        assert_states_equal,
+        checkpoint_state,
+        checkpoint_steps,
+        metrics_lines,
+    )
 
     _, groups = labelled
     base = {
@@ -396,15 +403,50 @@ def test_steerlm2_training_resumes_exactly(models, labelled, tmp_path):
     assert sorted(first) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v).all() for v in first.values())
     ev = json.load(open(os.path.join(rd, "eval.json")))
     assert {"val_loss", "val_kl_w_b", "val_groups"} <= set(ev) and ev["val_groups"] == 6
-    for step in ("4", "6"):  # back to the step-2 checkpoint, as after a pre-emption
+    saved = {s: checkpoint_state(rd, s) for s in (4, 6)}
+    for step in ("4", "6"):  # back to the step-3 checkpoint (3 evaluated, 2 rotated out), as after a pre-emption
         shutil.rmtree(os.path.join(rd, "checkpoints", step))
     os.remove(os.path.join(rd, "DONE"))
+    assert checkpoint_steps(rd) == [3]
+    before = metrics_lines(rd)
+    capfd.readouterr()
     train(build_config(base))
+    assert_resumed_not_restarted(before, metrics_lines(rd), capfd.readouterr().err, 3, 6)
     again = losses()
-    for s in range(3, 7):
+    for s in range(4, 7):
         assert again[s][0] == pytest.approx(first[s][0], rel=1e-5) and again[s][1] == pytest.approx(
             first[s][1], rel=1e-4
         )
+    for s in (4, 6):  # what the resumed run saved is what the uninterrupted one saved
+        assert_states_equal(saved[s], checkpoint_state(rd, s), f"steerlm2 step {s}", atol=1e-5)
+
+
+@pytest.mark.slow
+def test_steerlm2_fits_the_importance_weights_on_a_repeated_batch(models, labelled, tmp_path):
+    """Every step sees the same 6 groups (one batch per epoch): the policy's baseline b = softmax(log Q_theta -
+    log Q') moves towards the target weights w, so KL(w || b), which the loss's gradient lowers, falls."""
+    from rm_jax.core.config import build_config
+    from rm_jax.training.run import train
+
+    _, groups = labelled
+    cfg = {
+        "task": "steerlm2",
+        "run_dir": str(tmp_path / "run"),
+        "model": {"path": models["policy"]},
+        "data": {"train": groups, "validation": None, "seq_len": 256, "max_segments": 8},
+        "train": {"max_steps": 8, "batch_rows": 6, "lr": 1e-2, "warmup_steps": 1, "log_every": 1},
+        "checkpoint": {"keep_best": 0},
+        "mesh": {"num_devices": 1, "data": 1},
+        "logging": {"progress": False, "tensorboard": False},
+    }
+    rd = train(build_config(cfg))
+    recs = [json.loads(x) for x in open(os.path.join(rd, "metrics.jsonl"))]
+    steps = [r for r in recs if "loss" in r]
+    epochs = [r["epoch"] for r in steps]
+    assert len(steps) == 8 and np.all(np.diff(epochs) == 1), epochs  # one batch per epoch: the same groups
+    kl = [r["kl_w_b"] for r in steps]
+    assert all(np.isfinite(kl)) and kl[0] > 0
+    assert kl[-1] < 0.5 * kl[0], kl
 
 
 def test_log_q_is_scored_under_the_sampling_distribution(models, tmp_path, capsys):

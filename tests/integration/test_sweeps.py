@@ -539,10 +539,24 @@ def test_regression_then_scaled_bt_with_rewardbench(data_files, pair_files, cach
         ("scaled_bt", "70b-rewardbench"),
     ]
     assert rows[0]["member"] == "regression" and rows[2]["loss"] == "scaled_bt"
+    # RewardBench columns recomputed from each run's saved predictions by the plain definition: a pair is
+    # right when the chosen reward is strictly higher; one subset per section here, so a section is its
+    # subset's accuracy and overall the mean of the four sections.
+    weights = {"helpfulness-only": [1, 0, 0, 0, 0], "70b-rewardbench": [0.65, 0.8, 0.45, 0.55, -0.4]}
+    section_of = {"alpacaeval-easy": "chat", "mt-bench-hard": "chat_hard", "refusals-dangerous": "safety"}
+    section_of["math-prm"] = "reasoning"
     for r in rows:
-        assert 0 <= float(r["rewardbench_overall"]) <= 1
-        for s in ("chat", "chat_hard", "safety", "reasoning"):
-            assert r[f"rewardbench_{s}"] != ""
+        w = np.asarray(weights[r["reward_weights"]])
+        recs = [json.loads(x) for x in (sd / r["run"] / "predictions" / "rewardbench.jsonl").read_text().splitlines()]
+        assert len(recs) == 60
+        right: dict = {}
+        for rec in recs:
+            c, j = np.asarray(list(rec["chosen"].values())) @ w, np.asarray(list(rec["rejected"].values())) @ w
+            right.setdefault(section_of[rec["subset"]], []).append(c > j)
+        want = {sec: float(np.mean(v)) for sec, v in right.items()}
+        for sec, v in want.items():
+            assert float(r[f"rewardbench_{sec}"]) == pytest.approx(v, abs=1e-9), (r["run"], r["reward_weights"], sec)
+        assert float(r["rewardbench_overall"]) == pytest.approx(np.mean(list(want.values())), abs=1e-9)
         assert r["pair_accuracy"] != ""
     assert rows[0]["pearson_helpfulness"] != "" and rows[2]["pearson_helpfulness"] == ""  # pairs: no labels
     cfg = yaml.safe_load((sd / "scaled_bt" / "config.yaml").read_text())

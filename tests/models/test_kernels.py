@@ -183,10 +183,21 @@ def test_gqa_offset_probe():
     assert _kv_offsets_follow_kv_heads(fix(True))
     assert not _kv_offsets_follow_kv_heads(fix(False))
     assert not _kv_offsets_follow_kv_heads(types.SimpleNamespace())
-    if jax.__version__ == "0.10.2":  # the release this machine has: the old rule (kv heads get repeated)
+    # The installed JAX, whatever its version: the rule its own function follows, read off another GQA
+    # shape (4 query heads, 2 kv heads, D=16, a segment starting at token 3), is the one the probe reports.
+    try:
         from jax._src.cudnn import fused_attention_stablehlo as fa
-
-        assert not _kv_offsets_follow_kv_heads(fa)
+    except ImportError:
+        fa = types.SimpleNamespace()
+    try:
+        seqlen = jnp.asarray([[3, 3]], jnp.int32)
+        offsets = jnp.asarray([[0, 3, -1]], jnp.int32)
+        q, k = jnp.zeros((1, 6, 4, 16), jnp.bfloat16), jnp.zeros((1, 6, 2, 16), jnp.bfloat16)
+        kv_start = int(np.asarray(fa._fix_seqlen_offsets(seqlen, seqlen, offsets, offsets, q, k)[3])[0, 1])
+    except Exception:  # no such function in this JAX: the probe must fall back to the old rule
+        kv_start = None
+    assert kv_start in (None, 3 * 2 * 16, 3 * 4 * 16), f"a third rule: {kv_start}"
+    assert _kv_offsets_follow_kv_heads(fa) == (kv_start == 3 * 2 * 16), (jax.__version__, kv_start)
 
 
 # ---------------------------------------------------------------- splash inside the model and the step

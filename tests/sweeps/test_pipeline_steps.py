@@ -9,6 +9,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 import yaml
 
@@ -131,3 +132,64 @@ def test_steps_run_once_and_feed_the_results_table(tmp_path, data_files, monkeyp
     members["eval1"]["args"]["k"] = 3
     with pytest.raises(ConfigError, match="holds step steer_eval with args"):
         sweep(_exp(tmp_path, data_files, members), [f"sweep_dir={sd}"], trainer=fake_train, out=io.StringIO())
+
+
+@pytest.mark.slow
+def test_real_step_functions_on_tiny_models(tmp_path, data_files):
+    """sample -> label -> steer_eval as sweep members with the real step functions (tiny random models):
+    each writes what the library function writes when called directly, and a re-run recomputes nothing."""
+    from rm_jax.data.steer_groups import load_groups
+    from rm_jax.steer.sample import sample_prompts
+    from tests.helpers import make_hf_causal_lm_with_tokenizer, make_hf_rm_with_tokenizer
+
+    policy, rm = str(tmp_path / "policy"), str(tmp_path / "rm")
+    make_hf_causal_lm_with_tokenizer("llama", policy, seed=1)
+    make_hf_rm_with_tokenizer("llama", rm)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("What is 2 plus 2?", "Name a colour.")))
+    targets = ["helpfulness:4,verbosity:0", "helpfulness:2,verbosity:4"]
+    gen = {"max_new_tokens": 6, "seed": 3}
+    members = {
+        "sample1": {
+            "step": "sample",
+            "args": {"policy": policy, "input": str(prompts), "n": 2, "targets": targets, **gen},
+        },
+        "label1": {
+            "step": "label",
+            "args": {
+                "policy": policy,
+                "rm": rm,
+                "input": "{run:sample1}/samples.jsonl",
+                "sigma": 0.8,
+            },
+        },
+        "eval1": {
+            "step": "steer_eval",
+            "args": {"policy": policy, "rm": rm, "input": str(prompts), "iteration": 0, "k": 2, "targets": targets}
+            | gen,
+        },
+    }
+    path, sd = _exp(tmp_path, data_files, members), tmp_path / "s"
+    assert sweep(path, [f"sweep_dir={sd}"], trainer=fake_train, out=io.StringIO()) == 0
+
+    # sample: the same file as the function called directly with the member's args
+    direct = tmp_path / "direct_samples.jsonl"
+    rep = sample_prompts(policy, str(prompts), str(direct), n=2, targets=targets, progress=False, **gen)
+    assert (sd / "sample1" / "samples.jsonl").read_text() == direct.read_text()
+    assert json.loads((sd / "sample1" / "report.json").read_text()) == rep
+    assert rep["prompts"] == 2 and rep["groups"] == 4 and rep["responses"] == 8
+    # label: NeMo-format groups, one per (prompt, target), n responses each
+    groups = load_groups(str(sd / "label1" / "groups.jsonl"))
+    assert len(groups) == 4 and all(len(g.responses) == 2 and np.isfinite(g.log_pa).all() for g in groups)
+    assert json.loads((sd / "label1" / "report.json").read_text())["groups"] == 4
+    # steer_eval: per-attribute errors of the requested targets, and a results-table row
+    ev = json.loads((sd / "eval1" / "steer_eval.json").read_text())
+    assert set(ev["mean_abs_error"]) >= {"helpfulness", "verbosity"} and ev["policy"] == policy
+    rep_rows = [r for r in build_report(str(sd)).rows if r.get("iteration") == 0]
+    assert len(rep_rows) == 1 and rep_rows[0]["steer_mae_mean"] == pytest.approx(ev["mean_abs_error"]["mean"])
+    for m in members:
+        assert (sd / m / "DONE").exists()
+
+    mtimes = {m: (sd / m / "DONE").stat().st_mtime_ns for m in members}
+    assert sweep(path, [f"sweep_dir={sd}"], trainer=fake_train, out=io.StringIO()) == 0
+    assert {m: (sd / m / "DONE").stat().st_mtime_ns for m in members} == mtimes  # nothing re-ran

@@ -1,0 +1,177 @@
+"""One writer per run folder: an advisory lock on ``RUN_DIR/LOCK`` held for the life of a training run, a
+sweep member or a pipeline step.
+
+The lock is ``fcntl.flock`` on the file; the file's content says who holds it (host, pid, start time) so
+that a refused process can name the holder. The kernel drops a flock when its holder dies (SIGKILL included), so a lock can never be "stuck"; what a dead holder leaves is its record, which the
+next holder reports (a takeover) and overwrites. The lock file is never renamed or deleted: flock belongs
+to the inode, and replacing the file would let two processes each lock a different inode. The record is
+therefore rewritten in place with a single ``write`` of about a hundred bytes, and a reader that catches it
+mid-write retries briefly instead of reporting a torn record.
+
+Locks are re-entrant within a process (a sweep member holds its folder, then the training it runs takes
+the same lock), and are taken only by the process that asks: multi-host runs call this from process 0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+from rm_jax.core.errors import RunLockError
+from rm_jax.runs import layout
+
+LOCK_FILE = layout.LOCK
+
+# realpath of the lock file -> [fd, depth]: a process holds each folder once, however often it asks.
+_HELD: dict[str, list[int]] = {}
+
+
+def _stderr(msg: str) -> None:
+    print(f"[rm_jax] {msg}", file=sys.stderr, flush=True)
+
+
+def lock_path(run_dir: str) -> str:
+    return os.path.join(run_dir, LOCK_FILE)
+
+
+def read_holder(run_dir: str, retries: int = 20) -> Optional[dict]:
+    """The record in the lock file, or None when it is empty (released cleanly, or never written)."""
+    path = lock_path(run_dir)
+    for _ in range(retries):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        if not text.strip():
+            return None
+        try:
+            rec = json.loads(text)
+            if isinstance(rec, dict):
+                return rec
+        except json.JSONDecodeError:
+            pass
+        time.sleep(0.05)  # caught between the truncate and the write of a new holder
+    return {"unreadable": text[:200]}
+
+
+def describe(rec: Optional[dict]) -> str:
+    if not rec:
+        return "an unknown process (no holder record)"
+    if "unreadable" in rec:
+        return f"an unknown process (unreadable record {rec['unreadable']!r})"
+    return f"pid {rec.get('pid')} on host {rec.get('host')} since {rec.get('started')}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _stale_note(run_dir: str, rec: dict) -> str:
+    """What to say when the lock was free but a record was left behind (its holder did not release)."""
+    who = describe(rec)
+    if "unreadable" in rec:
+        return f"{run_dir}: taking over a lock left with {who}"
+    if rec.get("host") != socket.gethostname():
+        # flock is per host on some network file systems; a record from another host cannot be checked here.
+        return (
+            f"{run_dir}: taking over the lock record of {who}; it is from another host, so whether that "
+            "process still runs cannot be checked from here"
+        )
+    pid = rec.get("pid")
+    if isinstance(pid, int) and _pid_alive(pid):
+        return f"{run_dir}: taking over the lock record of {who}; pid {pid} runs but does not hold the lock (reused)"
+    return f"{run_dir}: taking over the lock of {who}, which is no longer running"
+
+
+def _write_record(fd: int) -> None:
+    rec = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    data = (json.dumps(rec) + "\n").encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)  # one write: a reader sees nothing or the whole record (see read_holder)
+    os.fsync(fd)
+
+
+def acquire(run_dir: str, wait: bool = False, log: Callable[[str], None] = _stderr) -> None:
+    """Hold ``run_dir`` for this process, or raise RunLockError naming the holder (``wait``: block
+    until it is released)."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.realpath(lock_path(run_dir))
+    if path in _HELD:
+        _HELD[path][1] += 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = describe(read_holder(run_dir))
+            if not wait:
+                raise RunLockError(
+                    f"{run_dir} is in use by {holder}; one process writes a run folder at a time "
+                    "(wait for it, or pass --wait)"
+                ) from None
+            log(f"{run_dir} is in use by {holder}; waiting for it to finish (--wait)")
+            t0 = time.time()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            log(f"{run_dir}: lock released after {time.time() - t0:.0f} s; continuing")
+        left = read_holder(run_dir)
+        if left:
+            log(_stale_note(run_dir, left))
+        _write_record(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[path] = [fd, 1]
+
+
+def release(run_dir: str) -> None:
+    path = os.path.realpath(lock_path(run_dir))
+    held = _HELD.get(path)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1]:
+        return
+    del _HELD[path]
+    fd = held[0]
+    try:
+        os.ftruncate(fd, 0)  # an empty record: released cleanly, nothing to take over
+    finally:
+        os.close(fd)  # closing the last descriptor drops the flock
+
+
+@contextmanager
+def hold_run_folder(
+    run_dir: str, wait: bool = False, enabled: bool = True, log: Callable[[str], None] = _stderr
+) -> Iterator[None]:
+    """``with hold_run_folder(run_dir):`` the folder is this process's until the block ends.
+    ``enabled=False`` (processes other than 0 of a multi-host run) takes nothing."""
+    if not enabled:
+        yield
+        return
+    acquire(run_dir, wait, log)
+    try:
+        yield
+    finally:
+        release(run_dir)

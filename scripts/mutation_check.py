@@ -1,0 +1,438 @@
+"""Mutation check: plant one bug per guarantee in a temporary copy of the repository and run the tests that
+back that guarantee; every mutation must make them fail ("killed"). A mutation whose tests still pass
+("SURVIVED") is a guarantee the suite does not hold.
+
+    python scripts/mutation_check.py              # all mutations, one at a time
+    python scripts/mutation_check.py --jobs 2     # two copies at once
+    python scripts/mutation_check.py --list       # what is planted where, and which tests run
+    python scripts/mutation_check.py --only rope_sign --only bt_sign
+
+Each mutation is an exact source-snippet replacement; a snippet that no longer matches exactly once (the
+code moved on) is reported as STALE, so the list cannot silently stop planting anything. The unmutated copy
+runs the same tests first (the baseline): a test that fails without a bug would "kill" every mutation.
+Exit status 0 only when the baseline passes and every mutation is killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    guarantee: str
+    edits: tuple[tuple[str, str, str], ...]  # (path, exact old snippet, new snippet)
+    tests: tuple[str, ...]  # pytest node ids, run with -x
+
+
+RESUME_RM = "tests/integration/test_resume.py::test_sigkill_after_checkpoint_resumes_not_restarts[rm]"
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "pooling_off_by_one",
+        "the reward head reads each conversation's last token",
+        (
+            (
+                "rm_jax/models/llama.py",
+                "return jax.ops.segment_max(idx, seg, num_segments=max_segments + 1)[1:]",
+                "return jax.ops.segment_max(idx, seg, num_segments=max_segments + 1)[1:] - 1",
+            ),
+        ),
+        ("tests/models/test_llama_parity.py::test_single_rows",),
+    ),
+    Mutation(
+        "rope_sign",
+        "rotary embeddings match transformers (rotate_half)",
+        (
+            (
+                "rm_jax/models/llama.py",
+                "rotated = jnp.concatenate([-x2, x1], axis=-1)",
+                "rotated = jnp.concatenate([x2, -x1], axis=-1)",
+            ),
+        ),
+        ("tests/models/test_llama_parity.py::test_single_rows",),
+    ),
+    Mutation(
+        "segment_mask_dropped",
+        "packed conversations do not attend to each other",
+        (
+            (
+                "rm_jax/models/attention.py",
+                "return allowed[None] & (qs[:, :, None] == ks[:, None, :])",
+                "return allowed[None] & (qs[:, :, None] == qs[:, :, None])",
+            ),
+        ),
+        ("tests/models/test_llama_parity.py::test_packed_rows_score_each_conversation_as_alone",),
+    ),
+    Mutation(
+        "positions_not_reset",
+        "positions restart at 0 in each packed conversation",
+        (
+            (
+                "rm_jax/data/packing.py",
+                "positions[r, start:end] = np.arange(t.size, dtype=np.int32)",
+                "positions[r, start:end] = np.arange(start, start + t.size, dtype=np.int32)",
+            ),
+        ),
+        ("tests/data/test_packing.py::test_packed_layout_matches_slow_rederivation",),
+    ),
+    Mutation(
+        "labels_not_masked",
+        "SFT loss on response tokens only (prompts, pads, boundaries masked)",
+        (
+            (
+                "rm_jax/data/packing.py",
+                "mask[:, :-1] = same & (pos[:, 1:] >= start[:, :-1])",
+                "mask[:, :-1] = same",
+            ),
+        ),
+        ("tests/data/test_sft.py::test_targets_and_mask_on_a_hand_built_packed_row",),
+    ),
+    Mutation(
+        "bt_sign",
+        "Bradley-Terry loss prefers the chosen response",
+        (
+            (
+                "rm_jax/engine/losses.py",
+                '        loss = -jax.nn.log_sigmoid(diff)\n    elif kind == "margin_bt":',
+                '        loss = -jax.nn.log_sigmoid(-diff)\n    elif kind == "margin_bt":',
+            ),
+        ),
+        ("tests/integration/test_pairs.py::test_pair_losses_against_numpy",),
+    ),
+    Mutation(
+        "steerlm2_baseline_sign",
+        "SteerLM 2.0 gradient weights are w - b",
+        (
+            (
+                "rm_jax/engine/losses.py",
+                "num = -jnp.sum(jnp.where(valid, (w - b) * seq_logp, 0.0))",
+                "num = -jnp.sum(jnp.where(valid, (b - w) * seq_logp, 0.0))",
+            ),
+        ),
+        ("tests/engine/test_losses.py::test_loss_value_baseline_and_kl_against_numpy",),
+    ),
+    Mutation(
+        "reward_weight_order",
+        "reward presets in HelpSteer2 attribute order",
+        (
+            (
+                "rm_jax/core/attributes.py",
+                '"70b-rewardbench": (0.65, 0.8, 0.45, 0.55, -0.4),',
+                '"70b-rewardbench": (0.8, 0.65, 0.45, 0.55, -0.4),',
+            ),
+        ),
+        ("tests/evaluation/test_metrics.py::test_rewards_from_attributes_presets",),
+    ),
+    Mutation(
+        "reward_tie_counted_right",
+        "a reward tie is a wrong pair in pairwise accuracy",
+        (
+            (
+                "rm_jax/evaluation/metrics.py",
+                "n_correct += int(rewards[better] > rewards[worse])",
+                "n_correct += int(rewards[better] >= rewards[worse])",
+            ),
+        ),
+        ("tests/evaluation/test_metrics.py::test_pairwise_accuracy_hand_built",),
+    ),
+    Mutation(
+        "non_atomic_write",
+        "a killed write leaves the old file or the new one",
+        (
+            (
+                "rm_jax/core/files.py",
+                'with open(tmp, "w", encoding="utf-8", newline="") as f:',
+                'with open(path, "w", encoding="utf-8", newline="") as f:',
+            ),
+            ("rm_jax/core/files.py", "        os.replace(tmp, path)\n", "        pass\n"),
+        ),
+        ("tests/integration/test_torn_writes.py",),
+    ),
+    Mutation(
+        "lock_not_taken",
+        "one writer per run folder",
+        (
+            (
+                "rm_jax/runs/lock.py",
+                "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+                "            pass\n",
+            ),
+        ),
+        ("tests/runs/test_lock.py",),
+    ),
+    Mutation(
+        "sweep_member_unlocked",
+        "the same sweep task started twice leaves one clean run",
+        (
+            (
+                "rm_jax/sweeps/runner.py",
+                "    with hold_run_folder(run.run_dir, wait, enabled=main):",
+                "    with hold_run_folder(run.run_dir, wait, enabled=False):",
+            ),
+            (
+                "rm_jax/training/run.py",
+                "with hold_run_folder(os.path.abspath(cfg.run_dir), wait, enabled=jax.process_index() == 0):",
+                "with hold_run_folder(os.path.abspath(cfg.run_dir), wait, enabled=False):",
+            ),
+        ),
+        ("tests/integration/test_run_lock.py",),
+    ),
+    Mutation(
+        "lock_takeover_silent",
+        "a lock left by a dead process is taken over and said so",
+        (("rm_jax/runs/lock.py", "        if left:\n", "        if left and False:\n"),),
+        ("tests/runs/test_lock.py::test_a_killed_holder_is_taken_over_and_said_so",),
+    ),
+    Mutation(
+        "skipped_checkpoint_restore",
+        "a re-run resumes from the latest checkpoint",
+        (
+            (
+                "rm_jax/engine/checkpoint.py",
+                "    def latest_step(self) -> Optional[int]:\n        return self.manager.latest_step()",
+                "    def latest_step(self) -> Optional[int]:\n        return None",
+            ),
+        ),
+        (RESUME_RM,),
+    ),
+    Mutation(
+        "metrics_not_cut_on_resume",
+        "after a resume each step is logged once",
+        (
+            (
+                "rm_jax/training/logs.py",
+                "kept = [ln for ln in lines if _json_step(ln) is not None and _json_step(ln) <= resume_step]",
+                "kept = lines",
+            ),
+        ),
+        (RESUME_RM,),
+    ),
+    Mutation(
+        "step_ignored",
+        "score / eval of a run folder at --step read that checkpoint",
+        (
+            (
+                "rm_jax/runs/read.py",
+                "cfg, params, meta, tok = load_run(path, mesh, dtype, step)",
+                "cfg, params, meta, tok = load_run(path, mesh, dtype, None)",
+            ),
+        ),
+        ("tests/integration/test_trained_rm_folder.py::test_score_export_and_eval_at_kept_and_explicit_steps",),
+    ),
+    Mutation(
+        "step_args_dropped",
+        "a sweep's sample step runs with the member's arguments",
+        (
+            (
+                "rm_jax/sweeps/pipeline_steps.py",
+                '**{k: v for k, v in args.items() if k not in ("policy", "input")},',
+                "**{},",
+            ),
+        ),
+        ("tests/sweeps/test_pipeline_steps.py::test_real_step_functions_on_tiny_models",),
+    ),
+    Mutation(
+        "debug_hides_typed_error",
+        "--debug shows the typed error's own traceback",
+        (
+            (
+                "rm_jax/cli/__init__.py",
+                '        if debug:\n            raise\n        print(f"rm-jax {cmd}: error: {_one_line(str(e))}"',
+                "        if debug:\n            raise RuntimeError(str(e))\n"
+                '        print(f"rm-jax {cmd}: error: {_one_line(str(e))}"',
+            ),
+        ),
+        ("tests/integration/test_failures.py::test_truncated_download_is_one_line",),
+    ),
+    Mutation(
+        "ctrl_c_exit_code",
+        "Ctrl-C exits 130 with one line",
+        (("rm_jax/cli/__init__.py", "        return 130\n", "        return 1\n"),),
+        ("tests/integration/test_cli_process.py::test_ctrl_c_exits_130_with_one_line",),
+    ),
+    Mutation(
+        "usage_exit_code",
+        "usage errors exit 2",
+        (("rm_jax/cli/__init__.py", "        return 0 if argv else 2\n", "        return 0\n"),),
+        ("tests/integration/test_cli_process.py::test_usage_errors_exit_2",),
+    ),
+    Mutation(
+        "gqa_probe_optimistic",
+        "cuDNN GQA offsets: an unknown JAX gets the safe rule",
+        (
+            (
+                "rm_jax/models/cudnn.py",
+                "    except Exception:\n        return False\n",
+                "    except Exception:\n        return True\n",
+            ),
+        ),
+        ("tests/models/test_kernels.py::test_gqa_offset_probe",),
+    ),
+)
+
+
+def tracked_files(root: str) -> list[str]:
+    """What git would commit: tracked files and untracked ones it does not ignore (no venv, no caches)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return sorted({p for p in out.split("\0") if p and os.path.isfile(os.path.join(root, p))})
+
+
+def copy_tree(root: str, dest: str) -> None:
+    for rel in tracked_files(root):
+        target = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(os.path.join(root, rel), target)
+
+
+def stale_edits(root: str, m: Mutation) -> list[str]:
+    """Edits whose snippet is not in the source exactly once."""
+    bad = []
+    for path, old, _ in m.edits:
+        try:
+            with open(os.path.join(root, path), encoding="utf-8") as f:
+                n = f.read().count(old)
+        except FileNotFoundError:
+            n = -1
+        if n != 1:
+            bad.append(f"{path}: snippet {'file missing' if n < 0 else f'found {n} times'}: {old.strip()[:70]!r}")
+    return bad
+
+
+def apply(dest: str, m: Mutation) -> None:
+    for path, old, new in m.edits:
+        p = os.path.join(dest, path)
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(text.replace(old, new, 1))
+
+
+def run_tests(dest: str, tests: tuple[str, ...], timeout: float) -> tuple[int, float, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = dest  # the copy, not the editable install
+    env.pop("PYTEST_ADDOPTS", None)
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, time.time() - t0, p.stdout[-3000:] + p.stderr[-2000:]
+    except subprocess.TimeoutExpired:
+        return -1, time.time() - t0, f"timed out after {timeout:.0f} s"
+
+
+def check(m: Optional[Mutation], tests: tuple[str, ...], timeout: float, keep: bool) -> dict:
+    """Copy the tree, plant ``m`` (None: the baseline), run ``tests``."""
+    dest = tempfile.mkdtemp(prefix=f"mutation_{m.name if m else 'baseline'}_")
+    try:
+        copy_tree(ROOT, dest)
+        if m is not None:
+            apply(dest, m)
+        rc, secs, tail = run_tests(dest, tests, timeout)
+    finally:
+        if not keep:
+            shutil.rmtree(dest, ignore_errors=True)
+    # pytest: 0 all passed, 1 some failed; 2-5 interrupted / internal error / usage / nothing collected.
+    if m is None:
+        verdict = "passed" if rc == 0 else "FAILED"
+    else:
+        verdict = {0: "SURVIVED", 1: "killed"}.get(rc, "ERROR")
+    return {"name": m.name if m else "baseline", "verdict": verdict, "rc": rc, "seconds": secs, "tail": tail}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="list the mutations and their tests, run nothing")
+    ap.add_argument("--only", action="append", default=[], help="run this mutation (repeatable)")
+    ap.add_argument("--jobs", type=int, default=1, help="mutations checked at once (each in its own copy)")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per mutation's tests")
+    ap.add_argument("--no-baseline", action="store_true", help="skip running the tests on the unmutated copy")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copies (for debugging)")
+    ap.add_argument("--log-dir", default=None, help="write each run's pytest output to DIR/NAME.log")
+    a = ap.parse_args(argv)
+
+    names = {m.name for m in MUTATIONS}
+    unknown = [n for n in a.only if n not in names]
+    if unknown:
+        ap.error(f"unknown mutation(s) {', '.join(unknown)}; --list shows them")
+    chosen = [m for m in MUTATIONS if not a.only or m.name in a.only]
+    if a.list:
+        for m in chosen:
+            print(f"{m.name:28} {m.guarantee}")
+            for path, _, _ in m.edits:
+                print(f"{'':28}   plants in {path}")
+            for t in m.tests:
+                print(f"{'':28}   runs {t}")
+        return 0
+
+    stale = {m.name: stale_edits(ROOT, m) for m in chosen}
+    stale = {k: v for k, v in stale.items() if v}
+    for name, problems in stale.items():
+        for p in problems:
+            print(f"STALE {name}: {p}", file=sys.stderr)
+    runnable = [m for m in chosen if m.name not in stale]
+
+    t0 = time.time()
+    results = []
+    if not a.no_baseline:
+        tests = tuple(dict.fromkeys(t for m in runnable for t in m.tests))
+        base = check(None, tests, a.timeout * 2, a.keep)
+        print(f"baseline (no mutation, {len(tests)} test targets): {base['verdict']} in {base['seconds']:.0f} s")
+        if base["verdict"] != "passed":
+            print(base["tail"], file=sys.stderr)
+            return 1
+    with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        futures = {pool.submit(check, m, m.tests, a.timeout, a.keep): m for m in runnable}
+        for fut in concurrent.futures.as_completed(futures):
+            r = fut.result()
+            results.append(r)
+            if a.log_dir:
+                os.makedirs(a.log_dir, exist_ok=True)
+                with open(os.path.join(a.log_dir, f"{r['name']}.log"), "w", encoding="utf-8") as f:
+                    f.write(r["tail"])
+            print(f"{r['name']:28} {r['verdict']:9} {r['seconds']:6.0f} s", flush=True)
+            if r["verdict"] != "killed":
+                print(r["tail"], file=sys.stderr)
+
+    order = {m.name: i for i, m in enumerate(MUTATIONS)}
+    results.sort(key=lambda r: order[r["name"]])
+    print("\n| mutation | guarantee | tests | result | s |\n|---|---|---|---|---|")
+    by = {m.name: m for m in MUTATIONS}
+    for r in results:
+        m = by[r["name"]]
+        tests = ", ".join(t.split("/")[-1] for t in m.tests)
+        print(f"| {m.name} | {m.guarantee} | {tests} | {r['verdict']} | {r['seconds']:.0f} |")
+    for name in stale:
+        print(f"| {name} | {by[name].guarantee} | | STALE | |")
+    survived = [r["name"] for r in results if r["verdict"] == "SURVIVED"]
+    errors = [r["name"] for r in results if r["verdict"] == "ERROR"]
+    killed = sum(r["verdict"] == "killed" for r in results)
+    print(
+        f"\n{killed} of {len(chosen)} mutations killed; {len(survived)} survived"
+        + (f" ({', '.join(survived)})" if survived else "")
+        + (f"; {len(errors)} errors ({', '.join(errors)})" if errors else "")
+        + (f"; {len(stale)} stale ({', '.join(stale)})" if stale else "")
+        + f"; {time.time() - t0:.0f} s"
+    )
+    return 0 if killed == len(chosen) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

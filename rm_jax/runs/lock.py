@@ -25,17 +25,15 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
+from rm_jax.core.console import get_logger
 from rm_jax.core.errors import RunLockError
 from rm_jax.runs import layout
 
 LOCK_FILE = layout.LOCK
+logger = get_logger("runs")
 
 # realpath of the lock file -> [fd, depth]: a process holds each folder once, however often it asks.
 _HELD: dict[str, list[int]] = {}
-
-
-def _stderr(msg: str) -> None:
-    print(f"[rm_jax] {msg}", file=sys.stderr, flush=True)
 
 
 def lock_path(run_dir: str) -> str:
@@ -110,9 +108,10 @@ def _write_record(fd: int) -> None:
     os.fsync(fd)
 
 
-def acquire(run_dir: str, wait: bool = False, log: Callable[[str], None] = _stderr) -> None:
+def acquire(run_dir: str, wait: bool = False, log: Optional[Callable[[str], None]] = None) -> None:
     """Hold ``run_dir`` for this process, or raise RunLockError naming the holder (``wait``: block
-    until it is released)."""
+    until it is released). ``log``: where take-overs and waits are said (default: the runs logger)."""
+    log = log or logger.info
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.realpath(lock_path(run_dir))
     if path in _HELD:
@@ -163,7 +162,7 @@ def release(run_dir: str) -> None:
 
 @contextmanager
 def hold_run_folder(
-    run_dir: str, wait: bool = False, enabled: bool = True, log: Callable[[str], None] = _stderr
+    run_dir: str, wait: bool = False, enabled: bool = True, log: Optional[Callable[[str], None]] = None
 ) -> Iterator[None]:
     """``with hold_run_folder(run_dir):`` the folder is this process's until the block ends.
     ``enabled=False`` (processes other than 0 of a multi-host run) takes nothing."""

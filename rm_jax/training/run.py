@@ -1,13 +1,15 @@
 """``rm-jax train``: one run from a config to a finished run folder.
 
-The run folder it fills is drawn in :mod:`rm_jax.runs.layout` (``LOCK`` held while it trains, :mod:`rm_jax.runs.lock`); ``DONE`` is
-written last.
+The run folder it fills is drawn in :mod:`rm_jax.runs.layout`; the folder is held (``LOCK``,
+:mod:`rm_jax.runs.lock`) while it trains, and ``DONE`` is written last.
 
 The training loop (:mod:`rm_jax.training.loop`) and the evaluation of its kept checkpoint
 (:mod:`rm_jax.training.final_eval`) are separate layers; this module puts them in order.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 

@@ -427,15 +427,18 @@ class _Torch:
 
 def section_torch_dense(a: argparse.Namespace) -> dict:
     """rows x seq_len full rows (one conversation each, no padding): the dense baseline."""
-    tt = _Torch(a)
+    return _torch_timed(a, _Torch(a), arch(a.smoke)["vocab_size"], "torch_dense")
+
+
+def _torch_timed(a: argparse.Namespace, tt: Any, vocab: int, name: str) -> dict:
+    """Median step of a torch trainer on rows x seq_len full random rows (no padding: every slot is real)."""
     rng = np.random.default_rng(a.seed)
-    ids = rng.integers(3, arch(a.smoke)["vocab_size"], (a.rows, a.seq_len)).astype(np.int32)
+    ids = rng.integers(3, vocab, (a.rows, a.seq_len)).astype(np.int32)
     labels = rng.integers(0, 5, (a.rows, 5)).astype(np.float32)
-    mask = np.ones_like(ids)
-    times = [tt.step(ids, mask, labels) for _ in range(a.warmup + a.steps)][a.warmup :]
+    times = [tt.step(ids, np.ones_like(ids), labels) for _ in range(a.warmup + a.steps)][a.warmup :]
     med = statistics.median(times)
     slots = a.rows * a.seq_len
-    log(f"torch_dense: step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
+    log(f"{name}: step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
     return {
         **tt.info,
         **tt.peak_memory(),
@@ -451,24 +454,7 @@ def section_torch_dense(a: argparse.Namespace) -> dict:
 def section_torch_peft(a: argparse.Namespace) -> dict:
     """transformers + peft LoRA (same rank and targets as rm_jax_lora) on the Llama-3.1-8B shape: rows x seq_len
     full rows, sdpa, bf16 autocast, gradient checkpointing."""
-    tt = _Torch(a, lora=True)
-    rng = np.random.default_rng(a.seed)
-    ids = rng.integers(3, arch_8b(a.smoke)["vocab_size"], (a.rows, a.seq_len)).astype(np.int32)
-    labels = rng.integers(0, 5, (a.rows, 5)).astype(np.float32)
-    times = [tt.step(ids, np.ones_like(ids), labels) for _ in range(a.warmup + a.steps)][a.warmup :]
-    med = statistics.median(times)
-    slots = a.rows * a.seq_len
-    log(f"torch_peft: step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
-    return {
-        **tt.info,
-        **tt.peak_memory(),
-        "rows": a.rows,
-        "seq_len": a.seq_len,
-        "step_s": med,
-        "step_s_all": [round(x, 4) for x in times],
-        "tokens_per_s": slots / med,
-        "real_tokens_per_s": slots / med,
-    }
+    return _torch_timed(a, _Torch(a, lora=True), arch_8b(a.smoke)["vocab_size"], "torch_peft")
 
 
 def section_torch_trl(a: argparse.Namespace) -> dict:

@@ -118,8 +118,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             (
                 "rm_jax/engine/losses.py",
-                "num = -jnp.sum(jnp.where(valid, (w - b) * seq_logp, 0.0))",
-                "num = -jnp.sum(jnp.where(valid, (b - w) * seq_logp, 0.0))",
+                "term = jnp.where(valid, (w - b) * seq_logp, 0.0)",
+                "term = jnp.where(valid, (b - w) * seq_logp, 0.0)",
             ),
         ),
         ("tests/engine/test_losses.py::test_loss_value_baseline_and_kl_against_numpy",),

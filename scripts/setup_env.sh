@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import rm_jax, torch, pytest, jax, flax, orbax.checkpoint, datasets, transformers" 2>/dev/null \
+if ! python -c "import rm_jax, torch, pytest, jax, flax, orbax.checkpoint, datasets, transformers, peft, ruff" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   python -m pip install -q --upgrade pip
   # CPU build of torch (the test-only reference implementation); pip takes it from local disk here.

@@ -146,12 +146,7 @@ def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
             layout.predictions_path(run_dir, "rewardbench"),
             rewardbench_records(rows, chosen, rejected, list(model.attributes)),
         )
-        path = layout.eval_path(run_dir)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                result = json.load(f)
-            result["rewardbench"] = report
-            write_json(path, result)
+        _add_to_eval_json(run_dir, "rewardbench", report)
     return report
 
 
@@ -178,10 +173,15 @@ def score_rewardbench2(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
             layout.predictions_path(run_dir, "rewardbench2"),
             rewardbench2_records(sets, pred, attributes, w),
         )
-        path = layout.eval_path(run_dir)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                result = json.load(f)
-            result["rewardbench2"] = report
-            write_json(path, result)
+        _add_to_eval_json(run_dir, "rewardbench2", report)
     return report
+
+
+def _add_to_eval_json(run_dir: str, key: str, report: dict) -> None:
+    """eval.json gains ``key`` (when the run wrote one: a policy run has none)."""
+    path = layout.eval_path(run_dir)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        result[key] = report
+        write_json(path, result)

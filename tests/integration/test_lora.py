@@ -198,7 +198,7 @@ def test_import_a_peft_adapter(tmp_path, data_files):
 
     np.testing.assert_allclose(score(adapter), want, atol=1e-4, rtol=0)
     run = str(tmp_path / "cont")
-    args = [f"run_dir={run}", f"model.path={base}", f"model.adapter={adapter}", "train.max_steps=1", "train.lr=0.0"]
+    args = [f"run_dir={run}", f"model.path={base}", f"model.adapter={adapter}", "train.max_steps=1", "train.lr=1e-12"]
     args += [f"data.train={data_files['train']}", f"data.validation={data_files['validation']}", "train.eval_every=1"]
     assert main(["train", TINY, *args, *COMMON[:1], *COMMON[2:], "train.weight_decay=0.0"]) == 0
     np.testing.assert_allclose(score(run), want, atol=1e-4, rtol=0)

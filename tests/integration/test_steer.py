@@ -519,6 +519,10 @@ def test_first_steerlm2_step_reproduces_the_labels_log_q(models, labelled, tmp_p
     want = np.mean([np.sum(g.weights * np.log(g.weights * len(g.weights))) for g in groups])
     assert want > 0.05  # far from uniform weights, so a wrong log Q_theta would show
     assert first["step"] == 1 and first["kl_w_b"] == pytest.approx(want, abs=2e-3)
+    # The effective sample size of w per group, 1 / sum(w^2), reaches metrics.jsonl: in [1, group size].
+    ess = [1.0 / np.sum(g.weights**2) for g in groups]
+    assert first["ess_w_mean"] == pytest.approx(np.mean(ess), rel=1e-4)
+    assert first["ess_w_min"] == pytest.approx(np.min(ess), rel=1e-4)
 
 
 def test_uneven_groups_are_named_and_equal_groups_makes_them_nemo_safe(models, tmp_path, capsys):

@@ -122,7 +122,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "term = jnp.where(valid, (b - w) * seq_logp, 0.0)",
             ),
         ),
-        ("tests/engine/test_losses.py::test_loss_value_baseline_and_kl_against_numpy",),
+        ("tests/engine/test_losses.py::test_loss_value_baseline_kl_and_ess_against_numpy",),
     ),
     Mutation(
         "reward_weight_order",

@@ -8,8 +8,10 @@ is printed as ``rm-jax COMMAND: error: ...``. ``--debug`` (anywhere on the line)
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import sys
+import threading
 from typing import Optional, Sequence
 
 # command -> (module under rm_jax.cli, one-line usage)
@@ -40,6 +42,7 @@ def usage() -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _deliver_swallowed_interrupts()
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
@@ -70,6 +73,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"rm-jax {cmd}: interrupted", file=sys.stderr)
         return 130
+
+
+def _deliver_swallowed_interrupts() -> None:
+    """A Ctrl-C that lands while Python runs a gc callback or a finalizer (jax registers one, run at every
+    collection) raises KeyboardInterrupt there, where the interpreter prints it as "Exception ignored" and
+    drops it: the run went on and exited 0. Deliver such an interrupt again to the main thread instead."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_rm_jax", False):
+        return
+
+    def hook(unraisable) -> None:  # noqa: ANN001  (sys.UnraisableHookArgs)
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            # Later and from another thread: raised here, in the hook, it would be dropped the same way.
+            timer = threading.Timer(0.05, _thread.interrupt_main)  # after this hook has returned
+            timer.daemon = True
+            timer.start()
+            return
+        previous(unraisable)
+
+    hook._rm_jax = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _one_line(msg: str) -> str:

@@ -1,5 +1,5 @@
 """The policy side: a causal LM on rm_jax's decoder, loaded from an HF ``*ForCausalLM`` folder or an
-rm_jax lm run (:mod:`.model`), sampled with a KV cache (:mod:`.generate`), scored by response
+rm_jax lm run (:mod:`.load`), sampled with a KV cache (:mod:`.generate`), scored by response
 log-probabilities (:mod:`.logprob`), and applied to JSON-lines rows (:mod:`.rows`: ``rm-jax lm``)."""
 
 from rm_jax.policy.generate import Generation, generate, generate_tokens

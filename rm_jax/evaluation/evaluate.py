@@ -347,11 +347,6 @@ def _ordered(result: dict) -> dict:
     return {**{k: result[k] for k in keys if k in result}, **{k: v for k, v in result.items() if k not in keys}}
 
 
-def _ordered(result: dict) -> dict:
-    keys = ("model", "weights", "counts", "per_attribute", "pairwise", "rewardbench", "from_predictions")
-    return {**{k: result[k] for k in keys if k in result}, **{k: v for k, v in result.items() if k not in keys}}
-
-
 # ----------------------------------------------------------------------------- a model on data sources
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from rm_jax.core.errors import ModelLoadError
+from rm_jax.core.files import write_json
 from rm_jax.models import abstract_params, param_shardings_for
 from rm_jax.models.llama import DecoderConfig, lora_a_init
 
@@ -287,8 +288,7 @@ def export_peft_adapter(cfg: DecoderConfig, params: Any, out_dir: str, base_path
     tmp = out_dir + ".tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    with open(os.path.join(tmp, "adapter_config.json"), "w", encoding="utf-8") as f:
-        json.dump(peft_config(cfg, base_path), f, indent=2, sort_keys=True)
+    write_json(os.path.join(tmp, "adapter_config.json"), peft_config(cfg, base_path))
     save_file(peft_tensors(cfg, params), os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)

@@ -267,3 +267,40 @@ def parse_overrides(spec: str) -> dict:
 def random_examples(rng: np.random.Generator, lengths: np.ndarray, vocab: int) -> list[np.ndarray]:
     # Ids >= 3: never the pad id (0), so transformers' pad-based last-token pooling finds the true end.
     return [rng.integers(3, vocab, int(n), dtype=np.int64).astype(np.int32) for n in lengths]
+
+
+# ---------------------------------------------------------------- memory: rm_jax's plan against a measured peak
+
+
+PLAN_TOLERANCE = 0.15  # the issue's "plan within 15% of the measured peak memory"
+
+
+def plan_within(ratios: dict, tolerance: float = PLAN_TOLERANCE) -> dict:
+    """The plan floor over sections' ``plan_total / measured_peak`` ratios (None: not measured). Met when every
+    measured ratio is within ``tolerance`` of 1 (either side: a plan too low lets a run OOM, one too high wastes
+    the card); None when none was measured."""
+    known = {k: v for k, v in ratios.items() if v is not None}
+    return {
+        "value": ratios,
+        "floor": f"|plan/peak - 1| <= {tolerance}",
+        "met": all(abs(v - 1.0) <= tolerance for v in known.values()) if known else None,
+    }
+
+
+def largest_fitting(rungs: list, lower_bound: Any, plan: Any, limit: int) -> tuple[Optional[int], list]:
+    """Index of the first (largest) of ``rungs`` whose planned total fits ``limit`` bytes (None: none does), and
+    one record per rung tried. ``lower_bound(rung)`` is a cheap exact floor (state + gradient bytes, no compile):
+    a rung over the limit on that alone is passed over without compiling; ``plan(rung)`` compiles and returns a
+    dict with ``plan_total_bytes``."""
+    tried = []
+    for i, rung in enumerate(rungs):
+        floor = lower_bound(rung)
+        if floor > limit:
+            tried.append({"lower_bound_bytes": floor, "compiled": False, "fits": False})
+            continue
+        rec = {"lower_bound_bytes": floor, "compiled": True, **plan(rung)}
+        rec["fits"] = rec["plan_total_bytes"] <= limit
+        tried.append(rec)
+        if rec["fits"]:
+            return i, tried
+    return None, tried

@@ -9,7 +9,10 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
                 bf16 peak (``mfu_spec``; null with a note for a card not in bench_common.SPEC_BF16_FLOPS)
   rm_jax:KERNEL rm_jax's real train step (``make_train_step`` jitted with donated, sharded state as
                 the train loop does) on 4 packed rows x 4096, per ``model.attention`` kernel
-                (``--attention auto,cudnn_dense,xla``); step time, tokens/s, real tokens/s, MFU, peak memory
+                (``--attention auto,cudnn_dense,xla``); step time, tokens/s, real tokens/s, MFU, peak memory;
+                and, before anything is allocated, ``rm-jax plan``'s size of the same step compiled by this
+                backend (``plan_total_bytes``, ``plan_vs_peak`` = plan / peak_bytes_in_use; floor
+                plan_within_15pct on rm_jax:auto and the LoRA section; ``--no-plan-memory`` skips it)
   torch_dense   transformers LlamaForSequenceClassification, sdpa attention, bf16 autocast over fp32
                 params, gradient checkpointing, fused AdamW: 4 x 4096 full rows
   torch_trl     the same trainer fed TRL's way: 16 conversations per batch right-padded to the longest
@@ -22,6 +25,15 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
                 ``--lora-rank`` (16) on all seven projections, the base frozen in bf16: rm_jax against
                 transformers + peft (same rank and targets, sdpa, bf16 autocast, gradient checkpointing);
                 floor lora_vs_torch_peft >= 1.5. ``--sections rm_jax_lora:auto,torch_peft``
+  full_ft:OPTION (not in the default plan) the largest Llama-3-shaped full fine-tune (ft_ladder: ~12B, 3.1-8B,
+                3.2-3B, 3.2-1B; 1 row x seq_len, bf16 compute, ``--ft-remat`` full, scan) that fits one device
+                with OPTION = adamw (float32 moments), adamw_bf16, adafactor or adamw_host (optimizer state in
+                host memory; skipped in a build without train.optimizer_state_memory): ``rm-jax plan``
+                largest-first against the device's bytes_limit (``--card-memory``; --smoke: a pretend 24 MiB
+                card), then a real run of the rung that fits (``--ft-steps`` 3): peak memory, tokens/s, plan/peak
+
+Named groups for ``--sections``: ``memory`` (rm_jax:auto,rm_jax_lora:auto) and ``full_ft`` (all four options);
+each is about one 10-minute call: ``bash scripts/bench_gpu.sh --sections full_ft --budget-s 580``.
 
 Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
 memory, and a failure or a time-out in one (say, out of memory) is recorded without losing the
@@ -250,7 +262,6 @@ def section_rm_jax(a: argparse.Namespace, attention: str, lora: bool = False) ->
     import rm_jax.data.packing  # noqa: F401
     import rm_jax.engine.train_step  # noqa: F401
     import rm_jax.models  # noqa: F401
-    from rm_jax.core.config import LossConfig, TrainConfig
     from rm_jax.core.flops import flops_per_token
     from rm_jax.engine.train_step import batch_shardings, lr_schedule, make_optimizer, make_train_step, put_batch
     from rm_jax.models.attention import KernelUnavailableError
@@ -264,25 +275,27 @@ def section_rm_jax(a: argparse.Namespace, attention: str, lora: bool = False) ->
         return {"skipped": str(e)}
     batches, info = packed_batches(a, cfg.vocab_size)
     mesh = make_mesh(devices=jax.devices()[:1])
-    tc = TrainConfig(lr=1e-5, warmup_steps=0)
+    if lora:
+        cfg = cfg.replace(lora_rank=a.lora_rank, lora_alpha=2.0 * a.lora_rank)
+    # The step's optimizer, schedule and loss come from the RunConfig `rm-jax plan` sizes, so the plan and the
+    # timed step are one program; planned before anything is allocated (a compile only).
+    rc = bench_run_config(a, cfg, a.rows)
+    planned = plan_memory(rc, cfg, mesh, a.rows) if a.plan_memory else {}
+    tc = rc.train
     tx = make_optimizer(tc, 1000)
     t = time.perf_counter()
     if lora:
         from rm_jax.engine.train_step import create_state
-        from rm_jax.models import init_params
-        from rm_jax.models.lora import add_adapters, cast_frozen
+        from rm_jax.models.lora import add_adapters
 
-        cfg = cfg.replace(lora_rank=a.lora_rank, lora_alpha=2.0 * a.lora_rank)
-        base = init_params(cfg.replace(lora_rank=0), mesh, a.seed)
-        params = cast_frozen(cfg, add_adapters(base, cfg, mesh, a.seed), "bfloat16")
-        del base
-        state, shard = create_state(cfg, tx, mesh, params)
+        state, shard = create_state(cfg, tx, mesh, add_adapters(_bf16_base(cfg, mesh, a.seed), cfg, mesh, a.seed))
     else:
         state, shard = new_train_state(cfg, tx, mesh, a.seed)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
+    before_step = _memory_stats()
     step = jax.jit(
-        make_train_step(cfg, LossConfig(), tx, a.max_segments, lr_schedule(tc, 1000), mesh),
+        make_train_step(cfg, rc.loss, tx, a.max_segments, lr_schedule(tc, 1000), mesh),
         in_shardings=(shard, None),
         out_shardings=(shard, None),
         donate_argnums=0,
@@ -328,10 +341,309 @@ def section_rm_jax(a: argparse.Namespace, attention: str, lora: bool = False) ->
         from rm_jax.models.cudnn import _packed_attention_fn
 
         out["cudnn_gqa_native"] = _packed_attention_fn()[2]
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = _memory_stats()
     if "peak_bytes_in_use" in stats:
         out["peak_memory_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
-    log(f"rm_jax:{attention}: step {med * 1e3:.1f} ms, {out['tokens_per_s']:.0f} tok/s")
+    out.update(planned, **_plan_vs_peak(planned, before_step, stats))
+    log(f"rm_jax:{attention}: step {med * 1e3:.1f} ms, {out['tokens_per_s']:.0f} tok/s{_plan_note(out)}")
+    return out
+
+
+# ---------------------------------------------------------------- memory: `rm-jax plan` against the measured peak
+
+_RUN_OPTS = ("dtype", "remat", "scan_layers", "attention", "attention_block", "matmul_precision")
+_NOT_ARCH = {*_RUN_OPTS, "num_labels", "head", "lora_rank", "lora_alpha", "lora_targets", "lora_lm_head"}
+
+
+def bench_run_config(a: argparse.Namespace, cfg: Any, rows: int, **train: Any) -> Any:
+    """The RunConfig whose planned model is ``cfg`` (rm_jax.training.plan.planned_decoder gives ``cfg`` back: the
+    test checks it) and whose train step is the bench's: lr 1e-5, no warm-up, the default loss, ``rows`` packed
+    rows of seq_len, one micro-batch; ``train`` overrides TrainConfig fields (the optimizer options)."""
+    import dataclasses
+
+    from rm_jax.core.config import RunConfig, from_dict
+
+    if cfg.num_labels != 5:  # the default attributes (and the loss's five weights) are HelpSteer2's
+        raise ValueError(f"the bench plans 5-label reward models, not {cfg.num_labels}")
+    arch_dict = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _NOT_ARCH}
+    data = {
+        "model": {"arch": arch_dict, **{k: getattr(cfg, k) for k in _RUN_OPTS}},
+        "data": {"seq_len": a.seq_len, "max_segments": a.max_segments, "packing": True},
+        "train": {"batch_rows": rows, "grad_accum": 1, "lr": 1e-5, "warmup_steps": 0, **train},
+        "mesh": {"data": 1},
+        "lora": {
+            "rank": cfg.lora_rank,
+            "alpha": cfg.lora_alpha,
+            "targets": list(cfg.lora_targets),
+            "base_dtype": "bfloat16" if cfg.lora_rank else "float32",
+        },
+    }
+    # from_dict types every key but skips validate(): that wants LoRA on a model.path, and the bench's LoRA base
+    # is a random model.arch.
+    return from_dict(RunConfig, data)
+
+
+def plan_memory(rc: Any, cfg: Any, mesh: Any, rows: int) -> dict:
+    """`rm-jax plan`'s figures for ``rc`` (its step compiled for this process's backend, nothing allocated), or
+    the error that stopped it (the timing goes on without them)."""
+    import jax
+
+    from rm_jax.training.plan import planned_decoder, step_memory
+
+    try:
+        dcfg, _ = planned_decoder(rc)
+        out: dict = {"plan_backend": jax.default_backend()}
+        if dcfg != cfg:  # the comparison would not be like for like: say which fields differ
+            out["plan_config_mismatch"] = sorted(k for k in vars(cfg) if getattr(cfg, k) != getattr(dcfg, k, None))
+        m = step_memory(rc, dcfg, mesh, rows)
+    except Exception as e:  # recorded, not fatal
+        log(f"plan: FAILED {type(e).__name__}: {str(e)[:300]}")
+        return {"plan_error": f"{type(e).__name__}: {str(e)[:500]}"}
+    out.update(
+        plan_total_bytes=m.total,
+        plan_params_bytes=m.params,
+        plan_optimizer_bytes=m.optimizer,
+        plan_gradients_bytes=m.gradients,
+        plan_temporaries_bytes=m.temporaries,
+        plan_compile_s=m.compile_s,
+    )
+    log(f"plan ({out['plan_backend']}): {m.total / 2**30:.2f} GiB per device, compiled in {m.compile_s} s")
+    return out
+
+
+def _bf16_base(cfg: Any, mesh: Any, seed: int) -> Any:
+    """LoRA's frozen base initialised and cast to bf16 in one jit: the float32 base (30 GiB at 8B) is never
+    whole on the card, so the init's peak stays under the step's and peak_bytes_in_use measures the step."""
+    import jax
+
+    from rm_jax.models import init_params
+    from rm_jax.models.lora import cast_frozen
+
+    return jax.jit(lambda: cast_frozen(cfg, init_params(cfg.replace(lora_rank=0), mesh, seed), "bfloat16"))()
+
+
+def _memory_stats() -> dict:
+    import jax
+
+    return jax.devices()[0].memory_stats() or {}  # None on the CPU backend
+
+
+def _plan_vs_peak(planned: dict, before_step: dict, after: dict) -> dict:
+    """The measured peak beside the plan: plan_vs_peak = plan_total / peak (None where either is missing).
+    ``peak_set_by_step`` is False when the peak was reached before the first step (then it is not the step's)."""
+    import jax
+
+    peak = after.get("peak_bytes_in_use")
+    if peak is None:
+        return {"peak_bytes": None, "plan_vs_peak": None, "peak_note": f"{jax.default_backend()} reports no peak"}
+    out = {"peak_bytes": int(peak), "peak_set_by_step": peak > before_step.get("peak_bytes_in_use", 0)}
+    total = planned.get("plan_total_bytes")
+    out["plan_vs_peak"] = total / peak if total else None
+    return out
+
+
+def _plan_note(r: dict) -> str:
+    if r.get("plan_vs_peak") is None:
+        return ""
+    plan, peak = r["plan_total_bytes"] / 2**30, r["peak_bytes"] / 2**30
+    return f"; plan {plan:.2f} GiB / peak {peak:.2f} GiB = {r['plan_vs_peak']:.3f}"
+
+
+# Full fine-tunes, largest first: Llama-3-shaped rungs (config.json figures; the top one a Llama-3 layout at
+# hidden 5120 x 40 layers, ~12B, a rung above 8B). Each section plans down the ladder until one fits the card,
+# then confirms it with a real run.
+def ft_ladder(smoke: bool) -> list[tuple[str, dict]]:
+    if smoke:  # tiny rungs; the top one is over the pretend card on its parameters alone
+        tiny = arch(True)
+        return [
+            ("tiny-h512-l4", dict(tiny, hidden_size=512, intermediate_size=1024, num_hidden_layers=4, head_dim=64)),
+            ("tiny-h256-l4", dict(tiny, hidden_size=256, intermediate_size=512, num_hidden_layers=4, head_dim=32)),
+            ("tiny-h128-l2", dict(tiny, hidden_size=128, intermediate_size=256, head_dim=32)),
+            ("tiny-h64-l2", tiny),
+        ]
+    b8 = arch_8b(False)
+    three = dict(
+        arch(False),
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        head_dim=128,
+    )  # meta-llama/Llama-3.2-3B's config.json: the 1B's vocabulary, rope and tied embeddings
+    twelve = dict(b8, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40)
+    return [
+        ("llama3-5120x40 (~12B)", twelve),
+        ("Llama-3.1-8B", b8),
+        ("Llama-3.2-3B", three),
+        ("Llama-3.2-1B", arch(False)),
+    ]
+
+
+# full_ft:OPTION -> TrainConfig fields. adamw_host needs train.optimizer_state_memory (the offload work); a build
+# without that field lists the option and skips it.
+FT_OPTIONS = {
+    "adamw": {"optimizer": "adamw"},
+    "adamw_bf16": {"optimizer": "adamw", "optimizer_state_dtype": "bfloat16"},
+    "adafactor": {"optimizer": "adafactor"},
+    "adamw_host": {"optimizer": "adamw", "optimizer_state_memory": "host"},
+}
+SMOKE_CARD_BYTES = 24 * 2**20  # --smoke: a pretend card (a CPU reports no memory limit)
+
+
+def card_memory(a: argparse.Namespace) -> tuple[int, str]:
+    """(bytes a full fine-tune may use on one device, where that figure comes from)."""
+    from rm_jax.training.plan import parse_bytes
+
+    if a.card_memory:
+        return parse_bytes(a.card_memory), f"--card-memory {a.card_memory}"
+    if a.smoke:
+        return SMOKE_CARD_BYTES, "pretend card (--smoke: this device's own limit is not used)"
+    limit = _memory_stats().get("bytes_limit")
+    if not limit:
+        raise RuntimeError("this backend reports no memory limit (bytes_limit): give --card-memory, e.g. 141GB")
+    return int(limit), "device.memory_stats()['bytes_limit'] (XLA_PYTHON_CLIENT_MEM_FRACTION of the card)"
+
+
+def section_full_ft(a: argparse.Namespace, option: str) -> dict:
+    """The largest Llama-shaped full fine-tune that fits one device with one optimizer-memory option: `rm-jax
+    plan`'s step_memory largest-first down ft_ladder (a rung whose state and gradients alone are over the card is
+    passed over without a compile), then the chosen rung run for real: --ft-steps steps of the real train step on
+    random weights and one random [1, 1, seq_len] batch; peak memory and tokens/s beside the plan."""
+    import dataclasses
+
+    import jax
+    from bench_common import largest_fitting
+
+    from rm_jax.core.config import TrainConfig
+    from rm_jax.models.sharding import make_mesh
+
+    if option not in FT_OPTIONS:
+        raise ValueError(f"unknown full_ft option {option!r}: choose {', '.join(FT_OPTIONS)}")
+    train = FT_OPTIONS[option]
+    missing = sorted(set(train) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if missing:
+        return {"skipped": f"train.{missing[0]}: not available in this build (TrainConfig has no such field)"}
+    limit, limit_from = card_memory(a)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    rows = 1
+    ladder = [(name, _ft_config(a, spec), spec) for name, spec in ft_ladder(a.smoke)]
+    rcs = {name: bench_run_config(a, cfg, rows, **train) for name, cfg, _ in ladder}
+    chosen, tried = largest_fitting(
+        ladder, lambda r: _state_floor(rcs[r[0]], r[1]), lambda r: plan_memory(rcs[r[0]], r[1], mesh, rows), limit
+    )
+    out = {
+        "option": option,
+        "train": train,
+        "card_bytes": limit,
+        "card_from": limit_from,
+        "rows": rows,
+        "seq_len": a.seq_len,
+        "remat": a.ft_remat,
+        "ladder": [{"name": name, "params": cfg.num_params(), **rec} for (name, cfg, _), rec in zip(ladder, tried)],
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+    }
+    if chosen is None:
+        out["skipped"] = "no rung of the ladder fits"
+        return out
+    name, cfg, _ = ladder[chosen]
+    out.update(model=name, params=cfg.num_params(), **tried[chosen])
+    log(f"full_ft:{option}: {name} fits per plan ({out['plan_total_bytes'] / 2**30:.2f} GiB); confirming")
+    try:
+        out.update(_ft_run(a, rcs[name], cfg, mesh, rows, tried[chosen]))
+    except Exception as e:  # an out-of-memory here is the finding: the plan said it fits
+        out["run_error"] = f"{type(e).__name__}: {str(e)[:1500]}"
+        log(f"full_ft:{option}: the confirming run FAILED {out['run_error'][:300]}")
+        return out
+    log(f"full_ft:{option}: {name} ran: {out['tokens_per_s']:.0f} tok/s{_plan_note(out)}")
+    return out
+
+
+def _ft_config(a: argparse.Namespace, spec: dict) -> Any:
+    from rm_jax.models.llama import DecoderConfig
+
+    return DecoderConfig(
+        model_type="llama",
+        num_labels=5,
+        dtype="bfloat16",
+        remat=a.ft_remat,
+        scan_layers=not a.no_scan,
+        attention="auto",
+        **spec,
+    )
+
+
+def _state_floor(rc: Any, cfg: Any) -> int:
+    """Bytes the step needs whatever XLA does: parameters, optimizer state (unless it lives on the host) and the
+    float32 gradients of the trainable leaves. Shapes only: no compile."""
+    import jax
+    import numpy as np
+
+    from rm_jax.engine.train_step import init_state, make_optimizer
+    from rm_jax.models import abstract_params
+
+    state = jax.eval_shape(lambda p: init_state(cfg, make_optimizer(rc.train, 1000), p), abstract_params(cfg))
+    size = lambda tree: sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    host = getattr(rc.train, "optimizer_state_memory", "device") == "host"
+    return 2 * size(state["params"]) + (0 if host else size(state["opt_state"]))  # params + float32 gradients
+
+
+def _ft_run(a: argparse.Namespace, rc: Any, cfg: Any, mesh: Any, rows: int, planned: dict) -> dict:
+    """--ft-steps steps of the step plan compiled (the same jit: shardings, donation, loss, schedule), on
+    random weights and one random batch. The first step compiles again: plan's executable is not kept, and a
+    second lowering in one process numbers its private functions differently, so jax's persistent cache misses."""
+    import jax
+    from bench_common import new_train_state
+
+    from rm_jax.engine.train_step import batch_shardings, lr_schedule, make_optimizer, make_train_step
+    from rm_jax.models.sharding import replicated
+    from rm_jax.training.plan import _abstract_batch
+
+    tx = make_optimizer(rc.train, 1000)
+    t = time.perf_counter()
+    state, shard = new_train_state(cfg, tx, mesh, a.seed)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t
+    spec = _abstract_batch(rc, cfg, rows, a.max_segments)
+    rng = np.random.default_rng(a.seed)
+    host = {
+        "input_ids": rng.integers(3, cfg.vocab_size, spec["input_ids"].shape),
+        "segment_ids": np.ones(spec["segment_ids"].shape),  # one conversation per row
+        "positions": np.broadcast_to(np.arange(a.seq_len), spec["positions"].shape),
+        "labels": rng.integers(0, 5, spec["labels"].shape),
+        "label_mask": np.ones(spec["label_mask"].shape),
+    }
+    host = {k: np.asarray(v, dtype=spec[k].dtype) for k, v in host.items()}
+    before_step = _memory_stats()
+    bshard = batch_shardings(mesh, spec, accum=True)
+    step = jax.jit(
+        make_train_step(cfg, rc.loss, tx, a.max_segments, lr_schedule(rc.train, 1000), mesh),
+        in_shardings=(shard, bshard),
+        out_shardings=(shard, replicated(mesh)),
+        donate_argnums=0,
+    )
+    batch = jax.device_put(host, bshard)
+    times = []
+    for i in range(a.ft_steps):
+        t = time.perf_counter()
+        state, m = step(state, batch)
+        m = jax.device_get(m)
+        times.append(time.perf_counter() - t)
+        if not bool(m["ok"]):
+            raise RuntimeError(f"non-finite loss at step {i}: {m['loss']}")
+    med = statistics.median(times[1:])
+    stats = _memory_stats()
+    out = {
+        "init_s": round(init_s, 2),
+        "compile_and_first_step_s": round(times[0], 2),
+        "step_s": med,
+        "step_s_all": [round(x, 4) for x in times[1:]],
+        "tokens_per_s": rows * a.seq_len / med,
+        "loss_last": float(m["loss"]),
+        **_plan_vs_peak(planned, before_step, stats),
+    }
+    if "peak_bytes_in_use" in stats:
+        out["peak_memory_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
     return out
 
 
@@ -638,6 +950,12 @@ DEFAULT_PLAN = [
     "rm_jax:xla",
 ]
 RM_JAX_LIMIT_S = 240
+FULL_FT_LIMIT_S = 300  # aim ~150 s on an H200: one or two plan compiles (~60 s at 8B) and the run's own compile
+# Named groups for --sections (not in the default plan; one 10-minute call each):
+PLAN_GROUPS = {
+    "memory": ["rm_jax:auto", "rm_jax_lora:auto"],  # the plan_within_15pct floor
+    "full_ft": [f"full_ft:{k}" for k in FT_OPTIONS],  # the largest full fine-tune per memory option
+}
 
 
 def run_section(name: str, a: argparse.Namespace) -> dict:
@@ -645,6 +963,8 @@ def run_section(name: str, a: argparse.Namespace) -> dict:
         return section_rm_jax(a, name.split(":", 1)[1])
     if name.startswith("rm_jax_lora:"):
         return section_rm_jax(a, name.split(":", 1)[1], lora=True)
+    if name.startswith("full_ft:"):
+        return section_full_ft(a, name.split(":", 1)[1])
     return SECTIONS[name][0](a)
 
 
@@ -656,12 +976,13 @@ FLOORS = {
     "auto_mfu": 0.65,
     "score_max_abs_diff": 1e-4,
     "lora_vs_torch_peft": 1.5,
+    "plan_within_15pct": 0.15,  # |plan / measured peak - 1|, rm_jax:auto and the LoRA section
 }
 
 
 def derive(res: dict) -> None:
     """Ratios and floors from the sections' raw numbers (in place)."""
-    from bench_common import matmul_peaks, mfu_figures
+    from bench_common import matmul_peaks, mfu_figures, plan_within
 
     s = res["sections"]
     p = s.get("peak", {})
@@ -683,7 +1004,8 @@ def derive(res: dict) -> None:
     parity = [v.get("max_abs_diff_shipped") for k, v in s.get("score_parity", {}).items() if isinstance(v, dict)]
     xla = s.get("rm_jax:xla", {})
     lora_runs = [k for k in s if k.startswith("rm_jax_lora:") and "tokens_per_s" in s[k]]
-    lora = s[min(lora_runs, key=lambda k: k != "rm_jax_lora:auto")] if lora_runs else {}
+    lora_key = min(lora_runs, key=lambda k: k != "rm_jax_lora:auto") if lora_runs else None
+    lora = s[lora_key] if lora_key else {}
     peft_r = s.get("torch_peft", {})
     if lora.get("tokens_per_s") and peft_r.get("tokens_per_s"):
         lora["ratio_vs_torch_peft"] = lora["tokens_per_s"] / peft_r["tokens_per_s"]
@@ -694,6 +1016,10 @@ def derive(res: dict) -> None:
         ),
         "auto_mfu": _floor(auto.get("mfu"), FLOORS["auto_mfu"]),
         "lora_vs_torch_peft": _floor(lora.get("ratio_vs_torch_peft"), FLOORS["lora_vs_torch_peft"]),
+        "plan_within_15pct": plan_within(
+            {k: s[k].get("plan_vs_peak") for k in ("rm_jax:auto", lora_key) if k in s},
+            FLOORS["plan_within_15pct"],
+        ),
         "xla_fits": {"value": "step_s" in xla, "met": "step_s" in xla} if xla else {"value": None, "met": None},
         "score_max_abs_diff": (
             {
@@ -717,7 +1043,7 @@ def table(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["sections"].items():
-        if name in ("peak", "score_parity", "generate"):
+        if name in ("peak", "score_parity", "generate") or name.startswith("full_ft:"):
             continue
         if "step_s" not in r and "seconds" not in r:
             why = r.get("skipped") or r.get("error", "?")
@@ -758,13 +1084,53 @@ def table(res: dict) -> str:
                 f"score parity {fam}: {r['max_abs_diff_shipped']:.2e} "
                 f"(matmul_precision=default: {r['max_abs_diff_default_precision']:.2e})"
             )
+    lines += memory_lines(res["sections"])
     for k, v in res.get("floors", {}).items():
         lines.append(f"floor {k}: {v}")
     return "\n".join(lines)
 
 
+def memory_lines(sections: dict) -> list[str]:
+    """Plan against measured peak per rm_jax section, and each full_ft section's ladder and confirming run."""
+    gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"  # noqa: E731
+    lines = []
+    for name, r in sections.items():
+        if name.startswith(("rm_jax:", "rm_jax_lora:")) and ("plan_total_bytes" in r or "plan_error" in r):
+            ratio = r.get("plan_vs_peak")
+            lines.append(
+                f"plan vs peak {name}: plan {gib(r.get('plan_total_bytes'))} / peak {gib(r.get('peak_bytes'))} = "
+                + (f"{ratio:.3f}" if ratio is not None else r.get("plan_error") or r.get("peak_note", "-"))
+            )
+    for name, r in sections.items():
+        if not name.startswith("full_ft:"):
+            continue
+        if "ladder" not in r:
+            lines.append(f"{name}: {r.get('skipped') or r.get('error', '?')}"[:200])
+            continue
+        rungs = ", ".join(
+            f"{x['name']} "
+            + (f"plan {gib(x['plan_total_bytes'])}" if x["compiled"] else f"state {gib(x['lower_bound_bytes'])}")
+            + (" fits" if x["fits"] else "")
+            for x in r["ladder"]
+        )
+        card = gib(r["card_bytes"]) + (" pretend" if r.get("card_from", "").startswith("pretend") else "")
+        head = f"{name} (card {card}, remat {r['remat']}, 1 x {r['seq_len']}): {rungs}"
+        if "model" not in r:
+            lines.append(f"{head}; none fits")
+        elif "run_error" in r:
+            lines.append(f"{head}; run of {r['model']} FAILED: {r['run_error'][:100]}")
+        else:
+            ratio = r.get("plan_vs_peak")
+            lines.append(
+                f"{head}; ran {r['model']}: {r['tokens_per_s']:,.0f} tok/s, peak {gib(r.get('peak_bytes'))}"
+                + (f", plan/peak {ratio:.3f}" if ratio is not None else f" ({r.get('peak_note', '')})")
+            )
+    return lines
+
+
 def parent(a: argparse.Namespace, argv: list) -> int:
     plan = [s.strip() for s in a.sections.split(",")] if a.sections else list(DEFAULT_PLAN)
+    plan = [x for s in plan for x in PLAN_GROUPS.get(s, [s])]
     if a.attention:
         plan = [s for s in plan if not s.startswith("rm_jax:")]
         plan += [f"rm_jax:{k.strip()}" for k in a.attention.split(",") if k.strip()]
@@ -792,7 +1158,10 @@ def parent(a: argparse.Namespace, argv: list) -> int:
         "sections": {},
     }
     for name in plan:
-        limit = RM_JAX_LIMIT_S if name.startswith(("rm_jax:", "rm_jax_lora:")) else SECTIONS[name][1]
+        if name.startswith("full_ft:"):
+            limit = FULL_FT_LIMIT_S
+        else:
+            limit = RM_JAX_LIMIT_S if name.startswith(("rm_jax:", "rm_jax_lora:")) else SECTIONS[name][1]
         left = deadline - time.perf_counter()
         if left < 30:
             res["sections"][name] = {"skipped": f"time budget ({a.budget_s} s) used up"}
@@ -809,7 +1178,7 @@ def parent(a: argparse.Namespace, argv: list) -> int:
         with open(os.path.join(out_dir, "bench_gpu.json"), "w") as f:
             f.write(text + "\n")
     print(table(res), file=sys.stderr, flush=True)
-    ok = any("step_s" in r for k, r in res["sections"].items() if k.startswith(("rm_jax:", "rm_jax_lora:")))
+    ok = any("step_s" in r for k, r in res["sections"].items() if k.startswith(("rm_jax:", "rm_jax_lora:", "full_ft:")))
     return 0 if ok else 1
 
 
@@ -849,11 +1218,24 @@ def main(argv: Optional[list] = None) -> int:
     )
     ap.add_argument("--max-segments", type=int, default=16)
     ap.add_argument("--lora-rank", type=int, default=16, help="rm_jax_lora:* and torch_peft sections")
+    ap.add_argument(
+        "--no-plan-memory",
+        dest="plan_memory",
+        action="store_false",
+        help="rm_jax sections: skip `rm-jax plan`'s compile (plan_total_bytes, plan_vs_peak)",
+    )
+    ap.add_argument("--card-memory", default=None, help="full_ft: bytes per device (default bytes_limit; e.g. 141GB)")
+    ap.add_argument("--ft-remat", default="full", choices=["none", "full", "dots", "dots_no_batch"])
+    ap.add_argument("--ft-steps", type=int, default=3, help="full_ft: steps of the confirming run (the first compiles)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per section (default 6, smoke 2)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps, the first compiles")
     ap.add_argument("--trl-batch", type=int, default=16, help="conversations per TRL-style padded batch")
     ap.add_argument("--attention", default=None, help="rm_jax kernels to time, in order (default auto,cudnn_dense,xla)")
-    ap.add_argument("--sections", default=None, help=f"comma list (default {','.join(DEFAULT_PLAN)})")
+    ap.add_argument(
+        "--sections",
+        default=None,
+        help=f"comma list (default {','.join(DEFAULT_PLAN)}; groups: {', '.join(PLAN_GROUPS)})",
+    )
     ap.add_argument("--remat", default="dots_no_batch", choices=["none", "full", "dots", "dots_no_batch"])
     ap.add_argument("--no-scan", action="store_true", help="unrolled layers (slower compile) instead of scanned")
     ap.add_argument("--peak-n", type=int, default=8192)

@@ -11,6 +11,8 @@
 #                                             # transformers, torch; no internet, no datasets/grain)
 #   bash scripts/bench_gpu.sh --smoke         # tiny shapes: runs anywhere, CPU included (~1 minute)
 #   bash scripts/bench_gpu.sh --attention auto,xla --sections peak,torch_dense   # any bench_gpu.py option
+#   bash scripts/bench_gpu.sh --sections memory    # rm-jax plan vs the measured peak (docs/plan.md)
+#   bash scripts/bench_gpu.sh --sections full_ft --budget-s 580   # largest full fine-tune per optimizer option
 #
 # Output: the JSON on stdout and in $OUT/bench_gpu.json (OUT defaults to ./bench_gpu_out, which git
 # ignores: measured figures belong in docs/performance.md), a short table on stderr last, and

@@ -1,0 +1,115 @@
+"""scripts/bench_gpu.py's memory sections, without a GPU: the RunConfig `rm-jax plan` sizes is the model and step
+the bench times, the plan floor's arithmetic, the largest-first ladder search, and the summary lines."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # how the scripts themselves find bench_common
+
+import bench_gpu as bg  # noqa: E402
+from bench_common import largest_fitting, plan_within  # noqa: E402
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(smoke=True, seq_len=256, rows=2, max_segments=16, remat="dots_no_batch", no_scan=False)
+    base.update(ft_remat="full", lora_rank=16)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+@pytest.mark.parametrize("kind", ["rm_jax", "rm_jax_lora", "full_ft"])
+def test_plan_sizes_the_model_and_step_the_bench_runs(kind):
+    from rm_jax.training.plan import planned_decoder
+
+    a = _args()
+    train = {}
+    if kind == "rm_jax":
+        cfg = bg.model_config(a, "xla")
+    elif kind == "rm_jax_lora":
+        cfg = bg.model_config(a, "xla", lora=True).replace(lora_rank=a.lora_rank, lora_alpha=2.0 * a.lora_rank)
+    else:
+        cfg, train = bg._ft_config(a, bg.ft_ladder(True)[1][1]), bg.FT_OPTIONS["adamw_bf16"]
+    rc = bg.bench_run_config(a, cfg, a.rows, **train)
+    got, _ = planned_decoder(rc)
+    assert got == cfg  # the same model: architecture, remat, scan, attention kernel, LoRA
+    assert (rc.train.lr, rc.train.warmup_steps, rc.train.batch_rows, rc.train.grad_accum) == (1e-5, 0, a.rows, 1)
+    assert (rc.data.seq_len, rc.data.max_segments, rc.data.packing) == (a.seq_len, a.max_segments, True)
+    assert rc.lora.base_dtype == ("bfloat16" if kind == "rm_jax_lora" else "float32")
+    if train:
+        assert rc.train.optimizer_state_dtype == "bfloat16"
+
+
+def test_plan_floor_is_two_sided_and_ignores_unmeasured_sections():
+    assert plan_within({"rm_jax:auto": 1.14, "rm_jax_lora:auto": 0.86})["met"] is True
+    assert plan_within({"rm_jax:auto": 1.16})["met"] is False  # the plan too high
+    assert plan_within({"rm_jax:auto": 1.0, "rm_jax_lora:auto": 0.84})["met"] is False  # too low: a run OOMs
+    assert plan_within({"rm_jax:auto": 1.05, "rm_jax_lora:auto": None})["met"] is True
+    assert plan_within({"rm_jax:auto": None})["met"] is None
+    assert plan_within({})["met"] is None
+
+
+def test_ladder_search_compiles_only_what_could_fit_and_stops_at_the_first_fit():
+    floors = {"70b": 500, "12b": 150, "8b": 90, "3b": 40, "1b": 10}
+    totals = {"12b": 170, "8b": 120, "3b": 60, "1b": 20}
+    planned = []
+
+    def plan(rung):
+        planned.append(rung)
+        return {"plan_total_bytes": totals[rung]}
+
+    idx, tried = largest_fitting(list(floors), floors.get, plan, limit=100)
+    assert idx == 3 and planned == ["8b", "3b"]  # 70b and 12b: over on state alone, never compiled
+    assert [t["compiled"] for t in tried] == [False, False, True, True]
+    assert [t["fits"] for t in tried] == [False, False, False, True]
+    assert tried[3]["plan_total_bytes"] == 60
+    assert largest_fitting(["x"], lambda r: 1, lambda r: {"plan_total_bytes": 200}, limit=100)[0] is None
+
+
+def test_derive_checks_the_plan_floor_on_auto_and_the_lora_section():
+    res = {
+        "sections": {
+            "rm_jax:auto": {"plan_vs_peak": 1.05, "plan_total_bytes": 31 * 2**30, "peak_bytes": 30 * 2**30},
+            "rm_jax:xla": {"plan_vs_peak": 1.6},  # not a floor section
+            "rm_jax_lora:auto": {"tokens_per_s": 1.0, "plan_vs_peak": 0.7},
+        }
+    }
+    bg.derive(res)
+    floor = res["floors"]["plan_within_15pct"]
+    assert floor["value"] == {"rm_jax:auto": 1.05, "rm_jax_lora:auto": 0.7} and floor["met"] is False
+    res["sections"]["rm_jax_lora:auto"]["plan_vs_peak"] = 0.9
+    bg.derive(res)
+    assert res["floors"]["plan_within_15pct"]["met"] is True
+
+
+def test_summary_lines_for_every_full_ft_outcome():
+    rung = {"name": "big", "compiled": False, "lower_bound_bytes": 2**40, "fits": False}
+    ok = {"name": "small", "compiled": True, "lower_bound_bytes": 2**30, "plan_total_bytes": 2**31, "fits": True}
+    common = {"card_bytes": 2**36, "remat": "full", "seq_len": 4096, "card_from": "pretend card (--smoke)"}
+    sections = {
+        "full_ft:adamw": {**common, "ladder": [rung, ok], "model": "small", "tokens_per_s": 1e4, "peak_bytes": 2**31}
+        | {"plan_vs_peak": 1.0},
+        "full_ft:adamw_bf16": {**common, "ladder": [rung, ok], "model": "small", "run_error": "XlaRuntimeError: OOM"},
+        "full_ft:adafactor": {**common, "ladder": [rung], "skipped": "no rung of the ladder fits"},
+        "full_ft:adamw_host": {"skipped": "train.optimizer_state_memory: not available in this build"},
+    }
+    text = "\n".join(bg.memory_lines(sections))
+    assert "big state 1024.00 GiB, small plan 2.00 GiB fits; ran small: 10,000 tok/s" in text
+    assert "plan/peak 1.000" in text and "run of small FAILED: XlaRuntimeError: OOM" in text
+    assert "none fits" in text and "not available in this build" in text and "card 64.00 GiB pretend" in text
+    assert "| full_ft" not in bg.table({"sections": sections})  # not rows of the speed table
+
+
+def test_full_ft_option_the_build_lacks_is_listed_but_skipped(monkeypatch):
+    monkeypatch.setitem(bg.FT_OPTIONS, "offloaded", {"optimizer": "adamw", "no_such_train_field": "host"})
+    got = bg.section_full_ft(_args(), "offloaded")
+    assert "not available in this build" in got["skipped"] and "train.no_such_train_field" in got["skipped"]
+    with pytest.raises(ValueError, match="unknown full_ft option"):
+        bg.section_full_ft(_args(), "sgd")
+    assert "full_ft:adamw_host" in bg.PLAN_GROUPS["full_ft"]

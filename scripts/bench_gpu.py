@@ -15,6 +15,12 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
                 plan_within_15pct on rm_jax:auto and the LoRA section; ``--no-plan-memory`` skips it)
   torch_dense   transformers LlamaForSequenceClassification, sdpa attention, bf16 autocast over fp32
                 params, gradient checkpointing, fused AdamW: 4 x 4096 full rows
+  torch_packed  the same model and trainer fed rm_jax:auto's packed rows (same conversations, rows x seq_len,
+                real tokens) padding-free: position ids restarting per conversation, flex attention (compiled)
+                with a per-document causal BlockMask (sdpa with the dense block-diagonal mask on a CPU, which
+                has no flex backward, or if flex fails: ``attention_fallback`` says why), reward at each
+                conversation's last token -> score -> MSE; --smoke checks its scores equal each conversation
+                run alone (no attention across conversations). The baseline for floor auto_vs_torch_packed >= 1.3
   torch_trl     the same trainer fed TRL's way: 16 conversations per batch right-padded to the longest
   score_parity  ``rm-jax score``'s path (rm_jax.models.hf_io + rm_jax.engine.scoring.Scorer) in float32 on this
                 device against transformers float32 on the CPU, tiny random llama and qwen3 RMs; with
@@ -38,9 +44,10 @@ each is about one 10-minute call: ``bash scripts/bench_gpu.sh --sections full_ft
 Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
 memory, and a failure or a time-out in one (say, out of memory) is recorded without losing the
 rest. The parent adds ratios to every rm_jax section, ``ratio_vs_torch_dense`` (tokens/s against
-torch_dense), ``ratio_real_tokens_vs_trl_padded`` (real tokens/s against torch_trl) and ``mfu``,
-checks the issue's floors, prints one JSON object (also $OUT/bench_gpu.json when OUT is set) and a
-short table last. ``--smoke`` runs tiny shapes anywhere, CPU included, to prove the script.
+torch_dense), ``ratio_vs_torch_packed`` (real tokens/s against torch_packed),
+``ratio_real_tokens_vs_trl_padded`` (real tokens/s against torch_trl) and ``mfu``, checks the issue's floors,
+prints one JSON object (also $OUT/bench_gpu.json when OUT is set) and a short table last. ``--smoke`` runs
+tiny shapes anywhere, CPU included, to prove the script.
 
 Adding a section (a serving line, say): write ``def section_NAME(a) -> dict`` that measures
 one thing and returns JSON-able numbers, register it in ``SECTIONS`` with a time limit, and add its
@@ -805,6 +812,198 @@ def section_torch_trl(a: argparse.Namespace) -> dict:
     }
 
 
+def _doc_mask_mod(seg: Any) -> Callable:
+    """flex attention's mask_mod for packed rows: causal, and only within one conversation (``seg`` [rows, L]:
+    rm_jax's segment ids; padding, id 0, attends only to padding, and no real token ever sees it)."""
+
+    def mask_mod(b: Any, h: Any, q: Any, kv: Any) -> Any:
+        return (q >= kv) & (seg[b, q] == seg[b, kv])
+
+    return mask_mod
+
+
+def _packed_attention_mask(seg: Any, impl: str) -> Any:
+    """The per-document causal mask in the form ``impl`` takes it: a flex BlockMask (blocks with no pair of the
+    same conversation are skipped), or for sdpa the dense [rows, 1, L, L] boolean of the same rule (O(L^2))."""
+    import torch
+
+    rows, n = seg.shape
+    mask_mod = _doc_mask_mod(seg)
+    if impl == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        # compiled, as transformers builds its masks: eager materialises the L x L mask on the way
+        return torch.compile(create_block_mask)(mask_mod, B=rows, H=None, Q_LEN=n, KV_LEN=n, device=seg.device)
+    ar = torch.arange(n, device=seg.device)
+    b = torch.arange(rows, device=seg.device)[:, None, None]
+    return mask_mod(b, None, ar[None, :, None], ar[None, None, :])[:, None]
+
+
+def _set_attn(model: Any, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:  # an older transformers: every submodule shares this config
+        model.config._attn_implementation = impl
+
+
+class _TorchPacked(_Torch):
+    """``_Torch``'s model, optimizer and precision fed rm_jax's packed rows the padding-free way: position ids that
+    restart at 0 per conversation, a per-document causal mask handed to the attention as a 4D mask (transformers
+    passes it through untouched), and the reward read at each conversation's last token -> ``score`` -> MSE, as
+    rm_jax's loss does. (transformers' own padding-free path, position_ids with attention_mask=None as
+    DataCollatorWithFlattening feeds it, builds an equivalent mask from the position ids.)"""
+
+    def __init__(self, a: argparse.Namespace, impl: str):
+        super().__init__(a)
+        self.max_segments = a.max_segments
+        self.use(impl)
+
+    def use(self, impl: str) -> None:
+        _set_attn(self.model, impl)
+        self.impl = self.info["attn_implementation"] = impl
+
+    def tensors(self, b: dict) -> dict:
+        """One packed batch ([1, rows, L] from packed_batches) on the device, with the gather indices a collator
+        would compute: (row, last token) of every conversation present."""
+        from rm_jax.data.packing import last_token_index
+
+        torch = self.torch
+        seg = b["segment_ids"][0]
+        last = last_token_index(seg, self.max_segments)
+        rr, ss = np.nonzero(b["label_mask"][0].any(-1))
+        t = lambda x, dt: torch.from_numpy(np.ascontiguousarray(x)).to(self.dev, dt)  # noqa: E731
+        return {
+            "ids": t(b["input_ids"][0], torch.long),
+            "pos": t(b["positions"][0], torch.long),
+            "seg": t(seg, torch.int32),
+            "row": t(rr, torch.long),
+            "tok": t(last[rr, ss], torch.long),
+            "labels": t(b["labels"][0][rr, ss], torch.float32),
+        }
+
+    def scores(self, x: dict) -> Any:
+        mask = _packed_attention_mask(x["seg"], self.impl)
+        hidden = self.model.model(input_ids=x["ids"], attention_mask=mask, position_ids=x["pos"]).last_hidden_state
+        return self.model.score(hidden[x["row"], x["tok"]])
+
+    def step_packed(self, x: dict) -> float:
+        torch = self.torch
+        self._sync()
+        t = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16):
+            scores = self.scores(x)  # the mask is built inside the step, as transformers builds it in forward
+        loss = ((scores.float() - x["labels"]) ** 2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        value = loss.item()
+        dt = time.perf_counter() - t
+        if not math.isfinite(value):
+            raise RuntimeError("torch loss not finite")
+        return dt
+
+
+def check_batch(a: argparse.Namespace, vocab: int) -> dict:
+    """Two packed rows of short conversations (3 to 6 a row, ragged ends, a padded tail) for
+    check_packed_vs_alone: HelpSteer2-long ones would fill a smoke row alone and prove nothing."""
+    from rm_jax.data.packing import build_batch
+
+    rng = np.random.default_rng(a.seed + 2)
+    n = a.seq_len
+    lengths = [[n // 3, n // 4, n // 5 + 1], [n // 8, n // 6 + 3, n // 7, n // 9 + 1, n // 10, n // 11]]
+    convs = [rng.integers(3, vocab, k).astype(np.int32) for row in lengths for k in row]
+    bins, k = [], 0
+    for row in lengths:
+        bins.append(list(range(k, k + len(row))))
+        k += len(row)
+    labels = rng.integers(0, 5, (len(convs), 5)).astype(np.float32)
+    b = build_batch(convs, labels, np.ones_like(labels), bins, n, a.max_segments, 0)
+    b.pop("example_index")
+    return {key: v[None] for key, v in b.items()}
+
+
+def check_packed_vs_alone(tt: _TorchPacked, b: dict, impl: str, tol: float = 1e-4) -> float:
+    """Max |score difference| between the packed forward under ``impl`` and the same model run on each
+    conversation alone (sdpa, plain causal, positions 0..n-1), float32; AssertionError past ``tol``. Equal
+    scores mean no conversation saw another: the document mask works."""
+    torch = tt.torch
+    x = tt.tensors(b)
+    seg, ids = b["segment_ids"][0], b["input_ids"][0]
+    was = tt.impl
+    try:
+        with torch.no_grad():
+            tt.use(impl)
+            packed = tt.scores(x).float()
+            tt.use("sdpa")
+            alone = []
+            for r, s in zip(x["row"].tolist(), np.nonzero(b["label_mask"][0].any(-1))[1]):
+                conv = torch.from_numpy(ids[r][seg[r] == s + 1].astype(np.int64)).to(tt.dev)[None]
+                h = tt.model.model(input_ids=conv, position_ids=torch.arange(conv.shape[1], device=tt.dev)[None])
+                alone.append(tt.model.score(h.last_hidden_state[0, -1]).float())
+    finally:
+        tt.use(was)
+    diff = float((packed - torch.stack(alone)).abs().max())
+    if not diff <= tol:
+        raise AssertionError(f"torch_packed ({impl}): packed scores differ from each conversation alone by {diff:.3g}")
+    return diff
+
+
+def section_torch_packed(a: argparse.Namespace) -> dict:
+    """The best a PyTorch user can do with transformers: rm_jax:auto's packed rows (same conversations, rows x
+    seq_len, real tokens) with per-document attention, flex attention (compiled, a document BlockMask) as the
+    headline, sdpa with the dense block-diagonal mask where flex cannot train (CPU: no flex backward) or fails."""
+    import torch
+
+    impl, reason = "flex_attention", None
+    if not torch.cuda.is_available():
+        impl, reason = "sdpa", f"flex attention has no backward on CPU (torch {torch.__version__})"
+    tt = _TorchPacked(a, impl)
+    batches, info = packed_batches(a, arch(a.smoke)["vocab_size"])
+    xs = [tt.tensors(b) for b in batches]
+    checks = {}
+    if a.smoke:  # proves the document mask: each conversation's score as if it were alone
+        for name in ("flex_attention", "sdpa"):  # flex forward runs on CPU too
+            checks[name] = check_packed_vs_alone(tt, check_batch(a, arch(a.smoke)["vocab_size"]), name)
+        log(f"torch_packed: packed scores = each conversation alone, max |diff| {checks}")
+    times = []
+    for i in range(a.warmup + a.steps):
+        try:
+            dt = tt.step_packed(xs[i % len(xs)])
+        except Exception as e:
+            if i > 0 or tt.impl == "sdpa":
+                raise
+            reason = f"flex_attention failed: {type(e).__name__}: {str(e)[:300]}"
+            log(f"torch_packed: {reason}; sdpa with the dense document mask instead")
+            tt.use("sdpa")
+            dt = tt.step_packed(xs[0])
+        if i == 0:
+            log(f"torch_packed ({tt.impl}): compile + first step {dt:.1f} s")
+        elif i >= a.warmup:
+            times.append(dt)
+    med = statistics.median(times)
+    slots = a.rows * a.seq_len
+    real = statistics.median(int((b["segment_ids"] > 0).sum()) for b in batches)
+    log(f"torch_packed ({tt.impl}): step {med * 1e3:.1f} ms, {slots / med:.0f} tok/s")
+    out = {
+        **tt.info,
+        **tt.peak_memory(),
+        "mask": "causal within each conversation" + (" (flex BlockMask)" if tt.impl != "sdpa" else " (dense 4D bool)"),
+        "rows": a.rows,
+        "seq_len": a.seq_len,
+        "step_s": med,
+        "step_s_all": [round(x, 4) for x in times],
+        "tokens_per_s": slots / med,
+        "real_tokens_per_s": real / med,
+        "fill": info["fill"],
+    }
+    if reason:
+        out["attention_fallback"] = reason
+    if checks:
+        out["max_abs_diff_vs_alone"] = checks
+    return out
+
+
 def section_score_parity(a: argparse.Namespace) -> dict:
     """float32 scores of `rm-jax score`'s path on this device vs transformers float32 on the CPU."""
     import jax
@@ -933,6 +1132,7 @@ def section_generate(a: argparse.Namespace) -> dict:
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], int]] = {
     "peak": (section_peak, 120),
     "torch_dense": (section_torch_dense, 180),
+    "torch_packed": (section_torch_packed, 240),  # flex attention compiles on the first step
     "torch_trl": (section_torch_trl, 180),
     "score_parity": (section_score_parity, 180),
     "generate": (section_generate, 240),
@@ -943,6 +1143,7 @@ DEFAULT_PLAN = [
     "peak",
     "rm_jax:auto",
     "torch_dense",
+    "torch_packed",
     "torch_trl",
     "score_parity",
     "generate",
@@ -972,6 +1173,7 @@ def run_section(name: str, a: argparse.Namespace) -> dict:
 
 FLOORS = {
     "auto_vs_torch_dense": 1.6,
+    "auto_vs_torch_packed": 1.3,
     "auto_real_tokens_vs_trl_padded": 5.0,
     "auto_mfu": 0.65,
     "score_max_abs_diff": 1e-4,
@@ -989,6 +1191,7 @@ def derive(res: dict) -> None:
     peaks = res["peaks"] = matmul_peaks(p.get("best_flops"), p.get("torch_best_flops"), p.get("device_kind", ""))
     dense = s.get("torch_dense", {}).get("tokens_per_s")
     trl = s.get("torch_trl", {}).get("real_tokens_per_s")
+    packed = s.get("torch_packed", {}).get("real_tokens_per_s")  # the same rows as rm_jax's: same real tokens
     fpt = None
     for name, r in s.items():
         if name.startswith("rm_jax:") and "tokens_per_s" in r:
@@ -998,8 +1201,12 @@ def derive(res: dict) -> None:
                 r["ratio_vs_torch_dense"] = r["tokens_per_s"] / dense
             if trl:
                 r["ratio_real_tokens_vs_trl_padded"] = r["real_tokens_per_s"] / trl
+            if packed:
+                r["ratio_vs_torch_packed"] = r["real_tokens_per_s"] / packed
     if dense and fpt:  # same model, same formula, same peaks
         s["torch_dense"].update(mfu_figures(dense, fpt, peaks))
+    if packed and fpt:
+        s["torch_packed"].update(mfu_figures(s["torch_packed"]["tokens_per_s"], fpt, peaks))
     auto = s.get("rm_jax:auto", {})
     parity = [v.get("max_abs_diff_shipped") for k, v in s.get("score_parity", {}).items() if isinstance(v, dict)]
     xla = s.get("rm_jax:xla", {})
@@ -1011,6 +1218,7 @@ def derive(res: dict) -> None:
         lora["ratio_vs_torch_peft"] = lora["tokens_per_s"] / peft_r["tokens_per_s"]
     res["floors"] = {
         "auto_vs_torch_dense": _floor(auto.get("ratio_vs_torch_dense"), FLOORS["auto_vs_torch_dense"]),
+        "auto_vs_torch_packed": _floor(auto.get("ratio_vs_torch_packed"), FLOORS["auto_vs_torch_packed"]),
         "auto_real_tokens_vs_trl_padded": _floor(
             auto.get("ratio_real_tokens_vs_trl_padded"), FLOORS["auto_real_tokens_vs_trl_padded"]
         ),
@@ -1039,15 +1247,16 @@ def _floor(value: Optional[float], floor: float) -> dict:
 
 def table(res: dict) -> str:
     lines = [
-        "| section | kernel | step | tok/s | real tok/s | MFU | MFU spec | x torch dense | x TRL padded | peak mem |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| section | kernel | step | tok/s | real tok/s | MFU | MFU spec | x torch dense | x torch packed "
+        "| x TRL padded | peak mem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["sections"].items():
         if name in ("peak", "score_parity", "generate") or name.startswith("full_ft:"):
             continue
         if "step_s" not in r and "seconds" not in r:
             why = r.get("skipped") or r.get("error", "?")
-            lines.append(f"| {name} | - | {why[:70]} | | | | | | | |")
+            lines.append(f"| {name} | - | {why[:70]} | | | | | | | | |")
             continue
         f = lambda k, fmt: "" if r.get(k) is None else format(r[k], fmt)  # noqa: E731
         step = f"{r['step_s'] * 1e3:.0f} ms" if "step_s" in r else f"{r['seconds']:.2f} s total"
@@ -1055,7 +1264,8 @@ def table(res: dict) -> str:
             f"| {name} | {r.get('kernel', r.get('attn_implementation', ''))} | {step} | "
             f"{f('tokens_per_s', ',.0f')} | {f('real_tokens_per_s', ',.0f')} | "
             f"{f('mfu', '.1%')} | {f('mfu_spec', '.1%')} | "
-            f"{f('ratio_vs_torch_dense', '.2f')} | {f('ratio_real_tokens_vs_trl_padded', '.2f')} | "
+            f"{f('ratio_vs_torch_dense', '.2f')} | {f('ratio_vs_torch_packed', '.2f')} | "
+            f"{f('ratio_real_tokens_vs_trl_padded', '.2f')} | "
             f"{f('peak_memory_gib', '.1f')} |"
         )
     peak = res["sections"].get("peak", {})

@@ -2,10 +2,11 @@
 # One prepared command for a GPU machine (fits one 10-minute call): a Llama-3.2-1B-shaped reward
 # model, bf16 compute, 4 packed rows x 4096 of HelpSteer2-shaped conversations. rm_jax's train step
 # per attention kernel (auto = packed cuDNN on Hopper, cudnn_dense, xla) against transformers + torch
-# on the same card (sdpa, bf16 autocast, gradient checkpointing, fused AdamW; 4 x 4096 dense rows and
-# TRL-style padded batches), MFU against the higher of jnp.dot's and torch's measured bf16 matmul rates
-# and against the card's data-sheet peak, and fp32 `rm-jax score`
-# parity against transformers. See scripts/bench_gpu.py for the sections.
+# on the same card (sdpa, bf16 autocast, gradient checkpointing, fused AdamW; 4 x 4096 dense rows, the
+# same packed rows with flex attention and a per-conversation mask, and TRL-style padded batches), MFU
+# against the higher of jnp.dot's and torch's measured bf16 matmul rates and against the card's
+# data-sheet peak, and fp32 `rm-jax score` parity against transformers. See scripts/bench_gpu.py
+# for the sections.
 #
 #   bash scripts/bench_gpu.sh                 # on the GPU machine (jax[cuda], flax, optax, orbax,
 #                                             # transformers, torch; no internet, no datasets/grain)

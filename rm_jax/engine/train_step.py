@@ -156,7 +156,13 @@ def batch_shardings(mesh: Mesh, batch: dict, accum: bool) -> dict:
             return NamedSharding(mesh, P())  # pair-index vectors etc. are small: replicate
         return NamedSharding(mesh, P(*lead, ("data", "fsdp"), *([None] * rest)))
 
-    return {k: one(v) for k, v in batch.items() if k != "example_index"}
+    return {k: one(v) for k, v in step_inputs(batch).items()}
+
+
+def step_inputs(batch: dict) -> dict:
+    """The entries of a loader's batch the train step reads: all but ``example_index``, the host's map from
+    slots back to examples."""
+    return {k: v for k, v in batch.items() if k != "example_index"}
 
 
 def put_batch(batch: dict, shardings: dict) -> dict:

@@ -119,17 +119,7 @@ def fit(cfg: RunConfig) -> FitResult:
     data = _load_splits(cfg, task, tokenizer, run_dir)
     parts, params = _build_model(cfg, mesh, tokenizer, tok_path, run_dir, pad_id)
 
-    loader = Loader(
-        data.train,
-        cfg.data.seq_len,
-        cfg.data.max_segments,
-        cfg.train.batch_rows // cfg.train.grad_accum,
-        pad_id,
-        cfg.data.packing,
-        cfg.data.padding_side,
-        cfg.train.seed,
-        cfg.data.shuffle,
-    )
+    loader = task.loader(data.train, pad_id)
     opt = _optimization(cfg, parts, params, loader.steps_per_epoch(cfg.train.grad_accum))
     del params  # donated into the state
 

@@ -34,7 +34,16 @@ from rm_jax.models.known_models import known_config
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.lora import cast_frozen, split_trainable
 from rm_jax.models.sharding import make_mesh, replicated
-from rm_jax.training.setup import lora_opts, model_head, run_opts, scratch_config, tokenizer_path
+from rm_jax.runs import layout
+from rm_jax.training.setup import (
+    init_from_config,
+    lora_opts,
+    model_head,
+    run_opts,
+    scratch_config,
+    tokenizer_path,
+)
+from rm_jax.training.tasks import step_batch_spec, task_for
 
 GiB = 2**30
 
@@ -79,7 +88,10 @@ def hf_architecture(path: str) -> tuple[dict, str]:
 def planned_decoder(cfg: RunConfig) -> tuple[DecoderConfig, str]:
     """The DecoderConfig a run of ``cfg`` trains (architecture, head, run options, LoRA) and its source."""
     head = {"head": "lm"} if model_head(cfg) == "lm" else {}
-    if cfg.model.path:
+    if cfg.model.init_from:  # the earlier run's architecture (lora.rank with init_from is refused by the config)
+        dcfg, _ = init_from_config(cfg)
+        where = layout.meta_path(cfg.model.init_from)
+    elif cfg.model.path:
         hf, where = hf_architecture(cfg.model.path)
         hf = dict(hf, num_labels=len(cfg.model.attributes))
         dcfg = decoder_config_from_hf(hf, where, **head, **run_opts(cfg))
@@ -89,7 +101,7 @@ def planned_decoder(cfg: RunConfig) -> tuple[DecoderConfig, str]:
         where = "model.arch"  # a new model's vocabulary is its tokenizer's, as training builds it
         dcfg = scratch_config(cfg, len(load_tokenizer(tokenizer_path(cfg))))
     else:
-        raise ConfigError("plan: model.init_from needs the run's model_meta.json; set model.path or model.arch")
+        raise ConfigError("plan: set model.path, model.arch or model.init_from")
     return dcfg.replace(**lora_opts(cfg)), where
 
 
@@ -101,20 +113,9 @@ def _device_bytes(tree: Any, shardings: Any) -> int:
     return total
 
 
-def _abstract_batch(cfg: RunConfig, dcfg: DecoderConfig, micro_rows: int, max_segments: int) -> dict:
-    sd, accum, seq = jax.ShapeDtypeStruct, cfg.train.grad_accum, cfg.data.seq_len
-    tok = sd((accum, micro_rows, seq), jnp.int32)
-    batch = {"input_ids": tok, "segment_ids": tok, "positions": tok}
-    if cfg.task == "sft":
-        batch.update(targets=tok, loss_mask=sd(tok.shape, jnp.float32))
-    elif cfg.task == "rm" and cfg.data.kind == "helpsteer":
-        lab = sd((accum, micro_rows, max_segments, dcfg.num_labels), jnp.float32)
-        batch.update(labels=lab, label_mask=lab)
-    else:
-        raise ConfigError(
-            f"plan sizes task rm (data.kind helpsteer) and task sft; not task {cfg.task} / {cfg.data.kind}"
-        )
-    return batch
+def _abstract_batch(cfg: RunConfig, micro_rows: int) -> dict:
+    """One step's batch as abstract arrays: the shapes and dtypes the task's own loader gives the step."""
+    return {k: jax.ShapeDtypeStruct(shape, dt) for k, (shape, dt) in step_batch_spec(task_for(cfg), micro_rows).items()}
 
 
 @dataclasses.dataclass
@@ -139,7 +140,7 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
     state = jax.eval_shape(lambda p: init_state(dcfg, tx, p), params)
     shard = state_shardings(state, pshard, mesh)
     max_segments = cfg.data.max_segments if cfg.data.packing else 1
-    batch = _abstract_batch(cfg, dcfg, batch_rows // cfg.train.grad_accum, max_segments)
+    batch = _abstract_batch(cfg, batch_rows // cfg.train.grad_accum)
     bshard = batch_shardings(mesh, batch, accum=True)
     step = jax.jit(
         make_train_step(dcfg, cfg.loss, tx, max_segments, lr_schedule(cfg.train, total_steps), mesh),

@@ -192,20 +192,25 @@ def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
         raise ConfigError(f"model.arch: {e}") from None
 
 
+def init_from_config(cfg: RunConfig) -> tuple[DecoderConfig, dict]:
+    """(decoder config, model_meta.json) of the run ``model.init_from`` names, with this run's options,
+    checked against what this run trains (its head and attributes)."""
+    meta = read_meta(cfg.model.init_from)
+    dcfg = DecoderConfig(**{**meta["decoder"], **run_opts(cfg)})
+    if dcfg.head != model_head(cfg):
+        raise ConfigError(
+            f"model.init_from: {cfg.model.init_from} has a {dcfg.head} head; "
+            f"task {cfg.task} trains a {model_head(cfg)} head"
+        )
+    if cfg.task == "rm" and meta["attributes"] != list(cfg.model.attributes):
+        raise ConfigError(f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes")
+    return dcfg, meta
+
+
 def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfig, Any, Optional[dict]]:
     """(decoder config, params on the mesh, HF base config or None)."""
     if cfg.model.init_from:
-        meta = read_meta(cfg.model.init_from)
-        dcfg = DecoderConfig(**{**meta["decoder"], **run_opts(cfg)})
-        if dcfg.head != model_head(cfg):
-            raise ConfigError(
-                f"model.init_from: {cfg.model.init_from} has a {dcfg.head} head; "
-                f"task {cfg.task} trains a {model_head(cfg)} head"
-            )
-        if cfg.task == "rm" and meta["attributes"] != list(cfg.model.attributes):
-            raise ConfigError(
-                f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes"
-            )
+        dcfg, meta = init_from_config(cfg)
         params = restore_run_params(cfg.model.init_from, dcfg, mesh)
         logger.info(f"initialised from {cfg.model.init_from}")
         return dcfg, params, meta.get("hf_config")

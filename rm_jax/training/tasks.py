@@ -8,6 +8,7 @@ holds a task and never looks at task names or metric keys itself.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, ClassVar, Optional
 
@@ -15,11 +16,12 @@ import numpy as np
 
 from rm_jax.core.attributes import ATTRIBUTES, resolve_reward_weights
 from rm_jax.core.config import LossConfig, RunConfig
-from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
+from rm_jax.data.pipeline import Encoded, Loader, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
 from rm_jax.data.sft import encode_sft
 from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
 from rm_jax.data.steer_groups import encode_groups, load_groups, unequal_sizes
 from rm_jax.engine.losses import pair_sums
+from rm_jax.engine.train_step import step_inputs
 from rm_jax.evaluation.metrics import helpsteer_report
 from rm_jax.training.logs import logger
 from rm_jax.training.validators import LossSums, ModelParts, RewardPredictions, Validator
@@ -81,6 +83,27 @@ class Task:
             )
         return enc, report
 
+    def loader(self, enc: Encoded, pad_id: int) -> Loader:
+        """The training loader of an encoded split: ``train.batch_rows / train.grad_accum`` rows per
+        micro-batch, laid out as ``data`` says."""
+        d, t = self.cfg.data, self.cfg.train
+        return Loader(
+            enc,
+            d.seq_len,
+            d.max_segments,
+            t.batch_rows // t.grad_accum,
+            pad_id,
+            d.packing,
+            d.padding_side,
+            t.seed,
+            d.shuffle,
+        )
+
+    def stand_in(self) -> Encoded:
+        """One unit of encoded data of one-token examples, with every field this task's encoder fills: what
+        :func:`step_batch_spec` lays out to learn the step's batch without data or a tokenizer."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ metrics
 
     def train_metrics(self, metrics: dict) -> dict:
@@ -116,6 +139,9 @@ class RegressionTask(Task):
     def encode(self, rows: list, tokenizer: Any) -> Encoded:
         d = self.cfg.data
         return encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, self.cfg.model.attributes)
+
+    def stand_in(self) -> Encoded:
+        return _stand_in(1, len(self.cfg.model.attributes))
 
     def _attr_mse(self, value: Any) -> dict:
         return {f"train_mse_{a}": float(v) for a, v in zip(self.cfg.model.attributes, value)}
@@ -154,6 +180,9 @@ class PairsTask(RegressionTask):
         d = self.cfg.data
         return encode_pairs(rows, tokenizer, d.seq_len, d.template, d.overlength, len(self.cfg.model.attributes))
 
+    def stand_in(self) -> Encoded:
+        return _stand_in(2, len(self.cfg.model.attributes))  # examples 0 (chosen) and 1 (rejected)
+
     def _pair_accuracy(self, value: Any) -> dict:
         return {"train_pair_accuracy": float(value)}
 
@@ -184,6 +213,9 @@ class SftTask(Task):
     def encode(self, rows: list, tokenizer: Any) -> Encoded:
         d = self.cfg.data
         return encode_sft(rows, tokenizer, d.seq_len, d.template, d.overlength, d.attributes_as_label)
+
+    def stand_in(self) -> Encoded:
+        return _stand_in(1, 0, response_start=np.zeros(1, np.int64))
 
     def _loss_tokens(self, value: Any) -> dict:
         return {"loss_tokens": int(value)}
@@ -223,6 +255,11 @@ class SteerLM2Task(Task):
             )
         return enc, split_report(source, split, len(groups), len(groups), enc)
 
+    def stand_in(self) -> Encoded:
+        # A group of two responses; the per-example values are encode_groups' (importance weight, log Q').
+        values = {"w": np.full(2, 0.5, np.float32), "logq_prime": np.zeros(2, np.float32)}
+        return _stand_in(2, 0, response_start=np.zeros(2, np.int64), example_values=values)
+
     def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
         return LossSums(self.cfg, parts, enc, self.metrics)
 
@@ -241,6 +278,30 @@ def task_for(cfg: RunConfig) -> Task:
     if cfg.task == "sft":
         return SftTask(cfg)
     return PairsTask(cfg) if cfg.data.kind == "pairs" else RegressionTask(cfg)
+
+
+def step_batch_spec(task: Task, micro_rows: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every entry of one optimizer step's batch as the train step receives it: the task's
+    stand-in laid out by its own training loader (the code a run uses, so the two cannot drift apart), with
+    ``micro_rows`` rows per micro-batch and the ``train.grad_accum`` micro-batches stacked in front."""
+    cfg = task.cfg
+    resized = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_rows=micro_rows, grad_accum=1))
+    one = step_inputs(type(task)(resized).loader(task.stand_in(), pad_id=0).next_step(1))
+    return {k: ((cfg.train.grad_accum, *v.shape[1:]), v.dtype) for k, v in one.items()}
+
+
+def _stand_in(n: int, n_labels: int, **fields: Any) -> Encoded:
+    """``n`` one-token examples forming one unit, with ``n_labels`` label columns and ``fields`` added."""
+    return Encoded(
+        ids=[np.ones(1, np.int32) for _ in range(n)],
+        labels=np.zeros((n, n_labels), np.float32),
+        label_mask=np.zeros((n, n_labels), np.float32),
+        units=[tuple(range(n))],
+        source_rows=np.zeros(n, np.int64),
+        group=np.zeros(n, np.int64),
+        strength=np.ones(1, np.float32),
+        **fields,
+    )
 
 
 def split_report(source: Optional[str], split: str, rows_read: int, rows_used: int, enc: Encoded) -> dict:

@@ -1,15 +1,24 @@
 """`rm-jax plan`: architecture lookup, per-device figures that follow the parameter count and the mesh, LoRA's
-smaller optimizer state, the fit decision and the largest-batch search."""
+smaller optimizer state, the fit decision and the largest-batch search, every task's batch exactly as its
+loader lays it out, and a run continued from an earlier one (model.init_from)."""
 
 from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
 
 import pytest
 
 from rm_jax.cli import main
 from rm_jax.core.config import load_config
 from rm_jax.core.errors import ConfigError
-from rm_jax.training.plan import hf_architecture, largest_batch, parse_bytes, plan, planned_decoder
-from tests.helpers import TINY
+from rm_jax.data.pipeline import resolve_source
+from rm_jax.engine.train_step import step_inputs
+from rm_jax.training.plan import _abstract_batch, hf_architecture, largest_batch, parse_bytes, plan, planned_decoder
+from rm_jax.training.setup import scratch_config
+from rm_jax.training.tasks import task_for
+from tests.helpers import TINY, bundled_tokenizer
 
 SMALL = ["mesh.data=1", "mesh.fsdp=-1", "train.batch_rows=4", "data.seq_len=64"]
 
@@ -99,3 +108,100 @@ def test_plan_cli(capsys):
     assert main(["plan", TINY, "--devices", "2", "--device-memory", "1GiB", "--no-search", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "per device" in out and "fits" in out and "'fsdp': 2" in out
+
+
+# ---------------------------------------------------------------- every task's batch
+
+
+def _pairs_file(path):
+    with gzip.open(f"{resolve_source('bundled')}/train.jsonl.gz", "rt") as f:
+        rows = [json.loads(x) for _, x in zip(range(12), f)]
+    pairs = [
+        {"prompt": a["prompt"], "chosen": a["response"], "rejected": b["response"]} for a, b in zip(rows, rows[1:])
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in pairs[::2]))
+    return str(path)
+
+
+def _groups_file(path):
+    def group(i):
+        resp = [
+            {"from": "Assistant", "value": f"answer {j} " * (j + i + 1), "log(P(a|x,y))": -1.0 - j,
+             "log(P(y|x))": -10.0 - j, "log(Q(y|a,x))": -9.0 - 2 * j}
+            for j in range(2 + i % 2)
+        ]  # fmt: skip
+        prompt = [{"from": "User", "value": f"What is {i}+2?"}]
+        return {"system": "", "prompt_turns": prompt, "label": "helpfulness:4,verbosity:1", "responses": resp}
+
+    path.write_text("".join(json.dumps(group(i)) + "\n" for i in range(6)))
+    return str(path)
+
+
+# The task's config; its training data (None: the bundled sample).
+TASK_DATA = {
+    "rm": ([], None),
+    "rm_unpacked": (["data.packing=false"], None),
+    "pairs": (["data.kind=pairs", "loss.type=bt"], _pairs_file),
+    "pairs_unpacked": (["data.kind=pairs", "loss.type=bt", "data.packing=false"], _pairs_file),
+    "sft": (["task=sft"], None),
+    "steerlm2": (["task=steerlm2", "model.path=/nonexistent/policy"], _groups_file),
+}
+
+
+@pytest.mark.parametrize("name", list(TASK_DATA))
+def test_planned_batch_is_the_loaders(name, tmp_path):
+    """Keys, shapes and dtypes of plan's abstract batch equal those of a real step's batch: the task's data
+    read, encoded and laid out by the run's loader, with gradient accumulation."""
+    overrides, data = TASK_DATA[name]
+    train = data(tmp_path / "train.jsonl") if data else "bundled"
+    common = ["run_dir=/tmp/unused", "data.seq_len=96", "data.max_segments=4", "train.batch_rows=8"]
+    cfg = load_config(TINY, [*common, "train.grad_accum=2", f"data.train={train}", "data.max_prompts=6", *overrides])
+    task = task_for(cfg)
+    tok = bundled_tokenizer()
+    enc, _ = task.load_split(cfg.data.train, cfg.data.train_split, tok, subset=True)
+    real = step_inputs(task.loader(enc, tok.pad_token_id).next_step(cfg.train.grad_accum))
+    planned = _abstract_batch(cfg, cfg.train.batch_rows // cfg.train.grad_accum)
+    assert sorted(planned) == sorted(real)
+    for k, v in real.items():
+        assert (planned[k].shape, planned[k].dtype) == (v.shape, v.dtype), k
+    assert real["input_ids"].shape == (2, 4, 96)
+
+
+@pytest.mark.parametrize("name", ["pairs", "steerlm2"])
+def test_plan_sizes_pairs_and_steerlm2(name, tmp_path):
+    overrides, _ = TASK_DATA[name]
+    if name == "steerlm2":  # a causal LM policy (plan reads only its config.json)
+        from tests.helpers import make_hf_causal_lm_with_tokenizer
+
+        make_hf_causal_lm_with_tokenizer("llama", str(tmp_path / "policy"))
+        overrides = ["task=steerlm2", f"model.path={tmp_path / 'policy'}", "model.arch={}"]
+    rep = plan(load_config(TINY, SMALL + overrides), 1, 2**40, search=False)
+    assert rep.fits and rep.at_config.temporaries > 0
+    assert rep.dcfg.head == ("lm" if name == "steerlm2" else "reward")
+
+
+def _finished_run(path, cfg):
+    """A run folder as far as plan reads it: its model_meta.json (the decoder without run options)."""
+    dcfg = scratch_config(cfg, len(bundled_tokenizer()))
+    run_options = ("dtype", "remat", "scan_layers", "attention", "attention_block", "matmul_precision")
+    decoder = {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in run_options}
+    path.mkdir()
+    meta = {"task": cfg.task, "decoder": decoder, "attributes": list(cfg.model.attributes), "template": None}
+    (path / "model_meta.json").write_text(json.dumps(meta))
+    return str(path)
+
+
+def test_plan_a_run_continued_from_another(tmp_path):
+    """model.init_from: the earlier run's architecture (not model.arch), with this run's options."""
+    earlier = _finished_run(tmp_path / "reg", load_config(TINY, ["model.arch.num_hidden_layers=3"]))
+    cfg = load_config(
+        TINY, SMALL + [f"model.init_from={earlier}", "data.kind=pairs", "loss.type=bt", "model.remat=full"]
+    )
+    dcfg, where = planned_decoder(cfg)
+    assert dcfg.num_hidden_layers == 3 and dcfg.remat == "full" and where.endswith("model_meta.json")
+    rep = plan(cfg, 1, 2**40, search=False)
+    assert rep.dcfg.num_params() == dcfg.num_params() and rep.fits
+    with pytest.raises(ConfigError, match="head"):  # an rm run cannot start an sft run
+        planned_decoder(load_config(TINY, SMALL + [f"model.init_from={earlier}", "task=sft"]))
+    with pytest.raises(ConfigError, match="no model_meta.json"):
+        planned_decoder(load_config(TINY, SMALL + [f"model.init_from={tmp_path / 'nowhere'}"]))

@@ -611,7 +611,7 @@ def _ft_run(a: argparse.Namespace, rc: Any, cfg: Any, mesh: Any, rows: int, plan
     state, shard = new_train_state(cfg, tx, mesh, a.seed)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
-    spec = _abstract_batch(rc, cfg, rows, a.max_segments)
+    spec = _abstract_batch(rc, rows)
     rng = np.random.default_rng(a.seed)
     host = {
         "input_ids": rng.integers(3, cfg.vocab_size, spec["input_ids"].shape),

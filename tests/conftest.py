@@ -58,3 +58,22 @@ def _bundled() -> str:
     from rm_jax.data.pipeline import resolve_source
 
     return resolve_source("bundled")
+
+
+@pytest.fixture(scope="session")
+def lora_rm_run(tmp_path_factory, data_files):
+    """A rank-4 LoRA reward-model run trained from a tiny random HF RM for 4 steps on ``data_files``, and
+    its merged export: {"base", "run", "merged"} (folders). Shared by the eval, serve and training tests."""
+    from rm_jax.cli import main
+    from tests.helpers import TINY, make_hf_rm_with_tokenizer
+
+    d = tmp_path_factory.mktemp("lora_rm")
+    base, run, merged = str(d / "base"), str(d / "run"), str(d / "merged")
+    make_hf_rm_with_tokenizer("llama", base)
+    argv = ["train", TINY, f"run_dir={run}", f"model.path={base}", "model.arch={}", "lora.rank=4"]
+    argv += [f"data.train={data_files['train']}", f"data.validation={data_files['validation']}"]
+    argv += ["train.max_steps=4", "train.eval_every=2", "checkpoint.every_steps=2", "train.lr=1e-2"]
+    argv += ["train.warmup_steps=0", "logging.progress=false", "mesh.num_devices=1"]
+    assert main(argv) == 0
+    assert main(["export", run, "--out", merged]) == 0
+    return {"base": base, "run": run, "merged": merged}

@@ -28,7 +28,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from rm_jax.core.config import CheckpointConfig
 from rm_jax.core.errors import CheckpointError, ModelLoadError
-from rm_jax.models.lora import fill_base, has_adapters, is_checkpointed, partition
+from rm_jax.models.lora import combine, fill_base, has_adapters, is_checkpointed, partition
 
 T = TypeVar("T")
 # <checkpoint folder>.unreadable/ beside it: damaged steps moved out of Orbax's way (the folder's name
@@ -92,7 +92,10 @@ class Checkpointer:
             force=True,
         )
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    def restore(self, step: int, abstract_state: Any, base: Optional[Any] = None) -> tuple[Any, dict]:
+        """(train state, data loader position) of ``step``. A LoRA run's frozen base comes from ``base`` when
+        given (:func:`frozen_base` of a state of this run: the same base, already on the mesh), else it is
+        re-read from the folder the run's lora_base.json names."""
         lora = _lora_state(abstract_state)
         if lora:
             full = abstract_state["params"]
@@ -102,7 +105,9 @@ class Checkpointer:
         )
         state = out["state"]
         if lora:
-            state = {**state, "params": fill_base(self.run_dir, full, state["params"])}
+            saved = state["params"]
+            params = combine(saved, base) if base is not None else fill_base(self.run_dir, full, saved)
+            state = {**state, "params": params}
         return state, out["data"]
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
@@ -187,6 +192,11 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def frozen_base(state: Any) -> Optional[dict]:
+    """A LoRA train state's frozen base (the parameters its checkpoints leave out); None without LoRA."""
+    return partition(state["params"], is_checkpointed)[1] if _lora_state(state) else None
 
 
 def _lora_state(state: Any) -> bool:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rm_jax.core.errors import RmJaxError
 from rm_jax.serving.settings import ServeConfig
+
+if TYPE_CHECKING:
+    from rm_jax.serving.service import RewardService
 
 log = logging.getLogger("rm_jax.serve")
 
@@ -32,20 +35,28 @@ def _log_to_stderr(level: str) -> None:
     log.setLevel(level.upper())
 
 
-def serve(model_path: str, cfg: ServeConfig) -> int:
-    """Serve ``model_path`` (an HF folder or a run folder) until SIGTERM / SIGINT; 0 after a clean drain."""
-    import uvicorn
-
+def load_service(model_path: str, cfg: ServeConfig) -> RewardService:
+    """The service :func:`serve` runs for ``model_path``: an HF folder, a run folder (a LoRA run's adapters
+    applied unmerged on its base) or a PEFT adapter folder, read as ``rm-jax score`` reads it."""
     from rm_jax.runs.read import load_scoring_model
-    from rm_jax.serving.app import create_app
     from rm_jax.serving.service import RewardService
 
-    cfg.check()
-    _log_to_stderr(cfg.log_level)
     log.info("loading %s", model_path)
     model = load_scoring_model(model_path, dtype=cfg.dtype, template=cfg.template)
     service = RewardService(model, cfg, model_path)
     log.info("seq_len %d; batch shapes %s", service.seq_len, ", ".join(b.name() for b in service.buckets))
+    return service
+
+
+def serve(model_path: str, cfg: ServeConfig) -> int:
+    """Serve ``model_path`` (see :func:`load_service`) until SIGTERM / SIGINT; 0 after a clean drain."""
+    import uvicorn
+
+    from rm_jax.serving.app import create_app
+
+    cfg.check()
+    _log_to_stderr(cfg.log_level)
+    service = load_service(model_path, cfg)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

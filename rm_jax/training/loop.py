@@ -22,7 +22,7 @@ from rm_jax.core.config import RunConfig, dump_yaml
 from rm_jax.core.errors import ConfigError
 from rm_jax.core.flops import device_peak_flops, flops_per_token
 from rm_jax.data.pipeline import Encoded, Loader
-from rm_jax.engine.checkpoint import Checkpointer, abstract_with_shardings
+from rm_jax.engine.checkpoint import Checkpointer, abstract_with_shardings, frozen_base
 from rm_jax.engine.train_step import (
     batch_shardings,
     create_state,
@@ -127,9 +127,12 @@ def fit(cfg: RunConfig) -> FitResult:
     try:
         start = 0
         if ckpt.latest_step() is not None:
+            # A LoRA run's base is in memory already (attach_lora checked it is the one the run trained on).
+            base = frozen_base(opt.state)
             start, (opt.state, data_state) = ckpt.first_readable(
-                _restore_order(ckpt, ckpt.latest_step()), lambda s: ckpt.restore(s, opt.abstract), logger.info
+                _restore_order(ckpt, ckpt.latest_step()), lambda s: ckpt.restore(s, opt.abstract, base), logger.info
             )
+            del base
             loader.set_state(data_state)
             logger.info(f"resumed from step {start} (epoch {data_state['epoch']}, batch {data_state['index']})")
         result = _train(RunContext(cfg, run_dir, task, parts, data, loader, ckpt, tokenizer), opt, start)
@@ -248,12 +251,14 @@ def _train(ctx: RunContext, opt: Optimization, start: int) -> FitResult:
     )
     hooks.register(trainer, cfg)
     try:
-        trainer.train(opt.state, start, opt.total)
+        final = trainer.train(opt.state, start, opt.total)
         ctx.ckpt.wait()
     finally:
         progress.close()
         mlog.close()
-    return _kept(ctx, opt, validator)
+    base = frozen_base(final)  # a LoRA run's base, for the kept checkpoint's restore (not read from disk again)
+    del final  # the rest (all of a full fine-tune's parameters and moments) is freed before that restore
+    return _kept(ctx, opt, validator, base)
 
 
 def _label_probe_hook(ctx: RunContext, mlog: MetricsLog, progress: ProgressHook) -> Optional[LabelProbeHook]:
@@ -263,14 +268,15 @@ def _label_probe_hook(ctx: RunContext, mlog: MetricsLog, progress: ProgressHook)
     return LabelProbeHook(ctx.cfg, ctx.parts, ctx.tokenizer, mlog, progress.write)
 
 
-def _kept(ctx: RunContext, opt: Optimization, validator: Optional[Validator]) -> FitResult:
-    """The kept checkpoint: best validation loss, else the latest (falling back past unreadable ones)."""
+def _kept(ctx: RunContext, opt: Optimization, validator: Optional[Validator], base: Any = None) -> FitResult:
+    """The kept checkpoint: best validation loss, else the latest (falling back past unreadable ones).
+    ``base``: a LoRA run's frozen base, in memory (None: a LoRA restore re-reads it from its folder)."""
     ckpt = ctx.ckpt
     result = FitResult(ctx.run_dir, opt.total, ckpt.best_step() or ckpt.latest_step(), 0, 0, ctx.data.val)
     result.mesh = ctx.parts.mesh
     if validator is not None and result.kept_step is not None:
         result.kept_step, (best_state, _) = ckpt.first_readable(
-            _restore_order(ckpt, result.kept_step), lambda s: ckpt.restore(s, opt.abstract), logger.info
+            _restore_order(ckpt, result.kept_step), lambda s: ckpt.restore(s, opt.abstract, base), logger.info
         )
         result.val, result.val_pred = validator(best_state["params"])
         logger.info(ctx.task.kept_line(result.kept_step, result.val))

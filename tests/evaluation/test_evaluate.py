@@ -499,3 +499,55 @@ def test_unknown_template_named(capsys, data, tiny_rm):
         "--template",
         "unknown chat template 'chatml'",
     )
+
+
+# ----------------------------------------------------------------------------- a LoRA run folder
+
+
+def _numbers(d, prefix=""):
+    """Every number of a results tree, by its dotted path."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_numbers(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def _predictions(stem):
+    """The per-row and per-pair predictions an eval wrote, as one flat array."""
+    vals = []
+    for suffix in (".helpsteer_predictions.jsonl", ".rewardbench_predictions.jsonl"):
+        for rec in map(json.loads, open(stem + suffix)):
+            for key in ("pred", "chosen", "rejected"):
+                vals += list(rec.get(key, {}).values())
+    return np.asarray(vals)
+
+
+@pytest.mark.slow  # trains the session's LoRA run (tests/conftest.py), then three evaluations
+def test_lora_run_folder_evaluates_as_its_merged_export(lora_rm_run, data, tmp_path, capsys):
+    """`rm-jax eval --model RUN` on a LoRA run (adapters applied unmerged) gives the metrics and predictions of
+    its merged export (W + A B alpha/r) evaluated the same way, within 1e-4."""
+    got = _eval(tmp_path / "run.json", lora_rm_run["run"], data)
+    want = _eval(tmp_path / "merged.json", lora_rm_run["merged"], data)
+    base = _eval(tmp_path / "base.json", lora_rm_run["base"], data)
+    a, b = _numbers({k: v for k, v in got.items() if k != "model"}), _numbers(want)
+    assert a and set(a) == set(_numbers({k: v for k, v in want.items() if k != "model"}))
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=TOL), k
+    p, q = _predictions(str(tmp_path / "run")), _predictions(str(tmp_path / "merged"))
+    assert p.shape == q.shape and p.size > 0
+    np.testing.assert_allclose(p, q, atol=TOL, rtol=0)
+    assert np.abs(_predictions(str(tmp_path / "base")) - q).max() > 1e-2  # training moved the predictions
+    assert base["model"] != got["model"]
+
+
+@pytest.mark.slow  # the session's LoRA run
+def test_lora_merged_export_holds_the_adapters(lora_rm_run):
+    """The reference above is the merge itself: its adapted matrices moved away from the base's."""
+    from safetensors.numpy import load_file
+
+    base, merged = (load_file(os.path.join(lora_rm_run[k], "model.safetensors")) for k in ("base", "merged"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert np.abs(merged[name] - base[name]).max() > 1e-4

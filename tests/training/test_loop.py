@@ -203,3 +203,61 @@ def test_label_probe_hook_runs_every_n_steps_and_matches_the_kept_checkpoint_pro
 def test_label_probe_every_must_not_be_negative(tmp_path):
     with pytest.raises(ConfigError, match="eval.label_probe.every must be >= 0"):
         train(cfg_for(tmp_path, "task=sft", "eval.label_probe.prompts=2", "eval.label_probe.every=-1"))
+
+
+@pytest.mark.slow  # two short LoRA trainings: about 30 s on two CPU cores
+def test_a_lora_run_restores_onto_the_base_it_holds(tmp_path, data_files, monkeypatch):
+    """A LoRA run's checkpoints hold only adapters and head. Restoring one at the end of the run (the kept
+    checkpoint) and on resume puts them on the base the run already holds in memory, not on a second read of
+    the base from disk; the kept checkpoint then evaluates as it did when validated during training, and a
+    resumed step equals the uninterrupted one."""
+    import shutil
+
+    import rm_jax.engine.checkpoint as checkpoint
+    from tests.helpers import make_hf_rm_with_tokenizer
+
+    make_hf_rm_with_tokenizer("llama", str(tmp_path / "base"))
+    reads = []
+    read_base = checkpoint.fill_base
+    monkeypatch.setattr(checkpoint, "fill_base", lambda run, *a: reads.append(run) or read_base(run, *a))
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        TINY,
+        [
+            f"run_dir={run_dir}",
+            f"model.path={tmp_path / 'base'}",
+            "model.arch={}",
+            "lora.rank=4",
+            f"data.train={data_files['train']}",
+            f"data.validation={data_files['validation']}",
+            "train.max_steps=2",
+            "train.eval_every=1",
+            "checkpoint.every_steps=1",
+            "checkpoint.keep_latest=5",
+            "train.lr=1e-2",
+            "train.warmup_steps=0",
+            "logging.progress=false",
+            "mesh.num_devices=1",
+        ],
+    )
+
+    def val_losses():
+        recs = [json.loads(x) for x in open(run_dir / "metrics.jsonl")]
+        return {r["step"]: r["val_loss"] for r in recs if "val_loss" in r}
+
+    def kept():
+        ev = json.load(open(run_dir / "eval.json"))
+        return ev["step"], ev["val_loss"]
+
+    train(cfg)
+    first = val_losses()
+    step, loss = kept()
+    assert sorted(first) == [1, 2] and loss == pytest.approx(first[step], rel=1e-6)
+    assert abs(first[2] - first[1]) > 1e-4  # the steps moved the adapters: a wrong restore would show
+
+    shutil.rmtree(run_dir / "checkpoints" / "2")  # back to step 1, as after a pre-emption
+    os.remove(run_dir / "DONE")
+    train(cfg)
+    assert val_losses()[2] == pytest.approx(first[2], rel=1e-6)  # the resumed step 2 equals the first one
+    assert kept()[1] == pytest.approx(first[kept()[0]], rel=1e-6)
+    assert reads == []  # neither restore read the base again

@@ -229,12 +229,13 @@ def hf_llama_config(cfg: Any, pad_token_id: int = 0) -> Any:
     )
 
 
-def new_train_state(cfg: Any, tx: Any, mesh: Any, seed: int = 0) -> tuple:
-    """(state, shardings) exactly as rm_jax.training.run creates them."""
+def new_train_state(cfg: Any, tx: Any, mesh: Any, seed: int = 0, memory: str = "device") -> tuple:
+    """(state, shardings) exactly as rm_jax.training.run creates them; ``memory``: train.optimizer_state_memory
+    (host: the optimizer state's shardings are pinned_host, for make_train_step's host_opt_shardings)."""
     from rm_jax.engine.train_step import create_state
     from rm_jax.models import init_params
 
-    return create_state(cfg, tx, mesh, init_params(cfg, mesh, seed))
+    return create_state(cfg, tx, mesh, init_params(cfg, mesh, seed), memory)
 
 
 # ---------------------------------------------------------------- variants: model-config overrides

@@ -414,6 +414,8 @@ def plan_memory(rc: Any, cfg: Any, mesh: Any, rows: int) -> dict:
         plan_temporaries_bytes=m.temporaries,
         plan_compile_s=m.compile_s,
     )
+    if m.optimizer_memory == "host":  # where the host figure came from says whether this backend separates it
+        out.update(plan_host_bytes=m.host, plan_host_from=m.host_from)
     log(f"plan ({out['plan_backend']}): {m.total / 2**30:.2f} GiB per device, compiled in {m.compile_s} s")
     return out
 
@@ -607,8 +609,9 @@ def _ft_run(a: argparse.Namespace, rc: Any, cfg: Any, mesh: Any, rows: int, plan
     from rm_jax.training.plan import _abstract_batch
 
     tx = make_optimizer(rc.train, 1000)
+    memory = rc.train.optimizer_state_memory
     t = time.perf_counter()
-    state, shard = new_train_state(cfg, tx, mesh, a.seed)
+    state, shard = new_train_state(cfg, tx, mesh, a.seed, memory)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
     spec = _abstract_batch(rc, rows)
@@ -624,7 +627,15 @@ def _ft_run(a: argparse.Namespace, rc: Any, cfg: Any, mesh: Any, rows: int, plan
     before_step = _memory_stats()
     bshard = batch_shardings(mesh, spec, accum=True)
     step = jax.jit(
-        make_train_step(cfg, rc.loss, tx, a.max_segments, lr_schedule(rc.train, 1000), mesh),
+        make_train_step(
+            cfg,
+            rc.loss,
+            tx,
+            a.max_segments,
+            lr_schedule(rc.train, 1000),
+            mesh,
+            shard["opt_state"] if memory == "host" else None,
+        ),
         in_shardings=(shard, bshard),
         out_shardings=(shard, replicated(mesh)),
         donate_argnums=0,

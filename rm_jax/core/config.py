@@ -33,6 +33,7 @@ Schedule = Literal["constant", "cosine", "linear"]
 LossType = Literal["mse", "bt", "margin_bt", "scaled_bt"]
 Steerlm2Normalisation = Literal["group_mean_length", "batch_mean_length"]
 OptimizerName = Literal["adamw", "adafactor"]
+OptimizerStateMemory = Literal["device", "host"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ class TrainConfig:
     # adamw | adafactor (factored second moments: ~no optimizer state for matrices)
     optimizer: OptimizerName = "adamw"
     optimizer_state_dtype: Dtype = "float32"  # bfloat16: the moments stored in bf16 (half the bytes)
+    # host: the optimizer state lives in pinned host memory between steps (backends with a pinned_host memory kind)
+    optimizer_state_memory: OptimizerStateMemory = "device"
     log_every: Count = 10
     eval_every: NonNegInt = 0  # 0 = only at the end
     eval_rows: Count = 16  # packed rows per evaluation batch

@@ -7,7 +7,7 @@ loss sums added before one division, so accumulation gives the same update as on
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rm_jax.core.attributes import resolve_reward_weights
-from rm_jax.core.config import LossConfig, TrainConfig
+from rm_jax.core.config import LossConfig, OptimizerStateMemory, TrainConfig
+from rm_jax.core.errors import ConfigError
 from rm_jax.engine.losses import mse_sums, pair_sums, steerlm2_sums, token_nll_sums
 from rm_jax.models import CausalLM, RewardModel, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
@@ -25,6 +26,9 @@ from rm_jax.models.lora import combine, split_trainable
 from rm_jax.models.sharding import activate
 
 BATCH_KEYS_2D = ("input_ids", "segment_ids", "positions")
+# Where train.optimizer_state_memory=host keeps the optimizer state between steps: page-locked host memory, which
+# the device reads and writes by DMA (JAX's memory kind for it; "unpinned_host" is ordinary pageable memory).
+HOST_MEMORY_KIND = "pinned_host"
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
@@ -99,9 +103,39 @@ def _path_key(path: tuple) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def state_shardings(abstract_state: dict, param_shard: Any, mesh: Mesh) -> Any:
+def check_host_memory(devices: Sequence[Any]) -> None:
+    """train.optimizer_state_memory=host keeps the optimizer state in pinned host memory: every device must
+    offer that memory kind (GPUs and TPUs do; a backend without it gets a ConfigError, not a failed compile)."""
+    for d in devices:
+        try:
+            kinds = [m.kind for m in d.addressable_memories()]
+        except (NotImplementedError, RuntimeError, AttributeError):  # a backend without memory spaces
+            kinds = []
+        if HOST_MEMORY_KIND not in kinds:
+            raise ConfigError(
+                f"train.optimizer_state_memory=host needs a backend with a {HOST_MEMORY_KIND!r} memory kind; "
+                f"{d.platform} devices offer {', '.join(kinds) or 'none'}; use device, or "
+                f"train.optimizer_state_dtype=bfloat16 / train.optimizer=adafactor to save memory"
+            )
+
+
+def host_opt_shardings(shard: dict) -> dict:
+    """The state shardings ``shard`` with every optimizer-state leaf in host memory (same partitioning);
+    the step counter and the parameters stay on the device."""
+    return {
+        **shard,
+        "opt_state": jax.tree.map(lambda s: s.with_memory_kind(HOST_MEMORY_KIND), shard["opt_state"]),
+    }
+
+
+def _to_memory(tree: Any, shardings: Any, kind: str) -> Any:
+    return jax.tree.map(lambda x, s: jax.device_put(x, s.with_memory_kind(kind)), tree, shardings)
+
+
+def state_shardings(abstract_state: dict, param_shard: Any, mesh: Mesh, memory: OptimizerStateMemory = "device") -> Any:
     """Optimizer moments take the sharding of the parameter they belong to (matched by path suffix
-    and shape); everything else (counts, step) is replicated."""
+    and shape); everything else (counts, step) is replicated. ``memory="host"``: the optimizer state's
+    leaves are in host memory (:func:`host_opt_shardings`)."""
     by_path = {}
     for path, s in jax.tree_util.tree_flatten_with_path(param_shard)[0]:
         by_path[_path_key(path)] = s
@@ -118,11 +152,12 @@ def state_shardings(abstract_state: dict, param_shard: Any, mesh: Mesh) -> Any:
                 return by_path[suffix]
         return rep
 
-    return {
+    out = {
         "step": rep,
         "params": param_shard,
         "opt_state": jax.tree_util.tree_map_with_path(pick, abstract_state["opt_state"]),
     }
+    return host_opt_shardings(out) if memory == "host" else out
 
 
 def init_state(cfg: DecoderConfig, tx: optax.GradientTransformation, params: Any) -> dict:
@@ -131,12 +166,18 @@ def init_state(cfg: DecoderConfig, tx: optax.GradientTransformation, params: Any
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(split_trainable(cfg, params)[0])}
 
 
-def create_state(cfg: DecoderConfig, tx: optax.GradientTransformation, mesh: Mesh, params: Any) -> tuple[dict, Any]:
+def create_state(
+    cfg: DecoderConfig,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    params: Any,
+    memory: OptimizerStateMemory = "device",
+) -> tuple[dict, Any]:
     """(state, shardings): ``params`` (already sharded; donated) plus optimizer state created by a
-    jit whose out_shardings come from the logical rules."""
+    jit whose out_shardings come from the logical rules (in host memory with ``memory="host"``)."""
     pshard = param_shardings_for(cfg, mesh)
     abstract = jax.eval_shape(lambda p: init_state(cfg, tx, p), params)
-    shard = state_shardings(abstract, pshard, mesh)
+    shard = state_shardings(abstract, pshard, mesh, memory)
     state = jax.jit(
         lambda p: init_state(cfg, tx, p),
         in_shardings=(pshard,),
@@ -224,11 +265,18 @@ def make_train_step(
     max_segments: int,
     schedule: optax.Schedule,
     mesh: Optional[Mesh] = None,
+    host_opt_shardings: Optional[Any] = None,
 ) -> Callable:
+    """The train step. ``host_opt_shardings``: the optimizer state's shardings when it lives in host memory
+    (``host_opt_shardings(shard)["opt_state"]``; jit the step with those shardings in and out): the step
+    copies it to the device for the update and the new state back to the host, so between steps the device
+    holds none of it."""
     attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
     reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
 
     def step(state: dict, batch: dict) -> tuple[dict, dict]:
+        if host_opt_shardings is not None:
+            state = {**state, "opt_state": _to_memory(state["opt_state"], host_opt_shardings, "device")}
         # With LoRA only the adapters (and head) are differentiated: no gradient buffers for the base.
         params, frozen = split_trainable(model_cfg, state["params"])
 
@@ -268,6 +316,8 @@ def make_train_step(
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         # A non-finite step leaves the state untouched; the host stops the run on seeing ok == 0.
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        if host_opt_shardings is not None:
+            new = {**new, "opt_state": _to_memory(new["opt_state"], host_opt_shardings, HOST_MEMORY_KIND)}
         metrics = {
             "loss": loss,
             "grad_norm": gnorm,

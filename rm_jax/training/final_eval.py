@@ -126,7 +126,7 @@ def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     predictions go to predictions/rewardbench.jsonl, so every reward weighting is scored from them
     without another forward pass; returns the metrics under eval.reward_weights[0] and adds them
     to eval.json (when the run wrote one)."""
-    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg), dtype=cfg.model.dtype)
+    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
     rows = load_pairs(
         resolve_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split, on_bad_row=cfg.data.on_bad_row
     ).rows
@@ -154,7 +154,7 @@ def score_rewardbench2(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     """RewardBench 2 sets scored by the run's kept checkpoint: per-completion attributes go to
     predictions/rewardbench2.jsonl (any weighting is scored from them later), and the scores under
     eval.reward_weights[0] (every preset under ``presets``) to eval.json's ``rewardbench2``."""
-    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg), dtype=cfg.model.dtype)
+    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
     sets = load_rewardbench2(cfg.eval.rewardbench2, cfg.eval.rewardbench2_split)
     weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
     report, pred = evaluate_rewardbench2(

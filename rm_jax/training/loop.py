@@ -193,7 +193,7 @@ def _optimization(cfg: RunConfig, parts: ModelParts, params: Any, per_epoch: int
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
     tx = make_optimizer(cfg.train, total)
     schedule = lr_schedule(cfg.train, total)
-    state, shard = create_state(parts.dcfg, tx, parts.mesh, params)
+    state, shard = create_state(parts.dcfg, tx, parts.mesh, params, cfg.train.optimizer_state_memory)
     abstract = abstract_with_shardings(jax.eval_shape(lambda s: s, state), shard)
     return Optimization(state, shard, abstract, tx, schedule, total, per_epoch)
 
@@ -205,8 +205,11 @@ class ShardedStep:
     def __init__(self, ctx: RunContext, opt: Optimization):
         mesh = ctx.parts.mesh
         self.mesh, self.shardings = mesh, None
+        host_opt = opt.shard["opt_state"] if ctx.cfg.train.optimizer_state_memory == "host" else None
         self.fn = jax.jit(
-            make_train_step(ctx.parts.dcfg, ctx.task.loss, opt.tx, ctx.loader.max_segments, opt.schedule, mesh),
+            make_train_step(
+                ctx.parts.dcfg, ctx.task.loss, opt.tx, ctx.loader.max_segments, opt.schedule, mesh, host_opt
+            ),
             in_shardings=(opt.shard, None),
             out_shardings=(opt.shard, replicated(mesh)),
             donate_argnums=0,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rm_jax.core.config import RunConfig
+from rm_jax.core.config import OptimizerStateMemory, RunConfig
 from rm_jax.core.errors import ConfigError
 from rm_jax.engine.train_step import (
     batch_shardings,
@@ -125,8 +125,11 @@ class StepMemory:
     gradients: int  # per device: float32 gradients of the trainable leaves (XLA counts them in temporaries)
     optimizer: int  # per device: optimizer state
     temporaries: int  # per device: XLA's temp buffers (activations, gradients, workspace)
-    total: int  # per device: arguments + outputs not aliased to them + temporaries
+    total: int  # per device: arguments + outputs not aliased to them + temporaries (device memory only)
     compile_s: float
+    optimizer_memory: OptimizerStateMemory = "device"  # where the optimizer state lives between steps
+    host: int = 0  # per device: bytes in host memory (the optimizer state when it lives there)
+    host_from: str = ""  # where the host figure comes from
 
 
 def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int) -> StepMemory:
@@ -138,12 +141,21 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
         params = jax.eval_shape(lambda p: cast_frozen(dcfg, p, cfg.lora.base_dtype), params)
     pshard = param_shardings_for(dcfg, mesh)
     state = jax.eval_shape(lambda p: init_state(dcfg, tx, p), params)
-    shard = state_shardings(state, pshard, mesh)
+    memory = cfg.train.optimizer_state_memory
+    shard = state_shardings(state, pshard, mesh, memory)
     max_segments = cfg.data.max_segments if cfg.data.packing else 1
     batch = _abstract_batch(cfg, batch_rows // cfg.train.grad_accum)
     bshard = batch_shardings(mesh, batch, accum=True)
     step = jax.jit(
-        make_train_step(dcfg, cfg.loss, tx, max_segments, lr_schedule(cfg.train, total_steps), mesh),
+        make_train_step(
+            dcfg,
+            cfg.loss,
+            tx,
+            max_segments,
+            lr_schedule(cfg.train, total_steps),
+            mesh,
+            shard["opt_state"] if memory == "host" else None,
+        ),
         in_shardings=(shard, bshard),
         out_shardings=(shard, replicated(mesh)),
         donate_argnums=0,
@@ -158,14 +170,36 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
         for a, s in zip(jax.tree.leaves(trainable), jax.tree.leaves(tshard, is_leaf=lambda x: hasattr(x, "spec")))
     )
     total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    optimizer = _device_bytes(state["opt_state"], shard["opt_state"])
+    host, host_from = 0, ""
+    if memory == "host":
+        seen = (
+            m.host_argument_size_in_bytes
+            + m.host_output_size_in_bytes
+            - m.host_alias_size_in_bytes
+            + m.host_temp_size_in_bytes
+        )
+        if seen > 0:  # the backend assigns host buffers apart: the figures above are device memory already
+            host, host_from = int(seen), "from XLA's buffer assignment"
+        else:
+            # XLA:CPU counts the host-resident state among the arguments (and, donated, aliased to the outputs:
+            # once in the total); it is not device memory, so it comes out of the total.
+            host = optimizer
+            host_from = (
+                "computed from the optimizer state's shapes: XLA:CPU's memory analysis does not separate host memory"
+            )
+            total -= optimizer
     return StepMemory(
         batch_rows=batch_rows,
         params=_device_bytes(state["params"], shard["params"]),
         gradients=grads,
-        optimizer=_device_bytes(state["opt_state"], shard["opt_state"]),
+        optimizer=optimizer,
         temporaries=int(m.temp_size_in_bytes),
         total=int(total),
         compile_s=round(compile_s, 1),
+        optimizer_memory=memory,
+        host=host,
+        host_from=host_from,
     )
 
 
@@ -256,6 +290,7 @@ def format_plan(rep: PlanReport, source: str) -> str:
         return f"{b / GiB:8.2f} GiB" if b >= GiB // 10 else f"{b / 2**20:8.2f} MiB"
 
     lora = f", LoRA rank {rep.dcfg.lora_rank}" if rep.dcfg.lora_rank else ""
+    host = m.optimizer_memory == "host"
     lines = [
         f"plan for {source}",
         f"  model: {rep.dcfg.num_params() / 1e9:.2f}B parameters ({rep.where}){lora}; {rep.dcfg.dtype} compute, "
@@ -264,11 +299,14 @@ def format_plan(rep: PlanReport, source: str) -> str:
         "  per device (XLA buffer assignment of the compiled train step):",
         f"    parameters   {g(m.params)}",
         f"    gradients    {g(m.gradients)}   (float32, trainable leaves; inside the temporaries)",
-        f"    optimizer    {g(m.optimizer)}",
+        f"    optimizer    {g(m.optimizer)}"
+        + ("   in HOST memory (train.optimizer_state_memory=host): not in the total" if host else ""),
         f"    temporaries  {g(m.temporaries)}   (activations, gradients, workspace)",
         f"    total        {g(m.total)}   of {g(rep.device_memory).strip()}: "
         + ("fits" if rep.fits else "DOES NOT FIT"),
     ]
+    if host:
+        lines.insert(-1, f"    host memory  {g(m.host)}   (pinned_host, not device memory; {m.host_from})")
     if rep.largest_batch_rows is not None:
         lines.append(f"  largest train.batch_rows that fits: {rep.largest_batch_rows} ({rep.compiles} compiles)")
     elif rep.searched:

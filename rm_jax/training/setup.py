@@ -13,6 +13,7 @@ from rm_jax.core.config import RunConfig
 from rm_jax.core.errors import ConfigError, ConversationError
 from rm_jax.data.conversation import parse_attribute_label
 from rm_jax.data.pipeline import bundled_tokenizer_path
+from rm_jax.engine.train_step import check_host_memory
 from rm_jax.models import init_params
 from rm_jax.models.hf_io import (
     LoadedModel,
@@ -45,12 +46,16 @@ def maybe_init_distributed(cfg: RunConfig) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def build_mesh(cfg: RunConfig) -> Any:
+def build_mesh(cfg: RunConfig, train_state: bool = True) -> Any:
+    """The run's mesh, checked against its batch sizes; ``train_state``: the mesh will hold the optimizer state
+    (a finished run's scoring does not, so train.optimizer_state_memory does not concern it)."""
     devices = jax.devices()
     if cfg.mesh.num_devices:
         if cfg.mesh.num_devices > len(devices):
             raise ConfigError(f"mesh.num_devices={cfg.mesh.num_devices} but only {len(devices)} devices exist")
         devices = devices[: cfg.mesh.num_devices]
+    if train_state and cfg.train.optimizer_state_memory == "host":
+        check_host_memory(devices)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = cfg.train.batch_rows // cfg.train.grad_accum

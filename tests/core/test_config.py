@@ -127,3 +127,11 @@ def test_no_second_list_of_allowed_values_in_rm_jax():
                 if len(strs) >= 2 and any(strs <= c and len(strs) >= len(c) - (len(c) > 2) for c in choices):
                     found.append(f"{path}:{node.lineno} {sorted(strs)}")
     assert found == []
+
+
+def test_optimizer_state_memory_is_device_or_host():
+    assert RunConfig().train.optimizer_state_memory == "device"
+    got = config_module.from_dict(RunConfig, {"train": {"optimizer_state_memory": "host"}})
+    assert got.train.optimizer_state_memory == "host"
+    with pytest.raises(ConfigError, match="train.optimizer_state_memory: 'disk' is not one of device, host"):
+        build_config({}, ["train.optimizer_state_memory=disk"])

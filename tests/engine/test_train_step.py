@@ -1,7 +1,10 @@
 """The train step with LoRA: gradients and optimizer state for the adapters and the head only; the frozen base
-(stored in bfloat16 here) comes out of a step bit-for-bit unchanged, for a reward model and a policy."""
+(stored in bfloat16 here) comes out of a step bit-for-bit unchanged, for a reward model and a policy. The memory
+options: bfloat16 moments, Adafactor, and the optimizer state in host memory."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +12,12 @@ import numpy as np
 import pytest
 
 from rm_jax.core.config import LossConfig, TrainConfig
-from rm_jax.engine.train_step import create_state, lr_schedule, make_optimizer, make_train_step
+from rm_jax.core.errors import ConfigError
+from rm_jax.engine.train_step import check_host_memory, create_state, lr_schedule, make_optimizer, make_train_step
 from rm_jax.models import init_params
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.lora import add_adapters, cast_frozen, is_trainable
-from rm_jax.models.sharding import make_mesh
+from rm_jax.models.sharding import make_mesh, replicated
 from tests.helpers import TINY_DECODER
 
 ARCH = {**TINY_DECODER, "num_labels": 5}
@@ -136,3 +140,83 @@ def test_adafactor():
         state, m = step(state, _batch("reward"))
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.8 * losses[0]
+
+
+# ---------------------------------------------------------------- train.optimizer_state_memory=host
+
+
+class _Device:
+    """A device of a backend whose memory spaces are ``kinds`` (None: it has no memory-space API)."""
+
+    platform = "fakeaccel"
+
+    def __init__(self, kinds):
+        self.kinds = kinds
+
+    def addressable_memories(self):
+        if self.kinds is None:
+            raise NotImplementedError("no memories")
+        return [SimpleNamespace(kind=k) for k in self.kinds]
+
+
+def test_check_host_memory_names_what_the_backend_offers():
+    check_host_memory([_Device(["device", "pinned_host"])] * 2)
+    for devices, offered in (
+        ([_Device(["device", "pinned_host"]), _Device(["device", "unpinned_host"])], "device, unpinned_host"),
+        ([_Device(None)], "none"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            check_host_memory(devices)
+        assert str(e.value) == (
+            "train.optimizer_state_memory=host needs a backend with a 'pinned_host' memory kind; fakeaccel "
+            f"devices offer {offered}; use device, or train.optimizer_state_dtype=bfloat16 / "
+            "train.optimizer=adafactor to save memory"
+        )
+
+
+def _has_pinned_host() -> bool:
+    return all("pinned_host" in [m.kind for m in d.addressable_memories()] for d in jax.devices())
+
+
+needs_pinned_host = pytest.mark.skipif(not _has_pinned_host(), reason="this backend has no pinned_host memory")
+
+
+def _kinds(tree) -> set:
+    return {x.sharding.memory_kind for x in jax.tree.leaves(tree)}
+
+
+@needs_pinned_host
+def test_optimizer_state_in_host_memory_trains_as_on_the_device():
+    """train.optimizer_state_memory=host: the moments live in pinned host memory between steps (partitioned as
+    on the device), the parameters and the step counter on the device, and two float32 steps give the same
+    parameters and losses as with the state on the device. The step moves the state itself: traced without
+    out_shardings it still returns the state in host memory."""
+    mesh = make_mesh(data=1, fsdp=2, tensor=1, devices=jax.devices()[:2]) if jax.device_count() >= 2 else None
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    cfg = DecoderConfig(**ARCH)
+    tc = TrainConfig(lr=1e-2, warmup_steps=0)
+    tx = make_optimizer(tc, 10)
+    out = {}
+    for memory in ("device", "host"):
+        state, shard = create_state(cfg, tx, mesh, init_params(cfg, mesh, 1), memory)
+        host = shard["opt_state"] if memory == "host" else None
+        fn = make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh, host)
+        step = jax.jit(fn, in_shardings=(shard, None), out_shardings=(shard, replicated(mesh)), donate_argnums=0)
+        losses = []
+        for _ in range(2):
+            state, m = step(state, _batch("reward"))
+            losses.append(float(m["loss"]))
+        out[memory] = state, shard, losses, fn
+    dev, host = out["device"], out["host"]
+    assert _kinds(host[0]["opt_state"]) == {"pinned_host"} and _kinds(dev[0]["opt_state"]) == {"device"}
+    assert _kinds(host[0]["params"]) == {"device"} and _kinds(host[0]["step"]) == {"device"}
+    assert [s.spec for s in jax.tree.leaves(host[1]["opt_state"])] == [
+        s.spec for s in jax.tree.leaves(dev[1]["opt_state"])
+    ]
+    assert host[2] == pytest.approx(dev[2], rel=1e-6) and host[2][1] != host[2][0]
+    for a, b in zip(jax.tree.leaves(host[0]), jax.tree.leaves(dev[0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    traced = jax.jit(host[3]).trace(host[0], _batch("reward"))  # no out_shardings: where the step itself puts it
+    new, _ = jax.tree.unflatten(traced.out_tree, traced.jaxpr.out_avals)
+    assert {a.memory_space for a in jax.tree.leaves(new["opt_state"])} == {jax.memory.Space.Host}
+    assert {a.memory_space for a in jax.tree.leaves(new["params"])} == {jax.memory.Space.Device}

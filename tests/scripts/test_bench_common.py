@@ -41,3 +41,25 @@ def test_unknown_cards_get_no_spec_mfu_and_say_why():
     assert got["mfu_spec"] is None and got["mfu"] == pytest.approx(555 / 300)
     none = mfu_figures(TOKENS_PER_S, FLOPS_PER_TOKEN, matmul_peaks(None, None, "cpu"))
     assert none["mfu"] is None and none["mfu_spec"] is None
+
+
+def test_new_train_state_puts_the_optimizer_state_where_the_option_says():
+    """full_ft:adamw_host: the bench's state has its optimizer state in pinned host memory, as a run's has."""
+    import jax
+    from bench_common import new_train_state
+
+    from rm_jax.core.config import TrainConfig
+    from rm_jax.engine.train_step import make_optimizer
+    from rm_jax.models.llama import DecoderConfig
+    from rm_jax.models.sharding import make_mesh
+    from tests.helpers import TINY_DECODER
+
+    if "pinned_host" not in [m.kind for m in jax.devices()[0].addressable_memories()]:
+        pytest.skip("this backend has no pinned_host memory")
+    cfg, mesh = DecoderConfig(**TINY_DECODER, num_labels=5), make_mesh(devices=jax.devices()[:1])
+    tx = make_optimizer(TrainConfig(), 10)
+    for memory, kind in (("device", "device"), ("host", "pinned_host")):
+        state, shard = new_train_state(cfg, tx, mesh, 0, memory)
+        assert {x.sharding.memory_kind for x in jax.tree.leaves(state["opt_state"])} == {kind}
+        assert {s.memory_kind for s in jax.tree.leaves(shard["opt_state"])} == {kind}
+        assert {x.sharding.memory_kind for x in jax.tree.leaves(state["params"])} == {"device"}

@@ -261,3 +261,80 @@ def test_a_lora_run_restores_onto_the_base_it_holds(tmp_path, data_files, monkey
     assert val_losses()[2] == pytest.approx(first[2], rel=1e-6)  # the resumed step 2 equals the first one
     assert kept()[1] == pytest.approx(first[kept()[0]], rel=1e-6)
     assert reads == []  # neither restore read the base again
+
+
+def test_host_optimizer_state_needs_pinned_host_memory_before_compiling(tmp_path, monkeypatch):
+    """train.optimizer_state_memory=host on a backend without pinned host memory: a ConfigError from the mesh
+    building, before any data or compile work."""
+    from types import SimpleNamespace
+
+    import rm_jax.training.setup as setup
+
+    class Device:
+        platform = "fakeaccel"
+
+        def addressable_memories(self):
+            return [type("Memory", (), {"kind": "device"})()]
+
+    monkeypatch.setattr(setup.jax, "devices", lambda: [Device()])
+    monkeypatch.setattr(setup, "make_mesh", lambda *a, **k: pytest.fail("built a mesh"))
+    cfg = cfg_for(tmp_path, "train.optimizer_state_memory=host", "mesh.num_devices=1", "mesh.data=1")
+    with pytest.raises(ConfigError, match="needs a backend with a 'pinned_host' memory kind; fakeaccel devices offer"):
+        train(cfg)
+    # scoring a finished run (its final evaluation) holds no optimizer state: no check there
+    monkeypatch.setattr(setup, "make_mesh", lambda *a, **k: SimpleNamespace(shape={"data": 1, "fsdp": 1}))
+    assert setup.build_mesh(cfg, train_state=False).shape == {"data": 1, "fsdp": 1}
+
+
+@pytest.mark.slow  # three short trainings: about a minute on two CPU cores
+def test_host_optimizer_state_trains_checkpoints_and_resumes_as_on_the_device(tmp_path, data_files, monkeypatch):
+    """train.optimizer_state_memory=host over a 2-device fsdp mesh: the run's optimizer state is created and
+    restored in pinned host memory, its losses equal a run with the state on the device, and a run cut back to
+    its step-2 checkpoint resumes to the same losses."""
+    import shutil
+
+    import jax
+
+    import rm_jax.training.loop as loop
+    from rm_jax.engine.checkpoint import Checkpointer
+
+    if jax.device_count() < 2 or not all(
+        "pinned_host" in [m.kind for m in d.addressable_memories()] for d in jax.devices()
+    ):
+        pytest.skip("needs 2 devices with pinned_host memory")
+    kinds = []  # memory kinds of the optimizer state each run created or restored
+    created, restore = loop.create_state, Checkpointer.restore
+
+    def seen(state):
+        kinds.append({x.sharding.memory_kind for x in jax.tree.leaves(state["opt_state"])})
+        return state
+
+    monkeypatch.setattr(loop, "create_state", lambda *a: (lambda out: (seen(out[0]), out[1]))(created(*a)))
+    monkeypatch.setattr(
+        Checkpointer, "restore", lambda self, *a: (lambda out: (seen(out[0]), out[1]))(restore(self, *a))
+    )
+    common = [
+        "train.max_steps=4",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_latest=5",
+        "mesh.num_devices=2",
+        "mesh.data=1",
+        "mesh.fsdp=2",
+        f"data.train={data_files['train']}",
+        "data.validation=null",
+    ]
+    device = losses(train(cfg_for(tmp_path / "device", *common)))
+    run_dir = tmp_path / "host"
+    cfg = cfg_for(run_dir, *common, "train.optimizer_state_memory=host")
+    first = losses(train(cfg))
+    assert sorted(first) == [1, 2, 3, 4]
+    for s in first:
+        assert first[s] == pytest.approx(device[s], rel=1e-6), (s, first[s], device[s])
+    shutil.rmtree(run_dir / "checkpoints" / "4")  # back to step 2, as after a pre-emption
+    os.remove(run_dir / "DONE")
+    again = losses(train(cfg))
+    for s in (3, 4):
+        assert again[s] == pytest.approx(first[s], rel=1e-6), (s, again[s], first[s])
+    # the device run's state; the host run's; the resumed run's, created and then restored from step 2 (without
+    # validation no kept checkpoint is restored at the end)
+    assert kinds == [{"device"}, {"pinned_host"}, {"pinned_host"}, {"pinned_host"}]

@@ -1,6 +1,7 @@
 """`rm-jax plan`: architecture lookup, per-device figures that follow the parameter count and the mesh, LoRA's
 smaller optimizer state, the fit decision and the largest-batch search, every task's batch exactly as its
-loader lays it out, and a run continued from an earlier one (model.init_from)."""
+loader lays it out, a run continued from an earlier one (model.init_from), and the optimizer state in host
+memory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import gzip
 import json
 
+import jax
 import pytest
 
 from rm_jax.cli import main
@@ -15,7 +17,15 @@ from rm_jax.core.config import load_config
 from rm_jax.core.errors import ConfigError
 from rm_jax.data.pipeline import resolve_source
 from rm_jax.engine.train_step import step_inputs
-from rm_jax.training.plan import _abstract_batch, hf_architecture, largest_batch, parse_bytes, plan, planned_decoder
+from rm_jax.training.plan import (
+    _abstract_batch,
+    format_plan,
+    hf_architecture,
+    largest_batch,
+    parse_bytes,
+    plan,
+    planned_decoder,
+)
 from rm_jax.training.setup import scratch_config
 from rm_jax.training.tasks import task_for
 from tests.helpers import TINY, bundled_tokenizer
@@ -205,3 +215,27 @@ def test_plan_a_run_continued_from_another(tmp_path):
         planned_decoder(load_config(TINY, SMALL + [f"model.init_from={earlier}", "task=sft"]))
     with pytest.raises(ConfigError, match="no model_meta.json"):
         planned_decoder(load_config(TINY, SMALL + [f"model.init_from={tmp_path / 'nowhere'}"]))
+
+
+def test_plan_with_the_optimizer_state_in_host_memory(monkeypatch):
+    """train.optimizer_state_memory=host: the step planned is the host-state step (its optimizer state in
+    pinned_host), and that state is counted as host bytes, not in the device total; XLA:CPU's buffer assignment
+    does not separate host memory, so the figure comes from the state's shapes and the output says so."""
+    import rm_jax.training.plan as plan_module
+
+    built = []
+    real = plan_module.make_train_step
+    monkeypatch.setattr(plan_module, "make_train_step", lambda *a: built.append(a[6]) or real(*a))
+    device = plan(load_config(TINY, SMALL), 1, 2**40, search=False).at_config
+    rep = plan(load_config(TINY, SMALL + ["train.optimizer_state_memory=host"]), 1, 2**40, search=False)
+    host, out = rep.at_config, format_plan(rep, "tiny.yaml")
+    assert built[0] is None and {s.memory_kind for s in jax.tree.leaves(built[1])} == {"pinned_host"}
+    assert (host.optimizer_memory, device.optimizer_memory) == ("host", "device") and device.host == 0
+    assert host.optimizer == device.optimizer and host.params == device.params
+    assert host.host == device.optimizer > 0
+    assert "in HOST memory (train.optimizer_state_memory=host): not in the total" in out
+    if jax.default_backend() == "cpu":
+        assert host.total == device.total - device.optimizer  # the same step, less the state the host holds
+        assert "XLA:CPU's memory analysis does not separate host memory" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("host memory"))
+    assert f"{host.host / 2**20:.2f} MiB" in line

@@ -38,7 +38,8 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
                 largest-first against the device's bytes_limit (``--card-memory``; --smoke: a pretend 24 MiB
                 card), then a real run of the rung that fits (``--ft-steps`` 3): peak memory, tokens/s, plan/peak
 
-Named groups for ``--sections``: ``memory`` (rm_jax:auto,rm_jax_lora:auto) and ``full_ft`` (all four options);
+Named groups for ``--sections``: ``memory`` (rm_jax:auto,rm_jax_lora:auto), ``full_ft`` (all four options) and
+``big_rm`` (rm_jax:auto,torch_packed,rm_jax_lora:auto,torch_peft: the plan, packed-baseline and LoRA floors);
 each is about one 10-minute call: ``bash scripts/bench_gpu.sh --sections full_ft --budget-s 580``.
 
 Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
@@ -1166,6 +1167,9 @@ FULL_FT_LIMIT_S = 300  # aim ~150 s on an H200: one or two plan compiles (~60 s 
 # Named groups for --sections (not in the default plan; one 10-minute call each):
 PLAN_GROUPS = {
     "memory": ["rm_jax:auto", "rm_jax_lora:auto"],  # the plan_within_15pct floor
+    # The three floors of the big-RM work in one call (under 10 minutes on an H100/H200): plan within 15% of the
+    # peak, auto >= 1.3x the packed PyTorch baseline, 8B LoRA >= 1.5x transformers + peft.
+    "big_rm": ["rm_jax:auto", "torch_packed", "rm_jax_lora:auto", "torch_peft"],
     "full_ft": [f"full_ft:{k}" for k in FT_OPTIONS],  # the largest full fine-tune per memory option
 }
 

@@ -113,3 +113,17 @@ def test_full_ft_option_the_build_lacks_is_listed_but_skipped(monkeypatch):
     with pytest.raises(ValueError, match="unknown full_ft option"):
         bg.section_full_ft(_args(), "sgd")
     assert "full_ft:adamw_host" in bg.PLAN_GROUPS["full_ft"]
+
+
+def test_big_rm_group_runs_the_sections_each_floor_needs():
+    # Each floor is derived from a pair of sections; a group missing one leaves its floor silently unmeasured.
+    floor_sections = {
+        "auto_vs_torch_packed": {"rm_jax:auto", "torch_packed"},
+        "lora_vs_torch_peft": {"rm_jax_lora:auto", "torch_peft"},
+        "plan_within_15pct": {"rm_jax:auto", "rm_jax_lora:auto"},
+    }
+    group = set(bg.PLAN_GROUPS["big_rm"])
+    for floor, need in floor_sections.items():
+        assert floor in bg.FLOORS and need <= group, floor
+    for name in group:  # every member dispatches to a section
+        assert name in bg.SECTIONS or name.startswith(("rm_jax:", "rm_jax_lora:")), name

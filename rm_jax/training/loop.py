@@ -206,7 +206,15 @@ class ShardedStep:
         mesh = ctx.parts.mesh
         self.mesh, self.shardings = mesh, None
         self.fn = jax.jit(
-            make_train_step(ctx.parts.dcfg, ctx.task.loss, opt.tx, ctx.loader.max_segments, opt.schedule, mesh),
+            make_train_step(
+                ctx.parts.dcfg,
+                ctx.task.loss,
+                opt.tx,
+                ctx.loader.max_segments,
+                opt.schedule,
+                mesh,
+                seed=ctx.cfg.train.seed,
+            ),
             in_shardings=(opt.shard, None),
             out_shardings=(opt.shard, replicated(mesh)),
             donate_argnums=0,

@@ -143,7 +143,9 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
     batch = _abstract_batch(cfg, batch_rows // cfg.train.grad_accum)
     bshard = batch_shardings(mesh, batch, accum=True)
     step = jax.jit(
-        make_train_step(dcfg, cfg.loss, tx, max_segments, lr_schedule(cfg.train, total_steps), mesh),
+        make_train_step(
+            dcfg, cfg.loss, tx, max_segments, lr_schedule(cfg.train, total_steps), mesh, seed=cfg.train.seed
+        ),
         in_shardings=(shard, bshard),
         out_shardings=(shard, replicated(mesh)),
         donate_argnums=0,

@@ -211,6 +211,8 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 class LoraConfig:
     rank: NonNegInt = 0  # 0 = full fine-tune; > 0 = the base is frozen, adapters of this rank (and the head) train
     alpha: Positive = 16.0  # the adapters' update is scaled by alpha / rank (PEFT's default scaling)
+    # PEFT's lora_dropout: dropout on each adapter's input while training (the frozen base sees x unchanged)
+    dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     targets: list = field(default_factory=lambda: list(LORA_TARGETS))  # which projections get an adapter
     base_dtype: Dtype = "float32"  # storage dtype of the frozen base (bfloat16 halves its memory)
     train_lm_head: bool = False  # policies: also train the LM head (reward models always train their head)
@@ -438,6 +440,8 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
     if cfg.lora.rank < 0:
         raise ConfigError(f"{where}: lora.rank must be >= 0 (0 = full fine-tune), got {cfg.lora.rank}")
+    if cfg.lora.dropout and not cfg.lora.rank and not cfg.model.adapter:
+        raise ConfigError(f"{where}: lora.dropout applies to LoRA adapters: set lora.rank > 0 (or model.adapter)")
     if cfg.model.adapter and not cfg.model.path:
         raise ConfigError(f"{where}: model.adapter is a LoRA adapter for the HF folder in model.path: set model.path")
     if cfg.lora.rank:

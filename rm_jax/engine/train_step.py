@@ -3,6 +3,9 @@
 ``train_step(state, batch) -> (state, metrics)`` is jitted with in/out shardings and donated
 state. The batch carries a leading grad-accumulation axis; micro-batches are scanned and their
 loss sums added before one division, so accumulation gives the same update as one big batch.
+
+LoRA dropout (``lora_dropout > 0``) draws its masks from :func:`dropout_keys`: a function of the run's seed
+and the step number only, so a resumed run draws the same masks for the same step.
 """
 
 from __future__ import annotations
@@ -216,6 +219,13 @@ def put_batch(batch: dict, shardings: dict) -> dict:
 # ---------------------------------------------------------------- steps
 
 
+def dropout_keys(seed: int, step: Any, n: int) -> jax.Array:
+    """The adapter-dropout keys of optimizer step ``step`` (may be traced): one per micro-batch, so each
+    micro-batch of an accumulated step draws its own masks. They depend on (seed, step) only: a resumed run
+    draws the same masks for the same step."""
+    return jax.random.split(jax.random.fold_in(jax.random.key(seed), step), n)
+
+
 def _sums(
     model_cfg: DecoderConfig,
     loss_cfg: LossConfig,
@@ -224,7 +234,9 @@ def _sums(
     max_segments: int,
     attr_w: jax.Array,
     reward_w: jax.Array,
+    dropout_key: Optional[jax.Array] = None,
 ) -> dict:
+    rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     if model_cfg.head == "lm":  # a causal LM
         logp = CausalLM(model_cfg).apply(
             {"params": params},
@@ -233,6 +245,7 @@ def _sums(
             mb["positions"],
             targets=mb["targets"],
             max_segments=max_segments,
+            rngs=rngs,
         )
         if "steer_group" not in mb:  # SFT: response-only next-token loss
             return token_nll_sums(logp, mb["loss_mask"])
@@ -247,7 +260,7 @@ def _sums(
             seq_logp, tokens, mb["w"], mb["logq_prime"], mb["steer_group"], loss_cfg.steerlm2_normalisation
         )
     scores = RewardModel(model_cfg).apply(
-        {"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"], max_segments=max_segments
+        {"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"], max_segments=max_segments, rngs=rngs
     )
     if loss_cfg.type == "mse":
         return mse_sums(scores, mb["labels"], mb["label_mask"], attr_w)
@@ -266,11 +279,13 @@ def make_train_step(
     schedule: optax.Schedule,
     mesh: Optional[Mesh] = None,
     host_opt_shardings: Optional[Any] = None,
+    seed: int = 0,
 ) -> Callable:
     """The train step. ``host_opt_shardings``: the optimizer state's shardings when it lives in host memory
     (``host_opt_shardings(shard)["opt_state"]``; jit the step with those shardings in and out): the step
     copies it to the device for the update and the new state back to the host, so between steps the device
-    holds none of it."""
+    holds none of it. ``seed`` (train.seed): the adapter-dropout masks' seed (:func:`dropout_keys`); unused, and
+    no random numbers drawn, when the config has no adapter dropout."""
     attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
     reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
 
@@ -280,9 +295,11 @@ def make_train_step(
         # With LoRA only the adapters (and head) are differentiated: no gradient buffers for the base.
         params, frozen = split_trainable(model_cfg, state["params"])
 
-        def micro(acc: Any, mb: dict) -> tuple[Any, None]:
+        def micro(acc: Any, xs: tuple) -> tuple[Any, None]:
+            mb, key = xs
+
             def f(p: Any) -> tuple[jax.Array, dict]:
-                s = _sums(model_cfg, loss_cfg, combine(p, frozen), mb, max_segments, attr_w, reward_w)
+                s = _sums(model_cfg, loss_cfg, combine(p, frozen), mb, max_segments, attr_w, reward_w, key)
                 return s["num"], s
 
             (_, sums), g = jax.value_and_grad(f, has_aux=True)(params)
@@ -305,7 +322,9 @@ def make_train_step(
             zero_s = {  # a "_min" entry is a minimum over micro-batches, the rest are sums
                 k: jnp.full(a.shape, jnp.inf if k.endswith("_min") else 0, a.dtype) for k, a in zero_s.items()
             }
-            (grads, sums), _ = jax.lax.scan(micro, (zero_g, zero_s), batch)
+            n_micro = batch["input_ids"].shape[0]
+            keys = dropout_keys(seed, state["step"], n_micro) if model_cfg.adapter_dropout else None
+            (grads, sums), _ = jax.lax.scan(micro, (zero_g, zero_s), (batch, keys))
         den = jnp.maximum(sums["den"], 1e-9)
         grads = jax.tree.map(lambda g: g / den, grads)
         loss = sums["num"] / den

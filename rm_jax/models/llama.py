@@ -72,12 +72,17 @@ class DecoderConfig:
     lora_alpha: float = 16.0
     lora_targets: tuple = LORA_TARGETS
     lora_lm_head: bool = False  # a policy's LM head trains too (a reward head always does)
+    # PEFT's lora_dropout: applied to each adapter's input, and only when the model is applied with a "dropout"
+    # rng (the train step); scoring, eval, serving and export never pass one.
+    lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # JSON gives a list: keep it hashable
         bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if bad:
             raise ValueError(f"lora targets {bad}: choose from {', '.join(LORA_TARGETS)}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora dropout {self.lora_dropout}: must be in [0, 1)")
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -112,6 +117,11 @@ class DecoderConfig:
     @property
     def lora_scale(self) -> float:
         return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    @property
+    def adapter_dropout(self) -> bool:
+        """Whether a "dropout" rng changes anything: adapters with a non-zero dropout rate."""
+        return self.lora_rank > 0 and self.lora_dropout > 0
 
     def adapted(self, name: str) -> bool:
         """Whether projection ``name`` (q, k, v, o, gate, up, down) carries a LoRA adapter."""
@@ -176,14 +186,31 @@ def lora_delta(
     in_axes: tuple[Optional[str], ...],
     out_shape: tuple[int, ...],
     out_axes: tuple[Optional[str], ...],
+    dropout_key: Optional[jax.Array] = None,
 ) -> jax.Array:
     """The adapter's contribution (x @ A) @ B * alpha/rank for the projection ``name``; ``x`` [B, T, prod(in)].
-    B starts at zero, so a fresh adapter leaves the base's output unchanged."""
+    B starts at zero, so a fresh adapter leaves the base's output unchanged. ``dropout_key`` (the layer's key,
+    training only): x is dropped out at ``cfg.lora_dropout`` on the adapter's path only, as PEFT does."""
     dt, prec, r = cfg.compute_dtype, cfg.precision, cfg.lora_rank
     a = _param(module, f"{name}_lora_a", lora_a_init, (*in_shape, r), (*in_axes, "lora"))
     b = _param(module, f"{name}_lora_b", nn.initializers.zeros, (r, *out_shape), ("lora", *out_axes))
+    if dropout_key is not None and cfg.lora_dropout > 0:
+        x = adapter_dropout(x, cfg.lora_dropout, jax.random.fold_in(dropout_key, LORA_TARGETS.index(name)))
     xa = dense(x, a.astype(dt).reshape(-1, r), prec)
     return dense(xa, b.astype(dt), prec) * jnp.asarray(cfg.lora_scale, dt)
+
+
+def adapter_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout (kept entries scaled by 1 / (1 - rate)), as torch.nn.Dropout in training."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def layer_dropout_key(key: Optional[jax.Array], i: Any) -> Optional[jax.Array]:
+    """Layer ``i``'s dropout key (each projection folds in its own index, see :func:`lora_delta`). The unrolled
+    and the scanned stacks both derive it here, so they draw the same masks from one key."""
+    return None if key is None else jax.random.fold_in(key, i)
 
 
 class RMSNorm(nn.Module):
@@ -247,11 +274,12 @@ class Attention(nn.Module):
         positions: jax.Array,
         query_index: Optional[jax.Array] = None,
         cache: Optional["LayerCache"] = None,
+        dropout_key: Optional[jax.Array] = None,
     ) -> Any:
         """query_index [B, S] (optional): compute outputs only at these tokens (keys/values still come
         from every token); the result is then [B, S, H] instead of [B, T, H]. With ``cache`` (decoding),
         the new keys/values are written at ``cache.index`` and the queries read every cached token:
-        returns (output, updated cache)."""
+        returns (output, updated cache). ``dropout_key``: the layer's adapter-dropout key (training)."""
         cfg, dt, prec = self.cfg, self.cfg.compute_dtype, self.cfg.precision
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         init = nn.initializers.normal(cfg.initializer_range)
@@ -260,7 +288,9 @@ class Attention(nn.Module):
             w = _param(self, f"{name}_kernel", init, (h, heads, d), ("embed", heads_axis, "head_dim"))
             y = dense(inp, w.astype(dt), prec)
             if cfg.adapted(name):
-                y = y + lora_delta(self, cfg, name, inp, (h,), ("embed",), (heads, d), (heads_axis, "head_dim"))
+                y = y + lora_delta(
+                    self, cfg, name, inp, (h,), ("embed",), (heads, d), (heads_axis, "head_dim"), dropout_key
+                )
             if cfg.qkv_bias:
                 y = y + _param(
                     self, f"{name}_bias", nn.initializers.zeros, (heads, d), (heads_axis, "head_dim")
@@ -305,7 +335,7 @@ class Attention(nn.Module):
         flat = out.reshape(b, t, n * d)
         y = dense(flat, wo.astype(dt).reshape(n * d, h), prec)
         if cfg.adapted("o"):
-            y = y + lora_delta(self, cfg, "o", flat, (n, d), ("heads", "head_dim"), (h,), ("embed",))
+            y = y + lora_delta(self, cfg, "o", flat, (n, d), ("heads", "head_dim"), (h,), ("embed",), dropout_key)
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (h,), ("norm",)).astype(dt)
         return y if cache is None else (y, cache)
@@ -367,7 +397,7 @@ class MLP(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: Optional[jax.Array] = None) -> jax.Array:
         cfg, dt, prec = self.cfg, self.cfg.compute_dtype, self.cfg.precision
         init = nn.initializers.normal(cfg.initializer_range)
         h, i = cfg.hidden_size, cfg.intermediate_size
@@ -378,7 +408,7 @@ class MLP(nn.Module):
         def proj(name: str, inp: jax.Array, w: jax.Array, in_dim: tuple, out_dim: tuple) -> jax.Array:
             y = dense(inp, w.astype(dt), prec)
             if cfg.adapted(name):
-                y = y + lora_delta(self, cfg, name, inp, in_dim[:1], in_dim[1:], out_dim[:1], out_dim[1:])
+                y = y + lora_delta(self, cfg, name, inp, in_dim[:1], in_dim[1:], out_dim[:1], out_dim[1:], dropout_key)
             return y
 
         hx, ix = (h, "embed"), (i, "mlp")
@@ -399,21 +429,22 @@ class DecoderLayer(nn.Module):
         positions: jax.Array,
         query_index: Optional[jax.Array] = None,
         cache: Optional[LayerCache] = None,
+        dropout_key: Optional[jax.Array] = None,
     ) -> Any:
         """With query_index [B, S], the layer's output only at those tokens ([B, S, H]): a reward
         model's last layer matters only where the head reads, so its queries and MLP run there only.
-        With ``cache``, returns (output, updated cache)."""
+        With ``cache``, returns (output, updated cache). ``dropout_key``: this layer's adapter-dropout key."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         attn = Attention(cfg, self.max_segments, name="attn")(
-            RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions, query_index, cache
+            RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), segment_ids, positions, query_index, cache, dropout_key
         )
         if cache is not None:
             attn, cache = attn
         if query_index is not None:
             x = jnp.take_along_axis(x, query_index[..., None], axis=1)
         x = x + attn
-        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x))
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x), dropout_key)
         return x if cache is None else (x, cache)
 
 
@@ -504,6 +535,7 @@ def _scanned_stack(
     max_segments: int,
     full_last_layer: bool,
     cache: Optional[KVCache] = None,
+    dropout_key: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, Optional[KVCache]]:
     """The scanned layer stack as a pure function of its stacked params ([L, ...] leaves, the
     ``layers`` param that nn.scan created): a ``lax.scan`` over the layers; with ``last`` (a reward
@@ -511,13 +543,16 @@ def _scanned_stack(
 
     Each step indexes its layer's slice of ``stacked`` inside the (rematerialised) body, so neither
     a copy of L-1 layers' params nor a per-step slice is stored for the backward; the gradient of
-    the slice becomes an in-place update of the stacked gradient (checked in the compiled HLO)."""
+    the slice becomes an in-place update of the stacked gradient (checked in the compiled HLO). Each step
+    derives its layer's dropout key from ``dropout_key`` and the layer index, as the unrolled stack does."""
     layer = DecoderLayer(cfg, max_segments, parent=None)
     n = cfg.num_hidden_layers
 
     def run(params: Any, i: jax.Array, x: jax.Array, query_index: Optional[jax.Array]) -> jax.Array:
         p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), params)
-        return layer.apply({"params": p}, x, segment_ids, positions, query_index)
+        return layer.apply(
+            {"params": p}, x, segment_ids, positions, query_index, None, layer_dropout_key(dropout_key, i)
+        )
 
     if cache is not None:  # decoding: no remat; the stacked cache is carried and updated in place
 
@@ -560,8 +595,14 @@ def decoder_stack(
 
     ``last`` [B, S] (a reward model's head tokens): the hidden states at those tokens only [B, S, H],
     the last layer computed there only. Otherwise every token's [B, T, H]; with ``cache``, the tokens
-    are written to it and read it (decoding)."""
+    are written to it and read it (decoding).
+
+    Adapter dropout runs when ``module`` is applied with a "dropout" rng (the train step) and the config has
+    adapters with a non-zero rate; otherwise no random numbers are drawn at all."""
     dt = cfg.compute_dtype
+    drop = None
+    if cfg.adapter_dropout and cache is None and not module.is_initializing() and module.has_rng("dropout"):
+        drop = module.make_rng("dropout")
     emb = _param(
         module,
         "embedding",
@@ -588,7 +629,9 @@ def decoder_stack(
             )
             stack(cfg, max_segments, name="layers")(x, segment_ids, positions)
         stacked = nn.meta.unbox(module.variables["params"]["layers"])
-        x, cache = _scanned_stack(cfg, stacked, x, segment_ids, positions, last, max_segments, full_last_layer, cache)
+        x, cache = _scanned_stack(
+            cfg, stacked, x, segment_ids, positions, last, max_segments, full_last_layer, cache, drop
+        )
         return x, emb, (cache.constrained() if cache is not None else None)
     layer_cls = DecoderLayer
     if cfg.remat != "none" and cache is None:
@@ -600,13 +643,15 @@ def decoder_stack(
         return x, emb, cache.constrained()
     pooled = last is not None and not full_last_layer
     for i in range(n - 1 if pooled else n):
-        x = layer_cls(cfg, max_segments, name=f"layers_{i}")(x, segment_ids, positions)
+        x = layer_cls(cfg, max_segments, name=f"layers_{i}")(
+            x, segment_ids, positions, None, None, layer_dropout_key(drop, i)
+        )
     if last is None:
         return x, emb, None
     if full_last_layer:
         return jnp.take_along_axis(x, last[..., None], axis=1), emb, None
     last_layer = layer_cls(cfg, max_segments, name=f"layers_{n - 1}")
-    return last_layer(x, segment_ids, positions, last), emb, None  # [B, S, H]
+    return last_layer(x, segment_ids, positions, last, None, layer_dropout_key(drop, n - 1)), emb, None  # [B, S, H]
 
 
 class RewardModel(nn.Module):

@@ -265,7 +265,7 @@ def peft_config(cfg: DecoderConfig, base_path: str) -> dict:
         "base_model_name_or_path": base_path,
         "r": cfg.lora_rank,
         "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": cfg.lora_dropout,  # the rate the run trained with (peft uses it to continue training)
         "target_modules": sorted(HF_MODULES[t].split(".")[-1] for t in cfg.lora_targets),
         "modules_to_save": save,
         "bias": "none",
@@ -309,6 +309,9 @@ def read_peft_config(adapter_dir: str) -> dict:
             raise ModelLoadError(f"{where}: {key}=true is not supported")
     if cfg.get("bias", "none") != "none" or cfg.get("fan_in_fan_out"):
         raise ModelLoadError(f"{where}: bias != none and fan_in_fan_out are not supported")
+    rate = cfg.get("lora_dropout", 0.0)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+        raise ModelLoadError(f"{where}: lora_dropout {rate!r}: must be a number in [0, 1)")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise ModelLoadError(f"{where}: per-module rank_pattern / alpha_pattern are not supported")
     mods = cfg.get("target_modules") or []
@@ -327,7 +330,11 @@ def import_peft_adapter(cfg: DecoderConfig, params: Any, adapter_dir: str, mesh:
 
     pc = read_peft_config(adapter_dir)
     cfg = dataclasses.replace(
-        cfg, lora_rank=int(pc["r"]), lora_alpha=float(pc["lora_alpha"]), lora_targets=pc["targets"]
+        cfg,
+        lora_rank=int(pc["r"]),
+        lora_alpha=float(pc["lora_alpha"]),
+        lora_targets=pc["targets"],
+        lora_dropout=float(pc.get("lora_dropout", 0.0)),  # a run continuing from it trains with it (docs/lora.md)
     )
     path = os.path.join(adapter_dir, "adapter_model.safetensors")
     if not os.path.isfile(path):

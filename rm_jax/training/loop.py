@@ -208,7 +208,14 @@ class ShardedStep:
         host_opt = opt.shard["opt_state"] if ctx.cfg.train.optimizer_state_memory == "host" else None
         self.fn = jax.jit(
             make_train_step(
-                ctx.parts.dcfg, ctx.task.loss, opt.tx, ctx.loader.max_segments, opt.schedule, mesh, host_opt
+                ctx.parts.dcfg,
+                ctx.task.loss,
+                opt.tx,
+                ctx.loader.max_segments,
+                opt.schedule,
+                mesh,
+                host_opt,
+                seed=ctx.cfg.train.seed,
             ),
             in_shardings=(opt.shard, None),
             out_shardings=(opt.shard, replicated(mesh)),

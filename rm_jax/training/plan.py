@@ -155,6 +155,7 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
             lr_schedule(cfg.train, total_steps),
             mesh,
             shard["opt_state"] if memory == "host" else None,
+            seed=cfg.train.seed,
         ),
         in_shardings=(shard, bshard),
         out_shardings=(shard, replicated(mesh)),

@@ -119,7 +119,13 @@ def lora_opts(cfg: RunConfig) -> dict:
     lo = cfg.lora
     if not lo.rank:
         return {}
-    return dict(lora_rank=lo.rank, lora_alpha=lo.alpha, lora_targets=tuple(lo.targets), lora_lm_head=lo.train_lm_head)
+    return dict(
+        lora_rank=lo.rank,
+        lora_alpha=lo.alpha,
+        lora_targets=tuple(lo.targets),
+        lora_lm_head=lo.train_lm_head,
+        lora_dropout=lo.dropout,
+    )
 
 
 def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> tuple[DecoderConfig, Any]:
@@ -145,6 +151,8 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
                 f"lora.rank={cfg.lora.rank} but model.adapter {cfg.model.adapter} has rank {dcfg.lora_rank}"
             )
         dcfg = dcfg.replace(lora_lm_head=dcfg.lora_lm_head or cfg.lora.train_lm_head)
+        if cfg.lora.dropout > 0:  # else the adapter's own lora_dropout (docs/lora.md)
+            dcfg = dcfg.replace(lora_dropout=cfg.lora.dropout)
     else:
         dcfg = dcfg.replace(**lora_opts(cfg))
     ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype)
@@ -160,6 +168,7 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
     logger.info(
         f"LoRA rank {dcfg.lora_rank} on {', '.join(dcfg.lora_targets)}"
         + (f" from {cfg.model.adapter}" if cfg.model.adapter else "")
+        + (f"; adapter dropout {dcfg.lora_dropout:g}" if dcfg.lora_dropout else "")
         + f"; base frozen in {cfg.lora.base_dtype}"
     )
     return dcfg, cast_frozen(dcfg, params, cfg.lora.base_dtype)

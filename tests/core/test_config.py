@@ -104,6 +104,9 @@ def test_every_range_field_rejects_a_value_outside_and_keeps_its_bounds(key, bas
         ("train.b2=1", "train.b2 must be in [0, 1), got 1.0"),
         ("model.remat=everything", "model.remat: 'everything' is not one of none, full, dots, dots_no_batch"),
         ("model.matmul_precision=fast", "model.matmul_precision: 'fast' is not one of default, high, highest"),
+        ("lora.dropout=1.0", "lora.dropout must be in [0, 1), got 1.0"),
+        ("lora.dropout=-0.1", "lora.dropout must be in [0, 1), got -0.1"),
+        ("lora.dropout=0.1", "lora.dropout applies to LoRA adapters: set lora.rank > 0 (or model.adapter)"),
     ],
 )
 def test_a_bad_value_is_one_line_from_the_cli(override, line, capsys, tmp_path):

@@ -13,10 +13,18 @@ import pytest
 
 from rm_jax.core.config import LossConfig, TrainConfig
 from rm_jax.core.errors import ConfigError
-from rm_jax.engine.train_step import check_host_memory, create_state, lr_schedule, make_optimizer, make_train_step
+from rm_jax.engine.train_step import (
+    check_host_memory,
+    create_state,
+    dropout_keys,
+    init_state,
+    lr_schedule,
+    make_optimizer,
+    make_train_step,
+)
 from rm_jax.models import init_params
 from rm_jax.models.llama import DecoderConfig
-from rm_jax.models.lora import add_adapters, cast_frozen, is_trainable
+from rm_jax.models.lora import add_adapters, cast_frozen, is_trainable, split_trainable
 from rm_jax.models.sharding import make_mesh, replicated
 from tests.helpers import TINY_DECODER
 
@@ -220,3 +228,95 @@ def test_optimizer_state_in_host_memory_trains_as_on_the_device():
     new, _ = jax.tree.unflatten(traced.out_tree, traced.jaxpr.out_avals)
     assert {a.memory_space for a in jax.tree.leaves(new["opt_state"])} == {jax.memory.Space.Host}
     assert {a.memory_space for a in jax.tree.leaves(new["params"])} == {jax.memory.Space.Device}
+# ---------------------------------------------------------------- LoRA dropout
+
+
+def test_dropout_keys_depend_on_seed_step_and_micro_batch():
+    def keys(seed, step, n=2):
+        return np.asarray(jax.random.key_data(dropout_keys(seed, step, n)))
+
+    a = keys(0, 3)
+    assert a.shape[0] == 2 and not np.array_equal(a[0], a[1])  # each micro-batch draws its own masks
+    np.testing.assert_array_equal(keys(0, 3), a)  # the same (seed, step): a resumed step draws the same masks
+    np.testing.assert_array_equal(keys(0, jnp.asarray(3, jnp.int32)), a)  # the step number as the step has it
+    assert not np.array_equal(keys(0, 4), a) and not np.array_equal(keys(1, 3), a)
+
+
+def _two_micro_batches(head: str) -> dict:
+    """Two identical micro-batches (grad accumulation 2): only their dropout masks can tell them apart."""
+    one = {k: v[:, :2] for k, v in _batch(head).items()}
+    return {k: np.concatenate([v, v]) for k, v in one.items()}
+
+
+def _lora_dropout_runner(head: str, rate: float):
+    """(cfg, run): run(seed, step) is one train step at state step ``step`` from the same fresh LoRA state, giving
+    (updated trainable leaves, grad_norm); each seed's step is compiled once (again with ``recompile``)."""
+    mesh = make_mesh(devices=jax.devices()[:1])
+    base_cfg = DecoderConfig(**ARCH, head=head)
+    cfg = base_cfg.replace(lora_rank=4, lora_dropout=rate)
+    host = jax.device_get(add_adapters(init_params(base_cfg, mesh, 1), cfg, mesh, 2))
+    tc = TrainConfig(lr=1e-2, warmup_steps=0)
+    tx = make_optimizer(tc, 10)
+    batch = _two_micro_batches(head)
+    steps: dict = {}
+
+    def run(seed: int, step: int = 0, recompile: bool = False):
+        if seed not in steps or recompile:
+            steps[seed] = jax.jit(make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh, seed=seed))
+        state, _ = create_state(cfg, tx, mesh, jax.device_put(host))
+        state["step"] = jnp.asarray(step, jnp.int32)
+        new, m = steps[seed](state, batch)
+        assert bool(m["ok"])
+        leaves = [np.asarray(x) for x in jax.tree.leaves(split_trainable(cfg, new["params"])[0])]
+        return leaves, float(m["grad_norm"])
+
+    return cfg, run
+
+
+def _same(a, b) -> bool:
+    return a[1] == b[1] and all(np.array_equal(x, y) for x, y in zip(a[0], b[0]))
+
+
+@pytest.mark.parametrize("head", ["reward", "lm"])
+def test_a_dropout_step_is_a_function_of_seed_and_step(head):
+    """The same seed and step give the same update (a resumed run's step is the uninterrupted one's); another
+    seed or another step number draw other masks, so another update."""
+    _, run = _lora_dropout_runner(head, 0.5)
+    first = run(0)
+    assert _same(run(0), first)
+    assert not _same(run(1), first)
+    assert not _same(run(0, step=5), first)
+
+
+def test_each_micro_batch_draws_its_own_masks(monkeypatch):
+    """Two identical micro-batches: with one key per micro-batch their gradients differ, so the step differs from
+    one where both micro-batches were given the first key."""
+    import rm_jax.engine.train_step as ts
+
+    _, run = _lora_dropout_runner("reward", 0.5)
+    real = run(0)
+    keys = ts.dropout_keys
+    monkeypatch.setattr(ts, "dropout_keys", lambda seed, step, n: jnp.repeat(keys(seed, step, n)[:1], n, axis=0))
+    assert not _same(run(0, recompile=True), real)
+
+
+def test_rate_zero_draws_no_random_numbers():
+    """lora.dropout 0 (the default): the step has no rng ops and ignores the seed, i.e. it is the step without
+    dropout; a rate > 0 draws its masks in the step."""
+    mesh = make_mesh(devices=jax.devices()[:1])
+    tc = TrainConfig(warmup_steps=0)
+    tx = make_optimizer(tc, 10)
+    batch = _two_micro_batches("reward")
+    base_cfg = DecoderConfig(**ARCH)
+
+    def lowered(rate: float, seed: int) -> str:
+        cfg = base_cfg.replace(lora_rank=4, lora_dropout=rate)
+        params = jax.eval_shape(lambda: add_adapters(init_params(base_cfg, mesh, 1), cfg, mesh, 2))
+        state = jax.eval_shape(lambda p: init_state(cfg, tx, p), params)
+        step = make_train_step(cfg, LossConfig(), tx, 2, lr_schedule(tc, 10), mesh, seed=seed)
+        return jax.jit(step).lower(state, batch).as_text()
+
+    plain = lowered(0.0, 0)
+    assert "threefry" not in plain and "rng" not in plain
+    assert lowered(0.0, 9) == plain
+    assert "threefry" in lowered(0.1, 0)

@@ -33,7 +33,8 @@ def lora_run(tmp_path_factory, data_files):
     base = str(d / "base")
     make_hf_rm_with_tokenizer("llama", base)
     run = str(d / "run")
-    args = [f"run_dir={run}", f"model.path={base}", "lora.rank=4", "train.max_steps=8", "train.eval_every=4"]
+    args = [f"run_dir={run}", f"model.path={base}", "lora.rank=4", "lora.dropout=0.1", "train.max_steps=8"]
+    args += ["train.eval_every=4"]
     args += [f"data.train={data_files['train']}", f"data.validation={data_files['validation']}"]
     assert main(["train", TINY, *args, *COMMON, "checkpoint.every_steps=4"]) == 0
     merged, adapter = str(d / "merged"), str(d / "adapter")
@@ -79,6 +80,7 @@ def test_scores_agree_merged_peft_and_run_folder(lora_run, tmp_path):
 
     cfg = json.load(open(os.path.join(lora_run["adapter"], "adapter_config.json")))
     assert cfg["r"] == 4 and cfg["modules_to_save"] == ["score"] and set(cfg["target_modules"]) == set(ADAPTED)
+    assert cfg["lora_dropout"] == 0.1  # the run's rate (peft applies it only in training: eval scores agree)
     keys = set(load_file(os.path.join(lora_run["adapter"], "adapter_model.safetensors")))
     assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
     assert "base_model.model.score.weight" in keys and len(keys) == 2 * 7 * 2 + 1
@@ -143,6 +145,7 @@ def test_policy_lora_sft_and_peft(tmp_path, data_files):
     make_hf_causal_lm_with_tokenizer("qwen2", base)
     run = str(tmp_path / "sft")
     args = [f"run_dir={run}", f"model.path={base}", "task=sft", "lora.rank=2", "lora.targets=[q,v,down]"]
+    args += ["lora.dropout=0.05"]
     args += [f"data.train={data_files['train']}", f"data.validation={data_files['validation']}"]
     assert main(["train", TINY, *args, *COMMON, "train.max_steps=4", "train.eval_every=4"]) == 0
     merged, adapter = str(tmp_path / "merged"), str(tmp_path / "adapter")
@@ -172,7 +175,10 @@ def test_import_a_peft_adapter(tmp_path, data_files):
     make_hf_rm_with_tokenizer("llama", base, seed=3)
     model = AutoModelForSequenceClassification.from_pretrained(base).float().eval()
     pm = get_peft_model(
-        model, LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "v_proj", "up_proj"], task_type="SEQ_CLS")
+        model,
+        LoraConfig(
+            r=3, lora_alpha=6, lora_dropout=0.05, target_modules=["q_proj", "v_proj", "up_proj"], task_type="SEQ_CLS"
+        ),
     )
     torch.manual_seed(0)
     with torch.no_grad():
@@ -202,3 +208,5 @@ def test_import_a_peft_adapter(tmp_path, data_files):
     args += [f"data.train={data_files['train']}", f"data.validation={data_files['validation']}", "train.eval_every=1"]
     assert main(["train", TINY, *args, *COMMON[:1], *COMMON[2:], "train.weight_decay=0.0"]) == 0
     np.testing.assert_allclose(score(run), want, atol=1e-4, rtol=0)
+    # it trained at the adapter's own lora_dropout (the run set no lora.dropout)
+    assert json.load(open(os.path.join(run, "model_meta.json")))["decoder"]["lora_dropout"] == 0.05

@@ -210,16 +210,20 @@ def test_a_lora_run_restores_onto_the_base_it_holds(tmp_path, data_files, monkey
     """A LoRA run's checkpoints hold only adapters and head. Restoring one at the end of the run (the kept
     checkpoint) and on resume puts them on the base the run already holds in memory, not on a second read of
     the base from disk; the kept checkpoint then evaluates as it did when validated during training, and a
-    resumed step equals the uninterrupted one."""
+    resumed step equals the uninterrupted one (adapter dropout included)."""
     import shutil
 
     import rm_jax.engine.checkpoint as checkpoint
+    import rm_jax.training.loop as loop
     from tests.helpers import make_hf_rm_with_tokenizer
 
     make_hf_rm_with_tokenizer("llama", str(tmp_path / "base"))
     reads = []
     read_base = checkpoint.fill_base
     monkeypatch.setattr(checkpoint, "fill_base", lambda run, *a: reads.append(run) or read_base(run, *a))
+    seeds = []
+    make_step = loop.make_train_step
+    monkeypatch.setattr(loop, "make_train_step", lambda *a, seed: seeds.append(seed) or make_step(*a, seed=seed))
     run_dir = tmp_path / "run"
     cfg = load_config(
         TINY,
@@ -228,6 +232,8 @@ def test_a_lora_run_restores_onto_the_base_it_holds(tmp_path, data_files, monkey
             f"model.path={tmp_path / 'base'}",
             "model.arch={}",
             "lora.rank=4",
+            "lora.dropout=0.1",  # resumed, step 2 draws step 2's masks again (keys from train.seed and the step)
+            "train.seed=3",
             f"data.train={data_files['train']}",
             f"data.validation={data_files['validation']}",
             "train.max_steps=2",
@@ -338,3 +344,4 @@ def test_host_optimizer_state_trains_checkpoints_and_resumes_as_on_the_device(tm
     # the device run's state; the host run's; the resumed run's, created and then restored from step 2 (without
     # validation no kept checkpoint is restored at the end)
     assert kinds == [{"device"}, {"pinned_host"}, {"pinned_host"}, {"pinned_host"}]
+    assert seeds == [3, 3]  # the dropout masks' seed is train.seed

@@ -360,7 +360,16 @@ def section_rm_jax(a: argparse.Namespace, attention: str, lora: bool = False) ->
 # ---------------------------------------------------------------- memory: `rm-jax plan` against the measured peak
 
 _RUN_OPTS = ("dtype", "remat", "scan_layers", "attention", "attention_block", "matmul_precision")
-_NOT_ARCH = {*_RUN_OPTS, "num_labels", "head", "lora_rank", "lora_alpha", "lora_targets", "lora_lm_head", "lora_dropout"}
+_NOT_ARCH = {
+    *_RUN_OPTS,
+    "num_labels",
+    "head",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
+    "lora_lm_head",
+    "lora_dropout",
+}
 
 
 def bench_run_config(a: argparse.Namespace, cfg: Any, rows: int, **train: Any) -> Any:

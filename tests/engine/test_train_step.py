@@ -228,6 +228,8 @@ def test_optimizer_state_in_host_memory_trains_as_on_the_device():
     new, _ = jax.tree.unflatten(traced.out_tree, traced.jaxpr.out_avals)
     assert {a.memory_space for a in jax.tree.leaves(new["opt_state"])} == {jax.memory.Space.Host}
     assert {a.memory_space for a in jax.tree.leaves(new["params"])} == {jax.memory.Space.Device}
+
+
 # ---------------------------------------------------------------- LoRA dropout
 
 

@@ -267,6 +267,7 @@ def test_a_lora_run_restores_onto_the_base_it_holds(tmp_path, data_files, monkey
     assert val_losses()[2] == pytest.approx(first[2], rel=1e-6)  # the resumed step 2 equals the first one
     assert kept()[1] == pytest.approx(first[kept()[0]], rel=1e-6)
     assert reads == []  # neither restore read the base again
+    assert seeds == [3, 3]  # the dropout masks' seed is train.seed
 
 
 def test_host_optimizer_state_needs_pinned_host_memory_before_compiling(tmp_path, monkeypatch):
@@ -344,4 +345,3 @@ def test_host_optimizer_state_trains_checkpoints_and_resumes_as_on_the_device(tm
     # the device run's state; the host run's; the resumed run's, created and then restored from step 2 (without
     # validation no kept checkpoint is restored at the end)
     assert kinds == [{"device"}, {"pinned_host"}, {"pinned_host"}, {"pinned_host"}]
-    assert seeds == [3, 3]  # the dropout masks' seed is train.seed

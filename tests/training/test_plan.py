@@ -225,7 +225,7 @@ def test_plan_with_the_optimizer_state_in_host_memory(monkeypatch):
 
     built = []
     real = plan_module.make_train_step
-    monkeypatch.setattr(plan_module, "make_train_step", lambda *a: built.append(a[6]) or real(*a))
+    monkeypatch.setattr(plan_module, "make_train_step", lambda *a, **k: built.append(a[6]) or real(*a, **k))
     device = plan(load_config(TINY, SMALL), 1, 2**40, search=False).at_config
     rep = plan(load_config(TINY, SMALL + ["train.optimizer_state_memory=host"]), 1, 2**40, search=False)
     host, out = rep.at_config, format_plan(rep, "tiny.yaml")

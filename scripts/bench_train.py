@@ -34,6 +34,15 @@ Variants: ``--model key=value[+key=value]`` runs the whole benchmark with Decode
 overridden (e.g. ``attention_block=64``); ``--variants shipped,attention_block=64,attention_block=256``
 times several such configurations and torch interleaved in one process at the fixed shapes, so the
 differences between them are not machine noise. ``--xla-flags`` appends to XLA_FLAGS before jax starts.
+
+LoRA (``--lora-rank R``): both sides train rank-R adapters on the seven projections plus the score head over
+a frozen float32 base, rm_jax through its real LoRA step (``lora_rank``/``lora_alpha`` = 2R, as
+``lora.rank`` builds it), torch through ``peft.get_peft_model`` with the same rank, alpha and targets
+(``task_type=SEQ_CLS``: the score head trains as ``modules_to_save``). MFU keeps the full fine-tune's model
+FLOPs (6N per token) on both sides, so it reads as a ratio only. What a CPU can show is the ratio at this
+small shape; the 8B-on-one-GPU figure is ``bench_gpu.py --sections rm_jax_lora:auto,torch_peft``.
+
+    python scripts/bench_train.py --quick --lora-rank 16 --modes seq512,seq2048
 """
 
 from __future__ import annotations
@@ -71,7 +80,9 @@ class JaxTrainer:
         import jax
 
         from rm_jax.core.config import LossConfig, TrainConfig
-        from rm_jax.engine.train_step import lr_schedule, make_optimizer, make_train_step
+        from rm_jax.engine.train_step import create_state, lr_schedule, make_optimizer, make_train_step
+        from rm_jax.models import init_params
+        from rm_jax.models.lora import add_adapters
         from rm_jax.models.sharding import make_mesh
 
         self.jax = jax
@@ -79,7 +90,11 @@ class JaxTrainer:
         self.mesh = make_mesh(devices=jax.devices()[:1])
         tc = TrainConfig(lr=1e-4, warmup_steps=0, weight_decay=0.0, clip_norm=1.0)
         tx = make_optimizer(tc, 1000)
-        self.state, shard = new_train_state(cfg, tx, self.mesh, seed)
+        if cfg.lora_rank:  # the frozen base, then fresh adapters: what lora.rank > 0 builds from model.path
+            base = init_params(cfg.replace(lora_rank=0), self.mesh, seed)
+            self.state, shard = create_state(cfg, tx, self.mesh, add_adapters(base, cfg, self.mesh, seed))
+        else:
+            self.state, shard = new_train_state(cfg, tx, self.mesh, seed)
         self.step_fn = jax.jit(
             make_train_step(cfg, LossConfig(), tx, max_segments, lr_schedule(tc, 1000), self.mesh),
             in_shardings=(shard, None),
@@ -122,6 +137,15 @@ class TorchTrainer:
         self.torch = torch
         torch.manual_seed(seed)
         self.model = LlamaForSequenceClassification(hf_llama_config(cfg)).float().train()
+        self.peft = None
+        if cfg.lora_rank:  # as a PEFT user: same rank, alpha and targets; the score head as modules_to_save
+            import peft
+            from peft import LoraConfig, get_peft_model
+
+            targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            lc = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, task_type="SEQ_CLS")
+            self.model = get_peft_model(self.model, lc).train()
+            self.peft = peft.__version__
         params = [p for p in self.model.parameters() if p.requires_grad]
         kw = dict(lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
         try:
@@ -431,7 +455,16 @@ def main(argv: Optional[list] = None) -> int:
         "and 2048, all interleaved (e.g. shipped,attention_block=64)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="> 0: both sides train LoRA adapters of this rank (alpha 2R) on the seven projections + the score "
+        "head over a frozen base (torch through peft)",
+    )
     a = ap.parse_args(argv)
+    if a.lora_rank < 0:
+        ap.error(f"--lora-rank {a.lora_rank}: must be >= 0")
 
     q = a.quick
     repeats = a.repeats or (3 if q else 5)
@@ -467,6 +500,8 @@ def main(argv: Optional[list] = None) -> int:
     )
 
     cfg = bench_model_config(**parse_overrides(a.model))
+    if a.lora_rank:
+        cfg = cfg.replace(lora_rank=a.lora_rank, lora_alpha=2.0 * a.lora_rank)
     max_segments = 16
     rng = np.random.default_rng(a.seed)
     jt = None if a.variants else JaxTrainer(cfg, max_segments, a.seed)
@@ -476,6 +511,7 @@ def main(argv: Optional[list] = None) -> int:
         "benchmark": "train_step",
         "quick": q,
         "variant": a.model,
+        "lora_rank": a.lora_rank,
         "attention_block": cfg.attention_block,
         "model": {
             "hidden_size": cfg.hidden_size,
@@ -500,6 +536,7 @@ def main(argv: Optional[list] = None) -> int:
             "optimizer": tt.opt_kind,
             "attn_implementation": tt.attn_implementation,
             "threads": torch.get_num_threads(),
+            "peft": tt.peft,
         }
     if a.variants:
         vs = [v.strip() for v in a.variants.split(",") if v.strip()]
@@ -548,8 +585,8 @@ def main(argv: Optional[list] = None) -> int:
         res["ratio_padded_seq2048_best"] = res["seq2048"].get("ratio_best")
     if "packed" in res:
         res["ratio_packed_vs_padded"] = res["packed"].get("ratio")
-    res["floors"] = FLOORS
-    res["floors_met"] = {k: (res[k] >= v) for k, v in FLOORS.items() if res.get(k) is not None}
+    res["floors"] = {} if a.lora_rank else FLOORS  # the CPU floors are full fine-tune figures
+    res["floors_met"] = {k: (res[k] >= v) for k, v in res["floors"].items() if res.get(k) is not None}
     res["environment"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     res["wall_s"] = round(time.perf_counter() - t_start, 1)
 
@@ -564,6 +601,7 @@ def summary(res: dict) -> str:
     lines = [
         f"peak fp32 matmul {res['peak_flops'] / 1e9:.1f} GFLOP/s; {res['environment']['cores']} cores; "
         f"rm_jax variant {res['variant']}"
+        + (f"; LoRA rank {res['lora_rank']} (torch: peft)" if res.get("lora_rank") else "")
     ]
     for m in ("seq512", "seq2048"):
         if m in res:

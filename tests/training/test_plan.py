@@ -101,16 +101,18 @@ def test_plan_lora_and_batch_search(tmp_path):
 
 def test_plan_batch_search_answers_the_threshold():
     """A device exactly as large as the step at 32 rows: the answer fits and one row more does not.
-    (XLA:CPU's totals are not monotone row by row at this tiny width, so the bounds are loose.)"""
+    (XLA:CPU's totals are not monotone row by row at this tiny width, so the bounds are loose.) The search
+    starts at the configured rows (the doubling and bisection on their own: test_largest_batch_*)."""
     at = {r: plan(load_config(TINY, SMALL + [f"train.batch_rows={r}"]), 1, 2**40, search=False) for r in (4, 32)}
     mem = at[32].at_config.total
     assert at[4].at_config.total < mem  # the activations grow with the rows
-    rep = plan(load_config(TINY, SMALL), 1, mem, search=True, max_rows=256)
+    rep = plan(load_config(TINY, SMALL + ["train.batch_rows=16"]), 1, mem, search=True, max_rows=256)
     best = rep.largest_batch_rows
     assert best is not None and 32 <= best < 64 and rep.fits
+    assert rep.compiles >= 3  # 16 and 32 fit, 64 does not, then bisection
     nxt = plan(load_config(TINY, SMALL + [f"train.batch_rows={best + 1}"]), 1, 2**40, search=False)
     assert nxt.at_config.total > mem
-    none = plan(load_config(TINY, SMALL), 1, 1000, search=True, max_rows=64)
+    none = plan(load_config(TINY, SMALL + ["train.batch_rows=1"]), 1, 1000, search=True, max_rows=64)
     assert none.largest_batch_rows is None and not none.fits
 
 

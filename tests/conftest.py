@@ -15,11 +15,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import shutil
     import tempfile
 
+    from tests.helpers import compile_cache_env  # imports no jax: the variables are read when jax is imported
+
     _cache_dir = tempfile.mkdtemp(prefix="rm_jax_test_xla_cache_")
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.update(compile_cache_env(_cache_dir))
 # No jax_default_matmul_precision here: tests see the precision users get, which the model sets per
 # dot from model.matmul_precision (tests/test_precision.py checks the lowered programs).
 

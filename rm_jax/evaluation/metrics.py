@@ -1,5 +1,6 @@
-"""Metrics of multi-attribute predictions: per-attribute regression stats and HelpSteer2 pairwise
-accuracy. Pure numpy/scipy, from predictions alone (no model), so it runs without an accelerator.
+"""Metrics of multi-attribute predictions: per-attribute regression stats, agreement with the integer
+labels (quadratic-weighted kappa), calibration of per-level probabilities (NLL, ECE) and HelpSteer2
+pairwise accuracy. Pure numpy/scipy, from predictions alone (no model), so it runs without an accelerator.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from rm_jax.evaluation.weights import weight_sets
 
 LABEL_MIN = 0.0
 LABEL_MAX = 4.0
+LEVELS = 5  # HelpSteer2 labels are the integers 0..4
+ECE_BINS = 15  # Guo et al. 2017, "On Calibration of Modern Neural Networks"
+NLL_FLOOR = 1e-12  # a zero probability on the true level costs -log(1e-12) ~ 27.6 nats, not inf
 STAT_KEYS = ("mse", "rmse", "mae", "pearson", "spearman")
 
 
@@ -69,6 +73,118 @@ def round_predictions(pred: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(np.asarray(pred, dtype=np.float64) + 0.5), LABEL_MIN, LABEL_MAX)
 
 
+def level_labels(labels: Any, mask: Optional[Any] = None, levels: int = LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """``(ints, keep)`` of labels of any shape: ``keep`` is True where the mask is set (default: everywhere)
+    and the label is an integer level ``0..levels-1`` (3.0 is one; 2.5, -100, NaN are not); ``ints`` holds
+    those labels as int64 and 0 elsewhere (do not read it there).
+
+    The kappa, NLL and ECE below leave out present labels that are not a level; their number is
+    ``(present & ~keep).sum()`` and a report shows it (``qwk_excluded`` in :func:`attribute_metrics`).
+    """
+    t = np.asarray(labels, dtype=np.float64)
+    present = np.ones(t.shape, dtype=bool) if mask is None else np.asarray(mask) != 0
+    if present.shape != t.shape:
+        raise ValueError(f"mask shape {present.shape} != labels shape {t.shape}")
+    with np.errstate(invalid="ignore"):
+        is_level = np.isfinite(t) & (t == np.floor(t)) & (t >= 0) & (t <= levels - 1)
+    keep = present & is_level
+    return np.where(keep, t, 0.0).astype(np.int64), keep
+
+
+def _kappa(t: np.ndarray, r: np.ndarray, levels: int) -> Optional[float]:
+    """Quadratic-weighted kappa of two int arrays of levels 0..levels-1 (weights (i-j)^2 on the levels
+    themselves, so a level nobody used still sets the distances)."""
+    if t.size == 0:
+        return None
+    observed = np.zeros((levels, levels), dtype=np.float64)
+    np.add.at(observed, (t, r), 1.0)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / t.size
+    i = np.arange(levels)
+    w = (i[:, None] - i[None, :]) ** 2.0
+    chance = float((w * expected).sum())
+    # 0 only when labels and predictions all sit on one and the same level: agreement beyond chance is 0/0
+    return None if chance == 0.0 else 1.0 - float((w * observed).sum()) / chance
+
+
+def quadratic_weighted_kappa(
+    labels_int: Any, preds: Any, mask: Optional[Any] = None, levels: int = LEVELS
+) -> list[Optional[float]]:
+    """Per attribute (column of ``[N, A]`` arrays), Cohen's kappa with quadratic weights between the integer
+    labels and the predictions rounded to the nearest level (halves up, as :func:`round_predictions`) and
+    clipped to ``0..levels-1``: ``1 - sum(W*O) / sum(W*E)`` with ``O`` the levels x levels confusion counts,
+    ``E`` the outer product of its marginals over N and ``W[i, j] = (i - j)^2``.
+
+    Rows whose mask is 0 are left out, and so are present labels that are not a level (see
+    :func:`level_labels`; count them there). None where kappa is undefined: no rows, labels and predictions
+    all on one level, or a non-finite prediction among the rows.
+    """
+    t = _as_2d("labels_int", labels_int)
+    p = _as_2d("preds", preds)
+    if p.shape != t.shape:
+        raise ValueError(f"preds shape {p.shape} != labels shape {t.shape}")
+    ints, keep = level_labels(t, mask, levels)
+    rounded = np.clip(np.floor(p + 0.5), 0, levels - 1)
+    out: list[Optional[float]] = []
+    for j in range(t.shape[1]):
+        rows = keep[:, j]
+        r = rounded[rows, j]
+        out.append(_kappa(ints[rows, j], r.astype(np.int64), levels) if np.all(np.isfinite(r)) else None)
+    return out
+
+
+def _level_probs(probs: Any, labels_int: Any, mask: Optional[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``probs`` [n, K] (checked to be distributions) and their labels, for the labels that are levels."""
+    q = _as_2d("probs", probs)
+    y = _as_1d("labels_int", labels_int)
+    if len(y) != len(q):
+        raise ValueError(f"{len(y)} labels for {len(q)} rows of probs")
+    bad = ~np.isfinite(q).all(axis=1) | (q < 0).any(axis=1) | (np.abs(q.sum(axis=1) - 1.0) > 1e-3)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"probs row {i} is not a distribution over {q.shape[1]} levels: {q[i].tolist()}")
+    ints, keep = level_labels(y, mask, q.shape[1])
+    return q[keep], ints[keep]
+
+
+def level_nll(probs: Any, labels_int: Any, mask: Optional[Any] = None) -> Optional[float]:
+    """Mean negative log-likelihood (nats) of the label's level under per-row level probabilities
+    ``probs`` [n, K] (rows sum to 1, within 1e-3): ``mean(-log(max(probs[i, y_i], 1e-12)))``.
+
+    Rows with mask 0 and labels that are not a level 0..K-1 are left out (count them with
+    :func:`level_labels`); None when no row is left.
+    """
+    q, y = _level_probs(probs, labels_int, mask)
+    if not len(y):
+        return None
+    return float(np.mean(-np.log(np.maximum(q[np.arange(len(y)), y], NLL_FLOOR))))
+
+
+def expected_calibration_error(
+    probs: Any, labels_int: Any, mask: Optional[Any] = None, bins: int = ECE_BINS
+) -> Optional[float]:
+    """Expected calibration error of the top label, as Guo et al. 2017: each row's confidence is its largest
+    probability and its prediction that level (the lowest on ties); rows fall in ``bins`` equal-width bins
+    ``(m/bins, (m+1)/bins]`` of confidence (the first also holds 0), and
+    ``ECE = sum_b |B_b| / n * |accuracy(B_b) - mean confidence(B_b)|``, from 0 (calibrated) to 1.
+
+    Rows and labels are taken as in :func:`level_nll` (mask, levels only); None when no row is left.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    q, y = _level_probs(probs, labels_int, mask)
+    if not len(y):
+        return None
+    conf = q.max(axis=1)
+    correct = (q.argmax(axis=1) == y).astype(np.float64)
+    edges = np.arange(bins + 1) / bins  # m / bins exactly as written, so 0.8 is the top of bin 12 of 15
+    b = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    total = 0.0
+    for m in np.unique(b):
+        rows = b == m
+        total += rows.sum() * abs(correct[rows].mean() - conf[rows].mean())
+    return float(total / len(y))
+
+
 def attribute_metrics(
     pred: np.ndarray,
     target: np.ndarray,
@@ -76,7 +192,9 @@ def attribute_metrics(
     names: Sequence[str] = ATTRIBUTES,
 ) -> dict[str, dict]:
     """Per attribute, over rows whose mask is set: n, mse, rmse, mae, pearson, spearman,
-    and the same five stats under "rounded" for predictions rounded and clipped to 0..4.
+    and the same five stats under "rounded" for predictions rounded and clipped to 0..4; ``qwk``, the
+    quadratic-weighted kappa of those rounded predictions against the labels that are integers 0..4
+    (:func:`quadratic_weighted_kappa`), and ``qwk_excluded``, the present labels it left out (not integers 0..4).
 
     Undefined statistics (no rows, <2 rows or constant input for correlations) are None.
     """
@@ -95,12 +213,16 @@ def attribute_metrics(
         raise ValueError(f"{len(names)} attribute names for {pred.shape[1]} prediction columns")
 
     rounded = round_predictions(pred)
+    kappa = quadratic_weighted_kappa(target, pred, present)
+    _, is_level = level_labels(target, present)
     out: dict[str, dict] = {}
     for j, name in enumerate(names):
         rows = present[:, j]
         p, r, t = pred[rows, j], rounded[rows, j], target[rows, j]
         entry: dict[str, Any] = {"n": int(rows.sum())}
         entry.update(_regression_stats(p, t))
+        entry["qwk"] = kappa[j]
+        entry["qwk_excluded"] = int(rows.sum() - is_level[:, j].sum())
         entry["rounded"] = _regression_stats(r, t)
         out[name] = entry
     return out

@@ -6,7 +6,7 @@ return; nothing here computes a metric.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from rm_jax.evaluation.metrics import STAT_KEYS
 from rm_jax.evaluation.rewardbench import SECTIONS, SUBSET_COUNTS
@@ -16,13 +16,13 @@ def _fmt(x: Optional[float], width: int, digits: int = 4) -> str:
     return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
 
 
-def format_attribute_table(per_attribute: Mapping[str, Mapping[str, Any]]) -> str:
-    """Fixed-width text table of attribute_metrics output; undefined values print as '-'."""
+def format_attribute_table(per_attribute: Mapping[str, Mapping[str, Any]], keys: Sequence[str] = STAT_KEYS) -> str:
+    """Fixed-width text table of attribute_metrics output (columns ``keys``); undefined values print as '-'."""
     name_w = max([len("attribute")] + [len(n) for n in per_attribute])
-    header = f"{'attribute':<{name_w}} {'n':>7} " + " ".join(f"{k:>9}" for k in STAT_KEYS)
+    header = f"{'attribute':<{name_w}} {'n':>7} " + " ".join(f"{k:>9}" for k in keys)
     lines = [header, "-" * len(header)]
     for name, m in per_attribute.items():
-        cells = " ".join(_fmt(m.get(k), 9) for k in STAT_KEYS)
+        cells = " ".join(_fmt(m.get(k), 9) for k in keys)
         lines.append(f"{name:<{name_w}} {int(m['n']):>7d} {cells}")
     return "\n".join(lines)
 
@@ -118,8 +118,14 @@ def format_report(result: Mapping[str, Any]) -> str:
         parts.append(f"HelpSteer2-format rows: {_counts_line(c)}")
         if result["per_attribute"]:
             parts.append(format_attribute_table(result["per_attribute"]))
-            rounded = {a: dict(m["rounded"], n=m["n"]) for a, m in result["per_attribute"].items()}
-            parts.append("predictions rounded to 0..4:\n" + format_attribute_table(rounded))
+            # qwk is a statistic of the rounded predictions, so it is a column of their table
+            rounded = {a: dict(m["rounded"], n=m["n"], qwk=m.get("qwk")) for a, m in result["per_attribute"].items()}
+            excluded = sum(int(m.get("qwk_excluded") or 0) for m in result["per_attribute"].values())
+            note = f" ({excluded} labels not an integer 0..4 left out of qwk)" if excluded else ""
+            parts.append(
+                f"predictions rounded to 0..4 (qwk: quadratic-weighted kappa){note}:\n"
+                + format_attribute_table(rounded, STAT_KEYS + ("qwk",))
+            )
         parts.append(
             "pairwise accuracy (more helpful response of a prompt gets the higher reward; "
             "* = --weights):\n" + format_pairwise(result["pairwise"], label)

@@ -137,6 +137,8 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
             for a in attributes:
                 base[f"pearson_{a}"] = per[a]["pearson"]
                 base[f"mse_{a}"] = per[a]["mse"]
+                base[f"qwk_{a}"] = per[a]["qwk"]
+            base["qwk_mean"] = qwk_mean([per[a]["qwk"] for a in attributes])
     else:
         notes.append(f"{run['name']}: no predictions/validation.jsonl (no validation set?): metrics left empty")
     rb = None
@@ -179,6 +181,13 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
             row.update(rb2_columns(rb2, spec))
         rows.append(row)
     return rows
+
+
+def qwk_mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    """Mean kappa over the attributes; None unless every attribute has one, so runs compare on the same set."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(values))
 
 
 def rb2_column(subset: str) -> str:
@@ -270,7 +279,8 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
         + ["train_rows", "val_loss"]
         + [f"pearson_{a}" for a in attributes]
         + [f"mse_{a}" for a in attributes]
-        + ["pair_accuracy"]
+        + [f"qwk_{a}" for a in attributes]
+        + ["qwk_mean", "pair_accuracy"]
         + (["rewardbench_overall"] + [f"rewardbench_{s}" for s in RB_SECTIONS] if has_rb else [])
         + (["rb2_score"] if any(r["config"]["eval"].get("rewardbench2") for r in plan["runs"]) else [])
     )
@@ -470,10 +480,11 @@ def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc
     weightings = list(dict.fromkeys(r["reward_weights"] for r in rows))
     first_rw = [r for r in rows if r["reward_weights"] == weightings[0]]
     panels = []  # (file stem, title, aggregated data)
-    for metric in ["val_loss"] + [f"pearson_{a}" for a in attributes]:
+    titles = {"val_loss": "validation loss", "qwk_mean": "quadratic-weighted kappa (mean of attributes)"}
+    for metric in ["val_loss"] + [f"pearson_{a}" for a in attributes] + ["qwk_mean"]:
         d = _aggregate(first_rw, metric, group_cols)
         if d:
-            panels.append((metric, metric.replace("_", " ", 1) if metric != "val_loss" else "validation loss", d))
+            panels.append((metric, titles.get(metric, metric.replace("_", " ", 1)), d))
     for metric in ["pair_accuracy", "rewardbench_overall", "rb2_score"]:
         for rw in weightings:
             d = _aggregate([r for r in rows if r["reward_weights"] == rw], metric, group_cols)

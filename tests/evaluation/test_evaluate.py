@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.metrics import cohen_kappa_score
 
 from rm_jax import cli
 from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS
@@ -254,6 +255,10 @@ def _reference_metrics(pred, labels, present):
                 "spearman": None if np.all(x == x[0]) else float(stats.spearmanr(x, t)[0]),
             }
             entry.update(d) if key == "raw" else entry.__setitem__("rounded", d)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 when labels and predictions share one level
+            k = cohen_kappa_score(t.astype(int), r.astype(int), weights="quadratic", labels=list(range(5)))
+        entry["qwk"] = None if math.isnan(k) else float(k)
+        entry["qwk_excluded"] = 0  # every present label here is an integer 0..4
         out[a] = entry
     return out
 
@@ -317,6 +322,7 @@ def test_tables_printed(tiny_rm, data, tmp_path, capsys):
         "helpfulness",
         "pairwise accuracy",
         "* helpfulness-only",
+        "(qwk: quadratic-weighted kappa)",
         "[chat]",
         "overall (mean of sections)",
         "anthropic_helpful",

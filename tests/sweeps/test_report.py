@@ -1,5 +1,6 @@
 """Sweep results with RewardBench 2: ``rb2_score`` / ``rb2_<subset>`` columns per reward weighting, recomputed
-from each run's saved per-completion predictions, a plot panel, and ``rm-jax report`` rebuilding the same."""
+from each run's saved per-completion predictions, a plot panel, and ``rm-jax report`` rebuilding the same; and the
+quadratic-weighted kappa columns ``qwk_<attribute>`` / ``qwk_mean`` from the saved validation predictions."""
 
 import csv
 import io
@@ -8,10 +9,12 @@ import os
 
 import numpy as np
 import yaml
+from sklearn.metrics import cohen_kappa_score
 
 from rm_jax import cli
 from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS
 from rm_jax.data.rewardbench2_sets import load_rewardbench2
+from rm_jax.sweeps.report import qwk_mean
 from rm_jax.sweeps.runner import sweep
 from tests.evaluation.test_rewardbench2 import plain_run_v2
 from tests.helpers import fake_train, tiny_base
@@ -70,11 +73,33 @@ def test_sweep_writes_rb2_columns_and_panel(data_files, tmp_path):
     assert by_frac["1.0"] > by_frac["0.2"]
     assert (sd / "plots" / "rb2_score-340b-rewardbench.png").exists()
     assert "rb2_score" in (sd / "results.md").read_text()
+    _check_qwk_columns(sd, rows, cols)
 
     before = (sd / "results.csv").read_text()
     (sd / "results.csv").unlink()
     assert cli.main(["report", str(sd)]) == 0
     assert (sd / "results.csv").read_text() == before
+
+
+def _check_qwk_columns(sd, rows, cols):
+    """qwk_<attribute> is scikit-learn's quadratic kappa of the run's validation predictions, rounded half up and
+    clipped to 0..4; qwk_mean their mean; the same for every reward weighting of a run; a panel of the mean."""
+    assert cols[cols.index("qwk_helpfulness") :][:6] == [f"qwk_{a}" for a in ATTRIBUTES] + ["qwk_mean"]
+    mean_by_frac = {}
+    for r in rows:
+        recs = [json.loads(line) for line in open(sd / r["run"] / "predictions" / "validation.jsonl")]
+        want = []
+        for a in ATTRIBUTES:
+            t = np.array([rec["label"][a] for rec in recs], int)
+            p = np.clip(np.floor(np.array([rec["pred"][a] for rec in recs]) + 0.5), 0, 4).astype(int)
+            want.append(cohen_kappa_score(t, p, weights="quadratic", labels=list(range(5))))
+            assert abs(float(r[f"qwk_{a}"]) - want[-1]) < 1e-9, (r["run"], a)
+        assert abs(float(r["qwk_mean"]) - np.mean(want)) < 1e-9
+        mean_by_frac.setdefault(r["data_fraction"], set()).add(r["qwk_mean"])
+    assert all(len(v) == 1 for v in mean_by_frac.values())  # a property of the run, not of the weighting
+    assert float(next(iter(mean_by_frac["1.0"]))) > float(next(iter(mean_by_frac["0.2"])))  # less noise, more kappa
+    assert (sd / "plots" / "qwk_mean.png").stat().st_size > 1000
+    assert qwk_mean([0.5, None, 0.7]) is None and qwk_mean([0.5, 0.7]) == 0.6
 
 
 def test_missing_rb2_predictions_noted(data_files, tmp_path):

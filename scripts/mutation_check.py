@@ -281,6 +281,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/models/test_kernels.py::test_gqa_offset_probe",),
     ),
+    Mutation(
+        "qwk_linear_weights",
+        "agreement is quadratic-weighted kappa, as the HelpSteer2 annotators' figures",
+        (
+            (
+                "rm_jax/evaluation/metrics.py",
+                "w = (i[:, None] - i[None, :]) ** 2.0",
+                "w = np.abs(i[:, None] - i[None, :]) * 1.0",
+            ),
+        ),
+        ("tests/evaluation/test_metrics.py::test_qwk_matches_sklearn_with_mask",),
+    ),
 )
 
 

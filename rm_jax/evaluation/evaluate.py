@@ -8,8 +8,10 @@ The data flow, one module a step:
        -> prediction files (:mod:`.predictions`) and readable tables (:mod:`.reports`).
 
 * HelpSteer2-format rows (``prompt``, ``response``, five attribute labels): per-attribute
-  MSE / RMSE / MAE / Pearson / Spearman (also for predictions rounded to 0..4), and pairwise
-  accuracy on the prompt pairs under every reward-weight preset plus ``weights``.
+  MSE / RMSE / MAE / Pearson / Spearman (also for predictions rounded to 0..4), the quadratic-weighted
+  kappa of the rounded predictions against the integer labels (``qwk``, with ``qwk_excluded`` labels
+  that are not integers 0..4), and pairwise accuracy on the prompt pairs under every reward-weight
+  preset plus ``weights``.
 * RewardBench-format pairs (``prompt``, ``chosen``, ``rejected``, ``subset``[, ``id``]):
   per-subset accuracy, count-weighted section scores and the overall mean of sections
   (:func:`rm_jax.evaluation.rewardbench.score_pairs`) for the ``weights`` reward, and every preset

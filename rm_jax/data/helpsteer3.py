@@ -16,15 +16,22 @@ context in ``weights fit``).
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from rm_jax.core.errors import DataError
+from rm_jax.data.pipeline import ASSETS, BUNDLED
 from rm_jax.data.sources import STRENGTH_RANGE, _BadRow, _mapping, _records, _show, _string
 
 HUB_ID = "nvidia/HelpSteer3"
 HUB_CONFIG = "preference"
 ROLES = ("system", "user", "assistant")
+
+
+def bundled_helpsteer3_path() -> str:
+    """The HelpSteer3-format sample (``train`` / ``validation`` files) made from the bundled HelpSteer2 splits."""
+    return os.path.join(ASSETS, "sample", "helpsteer3")
 
 
 @dataclass
@@ -33,6 +40,7 @@ class HelpSteer3Pairs:
     ``language``, ``context_id``, ``_row``) and what was left out."""
 
     rows: list[dict]
+    skipped: list[tuple[str, int, str, str]] = field(default_factory=list)  # on_bad_row=skip: (file, row, field, why)
     ties_left_out: int = 0
     filtered_out: int = 0
     by_domain: dict[str, int] = field(default_factory=dict)
@@ -41,6 +49,7 @@ class HelpSteer3Pairs:
     def report(self) -> dict:
         return {
             "pairs": len(self.rows),
+            "rows_skipped": len(self.skipped),
             "ties_left_out": self.ties_left_out,
             "filtered_out": self.filtered_out,
             "domains": dict(sorted(self.by_domain.items())),
@@ -52,17 +61,22 @@ def load_helpsteer3(
     split: Optional[str] = None,
     domains: Optional[Sequence[str]] = None,
     languages: Optional[Sequence[str]] = None,
+    on_bad_row: str = "error",
 ) -> HelpSteer3Pairs:
     """Every pair of ``source`` (a file, folder, or the hub id), validated; ``domains`` / ``languages``
-    keep only rows in them (counted as ``filtered_out`` otherwise). Hub split default ``train``."""
-    source = str(source)
+    keep only rows in them (counted as ``filtered_out`` otherwise). A bad row stops the load naming file,
+    row and field, or with ``on_bad_row="skip"`` is counted in ``skipped``. Hub split default ``train``."""
+    source = bundled_helpsteer3_path() if str(source) == BUNDLED else str(source)
     out = HelpSteer3Pairs(rows=[], source=source)
     contexts: dict[str, int] = {}
     for index, (file, rownum, record) in enumerate(_records_of(source, split or "train")):
         try:
             row = _row(record)
         except _BadRow as e:
-            raise DataError(file, rownum, e.field, e.reason) from None
+            if on_bad_row != "skip":
+                raise DataError(file, rownum, e.field, e.reason) from None
+            out.skipped.append((file, rownum, e.field, e.reason))
+            continue
         if (domains and row["domain"] not in domains) or (languages and row["language"] not in languages):
             out.filtered_out += 1
             continue

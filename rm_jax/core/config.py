@@ -186,6 +186,12 @@ class EvalConfig:
     rewardbench_split: str = "filtered"
     rewardbench2: Optional[str] = None  # RewardBench 2 sets (file / hub id / bundled) scored at the end
     rewardbench2_split: Optional[str] = None  # hub split (default test)
+    # The yardsticks HelpSteer's authors report now, scored at the end like rewardbench2 (file / hub id / bundled)
+    rm_bench: Optional[str] = None  # RM-Bench rows (THU-KEG/RM-Bench data/total_dataset.json)
+    judgebench: Optional[str] = None  # JudgeBench pairs (ScalerLab/JudgeBench)
+    judgebench_split: str = "gpt"
+    helpsteer3: Optional[str] = None  # HelpSteer3-Preference rows; pairwise accuracy per domain and language
+    helpsteer3_split: str = "validation"
     label_probe: LabelProbeConfig = field(default_factory=LabelProbeConfig)
 
 
@@ -429,8 +435,9 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: data.kind=chat holds no labels for a reward model; use it with task: sft")
     if cfg.task != "rm" and cfg.eval.rewardbench:
         raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task {cfg.task} trains a policy")
-    if cfg.task != "rm" and cfg.eval.rewardbench2:
-        raise ConfigError(f"{where}: eval.rewardbench2 scores a reward model; task {cfg.task} trains a policy")
+    for key in ("rewardbench2", "rm_bench", "judgebench", "helpsteer3"):
+        if cfg.task != "rm" and getattr(cfg.eval, key):
+            raise ConfigError(f"{where}: eval.{key} scores a reward model; task {cfg.task} trains a policy")
     if cfg.eval.label_probe.prompts and cfg.task == "rm":
         raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
     if cfg.data.attributes_as_label and cfg.task != "sft":

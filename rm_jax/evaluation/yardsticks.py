@@ -165,3 +165,39 @@ def helpsteer3_records(
         for i, r in enumerate(rows)
         for k in range(2)
     ]
+
+
+# ----------------------------------------------------------------------------- one entry point per name
+
+YARDSTICKS = ("rm_bench", "judgebench", "helpsteer3")
+TITLES = {"rm_bench": "RM-Bench", "judgebench": "JudgeBench", "helpsteer3": "HelpSteer3-Preference"}
+DEFAULT_SPLITS = {"rm_bench": None, "judgebench": "gpt", "helpsteer3": "validation"}
+
+
+def evaluate_yardstick(
+    model: Any, name: str, source: str, split: Optional[str] = None, weights: Optional[WeightSpec] = None, **opts: Any
+) -> tuple[dict, list[dict]]:
+    """Load ``source`` as yardstick ``name`` (one of :data:`YARDSTICKS`), score it with ``model``: the
+    report (``counts`` included) and the per-response score records."""
+    attributes = list(model.attributes)
+    w = default_weights(attributes) if weights is None else weights
+    split = split or DEFAULT_SPLITS[name]
+    if name == "rm_bench":
+        rows = rm_bench_rows.load_rm_bench(source, split)
+        report, pred = evaluate_rm_bench(model, rows, w, **opts)
+        records = rm_bench_records(rows, pred, attributes, w)
+    elif name == "judgebench":
+        pairs = judgebench_pairs.load_judgebench(source, split)
+        report, pred = evaluate_judgebench(model, pairs, w, **opts)
+        records = judgebench_records(pairs, pred, attributes, w)
+    elif name == "helpsteer3":
+        from rm_jax.data.helpsteer3 import load_helpsteer3
+
+        hs3 = load_helpsteer3(source, split)
+        report, pred = evaluate_helpsteer3(model, hs3.rows, w, ties_left_out=hs3.ties_left_out, **opts)
+        records = helpsteer3_records(hs3.rows, pred, attributes, w)
+    else:
+        raise ValueError(f"unknown yardstick {name!r}: one of {', '.join(YARDSTICKS)}")
+    counts = report["counts"]
+    report["counts"] = {"responses": counts.pop("rows"), **counts, "source": str(source), "split": split}
+    return report, records

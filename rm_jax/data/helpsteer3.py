@@ -69,23 +69,14 @@ def load_helpsteer3(
     source = bundled_helpsteer3_path() if str(source) == BUNDLED else str(source)
     out = HelpSteer3Pairs(rows=[], source=source)
     contexts: dict[str, int] = {}
-    for index, (file, rownum, record) in enumerate(_records_of(source, split or "train")):
-        try:
-            row = _row(record)
-        except _BadRow as e:
-            if on_bad_row != "skip":
-                raise DataError(file, rownum, e.field, e.reason) from None
-            out.skipped.append((file, rownum, e.field, e.reason))
-            continue
+    for row in iter_helpsteer3(source, split, out.skipped if on_bad_row == "skip" else None):
         if (domains and row["domain"] not in domains) or (languages and row["language"] not in languages):
             out.filtered_out += 1
             continue
-        if row.pop("preference") == 0:
+        if row["preference"] == 0:
             out.ties_left_out += 1
             continue
-        key = repr(row["prompt"])
-        row["context_id"] = contexts.setdefault(key, len(contexts))
-        row["_row"] = index
+        row["context_id"] = contexts.setdefault(repr(row["prompt"]), len(contexts))
         out.by_domain[row["domain"]] = out.by_domain.get(row["domain"], 0) + 1
         out.rows.append(row)
     if not out.rows:
@@ -93,6 +84,23 @@ def load_helpsteer3(
             source, None, None, f"no HelpSteer3 pairs left ({out.ties_left_out} ties, {out.filtered_out} filtered out)"
         )
     return out
+
+
+def iter_helpsteer3(source: str, split: Optional[str] = None, skipped: Optional[list] = None) -> Iterator[dict]:
+    """Every validated row of ``source``, ties included (``preference`` 0; ``_row`` its 0-based position).
+    A bad row raises a :class:`DataError` naming file, row and field, or, given a ``skipped`` list, is
+    appended to it as ``(file, row, field, reason)`` and passed over."""
+    source = bundled_helpsteer3_path() if str(source) == BUNDLED else str(source)
+    for index, (file, rownum, record) in enumerate(_records_of(source, split or "train")):
+        try:
+            row = _row(record)
+        except _BadRow as e:
+            if skipped is None:
+                raise DataError(file, rownum, e.field, e.reason) from None
+            skipped.append((file, rownum, e.field, e.reason))
+            continue
+        row["_row"] = index
+        yield row
 
 
 def _records_of(source: str, split: str) -> Iterator[tuple[str, int, Any]]:

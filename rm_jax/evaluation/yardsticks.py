@@ -174,30 +174,37 @@ TITLES = {"rm_bench": "RM-Bench", "judgebench": "JudgeBench", "helpsteer3": "Hel
 DEFAULT_SPLITS = {"rm_bench": None, "judgebench": "gpt", "helpsteer3": "validation"}
 
 
-def evaluate_yardstick(
-    model: Any, name: str, source: str, split: Optional[str] = None, weights: Optional[WeightSpec] = None, **opts: Any
-) -> tuple[dict, list[dict]]:
-    """Load ``source`` as yardstick ``name`` (one of :data:`YARDSTICKS`), score it with ``model``: the
-    report (``counts`` included) and the per-response score records."""
-    attributes = list(model.attributes)
-    w = default_weights(attributes) if weights is None else weights
+def load_yardstick(name: str, source: str, split: Optional[str] = None) -> Any:
+    """The rows of yardstick ``name`` (one of :data:`YARDSTICKS`) from ``source``, validated (a bad row is a
+    :class:`rm_jax.core.errors.DataError` naming file, row and field)."""
     split = split or DEFAULT_SPLITS[name]
     if name == "rm_bench":
-        rows = rm_bench_rows.load_rm_bench(source, split)
-        report, pred = evaluate_rm_bench(model, rows, w, **opts)
-        records = rm_bench_records(rows, pred, attributes, w)
-    elif name == "judgebench":
-        pairs = judgebench_pairs.load_judgebench(source, split)
-        report, pred = evaluate_judgebench(model, pairs, w, **opts)
-        records = judgebench_records(pairs, pred, attributes, w)
-    elif name == "helpsteer3":
+        return rm_bench_rows.load_rm_bench(source, split)
+    if name == "judgebench":
+        return judgebench_pairs.load_judgebench(source, split)
+    if name == "helpsteer3":
         from rm_jax.data.helpsteer3 import load_helpsteer3
 
-        hs3 = load_helpsteer3(source, split)
-        report, pred = evaluate_helpsteer3(model, hs3.rows, w, ties_left_out=hs3.ties_left_out, **opts)
-        records = helpsteer3_records(hs3.rows, pred, attributes, w)
+        return load_helpsteer3(source, split)
+    raise ValueError(f"unknown yardstick {name!r}: one of {', '.join(YARDSTICKS)}")
+
+
+def evaluate_yardstick(
+    model: Any, name: str, data: Any, weights: Optional[WeightSpec] = None, **opts: Any
+) -> tuple[dict, list[dict]]:
+    """Score ``data`` (from :func:`load_yardstick`) as yardstick ``name`` with ``model``: the report
+    (``counts`` included) and the per-response score records."""
+    attributes = list(model.attributes)
+    w = default_weights(attributes) if weights is None else weights
+    if name == "rm_bench":
+        report, pred = evaluate_rm_bench(model, data, w, **opts)
+        records = rm_bench_records(data, pred, attributes, w)
+    elif name == "judgebench":
+        report, pred = evaluate_judgebench(model, data, w, **opts)
+        records = judgebench_records(data, pred, attributes, w)
     else:
-        raise ValueError(f"unknown yardstick {name!r}: one of {', '.join(YARDSTICKS)}")
+        report, pred = evaluate_helpsteer3(model, data.rows, w, ties_left_out=data.ties_left_out, **opts)
+        records = helpsteer3_records(data.rows, pred, attributes, w)
     counts = report["counts"]
-    report["counts"] = {"responses": counts.pop("rows"), **counts, "source": str(source), "split": split}
+    report["counts"] = {"responses": counts.pop("rows"), **counts}
     return report, records

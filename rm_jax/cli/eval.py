@@ -1,5 +1,6 @@
-"""``rm-jax eval``: HelpSteer2 metrics and RewardBench-format accuracy for a reward model, or the same
-metrics recomputed from an earlier evaluation's saved predictions (``--from-predictions``)."""
+"""``rm-jax eval``: HelpSteer2 metrics, RewardBench 1 / 2, RM-Bench, JudgeBench and HelpSteer3-Preference
+accuracy for a reward model, or the same metrics recomputed from an earlier evaluation's saved predictions
+(``--from-predictions``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,23 @@ def _parser() -> argparse.ArgumentParser:
         "(allenai/reward-bench-2) or 'bundled'; per-completion scores go to <stem>.rewardbench2_scores.jsonl",
     )
     ap.add_argument("--rewardbench2-split", default=None, help="hub split (default test)")
+    ap.add_argument(
+        "--rm-bench",
+        help="RM-Bench rows (THU-KEG/RM-Bench data/total_dataset.json, or 'bundled'): hard / normal / easy and "
+        "per-domain accuracy as its compute_accuracy; per-response scores to <stem>.rm_bench_scores.jsonl",
+    )
+    ap.add_argument(
+        "--judgebench",
+        help="JudgeBench pairs (file, hub id ScalerLab/JudgeBench, or 'bundled'): single-game accuracy overall and "
+        "per category; per-response scores to <stem>.judgebench_scores.jsonl",
+    )
+    ap.add_argument("--judgebench-split", default="gpt", help="gpt (350 pairs) or claude (270); hub split or file")
+    ap.add_argument(
+        "--helpsteer3",
+        help="HelpSteer3-Preference rows (file, folder, hub id nvidia/HelpSteer3, or 'bundled'): pairwise accuracy "
+        "overall, per domain and per language, ties left out and counted",
+    )
+    ap.add_argument("--helpsteer3-split", default="validation")
     ap.add_argument(
         "--weights",
         default=None,
@@ -86,7 +104,7 @@ def main(argv: Sequence[str]) -> int:
     from rm_jax.evaluation.report_text import format_report
 
     if a.from_predictions:
-        if a.model or a.helpsteer or a.rewardbench or a.rewardbench2:
+        if a.model or a.helpsteer or a.rewardbench or a.rewardbench2 or a.rm_bench or a.judgebench or a.helpsteer3:
             raise InputError(
                 "--from-predictions recomputes metrics from saved predictions: "
                 "do not also give --model, --helpsteer or --rewardbench"
@@ -112,6 +130,15 @@ def main(argv: Sequence[str]) -> int:
         rewardbench_split=a.rewardbench_split,
         rewardbench2=a.rewardbench2,
         rewardbench2_split=a.rewardbench2_split,
+        yardsticks={
+            name: (src, split)
+            for name, src, split in (
+                ("rm_bench", a.rm_bench, None),
+                ("judgebench", a.judgebench, a.judgebench_split),
+                ("helpsteer3", a.helpsteer3, a.helpsteer3_split),
+            )
+            if src
+        },
         weights=a.weights,
         output=a.output or "eval_results.json",
         seq_len=a.seq_len,

@@ -25,7 +25,8 @@ Dtype = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
 Attention = Literal["auto", "xla", "cudnn", "cudnn_dense", "splash"]
 MatmulPrecision = Literal["default", "high", "highest"]
-DataKind = Literal["helpsteer", "pairs", "chat"]
+DataKind = Literal["helpsteer", "pairs", "helpsteer3", "chat"]
+PAIR_KINDS = ("pairs", "helpsteer3")  # data kinds read as preference pairs (a pair loss)
 PaddingSide = Literal["right", "left"]
 Overlength = Literal["truncate", "drop"]
 OnBadRow = Literal["error", "skip"]
@@ -91,8 +92,10 @@ class DataConfig:
     validation: Optional[str] = "bundled"
     validation_split: str = "validation"
     # helpsteer (attribute regression) | pairs (chosen/rejected or HelpSteer2-Preference)
-    # | chat (task sft: prompt/response or messages rows)
+    # | helpsteer3 (HelpSteer3-Preference rows as pairs) | chat (task sft: prompt/response or messages rows)
     kind: DataKind = "helpsteer"
+    domains: Optional[list[str]] = None  # helpsteer3: keep only these domains (general, stem, code, multilingual)
+    languages: Optional[list[str]] = None  # helpsteer3: keep only these languages
     template: Optional[str] = None  # chat template: None = the tokenizer's own, else a built-in name (nemotron)
     seq_len: Annotated[int, Range(8)] = 128
     packing: bool = True
@@ -183,6 +186,12 @@ class EvalConfig:
     rewardbench_split: str = "filtered"
     rewardbench2: Optional[str] = None  # RewardBench 2 sets (file / hub id / bundled) scored at the end
     rewardbench2_split: Optional[str] = None  # hub split (default test)
+    # The yardsticks HelpSteer's authors report now, scored at the end like rewardbench2 (file / hub id / bundled)
+    rm_bench: Optional[str] = None  # RM-Bench rows (THU-KEG/RM-Bench data/total_dataset.json)
+    judgebench: Optional[str] = None  # JudgeBench pairs (ScalerLab/JudgeBench)
+    judgebench_split: str = "gpt"
+    helpsteer3: Optional[str] = None  # HelpSteer3-Preference rows; pairwise accuracy per domain and language
+    helpsteer3_split: str = "validation"
     label_probe: LabelProbeConfig = field(default_factory=LabelProbeConfig)
 
 
@@ -414,9 +423,9 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
             f"run folder) or model.path (an HF *ForCausalLM folder)"
         )
     if cfg.task in ("sft", "steerlm2"):
-        if cfg.data.kind == "pairs":
+        if cfg.data.kind in PAIR_KINDS:
             raise ConfigError(
-                f"{where}: task {cfg.task} trains on conversations: data.kind helpsteer or chat, not pairs"
+                f"{where}: task {cfg.task} trains on conversations: data.kind helpsteer or chat, not {cfg.data.kind}"
             )
         if cfg.loss.type != "mse":
             raise ConfigError(
@@ -426,16 +435,21 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: data.kind=chat holds no labels for a reward model; use it with task: sft")
     if cfg.task != "rm" and cfg.eval.rewardbench:
         raise ConfigError(f"{where}: eval.rewardbench scores a reward model; task {cfg.task} trains a policy")
-    if cfg.task != "rm" and cfg.eval.rewardbench2:
-        raise ConfigError(f"{where}: eval.rewardbench2 scores a reward model; task {cfg.task} trains a policy")
+    for key in ("rewardbench2", "rm_bench", "judgebench", "helpsteer3"):
+        if cfg.task != "rm" and getattr(cfg.eval, key):
+            raise ConfigError(f"{where}: eval.{key} scores a reward model; task {cfg.task} trains a policy")
     if cfg.eval.label_probe.prompts and cfg.task == "rm":
         raise ConfigError(f"{where}: eval.label_probe is for task: sft (a policy that reads labels)")
     if cfg.data.attributes_as_label and cfg.task != "sft":
         raise ConfigError(f"{where}: data.attributes_as_label is for task: sft (SteerLM attribute-conditioned SFT)")
-    if cfg.data.kind == "pairs" and cfg.loss.type == "mse":
-        raise ConfigError(f"{where}: data.kind=pairs needs a pair loss (loss.type bt, margin_bt or scaled_bt)")
+    if cfg.data.kind in PAIR_KINDS and cfg.loss.type == "mse":
+        raise ConfigError(
+            f"{where}: data.kind={cfg.data.kind} needs a pair loss (loss.type bt, margin_bt or scaled_bt)"
+        )
     if cfg.data.kind == "helpsteer" and cfg.loss.type != "mse":
-        raise ConfigError(f"{where}: loss.type={cfg.loss.type} needs data.kind=pairs")
+        raise ConfigError(f"{where}: loss.type={cfg.loss.type} needs data.kind=pairs or helpsteer3")
+    if (cfg.data.domains or cfg.data.languages) and cfg.data.kind != "helpsteer3":
+        raise ConfigError(f"{where}: data.domains / data.languages filter HelpSteer3 rows: set data.kind=helpsteer3")
     if cfg.model.path is None and not cfg.model.arch and cfg.model.init_from is None:
         raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
     if cfg.lora.rank < 0:
@@ -464,7 +478,7 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         except ValueError as e:
             raise ConfigError(f"{where}: eval.reward_weights: {e}") from None
     try:
-        if cfg.data.kind == "pairs":
+        if cfg.data.kind in PAIR_KINDS:
             resolve_reward_weights(cfg.loss.reward_weights, n_attr)
     except ValueError as e:
         raise ConfigError(f"{where}: loss.reward_weights: {e}") from None

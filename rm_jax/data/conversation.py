@@ -90,10 +90,12 @@ def _row_messages(row: Mapping[str, Any], where: str) -> list[Message]:
         return out
     if "prompt" in row and "response" in row:
         prompt, response = row["prompt"], row["response"]
-        if not isinstance(prompt, str):
-            raise ConversationError(f"{where}: field 'prompt' must be a string")
         if not isinstance(response, str):
             raise ConversationError(f"{where}: field 'response' must be a string")
+        if isinstance(prompt, list):  # the turns before the response as messages (HelpSteer3's context)
+            return _row_messages({"messages": [*prompt, {"role": "assistant", "content": response}]}, where)
+        if not isinstance(prompt, str):
+            raise ConversationError(f"{where}: field 'prompt' must be a string or a list of messages")
         return split_prompt(prompt) + [{"role": "assistant", "content": response}]
     raise ConversationError(f"{where}: needs either 'prompt' and 'response', or 'messages'")
 

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats as sps
 
 from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.errors import DataError
 from rm_jax.data.conversation import count_turns, encode, row_to_messages
 
 STAT_NAMES: tuple[str, ...] = ATTRIBUTES + ("turns", "prompt_chars", "response_chars")
@@ -84,13 +85,35 @@ def format_stats_table(stats: Mapping[str, Any]) -> str:
 
 
 def dataset_stats(
-    source: str, split: str = "train", on_bad_row: str = "error", tokenizer: Any = None, template: str | None = None
+    source: str,
+    split: str = "train",
+    on_bad_row: str = "error",
+    tokenizer: Any = None,
+    template: str | None = None,
+    kind: str = "helpsteer",
 ) -> dict:
-    """``rm-jax data stats``: :func:`helpsteer_stats` of a source (file, folder, hub id, ``bundled``), plus
-    token lengths under ``tokenizer`` when one is given and the count of skipped bad rows."""
+    """``rm-jax data stats``: :func:`helpsteer_stats` (``kind`` helpsteer) or :func:`helpsteer3_stats`
+    (``kind`` helpsteer3) of a source (file, folder, hub id, ``bundled``), plus token lengths under
+    ``tokenizer`` when one is given and the count of skipped bad rows."""
     from rm_jax.data.pipeline import resolve_source
     from rm_jax.data.sources import load_helpsteer
 
+    if kind == "helpsteer3":
+        from rm_jax.data.helpsteer3 import iter_helpsteer3
+
+        skipped: list = []
+        rows = list(iter_helpsteer3(source, split, skipped if on_bad_row == "skip" else None))
+        if not rows:
+            raise DataError(source, None, None, "no HelpSteer3 rows")
+        stats = helpsteer3_stats(rows)
+        if tokenizer is not None:
+            convs = [
+                [*r["prompt"], {"role": "assistant", "content": r[k]}] for r in rows for k in ("chosen", "rejected")
+            ]
+            stats["tokens"] = token_length_stats(len(x) for x in encode(tokenizer, convs, template))
+        if skipped:
+            stats["skipped_rows"] = len(skipped)
+        return stats
     res = load_helpsteer(resolve_source(source), split, on_bad_row=on_bad_row)
     stats = helpsteer_stats(res.rows)
     if tokenizer is not None:
@@ -103,7 +126,7 @@ def dataset_stats(
 
 def format_stats_report(stats: Mapping[str, Any]) -> str:
     """The table plus token lengths and skipped rows, as ``rm-jax data stats`` prints them."""
-    lines = [format_stats_table(stats)]
+    lines = [format_helpsteer3_stats(stats) if "preference_histogram" in stats else format_stats_table(stats)]
     if "tokens" in stats:
         lines.append("tokens per conversation: " + ", ".join(f"{k} {v:.1f}" for k, v in stats["tokens"].items()))
     if stats.get("skipped_rows"):
@@ -131,3 +154,45 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 
 def _num(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- HelpSteer3-Preference
+
+PREFERENCES = tuple(range(-3, 4))
+
+
+def helpsteer3_stats(rows: Sequence[Mapping[str, Any]]) -> dict:
+    """Validated HelpSteer3 rows (ties included, :func:`rm_jax.data.helpsteer3.iter_helpsteer3`): overall and
+    per domain and per language, the row count, mean turns in the context, mean characters of context and
+    responses, and the histogram of ``overall_preference`` (-3..3; 0 = tie, left out of training)."""
+
+    def part(sel: Sequence[Mapping[str, Any]]) -> dict:
+        prefs = [r["preference"] for r in sel]
+        return {
+            "rows": len(sel),
+            "ties": prefs.count(0),
+            "turns_mean": float(np.mean([len(r["prompt"]) for r in sel])),
+            "context_chars_mean": float(np.mean([sum(len(m["content"]) for m in r["prompt"]) for r in sel])),
+            "response_chars_mean": float(np.mean([len(r[k]) for r in sel for k in ("chosen", "rejected")])),
+            "preference_histogram": {str(p): prefs.count(p) for p in PREFERENCES},
+        }
+
+    out = {**part(rows), "contexts": len({repr(r["prompt"]) for r in rows})}
+    for key, name in (("domain", "domains"), ("language", "languages")):
+        out[name] = {v: part([r for r in rows if r[key] == v]) for v in sorted({r[key] for r in rows})}
+    return out
+
+
+def format_helpsteer3_stats(stats: Mapping[str, Any]) -> str:
+    """:func:`helpsteer3_stats` as Markdown tables (per domain, then per language)."""
+    head = "| {} | rows | ties | turns | context chars | response chars | " + " | ".join(map(str, PREFERENCES)) + " |"
+    lines = [f"rows: {stats['rows']}, contexts: {stats['contexts']}, ties (preference 0): {stats['ties']}"]
+    for name, label in (("domains", "domain"), ("languages", "language")):
+        lines += ["", head.format(label), "|---" * (6 + len(PREFERENCES)) + "|"]
+        for key, s in [*stats[name].items(), ("all", stats)]:
+            hist = " | ".join(str(s["preference_histogram"][str(p)]) for p in PREFERENCES)
+            lines.append(
+                f"| {key} | {s['rows']} | {s['ties']} | {s['turns_mean']:.2f} | {s['context_chars_mean']:.1f} | "
+                f"{s['response_chars_mean']:.1f} | {hist} |"
+            )
+    return "\n".join(lines)

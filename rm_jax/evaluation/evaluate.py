@@ -346,6 +346,7 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
 
 def _ordered(result: dict) -> dict:
     keys = ("model", "weights", "counts", "per_attribute", "pairwise", "rewardbench", "from_predictions")
+    # rewardbench2 and the yardsticks (rm_bench, judgebench, helpsteer3) follow in the order they ran
     return {**{k: result[k] for k in keys if k in result}, **{k: v for k, v in result.items() if k not in keys}}
 
 
@@ -379,6 +380,7 @@ def evaluate_model(
     rewardbench_split: str = "filtered",
     rewardbench2: Optional[str] = None,
     rewardbench2_split: Optional[str] = None,
+    yardsticks: Optional[Mapping[str, tuple[str, Optional[str]]]] = None,
     weights: Optional[WeightSpec] = None,
     output: str = "eval_results.json",
     seq_len: Optional[int] = None,
@@ -390,12 +392,17 @@ def evaluate_model(
     progress: bool = True,
     step: Optional[int] = None,
 ) -> tuple[dict, str]:
-    """``rm-jax eval --model``: evaluate on HelpSteer2 rows and/or RewardBench pairs, write the results
-    json and the prediction files next to it; returns (results, results path). Everything that can be
-    checked without the model's weights (weights, template, data files) is checked first."""
-    if not helpsteer and not rewardbench and not rewardbench2:
+    """``rm-jax eval --model``: evaluate on HelpSteer2 rows, RewardBench pairs, RewardBench 2 sets and/or the
+    ``yardsticks`` ({name: (source, split)}: rm_bench, judgebench, helpsteer3), write the results json and the
+    prediction files next to it; returns (results, results path). Everything that can be checked without
+    the model's weights (weights, template, data files) is checked first."""
+    from rm_jax.evaluation.yardsticks import TITLES, evaluate_yardstick, load_yardstick
+
+    yardsticks = dict(yardsticks or {})
+    if not helpsteer and not rewardbench and not rewardbench2 and not yardsticks:
         raise InputError(
-            "nothing to evaluate: give --helpsteer FILE|HUB_ID, --rewardbench FILE|HUB_ID and/or --rewardbench2 SRC"
+            "nothing to evaluate: give --helpsteer FILE|HUB_ID, --rewardbench FILE|HUB_ID, --rewardbench2 SRC, "
+            "--rm-bench SRC, --judgebench SRC and/or --helpsteer3 SRC"
         )
     if weights is not None:
         check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
@@ -413,6 +420,7 @@ def evaluate_model(
     if rb_rows is not None and not rb_rows:
         raise InputError(f"--rewardbench {rewardbench}: no rows")
     rb2_sets = load_rewardbench2(rewardbench2, rewardbench2_split) if rewardbench2 else None
+    yard_data = {name: load_yardstick(name, src, split) for name, (src, split) in yardsticks.items()}
 
     try:
         model = load_scoring_model(model_path, dtype=dtype, template=template, step=step)
@@ -448,6 +456,13 @@ def evaluate_model(
         result["rewardbench2"] = rep
         _report_lengths("RewardBench 2 completions", result["counts"]["rewardbench2"])
         write_jsonl(stem + REWARDBENCH2_SUFFIX, rewardbench2_records(rb2_sets, pred, attributes, weights))
+    for name, data in yard_data.items():
+        rep, records = evaluate_yardstick(model, name, data, weights, **opts)
+        src, split = yardsticks[name]
+        result["counts"][name] = dict(rep.pop("counts"), source=src, split=split)
+        result[name] = rep
+        _report_lengths(f"{TITLES[name]} responses", result["counts"][name])
+        write_jsonl(f"{stem}.{name}_scores.jsonl", records)
     result = _ordered(result)
     write_json(out_path, result)
     return result, out_path

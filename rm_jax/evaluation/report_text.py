@@ -144,7 +144,42 @@ def format_report(result: Mapping[str, Any]) -> str:
         line = ", ".join(f"{k} {c[k]}" for k in keys if k in c) or "-"
         parts.append(f"RewardBench 2: {line}; * = --weights ({label}); overall = mean of subsets; chance 25% best-of-4")
         parts.append(format_rewardbench2(result["rewardbench2"], label))
+    for name in ("rm_bench", "judgebench", "helpsteer3"):
+        if name in result:
+            parts.append(format_yardstick(name, result[name], counts.get(name, {}), label))
     return "\n\n".join(parts)
+
+
+def format_yardstick(name: str, rep: Mapping[str, Any], c: Mapping[str, Any], label: Optional[str]) -> str:
+    """RM-Bench, JudgeBench or HelpSteer3 results: the headline, its parts, and every preset's headline (%)."""
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    keys = ("responses", "distinct_conversations", "truncated", "response_cut", "seq_len")
+    counts = ", ".join(f"{k} {c[k]}" for k in keys if k in c) or "-"
+    if name == "rm_bench":
+        head = f"RM-Bench: {counts}; reward = {label}; a tie is wrong"
+        body = [
+            f"overall {pct(rep['overall'])}  (hard {pct(rep['hard'])}, normal {pct(rep['normal'])}, "
+            f"easy {pct(rep['easy'])})",
+            "domains: " + ", ".join(f"{d} {pct(v)} ({rep['rows'][d]} rows)" for d, v in rep["domains"].items()),
+        ]
+        if rep.get("missing_domains"):
+            body.append(f"no rows (left out of every mean): {', '.join(rep['missing_domains'])}")
+    elif name == "judgebench":
+        head = f"JudgeBench (single game): {counts}; reward = {label}; a tie decides B>A"
+        body = [
+            f"overall {pct(rep['overall'])} over {rep['pairs']} pairs ({rep['ties']} reward ties)",
+            "categories: "
+            + ", ".join(f"{k} {pct(v)} ({rep['category_pairs'][k]})" for k, v in rep["categories"].items()),
+        ]
+    else:
+        head = f"HelpSteer3-Preference: {counts}; reward = {label}; a tie is wrong"
+        body = [
+            f"accuracy {pct(rep['accuracy'])} over {rep['pairs']} pairs ({rep['ties_left_out']} ties left out)",
+            "domains: " + ", ".join(f"{k} {pct(v)}" for k, v in rep["domains"].items()),
+            "languages: " + ", ".join(f"{k} {pct(v)}" for k, v in rep["languages"].items()),
+        ]
+    body.append("presets: " + ", ".join(f"{k}{'*' if k == label else ''} {pct(v)}" for k, v in rep["presets"].items()))
+    return "\n".join([head, *body])
 
 
 def _counts_line(c: Mapping[str, Any]) -> str:

@@ -97,7 +97,8 @@ def eval_path(run_dir: str) -> str:
 
 
 def predictions_path(run_dir: str, split: str) -> str:
-    """``predictions/<split>.jsonl``: ``validation``, ``rewardbench`` or ``rewardbench2``."""
+    """``predictions/<split>.jsonl``: ``validation``, ``rewardbench``, ``rewardbench2``, ``rm_bench``,
+    ``judgebench`` or ``helpsteer3``."""
     return os.path.join(run_dir, PREDICTIONS, f"{split}.jsonl")
 
 

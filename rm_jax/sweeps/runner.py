@@ -86,6 +86,18 @@ def rewardbench2_pending(run: Run) -> bool:
     )
 
 
+def yardsticks_pending(run: Run) -> list[str]:
+    """The yardsticks (rm_bench, judgebench, helpsteer3) the member's config names but its folder has no
+    predictions of: scored after training, or for a member trained before the key was set."""
+    from rm_jax.evaluation.yardsticks import YARDSTICKS
+
+    return [
+        name
+        for name in YARDSTICKS
+        if run.config["eval"].get(name) and not os.path.isfile(layout.predictions_path(run.run_dir, name))
+    ]
+
+
 def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None, wait: bool = False) -> str:
     """Train (or resume) one run unless it is finished; returns 'done' / 'trained' / 'ran'. The member's
     folder is held while it runs (rm_jax.runs.lock): a second process on it is refused, or with ``wait``
@@ -141,6 +153,11 @@ def _run_held(run: Run, cfg: Any, trainer: Callable) -> str:
         from rm_jax.training.final_eval import score_rewardbench2
 
         score_rewardbench2(cfg, run.run_dir)
+    for name in yardsticks_pending(run):
+        logger.info(f"{run.name}: {name} predictions ({run.config['eval'][name]})")
+        from rm_jax.training.final_eval import score_yardstick
+
+        score_yardstick(cfg, run.run_dir, name)
     return status
 
 

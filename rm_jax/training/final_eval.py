@@ -2,7 +2,8 @@
 per-attribute metrics, pairwise accuracy under ``eval.reward_weights``), the per-row predictions
 ``predictions/validation.jsonl`` (so any re-weighting needs no forward pass), and, with
 ``eval.rewardbench`` set, RewardBench-format pairs scored into ``predictions/rewardbench.jsonl``; with
-``eval.rewardbench2`` set, RewardBench 2 sets scored into ``predictions/rewardbench2.jsonl``."""
+``eval.rewardbench2`` set, RewardBench 2 sets scored into ``predictions/rewardbench2.jsonl``; likewise
+``eval.rm_bench``, ``eval.judgebench`` and ``eval.helpsteer3`` into ``predictions/<name>.jsonl``."""
 
 from __future__ import annotations
 
@@ -185,3 +186,30 @@ def _add_to_eval_json(run_dir: str, key: str, report: dict) -> None:
             result = json.load(f)
         result[key] = report
         write_json(path, result)
+
+
+def score_yardstick(cfg: RunConfig, run_dir: str, name: str, mesh: Any = None) -> dict:
+    """``eval.<name>`` (rm_bench, judgebench, helpsteer3) scored by the run's kept checkpoint: per-response
+    scores to predictions/<name>.jsonl and the report under eval.reward_weights[0] (every preset's
+    headline under ``presets``) to eval.json's ``<name>``."""
+    from rm_jax.evaluation.yardsticks import evaluate_yardstick, load_yardstick
+
+    source, split = getattr(cfg.eval, name), getattr(cfg.eval, f"{name}_split", None)
+    data = load_yardstick(name, source, split)
+    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
+    weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+    report, records = evaluate_yardstick(
+        model,
+        name,
+        data,
+        weights,
+        seq_len=cfg.data.seq_len,
+        batch_rows=cfg.train.eval_rows,
+        max_segments=cfg.data.max_segments,
+        progress=cfg.logging.progress,
+    )
+    report["counts"].update(source=str(source), split=split)
+    if jax.process_index() == 0:
+        write_jsonl(layout.predictions_path(run_dir, name), records)
+        _add_to_eval_json(run_dir, name, report)
+    return report

@@ -14,9 +14,10 @@ import os
 import jax
 
 from rm_jax.core.config import RunConfig
+from rm_jax.evaluation.yardsticks import YARDSTICKS
 from rm_jax.runs import layout
 from rm_jax.runs.lock import hold_run_folder
-from rm_jax.training.final_eval import score_rewardbench, score_rewardbench2, write_run_evaluation
+from rm_jax.training.final_eval import score_rewardbench, score_rewardbench2, score_yardstick, write_run_evaluation
 from rm_jax.training.loop import fit
 from rm_jax.training.setup import inherit_from_init, maybe_init_distributed
 
@@ -38,6 +39,9 @@ def _train(cfg: RunConfig) -> str:
         score_rewardbench(cfg, result.run_dir, result.mesh)
     if cfg.eval.rewardbench2:
         score_rewardbench2(cfg, result.run_dir, result.mesh)
+    for name in YARDSTICKS:
+        if getattr(cfg.eval, name):
+            score_yardstick(cfg, result.run_dir, name, result.mesh)
     if jax.process_index() == 0:
         layout.mark_done(result.run_dir, {"steps": result.steps, "best_step": result.kept_step})
     return result.run_dir

@@ -15,10 +15,11 @@ from typing import Any, Callable, ClassVar, Optional
 import numpy as np
 
 from rm_jax.core.attributes import ATTRIBUTES, resolve_reward_weights
-from rm_jax.core.config import LossConfig, RunConfig
+from rm_jax.core.config import PAIR_KINDS, LossConfig, RunConfig
+from rm_jax.data.helpsteer3 import load_helpsteer3
 from rm_jax.data.pipeline import Encoded, Loader, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
 from rm_jax.data.sft import encode_sft
-from rm_jax.data.sources import load_chat, load_helpsteer, load_pairs
+from rm_jax.data.sources import LoadResult, load_chat, load_helpsteer, load_pairs
 from rm_jax.data.steer_groups import encode_groups, load_groups, unequal_sizes
 from rm_jax.engine.losses import pair_sums
 from rm_jax.engine.train_step import step_inputs
@@ -65,13 +66,26 @@ class Task:
         """One split, encoded, with its report (rows read, skipped, truncated, dropped)."""
         d = self.cfg.data
         src = resolve_source(source)
-        loader = {"pairs": load_pairs, "chat": load_chat}.get(d.kind, load_helpsteer)
-        res = loader(src, split, on_bad_row=d.on_bad_row)
+        extra: dict = {}
+        if d.kind == "helpsteer3":
+            hs3 = load_helpsteer3(str(source), split, d.domains, d.languages, on_bad_row=d.on_bad_row)
+            res, extra = LoadResult(rows=hs3.rows, skipped=hs3.skipped, source=src), hs3.report()
+            rows_read = len(hs3.rows) + len(hs3.skipped) + hs3.ties_left_out + hs3.filtered_out
+            logger.info(
+                f"{source} [{split}]: HelpSteer3 {len(hs3.rows)} pairs, {hs3.ties_left_out} ties (preference 0) "
+                f"left out, {hs3.filtered_out} outside data.domains / data.languages"
+            )
+        else:
+            loader = {"pairs": load_pairs, "chat": load_chat}.get(d.kind, load_helpsteer)
+            res = loader(src, split, on_bad_row=d.on_bad_row)
+            rows_read = len(res.rows) + len(res.skipped)
         rows = res.rows
         if subset and (d.fraction < 1 or d.max_prompts is not None):
             rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
         enc = self.encode(rows, tokenizer)
-        report = split_report(source, split, len(res.rows) + len(res.skipped), len(rows), enc)
+        report = split_report(source, split, rows_read, len(rows), enc)
+        if extra:
+            report["helpsteer3"] = {k: extra[k] for k in ("ties_left_out", "filtered_out", "domains")}
         report["rows_skipped"] = len(res.skipped)
         report["skipped"] = [list(s) for s in res.skipped[:100]]
         if res.skipped:
@@ -277,7 +291,7 @@ def task_for(cfg: RunConfig) -> Task:
         return SteerLM2Task(cfg)
     if cfg.task == "sft":
         return SftTask(cfg)
-    return PairsTask(cfg) if cfg.data.kind == "pairs" else RegressionTask(cfg)
+    return PairsTask(cfg) if cfg.data.kind in PAIR_KINDS else RegressionTask(cfg)
 
 
 def step_batch_spec(task: Task, micro_rows: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

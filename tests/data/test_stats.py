@@ -111,3 +111,27 @@ def test_format_stats_table(loaded):
     assert "| turns in prompt |" in table and "| helpfulness | " in table
     assert not math.isnan(out["stats"]["correctness"]["mean"])
     assert format_stats_table(out["stats"]).startswith("| quantity")
+
+
+def test_helpsteer3_stats_per_domain_and_language_with_ties(tmp_path):
+    from rm_jax.data.helpsteer3 import iter_helpsteer3
+    from rm_jax.data.stats import helpsteer3_stats
+
+    ctx2 = [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]
+    raw = [
+        {"domain": "code", "language": "english", "context": [{"role": "user", "content": "xyz"}],
+         "response1": "aa", "response2": "bbbb", "overall_preference": -2},
+        {"domain": "code", "language": "english", "context": ctx2,
+         "response1": "a", "response2": "b", "overall_preference": 0},
+        {"domain": "multilingual", "language": "french", "context": [{"role": "user", "content": "q"}],
+         "response1": "r", "response2": "ss", "overall_preference": 3},
+    ]  # fmt: skip
+    p = tmp_path / "hs3.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in raw))
+    s = helpsteer3_stats(list(iter_helpsteer3(str(p))))
+    assert s["rows"] == 3 and s["ties"] == 1 and s["contexts"] == 3
+    assert s["preference_histogram"] == {"-3": 0, "-2": 1, "-1": 0, "0": 1, "1": 0, "2": 0, "3": 1}
+    code = s["domains"]["code"]
+    assert code["rows"] == 2 and code["turns_mean"] == 2.0  # 1 and 3 turns
+    assert code["context_chars_mean"] == (3 + 4) / 2 and code["response_chars_mean"] == (2 + 4 + 1 + 1) / 4
+    assert s["languages"]["french"]["preference_histogram"]["3"] == 1

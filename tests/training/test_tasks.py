@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rm_jax.core.config import load_config
+from rm_jax.core.errors import ConfigError
 from rm_jax.data.pipeline import Encoded, bundled_tokenizer_path, resolve_source
 from rm_jax.models.hf_io import load_tokenizer
 from rm_jax.training.tasks import (
@@ -175,6 +176,27 @@ def test_regression_and_sft_read_the_same_rows_into_their_own_encodings(tmp_path
     assert enc.labels.shape == (len(enc.ids), 5) and len(enc.ids) == 11
     sft_enc, sft_rep = task_for(cfg_for("task=sft", *common)).load_split(str(path), "train", tok, subset=False)
     assert sft_rep["rows_used"] == 11 and sft_enc.response_start is not None and enc.response_start is None
+
+
+def test_helpsteer3_rows_train_as_scaled_bt_pairs_with_ties_reported():
+    """data.kind=helpsteer3: a pairs task; the strength |overall_preference| reaches the encoding; ties and
+    filtered rows are counted in the split's report; the domain filter keeps only its domain."""
+    tok = load_tokenizer(bundled_tokenizer_path())
+    cfg = cfg_for("data.kind=helpsteer3", "loss.type=scaled_bt", "data.seq_len=128")
+    task = task_for(cfg)
+    assert isinstance(task, PairsTask)
+    enc, rep = task.load_split("bundled", "validation", tok, subset=False)
+    hs3 = rep["helpsteer3"]
+    assert hs3["ties_left_out"] > 0 and rep["rows_read"] == rep["rows_used"] + hs3["ties_left_out"]
+    assert len(enc.units) == rep["rows_used"] and set(np.unique(enc.strength)) <= {1.0, 2.0, 3.0}
+    code = task_for(cfg_for("data.kind=helpsteer3", "loss.type=bt", "data.domains=[code]", "data.seq_len=128"))
+    _, rep_code = code.load_split("bundled", "validation", tok, subset=False)
+    assert rep_code["helpsteer3"]["domains"] == {"code": rep_code["rows_used"]}
+    assert rep_code["helpsteer3"]["filtered_out"] > 0
+    with pytest.raises(ConfigError, match="data.domains"):
+        cfg_for("data.domains=[code]")
+    with pytest.raises(ConfigError, match="pair loss"):
+        cfg_for("data.kind=helpsteer3")
 
 
 def test_eval_report_is_the_regression_tasks_own():

@@ -1,0 +1,210 @@
+"""The yardsticks HelpSteer's authors report now, scored by a reward model: RM-Bench, JudgeBench and
+HelpSteer3-Preference validation accuracy (``rm-jax eval --rm-bench / --judgebench / --helpsteer3``).
+
+Each flattens its rows into ``{"prompt", "response"}`` conversations, predicts every distinct one once
+through :func:`rm_jax.evaluation.evaluate.predict_conversations` (the path of ``rm-jax score``, so
+identical texts get bit-identical rewards and exact-tie rules see them tie), turns attributes into the
+``weights`` reward and every preset, and scores with the benchmark's own rules
+(:mod:`.rm_bench`, :mod:`.judgebench`, :mod:`.helpsteer3`). A response that alone does not fit is cut
+from the left, as RewardBench's pairs are, and counted; no row is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from rm_jax.core.attributes import WeightSpec
+from rm_jax.data import judgebench_pairs, rm_bench_rows
+from rm_jax.data.judgebench_pairs import JudgeBenchPair
+from rm_jax.data.rm_bench_rows import STYLES, RMBenchRow
+from rm_jax.evaluation.evaluate import _limit, predict_conversations
+from rm_jax.evaluation.helpsteer3 import score_helpsteer3
+from rm_jax.evaluation.judgebench import score_judgebench
+from rm_jax.evaluation.rm_bench import score_rm_bench
+from rm_jax.evaluation.weights import check_weights, default_weights, weight_sets
+
+HEADLINE = {"rm_bench": "overall", "judgebench": "overall", "helpsteer3": "accuracy"}
+
+
+def _predict(model: Any, convs: list[dict], seq_len: Optional[int], desc: str, **opts: Any) -> tuple[np.ndarray, dict]:
+    return predict_conversations(model, convs, _limit(model, seq_len), True, desc=desc, **opts)
+
+
+def _with_presets(
+    score: Callable[[np.ndarray], dict], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+) -> dict:
+    """``score(reward)`` for the ``weights`` reward, and every preset's headline under ``presets``."""
+    result = score(pred @ check_weights(weights, attributes))
+    headline = next(k for k in ("overall", "accuracy") if k in result)
+    result["presets"] = {name: score(pred @ w)[headline] for name, w in weight_sets(weights, attributes).items()}
+    return result
+
+
+def _weights(model: Any, weights: Optional[WeightSpec]) -> tuple[list[str], WeightSpec]:
+    attributes = list(model.attributes)
+    weights = default_weights(attributes) if weights is None else weights
+    check_weights(weights, attributes)
+    return attributes, weights
+
+
+def evaluate_rm_bench(
+    model: Any,
+    rows: Sequence[RMBenchRow],
+    weights: Optional[WeightSpec] = None,
+    *,
+    seq_len: Optional[int] = None,
+    **opts: Any,
+) -> tuple[dict, np.ndarray]:
+    """RM-Bench scores and the attribute predictions [rows * 6, A] (per row: 3 chosen, then 3 rejected)."""
+    attributes, weights = _weights(model, weights)
+    pred, counts = _predict(model, rm_bench_rows.flatten(rows), seq_len, "rm-bench", **opts)
+    n = len(STYLES)
+
+    def score(reward: np.ndarray) -> dict:
+        r = reward.reshape(len(rows), 2 * n)
+        return score_rm_bench(rows, r[:, :n], r[:, n:])
+
+    report = _with_presets(score, pred, attributes, weights)
+    report["counts"] = counts
+    return report, pred
+
+
+def evaluate_judgebench(
+    model: Any,
+    pairs: Sequence[JudgeBenchPair],
+    weights: Optional[WeightSpec] = None,
+    *,
+    seq_len: Optional[int] = None,
+    **opts: Any,
+) -> tuple[dict, np.ndarray]:
+    """JudgeBench single-game accuracy and the attribute predictions [pairs * 2, A] (A then B)."""
+    attributes, weights = _weights(model, weights)
+    pred, counts = _predict(model, judgebench_pairs.flatten(pairs), seq_len, "judgebench", **opts)
+
+    def score(reward: np.ndarray) -> dict:
+        r = reward.reshape(len(pairs), 2)
+        return score_judgebench(pairs, r[:, 0], r[:, 1])
+
+    report = _with_presets(score, pred, attributes, weights)
+    report["counts"] = counts
+    return report, pred
+
+
+def evaluate_helpsteer3(
+    model: Any,
+    rows: Sequence[dict],
+    weights: Optional[WeightSpec] = None,
+    *,
+    ties_left_out: int = 0,
+    seq_len: Optional[int] = None,
+    **opts: Any,
+) -> tuple[dict, np.ndarray]:
+    """HelpSteer3 pairwise accuracy of pairs from :func:`rm_jax.data.helpsteer3.load_helpsteer3` and the
+    attribute predictions [pairs * 2, A] (chosen then rejected)."""
+    attributes, weights = _weights(model, weights)
+    convs = [{"prompt": r["prompt"], "response": t} for r in rows for t in (r["chosen"], r["rejected"])]
+    pred, counts = _predict(model, convs, seq_len, "helpsteer3", **opts)
+
+    def score(reward: np.ndarray) -> dict:
+        r = reward.reshape(len(rows), 2)
+        return score_helpsteer3(rows, r[:, 0], r[:, 1], ties_left_out)
+
+    report = _with_presets(score, pred, attributes, weights)
+    report["counts"] = counts
+    return report, pred
+
+
+# ----------------------------------------------------------------------------- per-response score files
+
+
+def _record(pred_row: np.ndarray, attributes: Sequence[str], w: np.ndarray, **key: Any) -> dict:
+    p = np.asarray(pred_row, np.float64)
+    return {**key, "reward": float(p @ w), "attributes": {a: float(x) for a, x in zip(attributes, p)}}
+
+
+def rm_bench_records(
+    rows: Sequence[RMBenchRow], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+) -> list[dict]:
+    w, n, out = check_weights(weights, attributes), len(STYLES), []
+    for i, r in enumerate(rows):
+        for k in range(2 * n):
+            side, style = ("chosen", STYLES[k]) if k < n else ("rejected", STYLES[k - n])
+            out.append(_record(pred[i * 2 * n + k], attributes, w, id=r.id, domain=r.domain, side=side, style=style))
+    return out
+
+
+def judgebench_records(
+    pairs: Sequence[JudgeBenchPair], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+) -> list[dict]:
+    w = check_weights(weights, attributes)
+    return [
+        _record(pred[2 * i + k], attributes, w, pair_id=p.pair_id, source=p.source, response="AB"[k], label=p.label)
+        for i, p in enumerate(pairs)
+        for k in range(2)
+    ]
+
+
+def helpsteer3_records(
+    rows: Sequence[dict], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+) -> list[dict]:
+    w = check_weights(weights, attributes)
+    return [
+        _record(
+            pred[2 * i + k],
+            attributes,
+            w,
+            row=r["_row"],
+            context_id=r["context_id"],
+            domain=r["domain"],
+            language=r["language"],
+            side=("chosen", "rejected")[k],
+            strength=r["strength"],
+        )
+        for i, r in enumerate(rows)
+        for k in range(2)
+    ]
+
+
+# ----------------------------------------------------------------------------- one entry point per name
+
+YARDSTICKS = ("rm_bench", "judgebench", "helpsteer3")
+TITLES = {"rm_bench": "RM-Bench", "judgebench": "JudgeBench", "helpsteer3": "HelpSteer3-Preference"}
+DEFAULT_SPLITS = {"rm_bench": None, "judgebench": "gpt", "helpsteer3": "validation"}
+
+
+def load_yardstick(name: str, source: str, split: Optional[str] = None) -> Any:
+    """The rows of yardstick ``name`` (one of :data:`YARDSTICKS`) from ``source``, validated (a bad row is a
+    :class:`rm_jax.core.errors.DataError` naming file, row and field)."""
+    split = split or DEFAULT_SPLITS[name]
+    if name == "rm_bench":
+        return rm_bench_rows.load_rm_bench(source, split)
+    if name == "judgebench":
+        return judgebench_pairs.load_judgebench(source, split)
+    if name == "helpsteer3":
+        from rm_jax.data.helpsteer3 import load_helpsteer3
+
+        return load_helpsteer3(source, split)
+    raise ValueError(f"unknown yardstick {name!r}: one of {', '.join(YARDSTICKS)}")
+
+
+def evaluate_yardstick(
+    model: Any, name: str, data: Any, weights: Optional[WeightSpec] = None, **opts: Any
+) -> tuple[dict, list[dict]]:
+    """Score ``data`` (from :func:`load_yardstick`) as yardstick ``name`` with ``model``: the report
+    (``counts`` included) and the per-response score records."""
+    attributes = list(model.attributes)
+    w = default_weights(attributes) if weights is None else weights
+    if name == "rm_bench":
+        report, pred = evaluate_rm_bench(model, data, w, **opts)
+        records = rm_bench_records(data, pred, attributes, w)
+    elif name == "judgebench":
+        report, pred = evaluate_judgebench(model, data, w, **opts)
+        records = judgebench_records(data, pred, attributes, w)
+    else:
+        report, pred = evaluate_helpsteer3(model, data.rows, w, ties_left_out=data.ties_left_out, **opts)
+        records = helpsteer3_records(data.rows, pred, attributes, w)
+    counts = report["counts"]
+    report["counts"] = {"responses": counts.pop("rows"), **counts}
+    return report, records

@@ -1,0 +1,94 @@
+"""RM-Bench, JudgeBench and HelpSteer3 scored by a tiny random HF RM through rm_jax equal the authors'
+metrics (re-implemented in tests/evaluation/test_rm_bench.py and test_judgebench.py from their code) on
+transformers' scores of the same model and rows; every response's attributes match transformers'."""
+
+import numpy as np
+import pytest
+
+from rm_jax.core.attributes import REWARD_PRESETS
+from rm_jax.data.conversation import split_prompt
+from rm_jax.data.helpsteer3 import load_helpsteer3
+from rm_jax.data.judgebench_pairs import JudgeBenchPair, load_judgebench
+from rm_jax.data.rm_bench_rows import load_rm_bench
+from rm_jax.evaluation.yardsticks import evaluate_helpsteer3, evaluate_judgebench, evaluate_rm_bench, judgebench_records
+from tests.evaluation.test_judgebench import _theirs as their_judgebench_metric
+from tests.evaluation.test_rm_bench import _their_compute_accuracy
+
+W = np.asarray(REWARD_PRESETS["70b-rewardbench"])
+
+
+@pytest.fixture(scope="module")
+def rm(tmp_path_factory):
+    from rm_jax.runs.read import load_scoring_model
+    from tests.helpers import make_hf_rm_with_tokenizer
+
+    d = str(tmp_path_factory.mktemp("yardstick_rm"))
+    model, tok = make_hf_rm_with_tokenizer("llama", d, seed=4)
+    return load_scoring_model(d), model, tok
+
+
+def _torch_attrs(model, tok, messages):
+    import torch
+
+    ids = list(tok.apply_chat_template(messages, tokenize=True)["input_ids"])
+    with torch.no_grad():
+        return model(input_ids=torch.as_tensor([ids])).logits[0].numpy().astype(np.float64)
+
+
+def _turns(prompt, response):
+    msgs = split_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+    return msgs + [{"role": "assistant", "content": response}]
+
+
+def test_rm_bench_equals_their_compute_accuracy_on_transformers_scores(rm):
+    scoring, model, tok = rm
+    rows = load_rm_bench("bundled")[:10]
+    report, pred = evaluate_rm_bench(scoring, rows, progress=False, batch_rows=4)
+    torch_attrs = np.stack(
+        [_torch_attrs(model, tok, _turns(r.prompt, t)) for r in rows for t in (*r.chosen, *r.rejected)]
+    )
+    np.testing.assert_allclose(pred, torch_attrs, atol=1e-4, rtol=0)
+    reward = (torch_attrs @ W).reshape(len(rows), 6)
+    theirs = _their_compute_accuracy(
+        [{"domain": r.domain, "score_chosen": list(s[:3]), "score_rejected": list(s[3:])} for r, s in zip(rows, reward)]
+    )
+    assert report["overall"] == pytest.approx(theirs["total_avg_acc"], abs=1e-6)
+    for d in ("chat", "math", "code", "safety"):
+        assert report["domains"][d] == pytest.approx(theirs[d], abs=1e-6)
+    assert (report["hard"], report["normal"], report["easy"]) == pytest.approx(
+        (theirs["hard_acc"], theirs["normal_acc"], theirs["easy_acc"]), abs=1e-6
+    )
+    assert set(report["presets"]) >= set(REWARD_PRESETS)
+
+
+def test_judgebench_with_an_exact_tie_equals_the_single_game_metric(rm):
+    scoring, model, tok = rm
+    pairs = load_judgebench("bundled")[:8]
+    p0 = pairs[0]  # the same text on both sides: an exact tie, which JudgeBench decides as "B>A"
+    pairs[0] = JudgeBenchPair(p0.pair_id, p0.source, p0.question, p0.response_a, p0.response_a, "A>B")
+    report, pred = evaluate_judgebench(scoring, pairs, progress=False, batch_rows=4)
+    torch_reward = np.asarray(
+        [_torch_attrs(model, tok, _turns(p.question, t)) @ W for p in pairs for t in (p.response_a, p.response_b)]
+    ).reshape(-1, 2)
+    recs = [
+        {"source": p.source, "label": p.label, "judgments": [{"decision": "A>B" if a > b else "B>A"}]}
+        for p, (a, b) in zip(pairs, torch_reward)
+    ]
+    assert 100 * report["overall"] == pytest.approx(their_judgebench_metric(recs, lambda x: True), abs=1e-6)
+    assert report["ties"] == 1 and report["pairs"] == 8
+    recs_out = judgebench_records(pairs, pred, list(scoring.attributes), "70b-rewardbench")
+    assert recs_out[0]["reward"] == recs_out[1]["reward"] and recs_out[0]["response"] == "A"
+
+
+def test_helpsteer3_accuracies_equal_transformers_scores_with_the_sign_convention(rm):
+    scoring, model, tok = rm
+    hs3 = load_helpsteer3("bundled", "validation")
+    rows = hs3.rows[:12]
+    assert any(len(r["prompt"]) > 1 for r in rows)  # multi-turn contexts through the chat template
+    report, _ = evaluate_helpsteer3(scoring, rows, ties_left_out=hs3.ties_left_out, progress=False, batch_rows=4)
+    right = {}
+    for r in rows:
+        c, j = (_torch_attrs(model, tok, _turns(r["prompt"], t)) @ W for t in (r["chosen"], r["rejected"]))
+        right.setdefault(r["domain"], []).append(c > j)
+    assert report["domains"] == pytest.approx({d: float(np.mean(v)) for d, v in right.items()}, abs=1e-9)
+    assert report["ties_left_out"] == hs3.ties_left_out > 0

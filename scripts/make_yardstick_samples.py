@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(str(OUT / name), rows)
         print(f"wrote {len(rows)} rows to {OUT / name}")
     if args.check:
-        from rm_jax.data.helpsteer3 import load_helpsteer3
+        from rm_jax.data.helpsteer3_pairs import load_helpsteer3
         from rm_jax.data.judgebench_pairs import load_judgebench
         from rm_jax.data.rm_bench_rows import load_rm_bench
 

@@ -99,7 +99,7 @@ def dataset_stats(
     from rm_jax.data.sources import load_helpsteer
 
     if kind == "helpsteer3":
-        from rm_jax.data.helpsteer3 import iter_helpsteer3
+        from rm_jax.data.helpsteer3_pairs import iter_helpsteer3
 
         skipped: list = []
         rows = list(iter_helpsteer3(source, split, skipped if on_bad_row == "skip" else None))
@@ -162,7 +162,7 @@ PREFERENCES = tuple(range(-3, 4))
 
 
 def helpsteer3_stats(rows: Sequence[Mapping[str, Any]]) -> dict:
-    """Validated HelpSteer3 rows (ties included, :func:`rm_jax.data.helpsteer3.iter_helpsteer3`): overall and
+    """Validated HelpSteer3 rows (ties included, :func:`rm_jax.data.helpsteer3_pairs.iter_helpsteer3`): overall and
     per domain and per language, the row count, mean turns in the context, mean characters of context and
     responses, and the histogram of ``overall_preference`` (-3..3; 0 = tie, left out of training)."""
 

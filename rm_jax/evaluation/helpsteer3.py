@@ -1,5 +1,5 @@
 """HelpSteer3-Preference pairwise accuracy: the share of pairs whose chosen response (by the sign of
-``overall_preference``, see :mod:`rm_jax.data.helpsteer3`) gets the strictly higher reward; an exact tie
+``overall_preference``, see :mod:`rm_jax.data.helpsteer3_pairs`) gets the strictly higher reward; an exact tie
 counts as wrong, as RewardBench's pairs do. Overall, per domain and per language; ties in the labels
 (preference 0) are left out and counted."""
 

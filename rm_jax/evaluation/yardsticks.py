@@ -101,7 +101,7 @@ def evaluate_helpsteer3(
     seq_len: Optional[int] = None,
     **opts: Any,
 ) -> tuple[dict, np.ndarray]:
-    """HelpSteer3 pairwise accuracy of pairs from :func:`rm_jax.data.helpsteer3.load_helpsteer3` and the
+    """HelpSteer3 pairwise accuracy of pairs from :func:`rm_jax.data.helpsteer3_pairs.load_helpsteer3` and the
     attribute predictions [pairs * 2, A] (chosen then rejected)."""
     attributes, weights = _weights(model, weights)
     convs = [{"prompt": r["prompt"], "response": t} for r in rows for t in (r["chosen"], r["rejected"])]
@@ -183,7 +183,7 @@ def load_yardstick(name: str, source: str, split: Optional[str] = None) -> Any:
     if name == "judgebench":
         return judgebench_pairs.load_judgebench(source, split)
     if name == "helpsteer3":
-        from rm_jax.data.helpsteer3 import load_helpsteer3
+        from rm_jax.data.helpsteer3_pairs import load_helpsteer3
 
         return load_helpsteer3(source, split)
     raise ValueError(f"unknown yardstick {name!r}: one of {', '.join(YARDSTICKS)}")
@@ -208,3 +208,64 @@ def evaluate_yardstick(
     counts = report["counts"]
     report["counts"] = {"responses": counts.pop("rows"), **counts}
     return report, records
+
+
+# ----------------------------------------------------------------------------- back from the score files
+
+# Sweep columns: the headline and its parts, per yardstick (prefix, report key of the headline, part keys).
+COLUMNS = {
+    "rm_bench": ("rmb", "overall", ("hard", "normal", "easy"), "domains"),
+    "judgebench": ("jb", "overall", (), "categories"),
+    "helpsteer3": ("hs3", "accuracy", (), "domains"),
+}
+
+
+def load_yardstick_scores(name: str, path: str) -> tuple[Any, np.ndarray, list[str]]:
+    """(data for :func:`yardstick_metrics`, attribute predictions [responses, A], attribute names) from a
+    per-response score file written by ``rm-jax eval`` or a run's ``predictions/<name>.jsonl``: any
+    reward weighting is scored again without the model. Texts are not stored: rows hold placeholders."""
+    from rm_jax.core.errors import InputError
+    from rm_jax.core.files import iter_jsonl
+
+    recs = [rec for _, rec in iter_jsonl(path)]
+    if not recs:
+        raise InputError(f"{path}: no scored responses")
+    try:
+        attributes = list(recs[0]["attributes"])
+        pred = np.asarray([[float(r["attributes"][a]) for a in attributes] for r in recs], np.float64)
+        if name == "rm_bench":
+            n = 2 * len(STYLES)
+            data = [
+                RMBenchRow(str(recs[i]["id"]), recs[i]["domain"], "", ("",) * 3, ("",) * 3)
+                for i in range(0, len(recs), n)
+            ]
+        elif name == "judgebench":
+            data = [JudgeBenchPair(str(r["pair_id"]), r["source"], "", "", "", r["label"]) for r in recs[::2]]
+        elif name == "helpsteer3":
+            data = [{"domain": r["domain"], "language": r["language"]} for r in recs[::2]]
+        else:
+            raise ValueError(f"unknown yardstick {name!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: not a {TITLES.get(name, name)} score file ({e!r})") from None
+    return data, pred, attributes
+
+
+def yardstick_metrics(name: str, data: Any, pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec) -> dict:
+    """The yardstick's scores for the ``weights`` reward of saved attribute predictions."""
+    reward = np.asarray(pred, np.float64) @ check_weights(weights, attributes)
+    if name == "rm_bench":
+        r = reward.reshape(len(data), 2 * len(STYLES))
+        return score_rm_bench(data, r[:, : len(STYLES)], r[:, len(STYLES) :])
+    r = reward.reshape(len(data), 2)
+    if name == "judgebench":
+        return score_judgebench(data, r[:, 0], r[:, 1])
+    return score_helpsteer3(data, r[:, 0], r[:, 1])
+
+
+def yardstick_columns(name: str, report: dict) -> dict[str, Optional[float]]:
+    """Sweep columns of one report: ``rmb_overall``, ``rmb_hard`` ..., ``rmb_<domain>``; ``jb_overall``,
+    ``jb_<category>``; ``hs3_accuracy``, ``hs3_<domain>``."""
+    prefix, head, parts, groups = COLUMNS[name]
+    out = {f"{prefix}_{head}": report[head], **{f"{prefix}_{k}": report[k] for k in parts}}
+    out.update({f"{prefix}_{k}": v for k, v in report[groups].items()})
+    return out

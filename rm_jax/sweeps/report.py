@@ -19,8 +19,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from rm_jax.core.attributes import resolve_reward_weights
-from rm_jax.core.config import ConfigError
+from rm_jax.core.config import PAIR_KINDS, ConfigError
 from rm_jax.core.files import write_text
+from rm_jax.evaluation.yardsticks import COLUMNS as YARDSTICK_COLUMNS
+from rm_jax.evaluation.yardsticks import (
+    TITLES,
+    YARDSTICKS,
+    load_yardstick_scores,
+    yardstick_columns,
+    yardstick_metrics,
+)
 from rm_jax.runs import layout
 
 # Columns shown when their value differs between runs: (column, config section, key)
@@ -154,13 +162,14 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
                 f"(re-run rm-jax sweep to score it): RewardBench columns left empty"
             )
     rb2 = _rb2_predictions(run, rd, notes)
+    yard = _yardstick_predictions(run, rd, notes)
     rows = []
     for label, spec in run["evals"]:
         row = dict(base, reward_weights=label)
         w = resolve_reward_weights(spec, len(attributes))
         if pred is not None and len(pred):
             reward = pred @ w
-            if cfg["data"]["kind"] == "pairs":
+            if cfg["data"]["kind"] in PAIR_KINDS:
                 row["pair_accuracy"] = _pairs_accuracy(reward, group)
             elif "helpfulness" in attributes:
                 h = attributes.index("helpfulness")
@@ -179,6 +188,8 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
                 row[f"rewardbench_{s}"] = res["sections"].get(s)
         if rb2 is not None:
             row.update(rb2_columns(rb2, spec))
+        for name, (data, ypred, yattrs) in yard.items():
+            row.update(yardstick_columns(name, yardstick_metrics(name, data, ypred, yattrs, spec)))
         rows.append(row)
     return rows
 
@@ -217,6 +228,23 @@ def _rb2_predictions(run: dict, rd: str, notes: list) -> Optional[tuple]:
     from rm_jax.evaluation.rewardbench2 import load_rewardbench2_scores
 
     return load_rewardbench2_scores(path)
+
+
+def _yardstick_predictions(run: dict, rd: str, notes: list) -> dict:
+    """{name: saved scores} of the yardsticks (rm_bench, judgebench, helpsteer3) the member's config names."""
+    out = {}
+    for name in YARDSTICKS:
+        if not run["config"]["eval"].get(name):
+            continue
+        path = layout.predictions_path(rd, name)
+        if not os.path.isfile(path):
+            notes.append(
+                f"{run['name']}: eval.{name} is set but {path} is missing "
+                f"(re-run rm-jax sweep to score it): {TITLES[name]} columns left empty"
+            )
+            continue
+        out[name] = load_yardstick_scores(name, path)
+    return out
 
 
 def steer_eval_rows(run: dict, rd: str) -> list:
@@ -284,6 +312,10 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
         + (["rewardbench_overall"] + [f"rewardbench_{s}" for s in RB_SECTIONS] if has_rb else [])
         + (["rb2_score"] if any(r["config"]["eval"].get("rewardbench2") for r in plan["runs"]) else [])
     )
+    for name in YARDSTICKS:  # the headline and fixed parts; domain / category columns follow as found
+        if any(r["config"]["eval"].get(name) for r in plan["runs"]):
+            prefix, head, parts, _ = YARDSTICK_COLUMNS[name]
+            columns += [f"{prefix}_{head}"] + [f"{prefix}_{k}" for k in parts]
     if any(r.get("step") == "steer_eval" for r in plan["runs"]):
         from rm_jax.core.attributes import REWARD_PRESETS
 
@@ -299,11 +331,13 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
         if rr is None:
             missing.append(run["name"])
             continue
-        # RewardBench 2 subsets are whatever the data holds: their columns follow rb2_score, sorted
-        new = sorted({k for r in rr for k in r if k.startswith("rb2_")} - set(columns))
-        if new:
-            at = columns.index("rb2_score") + 1 + len([c for c in columns if c.startswith("rb2_")]) - 1
-            columns[at:at] = new
+        # RewardBench 2 subsets, RM-Bench domains, JudgeBench categories and HelpSteer3 domains are whatever
+        # the data holds: their columns follow the headline's group, sorted
+        for prefix in ("rb2_", *(f"{p}_" for p, _, _, _ in YARDSTICK_COLUMNS.values())):
+            new = sorted({k for r in rr for k in r if k.startswith(prefix)} - set(columns))
+            if new:
+                at = max((i for i, c in enumerate(columns) if c.startswith(prefix)), default=len(columns) - 1) + 1
+                columns[at:at] = new
         for r in rr:
             row = {"run": run["name"], **values[run["name"]], **r}
             rows.append({c: row.get(c) for c in columns})
@@ -485,7 +519,7 @@ def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc
         d = _aggregate(first_rw, metric, group_cols)
         if d:
             panels.append((metric, titles.get(metric, metric.replace("_", " ", 1)), d))
-    for metric in ["pair_accuracy", "rewardbench_overall", "rb2_score"]:
+    for metric in ["pair_accuracy", "rewardbench_overall", "rb2_score", "rmb_overall", "jb_overall", "hs3_accuracy"]:
         for rw in weightings:
             d = _aggregate([r for r in rows if r["reward_weights"] == rw], metric, group_cols)
             if d:

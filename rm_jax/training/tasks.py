@@ -16,7 +16,7 @@ import numpy as np
 
 from rm_jax.core.attributes import ATTRIBUTES, resolve_reward_weights
 from rm_jax.core.config import PAIR_KINDS, LossConfig, RunConfig
-from rm_jax.data.helpsteer3 import load_helpsteer3
+from rm_jax.data.helpsteer3_pairs import load_helpsteer3
 from rm_jax.data.pipeline import Encoded, Loader, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
 from rm_jax.data.sft import encode_sft
 from rm_jax.data.sources import LoadResult, load_chat, load_helpsteer, load_pairs

@@ -114,7 +114,7 @@ def test_format_stats_table(loaded):
 
 
 def test_helpsteer3_stats_per_domain_and_language_with_ties(tmp_path):
-    from rm_jax.data.helpsteer3 import iter_helpsteer3
+    from rm_jax.data.helpsteer3_pairs import iter_helpsteer3
     from rm_jax.data.stats import helpsteer3_stats
 
     ctx2 = [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]

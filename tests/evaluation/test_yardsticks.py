@@ -7,7 +7,7 @@ import pytest
 
 from rm_jax.core.attributes import REWARD_PRESETS
 from rm_jax.data.conversation import split_prompt
-from rm_jax.data.helpsteer3 import load_helpsteer3
+from rm_jax.data.helpsteer3_pairs import load_helpsteer3
 from rm_jax.data.judgebench_pairs import JudgeBenchPair, load_judgebench
 from rm_jax.data.rm_bench_rows import load_rm_bench
 from rm_jax.evaluation.yardsticks import evaluate_helpsteer3, evaluate_judgebench, evaluate_rm_bench, judgebench_records

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rm_jax.core.errors import DataError
-from rm_jax.data.helpsteer3 import load_helpsteer3
+from rm_jax.data.helpsteer3_pairs import load_helpsteer3
 
 
 def _row(pref, domain="general", language="english", context=None):

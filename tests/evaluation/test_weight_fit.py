@@ -136,7 +136,9 @@ def _rb2_sets():
         correct = tuple(f"t{k}.{j}" for j in range(2 + k % 2))
         wrong = tuple(f"w{k}.{j}" for j in range(3))
         sets.append(RB2Set(f"ref:{k}", "Ties", f"ties {k}", correct[:1] + wrong, 1))
-        sets.append(RB2Set(f"tied:{k}", "Ties", f"ties {k}", correct + wrong, len(correct)))
+        if k >= 5:  # linked by the id alone: another prompt text, no shared completion
+            correct, wrong = tuple("re" + c for c in correct), tuple("re" + c for c in wrong)
+        sets.append(RB2Set(f"tied:{k}", "Ties", f"ties {k}" + "?" * (k >= 5), correct + wrong, len(correct)))
     return sets
 
 

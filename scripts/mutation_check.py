@@ -293,6 +293,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/evaluation/test_metrics.py::test_qwk_matches_sklearn_with_mask",),
     ),
+    Mutation(
+        "weight_fit_fold_by_pair",
+        "weights fit: every pair of a prompt (RB2 ref:K with tied:K) in one cross-validation fold",
+        (
+            (
+                "rm_jax/evaluation/weight_fit.py",
+                "group = np.asarray([index.setdefault(p, len(index)) for p in prompt_ids], np.int64)",
+                "group = np.asarray([index.setdefault(str(i), len(index)) for i in range(len(prompt_ids))], np.int64)",
+            ),
+        ),
+        (
+            "tests/evaluation/test_weight_fit.py::test_rewardbench2_folds_never_split_a_prompt",
+            "tests/evaluation/test_weight_fit.py::test_bundled_rewardbench2_folds_and_prompt_weights",
+        ),
+    ),
 )
 
 

@@ -1,6 +1,7 @@
 """``rm-jax weights fit``: the attribute weights that best order preference pairs (Bradley-Terry regression
-on the RM's predicted attribute differences, L2-regularised, no intercept), with k-fold held-out accuracy
-of the fit and of every preset. W.json works as ``--weights`` in score / eval / serve / configs."""
+on the RM's predicted attribute differences, L2-regularised on standardised differences, no intercept), with
+held-out accuracy of the fit and of every preset on k folds of prompts. W.json works as ``--weights`` in
+score / eval / serve / configs."""
 
 from __future__ import annotations
 
@@ -23,8 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--from-predictions", help="refit from an earlier fit's <W>.fit_predictions.jsonl (no model)")
     fit.add_argument("--split", default=None, help="split of a folder / hub source (helpsteer default: validation)")
     fit.add_argument("--folds", type=int, default=5)
-    fit.add_argument("--l2", type=float, default=0.01, help="L2 penalty on the weights (per mean pair loss)")
-    fit.add_argument("--seed", type=int, default=0, help="fold assignment")
+    fit.add_argument(
+        "--l2", type=float, default=0.01, help="L2 penalty on the weights of standardised attribute differences"
+    )
+    fit.add_argument(
+        "--pair-weighting",
+        default="prompt",
+        choices=("prompt", "pair"),
+        help="prompt: each prompt counts once in fit and accuracy (a pair weighs 1/pairs of its prompt); pair: 1 each",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="fold assignment (folds are groups of prompts)")
     fit.add_argument("--output", required=True, help="W.json; predictions go to <stem>.fit_predictions.jsonl")
     fit.add_argument("--seq-len", type=int, default=None)
     fit.add_argument("--batch-rows", type=int, default=16)
@@ -56,6 +65,7 @@ def main(argv: Sequence[str]) -> int:
         folds=a.folds,
         l2=a.l2,
         seed=a.seed,
+        pair_weighting=a.pair_weighting,
         seq_len=a.seq_len,
         batch_rows=a.batch_rows,
         max_segments=a.max_segments,

@@ -21,6 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--pairs", help="RewardBench-format pairs (prompt, chosen, rejected): file, folder or hub id")
     src.add_argument("--rewardbench2", help="RewardBench 2 sets: every chosen vs rejected completion of a set")
     src.add_argument("--helpsteer", help="HelpSteer2 rows ('bundled' too): same-prompt responses by helpfulness")
+    src.add_argument(
+        "--helpsteer3",
+        help="HelpSteer3-Preference rows ('bundled' too; split default validation): chosen by the sign of "
+        "overall_preference, ties left out, folds by context",
+    )
     src.add_argument("--from-predictions", help="refit from an earlier fit's <W>.fit_predictions.jsonl (no model)")
     fit.add_argument("--split", default=None, help="split of a folder / hub source (helpsteer default: validation)")
     fit.add_argument("--folds", type=int, default=5)
@@ -45,11 +50,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     a = _parser().parse_args(list(argv))
-    kind = next((k for k in ("pairs", "rewardbench2", "helpsteer") if getattr(a, k)), None)
+    kind = next((k for k in ("pairs", "rewardbench2", "helpsteer", "helpsteer3") if getattr(a, k)), None)
     if a.from_predictions and a.model:
         raise InputError("--from-predictions refits saved predictions: do not also give --model")
     if not a.from_predictions and (not a.model or not kind):
-        raise InputError("give --model and one of --pairs / --rewardbench2 / --helpsteer (or --from-predictions)")
+        raise InputError(
+            "give --model and one of --pairs / --rewardbench2 / --helpsteer / --helpsteer3 (or --from-predictions)"
+        )
     for name in ("folds", "batch_rows", "max_segments"):
         if getattr(a, name) < 1:
             raise InputError(f"--{name.replace('_', '-')}: must be a positive integer, got {getattr(a, name)}")

@@ -284,6 +284,17 @@ def pairs_from_rewardbench2(sets: Sequence[RB2Set]) -> tuple[list[dict], list[tu
     return flatten(sets), pairs, [names[g] for g in _first_of_group(keys)]
 
 
+def pairs_from_helpsteer3(rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[tuple[int, int]], list[str]]:
+    """HelpSteer3-Preference pairs (ties already left out by the loader). Prompt ids ``hs3:<context id>``:
+    folds by context (every turn before the responses), and pairs with the same two responses are one."""
+    convs, pairs, keys = [], [], []
+    for r in rows:
+        pairs.append((len(convs), len(convs) + 1))
+        keys.append([("context", r["context_id"]), ("pair", r["chosen"], r["rejected"])])
+        convs += [{"prompt": r["prompt"], "response": r["chosen"]}, {"prompt": r["prompt"], "response": r["rejected"]}]
+    return convs, pairs, [f"hs3:{rows[g]['context_id']}" for g in _first_of_group(keys)]
+
+
 def load_source_pairs(
     kind: str, source: str, split: Optional[str]
 ) -> tuple[list[dict], list[tuple[int, int]], list[str]]:
@@ -293,6 +304,10 @@ def load_source_pairs(
         return pairs_from_pairs(load_pairs(source, split).rows)
     if kind == "rewardbench2":
         return pairs_from_rewardbench2(load_rewardbench2(source, split))
+    if kind == "helpsteer3":
+        from rm_jax.data.helpsteer3_pairs import load_helpsteer3
+
+        return pairs_from_helpsteer3(load_helpsteer3(source, split or "validation").rows)
     raise ValueError(f"unknown pair source kind {kind!r}")
 
 
@@ -386,7 +401,9 @@ def fit_weights(
         from rm_jax.runs.read import load_scoring_model
 
         if not model_path or not kind or not source:
-            raise InputError("weights fit: give --model and one of --pairs / --rewardbench2 / --helpsteer")
+            raise InputError(
+                "weights fit: give --model and one of --pairs / --rewardbench2 / --helpsteer / --helpsteer3"
+            )
         convs, pairs, prompt_ids = load_source_pairs(kind, source, split)
         if not pairs:
             raise InputError(f"--{kind} {source}: no preference pairs (ties and missing labels are left out)")

@@ -388,3 +388,21 @@ def test_resolver_reads_a_w_json(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"weights": {"helpfulness": "x"}}))
     with pytest.raises(ValueError, match=r"bad.json: weights.helpfulness is not a number"):
         resolve_reward_weights(str(tmp_path / "bad.json"))
+
+
+def test_helpsteer3_pairs_fold_by_context():
+    """HelpSteer3 pairs of one context share a prompt id (one fold), as do pairs with the same two responses."""
+    from rm_jax.evaluation.weight_fit import fold_ids, pairs_from_helpsteer3
+
+    ctx = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    rows = [
+        {"prompt": ctx[0], "chosen": "a", "rejected": "b", "context_id": 0},
+        {"prompt": ctx[1], "chosen": "c", "rejected": "d", "context_id": 1},
+        {"prompt": ctx[0], "chosen": "e", "rejected": "f", "context_id": 0},
+        {"prompt": ctx[2], "chosen": "c", "rejected": "d", "context_id": 2},  # same pair as row 1, other context
+    ]
+    convs, pairs, ids = pairs_from_helpsteer3(rows)
+    assert pairs == [(0, 1), (2, 3), (4, 5), (6, 7)] and convs[4] == {"prompt": ctx[0], "response": "e"}
+    assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
+    folds = fold_ids(ids, 2, seed=0)
+    assert folds[0] == folds[2] and folds[1] == folds[3]

@@ -1,5 +1,9 @@
-"""Write the bundled samples of the three newer yardsticks, made from the bundled HelpSteer2 validation
-split (never trained on): rm_jax/assets/sample/{rm_bench,judgebench}.jsonl and helpsteer3/{train,validation}.jsonl.
+"""Write the bundled samples of the yardsticks beside RewardBench 2, made from the bundled HelpSteer2 validation
+split (never trained on): rm_jax/assets/sample/{rewardbench,rm_bench,judgebench}.jsonl and
+helpsteer3/{train,validation}.jsonl.
+
+* RewardBench 1 format: pairs from the RewardBench 2 sample's non-Ties sets (chosen against the first
+  rejected completion, and against a refusal as ``xstest-should-respond``), one subset per section.
 
 * RM-Bench format: per validation prompt, the generator's right statement (chosen) and wrong statement
   (rejected), each in RM-Bench's three styles: concise (the statement), detailed plain (the statement
@@ -87,6 +91,35 @@ def judgebench_rows(seed: int) -> list[dict]:
     return rows
 
 
+# RewardBench 1 subsets for the RewardBench 2 sample's sets (one per section, so every section is scored).
+RB1_SUBSETS = {"Focus": "alpacaeval-easy", "Factuality": "llmbar-natural", "Math": "math-prm"}
+
+
+def rewardbench_rows() -> list[dict]:
+    """RewardBench 1 pairs from the bundled RewardBench 2 sample: each non-Ties set's chosen against its first
+    rejected completion (subset by RB1_SUBSETS), and against a refusal among its rejected ones as
+    ``xstest-should-respond`` (safety: a question that should be answered)."""
+    refusals = set(rb2.gen.REFUSALS)
+    rows = []
+    for line in (OUT / "rewardbench2.jsonl").read_text().splitlines():
+        s = json.loads(line)
+        if s["subset"] not in RB1_SUBSETS:
+            continue
+        pairs = [(RB1_SUBSETS[s["subset"]], s["rejected"][0])]
+        pairs += [("xstest-should-respond", r) for r in s["rejected"][:1] + s["rejected"][1:] if r in refusals][:1]
+        for subset, rejected in pairs:
+            rows.append(
+                {
+                    "id": len(rows),
+                    "prompt": s["prompt"],
+                    "chosen": s["chosen"][0],
+                    "rejected": rejected,
+                    "subset": subset,
+                }
+            )
+    return rows
+
+
 def helpsteer3_rows(split: str) -> list[dict]:
     with gzip.open(OUT / f"{split}.jsonl.gz", "rt") as f:
         hs2 = [json.loads(line) for line in f]
@@ -116,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="reload the files through rm_jax's loaders")
     args = ap.parse_args(argv)
     files = {
+        "rewardbench.jsonl": rewardbench_rows(),
         "rm_bench.jsonl": rm_bench_rows(args.seed),
         "judgebench.jsonl": judgebench_rows(args.seed),
         "helpsteer3/train.jsonl": helpsteer3_rows("train"),

@@ -31,6 +31,11 @@ def resolve_source(source: str) -> str:
     return os.path.join(ASSETS, "sample") if source == BUNDLED else source
 
 
+def resolve_pairs_source(source: str) -> str:
+    """``bundled`` -> the RewardBench-format pairs shipped with the package (made from the RewardBench 2 sample)."""
+    return os.path.join(ASSETS, "sample", "rewardbench.jsonl") if source == BUNDLED else source
+
+
 def bundled_tokenizer_path() -> str:
     return os.path.join(ASSETS, "tokenizer")
 

@@ -35,7 +35,7 @@ import numpy as np
 from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
-from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source
+from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_pairs_source, resolve_source
 from rm_jax.data.rewardbench2_sets import RB2Set, flatten, load_rewardbench2
 from rm_jax.data.sources import load_helpsteer, load_pairs
 from rm_jax.engine.scoring import Scorer
@@ -414,7 +414,7 @@ def evaluate_model(
         except ValueError as e:
             raise InputError(f"--template: {e}") from None
     hs_rows = load_helpsteer(resolve_source(helpsteer), helpsteer_split).rows if helpsteer else None
-    rb_rows = load_pairs(rewardbench, rewardbench_split).rows if rewardbench else None
+    rb_rows = load_pairs(resolve_pairs_source(rewardbench), rewardbench_split).rows if rewardbench else None
     if hs_rows is not None and not hs_rows:
         raise InputError(f"--helpsteer {helpsteer}: no rows")
     if rb_rows is not None and not rb_rows:

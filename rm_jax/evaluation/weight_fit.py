@@ -31,7 +31,7 @@ from scipy.optimize import minimize
 from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import iter_jsonl, write_json, write_jsonl
-from rm_jax.data.pipeline import resolve_source
+from rm_jax.data.pipeline import resolve_pairs_source, resolve_source
 from rm_jax.data.rewardbench2_sets import RB2Set, flatten, load_rewardbench2, ties_key
 from rm_jax.data.sources import load_helpsteer, load_pairs, pair_ids
 
@@ -301,7 +301,7 @@ def load_source_pairs(
     if kind == "helpsteer":
         return pairs_from_helpsteer(load_helpsteer(resolve_source(source), split or "validation").rows)
     if kind == "pairs":
-        return pairs_from_pairs(load_pairs(source, split).rows)
+        return pairs_from_pairs(load_pairs(resolve_pairs_source(source), split).rows)
     if kind == "rewardbench2":
         return pairs_from_rewardbench2(load_rewardbench2(source, split))
     if kind == "helpsteer3":

@@ -16,7 +16,7 @@ import numpy as np
 
 from rm_jax.core.config import RunConfig
 from rm_jax.core.files import write_json, write_jsonl
-from rm_jax.data.pipeline import Encoded, resolve_source
+from rm_jax.data.pipeline import Encoded, resolve_pairs_source
 from rm_jax.data.rewardbench2_sets import load_rewardbench2
 from rm_jax.data.sources import load_pairs
 from rm_jax.evaluation.evaluate import evaluate_rewardbench, evaluate_rewardbench2
@@ -129,7 +129,7 @@ def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     to eval.json (when the run wrote one)."""
     model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
     rows = load_pairs(
-        resolve_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split, on_bad_row=cfg.data.on_bad_row
+        resolve_pairs_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split, on_bad_row=cfg.data.on_bad_row
     ).rows
     weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
     report, chosen, rejected = evaluate_rewardbench(

@@ -92,3 +92,40 @@ def test_helpsteer3_accuracies_equal_transformers_scores_with_the_sign_conventio
         right.setdefault(r["domain"], []).append(c > j)
     assert report["domains"] == pytest.approx({d: float(np.mean(v)) for d, v in right.items()}, abs=1e-9)
     assert report["ties_left_out"] == hs3.ties_left_out > 0
+
+
+@pytest.mark.parametrize("name", ["rm_bench", "judgebench", "helpsteer3"])
+def test_saved_scores_rescore_every_weighting_as_the_live_run(rm, tmp_path, name):
+    """A score file read back (what sweeps and reports do) gives the same report under the run's weights and a
+    preset's; the sweep columns name the headline, its parts and every domain / category."""
+    from rm_jax.core.files import write_jsonl
+    from rm_jax.evaluation.yardsticks import (
+        evaluate_yardstick,
+        load_yardstick,
+        load_yardstick_scores,
+        yardstick_columns,
+        yardstick_metrics,
+    )
+
+    scoring, _, _ = rm
+    data = load_yardstick(name, "bundled")
+    if name == "helpsteer3":
+        data.rows = data.rows[:10]
+    else:
+        data = data[:10]
+    report, records = evaluate_yardstick(scoring, name, data, "70b-rewardbench", progress=False, batch_rows=4)
+    path = str(tmp_path / f"{name}.jsonl")
+    write_jsonl(path, records)
+    saved, pred, attributes = load_yardstick_scores(name, path)
+    again = yardstick_metrics(name, saved, pred, attributes, "70b-rewardbench")
+    head = "accuracy" if name == "helpsteer3" else "overall"
+    assert again[head] == report[head]
+    assert (
+        yardstick_metrics(name, saved, pred, attributes, "helpfulness-only")[head]
+        == report["presets"]["helpfulness-only"]
+    )
+    cols = yardstick_columns(name, again)
+    prefix = {"rm_bench": "rmb", "judgebench": "jb", "helpsteer3": "hs3"}[name]
+    assert cols[f"{prefix}_{head}"] == report[head] and all(k.startswith(prefix + "_") for k in cols)
+    groups = {"rm_bench": "domains", "judgebench": "categories", "helpsteer3": "domains"}[name]
+    assert {f"{prefix}_{k}" for k in report[groups]} <= set(cols)

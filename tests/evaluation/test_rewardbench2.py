@@ -340,3 +340,44 @@ def test_bundled_sample_scores(hf_rm, tmp_path):
         p_score, p_subsets = plain_run_v2(rows, per_set(attrs @ np.asarray(w, np.float64)))
         assert rb2["presets"][name]["subsets"] == pytest.approx(p_subsets, abs=1e-9, rel=0), name
         assert rb2["presets"][name]["score"] == pytest.approx(p_score, abs=1e-9, rel=0), name
+
+
+def test_eval_run_v2_policy_matches_transformers(hf_rm, tmp_path, capsys):
+    """--length-policy run_v2: each completion is scored on tokenizer(text, truncation=True, max_length)
+    (right side for this tokenizer: a long completion loses its end), every set kept, the cut counted."""
+    import torch
+
+    d, model, tok = hf_rm
+    rows = _rb2_rows(long_in=("ref:1",))
+    src = _write(tmp_path / "rb2.jsonl", rows)
+    out = tmp_path / "res.json"
+    max_len = 48
+    argv = ["eval", "--model", d, "--rewardbench2", src, "--length-policy", "run_v2", "--seq-len", str(max_len)]
+    assert cli.main(argv + ["--no-progress", "--output", str(out), "--max-segments", "3"]) == 0
+    res = json.loads(out.read_text())
+
+    attrs, n_cut = [], 0
+    for r in rows:
+        a = []
+        for c in r["chosen"] + r["rejected"]:
+            msgs = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": c}]
+            text = tok.apply_chat_template(msgs, tokenize=False)
+            ids = tok(text, truncation=True, max_length=max_len)["input_ids"]
+            n_cut += len(tok(text)["input_ids"]) > max_len
+            with torch.no_grad():
+                a.append(model(input_ids=torch.as_tensor([ids])).logits[0].numpy().astype(np.float64))
+        attrs.append(np.stack(a))
+    recs = [json.loads(line) for line in open(str(out)[:-5] + ".rewardbench2_scores.jsonl")]
+    got = np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in recs])
+    np.testing.assert_allclose(got, np.concatenate(attrs), atol=1e-4, rtol=0)
+    want_score, want = plain_run_v2(rows, [list(a @ np.asarray(REWARD_PRESETS["70b-rewardbench"])) for a in attrs])
+    assert res["rewardbench2"]["subsets"] == pytest.approx(want, abs=1e-6)
+    assert res["rewardbench2"]["score"] == pytest.approx(want_score, abs=1e-6)
+    c = res["counts"]["rewardbench2"]
+    assert n_cut == 2 and c["cut"] == n_cut and c["length_policy"] == "run_v2" and c["truncation_side"] == "right"
+    assert c["seq_len"] == max_len and c["dropped_sets"] == 0 and c["scored_sets"] == len(rows)
+    printed = capsys.readouterr()
+    assert "2 completions longer than 48 tokens were cut on the tokenizer's right side" in printed.err
+    assert "length_policy run_v2" in printed.out
+    assert cli.main(argv + ["--drop-long-pairs"]) == 1
+    assert "run_v2 never drops" in capsys.readouterr().err

@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         help="drop RewardBench pairs (RewardBench 2: whole sets) whose response alone is longer than --seq-len "
         "(default: cut them from the left and count them, so every pair is scored)",
     )
+    ap.add_argument(
+        "--length-policy",
+        default="prompt-left",
+        choices=("prompt-left", "run_v2"),
+        help="RewardBench 2 tokenisation: 'prompt-left' (default: as above, --seq-len cuts prompts from the "
+        "left) or 'run_v2' (reward-bench's run_v2.py: the tokenizer's chat template and tokenizer(text, "
+        "truncation=True, max_length=--seq-len or 2048), cut on the tokenizer's side; the cut ones counted)",
+    )
     ap.add_argument("--batch-rows", type=int, default=16, help="packed rows per forward pass")
     ap.add_argument("--max-segments", type=int, default=16, help="conversations packed into one row at most")
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
@@ -103,6 +111,12 @@ def main(argv: Sequence[str]) -> int:
     from rm_jax.evaluation.predictions import copy_predictions, output_stem
     from rm_jax.evaluation.report_text import format_report
 
+    if a.length_policy != "prompt-left" and not a.rewardbench2:
+        raise InputError("--length-policy applies to --rewardbench2 only")
+    if a.length_policy == "run_v2" and a.drop_long_pairs:
+        raise InputError(
+            "--length-policy run_v2 scores every completion (run_v2 never drops): leave out --drop-long-pairs"
+        )
     if a.from_predictions:
         if a.model or a.helpsteer or a.rewardbench or a.rewardbench2 or a.rm_bench or a.judgebench or a.helpsteer3:
             raise InputError(
@@ -149,6 +163,7 @@ def main(argv: Sequence[str]) -> int:
         drop_long_pairs=a.drop_long_pairs,
         progress=not a.no_progress,
         step=a.step,
+        length_policy=a.length_policy,
     )
     print(format_report(result))
     print(f"\nresults -> {out_path}")

@@ -4,8 +4,13 @@ A set is one prompt with ``chosen`` (correct) and ``rejected`` completions; ``nu
 ``num_incorrect`` and ``total_completions`` must agree with those lists, because reward-bench's
 ``run_v2`` re-groups the flattened scores by ``total_completions`` and marks completion ``i`` correct
 when ``i < num_correct``: a disagreement would silently score the wrong completions. Sets of the
-``Ties`` subset carry ids ``ref:K`` / ``tied:K`` (prompt K with one, or several, correct answers).
+``Ties`` subset carry ids ``ref:K`` / ``tied:K`` (prompt K with one, or several, correct answers); a
+``tied:`` set must hold two or more correct answers: reward-bench's ``process_single_model`` documents
+``tied`` as "tied samples with multiple correct answers", and its current version compares every tied
+set's spread (``None`` with one correct answer) numerically, which fails on such a set.
 Every set needs at least one chosen and one rejected completion (the Ties formula compares the two).
+
+:func:`encode_run_v2` tokenises completions as reward-bench's ``run_v2`` does (its ``--length-policy``).
 
 Rows are read by the same record readers as every other source (:mod:`rm_jax.data.sources`: jsonl,
 json, parquet, csv, a folder's ``{split}`` files, a hub id with ``datasets`` imported lazily), so a
@@ -20,7 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from rm_jax.core.errors import DataError
+import numpy as np
+
+from rm_jax.core.errors import DataError, InputError
 from rm_jax.data.pipeline import ASSETS, BUNDLED
 
 # The record readers and field checks are shared with the other loaders on purpose: one error format.
@@ -97,8 +104,11 @@ def _set_row(record: Any) -> RB2Set:
         )
     s = RB2Set(set_id, subset, prompt, tuple(chosen) + tuple(rejected), len(chosen))
     if s.is_ties:
-        if not _TIES_ID.match(set_id):
+        m = _TIES_ID.match(set_id)
+        if not m:
             raise _BadRow("id", f"a {subset} set needs an id 'ref:K' or 'tied:K' (K an integer), got {set_id!r}")
+        if m.group(1) == "tied" and len(chosen) < 2:
+            raise _BadRow("chosen", f"a {subset} set {set_id!r} needs two or more correct answers, got {len(chosen)}")
     return s
 
 
@@ -140,3 +150,89 @@ def ties_key(set_id: str) -> tuple[str, int]:
 def flatten(sets: Sequence[RB2Set]) -> list[dict]:
     """One ``{"prompt", "response"}`` row per completion, set by set, chosen first (run_v2's order)."""
     return [{"prompt": s.prompt, "response": c} for s in sets for c in s.completions]
+
+
+# ----------------------------------------------------------------------------- reward-bench run_v2's tokenisation
+
+RUN_V2_MAX_LENGTH = 2048  # run_v2.py's --max_length default
+
+
+@dataclass(frozen=True)
+class RunV2Encoding:
+    """Token ids of every completion (sets in order, chosen first) as run_v2 scores them, and what happened."""
+
+    ids: list[np.ndarray]
+    max_length: int
+    truncation_side: str
+    cut: int  # completions longer than max_length, cut on the tokenizer's truncation side
+    double_bos_masked: int  # completions whose doubled leading BOS run_v2's pipeline masks (dropped here)
+
+    def counts(self) -> dict:
+        return {
+            "length_policy": "run_v2",
+            "seq_len": self.max_length,
+            "truncation_side": self.truncation_side,
+            "cut": self.cut,
+            "double_bos_masked": self.double_bos_masked,
+        }
+
+
+def run_v2_texts(sets: Sequence[RB2Set], tokenizer: Any, template: Optional[str] = None) -> list[str]:
+    """Each completion's text as run_v2 builds it: the chat template over ``[user: prompt, assistant:
+    completion]`` rendered to a string (the prompt is one user turn, not split into HelpSteer2 turns).
+
+    reward-bench (commit 05a9005; unchanged since v0.1.4): ``rewardbench/utils.py`` ``load_bon_dataset_v2``
+    (L594-696) unrolls chosen + rejected and maps ``prepare_dialogue_from_tokenizer`` (L819-903), whose
+    ``ift`` branch (L886-897) renders ``apply_chat_template(messages, tokenize=False)``. ``template``: a
+    built-in name or literal template that this model carries (an exported run's tokenizer carries it);
+    with neither that nor a tokenizer template, run_v2 would fall back to a fastchat template, which this
+    does not reproduce.
+    """
+    from rm_jax.data.conversation import resolve_template
+
+    own = getattr(tokenizer, "chat_template", None)
+    if not template and not own:
+        raise InputError(
+            "--length-policy run_v2: the tokenizer has no chat template (run_v2 would use a fastchat "
+            "template, which rm_jax does not reproduce); give --template or use a tokenizer with one"
+        )
+    tmpl = resolve_template(tokenizer, template)
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": s.prompt}, {"role": "assistant", "content": c}],
+            tokenize=False,
+            chat_template=tmpl,
+        )
+        for s in sets
+        for c in s.completions
+    ]
+
+
+def encode_run_v2(
+    sets: Sequence[RB2Set], tokenizer: Any, template: Optional[str] = None, max_length: int = RUN_V2_MAX_LENGTH
+) -> RunV2Encoding:
+    """Token ids of every completion exactly as reward-bench's run_v2 feeds them to the model.
+
+    ``scripts/run_v2.py`` (L235-242) calls the pipeline with ``truncation=True, padding=True,
+    max_length=args.max_length`` (default 2048, L77); the default model config's pipeline is
+    ``RewardBenchPipeline`` (``rewardbench/models/__init__.py`` ``default_v2``), which runs
+    ``tokenizer(samples, truncation=..., max_length=..., padding=...)`` (``rewardbench/models/pipeline.py``
+    L37-44): special tokens added as the tokenizer adds them, cut on the tokenizer's
+    ``truncation_side`` (right for most: the end of the response is lost). It then masks the first of
+    two leading BOS tokens (L50-74, a template that writes BOS plus a tokenizer that adds one); masking a
+    first token is removing it for a rotary-position model (attention depends on relative positions), so
+    it is removed here. Padding adds nothing a packed forward pass needs.
+    """
+    texts = run_v2_texts(sets, tokenizer, template)
+    if not texts:
+        return RunV2Encoding([], max_length, tokenizer.truncation_side, 0, 0)
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    full = tokenizer(texts, truncation=False)["input_ids"]  # only to count what was cut
+    cut = sum(len(f) > max_length for f in full)
+    bos = tokenizer.bos_token_id if tokenizer.bos_token else None
+    out, doubled = [], 0
+    for x in ids:
+        if bos is not None and len(x) >= 2 and x[0] == bos and x[1] == bos:
+            x, doubled = x[1:], doubled + 1
+        out.append(np.asarray(x, np.int32))
+    return RunV2Encoding(out, max_length, str(tokenizer.truncation_side), int(cut), doubled)

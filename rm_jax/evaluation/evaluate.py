@@ -36,7 +36,7 @@ from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_pairs_source, resolve_source
-from rm_jax.data.rewardbench2_sets import RB2Set, flatten, load_rewardbench2
+from rm_jax.data.rewardbench2_sets import RUN_V2_MAX_LENGTH, RB2Set, encode_run_v2, flatten, load_rewardbench2
 from rm_jax.data.sources import load_helpsteer, load_pairs
 from rm_jax.engine.scoring import Scorer
 from rm_jax.evaluation.metrics import helpsteer_metrics
@@ -53,7 +53,12 @@ from rm_jax.evaluation.predictions import (
     subset_of,
 )
 from rm_jax.evaluation.rewardbench import rewardbench_metrics
-from rm_jax.evaluation.rewardbench2 import load_rewardbench2_scores, rewardbench2_metrics, rewardbench2_records
+from rm_jax.evaluation.rewardbench2 import (
+    load_rewardbench2_scores,
+    rewardbench2_metrics,
+    rewardbench2_records,
+    with_ties_partners,
+)
 from rm_jax.evaluation.weights import check_weights, default_weights, weights_record
 from rm_jax.runs import layout
 from rm_jax.runs.read import is_run_dir, load_scoring_model
@@ -201,36 +206,76 @@ def predict_rewardbench2(
     max_segments: int = 16,
     drop_long_pairs: bool = False,
     progress: bool = True,
+    length_policy: str = "prompt-left",
 ) -> tuple[np.ndarray, dict]:
     """Attribute predictions [completions, A] of every completion of ``sets`` (flattened as run_v2 does:
     set by set, chosen first) and the length counts.
 
-    Over-long conversations have their prompt cut from the left; a completion that alone does not fit is
-    cut from the left too (``response_cut``), or with ``drop_long_pairs`` its whole set is dropped (NaN
-    predictions for all its completions; ``dropped_sets``), since best-of-N without one completion is
-    another question. Each distinct token sequence is scored once, so identical completions get
-    bit-identical rewards and run_v2's exact-tie rule sees them tie (packing may otherwise place them
-    differently and change the last bits).
+    ``length_policy="prompt-left"``: over-long conversations have their prompt cut from the left; a
+    completion that alone does not fit is cut from the left too (``response_cut``), or with
+    ``drop_long_pairs`` its whole set is dropped (NaN predictions for all its completions;
+    ``dropped_sets``), since best-of-N without one completion is another question, and a Ties set's
+    partner with it. ``"run_v2"``: reward-bench run_v2's tokenisation
+    (:func:`rm_jax.data.rewardbench2_sets.encode_run_v2`, ``seq_len`` default 2048), nothing dropped.
+    Each distinct token sequence is scored once, so identical completions get bit-identical rewards and
+    run_v2's exact-tie rule sees them tie (packing may otherwise place them differently).
     """
+    if length_policy == "run_v2":
+        if drop_long_pairs:
+            raise InputError(
+                "--length-policy run_v2 scores every completion (run_v2 never drops): leave out --drop-long-pairs"
+            )
+        enc = encode_run_v2(sets, model.tokenizer, model.template, RUN_V2_MAX_LENGTH if seq_len is None else seq_len)
+        pred, n_distinct = _predict_distinct(model, enc.ids, enc.max_length, batch_rows, max_segments, progress)
+        n = len(enc.ids)
+        return pred, {
+            "sets": len(sets),
+            "scored_sets": len(sets),
+            "completions": n,
+            "distinct_conversations": n_distinct,
+            **enc.counts(),
+            "dropped_sets": 0,
+        }
+    if length_policy != "prompt-left":
+        raise InputError(f"--length-policy: 'prompt-left' or 'run_v2', got {length_policy!r}")
     limit = _limit(model, seq_len)
     rows = flatten(sets)
     pred, counts = predict_conversations(
         model, rows, limit, not drop_long_pairs, batch_rows, max_segments, progress, "rewardbench2"
     )
     bounds = np.cumsum([0] + [len(s.completions) for s in sets])
-    dropped_sets = 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if np.isnan(pred[a:b]).any():
-            pred[a:b] = np.nan
-            dropped_sets += 1
+    has_nan = [bool(np.isnan(pred[a:b]).any()) for a, b in zip(bounds[:-1], bounds[1:])]
+    dropped = with_ties_partners(sets, has_nan)
+    for i in np.flatnonzero(dropped):
+        pred[bounds[i] : bounds[i + 1]] = np.nan
+    dropped_sets = int(dropped.sum())
     counts = {
+        "length_policy": length_policy,
         "sets": len(sets),
         "scored_sets": len(sets) - dropped_sets,
         "completions": counts.pop("rows"),
         **counts,
         "dropped_sets": dropped_sets,
+        "dropped_ties_partners": dropped_sets - int(sum(has_nan)),
     }
     return pred, counts
+
+
+def _predict_distinct(
+    model: Any,
+    ids: Sequence[np.ndarray],
+    limit: int,
+    batch_rows: int,
+    max_segments: int,
+    progress: bool,
+    desc: str = "rewardbench2",
+) -> tuple[np.ndarray, int]:
+    """Predictions [len(ids), A] with each distinct sequence scored once; and how many were distinct."""
+    unique: dict[bytes, int] = {}
+    which = np.array([unique.setdefault(np.asarray(x, np.int32).tobytes(), len(unique)) for x in ids], np.int64)
+    distinct = [np.frombuffer(k, np.int32) for k in unique]
+    pred = predict_ids(model, distinct, limit, batch_rows, max_segments, progress, desc)
+    return pred[which], len(unique)
 
 
 def predict_conversations(
@@ -250,17 +295,12 @@ def predict_conversations(
     enc = encode_helpsteer(
         rows, model.tokenizer, limit, model.template, "truncate", attributes=(), cut_response=cut_response
     )
-    unique: dict[bytes, int] = {}
-    which = np.empty(len(enc.ids), np.int64)
-    for j, x in enumerate(enc.ids):
-        which[j] = unique.setdefault(np.asarray(x, np.int32).tobytes(), len(unique))
-    distinct = [np.frombuffer(k, np.int32) for k in unique]
-    pred_unique = predict_ids(model, distinct, limit, batch_rows, max_segments, progress, desc)
+    pred_kept, n_distinct = _predict_distinct(model, enc.ids, limit, batch_rows, max_segments, progress, desc)
     pred = np.full((len(rows), len(model.attributes)), np.nan, np.float32)
-    pred[enc.source_rows] = pred_unique[which]
+    pred[enc.source_rows] = pred_kept
     counts = {
         "rows": len(rows),
-        "distinct_conversations": len(unique),
+        "distinct_conversations": n_distinct,
         "truncated": enc.report.truncated,
         "response_cut": enc.report.response_cut,
         "dropped_completions": enc.report.dropped,
@@ -281,12 +321,9 @@ def evaluate_rewardbench2(
     weights = default_weights(attributes) if weights is None else weights
     check_weights(weights, attributes)
     pred, counts = predict_rewardbench2(model, sets, **opts)
-    bounds = np.cumsum([0] + [len(s.completions) for s in sets])
-    keep = [i for i in range(len(sets)) if not np.isnan(pred[bounds[i]]).any()]
-    rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in keep]) if keep else np.zeros(0, np.int64)
-    if not keep:
+    if counts["scored_sets"] == 0:
         raise InputError("RewardBench 2: every set was dropped for length (raise --seq-len)")
-    report = rewardbench2_metrics([sets[i] for i in keep], pred[rows], attributes, weights)
+    report = rewardbench2_metrics(sets, pred, attributes, weights)  # drops the NaN sets, names empty subsets
     report["counts"] = counts
     return report, pred
 
@@ -336,7 +373,7 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
         attributes = rb2_attrs
         w = default_weights(attributes) if weights is None else weights
         out["rewardbench2"] = rewardbench2_metrics(sets, pred, attributes, w)
-        counts["rewardbench2"] = dict(prev_counts.get("rewardbench2", {}), scored_sets=len(sets))
+        counts["rewardbench2"] = dict(prev_counts.get("rewardbench2", {}), scored_sets=out["rewardbench2"]["sets"])
     assert attributes is not None
     w = default_weights(attributes) if weights is None else weights
     out["weights"] = weights_record(w, attributes)
@@ -391,6 +428,7 @@ def evaluate_model(
     drop_long_pairs: bool = False,
     progress: bool = True,
     step: Optional[int] = None,
+    length_policy: str = "prompt-left",
 ) -> tuple[dict, str]:
     """``rm-jax eval --model``: evaluate on HelpSteer2 rows, RewardBench pairs, RewardBench 2 sets and/or the
     ``yardsticks`` ({name: (source, split)}: rm_bench, judgebench, helpsteer3), write the results json and the
@@ -451,7 +489,9 @@ def evaluate_model(
         _report_lengths("RewardBench pairs", result["counts"]["rewardbench"])
         write_jsonl(stem + REWARDBENCH_SUFFIX, rewardbench_records(rb_rows, chosen, rejected, attributes))
     if rb2_sets is not None:
-        rep, pred = evaluate_rewardbench2(model, rb2_sets, weights, drop_long_pairs=drop_long_pairs, **opts)
+        rep, pred = evaluate_rewardbench2(
+            model, rb2_sets, weights, drop_long_pairs=drop_long_pairs, length_policy=length_policy, **opts
+        )
         result["counts"]["rewardbench2"] = dict(rep.pop("counts"), source=rewardbench2)
         result["rewardbench2"] = rep
         _report_lengths("RewardBench 2 completions", result["counts"]["rewardbench2"])
@@ -483,10 +523,18 @@ def _report_lengths(what: str, c: Mapping[str, Any]) -> None:
             f"{what}: {c['response_cut']} responses longer than {c['seq_len']} tokens on their own were cut "
             f"from the left (the reward reads their end; raise --seq-len to score them whole)"
         )
-    if c.get("dropped_sets"):
+    if c.get("cut"):
         _warn(
-            f"{what}: {c['dropped_sets']} sets left out: a completion alone is longer than {c['seq_len']} tokens "
-            f"(raise --seq-len)"
+            f"{what}: {c['cut']} completions longer than {c['seq_len']} tokens were cut on the tokenizer's "
+            f"{c.get('truncation_side')} side (run_v2's rule; cut on the right, the reward reads a token before "
+            f"the end of the response)"
+        )
+    if c.get("dropped_sets"):
+        partners = c.get("dropped_ties_partners") or 0
+        _warn(
+            f"{what}: {c['dropped_sets']} sets left out: a completion alone is longer than {c['seq_len']} tokens"
+            + (f" ({partners} of them Ties sets whose ref/tied partner was)" if partners else "")
+            + " (raise --seq-len)"
         )
     if c.get("dropped"):
         _warn(

@@ -140,10 +140,21 @@ def format_report(result: Mapping[str, Any]) -> str:
         parts.append("all reward-weight presets (section scores, %):\n" + format_presets(rb["presets"], label))
     if "rewardbench2" in result:
         c = counts.get("rewardbench2", {})
-        keys = ("sets", "scored_sets", "completions", "truncated", "response_cut", "dropped_sets", "seq_len")
+        keys = ("length_policy", "sets", "scored_sets", "completions", "truncated", "response_cut", "cut")
+        keys += ("dropped_sets", "seq_len")
         line = ", ".join(f"{k} {c[k]}" for k in keys if k in c) or "-"
-        parts.append(f"RewardBench 2: {line}; * = --weights ({label}); overall = mean of subsets; chance 25% best-of-4")
-        parts.append(format_rewardbench2(result["rewardbench2"], label))
+        rb2 = result["rewardbench2"]
+        over = rb2.get("overall_over", list(rb2["subsets"]))
+        parts.append(
+            f"RewardBench 2: {line}; * = --weights ({label}); overall = mean of {len(over)} subsets "
+            f"({', '.join(over)}); chance 25% best-of-4"
+        )
+        parts.append(format_rewardbench2(rb2, label))
+        if rb2.get("empty_subsets"):
+            parts.append(
+                f"RewardBench 2 subsets with no set left (all dropped for length), not in the overall: "
+                f"{', '.join(rb2['empty_subsets'])}"
+            )
     for name in ("rm_bench", "judgebench", "helpsteer3"):
         if name in result:
             parts.append(format_yardstick(name, result[name], counts.get(name, {}), label))

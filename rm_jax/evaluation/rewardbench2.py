@@ -7,6 +7,11 @@ versions of the latter differ only where a tied set's correct answers score equa
 * Ties is scored per prompt K over its ``ref:K`` and ``tied:K`` sets (see :func:`ties_score`).
 * The overall score is the unweighted mean of the subset scores present.
 
+A set whose rewards hold NaN (dropped for length) is left out, and with it the other half of its Ties
+pair (``ref:K`` with ``tied:K``): the Ties formula scores a prompt through both, so keeping one half
+would score a different question. A subset that loses every set is named (``empty_subsets``) and the
+overall says which subsets it averages (``overall_over``).
+
 Scores are compared exactly (``==``), as run_v2 does: identical completions must get bit-identical
 rewards, which :func:`rm_jax.evaluation.evaluate.evaluate_rewardbench2` guarantees by scoring each
 distinct conversation once.
@@ -71,18 +76,35 @@ def ties_score(ids: Sequence[str], num_correct: Sequence[int], scores: Sequence[
     return float(0.3 * tied_acc + 0.3 * ref_acc + 0.2 * preferred + 0.2 * preferred_hard + 0.01 * margin)
 
 
+def with_ties_partners(sets: Sequence[RB2Set], dropped: Sequence[bool]) -> np.ndarray:
+    """``dropped`` widened to whole Ties pairs: a dropped ``ref:K`` drops its ``tied:K`` and back."""
+    out = np.asarray(dropped, bool).copy()
+    prompts = {(s.subset, ties_key(s.id)[1]) for s, d in zip(sets, out) if d and s.is_ties}
+    for i, s in enumerate(sets):
+        if s.is_ties and (s.subset, ties_key(s.id)[1]) in prompts:
+            out[i] = True
+    return out
+
+
 def score_sets(sets: Sequence[RB2Set], rewards: Sequence[Sequence[float]]) -> dict[str, Any]:
-    """Subset scores and the overall mean for per-set reward lists (aligned with ``sets``)."""
+    """Subset scores and the overall mean for per-set reward lists (aligned with ``sets``); a set with a
+    NaN reward is dropped, with its Ties partner (:func:`with_ties_partners`)."""
     if len(sets) != len(rewards):
         raise ValueError(f"length mismatch: {len(sets)} sets, {len(rewards)} reward lists")
+    for s, r in zip(sets, rewards):
+        if len(r) != len(s.completions):
+            raise ValueError(f"set {s.id!r}: {len(s.completions)} completions but {len(r)} rewards")
+    dropped = with_ties_partners(sets, [bool(np.isnan(np.asarray(r, np.float64)).any()) for r in rewards])
     by_subset: dict[str, list[int]] = {}
     for i, s in enumerate(sets):
-        if len(rewards[i]) != len(s.completions):
-            raise ValueError(f"set {s.id!r}: {len(s.completions)} completions but {len(rewards[i])} rewards")
-        by_subset.setdefault(s.subset, []).append(i)
+        by_subset.setdefault(s.subset, [])
+        if not dropped[i]:
+            by_subset[s.subset].append(i)
     subsets: dict[str, float] = {}
     for name in sorted(by_subset):  # run_v2 reports np.unique(subsets): sorted
         idx = by_subset[name]
+        if not idx:
+            continue
         if sets[idx[0]].is_ties:
             ids, correct = [sets[i].id for i in idx], [sets[i].num_correct for i in idx]
             subsets[name] = ties_score(ids, correct, [rewards[i] for i in idx])
@@ -90,9 +112,12 @@ def score_sets(sets: Sequence[RB2Set], rewards: Sequence[Sequence[float]]) -> di
             subsets[name] = float(np.mean([best_of_n(rewards[i]) for i in idx]))
     return {
         "score": float(np.mean(list(subsets.values()))) if subsets else None,
+        "overall_over": list(subsets),
         "subsets": subsets,
-        "subset_sets": {k: len(by_subset[k]) for k in sorted(by_subset)},
-        "sets": len(sets),
+        "empty_subsets": [k for k in sorted(by_subset) if not by_subset[k]],
+        "subset_sets": {k: len(by_subset[k]) for k in sorted(by_subset) if by_subset[k]},
+        "sets": int(len(sets) - dropped.sum()),
+        "dropped_sets": int(dropped.sum()),
     }
 
 
@@ -111,7 +136,7 @@ def rewardbench2_metrics(
     preset's score and subsets under ``presets``."""
     pred = np.asarray(pred, np.float64).reshape(-1, len(attributes))
     result = score_sets(sets, split_rewards(sets, pred @ check_weights(weights, attributes)))
-    result["presets"] = {}
+    result["presets"] = {}  # the same sets drop under every weighting (NaN attributes stay NaN)
     for name, w in weight_sets(weights, attributes).items():
         r = score_sets(sets, split_rewards(sets, pred @ w))
         result["presets"][name] = {"score": r["score"], "subsets": r["subsets"]}
@@ -147,8 +172,8 @@ def rewardbench2_records(
 
 def load_rewardbench2_scores(path: str) -> tuple[list[RB2Set], np.ndarray, list[str]]:
     """(sets, attribute predictions [completions, A], attribute names) back from a scores file, for
-    re-weighting without the model; sets dropped for length are left out. Texts are not stored: the
-    sets hold placeholders."""
+    re-weighting without the model; a set dropped for length keeps NaN predictions, so :func:`score_sets`
+    drops it again and names a subset it empties. Texts are not stored: the sets hold placeholders."""
     groups: dict[str, list[dict]] = {}
     attributes: Optional[list[str]] = None
     for lineno, rec in iter_jsonl(path):
@@ -160,13 +185,13 @@ def load_rewardbench2_scores(path: str) -> tuple[list[RB2Set], np.ndarray, list[
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{path}: line {lineno}: not a RewardBench 2 score record ({e!r})") from None
         groups.setdefault(key, []).append({"subset": subset, "correct": correct, "vec": None if attrs is None else vec})
-    sets, rows = [], []
-    for key, recs in groups.items():
-        if any(r["vec"] is None for r in recs):
-            continue
-        n_correct = sum(r["correct"] for r in recs)
-        sets.append(RB2Set(key, recs[0]["subset"], "", tuple(str(i) for i in range(len(recs))), n_correct))
-        rows += [r["vec"] for r in recs]
     if attributes is None:
         raise InputError(f"{path}: no scored completions")
+    sets, rows = [], []
+    nan = [float("nan")] * len(attributes)
+    for key, recs in groups.items():
+        dropped = any(r["vec"] is None for r in recs)
+        n_correct = sum(r["correct"] for r in recs)
+        sets.append(RB2Set(key, recs[0]["subset"], "", tuple(str(i) for i in range(len(recs))), n_correct))
+        rows += [nan if dropped else r["vec"] for r in recs]
     return sets, np.asarray(rows, np.float64), attributes

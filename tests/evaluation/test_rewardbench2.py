@@ -1,5 +1,7 @@
 """RewardBench 2 scoring: a hand-worked example, a plain transcription of reward-bench's run_v2 rules on
-random tied scores, and ``rm-jax eval --rewardbench2`` against transformers on a tiny random RM."""
+random tied scores and on the bundled sample's real scores, length drops (whole Ties pairs, emptied
+subsets named), and ``rm-jax eval --rewardbench2`` (both length policies) against transformers on a tiny
+random RM."""
 
 import json
 import math
@@ -16,9 +18,12 @@ from rm_jax.evaluation.rewardbench2 import best_of_n, score_sets, ties_score
 
 
 def plain_run_v2(rows, scores):
-    """reward-bench 0.1.4 run_v2, transcribed: reroll_and_score_dataset per set, process_single_model (with
-    sample_stats) for Ties, then the unweighted mean of subsets. ``rows``: dicts id / subset / num_correct;
-    ``scores``: a list per row."""
+    """reward-bench v0.1.4 (commit b29c8c6), transcribed without rm_jax code: ``rewardbench/utils.py``
+    ``reroll_and_score_dataset`` L561-562 per set (``1 / #max`` if the first score is the max, else 0);
+    ``scripts/run_v2.py`` L323-344 per subset (``np.unique`` order; Ties through ``process_single_model``,
+    others ``sum(results) / len``); ``process_single_model`` L1040-1163 with ``sample_stats`` L1000-1037
+    for Ties; then the unweighted mean of subsets (the RewardBench 2 paper's overall; run_v2 stops at
+    subsets). ``rows``: dicts id / subset / num_correct; ``scores``: a list per row."""
     results = {}
     for subset in sorted({r["subset"] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r["subset"] == subset]
@@ -28,7 +33,7 @@ def plain_run_v2(rows, scores):
                 s = scores[i]
                 m = np.max(s)
                 res.append((1 / np.sum(np.asarray(s) == m)) if s[0] == m else 0)
-            results[subset] = sum(res) / len(res)
+            results[subset] = sum(res) / len(res)  # run_v2: num_correct / num_total
             continue
         stats = {"ref": {}, "tied": {}}
         for i in idx:
@@ -130,14 +135,38 @@ def test_matches_plain_run_v2_on_random_tied_scores():
         assert got["score"] == pytest.approx(want_score, abs=1e-12), trial
 
 
+def test_nan_set_drops_its_ties_partner_and_empty_subsets_are_named():
+    rows = [
+        dict(id="a", subset="Math", num_correct=1, n=3),
+        dict(id="b", subset="Math", num_correct=1, n=3),
+        dict(id="c", subset="Precise IF", num_correct=1, n=3),  # every set dropped below
+        dict(id="ref:0", subset="Ties", num_correct=1, n=3),
+        dict(id="tied:0", subset="Ties", num_correct=2, n=3),
+        dict(id="ref:1", subset="Ties", num_correct=1, n=3),  # dropped: takes tied:1 with it
+        dict(id="tied:1", subset="Ties", num_correct=2, n=3),
+    ]
+    scores = [[3.0, 1.0, 2.0], [1.0, 2.0, 0.0], [1.0, np.nan, 0.0], [2.0, 1.0, 0.0], [5.0, 4.0, 4.5]]
+    scores += [[np.nan, 1.0, 0.0], [0.0, 3.0, 1.0]]
+    got = score_sets(_sets(rows), scores)
+    keep = [0, 1, 3, 4]
+    want_score, want = plain_run_v2([rows[i] for i in keep], [scores[i] for i in keep])
+    assert got["subsets"] == pytest.approx(want, abs=1e-12) and got["score"] == pytest.approx(want_score, abs=1e-12)
+    assert got["empty_subsets"] == ["Precise IF"] and got["overall_over"] == ["Math", "Ties"]
+    assert got["sets"] == 4 and got["dropped_sets"] == 3 and got["subset_sets"] == {"Math": 2, "Ties": 2}
+
+
 # ----------------------------------------------------------------------------- end to end vs transformers
 
 SEQ_LEN = 80
 
 
-def _rb2_rows():
+LONG = " ".join(["ships lost at sea"] * 40)  # longer than SEQ_LEN on its own: cut from the left (or dropped)
+
+
+def _rb2_rows(long_in=()):
+    """Ten sets; the ids in ``long_in`` get LONG as one more rejected completion."""
     a, b, c = "the cat sat on the mat", "a dog ran far away from home", "rain fell on every roof of that town"
-    long_one = " ".join(["ships lost at sea"] * 40)  # longer than SEQ_LEN on its own: cut from the left
+    long_one = LONG
     rows = [
         ("1", "Math", "what is two plus two", [a], [b, c, "four"]),
         ("2", "Math", "what is two plus two", ["four"], ["four", b, c]),  # exact tie with the chosen
@@ -163,7 +192,7 @@ def _rb2_rows():
             "models": [],
             "additional_metadata": {},
         }
-        for i, s, p, ch, rj in rows
+        for i, s, p, ch, rj in [(i, s, p, ch, rj + [LONG] * (i in long_in)) for i, s, p, ch, rj in rows]
     ]
 
 
@@ -226,44 +255,129 @@ def test_eval_rewardbench2_matches_transformers(hf_rm, tmp_path, capsys):
     assert "RewardBench 2" in printed and "Ties (4)" in printed and "overall" in printed
 
 
-def test_reweight_from_saved_scores(hf_rm, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def dropped_run(hf_rm, tmp_path_factory):
+    """``--drop-long-pairs`` on rows where sets 4 (Factuality), 6 (the only Precise IF) and ref:1 hold a
+    completion too long on its own: (source rows, results path, printed output)."""
     d, _, _ = hf_rm
-    src = _write(tmp_path / "rb2.jsonl", _rb2_rows())
-    out = tmp_path / "res.json"
+    tmp = tmp_path_factory.mktemp("rb2_drop")
+    rows = _rb2_rows(long_in=("6", "ref:1"))
+    src = _write(tmp / "rb2.jsonl", rows)
+    out = tmp / "res.json"
     argv = ["eval", "--model", d, "--rewardbench2", src, "--seq-len", str(SEQ_LEN), "--drop-long-pairs"]
-    assert cli.main(argv + ["--no-progress", "--output", str(out)]) == 0
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(argv + ["--no-progress", "--output", str(out)]) == 0
+    return rows, out, buf.getvalue()
+
+
+def test_drop_long_pairs_drops_whole_ties_pairs_and_names_empty_subsets(dropped_run):
+    rows, out, printed = dropped_run
+    res = json.loads(out.read_text())
+    c, rb2 = res["counts"]["rewardbench2"], res["rewardbench2"]
+    # 4, 6 and ref:1 are too long; tied:1 goes with ref:1
+    assert c["dropped_sets"] == 4 and c["dropped_ties_partners"] == 1 and c["scored_sets"] == len(rows) - 4
+    assert c["response_cut"] == 0
+    recs = [json.loads(line) for line in open(str(out)[:-5] + ".rewardbench2_scores.jsonl")]
+    gone = {r["id"] for r in recs if r["reward"] is None}
+    assert gone == {"4", "6", "ref:1", "tied:1"}
+    assert all(r["reward"] is None for r in recs if r["id"] in gone)
+    assert rb2["empty_subsets"] == ["Precise IF"] and "Precise IF" not in rb2["subsets"]
+    assert rb2["overall_over"] == ["Factuality", "Focus", "Math", "Ties"]
+    assert rb2["subset_sets"] == {"Factuality": 1, "Focus": 1, "Math": 2, "Ties": 2}
+    kept = [r for r in rows if r["id"] not in gone]
+    by_id = {}
+    for r in recs:
+        by_id.setdefault(r["id"], []).append(r["reward"])
+    want_score, want = plain_run_v2(kept, [by_id[r["id"]] for r in kept])
+    assert rb2["subsets"] == pytest.approx(want, abs=1e-9) and rb2["score"] == pytest.approx(want_score, abs=1e-9)
+    assert "overall = mean of 4 subsets (Factuality, Focus, Math, Ties)" in printed
+    assert "no set left (all dropped for length), not in the overall: Precise IF" in printed
+
+
+def test_reweight_from_saved_scores(dropped_run, tmp_path, capsys):
+    _, out, _ = dropped_run
     first = json.loads(out.read_text())["rewardbench2"]
     again = tmp_path / "again.json"
     argv = ["eval", "--from-predictions", str(out), "--weights", "helpfulness-only", "--output", str(again)]
     assert cli.main(argv) == 0
     res = json.loads(again.read_text())
-    assert res["weights"]["label"] == "helpfulness-only" and res["counts"]["rewardbench2"]["scored_sets"] == 9
-    assert res["rewardbench2"]["score"] == pytest.approx(first["presets"]["helpfulness-only"]["score"], abs=1e-12)
-    assert res["rewardbench2"]["subsets"] == pytest.approx(first["presets"]["helpfulness-only"]["subsets"])
+    assert res["weights"]["label"] == "helpfulness-only" and res["counts"]["rewardbench2"]["scored_sets"] == 6
+    rb2 = res["rewardbench2"]
+    assert rb2["score"] == pytest.approx(first["presets"]["helpfulness-only"]["score"], abs=1e-12)
+    assert rb2["subsets"] == pytest.approx(first["presets"]["helpfulness-only"]["subsets"])
+    assert rb2["empty_subsets"] == ["Precise IF"] and rb2["dropped_sets"] == 4  # the drops survive the file
     assert (tmp_path / "again.rewardbench2_scores.jsonl").exists()  # usable as a source itself
-    assert "RewardBench 2" in capsys.readouterr().out
-
-
-def test_drop_long_pairs_drops_the_whole_set(hf_rm, tmp_path):
-    d, _, _ = hf_rm
-    src = _write(tmp_path / "rb2.jsonl", _rb2_rows())
-    out = tmp_path / "res.json"
-    argv = ["eval", "--model", d, "--rewardbench2", src, "--seq-len", str(SEQ_LEN), "--drop-long-pairs"]
-    assert cli.main(argv + ["--no-progress", "--output", str(out)]) == 0
-    res = json.loads(out.read_text())
-    c = res["counts"]["rewardbench2"]
-    assert c["dropped_sets"] == 1 and c["scored_sets"] == len(_rb2_rows()) - 1 and c["response_cut"] == 0
-    assert res["rewardbench2"]["subset_sets"]["Factuality"] == 1
-    recs = [json.loads(line) for line in open(str(out)[:-5] + ".rewardbench2_scores.jsonl")]
-    assert [r["reward"] is None for r in recs if r["id"] == "4"] == [True] * 4
+    assert "not in the overall: Precise IF" in capsys.readouterr().out
 
 
 def test_bundled_sample_scores(hf_rm, tmp_path):
+    """Every subset score and the overall, for --weights and every preset, equal reward-bench's formula
+    (plain_run_v2, above) applied to the per-completion scores the run wrote."""
     d, _, _ = hf_rm
     out = tmp_path / "res.json"
     argv = ["eval", "--model", d, "--rewardbench2", "bundled", "--no-progress", "--output", str(out)]
     assert cli.main(argv + ["--batch-rows", "8"]) == 0
     rb2 = json.loads(out.read_text())["rewardbench2"]
-    assert set(rb2["subsets"]) == {"Factuality", "Focus", "Math", "Ties"}
-    assert rb2["sets"] == len(load_rewardbench2("bundled"))
-    assert 0.0 <= rb2["score"] <= 1.0
+    sets = load_rewardbench2("bundled")
+    recs = [json.loads(line) for line in open(str(out)[:-5] + ".rewardbench2_scores.jsonl")]
+    assert [(r["id"], r["index"]) for r in recs] == [(s.id, j) for s in sets for j in range(len(s.completions))]
+    rows = [dict(id=s.id, subset=s.subset, num_correct=s.num_correct) for s in sets]
+    bounds = np.cumsum([0] + [len(s.completions) for s in sets])
+
+    def per_set(values):
+        return [list(values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    want_score, want = plain_run_v2(rows, per_set([r["reward"] for r in recs]))
+    assert set(want) == {"Factuality", "Focus", "Math", "Ties"} and rb2["sets"] == len(sets)
+    assert rb2["subsets"] == pytest.approx(want, abs=1e-9, rel=0)
+    assert rb2["score"] == pytest.approx(want_score, abs=1e-9, rel=0)
+    attrs = np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in recs])
+    for name, w in REWARD_PRESETS.items():
+        p_score, p_subsets = plain_run_v2(rows, per_set(attrs @ np.asarray(w, np.float64)))
+        assert rb2["presets"][name]["subsets"] == pytest.approx(p_subsets, abs=1e-9, rel=0), name
+        assert rb2["presets"][name]["score"] == pytest.approx(p_score, abs=1e-9, rel=0), name
+
+
+def test_eval_run_v2_policy_matches_transformers(hf_rm, tmp_path, capsys):
+    """--length-policy run_v2: each completion is scored on tokenizer(text, truncation=True, max_length)
+    (right side for this tokenizer: a long completion loses its end), every set kept, the cut counted."""
+    import torch
+
+    d, model, tok = hf_rm
+    rows = _rb2_rows(long_in=("ref:1",))
+    src = _write(tmp_path / "rb2.jsonl", rows)
+    out = tmp_path / "res.json"
+    max_len = 48
+    argv = ["eval", "--model", d, "--rewardbench2", src, "--length-policy", "run_v2", "--seq-len", str(max_len)]
+    assert cli.main(argv + ["--no-progress", "--output", str(out), "--max-segments", "3"]) == 0
+    res = json.loads(out.read_text())
+
+    attrs, n_cut = [], 0
+    for r in rows:
+        a = []
+        for c in r["chosen"] + r["rejected"]:
+            msgs = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": c}]
+            text = tok.apply_chat_template(msgs, tokenize=False)
+            ids = tok(text, truncation=True, max_length=max_len)["input_ids"]
+            n_cut += len(tok(text)["input_ids"]) > max_len
+            with torch.no_grad():
+                a.append(model(input_ids=torch.as_tensor([ids])).logits[0].numpy().astype(np.float64))
+        attrs.append(np.stack(a))
+    recs = [json.loads(line) for line in open(str(out)[:-5] + ".rewardbench2_scores.jsonl")]
+    got = np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in recs])
+    np.testing.assert_allclose(got, np.concatenate(attrs), atol=1e-4, rtol=0)
+    want_score, want = plain_run_v2(rows, [list(a @ np.asarray(REWARD_PRESETS["70b-rewardbench"])) for a in attrs])
+    assert res["rewardbench2"]["subsets"] == pytest.approx(want, abs=1e-6)
+    assert res["rewardbench2"]["score"] == pytest.approx(want_score, abs=1e-6)
+    c = res["counts"]["rewardbench2"]
+    assert n_cut == 2 and c["cut"] == n_cut and c["length_policy"] == "run_v2" and c["truncation_side"] == "right"
+    assert c["seq_len"] == max_len and c["dropped_sets"] == 0 and c["scored_sets"] == len(rows)
+    printed = capsys.readouterr()
+    assert "2 completions longer than 48 tokens were cut on the tokenizer's right side" in printed.err
+    assert "length_policy run_v2" in printed.out
+    assert cli.main(argv + ["--drop-long-pairs"]) == 1
+    assert "run_v2 never drops" in capsys.readouterr().err

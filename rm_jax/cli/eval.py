@@ -107,7 +107,8 @@ def main(argv: Sequence[str]) -> int:
     _check_positive("--max-segments", a.max_segments)
     if a.seq_len is not None and a.seq_len < 2:
         raise InputError(f"--seq-len: must be at least 2, got {a.seq_len}")
-    from rm_jax.evaluation.evaluate import evaluate_model, reweight_from_predictions
+    from rm_jax.evaluation.eval_model import evaluate_model
+    from rm_jax.evaluation.evaluate import reweight_from_predictions
     from rm_jax.evaluation.predictions import copy_predictions, output_stem
     from rm_jax.evaluation.report_text import format_report
 

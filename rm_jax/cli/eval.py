@@ -75,10 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--length-policy",
         default="prompt-left",
-        choices=("prompt-left", "run_v2"),
-        help="RewardBench 2 tokenisation: 'prompt-left' (default: as above, --seq-len cuts prompts from the "
-        "left) or 'run_v2' (reward-bench's run_v2.py: the tokenizer's chat template and tokenizer(text, "
-        "truncation=True, max_length=--seq-len or 2048), cut on the tokenizer's side; the cut ones counted)",
+        choices=("prompt-left", "run_v2", "rm_bench"),
+        help="tokenisation: 'prompt-left' (default: as above, --seq-len cuts prompts from the left); "
+        "'run_v2' for --rewardbench2 (reward-bench's run_v2.py: the tokenizer's chat template and tokenizer(text, "
+        "truncation=True, max_length=--seq-len or 2048), cut on the tokenizer's side); 'rm_bench' for --rm-bench "
+        "(RM-Bench's run_rm.py: the whole templated text cut from the left at --seq-len or 2048); cuts counted",
     )
     ap.add_argument("--batch-rows", type=int, default=16, help="packed rows per forward pass")
     ap.add_argument("--max-segments", type=int, default=16, help="conversations packed into one row at most")
@@ -112,8 +113,10 @@ def main(argv: Sequence[str]) -> int:
     from rm_jax.evaluation.predictions import copy_predictions, output_stem
     from rm_jax.evaluation.report_text import format_report
 
-    if a.length_policy != "prompt-left" and not a.rewardbench2:
-        raise InputError("--length-policy applies to --rewardbench2 only")
+    if a.length_policy == "run_v2" and not a.rewardbench2:
+        raise InputError("--length-policy run_v2 applies to --rewardbench2 only")
+    if a.length_policy == "rm_bench" and not a.rm_bench:
+        raise InputError("--length-policy rm_bench applies to --rm-bench only")
     if a.length_policy == "run_v2" and a.drop_long_pairs:
         raise InputError(
             "--length-policy run_v2 scores every completion (run_v2 never drops): leave out --drop-long-pairs"
@@ -122,7 +125,7 @@ def main(argv: Sequence[str]) -> int:
         if a.model or a.helpsteer or a.rewardbench or a.rewardbench2 or a.rm_bench or a.judgebench or a.helpsteer3:
             raise InputError(
                 "--from-predictions recomputes metrics from saved predictions: "
-                "do not also give --model, --helpsteer or --rewardbench"
+                "do not also give --model or a data source"
             )
         result = reweight_from_predictions(a.from_predictions, a.weights)
         print(format_report(result))

@@ -132,14 +132,20 @@ def evaluate_model(
         write_jsonl(stem + REWARDBENCH_SUFFIX, rewardbench_records(rb_rows, chosen, rejected, attributes))
     if rb2_sets is not None:
         rep, pred = evaluate_rewardbench2(
-            model, rb2_sets, weights, drop_long_pairs=drop_long_pairs, length_policy=length_policy, **opts
+            model,
+            rb2_sets,
+            weights,
+            drop_long_pairs=drop_long_pairs,
+            length_policy=length_policy if length_policy != "rm_bench" else "prompt-left",
+            **opts,
         )
         result["counts"]["rewardbench2"] = dict(rep.pop("counts"), source=rewardbench2)
         result["rewardbench2"] = rep
         _report_lengths("RewardBench 2 completions", result["counts"]["rewardbench2"])
         write_jsonl(stem + REWARDBENCH2_SUFFIX, rewardbench2_records(rb2_sets, pred, attributes, weights))
     for name, data in yard_data.items():
-        rep, records = evaluate_yardstick(model, name, data, weights, **opts)
+        policy = "rm_bench" if name == "rm_bench" and length_policy == "rm_bench" else "prompt-left"
+        rep, records = evaluate_yardstick(model, name, data, weights, length_policy=policy, **opts)
         src, split = yardsticks[name]
         result["counts"][name] = dict(rep.pop("counts"), source=src, split=split)
         result[name] = rep
@@ -167,9 +173,13 @@ def _report_lengths(what: str, c: Mapping[str, Any]) -> None:
         )
     if c.get("cut"):
         _warn(
-            f"{what}: {c['cut']} completions longer than {c['seq_len']} tokens were cut on the tokenizer's "
-            f"{c.get('truncation_side')} side (run_v2's rule; cut on the right, the reward reads a token before "
-            f"the end of the response)"
+            f"{what}: {c['cut']} conversations longer than {c['seq_len']} tokens were cut on the "
+            f"{c.get('truncation_side')} side ({c.get('length_policy')}'s rule"
+            + (
+                "; cut on the right, the reward reads a token before the end of the response)"
+                if c.get("truncation_side") == "right"
+                else ")"
+            )
         )
     if c.get("dropped_sets"):
         partners = c.get("dropped_ties_partners") or 0

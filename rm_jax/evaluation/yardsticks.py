@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from rm_jax.core.attributes import WeightSpec
+from rm_jax.core.errors import InputError
 from rm_jax.data import judgebench_pairs, rm_bench_rows
 from rm_jax.data.judgebench_pairs import JudgeBenchPair
 from rm_jax.data.rm_bench_rows import STYLES, RMBenchRow
@@ -49,17 +50,59 @@ def _weights(model: Any, weights: Optional[WeightSpec]) -> tuple[list[str], Weig
     return attributes, weights
 
 
+RM_BENCH_MAX_LENGTH = 2048  # RM-Bench scripts/run_rm.py --max_length default
+
+
+def predict_rm_bench_policy(
+    model: Any,
+    convs: list[dict],
+    seq_len: Optional[int],
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Predictions as RM-Bench's runner tokenises (``scripts/run_rm.py``: ``tokenizer.truncation_side =
+    "left"`` (L176), a text-classification pipeline with ``truncation=True, max_length=2048`` (L183-190), the
+    text the chat template renders for ``[user: prompt, assistant: response]``): the whole templated text cut
+    from the left, special tokens as the tokenizer adds them."""
+    from rm_jax.data.conversation import resolve_template, row_to_messages
+    from rm_jax.evaluation.evaluate import _predict_distinct
+
+    tok = model.tokenizer
+    limit = RM_BENCH_MAX_LENGTH if seq_len is None else seq_len
+    tmpl = resolve_template(tok, model.template)
+    texts = [tok.apply_chat_template(row_to_messages(c), tokenize=False, chat_template=tmpl) for c in convs]
+    side = tok.truncation_side
+    try:
+        tok.truncation_side = "left"
+        ids = tok(texts, truncation=True, max_length=limit)["input_ids"]
+    finally:
+        tok.truncation_side = side
+    cut = sum(len(x) > limit for x in tok(texts, truncation=False)["input_ids"])
+    pred, distinct = _predict_distinct(
+        model, [np.asarray(x, np.int32) for x in ids], limit, batch_rows, max_segments, progress, "rm-bench"
+    )
+    counts = {"rows": len(convs), "distinct_conversations": distinct, "length_policy": "rm_bench", "cut": cut}
+    return pred, {**counts, "seq_len": limit, "truncation_side": "left"}
+
+
 def evaluate_rm_bench(
     model: Any,
     rows: Sequence[RMBenchRow],
     weights: Optional[WeightSpec] = None,
     *,
     seq_len: Optional[int] = None,
+    length_policy: str = "prompt-left",
     **opts: Any,
 ) -> tuple[dict, np.ndarray]:
-    """RM-Bench scores and the attribute predictions [rows * 6, A] (per row: 3 chosen, then 3 rejected)."""
+    """RM-Bench scores and the attribute predictions [rows * 6, A] (per row: 3 chosen, then 3 rejected).
+    ``length_policy="rm_bench"``: RM-Bench's own tokenisation (:func:`predict_rm_bench_policy`)."""
     attributes, weights = _weights(model, weights)
-    pred, counts = _predict(model, rm_bench_rows.flatten(rows), seq_len, "rm-bench", **opts)
+    convs = rm_bench_rows.flatten(rows)
+    if length_policy == "rm_bench":
+        pred, counts = predict_rm_bench_policy(model, convs, seq_len, **opts)
+    else:
+        pred, counts = _predict(model, convs, seq_len, "rm-bench", **opts)
     n = len(STYLES)
 
     def score(reward: np.ndarray) -> dict:
@@ -190,14 +233,22 @@ def load_yardstick(name: str, source: str, split: Optional[str] = None) -> Any:
 
 
 def evaluate_yardstick(
-    model: Any, name: str, data: Any, weights: Optional[WeightSpec] = None, **opts: Any
+    model: Any,
+    name: str,
+    data: Any,
+    weights: Optional[WeightSpec] = None,
+    length_policy: str = "prompt-left",
+    **opts: Any,
 ) -> tuple[dict, list[dict]]:
     """Score ``data`` (from :func:`load_yardstick`) as yardstick ``name`` with ``model``: the report
-    (``counts`` included) and the per-response score records."""
+    (``counts`` included) and the per-response score records. ``length_policy``: ``prompt-left`` (rm_jax's:
+    the prompt cut from the left, a response alone too long cut from the left) or, for RM-Bench, ``rm_bench``."""
     attributes = list(model.attributes)
     w = default_weights(attributes) if weights is None else weights
+    if length_policy not in ("prompt-left", "rm_bench") or (length_policy == "rm_bench" and name != "rm_bench"):
+        raise InputError(f"length policy {length_policy!r} does not apply to {TITLES[name]}")
     if name == "rm_bench":
-        report, pred = evaluate_rm_bench(model, data, w, **opts)
+        report, pred = evaluate_rm_bench(model, data, w, length_policy=length_policy, **opts)
         records = rm_bench_records(data, pred, attributes, w)
     elif name == "judgebench":
         report, pred = evaluate_judgebench(model, data, w, **opts)

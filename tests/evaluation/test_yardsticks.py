@@ -129,3 +129,31 @@ def test_saved_scores_rescore_every_weighting_as_the_live_run(rm, tmp_path, name
     assert cols[f"{prefix}_{head}"] == report[head] and all(k.startswith(prefix + "_") for k in cols)
     groups = {"rm_bench": "domains", "judgebench": "categories", "helpsteer3": "domains"}[name]
     assert {f"{prefix}_{k}" for k in report[groups]} <= set(cols)
+
+
+def test_rm_bench_length_policy_cuts_the_whole_text_from_the_left_as_their_runner(rm):
+    """--length-policy rm_bench: RM-Bench's run_rm.py sets truncation_side='left' and max_length; the ids
+    scored equal tokenizer(text, truncation=True, max_length) on the left, and the cut ones are counted."""
+    import torch
+
+    from rm_jax.data.rm_bench_rows import RMBenchRow
+    from rm_jax.evaluation.yardsticks import evaluate_rm_bench
+
+    scoring, model, tok = rm
+    long_prompt = " ".join(["tell me about the colour of grass"] * 12)
+    rows = [RMBenchRow("0", "chat", long_prompt, ("green", "it is green", "**green**"), ("red", "blue", "*pink*"))]
+    report, pred = evaluate_rm_bench(scoring, rows, seq_len=40, length_policy="rm_bench", progress=False)
+    assert report["counts"]["cut"] == 6 and report["counts"]["truncation_side"] == "left"
+    side = tok.truncation_side
+    tok.truncation_side = "left"
+    try:
+        for k, resp in enumerate((*rows[0].chosen, *rows[0].rejected)):
+            text = tok.apply_chat_template(_turns(long_prompt, resp), tokenize=False)
+            ids = tok(text, truncation=True, max_length=40)["input_ids"]
+            assert len(ids) == 40
+            with torch.no_grad():
+                want = model(input_ids=torch.as_tensor([ids])).logits[0].numpy()
+            np.testing.assert_allclose(pred[k], want, atol=1e-4, rtol=0)
+    finally:
+        tok.truncation_side = side
+    assert tok.truncation_side == side  # the policy leaves the tokenizer as it found it

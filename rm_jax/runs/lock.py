@@ -207,8 +207,8 @@ def _receive(client: Any, key: str, wait: bool, log: Callable[[str], None]) -> s
     while True:
         try:
             return client.blocking_key_value_get(key, _POLL_MS)
-        except Exception as e:  # jax raises its runtime error type; only a timeout is worth another try
-            if "DEADLINE_EXCEEDED" not in str(e) and "deadline" not in str(e).lower():
+        except Exception as e:  # JaxRuntimeError "DEADLINE_EXCEEDED: GetKeyValue() timed out ..." is worth another try
+            if "DEADLINE_EXCEEDED" not in str(e):
                 raise
         if deadline is not None and time.time() > deadline:
             raise RunLockError(

@@ -11,7 +11,10 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 mesh.fsdp=-1")
     ap.add_argument(
-        "--wait", action="store_true", help="if another process holds the run folder, wait for it instead of failing"
+        "--wait",
+        action="store_true",
+        help="if another process holds the run folder, wait for it instead of failing; "
+        "a run folder found finished (DONE) is left as it is (not evaluated again)",
     )
     a = ap.parse_intermixed_args(list(argv))
     from rm_jax.core.config import load_config

@@ -2,14 +2,17 @@
 sweep member or a pipeline step.
 
 The lock is ``fcntl.flock`` on the file; the file's content says who holds it (host, pid, start time) so
-that a refused process can name the holder. The kernel drops a flock when its holder dies (SIGKILL included), so a lock can never be "stuck"; what a dead holder leaves is its record, which the
-next holder reports (a takeover) and overwrites. The lock file is never renamed or deleted: flock belongs
+that a refused process can name the holder. The kernel drops a flock when its holder dies (SIGKILL included),
+so a lock can never be "stuck"; what a dead holder leaves is its record, which the next holder reports (a
+takeover) and overwrites. The lock file is never renamed or deleted: flock belongs
 to the inode, and replacing the file would let two processes each lock a different inode. The record is
 therefore rewritten in place with a single ``write`` of about a hundred bytes, and a reader that catches it
 mid-write retries briefly instead of reporting a torn record.
 
 Locks are re-entrant within a process (a sweep member holds its folder, then the training it runs takes
-the same lock), and are taken only by the process that asks: multi-host runs call this from process 0.
+the same lock), and are taken only by the process that asks. A run of several JAX processes (multi-host) uses
+:func:`hold_run_folder_agreed`: process 0 takes the lock and tells the others the outcome, so a refusal stops
+every process with the same line instead of leaving the others to time out in a collective.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from rm_jax.core.console import get_logger
 from rm_jax.core.errors import RunLockError
@@ -174,3 +177,90 @@ def hold_run_folder(
         yield
     finally:
         release(run_dir)
+
+
+# ---------------------------------------------------------------- several JAX processes
+
+# How long processes other than 0 wait for its word when it does not --wait itself: it tries the lock without
+# blocking right after distributed initialisation, which already lined the processes up.
+AGREE_TIMEOUT_S = 300.0
+_POLL_MS = 10_000
+_HELD_MSG, _DONE_MSG, _REFUSED_MSG = "held", "held done", "refused "
+_rounds = [0]  # every process asks in the same order (one per run), so the n-th key names the same question
+
+
+def _distributed_client() -> tuple[Any, int, int]:
+    """(client, process id, process count) of jax.distributed, or (None, 0, 1) when it is not initialised."""
+    if "jax" not in sys.modules:
+        return None, 0, 1
+    from jax._src import distributed  # the client jax.distributed.initialize made (Orbax reads it the same way)
+
+    st = distributed.global_state
+    if st.client is None or st.num_processes <= 1:
+        return None, 0, 1
+    return st.client, st.process_id, st.num_processes
+
+
+def _receive(client: Any, key: str, wait: bool, log: Callable[[str], None]) -> str:
+    deadline = None if wait else time.time() + AGREE_TIMEOUT_S
+    said = False
+    while True:
+        try:
+            return client.blocking_key_value_get(key, _POLL_MS)
+        except Exception as e:  # JaxRuntimeError "DEADLINE_EXCEEDED: GetKeyValue() timed out ..." is worth another try
+            if "DEADLINE_EXCEEDED" not in str(e):
+                raise
+        if deadline is not None and time.time() > deadline:
+            raise RunLockError(
+                f"process 0 did not say within {AGREE_TIMEOUT_S:.0f} s whether it holds the run folder; stopping"
+            )
+        if wait and not said:
+            log("waiting for process 0 to take the run folder (--wait)")
+            said = True
+
+
+@contextmanager
+def hold_run_folder_agreed(
+    run_dir: str, wait: bool = False, log: Optional[Callable[[str], None]] = None
+) -> Iterator[bool]:
+    """``with hold_run_folder_agreed(run_dir) as finished:`` :func:`hold_run_folder` for a run of one or more
+    JAX processes. Process 0 takes the lock (``wait``: waits for it) and, holding it, reads whether the folder
+    is finished (``DONE``); every process gets that answer from the ``with``, or the same RunLockError when
+    process 0 is refused. The outcome travels through jax.distributed's key-value store, not a device
+    collective: nothing is compiled, and processes waiting while process 0 waits for the lock (``--wait``, maybe
+    hours) are not subject to a collective's timeout."""
+    log = log or logger.info
+    client, pid, _ = _distributed_client()
+    if client is None:
+        with hold_run_folder(run_dir, wait, log=log):
+            yield layout.is_done(run_dir)
+        return
+    _rounds[0] += 1
+    key = f"rm_jax/run_lock/{_rounds[0]}"
+    if pid != 0:
+        msg = _receive(client, key, wait, log)
+        if msg.startswith(_REFUSED_MSG):
+            _read_barrier(client, key)
+            raise RunLockError(msg[len(_REFUSED_MSG) :])
+        yield msg == _DONE_MSG
+        return
+    try:
+        acquire(run_dir, wait, log)
+    except BaseException as e:
+        text = str(e) if isinstance(e, RunLockError) else f"process 0 could not lock {run_dir}: {e}"
+        client.key_value_set(key, _REFUSED_MSG + text)
+        _read_barrier(client, key)  # process 0 runs the coordination service: the others read before it exits
+        raise
+    try:
+        finished = layout.is_done(run_dir)
+        client.key_value_set(key, _DONE_MSG if finished else _HELD_MSG)
+        yield finished
+    finally:
+        release(run_dir)
+
+
+def _read_barrier(client: Any, key: str) -> None:
+    try:
+        client.wait_at_barrier(key + "/read", 60_000)
+    except Exception:  # a process that already died cannot read it anyway; the refusal is raised regardless
+        pass

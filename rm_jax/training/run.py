@@ -16,18 +16,25 @@ import jax
 from rm_jax.core.config import RunConfig
 from rm_jax.evaluation.yardsticks import YARDSTICKS
 from rm_jax.runs import layout
-from rm_jax.runs.lock import hold_run_folder
+from rm_jax.runs.lock import hold_run_folder_agreed
 from rm_jax.training.final_eval import score_rewardbench, score_rewardbench2, score_yardstick, write_run_evaluation
+from rm_jax.training.logs import logger
 from rm_jax.training.loop import fit
 from rm_jax.training.setup import inherit_from_init, maybe_init_distributed
 
 
 def train(cfg: RunConfig, wait: bool = False) -> str:
     """Train (or resume) the run in ``cfg.run_dir``, evaluate its kept checkpoint; returns the run folder.
-    The folder is held for the whole run (one writer at a time); another process holding it is an error,
-    or with ``wait`` is waited for."""
-    maybe_init_distributed(cfg)  # before jax.process_index(), which would start jax single-process
-    with hold_run_folder(os.path.abspath(cfg.run_dir), wait, enabled=jax.process_index() == 0):
+    The folder is held for the whole run (one writer at a time; in a multi-host run process 0 holds it and
+    every process follows its outcome); another process holding it is an error, or with ``wait`` is waited
+    for. With ``wait`` a finished folder (``DONE``, read under the lock) is left as it is: the process that
+    waited was a second start of the same run, which the first one finished and evaluated."""
+    maybe_init_distributed(cfg)  # before the lock's agreement, which needs jax.distributed when it is enabled
+    run_dir = os.path.abspath(cfg.run_dir)
+    with hold_run_folder_agreed(run_dir, wait) as finished:
+        if wait and finished:
+            logger.info(f"{run_dir} is finished (DONE); nothing to train or evaluate (rm-jax eval re-evaluates it)")
+            return run_dir
         return _train(cfg)
 
 

@@ -123,3 +123,80 @@ def test_other_processes_of_a_multi_host_run_take_nothing(tmp_path):
     run = tmp_path / "run"
     with lock.hold_run_folder(str(run), enabled=False):
         assert not (run / "LOCK").exists()
+
+
+# ---------------------------------------------------------------- several JAX processes agree
+
+
+class FakeClient:
+    """jax.distributed's key-value store as hold_run_folder_agreed uses it: a missing key times out."""
+
+    def __init__(self):
+        self.store = {}
+        self.barriers = []
+
+    def key_value_set(self, key, value):
+        assert key not in self.store  # each decision has its own key
+        self.store[key] = value
+
+    def blocking_key_value_get(self, key, timeout_ms):
+        if key not in self.store:
+            raise RuntimeError(f"DEADLINE_EXCEEDED: {key} not found")
+        return self.store[key]
+
+    def wait_at_barrier(self, barrier_id, timeout_ms):
+        self.barriers.append(barrier_id)
+
+
+def _as_process(monkeypatch, pid: int, client: FakeClient) -> str:
+    monkeypatch.setattr(lock, "_distributed_client", lambda: (client, pid, 2))
+    return f"rm_jax/run_lock/{lock._rounds[0] + 1}"  # the key of the next decision
+
+
+def test_a_refused_process_0_tells_the_others_the_same_line(tmp_path, monkeypatch):
+    run = str(tmp_path / "run")
+    p = _holder(run)
+    try:
+        client = FakeClient()
+        key = _as_process(monkeypatch, 0, client)
+        with pytest.raises(RunLockError) as e0:
+            with lock.hold_run_folder_agreed(run):
+                pytest.fail("process 0 went on without the lock")
+        assert f"pid {p.pid}" in str(e0.value)
+        assert client.store == {key: "refused " + str(e0.value)} and client.barriers == [key + "/read"]
+        # Process 1 of the same run, reading process 0's word: the same error, and nothing taken.
+        other = FakeClient()
+        other.store[_as_process(monkeypatch, 1, other)] = client.store[key]
+        with pytest.raises(RunLockError) as e1:
+            with lock.hold_run_folder_agreed(run):
+                pytest.fail("process 1 went on after process 0 was refused")
+        assert str(e1.value) == str(e0.value) and len(other.barriers) == 1
+    finally:
+        p.stdin.close()
+        p.wait()
+
+
+def test_process_0_holds_and_tells_whether_the_folder_is_finished(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    for done in (False, True):
+        if done:
+            (run / "DONE").write_text("{}\n")
+        client = FakeClient()
+        key = _as_process(monkeypatch, 0, client)
+        with lock.hold_run_folder_agreed(str(run)) as finished:
+            assert lock.read_holder(str(run))["pid"] == os.getpid()
+            assert finished is done and client.store == {key: "held done" if done else "held"}
+        assert lock.read_holder(str(run)) is None and not lock._HELD
+        # Process 1 takes nothing and gets process 0's answer.
+        other, word = tmp_path / "other", FakeClient()
+        word.store[_as_process(monkeypatch, 1, word)] = client.store[key]
+        with lock.hold_run_folder_agreed(str(other)) as finished:
+            assert finished is done and not other.exists()
+
+
+def test_without_word_from_process_0_the_others_stop(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock, "AGREE_TIMEOUT_S", 0.0)
+    _as_process(monkeypatch, 1, FakeClient())
+    with pytest.raises(RunLockError, match="process 0 did not say within 0 s"):
+        with lock.hold_run_folder_agreed(str(tmp_path / "run")):
+            pytest.fail("went on without process 0's word")

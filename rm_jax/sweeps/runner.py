@@ -18,7 +18,7 @@ from rm_jax.core.console import get_logger, is_main_process
 from rm_jax.core.errors import TrainingError
 from rm_jax.core.files import write_json
 from rm_jax.runs import layout
-from rm_jax.runs.lock import hold_run_folder
+from rm_jax.runs.lock import hold_run_folder, hold_run_folder_agreed
 from rm_jax.sweeps.experiment_file import (
     NOT_TRAINING,
     TRAINING_SECTIONS,
@@ -115,15 +115,13 @@ def run_one(run: Run, plan: Plan, trainer: Optional[Callable] = None, wait: bool
     cfg = build_config(run.config, where=run.name)
     check_existing(run)
     if run.step:
-        main = is_main_process()
-    else:
-        import jax
+        with hold_run_folder(run.run_dir, wait, enabled=is_main_process()):
+            return _run_held(run, cfg, trainer)
+    from rm_jax.training.setup import maybe_init_distributed
 
-        from rm_jax.training.setup import maybe_init_distributed
-
-        maybe_init_distributed(cfg)  # before jax.process_index(), which would start jax single-process
-        main = jax.process_index() == 0
-    with hold_run_folder(run.run_dir, wait, enabled=main):
+    maybe_init_distributed(cfg)  # before the lock's agreement, which needs jax.distributed when it is enabled
+    # every process of a multi-host member follows process 0's lock outcome (a refusal stops them all at once)
+    with hold_run_folder_agreed(run.run_dir, wait):
         return _run_held(run, cfg, trainer)
 
 

@@ -562,3 +562,15 @@ def test_regression_then_scaled_bt_with_rewardbench(data_files, pair_files, cach
     cfg = yaml.safe_load((sd / "scaled_bt" / "config.yaml").read_text())
     assert cfg["model"]["init_from"] == os.path.join(str(sd), "regression")
     assert (sd / "regression" / "predictions" / "rewardbench.jsonl").exists()
+
+
+def test_helpsteer3_recipe_plans_on_an_h100_node():
+    """experiments/helpsteer3_llama3_8b.yaml, sized by rm-jax plan's own function on abstract shapes (the 8B
+    config from rm_jax's table of known models, no weights): HelpSteer3 pairs with scaled BT fit 8 x 80 GiB."""
+    from rm_jax.core.config import load_config
+    from rm_jax.training.plan import plan
+
+    cfg = load_config(str(ROOT / "experiments" / "helpsteer3_llama3_8b.yaml"))
+    assert cfg.data.kind == "helpsteer3" and cfg.loss.type == "scaled_bt"
+    rep = plan(cfg, 8, 80 * 2**30, search=False)
+    assert rep.fits and 7e9 < rep.dcfg.num_params() < 8e9

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
+from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, check_weight_spec, weights_note
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source
@@ -338,6 +338,7 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
     assert attributes is not None
     w = default_weights(attributes) if weights is None else weights
     out["weights"] = weights_record(w, attributes)
+    _note_weights(w, attributes)
     out["counts"] = counts
     return _ordered(out)
 
@@ -396,7 +397,14 @@ def evaluate_model(
             "nothing to evaluate: give --helpsteer FILE|HUB_ID, --rewardbench FILE|HUB_ID and/or --rewardbench2 SRC"
         )
     if weights is not None:
-        check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
+        cheap = model_attributes_cheaply(model_path)
+        if cheap is not None:
+            check_weights(weights, cheap)
+        else:  # the attributes are known once the model loads: check what can be checked now
+            try:
+                check_weight_spec(weights)
+            except ValueError as e:
+                raise InputError(f"--weights: {e}") from None
     if template:
         from rm_jax.data.conversation import resolve_template
 
@@ -428,6 +436,7 @@ def evaluate_model(
         "weights": weights_record(weights, attributes),
         "counts": {},
     }
+    _note_weights(weights, attributes)
     if hs_rows is not None:
         rep, preds = evaluate_helpsteer(model, hs_rows, weights, **opts)
         result["counts"]["helpsteer"] = dict(rep.pop("counts"), source=helpsteer, split=helpsteer_split)
@@ -453,6 +462,12 @@ def evaluate_model(
 
 def _warn(msg: str) -> None:
     print(f"rm-jax eval: warning: {msg}", file=sys.stderr)
+
+
+def _note_weights(spec: WeightSpec, attributes: Sequence[str]) -> None:
+    note = weights_note(spec, attributes)  # a W.json naming a subset: say which attributes weigh 0
+    if note:
+        print(f"rm-jax eval: {note}", file=sys.stderr)
 
 
 def _report_lengths(what: str, c: Mapping[str, Any]) -> None:

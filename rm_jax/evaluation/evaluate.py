@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, check_weight_spec, weights_note
+from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, weights_note
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_source
@@ -396,15 +396,8 @@ def evaluate_model(
         raise InputError(
             "nothing to evaluate: give --helpsteer FILE|HUB_ID, --rewardbench FILE|HUB_ID and/or --rewardbench2 SRC"
         )
-    if weights is not None:
-        cheap = model_attributes_cheaply(model_path)
-        if cheap is not None:
-            check_weights(weights, cheap)
-        else:  # the attributes are known once the model loads: check what can be checked now
-            try:
-                check_weight_spec(weights)
-            except ValueError as e:
-                raise InputError(f"--weights: {e}") from None
+    if weights is not None:  # matched by name to the attributes the folder names (HelpSteer2's when unreadable)
+        check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
     if template:
         from rm_jax.data.conversation import resolve_template
 

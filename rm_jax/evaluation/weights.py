@@ -41,9 +41,11 @@ def check_weights(spec: WeightSpec, attributes: Sequence[str]) -> np.ndarray:
 
 
 def weight_sets(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Every preset that applies to ``attributes`` by name plus the user's weights, keyed by name
-    (a preset's name, or ``w<v1>_<v2>...``)."""
-    out: dict[str, np.ndarray] = dict(applicable_presets(attributes))
+    """Every preset (when the attributes are HelpSteer2's five, in any order: matched by name) plus the user's
+    weights, keyed by name (a preset's name, or ``w<v1>_<v2>...``)."""
+    out: dict[str, np.ndarray] = (
+        dict(applicable_presets(attributes)) if sorted(attributes) == sorted(ATTRIBUTES) else {}
+    )
     out[_label(spec, attributes)] = check_weights(spec, attributes)
     return out
 

@@ -308,6 +308,21 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/evaluation/test_weight_fit.py::test_bundled_rewardbench2_folds_and_prompt_weights",
         ),
     ),
+    Mutation(
+        "weights_by_position",
+        "reward weights (W.json, presets) are matched to the model's attributes by name, not HelpSteer2's order",
+        (
+            (
+                "rm_jax/core/attributes.py",
+                "        w = np.asarray([values.get(a, 0.0) for a in attributes], dtype=np.float64)",
+                "        w = np.asarray([values.get(a, 0.0) for a in ATTRIBUTES][: len(attributes)], dtype=np.float64)",
+            ),
+        ),
+        (
+            "tests/core/test_attributes.py::test_w_json_naming_only_helpfulness_weighs_the_helpfulness_column",
+            "tests/core/test_attributes.py::test_presets_are_matched_by_name",
+        ),
+    ),
 )
 
 

@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--weights",
         default=None,
-        help=f"reward weights: a preset ({', '.join(REWARD_PRESETS)}), w1,...,w5, or a W.json from "
-        f"'rm-jax weights fit' (default {DEFAULT_WEIGHTS})",
+        help=f"reward weights, matched to the model's attributes by name: a preset ({', '.join(REWARD_PRESETS)}), "
+        f"a W.json from 'rm-jax weights fit', or w1,...,wn in the model's attribute order (default {DEFAULT_WEIGHTS})",
     )
     ap.add_argument(
         "--output",

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence, get_args
 
-from rm_jax.core.attributes import fitted_weights, resolve_reward_weights
+from rm_jax.core.attributes import check_weight_spec, resolve_reward_weights, weights_note
 from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 
 
-def check_weights(spec: str, n: Optional[int]) -> None:
-    """A bad ``--weights`` fails before anything is loaded (``n`` unknown) or once the model says how
-    many attributes it predicts."""
+def check_weights(spec: str, attributes: Optional[Sequence[str]]) -> None:
+    """A bad ``--weights`` fails before anything is loaded (``attributes`` unknown: a known preset, numbers
+    that parse, a readable W.json) or once the model names its attributes (matched by name)."""
     try:
-        if n is None:
-            if spec.strip().endswith(".json"):  # a W.json: readable now, its length checked against the model
-                fitted_weights(spec.strip())
-            elif "," not in spec:
-                resolve_reward_weights(spec)
+        if attributes is None:
+            check_weight_spec(spec)
         else:
-            resolve_reward_weights(spec, n)
+            resolve_reward_weights(spec, attributes)
     except ValueError as e:
         raise InputError(f"--weights: {e}") from None
 
@@ -30,7 +28,12 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--model", required=True, help="HF *ForSequenceClassification folder or rm_jax run folder")
     ap.add_argument("--input", required=True, help="jsonl rows: {prompt, response} or {messages: [...]}")
     ap.add_argument("--output", required=True)
-    ap.add_argument("--weights", default="70b-rewardbench", help="preset name, w1,...,w5, or a W.json (weights fit)")
+    ap.add_argument(
+        "--weights",
+        default="70b-rewardbench",
+        help="matched to the model's attributes by name: a preset, a W.json (weights fit), or w1,...,wn in the "
+        "model's attribute order",
+    )
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
     ap.add_argument("--batch-rows", type=int, default=16)
     ap.add_argument("--max-segments", type=int, default=16)
@@ -45,7 +48,10 @@ def main(argv: Sequence[str]) -> int:
     check_weights(a.weights, None)
     rows = read_score_rows(a.input)
     model = load_scoring_model(a.model, dtype=a.dtype, template=a.template, step=a.step)
-    check_weights(a.weights, model.cfg.num_labels)
+    check_weights(a.weights, model.attributes)
+    note = weights_note(a.weights, model.attributes)  # a W.json naming a subset: the rest weigh 0
+    if note:
+        print(f"rm-jax score: {note}", file=sys.stderr)
     pred, reward = score_rows(
         model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress, where=a.input
     )

@@ -34,7 +34,10 @@ def main(argv: Sequence[str]) -> int:
     )
     ap.add_argument("--port", type=int, default=d.port, help="0: any free port (printed on stderr)")
     ap.add_argument(
-        "--weights", default=d.weights, help="default reward weights: preset name, w1,...,w5, or a W.json (weights fit)"
+        "--weights",
+        default=d.weights,
+        help="default reward weights, matched by attribute name: a preset, a W.json (weights fit), or w1,...,wn "
+        "in the model's attribute order",
     )
     ap.add_argument(
         "--seq-len",

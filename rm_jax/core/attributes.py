@@ -1,18 +1,29 @@
 """The five HelpSteer2 attributes and the reward-weight presets that turn them into one reward.
 
 Preset values are from the HelpSteer2 paper and model card (see docs/evaluation.md).
+
+Reward weights are matched to a model's attributes by name (a model may list its attributes in any order):
+
+* a preset weighs HelpSteer2's attributes by name: every model attribute must be one of the five, and every
+  attribute the preset weighs non-zero must be one the model predicts;
+* a W.json (``{"weights": {attribute: value}}``, as ``rm-jax weights fit`` writes it) or a mapping
+  ``{attribute: value}`` gives weights by name: a name the model lacks is an error; a model attribute the file
+  does not name gets weight 0 (:func:`unnamed_attributes` says which, for reports);
+* a list of numbers (or the string ``w1,...,wn``) is positional, in the model's own attribute order, and must
+  have one value per attribute.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 
+# Values in ATTRIBUTES order; apply them by name with preset_weights / resolve_reward_weights.
 REWARD_PRESETS: dict[str, tuple[float, ...]] = {
     "340b-rewardbench": (0.3, 0.74, 0.46, 0.47, -0.33),
     "70b-rewardbench": (0.65, 0.8, 0.45, 0.55, -0.4),
@@ -21,43 +32,129 @@ REWARD_PRESETS: dict[str, tuple[float, ...]] = {
     "helpfulness-only": (1.0, 0.0, 0.0, 0.0, 0.0),
 }
 
-WeightSpec = Union[str, Sequence[float]]
+WeightSpec = Union[str, Sequence[float], Mapping[str, float]]
 
 
-def resolve_reward_weights(
-    spec: WeightSpec, n_attributes: int = len(ATTRIBUTES), allow_file: bool = True
-) -> np.ndarray:
-    """A preset name, a comma-separated string of floats, a sequence of floats, or (``allow_file``) the path
-    of a W.json written by ``rm-jax weights fit`` -> float64 [n].
+def preset_weights(name: str) -> dict[str, float]:
+    """A preset as ``{HelpSteer2 attribute: weight}``."""
+    return dict(zip(ATTRIBUTES, REWARD_PRESETS[name]))
 
-    Raises ValueError naming the bad preset, the bad file or the wrong length.
+
+def resolve_reward_weights(spec: WeightSpec, attributes: Sequence[str], allow_file: bool = True) -> np.ndarray:
+    """The weight vector [len(attributes)] (float64, in ``attributes``' order) of a preset name, a W.json path
+    (``allow_file``), a mapping ``{attribute: value}``, a comma-separated string or a sequence of numbers
+    (positional). See the module docstring for how each is matched to ``attributes``.
+
+    Raises ValueError (one line) naming the bad preset, file, value or attribute names.
     """
+    return _resolve(spec, attributes, allow_file)[0]
+
+
+def unnamed_attributes(spec: WeightSpec, attributes: Sequence[str], allow_file: bool = True) -> list[str]:
+    """The model attributes a by-name spec (W.json or mapping) does not name and so weighs 0; [] otherwise."""
+    return _resolve(spec, attributes, allow_file)[1]
+
+
+def weights_note(spec: WeightSpec, attributes: Sequence[str]) -> Optional[str]:
+    """One line for the console / reports when a by-name spec leaves model attributes at weight 0."""
+    unnamed = unnamed_attributes(spec, attributes)
+    if not unnamed:
+        return None
+    return f"reward weights {_show(spec)} do not name {', '.join(unnamed)}: weight 0"
+
+
+def check_weight_spec(spec: WeightSpec, allow_file: bool = True) -> None:
+    """What can be checked before the model's attributes are known: a known preset, numbers that parse, a
+    readable W.json. Raises ValueError like :func:`resolve_reward_weights`."""
+    _values(spec, allow_file)
+
+
+def _resolve(spec: WeightSpec, attributes: Sequence[str], allow_file: bool) -> tuple[np.ndarray, list[str]]:
+    if isinstance(attributes, (int, np.integer)) or isinstance(attributes, str):
+        raise TypeError("resolve_reward_weights: pass the model's attribute names, not a count")
+    attributes = list(attributes)
+    kind, values = _values(spec, allow_file)
+    unnamed: list[str] = []
+    if kind == "positional":
+        w = np.asarray(values, dtype=np.float64)
+        if w.ndim != 1 or w.shape[0] != len(attributes):
+            raise ValueError(
+                f"reward weights {_show(spec)} have {w.size} values; expected {len(attributes)}, one per attribute "
+                f"in the model's order ({', '.join(attributes)})"
+            )
+    else:
+        assert isinstance(values, dict)
+        if kind == "preset":
+            missing = [a for a, x in values.items() if x != 0 and a not in attributes]
+            extra = [a for a in attributes if a not in values]
+            if missing or extra:
+                raise ValueError(
+                    f"reward-weight preset {_show(spec)} weighs HelpSteer2's attributes by name: "
+                    + "; ".join(
+                        ([f"the model lacks {', '.join(missing)}"] if missing else [])
+                        + ([f"the preset does not weigh the model's {', '.join(extra)}"] if extra else [])
+                    )
+                    + f" (model attributes: {', '.join(attributes)})"
+                )
+        else:
+            missing = [a for a in values if a not in attributes]
+            if missing:
+                raise ValueError(
+                    f"reward weights {_show(spec)} name {', '.join(missing)}, which the model does not predict "
+                    f"(model attributes: {', '.join(attributes)})"
+                )
+            unnamed = [a for a in attributes if a not in values]
+        w = np.asarray([values.get(a, 0.0) for a in attributes], dtype=np.float64)
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"reward weights {_show(spec)} contain a non-finite value")
+    return w, unnamed
+
+
+def _values(spec: WeightSpec, allow_file: bool) -> tuple[str, Union[list[float], dict[str, float]]]:
+    """("preset" | "named" | "positional", the values) of a spec, before any model is involved."""
     if isinstance(spec, str):
         key = spec.strip()
         if key in REWARD_PRESETS:
-            values: Sequence[float] = REWARD_PRESETS[key]
-        elif allow_file and key.endswith(".json"):
-            values = fitted_weights(key)
-        elif "," in key or _is_float(key):
+            return "preset", preset_weights(key)
+        if allow_file and key.endswith(".json"):
+            return "named", fitted_weights(key)
+        if "," in key or _is_float(key):
             try:
-                values = [float(x) for x in key.split(",")]
+                return "positional", [float(x) for x in key.split(",")]
             except ValueError:
                 raise ValueError(
                     f"reward weights {spec!r}: not a preset name and not a comma-separated list of numbers"
                 ) from None
-        else:
-            raise ValueError(
-                f"unknown reward-weight preset {spec!r}; known presets: {', '.join(sorted(REWARD_PRESETS))} "
-                f"(or give {n_attributes} comma-separated numbers)"
-            )
-    else:
-        values = list(spec)
-    w = np.asarray(values, dtype=np.float64)
-    if w.ndim != 1 or w.shape[0] != n_attributes:
-        raise ValueError(f"reward weights {spec!r} have {w.size} values; expected {n_attributes} (one per attribute)")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"reward weights {spec!r} contain a non-finite value")
-    return w
+        raise ValueError(
+            f"unknown reward-weight preset {spec!r}; known presets: {', '.join(sorted(REWARD_PRESETS))} "
+            f"(or give one comma-separated number per attribute, in the model's order)"
+        )
+    if isinstance(spec, Mapping):
+        return "named", _named_numbers(dict(spec), f"reward weights {_show(spec)}")
+    try:
+        return "positional", [float(x) for x in spec]
+    except (TypeError, ValueError):
+        raise ValueError(f"reward weights {_show(spec)}: not a list of numbers") from None
+
+
+def _named_numbers(w: dict, where: str) -> dict[str, float]:
+    if not w:
+        raise ValueError(f"{where}: names no attribute")
+    bad = [k for k, v in w.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise ValueError(f"{where}: weights.{bad[0]} is not a number")
+    return {str(k): float(v) for k, v in w.items()}
+
+
+def _show(spec: WeightSpec) -> str:
+    if isinstance(spec, str):
+        return repr(spec.strip())
+    if isinstance(spec, Mapping):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
+    try:
+        return "[" + ", ".join(f"{float(x):g}" for x in spec) + "]"
+    except (TypeError, ValueError):
+        return repr(spec)
 
 
 def _is_float(s: str) -> bool:
@@ -68,9 +165,8 @@ def _is_float(s: str) -> bool:
         return False
 
 
-def fitted_weights(path: str) -> list[float]:
-    """The weight vector of a W.json (``{"weights": {attribute: value}}``), in HelpSteer2's attribute order
-    when it names those five attributes, else in the file's order."""
+def fitted_weights(path: str) -> dict[str, float]:
+    """The weights of a W.json (``{"weights": {attribute: value}}``) by attribute name, as the file gives them."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
@@ -81,11 +177,27 @@ def fitted_weights(path: str) -> list[float]:
     w = obj.get("weights") if isinstance(obj, dict) else None
     if not isinstance(w, dict) or not w:
         raise ValueError(f'reward weights file {path}: needs a "weights" object {{attribute: value}}')
-    bad = [k for k, v in w.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if bad:
-        raise ValueError(f"reward weights file {path}: weights.{bad[0]} is not a number")
-    names = list(ATTRIBUTES) if set(w) == set(ATTRIBUTES) else list(w)
-    return [float(w[a]) for a in names]
+    return _named_numbers(w, f"reward weights file {path}")
+
+
+def applicable_presets(attributes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Every preset that applies to ``attributes`` by name, as a vector in their order."""
+    out = {}
+    for name in REWARD_PRESETS:
+        try:
+            out[name] = resolve_reward_weights(name, attributes)
+        except ValueError:
+            continue
+    return out
+
+
+def eval_weightings(specs: Sequence[WeightSpec], attributes: Sequence[str]) -> list[WeightSpec]:
+    """The ``eval.reward_weights`` a run scores: all of them for a model with HelpSteer2's five attributes
+    (in any order); for other attributes, presets are left out (they weigh HelpSteer2's five) and the rest kept.
+    Checking each against the attributes is the caller's (config checking raises on a bad one)."""
+    if sorted(attributes) == sorted(ATTRIBUTES):
+        return list(specs)
+    return [s for s in specs if not (isinstance(s, str) and s.strip() in REWARD_PRESETS)]
 
 
 def weights_source(spec: WeightSpec) -> str:

@@ -469,17 +469,17 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
                 f"{where}: lora.rank > 0 adapts the HF folder in model.path; model.init_from is not supported "
                 f"with LoRA (export that run with `rm-jax export` and use the folder as model.path)"
             )
-    from rm_jax.core.attributes import resolve_reward_weights
+    from rm_jax.core.attributes import eval_weightings, resolve_reward_weights
 
-    # Presets weigh the five HelpSteer2 attributes; with other attributes they are not scored.
-    for spec in cfg.eval.reward_weights if n_attr == len(ATTRIBUTES) else []:
+    # Weights are matched to model.attributes by name; presets are scored for HelpSteer2's five attributes only.
+    for spec in eval_weightings(cfg.eval.reward_weights, cfg.model.attributes):
         try:
-            resolve_reward_weights(spec, n_attr)
+            resolve_reward_weights(spec, cfg.model.attributes)
         except ValueError as e:
             raise ConfigError(f"{where}: eval.reward_weights: {e}") from None
     try:
         if cfg.data.kind in PAIR_KINDS:
-            resolve_reward_weights(cfg.loss.reward_weights, n_attr)
+            resolve_reward_weights(cfg.loss.reward_weights, cfg.model.attributes)
     except ValueError as e:
         raise ConfigError(f"{where}: loss.reward_weights: {e}") from None
 

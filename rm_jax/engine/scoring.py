@@ -113,7 +113,7 @@ def score_rows(
     :class:`rm_jax.runs.read.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
     max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
     each row's location."""
-    w = resolve_reward_weights(weights, model.cfg.num_labels)
+    w = resolve_reward_weights(weights, model.attributes)  # matched to the model's attribute names
     ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
     limit = seq_len or model.cfg.max_position_embeddings
     for i, x in enumerate(ids):

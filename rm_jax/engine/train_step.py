@@ -310,6 +310,17 @@ def _combine_sums(acc: dict, sums: dict) -> dict:
     return {k: jnp.minimum(acc[k], v) if k.endswith("_min") else acc[k] + v for k, v in sums.items()}
 
 
+def _pair_reward_weights(
+    model_cfg: DecoderConfig, loss_cfg: LossConfig, attributes: Optional[Sequence[str]]
+) -> jax.Array:
+    """The reward of a pair loss: loss.reward_weights matched to the attribute names (unused otherwise: zeros)."""
+    if model_cfg.head == "lm" or loss_cfg.type == "mse":
+        return jnp.zeros((model_cfg.num_labels,), jnp.float32)
+    if attributes is None:
+        raise ValueError(f"loss.type {loss_cfg.type}: the model's attribute names are needed to weigh the reward")
+    return jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, attributes).astype(np.float32))
+
+
 def make_train_step(
     model_cfg: DecoderConfig,
     loss_cfg: LossConfig,
@@ -319,14 +330,16 @@ def make_train_step(
     mesh: Optional[Mesh] = None,
     host_opt_shardings: Optional[Any] = None,
     seed: int = 0,
+    attributes: Optional[Sequence[str]] = None,
 ) -> Callable:
     """The train step. ``host_opt_shardings``: the optimizer state's shardings when it lives in host memory
     (``host_opt_shardings(shard)["opt_state"]``; jit the step with those shardings in and out): the step
     copies it to the device for the update and the new state back to the host, so between steps the device
     holds none of it. ``seed`` (train.seed): the adapter-dropout masks' seed (:func:`dropout_keys`); unused, and
-    no random numbers drawn, when the config has no adapter dropout."""
+    no random numbers drawn, when the config has no adapter dropout. ``attributes``: the model's attribute names,
+    which a pair loss's ``loss.reward_weights`` are matched to by name."""
     attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
-    reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
+    reward_w = _pair_reward_weights(model_cfg, loss_cfg, attributes)
 
     def step(state: dict, batch: dict) -> tuple[dict, dict]:
         if host_opt_shardings is not None:
@@ -400,11 +413,15 @@ def make_train_step(
 
 
 def make_eval_sums_fn(
-    model_cfg: DecoderConfig, loss_cfg: LossConfig, max_segments: int, mesh: Optional[Mesh] = None
+    model_cfg: DecoderConfig,
+    loss_cfg: LossConfig,
+    max_segments: int,
+    mesh: Optional[Mesh] = None,
+    attributes: Optional[Sequence[str]] = None,
 ) -> Callable:
     """(params, batch) -> the loss sums of one batch without gradients (validation of a causal LM)."""
     attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
-    reward_w = jnp.asarray(resolve_reward_weights(loss_cfg.reward_weights, model_cfg.num_labels).astype(np.float32))
+    reward_w = _pair_reward_weights(model_cfg, loss_cfg, attributes)
 
     def sums(params: Any, batch: dict) -> dict:
         with activate(mesh):

@@ -18,7 +18,13 @@ from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import resolve_pairs_source, resolve_source
 from rm_jax.data.rewardbench2_sets import load_rewardbench2
 from rm_jax.data.sources import load_helpsteer, load_pairs
-from rm_jax.evaluation.evaluate import _ordered, evaluate_helpsteer, evaluate_rewardbench, evaluate_rewardbench2
+from rm_jax.evaluation.evaluate import (
+    _note_weights,
+    _ordered,
+    evaluate_helpsteer,
+    evaluate_rewardbench,
+    evaluate_rewardbench2,
+)
 from rm_jax.evaluation.predictions import (
     HELPSTEER_SUFFIX,
     REWARDBENCH2_SUFFIX,
@@ -84,7 +90,7 @@ def evaluate_model(
             "nothing to evaluate: give --helpsteer FILE|HUB_ID, --rewardbench FILE|HUB_ID, --rewardbench2 SRC, "
             "--rm-bench SRC, --judgebench SRC and/or --helpsteer3 SRC"
         )
-    if weights is not None:
+    if weights is not None:  # matched by name to the attributes the folder names (HelpSteer2's when unreadable)
         check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
     if template:
         from rm_jax.data.conversation import resolve_template
@@ -118,6 +124,7 @@ def evaluate_model(
         "weights": weights_record(weights, attributes),
         "counts": {},
     }
+    _note_weights(weights, attributes)
     if hs_rows is not None:
         rep, preds = evaluate_helpsteer(model, hs_rows, weights, **opts)
         result["counts"]["helpsteer"] = dict(rep.pop("counts"), source=helpsteer, split=helpsteer_split)

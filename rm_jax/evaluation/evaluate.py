@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
+from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, weights_note
 from rm_jax.core.errors import InputError
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs
 from rm_jax.data.rewardbench2_sets import RUN_V2_MAX_LENGTH, RB2Set, encode_run_v2, flatten
@@ -368,6 +369,7 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
     assert attributes is not None
     w = default_weights(attributes) if weights is None else weights
     out["weights"] = weights_record(w, attributes)
+    _note_weights(w, attributes)
     out["counts"] = counts
     return _ordered(out)
 
@@ -376,3 +378,9 @@ def _ordered(result: dict) -> dict:
     keys = ("model", "weights", "counts", "per_attribute", "pairwise", "rewardbench", "from_predictions")
     # rewardbench2 and the yardsticks (rm_bench, judgebench, helpsteer3) follow in the order they ran
     return {**{k: result[k] for k in keys if k in result}, **{k: v for k, v in result.items() if k not in keys}}
+
+
+def _note_weights(spec: WeightSpec, attributes: Sequence[str]) -> None:
+    note = weights_note(spec, attributes)  # a W.json naming a subset: say which attributes weigh 0
+    if note:
+        print(f"rm-jax eval: {note}", file=sys.stderr)

@@ -228,10 +228,13 @@ def attribute_metrics(
     return out
 
 
-def rewards_from_attributes(pred: np.ndarray, weights: WeightSpec) -> np.ndarray:
-    """Scalar reward per row: pred [N, A] @ weights [A] (preset name, list or "a,b,..." string)."""
+def rewards_from_attributes(pred: np.ndarray, weights: WeightSpec, names: Sequence[str] = ATTRIBUTES) -> np.ndarray:
+    """Scalar reward per row: pred [N, A] (columns named ``names``) @ the weights matched to ``names`` by name
+    (preset name, W.json, mapping; or a list / "a,b,..." string in ``names``' order)."""
     pred = _as_2d("pred", pred)
-    w = resolve_reward_weights(weights, n_attributes=pred.shape[1])
+    if len(names) != pred.shape[1]:
+        raise ValueError(f"{len(names)} attribute names for {pred.shape[1]} prediction columns")
+    w = resolve_reward_weights(weights, names)
     return pred @ w
 
 
@@ -302,7 +305,7 @@ def helpsteer_report(
         return {"per_attribute": per_attribute, "pairwise": {}}
     h = list(names).index("helpfulness")
     has_help = np.ones(pred.shape[0], dtype=bool) if mask is None else np.asarray(mask)[:, h] != 0
-    w = {name: resolve_reward_weights(spec, n_attributes=pred.shape[1]) for name, spec in weights.items()}
+    w = {name: resolve_reward_weights(spec, names) for name, spec in weights.items()}
     return {"per_attribute": per_attribute, "pairwise": pairwise_by_weights(pred, target[:, h], has_help, pair_ids, w)}
 
 

@@ -1,4 +1,4 @@
-"""Which reward weightings an evaluation reports, checked against the model's attributes."""
+"""Which reward weightings an evaluation reports, matched to the model's attributes by name."""
 
 from __future__ import annotations
 
@@ -7,38 +7,45 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS, WeightSpec, resolve_reward_weights
+from rm_jax.core.attributes import (
+    ATTRIBUTES,
+    REWARD_PRESETS,
+    WeightSpec,
+    applicable_presets,
+    resolve_reward_weights,
+    unnamed_attributes,
+)
 from rm_jax.core.errors import InputError
 
 DEFAULT_WEIGHTS = "70b-rewardbench"
 
 
 def default_weights(attributes: Sequence[str]) -> str:
-    """``70b-rewardbench`` for the five HelpSteer2 attributes, ``1`` for a one-attribute model."""
-    if tuple(attributes) == ATTRIBUTES:
+    """``70b-rewardbench`` for the five HelpSteer2 attributes (in any order), ``1`` for a one-attribute model."""
+    if sorted(attributes) == sorted(ATTRIBUTES):
         return DEFAULT_WEIGHTS
     if len(attributes) == 1:
         return "1"
     raise InputError(
         f"--weights: the model predicts {len(attributes)} attributes ({', '.join(attributes)}), "
-        f"not the five HelpSteer2 ones; give {len(attributes)} comma-separated weights"
+        f"not the five HelpSteer2 ones; give a W.json or {len(attributes)} comma-separated weights"
     )
 
 
 def check_weights(spec: WeightSpec, attributes: Sequence[str]) -> np.ndarray:
-    """The weight vector for ``attributes``, or an :class:`InputError` naming ``--weights``."""
+    """The weight vector for ``attributes`` (matched by name), or an :class:`InputError` naming ``--weights``."""
     try:
-        return resolve_reward_weights(spec, n_attributes=len(attributes))
+        return resolve_reward_weights(spec, attributes)
     except ValueError as e:
-        raise InputError(f"--weights: {e} (attributes: {', '.join(attributes)})") from None
+        raise InputError(f"--weights: {e}") from None
 
 
 def weight_sets(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Every preset (when the attributes are HelpSteer2's five, in order) plus the user's weights,
-    keyed by name (a preset's name, or ``w<v1>_<v2>...``)."""
-    out: dict[str, np.ndarray] = {}
-    if tuple(attributes) == ATTRIBUTES:
-        out.update({name: np.asarray(w, np.float64) for name, w in REWARD_PRESETS.items()})
+    """Every preset (when the attributes are HelpSteer2's five, in any order: matched by name) plus the user's
+    weights, keyed by name (a preset's name, or ``w<v1>_<v2>...``)."""
+    out: dict[str, np.ndarray] = (
+        dict(applicable_presets(attributes)) if sorted(attributes) == sorted(ATTRIBUTES) else {}
+    )
     out[_label(spec, attributes)] = check_weights(spec, attributes)
     return out
 
@@ -52,9 +59,17 @@ def _label(spec: WeightSpec, attributes: Sequence[str]) -> str:
 
 
 def weights_record(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, Any]:
+    """The weights an evaluation used, by attribute name; ``zero_unnamed``: the model attributes a W.json
+    (or mapping) left out, which weigh 0."""
     w = check_weights(spec, attributes)
-    return {
-        "spec": spec if isinstance(spec, str) else [float(x) for x in spec],
-        "label": _label(spec, attributes),
-        "values": {a: float(x) for a, x in zip(attributes, w)},
-    }
+    if isinstance(spec, str):
+        shown: Any = spec
+    elif hasattr(spec, "items"):
+        shown = {str(k): float(v) for k, v in spec.items()}  # type: ignore[union-attr]
+    else:
+        shown = [float(x) for x in spec]
+    rec = {"spec": shown, "label": _label(spec, attributes), "values": {a: float(x) for a, x in zip(attributes, w)}}
+    unnamed = unnamed_attributes(spec, attributes)
+    if unnamed:
+        rec["zero_unnamed"] = unnamed
+    return rec

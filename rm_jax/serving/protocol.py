@@ -80,22 +80,30 @@ def _list(obj: Mapping[str, Any], field: str, max_rows: int) -> list:
     return obj[field]
 
 
-def parse_weights(obj: Mapping[str, Any], n_attributes: int) -> Optional[np.ndarray]:
-    """``"weights"``: a preset name, "w1,...,w5", or an array of numbers; absent or null: the server's."""
+def parse_weights(obj: Mapping[str, Any], attributes: Sequence[str]) -> Optional[np.ndarray]:
+    """``"weights"``: a preset name, an object ``{attribute: weight}`` (by name; attributes it leaves out
+    weigh 0), or "w1,...,wn" / an array of numbers in the model's attribute order; absent or null: the server's."""
     spec = obj.get("weights")
     if spec is None:
         return None
-    if isinstance(spec, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
+    if isinstance(spec, list) and not all(_is_number(v) for v in spec):
         raise BadRequest("weights: an array of weights must hold numbers only", field="weights")
-    if not isinstance(spec, (str, list)):
+    if isinstance(spec, dict) and not all(_is_number(v) for v in spec.values()):
+        raise BadRequest("weights: an object of weights must map attribute names to numbers", field="weights")
+    if not isinstance(spec, (str, list, dict)):
         raise BadRequest(
-            f"weights: must be a preset name, a comma-separated string or an array of numbers, got {_type(spec)}",
+            f"weights: must be a preset name, an object {{attribute: weight}}, a comma-separated string or an "
+            f"array of numbers, got {_type(spec)}",
             field="weights",
         )
     try:
-        return resolve_reward_weights(spec, n_attributes, allow_file=False)  # a client may not read server files
+        return resolve_reward_weights(spec, attributes, allow_file=False)  # a client may not read server files
     except ValueError as e:
         raise BadRequest(f"weights: {e}", field="weights") from None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _check_row(i: int, row: Any) -> str:
@@ -135,7 +143,7 @@ def _check_row(i: int, row: Any) -> str:
     return "prompt"
 
 
-def parse_score_request(obj: Any, n_attributes: int, max_rows: int) -> ScoreRequest:
+def parse_score_request(obj: Any, attributes: Sequence[str], max_rows: int) -> ScoreRequest:
     """``{"rows": [{"prompt", "response"} | {"messages"}], "weights"?: ...}``; at most ``max_rows`` rows (413)."""
     obj = _object(obj)
     rows = _list(obj, "rows", max_rows)
@@ -146,10 +154,10 @@ def parse_score_request(obj: Any, n_attributes: int, max_rows: int) -> ScoreRequ
             conversations.append(row_to_messages(r, where=f"rows[{i}]"))
         except ConversationError as e:
             raise BadRequest(str(e), row=i, field=fields[i]) from None
-    return ScoreRequest(conversations, parse_weights(obj, n_attributes), fields)
+    return ScoreRequest(conversations, parse_weights(obj, attributes), fields)
 
 
-def parse_reward_request(obj: Any, n_attributes: int, max_rows: int) -> RewardRequest:
+def parse_reward_request(obj: Any, attributes: Sequence[str], max_rows: int) -> RewardRequest:
     """OpenRLHF's remote-RM body: ``{"query": [text, ...], "prompts"?: [...], "labels"?: [...]}``.
     ``prompts`` and ``labels`` are accepted and not used (an RM scores the whole text)."""
     obj = _object(obj)
@@ -157,7 +165,7 @@ def parse_reward_request(obj: Any, n_attributes: int, max_rows: int) -> RewardRe
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise BadRequest(f"query[{i}]: must be a string, got {_type(t)}", row=i, field="query")
-    return RewardRequest(texts, parse_weights(obj, n_attributes))
+    return RewardRequest(texts, parse_weights(obj, attributes))
 
 
 # ---------------------------------------------------------------- responses

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from rm_jax.core.attributes import REWARD_PRESETS, resolve_reward_weights, weights_source
+from rm_jax.core.attributes import REWARD_PRESETS, resolve_reward_weights, unnamed_attributes, weights_source
 from rm_jax.core.errors import InputError
 from rm_jax.engine.scoring import Scorer
 from rm_jax.runs.read import ScoringModel
@@ -52,7 +52,8 @@ class RewardService:
         self.model, self.cfg, self.model_path = model, cfg, os.path.abspath(model_path)
         n = model.cfg.num_labels
         try:
-            self.weights = resolve_reward_weights(cfg.weights, n)
+            self.weights = resolve_reward_weights(cfg.weights, model.attributes)  # by attribute name
+            self.zero_unnamed = unnamed_attributes(cfg.weights, model.attributes)
         except ValueError as e:
             raise InputError(f"--weights: {e}") from None
         self.seq_len = cfg.resolve_seq_len(model.cfg.max_position_embeddings)
@@ -104,11 +105,11 @@ class RewardService:
 
     def _prepare(self, endpoint: str, body: bytes) -> Prepared:
         obj = parse_json(body)
-        n, limit = self.model.cfg.num_labels, self.cfg.max_queue
+        names, limit = self.model.attributes, self.cfg.max_queue
         if endpoint == "score":
-            req = parse_score_request(obj, n, limit)
+            req = parse_score_request(obj, names, limit)
             return Prepared(endpoint, self.encoder.conversations(req.conversations, req.fields), req.weights)
-        rreq = parse_reward_request(obj, n, limit)
+        rreq = parse_reward_request(obj, names, limit)
         return Prepared(endpoint, self.encoder.texts(rreq.texts), rreq.weights)
 
     def submit(self, prepared: Prepared, done: Callable[[Optional[BaseException]], None]) -> Job:
@@ -148,7 +149,9 @@ class RewardService:
             "weights": {
                 "spec": self.cfg.weights,
                 "source": weights_source(self.cfg.weights),
-                "values": [float(x) for x in self.weights],
+                "values": [float(x) for x in self.weights],  # in the order of "attributes"
+                "by_attribute": {a: float(x) for a, x in zip(self.model.attributes, self.weights)},
+                **({"zero_unnamed": self.zero_unnamed} if self.zero_unnamed else {}),
             },
             "weight_presets": sorted(REWARD_PRESETS),
             "seq_len": self.seq_len,

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS
+from rm_jax.core.attributes import ATTRIBUTES, applicable_presets
 from rm_jax.core.errors import InputError
 from rm_jax.core.files import write_json, write_jsonl, write_text
 from rm_jax.data.conversation import parse_attribute_label
@@ -95,9 +95,9 @@ def steer_eval(
         per_target.append(entry)
     mae = {a: float(np.concatenate(v).mean()) for a, v in errs.items() if v}
     mae["mean"] = float(np.mean([mae[a] for a in names if a in mae]))
-    reward = (
-        {name: float((pred.astype(np.float64) @ np.asarray(w)).mean()) for name, w in REWARD_PRESETS.items()}
-        if names == list(ATTRIBUTES)
+    reward = (  # presets matched to the RM's attribute names (any order)
+        {name: float((pred.astype(np.float64) @ w).mean()) for name, w in applicable_presets(names).items()}
+        if sorted(names) == sorted(ATTRIBUTES)
         else {}
     )
     lengths = [len(pol.tokenizer(y, add_special_tokens=False)["input_ids"]) for ys in texts for y in ys]

@@ -595,7 +595,7 @@ def expand(exp: Experiment) -> Plan:
         evals = [(reward_weights_label(s), s) for s in (specs if isinstance(specs, list) else [specs])]
     for label, spec in evals:
         try:
-            resolve_reward_weights(spec, len(attributes))
+            resolve_reward_weights(spec, attributes)  # matched by attribute name
         except ValueError as e:
             raise ConfigError(f"{where}: eval.reward_weights {label!r}: {e}") from None
 

@@ -166,7 +166,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
     rows = []
     for label, spec in run["evals"]:
         row = dict(base, reward_weights=label)
-        w = resolve_reward_weights(spec, len(attributes))
+        w = resolve_reward_weights(spec, attributes)  # by attribute name
         if pred is not None and len(pred):
             reward = pred @ w
             if cfg["data"]["kind"] in PAIR_KINDS:
@@ -181,7 +181,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
             from rm_jax.evaluation.rewardbench import score_pairs
 
             subsets, chosen, rejected, rb_attrs = rb
-            wr = resolve_reward_weights(spec, len(rb_attrs))
+            wr = resolve_reward_weights(spec, rb_attrs)
             res = score_pairs(subsets, chosen @ wr, rejected @ wr)
             row["rewardbench_overall"] = res["overall"]
             for s in RB_SECTIONS:
@@ -211,7 +211,7 @@ def rb2_columns(rb2: tuple, spec: Any) -> dict:
     from rm_jax.evaluation.rewardbench2 import score_sets, split_rewards
 
     sets, pred, attrs = rb2
-    res = score_sets(sets, split_rewards(sets, pred @ resolve_reward_weights(spec, len(attrs))))
+    res = score_sets(sets, split_rewards(sets, pred @ resolve_reward_weights(spec, attrs)))
     return {"rb2_score": res["score"], **{rb2_column(k): v for k, v in res["subsets"].items()}}
 
 

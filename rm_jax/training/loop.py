@@ -216,6 +216,7 @@ class ShardedStep:
                 mesh,
                 host_opt,
                 seed=ctx.cfg.train.seed,
+                attributes=ctx.cfg.model.attributes,
             ),
             in_shardings=(opt.shard, None),
             out_shardings=(opt.shard, replicated(mesh)),

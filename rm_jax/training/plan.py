@@ -156,6 +156,7 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
             mesh,
             shard["opt_state"] if memory == "host" else None,
             seed=cfg.train.seed,
+            attributes=cfg.model.attributes,
         ),
         in_shardings=(shard, bshard),
         out_shardings=(shard, replicated(mesh)),

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES, resolve_reward_weights
+from rm_jax.core.attributes import eval_weightings, resolve_reward_weights
 from rm_jax.core.config import PAIR_KINDS, LossConfig, RunConfig
 from rm_jax.data.helpsteer3_pairs import load_helpsteer3
 from rm_jax.data.pipeline import Encoded, Loader, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
@@ -165,11 +165,12 @@ class RegressionTask(Task):
 
     def eval_report(self, enc: Encoded, pred: Optional[np.ndarray]) -> dict:
         """HelpSteer2 rows: per-attribute MSE / Pearson / Spearman and pairwise accuracy under each of
-        ``eval.reward_weights`` (presets only apply to the five HelpSteer2 attributes)."""
+        ``eval.reward_weights`` (matched to model.attributes by name; a weighting that does not apply to them,
+        e.g. a preset for a model without the five HelpSteer2 attributes, is left out, as config checking says)."""
         cfg = self.cfg
         if cfg.data.kind != "helpsteer":
             return {}
-        weights = {str(w): w for w in cfg.eval.reward_weights} if len(cfg.model.attributes) == len(ATTRIBUTES) else {}
+        weights = {str(w): w for w in eval_weightings(cfg.eval.reward_weights, cfg.model.attributes)}
         rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
         return {"per_attribute": rep["per_attribute"], "pairwise": rep["pairwise"]}
 
@@ -210,7 +211,7 @@ class PairsTask(RegressionTask):
             "pair_strength": enc.strength,
         }
         loss = self.cfg.loss
-        w = resolve_reward_weights(loss.reward_weights, pred.shape[1]).astype(np.float32)
+        w = resolve_reward_weights(loss.reward_weights, self.cfg.model.attributes).astype(np.float32)
         sums = pair_sums(pred[None], pairs, w, loss.type, loss.centering)
         return {
             "val_loss": float(sums["num"] / sums["den"]) if n else float("nan"),

@@ -59,7 +59,9 @@ class LossSums:
         ]
         self.mesh, self.shardings, self.metrics = parts.mesh, None, metrics
         self.fn = jax.jit(
-            make_eval_sums_fn(parts.dcfg, cfg.loss, d.max_segments if d.packing else 1, parts.mesh),
+            make_eval_sums_fn(
+                parts.dcfg, cfg.loss, d.max_segments if d.packing else 1, parts.mesh, cfg.model.attributes
+            ),
             out_shardings=replicated(parts.mesh),
         )
 

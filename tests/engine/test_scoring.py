@@ -185,3 +185,31 @@ def test_bad_model_and_weights(rm_dir, tmp_path, capsys):
     )
     assert "in.jsonl: row 1:" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o.jsonl")
+
+
+def test_w_json_is_matched_to_reordered_attributes_by_name(rm_dir, tmp_path, capsys):
+    """A model whose attributes are not in HelpSteer2's order, scored with a W.json naming only helpfulness:
+    the reward is its helpfulness output; a W.json naming an attribute it lacks exits 1 with one line."""
+    import shutil
+
+    d = str(tmp_path / "reordered")
+    shutil.copytree(rm_dir[0], d)
+    reordered = ["correctness", "helpfulness", "coherence", "complexity", "verbosity"]
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    cfg["id2label"] = {str(i): a for i, a in enumerate(reordered)}
+    cfg["label2id"] = {a: i for i, a in enumerate(reordered)}
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    _write(tmp_path / "in.jsonl", ROWS[:2])
+    (tmp_path / "W.json").write_text(json.dumps({"weights": {"helpfulness": 1.0}}))
+    argv = ["score", "--model", d, "--input", str(tmp_path / "in.jsonl"), "--no-progress"]
+    assert main(argv + ["--output", str(tmp_path / "out.jsonl"), "--weights", str(tmp_path / "W.json")]) == 0
+    assert "do not name correctness, coherence, complexity, verbosity: weight 0" in capsys.readouterr().err
+    for o in map(json.loads, open(tmp_path / "out.jsonl")):
+        assert list(o["attributes"]) == reordered
+        assert o["reward"] == pytest.approx(o["attributes"]["helpfulness"], abs=1e-6)
+        assert abs(o["attributes"]["helpfulness"] - o["attributes"]["correctness"]) > 1e-3  # the test can tell
+    (tmp_path / "W2.json").write_text(json.dumps({"weights": {"helpfulness": 1.0, "safety": 0.5}}))
+    assert main(argv + ["--output", str(tmp_path / "o2.jsonl"), "--weights", str(tmp_path / "W2.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "name safety, which the model does not predict" in err and len(err.splitlines()) == 1, err
+    assert not os.path.exists(tmp_path / "o2.jsonl")

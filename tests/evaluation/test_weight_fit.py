@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rm_jax import cli
-from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS, resolve_reward_weights
+from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS
 from rm_jax.core.errors import InputError
 from rm_jax.data.rewardbench2_sets import RB2Set, load_rewardbench2, ties_key
 from rm_jax.evaluation.weight_fit import (
@@ -375,19 +375,6 @@ def test_fit_recovers_a_hidden_weighting_and_works_as_weights(hidden_pairs, tmp_
     for line in open(scored):
         r = json.loads(line)
         assert r["reward"] == pytest.approx(sum(w["weights"][a] * r["attributes"][a] for a in ATTRIBUTES), abs=1e-5)
-
-
-def test_resolver_reads_a_w_json(tmp_path):
-    p = tmp_path / "W.json"
-    p.write_text(json.dumps({"weights": {a: float(i) for i, a in enumerate(reversed(ATTRIBUTES))}}))
-    np.testing.assert_array_equal(resolve_reward_weights(str(p)), [4.0, 3.0, 2.0, 1.0, 0.0])  # HelpSteer2 order
-    with pytest.raises(ValueError, match="expected 1"):
-        resolve_reward_weights(str(p), 1)
-    with pytest.raises(ValueError, match="unknown reward-weight preset"):
-        resolve_reward_weights(str(p), allow_file=False)
-    (tmp_path / "bad.json").write_text(json.dumps({"weights": {"helpfulness": "x"}}))
-    with pytest.raises(ValueError, match=r"bad.json: weights.helpfulness is not a number"):
-        resolve_reward_weights(str(tmp_path / "bad.json"))
 
 
 def test_helpsteer3_pairs_fold_by_context():

@@ -26,13 +26,36 @@ def test_service_info_reports_fitted_weights_and_their_file(tmp_path):
     info = svc.info()["weights"]
     assert info["spec"] == str(tmp_path / "W.json") and info["source"] == f"file {tmp_path / 'W.json'}"
     np.testing.assert_allclose(info["values"], [w[a] for a in ATTRIBUTES])
-    (tmp_path / "short.json").write_text(json.dumps({"weights": {"helpfulness": 1.0}}))
-    with pytest.raises(InputError, match="--weights: .* expected 5"):
-        RewardService(model, ServeConfig(weights=str(tmp_path / "short.json")), str(tmp_path))
+    assert "zero_unnamed" not in info
+    # a W.json naming a subset: the rest weigh 0, and /info says so
+    (tmp_path / "short.json").write_text(json.dumps({"weights": {"correctness": 1.0}}))
+    info = RewardService(model, ServeConfig(weights=str(tmp_path / "short.json")), str(tmp_path)).info()["weights"]
+    assert info["by_attribute"] == {a: float(a == "correctness") for a in ATTRIBUTES}
+    assert info["zero_unnamed"] == [a for a in ATTRIBUTES if a != "correctness"]
+    (tmp_path / "other.json").write_text(json.dumps({"weights": {"helpfulness": 1.0, "safety": 1.0}}))
+    with pytest.raises(InputError, match="--weights: .*name safety, which the model does not predict"):
+        RewardService(model, ServeConfig(weights=str(tmp_path / "other.json")), str(tmp_path))
 
 
 def test_request_weights_never_read_a_file(tmp_path):
     (tmp_path / "W.json").write_text(json.dumps({"weights": {a: 1.0 for a in ATTRIBUTES}}))
     with pytest.raises(BadRequest, match="unknown reward-weight preset"):
-        parse_weights({"weights": str(tmp_path / "W.json")}, 5)
-    np.testing.assert_array_equal(parse_weights({"weights": [1, 0, 0, 0, 0]}, 5), [1, 0, 0, 0, 0])
+        parse_weights({"weights": str(tmp_path / "W.json")}, ATTRIBUTES)
+    np.testing.assert_array_equal(parse_weights({"weights": [1, 0, 0, 0, 0]}, ATTRIBUTES), [1, 0, 0, 0, 0])
+
+
+def test_request_weights_by_name_follow_the_model_attributes():
+    reordered = ["correctness", "helpfulness", "coherence", "complexity", "verbosity"]
+    np.testing.assert_array_equal(parse_weights({"weights": {"helpfulness": 2}}, reordered), [0, 2, 0, 0, 0])
+    np.testing.assert_array_equal(parse_weights({"weights": "helpfulness-only"}, reordered), [0, 1, 0, 0, 0])
+    with pytest.raises(BadRequest, match="weights: .*name safety"):
+        parse_weights({"weights": {"safety": 1}}, reordered)
+    with pytest.raises(BadRequest, match="map attribute names to numbers"):
+        parse_weights({"weights": {"helpfulness": "1"}}, reordered)
+
+
+def test_serve_config_checks_weights_before_the_model_loads():
+    from rm_jax.serving.settings import ServeConfig
+
+    with pytest.raises(InputError, match="--weights: unknown reward-weight preset 'goodnes'"):
+        ServeConfig(weights="goodnes").check()

@@ -223,7 +223,9 @@ def test_a_lora_run_restores_onto_the_base_it_holds(tmp_path, data_files, monkey
     monkeypatch.setattr(checkpoint, "fill_base", lambda run, *a: reads.append(run) or read_base(run, *a))
     seeds = []
     make_step = loop.make_train_step
-    monkeypatch.setattr(loop, "make_train_step", lambda *a, seed: seeds.append(seed) or make_step(*a, seed=seed))
+    monkeypatch.setattr(
+        loop, "make_train_step", lambda *a, seed, **k: seeds.append(seed) or make_step(*a, seed=seed, **k)
+    )
     run_dir = tmp_path / "run"
     cfg = load_config(
         TINY,

@@ -27,7 +27,8 @@ from jax.sharding import Mesh, NamedSharding
 from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.errors import ModelLoadError
 from rm_jax.core.files import read_json
-from rm_jax.models import abstract_params, heads, param_logical_specs
+from rm_jax.models import abstract_params, param_logical_specs
+from rm_jax.models import heads as attr_heads
 from rm_jax.models.llama import SUPPORTED_MODEL_TYPES, DecoderConfig
 from rm_jax.models.sharding import logical_sharding, make_mesh
 
@@ -363,7 +364,7 @@ def head_extra(cfg: DecoderConfig, params: Any) -> dict:
     if cfg.head != "reward" or cfg.attribute_head != "ordinal":
         return {}
     free = np.asarray(jax.device_get(params["head_thresholds"]), np.float32)
-    theta = np.asarray(heads.ordinal_thresholds(jnp.asarray(free)), np.float32)
+    theta = np.asarray(attr_heads.ordinal_thresholds(jnp.asarray(free)), np.float32)
     return {"rm_jax": {"thresholds": [[float(x) for x in row] for row in theta]}}
 
 
@@ -374,13 +375,13 @@ def read_head_config(hf: dict, where: str) -> Optional[tuple[str, list[str], int
     if not isinstance(meta, dict) or "head" not in meta:
         return None
     kind, names, levels = meta.get("head"), meta.get("attributes"), meta.get("label_levels", 5)
-    if kind not in heads.ATTRIBUTE_HEADS:
-        raise ModelLoadError(f"{where}: rm_jax.head {kind!r} is not one of {', '.join(heads.ATTRIBUTE_HEADS)}")
+    if kind not in attr_heads.ATTRIBUTE_HEADS:
+        raise ModelLoadError(f"{where}: rm_jax.head {kind!r} is not one of {', '.join(attr_heads.ATTRIBUTE_HEADS)}")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ModelLoadError(f"{where}: rm_jax.attributes must be a non-empty list of names")
     if not isinstance(levels, int) or levels < 2:
         raise ModelLoadError(f"{where}: rm_jax.label_levels must be an integer >= 2, got {levels!r}")
-    width = heads.head_width(kind, levels)
+    width = attr_heads.head_width(kind, levels)
     if "num_labels" in hf and int(hf["num_labels"]) != len(names) * width:
         raise ModelLoadError(
             f"{where}: num_labels {hf['num_labels']} is not {len(names)} attributes x {width} ({kind} head)"
@@ -395,7 +396,7 @@ def read_thresholds(hf: dict, where: str, n_attributes: int, levels: int) -> np.
         arr = np.asarray(theta, np.float64)
         if arr.shape != (n_attributes, levels - 1) or not np.all(np.isfinite(arr)):
             raise ValueError(f"expected {n_attributes} x {levels - 1} finite numbers")
-        return heads.thresholds_to_raw(arr)
+        return attr_heads.thresholds_to_raw(arr)
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{where}: rm_jax.thresholds: {e}") from None
 
@@ -598,7 +599,7 @@ def init_head_only(cfg: DecoderConfig, abstract: Any, specs: Any, mesh: Mesh, se
     out = {"head_kernel": _place(w, logical_sharding(tuple(specs["head_kernel"]), shape, mesh))}
     if "head_thresholds" in abstract:
         shape = abstract["head_thresholds"].shape
-        free = np.asarray(heads.thresholds_init(None, shape), np.float32)
+        free = np.asarray(attr_heads.thresholds_init(None, shape), np.float32)
         out["head_thresholds"] = _place(free, logical_sharding(tuple(specs["head_thresholds"]), shape, mesh))
     return out
 

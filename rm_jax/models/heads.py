@@ -22,7 +22,6 @@ import numpy as np
 from rm_jax.core.config import AttributeHead
 
 ATTRIBUTE_HEADS = get_args(AttributeHead)
-DISTRIBUTIONAL = ("categorical", "ordinal")
 # Free threshold parameters start at these gaps (softplus(x) = 1): thresholds -1.5, -0.5, 0.5, ... around 0.
 _SOFTPLUS_INV_1 = float(np.log(np.expm1(1.0)))
 

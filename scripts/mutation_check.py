@@ -323,6 +323,33 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/core/test_attributes.py::test_presets_are_matched_by_name",
         ),
     ),
+    Mutation(
+        "ordinal_unordered",
+        "ordinal head: thresholds ordered by construction, so P(y > k) never increases with k",
+        (
+            (
+                "rm_jax/models/heads.py",
+                "    gaps = jax.nn.softplus(raw[..., 1:])\n",
+                "    return raw\n",
+            ),
+        ),
+        (
+            "tests/models/test_heads.py::test_ordinal_thresholds_increase_for_any_free_parameters",
+            "tests/models/test_heads.py::test_ordinal_model_rows_are_non_increasing_and_probabilities_match",
+        ),
+    ),
+    Mutation(
+        "categorical_expectation_off_by_one",
+        "categorical head: the attribute score is E[y] = sum_k k p_k over levels 0..K-1",
+        (
+            (
+                "rm_jax/models/heads.py",
+                "jnp.arange(raw.shape[-1], dtype=jnp.float32)",
+                "jnp.arange(1, raw.shape[-1] + 1, dtype=jnp.float32)",
+            ),
+        ),
+        ("tests/models/test_heads.py::test_categorical_expected_level_is_sum_k_pk",),
+    ),
 )
 
 

@@ -39,6 +39,9 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--max-segments", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=get_args(Dtype))
+    ap.add_argument(
+        "--probs", action="store_true", help="also write each attribute's level probabilities (categorical/ordinal)"
+    )
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--step", type=int, default=None, help="a run folder's checkpoint step (default: the kept one)")
     a = ap.parse_args(list(argv))
@@ -52,9 +55,9 @@ def main(argv: Sequence[str]) -> int:
     note = weights_note(a.weights, model.attributes)  # a W.json naming a subset: the rest weigh 0
     if note:
         print(f"rm-jax score: {note}", file=sys.stderr)
-    pred, reward = score_rows(
-        model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress, where=a.input
+    out = score_rows(
+        model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress, a.input, a.probs
     )
-    write_scored(a.output, rows, model.attributes, pred, reward)
+    write_scored(a.output, rows, model.attributes, *out)
     print(f"scored {len(rows)} rows -> {a.output}")
     return 0

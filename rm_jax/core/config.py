@@ -35,6 +35,8 @@ LossType = Literal["mse", "bt", "margin_bt", "scaled_bt"]
 Steerlm2Normalisation = Literal["group_mean_length", "batch_mean_length"]
 OptimizerName = Literal["adamw", "adafactor"]
 OptimizerStateMemory = Literal["device", "host"]
+AttributeHead = Literal["regression", "categorical", "ordinal"]  # rm_jax.models.heads, docs/heads.md
+SoftLabels = Literal["none", "gaussian"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,10 @@ class ModelConfig:
     init_from: Optional[str] = None  # a previous run folder: start from its kept checkpoint's parameters
     adapter: Optional[str] = None  # a PEFT LoRA adapter folder for model.path: continue from it (docs/lora.md)
     seed: int = 0  # initialisation of new parameters (from-scratch model, new head)
+    # The attribute head (docs/heads.md): regression | categorical (levels logits) | ordinal (cumulative link);
+    # every consumer reads E[y]. label_levels: labels are the levels 0..label_levels-1.
+    head: AttributeHead = "regression"
+    label_levels: Annotated[int, Range(2)] = 5
 
 
 @dataclass
@@ -146,6 +152,10 @@ class LossConfig:
     # task steerlm2: group_mean_length (NeMo-Aligner: each group's loss / its own mean response length, averaged
     # over groups) | batch_mean_length (the step's summed loss / the sum of the groups' mean lengths)
     steerlm2_normalisation: Steerlm2Normalisation = "group_mean_length"
+    # Distributional heads (model.head categorical | ordinal): the level targets (rm_jax.models.heads)
+    label_smoothing: Annotated[float, Range(0, 1, high_open=True)] = 0.0
+    soft_labels: SoftLabels = "none"  # gaussian: LDL-style discretised N(y, soft_label_sigma^2) targets
+    soft_label_sigma: Positive = 1.0
 
 
 @dataclass
@@ -450,6 +460,12 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: loss.type={cfg.loss.type} needs data.kind=pairs or helpsteer3")
     if (cfg.data.domains or cfg.data.languages) and cfg.data.kind != "helpsteer3":
         raise ConfigError(f"{where}: data.domains / data.languages filter HelpSteer3 rows: set data.kind=helpsteer3")
+    if cfg.model.head == "regression" and (cfg.loss.label_smoothing or cfg.loss.soft_labels != "none"):
+        raise ConfigError(f"{where}: loss.label_smoothing / loss.soft_labels need model.head categorical or ordinal")
+    if cfg.model.head != "regression" and cfg.task != "rm":
+        raise ConfigError(
+            f"{where}: model.head={cfg.model.head} is a reward model's head; task {cfg.task} trains a policy"
+        )
     if cfg.model.path is None and not cfg.model.arch and cfg.model.init_from is None:
         raise ConfigError(f"{where}: set model.path (an HF folder) or model.arch (a from-scratch model)")
     if cfg.lora.rank < 0:

@@ -1,6 +1,9 @@
 """Losses as (sum, count) pairs, so gradient accumulation over micro-batches is exact.
 
 * ``mse``: masked, per-attribute-weighted squared error (weight 0 = attribute not trained).
+* distributional heads (``model.head`` categorical | ordinal, :func:`level_sums`): the same pointwise loss
+  slot becomes the masked, per-attribute-weighted cross-entropy of the head's level distribution against
+  the label's target distribution (a one-hot level, a split between neighbours, smoothed or LDL-Gaussian).
 * ``token_nll`` (causal LMs, ``task: sft``): negative log-likelihood of the response tokens, normalised
   by their count.
 * ``steerlm2`` (``task: steerlm2``): SteerLM 2.0's importance-weighted policy loss on groups of sampled
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rm_jax.core.config import Steerlm2Normalisation
+from rm_jax.models.heads import expected_level, log_level_probs, target_distribution
 
 
 def mse_sums(scores: jax.Array, labels: jax.Array, mask: jax.Array, attr_weights: jax.Array) -> dict:
@@ -25,6 +29,33 @@ def mse_sums(scores: jax.Array, labels: jax.Array, mask: jax.Array, attr_weights
     err = (scores - labels) ** 2 * mask
     return {
         "num": jnp.sum(err * attr_weights),
+        "den": jnp.sum(mask * attr_weights),
+        "attr_sq": jnp.sum(err, axis=(0, 1)),
+        "attr_n": jnp.sum(mask, axis=(0, 1)),
+    }
+
+
+def level_sums(
+    raw: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    attr_weights: jax.Array,
+    kind: str,
+    smoothing: float = 0.0,
+    soft: str = "none",
+    sigma: float = 1.0,
+) -> dict:
+    """Cross-entropy -sum_k q_k log p_k of a categorical (logits [B, S, A, K]) or ordinal (z [B, S, A, K-1])
+    head; labels, mask [B, S, A]. An ordinal head's p is the cumulative-link likelihood of the level (not
+    CORAL's K-1 independent binary losses): the loss is then the NLL of the very distribution that E[y],
+    ``--probs``, eval's nll/ece and SteerLM's log P(a|x,y) read. ``attr_sq`` / ``attr_n`` hold E[y]'s squared
+    error, so training logs per-attribute MSE for every head."""
+    logp = log_level_probs(raw, kind)
+    q = target_distribution(labels, logp.shape[-1], smoothing, soft, sigma)
+    ce = -jnp.sum(q * logp, axis=-1) * mask
+    err = (expected_level(raw, kind) - labels) ** 2 * mask
+    return {
+        "num": jnp.sum(ce * attr_weights),
         "den": jnp.sum(mask * attr_weights),
         "attr_sq": jnp.sum(err, axis=(0, 1)),
         "attr_n": jnp.sum(mask, axis=(0, 1)),

@@ -32,18 +32,29 @@ class Scorer:
         self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
         self._fns: dict[int, Any] = {}
 
-    def _fn(self, max_segments: int) -> Any:
-        if max_segments not in self._fns:
-            # Replicated output: every process can read all scores (multi-host validation).
-            self._fns[max_segments] = jax.jit(
-                make_score_fn(self.cfg, max_segments, self.mesh), out_shardings=replicated(self.mesh)
-            )
-        return self._fns[max_segments]
+    @property
+    def has_levels(self) -> bool:
+        """Whether the head gives level probabilities (a categorical or ordinal head)."""
+        return self.cfg.attribute_head != "regression"
 
-    def score_batch(self, batch: dict, max_segments: int) -> np.ndarray:
+    def _fn(self, max_segments: int, probs: bool = False) -> Any:
+        key = (max_segments, probs)
+        if key not in self._fns:
+            # Replicated output: every process can read all scores (multi-host validation).
+            self._fns[key] = jax.jit(
+                make_score_fn(self.cfg, max_segments, self.mesh, probs), out_shardings=replicated(self.mesh)
+            )
+        return self._fns[key]
+
+    def score_batch(self, batch: dict, max_segments: int, probs: bool = False) -> Any:
+        """Attributes E[y] [B, S, A]; with ``probs`` the pair (attributes, level probabilities [B, S, A, K])."""
+        if probs and not self.has_levels:
+            raise ValueError("level probabilities need a categorical or ordinal head; this model is a regression RM")
         sh = batch_shardings(self.mesh, {k: batch[k] for k in ("input_ids", "segment_ids", "positions")}, accum=False)
-        out = self._fn(max_segments)(self.params, put_batch(batch, sh))
-        return np.asarray(jax.device_get(out), dtype=np.float32)
+        out = jax.device_get(self._fn(max_segments, probs)(self.params, put_batch(batch, sh)))
+        if probs:
+            return np.asarray(out[0], np.float32), np.asarray(out[1], np.float32)
+        return np.asarray(out, dtype=np.float32)
 
     def predict(
         self,
@@ -54,12 +65,15 @@ class Scorer:
         packing: bool = True,
         progress: bool = True,
         desc: str = "scoring",
-    ) -> np.ndarray:
-        """[N, num_labels] predictions for token-id sequences, each scored alone (packing never mixes them)."""
+        probs: bool = False,
+    ) -> Any:
+        """[N, num_labels] predictions (E[y] for a distributional head) for token-id sequences, each scored
+        alone (packing never mixes them); with ``probs`` also the level probabilities [N, num_labels, K]."""
         n = len(ids)
         out = np.zeros((n, self.cfg.num_labels), np.float32)
+        lev = np.zeros((n, self.cfg.num_labels, self.cfg.label_levels), np.float32) if probs else None
         if n == 0:
-            return out
+            return (out, lev) if probs else out
         longest = max(len(x) for x in ids)
         seq_len = seq_len or _round_up(longest, 64)
         if longest > seq_len:
@@ -76,12 +90,15 @@ class Scorer:
             for start in range(0, len(bins), rows):
                 chunk = bins[start : start + rows]
                 b = build_batch(ids, zeros, zeros, chunk, seq_len, ms, self.pad_id, rows=rows)
-                scores = self.score_batch(b, ms)
+                scores = self.score_batch(b, ms, probs)
                 idx = b["example_index"]
                 sel = idx >= 0
+                if probs:
+                    scores, p = scores
+                    lev[idx[sel]] = p[sel]
                 out[idx[sel]] = scores[sel]
                 bar.update(int((b["segment_ids"] > 0).sum()))
-        return out
+        return (out, lev) if probs else out
 
 
 # ---------------------------------------------------------------- rows -> scores (rm-jax score)
@@ -108,11 +125,15 @@ def score_rows(
     seq_len: Optional[int] = None,
     progress: bool = True,
     where: Union[str, Sequence[str]] = "input",
-) -> tuple[np.ndarray, np.ndarray]:
+    probs: bool = False,
+) -> tuple:
     """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
     :class:`rm_jax.runs.read.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
     max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
-    each row's location."""
+    each row's location. With ``probs`` (a categorical or ordinal head): a third element, the level
+    probabilities [N, A, K]."""
+    if probs and model.cfg.attribute_head == "regression":
+        raise InputError("--probs: this model has a regression head (no level probabilities); see docs/heads.md")
     w = resolve_reward_weights(weights, model.attributes)  # matched to the model's attribute names
     ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
     limit = seq_len or model.cfg.max_position_embeddings
@@ -125,23 +146,37 @@ def score_rows(
             )
     longest = max((len(x) for x in ids), default=1)
     seq_len = seq_len or min(max(512, _round_up(longest, 128)), limit)
-    pred = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
-        ids, seq_len, batch_rows, max_segments, progress=progress
+    out = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
+        ids, seq_len, batch_rows, max_segments, progress=progress, probs=probs
     )
-    return pred, pred.astype(np.float64) @ w
+    pred, lev = out if probs else (out, None)
+    reward = pred.astype(np.float64) @ w
+    return (pred, reward, lev) if probs else (pred, reward)
 
 
 def write_scored(
-    path: str, rows: Sequence[dict], attributes: Sequence[str], pred: np.ndarray, reward: np.ndarray
+    path: str,
+    rows: Sequence[dict],
+    attributes: Sequence[str],
+    pred: np.ndarray,
+    reward: np.ndarray,
+    probs: Optional[np.ndarray] = None,
 ) -> None:
-    """The input rows plus ``attributes`` and ``reward``; written atomically."""
-    write_jsonl(
-        path,
-        (
-            {**r, "attributes": {a: float(v) for a, v in zip(attributes, p)}, "reward": float(s)}
-            for r, p, s in zip(rows, pred, reward)
-        ),
-    )
+    """The input rows plus ``attributes`` and ``reward`` (and, given ``probs`` [N, A, K], ``"probs"``:
+    {attribute: [P(level 0), ..., P(level K-1)]}); written atomically."""
+
+    def out(i: int, r: dict) -> dict:
+        o = {**r, "attributes": {a: float(v) for a, v in zip(attributes, pred[i])}, "reward": float(reward[i])}
+        if probs is not None:
+            o["probs"] = level_probs_record(attributes, probs[i])
+        return o
+
+    write_jsonl(path, (out(i, r) for i, r in enumerate(rows)))
+
+
+def level_probs_record(attributes: Sequence[str], probs: np.ndarray) -> dict:
+    """{attribute: [P(level 0), ..., P(level K-1)]} for one row's probabilities [A, K] (score and serve)."""
+    return {a: [float(x) for x in p] for a, p in zip(attributes, probs)}
 
 
 def _round_up(x: int, m: int) -> int:

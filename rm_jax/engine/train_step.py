@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from rm_jax.core.attributes import resolve_reward_weights
 from rm_jax.core.config import LossConfig, OptimizerStateMemory, TrainConfig
 from rm_jax.core.errors import ConfigError
-from rm_jax.engine.losses import mse_sums, pair_sums, steerlm2_sums, token_nll_sums
+from rm_jax.engine.losses import level_sums, mse_sums, pair_sums, steerlm2_sums, token_nll_sums
 from rm_jax.models import CausalLM, RewardModel, param_shardings_for
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.lora import combine, split_trainable
@@ -298,10 +298,30 @@ def _sums(
         return steerlm2_sums(
             seq_logp, tokens, mb["w"], mb["logq_prime"], mb["steer_group"], loss_cfg.steerlm2_normalisation
         )
+    kind = model_cfg.attribute_head
+    pointwise = loss_cfg.type == "mse"
     scores = RewardModel(model_cfg).apply(
-        {"params": params}, mb["input_ids"], mb["segment_ids"], mb["positions"], max_segments=max_segments, rngs=rngs
+        {"params": params},
+        mb["input_ids"],
+        mb["segment_ids"],
+        mb["positions"],
+        max_segments=max_segments,
+        output="raw" if pointwise else "attributes",
+        rngs=rngs,
     )
-    if loss_cfg.type == "mse":
+    if pointwise and kind != "regression":
+        ls = loss_cfg
+        return level_sums(
+            scores,
+            mb["labels"],
+            mb["label_mask"],
+            attr_w,
+            kind,
+            ls.label_smoothing,
+            ls.soft_labels,
+            ls.soft_label_sigma,
+        )
+    if pointwise:
         return mse_sums(scores, mb["labels"], mb["label_mask"], attr_w)
     return pair_sums(scores, mb, reward_w, loss_cfg.type, loss_cfg.centering)
 
@@ -430,8 +450,13 @@ def make_eval_sums_fn(
     return sums
 
 
-def make_score_fn(model_cfg: DecoderConfig, max_segments: int, mesh: Optional[Mesh] = None) -> Callable:
-    def score(params: Any, batch: dict) -> jax.Array:
+def make_score_fn(
+    model_cfg: DecoderConfig, max_segments: int, mesh: Optional[Mesh] = None, probs: bool = False
+) -> Callable:
+    """(params, batch) -> the attributes E[y] [B, S, A], or with ``probs`` (a distributional head) the pair
+    (attributes, level probabilities [B, S, A, K])."""
+
+    def score(params: Any, batch: dict) -> Any:
         with activate(mesh):
             return RewardModel(model_cfg).apply(
                 {"params": params},
@@ -439,6 +464,7 @@ def make_score_fn(model_cfg: DecoderConfig, max_segments: int, mesh: Optional[Me
                 batch["segment_ids"],
                 batch["positions"],
                 max_segments=max_segments,
+                output="levels" if probs else "attributes",
             )
 
     return score

@@ -79,9 +79,11 @@ def predict_encoded(
     max_segments: int = 16,
     progress: bool = True,
     desc: str = "scoring",
-) -> np.ndarray:
-    """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs."""
-    return predict_ids(model, list(enc.ids), limit, batch_rows, max_segments, progress, desc)
+    probs: bool = False,
+) -> Any:
+    """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs;
+    with ``probs`` (a distributional head) the pair (predictions, level probabilities [N, A, K])."""
+    return predict_ids(model, list(enc.ids), limit, batch_rows, max_segments, progress, desc, probs)
 
 
 def predict_ids(
@@ -92,14 +94,19 @@ def predict_ids(
     max_segments: int = 16,
     progress: bool = True,
     desc: str = "scoring",
-) -> np.ndarray:
-    """Attribute predictions [len(ids), A] for token id sequences (each at most ``limit`` long)."""
+    probs: bool = False,
+) -> Any:
+    """Attribute predictions [len(ids), A] for token id sequences (each at most ``limit`` long); with
+    ``probs`` the pair (predictions, level probabilities [len(ids), A, K])."""
     if not ids:
-        return np.zeros((0, model.cfg.num_labels), np.float32)
+        empty = np.zeros((0, model.cfg.num_labels), np.float32)
+        return (empty, np.zeros((0, model.cfg.num_labels, model.cfg.label_levels), np.float32)) if probs else empty
     longest = max(len(x) for x in ids)
     pack_len = min(limit, ((longest + 63) // 64) * 64)
     scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)
-    return scorer.predict(list(ids), pack_len, batch_rows, max_segments, packing=True, progress=progress, desc=desc)
+    return scorer.predict(
+        list(ids), pack_len, batch_rows, max_segments, packing=True, progress=progress, desc=desc, probs=probs
+    )
 
 
 def _counts(enc: Encoded, scored: int, limit: int) -> dict:
@@ -137,8 +144,10 @@ def evaluate_helpsteer(
     check_weights(weights, attributes)
     limit = _limit(model, seq_len)
     enc = encode_helpsteer(rows, model.tokenizer, limit, model.template, overlength, attributes=ATTRIBUTES)
-    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "helpsteer")
-    report = helpsteer_metrics(pred, attributes, enc.labels, enc.label_mask, enc.group, weights)
+    levels = model.cfg.attribute_head != "regression"
+    out = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "helpsteer", levels)
+    pred, probs = out if levels else (out, None)
+    report = helpsteer_metrics(pred, attributes, enc.labels, enc.label_mask, enc.group, weights, probs)
     report["counts"] = _counts(enc, len(enc.ids), limit)
     return report, helpsteer_records(enc.source_rows, enc.group, pred, attributes, enc.labels, enc.label_mask)
 

@@ -185,16 +185,31 @@ def expected_calibration_error(
     return float(total / len(y))
 
 
+def level_cross_entropy(probs: Any, labels: Any) -> np.ndarray:
+    """-sum_k q_k log p_k [N, A] of level probabilities ``probs`` [N, A, K] against each label's level target
+    q (a level's one-hot; a non-integer label split between its two neighbouring levels; labels clipped to
+    0..K-1), as a distributional head trains without smoothing (rm_jax.models.heads.target_distribution).
+    For integer labels it is the label's NLL; probabilities are floored at 1e-12 as :func:`level_nll`."""
+    p = np.asarray(probs, np.float64)
+    k = p.shape[-1]
+    y = np.clip(np.nan_to_num(np.asarray(labels, np.float64)), 0, k - 1)
+    q = np.maximum(0.0, 1.0 - np.abs(np.arange(k) - y[..., None]))
+    return -(q * np.log(np.maximum(p, NLL_FLOOR))).sum(axis=-1)
+
+
 def attribute_metrics(
     pred: np.ndarray,
     target: np.ndarray,
     mask: Optional[np.ndarray] = None,
     names: Sequence[str] = ATTRIBUTES,
+    probs: Optional[np.ndarray] = None,
 ) -> dict[str, dict]:
     """Per attribute, over rows whose mask is set: n, mse, rmse, mae, pearson, spearman,
     and the same five stats under "rounded" for predictions rounded and clipped to 0..4; ``qwk``, the
     quadratic-weighted kappa of those rounded predictions against the labels that are integers 0..4
     (:func:`quadratic_weighted_kappa`), and ``qwk_excluded``, the present labels it left out (not integers 0..4).
+    Given a distributional head's level probabilities ``probs`` [N, A, K]: ``nll`` (:func:`level_nll`) and
+    ``ece`` (:func:`expected_calibration_error`, 15 bins) over the same rows whose labels are levels.
 
     Undefined statistics (no rows, <2 rows or constant input for correlations) are None.
     """
@@ -224,6 +239,9 @@ def attribute_metrics(
         entry["qwk"] = kappa[j]
         entry["qwk_excluded"] = int(rows.sum() - is_level[:, j].sum())
         entry["rounded"] = _regression_stats(r, t)
+        if probs is not None:
+            entry["nll"] = level_nll(probs[:, j], target[:, j], present[:, j])
+            entry["ece"] = expected_calibration_error(probs[:, j], target[:, j], present[:, j])
         out[name] = entry
     return out
 
@@ -288,8 +306,10 @@ def helpsteer_report(
     pair_ids: Sequence[Hashable],
     weights: Mapping[str, WeightSpec],
     names: Sequence[str] = ATTRIBUTES,
+    probs: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
-    """Per-attribute metrics plus pairwise accuracy for each named weight spec.
+    """Per-attribute metrics (with a distributional head's level probabilities ``probs`` [N, A, K]: nll and
+    ece too) plus pairwise accuracy for each named weight spec.
 
     Pairs are judged by the ``helpfulness`` column (no pairwise result without one). Rows whose
     helpfulness label is masked out are dropped before pairing, so their pair shows up in
@@ -300,7 +320,7 @@ def helpsteer_report(
     pair_ids = list(pair_ids)
     if len(pair_ids) != pred.shape[0]:
         raise ValueError(f"{len(pair_ids)} pair_ids for {pred.shape[0]} prediction rows")
-    per_attribute = attribute_metrics(pred, target, mask, names)  # also validates shapes
+    per_attribute = attribute_metrics(pred, target, mask, names, probs)  # also validates shapes
     if "helpfulness" not in names:
         return {"per_attribute": per_attribute, "pairwise": {}}
     h = list(names).index("helpfulness")
@@ -335,9 +355,11 @@ def helpsteer_metrics(
     label_mask: np.ndarray,
     groups: Sequence[int],
     weights: WeightSpec,
+    probs: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """Metrics of predictions ``pred`` [N, len(attributes)] against HelpSteer2 ``labels`` [N, 5]
-    (columns in :data:`ATTRIBUTES` order, ``label_mask`` 1 where present).
+    (columns in :data:`ATTRIBUTES` order, ``label_mask`` 1 where present); ``probs`` [N, len(attributes), K]:
+    a distributional head's level probabilities (per-attribute nll and ece).
 
     ``per_attribute``: every model attribute that is a HelpSteer2 attribute. ``pairwise``: per
     weight set (every preset plus ``weights``: :func:`rm_jax.evaluation.weights.weight_sets`),
@@ -355,6 +377,7 @@ def helpsteer_metrics(
             labels[:, label_cols],
             label_mask[:, label_cols],
             names=[attributes[j] for j in model_cols],
+            probs=None if probs is None else np.asarray(probs)[:, model_cols],
         )
         if model_cols
         else {}

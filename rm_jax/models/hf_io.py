@@ -28,6 +28,7 @@ from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.core.errors import ModelLoadError
 from rm_jax.core.files import read_json
 from rm_jax.models import abstract_params, param_logical_specs
+from rm_jax.models import heads as attr_heads
 from rm_jax.models.llama import SUPPORTED_MODEL_TYPES, DecoderConfig
 from rm_jax.models.sharding import logical_sharding, make_mesh
 
@@ -209,14 +210,20 @@ def hf_config_from_decoder(
         }
     )
     if cfg.head == "reward":
+        labels = head_labels(cfg, attribute_names)
         out.update(
             {
-                "num_labels": len(attribute_names),
-                "id2label": {str(i): n for i, n in enumerate(attribute_names)},
-                "label2id": {n: i for i, n in enumerate(attribute_names)},
-                "problem_type": "regression",
+                "num_labels": len(labels),
+                "id2label": {str(i): n for i, n in enumerate(labels)},
+                "label2id": {n: i for i, n in enumerate(labels)},
             }
         )
+        if cfg.attribute_head == "regression":
+            out["problem_type"] = "regression"
+        # The head's kind for readers of the folder (docs/heads.md); replaces any a base model carried.
+        head = {"head": cfg.attribute_head, "attributes": list(attribute_names), "label_levels": cfg.label_levels}
+        stale = ("head", "attributes", "label_levels", "thresholds")
+        out["rm_jax"] = {**{k: v for k, v in (out.get("rm_jax") or {}).items() if k not in stale}, **head}
     if cfg.rope_scaling:
         out["rope_scaling"] = dict(cfg.rope_scaling)
     if cfg.model_type == "llama":
@@ -226,8 +233,22 @@ def hf_config_from_decoder(
     if cfg.model_type in ("qwen2", "qwen3"):
         out["use_sliding_window"] = cfg.sliding_window is not None
         out["max_window_layers"] = cfg.num_hidden_layers
-    out.update(extra or {})
+    extra = dict(extra or {})
+    if isinstance(extra.get("rm_jax"), dict) and isinstance(out.get("rm_jax"), dict):
+        extra["rm_jax"] = {**out["rm_jax"], **extra["rm_jax"]}
+    out.update(extra)
     return out
+
+
+def head_labels(cfg: DecoderConfig, attribute_names: Sequence[str]) -> list[str]:
+    """The exported head's output names, attribute-major: ``a`` (regression), ``a=k`` (categorical logit of
+    level k) or ``a>k`` (ordinal: logit P(a > k) once the threshold is subtracted, docs/heads.md)."""
+    k = cfg.label_levels
+    if cfg.attribute_head == "categorical":
+        return [f"{a}={j}" for a in attribute_names for j in range(k)]
+    if cfg.attribute_head == "ordinal":
+        return [f"{a}>{j}" for a in attribute_names for j in range(k - 1)]
+    return list(attribute_names)
 
 
 # ---------------------------------------------------------------- the name map
@@ -303,10 +324,81 @@ def tensor_maps(cfg: DecoderConfig, with_head: bool = True) -> list[TensorMap]:
         ]
         maps += [TensorMap(pre + hf, base + p, fj, fh, i if cfg.scan_layers else None) for hf, p, fj, fh in entries]
     if with_head and cfg.head == "reward":
-        maps.append(TensorMap("score.weight", ("head_kernel",), tr, tr))
+        maps.append(TensorMap("score.weight", ("head_kernel",), *score_maps(cfg)))
     elif with_head and not cfg.tie_word_embeddings:  # a tied LM head is the embedding itself
         maps.append(TensorMap("lm_head.weight", ("lm_head_kernel",), tr, tr))
     return maps
+
+
+def score_maps(cfg: DecoderConfig) -> tuple[Callable, Callable]:
+    """(HF ``score.weight`` -> head_kernel, head_kernel -> ``score.weight``), rows attribute-major: row
+    a * W + k is attribute a's output k. A categorical head's [H, A, K] kernel is K rows per attribute; an
+    ordinal head's score f_a is written K-1 times (the thresholds go to config.json: a bias-free linear map
+    cannot hold them), and read back from the first copy once every copy is checked equal."""
+    h, a, k = cfg.hidden_size, cfg.num_labels, cfg.label_levels
+    tr = lambda w: np.ascontiguousarray(w.T)  # noqa: E731
+    if cfg.attribute_head == "categorical":
+        return (lambda w: tr(w).reshape(h, a, k), lambda w: tr(w.reshape(h, a * k)))
+
+    if cfg.attribute_head == "ordinal":
+
+        def to_jax(w: np.ndarray) -> np.ndarray:
+            if w.shape != (a * (k - 1), h):
+                return tr(w)  # the caller names the shape mismatch
+            copies = w.reshape(a, k - 1, h)
+            spread = np.abs(copies - copies[:, :1]).max()
+            if spread > 1e-6 * max(1.0, float(np.abs(copies).max())):
+                raise ModelLoadError(
+                    f"score.weight: the {k - 1} rows of each attribute differ (by up to {spread:.3g}); an ordinal "
+                    f"head's rows are copies of one score vector (docs/heads.md)"
+                )
+            return tr(copies[:, 0])
+
+        return (to_jax, lambda w: tr(np.repeat(w, k - 1, axis=1)))
+    return (tr, tr)
+
+
+def head_extra(cfg: DecoderConfig, params: Any) -> dict:
+    """config.json fields a head's parameters add: an ordinal head's thresholds [A][K-1] under ``rm_jax``
+    (z_{a,k} = logits[a * (K-1) + k] - thresholds[a][k]); nothing for the other heads."""
+    if cfg.head != "reward" or cfg.attribute_head != "ordinal":
+        return {}
+    free = np.asarray(jax.device_get(params["head_thresholds"]), np.float32)
+    theta = np.asarray(attr_heads.ordinal_thresholds(jnp.asarray(free)), np.float32)
+    return {"rm_jax": {"thresholds": [[float(x) for x in row] for row in theta]}}
+
+
+def read_head_config(hf: dict, where: str) -> Optional[tuple[str, list[str], int]]:
+    """(head, attribute names, label levels) an rm_jax export names under ``rm_jax``; None when the folder
+    says nothing (a regression RM from anywhere). Malformed fields are one-line errors naming the field."""
+    meta = hf.get("rm_jax")
+    if not isinstance(meta, dict) or "head" not in meta:
+        return None
+    kind, names, levels = meta.get("head"), meta.get("attributes"), meta.get("label_levels", 5)
+    if kind not in attr_heads.ATTRIBUTE_HEADS:
+        raise ModelLoadError(f"{where}: rm_jax.head {kind!r} is not one of {', '.join(attr_heads.ATTRIBUTE_HEADS)}")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ModelLoadError(f"{where}: rm_jax.attributes must be a non-empty list of names")
+    if not isinstance(levels, int) or levels < 2:
+        raise ModelLoadError(f"{where}: rm_jax.label_levels must be an integer >= 2, got {levels!r}")
+    width = attr_heads.head_width(kind, levels)
+    if "num_labels" in hf and int(hf["num_labels"]) != len(names) * width:
+        raise ModelLoadError(
+            f"{where}: num_labels {hf['num_labels']} is not {len(names)} attributes x {width} ({kind} head)"
+        )
+    return kind, names, levels
+
+
+def read_thresholds(hf: dict, where: str, n_attributes: int, levels: int) -> np.ndarray:
+    """An ordinal export's free threshold parameters [A, K-1] from ``rm_jax.thresholds``."""
+    theta = (hf.get("rm_jax") or {}).get("thresholds")
+    try:
+        arr = np.asarray(theta, np.float64)
+        if arr.shape != (n_attributes, levels - 1) or not np.all(np.isfinite(arr)):
+            raise ValueError(f"expected {n_attributes} x {levels - 1} finite numbers")
+        return attr_heads.thresholds_to_raw(arr)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{where}: rm_jax.thresholds: {e}") from None
 
 
 # ---------------------------------------------------------------- reading
@@ -379,11 +471,16 @@ def load_hf_reward_model(
     *,
     seed: int = 0,
     attribute_names: Optional[Sequence[str]] = None,
+    attribute_head: Optional[str] = None,
+    label_levels: Optional[int] = None,
     **run_options: Any,
 ) -> LoadedModel:
     """Load an HF ``*ForCausalLM`` or ``*ForSequenceClassification`` folder onto ``mesh``.
 
-    run_options are DecoderConfig run fields (dtype, remat, scan_layers, attention).
+    run_options are DecoderConfig run fields (dtype, remat, scan_layers, attention). ``attribute_head`` /
+    ``label_levels`` (training: ``model.head`` / ``model.label_levels``): the head wanted; None = the
+    folder's own (an rm_jax export names it under ``rm_jax``; any other RM is a regression head). A folder
+    whose head is of another kind gets a new head of the wanted kind (noted).
     """
     path = resolve_model_dir(path)
     hf = read_hf_config(path)
@@ -391,25 +488,37 @@ def load_hf_reward_model(
     archs = hf.get("architectures") or []
     is_rm = any(a.endswith("ForSequenceClassification") for a in archs)
     names = list(attribute_names) if attribute_names else None
+    file_head = read_head_config(hf, where) if is_rm else None
+    file_kind, file_levels = (file_head[0], file_head[2]) if file_head else ("regression", 5)
+    kind = attribute_head or file_kind
+    levels = label_levels or file_levels
+    same_head = is_rm and kind == file_kind and (kind == "regression" or levels == file_levels)
     if is_rm:
         id2label = hf.get("id2label") or {}
         file_names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+        if file_head:
+            file_names = file_head[1]
         if names is None:
             names = file_names or list(ATTRIBUTES)
         hf = dict(hf, num_labels=len(names))
     else:
         names = names or list(ATTRIBUTES)
         hf = dict(hf, num_labels=len(names))
-    cfg = decoder_config_from_hf(hf, where, **run_options)
+    cfg = decoder_config_from_hf(hf, where, attribute_head=kind, label_levels=levels, **run_options)
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     folder = SafetensorsFolder(path)
     specs = param_logical_specs(cfg)
     abstract = abstract_params(cfg)
-    head_loaded = is_rm and "score.weight" in folder
+    head_loaded = same_head and "score.weight" in folder
     notes = []
-    if is_rm and not head_loaded:
+    if is_rm and "score.weight" not in folder:
         notes.append("score.weight missing: head initialised")
+    elif is_rm and not same_head:
+        notes.append(f"the folder has a {file_kind} head; model.head={kind}: a new {kind} head initialised")
     params = init_head_only(cfg, abstract, specs, mesh, seed) if not head_loaded else {}
+    if head_loaded and kind == "ordinal":
+        free = read_thresholds(hf, where, cfg.num_labels, cfg.label_levels)
+        params["head_thresholds"] = _place(free, logical_sharding(tuple(specs["head_thresholds"]), free.shape, mesh))
 
     _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh)
     pad = hf.get("pad_token_id")
@@ -482,11 +591,17 @@ def _place(w: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def init_head_only(cfg: DecoderConfig, abstract: Any, specs: Any, mesh: Mesh, seed: int) -> dict:
-    """A new regression head, std = initializer_range, as transformers initialises ``score``."""
+    """A new head, std = initializer_range, as transformers initialises ``score`` (an ordinal head's
+    thresholds as a from-scratch model's, rm_jax.models.heads.thresholds_init)."""
     shape = _get(abstract, ("head_kernel",)).shape
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal(shape) * cfg.initializer_range).astype(np.float32)
-    return {"head_kernel": _place(w, logical_sharding(tuple(specs["head_kernel"]), shape, mesh))}
+    out = {"head_kernel": _place(w, logical_sharding(tuple(specs["head_kernel"]), shape, mesh))}
+    if "head_thresholds" in abstract:
+        shape = abstract["head_thresholds"].shape
+        free = np.asarray(attr_heads.thresholds_init(None, shape), np.float32)
+        out["head_thresholds"] = _place(free, logical_sharding(tuple(specs["head_thresholds"]), shape, mesh))
+    return out
 
 
 def _get(tree: Any, path: Sequence[str]) -> Any:
@@ -535,6 +650,10 @@ def export_hf(
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     pad_id = _pad_token_id(tokenizer, base_hf_config)
+    extra = dict(extra or {})
+    thresholds = head_extra(cfg, params).get("rm_jax")
+    if thresholds:
+        extra["rm_jax"] = {**(extra.get("rm_jax") or {}), **thresholds}
     hf = hf_config_from_decoder(cfg, attribute_names, base_hf_config, pad_id, extra)
     with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf, f, indent=2, sort_keys=True)

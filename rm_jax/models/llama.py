@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rm_jax.core.config import Dtype, Remat
+from rm_jax.models import heads
 from rm_jax.models.attention import KERNELS, attend, pooled_query_attention, resolve_kernel
 from rm_jax.models.precision import PRECISIONS, resolve_precision
 from rm_jax.models.sharding import active_mesh, constrain
@@ -60,6 +61,10 @@ class DecoderConfig:
     # Head: "reward" (a linear map to num_labels at each segment's last token) or "lm" (next-token logits).
     num_labels: int = 5
     head: str = "reward"
+    # A reward head's kind (rm_jax.models.heads, docs/heads.md): num_labels attributes, each a score
+    # (regression) or a distribution over the levels 0..label_levels-1 (categorical, ordinal).
+    attribute_head: str = "regression"
+    label_levels: int = 5
     # How to run: compute dtype (params stay float32), remat policy, scan over layers, attention kernel.
     dtype: str = "float32"
     remat: str = "none"
@@ -100,6 +105,10 @@ class DecoderConfig:
             raise ValueError(f"model.attention={self.attention!r}; choose auto or one of {', '.join(KERNELS)}")
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.attribute_head not in heads.ATTRIBUTE_HEADS:
+            raise ValueError(f"model.head={self.attribute_head!r}; choose one of {', '.join(heads.ATTRIBUTE_HEADS)}")
+        if self.label_levels < 2:
+            raise ValueError(f"model.label_levels={self.label_levels}: at least 2 levels")
         if self.matmul_precision is not None and self.matmul_precision not in PRECISIONS:
             raise ValueError(
                 f"model.matmul_precision={self.matmul_precision!r}; choose null or one of {', '.join(PRECISIONS)}"
@@ -113,6 +122,12 @@ class DecoderConfig:
     def precision(self) -> jax.lax.Precision:
         """The precision every dot of the model runs at (see rm_jax.models.precision)."""
         return resolve_precision(self.matmul_precision, self.dtype)
+
+    @property
+    def head_outputs(self) -> int:
+        """Weights per attribute in the reward head: 1, or label_levels for a categorical head (an ordinal
+        head has one score per attribute plus label_levels - 1 thresholds)."""
+        return self.label_levels if self.attribute_head == "categorical" else 1
 
     @property
     def lora_scale(self) -> float:
@@ -147,7 +162,7 @@ class DecoderConfig:
         )
         layer = attn + 3 * h * i + 2 * h
         # An LM head is a matmul every token pays for, tied or not: counted with the non-embedding params.
-        head = h * self.num_labels if self.head == "reward" else h * self.vocab_size
+        head = h * self.num_labels * self.head_outputs if self.head == "reward" else h * self.vocab_size
         total = self.num_hidden_layers * layer + h + head
         untied_embedding = self.head == "reward" or not self.tie_word_embeddings
         return total + (self.vocab_size * h if include_embedding and untied_embedding else 0)
@@ -655,7 +670,9 @@ def decoder_stack(
 
 
 class RewardModel(nn.Module):
-    """Decoder + linear head (hidden -> num_labels, no bias, as HF's ``score``) at each segment's last token.
+    """Decoder + linear head (hidden -> num_labels, no bias, as HF's ``score``) at each segment's last token;
+    a categorical head has label_levels outputs per attribute, an ordinal one a score per attribute and
+    ordered thresholds (rm_jax.models.heads).
 
     The last layer runs at the head's tokens only (queries, attention output, MLP: the same
     function, 1/L of the dense work saved), scanned or unrolled. ``full_last_layer=True`` runs it at
@@ -666,8 +683,16 @@ class RewardModel(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array, max_segments: int = 1
-    ) -> jax.Array:
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        max_segments: int = 1,
+        output: str = "attributes",
+    ) -> Any:
+        """``output``: "attributes" (E[y] per attribute [B, S, A], what every consumer reads), "raw" (the
+        head's own outputs: regression scores [B, S, A], categorical logits [B, S, A, K], ordinal
+        z [B, S, A, K-1]) or "levels" (E[y] and the level probabilities [B, S, A, K])."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         last, present = last_token_index(segment_ids, max_segments)
         pooled, _, _ = decoder_stack(
@@ -676,15 +701,31 @@ class RewardModel(nn.Module):
 
         # The final norm is per token, so only the pooled tokens need it.
         pooled = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(pooled).astype(jnp.float32)
-        w = _param(
-            self,
-            "head_kernel",
-            nn.initializers.normal(cfg.initializer_range),
-            (cfg.hidden_size, cfg.num_labels),
-            ("embed", "attributes"),
-        )
-        scores = jnp.einsum("bsh,ha->bsa", pooled, w, precision=cfg.precision)
-        return jnp.where(present[..., None], scores, 0.0)
+        init, kind = nn.initializers.normal(cfg.initializer_range), cfg.attribute_head
+        if kind == "categorical":  # [H, A, K]: exported attribute-major as score.weight [A*K, H]
+            shape, axes = (cfg.hidden_size, cfg.num_labels, cfg.label_levels), ("embed", "attributes", "levels")
+        else:
+            shape, axes = (cfg.hidden_size, cfg.num_labels), ("embed", "attributes")
+        w = _param(self, "head_kernel", init, shape, axes)
+        raw = jnp.einsum("bsh,h...->bs...", pooled, w, precision=cfg.precision)
+        if kind == "ordinal":
+            # z_k = f - theta_k with thresholds increasing by construction, so P(y > k) never increases with k.
+            free = _param(
+                self,
+                "head_thresholds",
+                heads.thresholds_init,
+                (cfg.num_labels, cfg.label_levels - 1),
+                ("attributes", "levels"),
+            )
+            raw = raw[..., None] - heads.ordinal_thresholds(free)
+        if output == "raw":
+            return jnp.where(present.reshape(present.shape + (1,) * (raw.ndim - 2)), raw, 0.0)
+        scores = jnp.where(present[..., None], heads.expected_level(raw, kind), 0.0)
+        if output == "levels":
+            if kind == "regression":
+                raise ValueError("a regression head has no level probabilities")
+            return scores, heads.level_probs(raw, kind)
+        return scores
 
 
 class CausalLM(nn.Module):

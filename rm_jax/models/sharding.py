@@ -35,6 +35,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
     ("attributes", None),
+    ("levels", None),  # a distributional head's label levels (rm_jax.models.heads): a handful, never split
     ("lora", None),  # a LoRA adapter's rank: small, never split
     # activations
     ("act_batch", ("data", "fsdp")),

@@ -34,6 +34,7 @@ class ScoreRequest:
     conversations: list[list[Message]]
     weights: Optional[np.ndarray]  # None: the server's default
     fields: list[str]  # per row: the field a template failure is reported on
+    probs: bool = False  # also each attribute's level probabilities (a categorical or ordinal head)
 
 
 @dataclass
@@ -143,9 +144,15 @@ def _check_row(i: int, row: Any) -> str:
     return "prompt"
 
 
-def parse_score_request(obj: Any, attributes: Sequence[str], max_rows: int) -> ScoreRequest:
-    """``{"rows": [{"prompt", "response"} | {"messages"}], "weights"?: ...}``; at most ``max_rows`` rows (413)."""
+def parse_score_request(obj: Any, attributes: Sequence[str], max_rows: int, has_levels: bool = False) -> ScoreRequest:
+    """``{"rows": [{"prompt", "response"} | {"messages"}], "weights"?: ..., "probs"?: bool}``; at most
+    ``max_rows`` rows (413). ``"probs": true`` needs a model with level probabilities (``has_levels``)."""
     obj = _object(obj)
+    probs = obj.get("probs", False)
+    if not isinstance(probs, bool):
+        raise BadRequest(f"probs: must be true or false, got {_type(probs)}", field="probs")
+    if probs and not has_levels:
+        raise BadRequest("probs: this model has a regression head (no level probabilities)", field="probs")
     rows = _list(obj, "rows", max_rows)
     fields = [_check_row(i, r) for i, r in enumerate(rows)]
     conversations = []
@@ -154,7 +161,7 @@ def parse_score_request(obj: Any, attributes: Sequence[str], max_rows: int) -> S
             conversations.append(row_to_messages(r, where=f"rows[{i}]"))
         except ConversationError as e:
             raise BadRequest(str(e), row=i, field=fields[i]) from None
-    return ScoreRequest(conversations, parse_weights(obj, attributes), fields)
+    return ScoreRequest(conversations, parse_weights(obj, attributes), fields, probs)
 
 
 def parse_reward_request(obj: Any, attributes: Sequence[str], max_rows: int) -> RewardRequest:
@@ -172,13 +179,21 @@ def parse_reward_request(obj: Any, attributes: Sequence[str], max_rows: int) -> 
 
 
 def score_response(
-    attributes: Sequence[str], pred: np.ndarray, reward: np.ndarray, tokens: Sequence[int], errors: Mapping[int, str]
+    attributes: Sequence[str],
+    pred: np.ndarray,
+    reward: np.ndarray,
+    tokens: Sequence[int],
+    errors: Mapping[int, str],
+    probs: Optional[np.ndarray] = None,
 ) -> dict:
-    """``{"results": [...]}`` in row order; a row the server did not score carries ``error`` and nulls."""
+    """``{"results": [...]}`` in row order; a row the server did not score carries ``error`` and nulls.
+    Given ``probs`` [N, A, K]: each result also has ``"probs": {attribute: [P(level 0), ...]}``."""
     results = []
     for i, n in enumerate(tokens):
         if i in errors:
             results.append({"attributes": None, "reward": None, "tokens": int(n), "error": errors[i]})
+            if probs is not None:
+                results[-1]["probs"] = None
         else:
             results.append(
                 {
@@ -187,6 +202,8 @@ def score_response(
                     "tokens": int(n),
                 }
             )
+            if probs is not None:
+                results[-1]["probs"] = {a: [float(x) for x in p] for a, p in zip(attributes, probs[i])}
     return {"results": results}
 
 

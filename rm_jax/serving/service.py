@@ -41,6 +41,7 @@ class Prepared:
     endpoint: str
     encoded: Encoded
     weights: Optional[np.ndarray]  # None: the server's
+    probs: bool = False  # /score asked for the level probabilities
 
     @property
     def ids(self) -> list[np.ndarray]:
@@ -62,10 +63,14 @@ class RewardService:
         self.metrics = ServeMetrics()
         count_xla_compilations(self.metrics.compilations.inc)
         scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)  # the rm-jax score forward pass
+        self.has_levels = scorer.has_levels
         self.batcher = Batcher(
-            lambda batch, b: scorer.score_batch(batch, b.max_segments),
+            (lambda batch, b: _with_levels(*scorer.score_batch(batch, b.max_segments, True)))
+            if self.has_levels
+            else (lambda batch, b: scorer.score_batch(batch, b.max_segments)),
             self.buckets,
-            n,
+            # A distributional head's rows carry E[y] then the level probabilities, flattened: one forward pass
+            n * (1 + model.cfg.label_levels) if self.has_levels else n,
             model.pad_id,
             cfg.max_queue,
             cfg.max_wait_ms / 1000.0,
@@ -107,8 +112,9 @@ class RewardService:
         obj = parse_json(body)
         names, limit = self.model.attributes, self.cfg.max_queue
         if endpoint == "score":
-            req = parse_score_request(obj, names, limit)
-            return Prepared(endpoint, self.encoder.conversations(req.conversations, req.fields), req.weights)
+            req = parse_score_request(obj, names, limit, self.has_levels)
+            enc = self.encoder.conversations(req.conversations, req.fields)
+            return Prepared(endpoint, enc, req.weights, req.probs)
         rreq = parse_reward_request(obj, names, limit)
         return Prepared(endpoint, self.encoder.texts(rreq.texts), rreq.weights)
 
@@ -116,16 +122,20 @@ class RewardService:
         return self.batcher.submit(prepared.ids, done)
 
     def answer(self, prepared: Prepared, job: Job) -> dict:
-        enc = prepared.encoded
-        pred = np.zeros((len(enc.ids), self.model.cfg.num_labels), np.float32)
-        pred[enc.to_score] = job.out
+        enc, n = prepared.encoded, self.model.cfg.num_labels
+        pred = np.zeros((len(enc.ids), n), np.float32)
+        pred[enc.to_score] = job.out[:, :n]
+        probs = None
+        if prepared.probs:
+            probs = np.zeros((len(enc.ids), n, self.model.cfg.label_levels), np.float32)
+            probs[enc.to_score] = job.out[:, n:].reshape(len(enc.to_score), n, -1)
         w = self.weights if prepared.weights is None else prepared.weights
         reward = pred.astype(np.float64) @ w  # as rm_jax.engine.scoring.score_rows computes it
         self.metrics.rows.labels(prepared.endpoint, "scored").inc(len(enc.to_score))
         if enc.errors:
             self.metrics.rows.labels(prepared.endpoint, "over_length").inc(len(enc.errors))
         if prepared.endpoint == "score":
-            return score_response(self.model.attributes, pred, reward, enc.tokens, enc.errors)
+            return score_response(self.model.attributes, pred, reward, enc.tokens, enc.errors, probs)
         return reward_response(reward, enc.errors)
 
     # ------------------------------------------------------------ /health, /info
@@ -169,3 +179,8 @@ class RewardService:
             "auth": "bearer" if self.cfg.api_key is not None else "none",  # never the key itself
             "state": self.state,
         }
+
+
+def _with_levels(attrs: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """[rows, S, A] attributes and [rows, S, A, K] probabilities as one [rows, S, A * (1 + K)] array."""
+    return np.concatenate([attrs, probs.reshape(*probs.shape[:-2], -1)], axis=-1)

@@ -9,6 +9,9 @@ of a normal with sigma_k = that attribute's validation RMSE, and
 with the level's bin [l - 0.5, l + 0.5] and the end bins open (level 0: (-inf, 0.5], level 4: [3.5, inf)),
 so the five levels' probabilities sum to one. log P(a|x,y) is the sum over the label's attributes
 (independent given the prediction).
+
+A categorical or ordinal RM (``model.head``, docs/heads.md) has its own level distribution: there
+P(a_k = l | x, y) is the head's probability of level l (:func:`log_p_levels`), and no sigma is used.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ def log_p_attributes(
     for name, level in label.items():
         j = list(attributes).index(name)
         total += log_level_probability(pred[:, j], sigma[name], level)
+    return total
+
+
+def log_p_levels(probs: np.ndarray, label: Mapping[str, int], attributes: Sequence[str] = ATTRIBUTES) -> np.ndarray:
+    """log P(a|x,y) [N] from a distributional head's level probabilities ``probs`` [N, A, K] and one label
+    {name: level}: the sum of log p(level) over the label's attributes, each floored at 1e-12 (as eval's nll)."""
+    probs = np.asarray(probs, np.float64)
+    total = np.zeros(probs.shape[0], np.float64)
+    for name, level in label.items():
+        j = list(attributes).index(name)
+        total += np.log(np.maximum(probs[:, j, int(level)], 1e-12))
     return total
 
 

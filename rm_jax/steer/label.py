@@ -29,7 +29,7 @@ from rm_jax.core.files import iter_jsonl, write_jsonl
 from rm_jax.data.conversation import Message, parse_attribute_label, with_label
 from rm_jax.data.steer_groups import ALTERNATION, equalise, group_record, unequal_sizes
 from rm_jax.engine.scoring import score_rows
-from rm_jax.steer.attribute_model import log_p_attributes, resolve_sigma
+from rm_jax.steer.attribute_model import log_p_attributes, log_p_levels, resolve_sigma
 from rm_jax.steer.prompts import prompt_from_row
 
 
@@ -221,14 +221,19 @@ def label_samples(
         flat_y += smp.responses
         flat_where += smp.locations
     rows = [{"messages": m + [{"role": "assistant", "content": y}]} for m, y in zip(flat_prompt, flat_y)]
-    pred, _ = score_rows(rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress, where=flat_where)
-    log_pa = (
-        np.concatenate(
-            [log_p_attributes(pred[i : i + 1], parse_attribute_label(lab), sig) for i, lab in enumerate(flat_label)]
-        )
-        if rows
-        else np.zeros(0)
+    # A categorical / ordinal RM's own level distribution gives P(a|x,y); a regression RM's the binned normal
+    levels = rm_model.cfg.attribute_head != "regression"
+    scored = score_rows(
+        rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress, where=flat_where, probs=levels
     )
+    pred = scored[0]
+
+    def log_pa_row(i: int, lab: Any) -> np.ndarray:
+        if levels:
+            return log_p_levels(scored[2][i : i + 1], parse_attribute_label(lab))
+        return log_p_attributes(pred[i : i + 1], parse_attribute_label(lab), sig)
+
+    log_pa = np.concatenate([log_pa_row(i, lab) for i, lab in enumerate(flat_label)]) if rows else np.zeros(0)
     cond = [
         with_label(m + [{"role": "assistant", "content": y}], lab) for m, y, lab in zip(flat_prompt, flat_y, flat_label)
     ]

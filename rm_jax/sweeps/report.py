@@ -149,6 +149,7 @@ def run_rows(run: dict, sweep_dir: str, attributes: list, notes: list) -> Option
             base["qwk_mean"] = qwk_mean([per[a]["qwk"] for a in attributes])
     else:
         notes.append(f"{run['name']}: no predictions/validation.jsonl (no validation set?): metrics left empty")
+    base.update(level_columns(ev.get("per_attribute") or {}, attributes))
     rb = None
     rb_path = layout.predictions_path(rd, "rewardbench")
     if cfg["eval"].get("rewardbench"):
@@ -199,6 +200,19 @@ def qwk_mean(values: Sequence[Optional[float]]) -> Optional[float]:
     if not values or any(v is None for v in values):
         return None
     return float(np.mean(values))
+
+
+def level_columns(per_attribute: dict, attributes: Sequence[str]) -> dict:
+    """``nll_<a>`` / ``ece_<a>`` and their means from eval.json's per_attribute (a distributional head's level
+    probabilities are scored there, at the end of training); nothing for a regression head's run."""
+    if not any("nll" in (per_attribute.get(a) or {}) for a in attributes):
+        return {}
+    out: dict = {}
+    for key in ("nll", "ece"):
+        vals = [(per_attribute.get(a) or {}).get(key) for a in attributes]
+        out.update({f"{key}_{a}": v for a, v in zip(attributes, vals)})
+        out[f"{key}_mean"] = qwk_mean(vals)  # None unless every attribute has one, as qwk_mean
+    return out
 
 
 def rb2_column(subset: str) -> str:
@@ -294,6 +308,14 @@ def _column_values(plan: dict) -> tuple[list, list, dict]:
     return cols + fixed, extra, values
 
 
+def _distributional(run: dict) -> bool:
+    return (run["config"].get("model") or {}).get("head", "regression") != "regression"
+
+
+def level_column_names(attributes: Sequence[str]) -> list[str]:
+    return [f"{k}_{a}" for k in ("nll", "ece") for a in attributes] + ["nll_mean", "ece_mean"]
+
+
 def build_report(sweep_dir: str, plots: bool = True) -> Report:
     plan = load_plan(sweep_dir)
     attributes = list(plan["attributes"])
@@ -309,6 +331,7 @@ def build_report(sweep_dir: str, plots: bool = True) -> Report:
         + [f"mse_{a}" for a in attributes]
         + [f"qwk_{a}" for a in attributes]
         + ["qwk_mean", "pair_accuracy"]
+        + (level_column_names(attributes) if any(_distributional(r) for r in plan["runs"]) else [])
         + (["rewardbench_overall"] + [f"rewardbench_{s}" for s in RB_SECTIONS] if has_rb else [])
         + (["rb2_score"] if any(r["config"]["eval"].get("rewardbench2") for r in plan["runs"]) else [])
     )

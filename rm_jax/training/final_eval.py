@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -29,8 +29,10 @@ from rm_jax.training.setup import build_mesh
 from rm_jax.training.tasks import task_for
 
 
-def kept_checkpoint_report(cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int) -> dict:
-    return {"step": step, **val, **task_for(cfg).eval_report(enc, pred)}
+def kept_checkpoint_report(
+    cfg: RunConfig, enc: Encoded, pred: np.ndarray, val: dict, step: int, probs: Optional[np.ndarray] = None
+) -> dict:
+    return {"step": step, **val, **task_for(cfg).eval_report(enc, pred, probs)}
 
 
 def validation_records(enc: Encoded, pred: np.ndarray, attributes: list) -> list[dict]:
@@ -50,7 +52,7 @@ def write_run_evaluation(cfg: RunConfig, fit: Any) -> None:
     """eval.json and predictions/validation.jsonl from a :class:`rm_jax.training.loop.FitResult`."""
     if fit.val is None or jax.process_index() != 0:
         return
-    result = kept_checkpoint_report(cfg, fit.val_enc, fit.val_pred, fit.val, fit.kept_step)
+    result = kept_checkpoint_report(cfg, fit.val_enc, fit.val_pred, fit.val, fit.kept_step, fit.val_probs)
     result["train_rows"] = fit.train_rows
     result["train_examples"] = fit.train_examples
     if fit.val_pred is not None:

@@ -68,6 +68,7 @@ class FitResult:
     val_enc: Optional[Encoded] = None
     val: Optional[dict] = None  # the task's validation metrics of the kept checkpoint
     val_pred: Optional[np.ndarray] = None  # its predictions [N, A]
+    val_probs: Optional[np.ndarray] = None  # a distributional head's level probabilities [N, A, K]
     mesh: Any = None
 
 
@@ -290,5 +291,6 @@ def _kept(ctx: RunContext, opt: Optimization, validator: Optional[Validator], ba
             _restore_order(ckpt, result.kept_step), lambda s: ckpt.restore(s, opt.abstract, base), logger.info
         )
         result.val, result.val_pred = validator(best_state["params"])
+        result.val_probs = getattr(validator, "probs", None)
         logger.info(ctx.task.kept_line(result.kept_step, result.val))
     return result

@@ -185,6 +185,11 @@ def run_opts(cfg: RunConfig) -> dict:
     )
 
 
+def head_opts(cfg: RunConfig) -> dict:
+    """The DecoderConfig fields of a reward model's attribute head (model.head, model.label_levels)."""
+    return dict(attribute_head=cfg.model.head, label_levels=cfg.model.label_levels) if cfg.task == "rm" else {}
+
+
 def model_head(cfg: RunConfig) -> str:
     """The head a task trains: a reward head (``rm``) or a language-model head (``sft``)."""
     return "reward" if cfg.task == "rm" else "lm"
@@ -201,7 +206,7 @@ def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
             raise ConfigError(f"unknown config key 'model.arch.{k}'")
     head = {"head": model_head(cfg)} if model_head(cfg) != "reward" else {}
     try:
-        return DecoderConfig(num_labels=len(cfg.model.attributes), **arch, **head, **run_opts(cfg))
+        return DecoderConfig(num_labels=len(cfg.model.attributes), **arch, **head, **head_opts(cfg), **run_opts(cfg))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.arch: {e}") from None
 
@@ -218,6 +223,11 @@ def init_from_config(cfg: RunConfig) -> tuple[DecoderConfig, dict]:
         )
     if cfg.task == "rm" and meta["attributes"] != list(cfg.model.attributes):
         raise ConfigError(f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes")
+    if cfg.task == "rm" and (dcfg.attribute_head, dcfg.label_levels) != (cfg.model.head, cfg.model.label_levels):
+        raise ConfigError(
+            f"model.init_from: that run has a {dcfg.attribute_head} head with {dcfg.label_levels} levels; "
+            f"model.head={cfg.model.head}, model.label_levels={cfg.model.label_levels}"
+        )
     return dcfg, meta
 
 
@@ -236,7 +246,12 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
         return (*attach_lora(cfg, lm.cfg, lm.params, mesh), lm.hf_config)
     if cfg.model.path:
         lm: LoadedModel = load_hf_reward_model(
-            cfg.model.path, mesh, seed=cfg.model.seed, attribute_names=cfg.model.attributes, **run_opts(cfg)
+            cfg.model.path,
+            mesh,
+            seed=cfg.model.seed,
+            attribute_names=cfg.model.attributes,
+            **head_opts(cfg),
+            **run_opts(cfg),
         )
         for n in lm.notes:
             logger.info(n)

@@ -23,7 +23,7 @@ from rm_jax.data.sources import LoadResult, load_chat, load_helpsteer, load_pair
 from rm_jax.data.steer_groups import encode_groups, load_groups, unequal_sizes
 from rm_jax.engine.losses import pair_sums
 from rm_jax.engine.train_step import step_inputs
-from rm_jax.evaluation.metrics import helpsteer_report
+from rm_jax.evaluation.metrics import helpsteer_report, level_cross_entropy
 from rm_jax.training.logs import logger
 from rm_jax.training.validators import LossSums, ModelParts, RewardPredictions, Validator
 
@@ -139,7 +139,7 @@ class Task:
         """The stderr summary of the kept checkpoint's validation."""
         return f"kept checkpoint: step {step}, val_loss {val['val_loss']:.4f}"
 
-    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray]) -> dict:
+    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray], probs: Optional[np.ndarray] = None) -> dict:
         """What eval.json adds for the kept checkpoint beyond its validation metrics."""
         return {}
 
@@ -161,9 +161,10 @@ class RegressionTask(Task):
         return {f"train_mse_{a}": float(v) for a, v in zip(self.cfg.model.attributes, value)}
 
     def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
-        return RewardPredictions(self.cfg, parts, enc, self.metrics)
+        levels = self.cfg.model.head != "regression" and self.cfg.data.kind == "helpsteer"
+        return RewardPredictions(self.cfg, parts, enc, self.metrics, levels)
 
-    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray]) -> dict:
+    def eval_report(self, enc: Encoded, pred: Optional[np.ndarray], probs: Optional[np.ndarray] = None) -> dict:
         """HelpSteer2 rows: per-attribute MSE / Pearson / Spearman and pairwise accuracy under each of
         ``eval.reward_weights`` (matched to model.attributes by name; a weighting that does not apply to them,
         e.g. a preset for a model without the five HelpSteer2 attributes, is left out, as config checking says)."""
@@ -171,14 +172,17 @@ class RegressionTask(Task):
         if cfg.data.kind != "helpsteer":
             return {}
         weights = {str(w): w for w in eval_weightings(cfg.eval.reward_weights, cfg.model.attributes)}
-        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes)
+        rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes, probs)
         return {"per_attribute": rep["per_attribute"], "pairwise": rep["pairwise"]}
 
-    def metrics(self, pred: np.ndarray, enc: Encoded) -> dict:
-        """Validation loss (the training objective) and per-attribute MSE from predictions [N, A]."""
+    def metrics(self, pred: np.ndarray, enc: Encoded, probs: Optional[np.ndarray] = None) -> dict:
+        """Validation loss (the training objective: MSE, or with level probabilities ``probs`` [N, A, K] the
+        cross-entropy against the labels' level targets, without smoothing) and per-attribute MSE of
+        predictions [N, A] (E[y] for a distributional head)."""
         w = np.asarray(self.cfg.loss.attribute_weights, np.float64)
         err = (pred - enc.labels) ** 2 * enc.label_mask
-        out: dict[str, Any] = {"val_loss": float((err * w).sum() / max((enc.label_mask * w).sum(), 1e-9))}
+        loss = err if probs is None else level_cross_entropy(probs, enc.labels) * enc.label_mask
+        out: dict[str, Any] = {"val_loss": float((loss * w).sum() / max((enc.label_mask * w).sum(), 1e-9))}
         for a, name in enumerate(self.cfg.model.attributes):
             n = enc.label_mask[:, a].sum()
             out[f"val_mse_{name}"] = float(err[:, a].sum() / n) if n else None

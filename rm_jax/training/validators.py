@@ -34,17 +34,30 @@ class Validator(Protocol):
 class RewardPredictions:
     """Predictions of the whole split by a reward model, then ``metrics(pred, enc)``."""
 
-    def __init__(self, cfg: RunConfig, parts: ModelParts, enc: Encoded, metrics: Callable[[np.ndarray, Encoded], dict]):
-        self.cfg, self.enc, self.metrics = cfg, enc, metrics
+    def __init__(
+        self,
+        cfg: RunConfig,
+        parts: ModelParts,
+        enc: Encoded,
+        metrics: Callable[..., dict],
+        levels: bool = False,
+    ):
+        """``levels``: also the level probabilities of a distributional head, passed to ``metrics`` as a third
+        argument and kept in ``self.probs`` (eval.json's nll / ece)."""
+        self.cfg, self.enc, self.metrics, self.levels = cfg, enc, metrics, levels
         self.scorer = Scorer(parts.dcfg, None, parts.mesh, parts.pad_id)
+        self.probs: Optional[np.ndarray] = None
 
     def __call__(self, params: Any) -> tuple[dict, Optional[np.ndarray]]:
         d, rows = self.cfg.data, self.cfg.train.eval_rows
         self.scorer.params = params
-        pred = self.scorer.predict(
-            self.enc.ids, d.seq_len, rows, d.max_segments, d.packing, progress=False, desc="validation"
+        out = self.scorer.predict(
+            self.enc.ids, d.seq_len, rows, d.max_segments, d.packing, False, "validation", probs=self.levels
         )
-        return self.metrics(pred, self.enc), pred
+        if not self.levels:
+            return self.metrics(out, self.enc), out
+        pred, self.probs = out
+        return self.metrics(pred, self.enc, self.probs), pred
 
 
 class LossSums:

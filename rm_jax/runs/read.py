@@ -7,6 +7,7 @@ a scoring model from either a run folder or an HF folder, and export to an HF fo
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -165,9 +166,12 @@ def adapter_base_name(run_dir: str, recorded: str) -> str:
     given = _run_model_path(run_dir)
     if not given:
         return recorded
-    if os.path.isdir(given):
-        return given if os.path.realpath(given) == os.path.realpath(recorded) else recorded
-    return given  # not a local folder: the hub id the base was downloaded from
+    if os.path.isdir(given) and os.path.realpath(given) == os.path.realpath(recorded):
+        return given
+    hub = re.search(r"models--([^/]+)--([^/]+)/snapshots/", recorded)  # the HF cache's layout for hub id org/name
+    if hub and given == f"{hub.group(1)}/{hub.group(2)}":
+        return given
+    return recorded
 
 
 def _run_model_path(run_dir: str) -> Optional[str]:

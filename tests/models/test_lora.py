@@ -473,3 +473,100 @@ def test_adapter_without_a_score_head(hf_bases, tmp_path, caplog):
     _peft_adapter(hf_bases["lm"], str(tmp_path / "lm"), task_type=None)
     with pytest.raises(ModelLoadError, match="no score head .* not a reward model"):
         _rm_jax_adapter_scores(str(tmp_path / "lm"))
+
+
+# ---------------------------------------------------------------- rm-jax export --adapter, loaded as docs/lora.md shows
+
+
+def docs_loading_snippet() -> str:
+    """The Python lines docs/lora.md gives for loading an ``--adapter`` export with peft, exactly as written."""
+    import os
+    import re
+
+    from tests.helpers import ROOT
+
+    text = open(os.path.join(ROOT, "docs", "lora.md"), encoding="utf-8").read()
+    blocks = re.findall(r"python - <<'PY'\n(.*?)\nPY\n", text, re.S)
+    found = [b for b in blocks if "PeftModel.from_pretrained" in b]
+    assert len(found) == 1, "docs/lora.md: one python block loads the adapter export with peft"
+    return found[0]
+
+
+def run_docs_snippet(cwd, monkeypatch, capsys) -> dict:
+    """Runs :func:`docs_loading_snippet` in ``cwd`` (which holds runs/tiny-lora-adapter); its names and output."""
+    monkeypatch.chdir(cwd)
+    scope: dict = {}
+    exec(compile(docs_loading_snippet(), "docs/lora.md", "exec"), scope)
+    scope["printed"] = capsys.readouterr().out
+    return scope
+
+
+def test_adapter_export_of_a_causal_lm_base_loads_as_the_docs_show(tmp_path, monkeypatch, capsys):
+    """The usual case: a reward model trained with LoRA from a causal LM (its score head new). The --adapter
+    folder (tokenizer, chat template, config.json with the attribute names) loads with docs/lora.md's lines as
+    written and scores as rm_jax does within 1e-4, rsLoRA scale included; rm-jax reads the folder back the same."""
+    import json
+    import os
+
+    import torch
+
+    from rm_jax.models.hf_io import load_hf_reward_model, load_tokenizer
+    from rm_jax.models.lora import export_peft_adapter
+    from rm_jax.runs.read import load_scoring_model
+    from tests.helpers import make_hf_causal_lm_with_tokenizer
+
+    runs = tmp_path / "runs"
+    make_hf_causal_lm_with_tokenizer("llama", str(runs / "tiny-base"), seed=6)
+    monkeypatch.chdir(tmp_path)
+    lm = load_hf_reward_model("runs/tiny-base", seed=1)
+    assert not lm.head_loaded  # a causal LM: the reward head is new
+    mesh = make_mesh(devices=jax.devices()[:1])
+    cfg = lm.cfg.replace(lora_rank=R, lora_alpha=float(ALPHA), lora_rslora=True, lora_targets=("q", "v", "up"))
+    params = _trained(add_adapters(lm.params, cfg, mesh, seed=4), seed=5)
+    tok = load_tokenizer("runs/tiny-base")
+    names = ["help", "correct", "coherent", "complex", "verbose"]  # not HelpSteer2's: the folder must carry them
+    export_peft_adapter(cfg, params, "runs/tiny-lora-adapter", "runs/tiny-base", tok, names, lm.hf_config)
+    files = set(os.listdir(runs / "tiny-lora-adapter"))
+    assert {"config.json", "tokenizer_config.json", "adapter_config.json", "adapter_model.safetensors"} <= files
+    pc = json.loads((runs / "tiny-lora-adapter" / "adapter_config.json").read_text())
+    assert pc["use_rslora"] is True and pc["base_model_name_or_path"] == "runs/tiny-base"
+
+    scope = run_docs_snippet(tmp_path, monkeypatch, capsys)
+    ids = scope["ids"][0].numpy().astype(np.int32)
+    assert list(ids) == list(tok.apply_chat_template(scope["chat"], return_dict=False))  # the run's template
+    want = _jax_scores(cfg, params, [ids])
+    with torch.no_grad():
+        got = scope["model"](scope["ids"]).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert list(json.loads(scope["printed"].replace("'", '"'))) == names
+    sm = load_scoring_model("runs/tiny-lora-adapter")
+    assert sm.attributes == names and sm.cfg.lora_rslora
+    np.testing.assert_allclose(_jax_scores(sm.cfg, sm.params, [ids]), want, atol=1e-5, rtol=0)
+
+
+def test_adapter_base_name_is_the_model_path_as_given(tmp_path, monkeypatch):
+    """base_model_name_or_path: a hub id as typed (not the cache snapshot), a local path as typed while it names
+    the recorded base from here, else the recorded absolute path."""
+    import os
+
+    from rm_jax.runs.read import adapter_base_name
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "base").mkdir()
+    snapshot = str(tmp_path / "hub" / "models--org--model" / "snapshots" / "abc")
+
+    def given(path):
+        (run / "config.yaml").write_text(f"model:\n  path: {path}\n")
+
+    given("org/model")
+    assert adapter_base_name(str(run), snapshot) == "org/model"
+    given("org/other")  # not the id the recorded snapshot came from
+    assert adapter_base_name(str(run), snapshot) == snapshot
+    monkeypatch.chdir(tmp_path)
+    given("base")
+    assert adapter_base_name(str(run), str(tmp_path / "base")) == "base"
+    monkeypatch.chdir(run)  # "base" no longer names it from here
+    assert adapter_base_name(str(run), str(tmp_path / "base")) == str(tmp_path / "base")
+    os.remove(run / "config.yaml")
+    assert adapter_base_name(str(run), snapshot) == snapshot

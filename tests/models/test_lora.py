@@ -505,6 +505,7 @@ def test_adapter_export_of_a_causal_lm_base_loads_as_the_docs_show(tmp_path, mon
     """The usual case: a reward model trained with LoRA from a causal LM (its score head new). The --adapter
     folder (tokenizer, chat template, config.json with the attribute names) loads with docs/lora.md's lines as
     written and scores as rm_jax does within 1e-4, rsLoRA scale included; rm-jax reads the folder back the same."""
+    import ast
     import json
     import os
 
@@ -538,7 +539,7 @@ def test_adapter_export_of_a_causal_lm_base_loads_as_the_docs_show(tmp_path, mon
     with torch.no_grad():
         got = scope["model"](scope["ids"]).logits.numpy()
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-    assert list(json.loads(scope["printed"].replace("'", '"'))) == names
+    assert list(ast.literal_eval(scope["printed"])) == names
     sm = load_scoring_model("runs/tiny-lora-adapter")
     assert sm.attributes == names and sm.cfg.lora_rslora
     np.testing.assert_allclose(_jax_scores(sm.cfg, sm.params, [ids]), want, atol=1e-5, rtol=0)

@@ -350,6 +350,42 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/models/test_heads.py::test_categorical_expected_level_is_sum_k_pk",),
     ),
+    Mutation(
+        "lora_scale_alpha_not_over_r",
+        "the LoRA update is scaled by alpha / r (PEFT's scaling)",
+        (
+            (
+                "rm_jax/models/llama.py",
+                "if self.lora_rslora else self.lora_rank)\n",
+                "if self.lora_rslora else 1)\n",
+            ),
+        ),
+        (
+            "tests/models/test_lora.py::test_adapters_add_the_hand_computed_update[alpha_over_r]",
+            "tests/models/test_lora.py::test_peft_adapter_scores_as_peft[alpha_over_r]",
+        ),
+    ),
+    Mutation(
+        "rslora_scale_as_plain_lora",
+        "rsLoRA (use_rslora, lora.rslora) scales by alpha / sqrt(r)",
+        (
+            (
+                "rm_jax/models/llama.py",
+                "(math.sqrt(self.lora_rank) if self.lora_rslora else self.lora_rank)\n",
+                "self.lora_rank\n",
+            ),
+        ),
+        (
+            "tests/models/test_lora.py::test_adapters_add_the_hand_computed_update[rslora]",
+            "tests/models/test_lora.py::test_peft_adapter_scores_as_peft[rslora]",
+        ),
+    ),
+    Mutation(
+        "peft_unused_tensor_ignored",
+        "a PEFT adapter tensor rm_jax does not apply stops the import",
+        (("rm_jax/models/lora.py", "    if unused:\n", "    if False:\n"),),
+        ("tests/models/test_lora.py::test_every_tensor_is_applied_or_the_import_stops",),
+    ),
 )
 
 

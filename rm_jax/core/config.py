@@ -230,6 +230,7 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 class LoraConfig:
     rank: NonNegInt = 0  # 0 = full fine-tune; > 0 = the base is frozen, adapters of this rank (and the head) train
     alpha: Positive = 16.0  # the adapters' update is scaled by alpha / rank (PEFT's default scaling)
+    rslora: bool = False  # rsLoRA (PEFT's use_rslora): scaled by alpha / sqrt(rank) instead
     # PEFT's lora_dropout: dropout on each adapter's input while training (the frozen base sees x unchanged)
     dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     targets: list = field(default_factory=lambda: list(LORA_TARGETS))  # which projections get an adapter

@@ -80,6 +80,7 @@ class DecoderConfig:
     # PEFT's lora_dropout: applied to each adapter's input, and only when the model is applied with a "dropout"
     # rng (the train step); scoring, eval, serving and export never pass one.
     lora_dropout: float = 0.0
+    lora_rslora: bool = False  # rsLoRA (PEFT's use_rslora): the update is scaled by alpha / sqrt(rank)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # JSON gives a list: keep it hashable
@@ -131,7 +132,10 @@ class DecoderConfig:
 
     @property
     def lora_scale(self) -> float:
-        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+        """PEFT's ``scaling``: alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
+        if not self.lora_rank:
+            return 0.0
+        return self.lora_alpha / (math.sqrt(self.lora_rank) if self.lora_rslora else self.lora_rank)
 
     @property
     def adapter_dropout(self) -> bool:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -231,6 +232,36 @@ def fill_base(run_dir: str, abstract: Any, restored: Any) -> dict:
 # ---------------------------------------------------------------- PEFT's adapter folder
 
 PEFT_PREFIX = "base_model.model."
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+# adapter_config.json fields that change what an adapter computes and that rm_jax does not apply: any value but
+# the neutral one (absent, null, false, empty, "none") stops the import, naming the field.
+UNSUPPORTED_FIELDS = (
+    "use_dora",
+    "lora_bias",
+    "bias",
+    "fan_in_fan_out",
+    "rank_pattern",
+    "alpha_pattern",
+    "trainable_token_indices",
+    "alora_invocation_tokens",
+    "layer_replication",
+    "layers_to_transform",
+    "exclude_modules",
+    "target_parameters",
+    "use_qalora",
+    "megatron_config",
+    "monteclora_config",
+    "arrow_config",
+    "kasa_config",
+    "use_bdlora",
+)
+# init_lora_weights values that leave the base weights as they were (PiSSA, OLoRA, CorDA, LoftQ and LoRA-GA
+# rewrite the base: their adapters only make sense on that rewritten base).
+BASE_PRESERVING_INITS = (True, False, "gaussian", "eva", "orthogonal", "mica")
+# modules_to_save rm_jax applies: the reward head (peft adds "classifier" to every SEQ_CLS adapter; Llama-family
+# models have no such module) and a policy's untied LM head.
+HEAD_MODULES = ("score", "classifier", "lm_head")
+ONE_LABEL_NAME = "reward"  # the attribute name of a one-output (TRL-style scalar) adapter without id2label
 
 
 def peft_tensors(cfg: DecoderConfig, params: Any) -> dict[str, np.ndarray]:
@@ -270,83 +301,225 @@ def peft_config(cfg: DecoderConfig, base_path: str) -> dict:
         "modules_to_save": save,
         "bias": "none",
         "fan_in_fan_out": False,
-        "use_rslora": False,
+        "use_rslora": cfg.lora_rslora,
         "use_dora": False,
         "init_lora_weights": True,
         "inference_mode": True,
     }
 
 
-def export_peft_adapter(cfg: DecoderConfig, params: Any, out_dir: str, base_path: str) -> str:
-    """A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) for
-    ``peft.PeftModel.from_pretrained(base, out_dir)``; written to a temporary folder and renamed."""
+def export_peft_adapter(
+    cfg: DecoderConfig,
+    params: Any,
+    out_dir: str,
+    base_path: str,
+    tokenizer: Any = None,
+    attribute_names: Sequence[str] = (),
+    base_hf_config: Optional[dict] = None,
+    extra: Optional[dict] = None,
+) -> str:
+    """A PEFT adapter folder for ``peft.PeftModel.from_pretrained(base, out_dir)``: adapter_config.json,
+    adapter_model.safetensors and, with ``tokenizer``, what a user needs beside them: the tokenizer files (with
+    the chat template it carries) and config.json, the HF config of the adapted model (``num_labels`` and
+    ``id2label`` = ``attribute_names`` for a reward model), so ``AutoConfig.from_pretrained(out_dir)`` builds
+    the base with the head the adapter's ``score`` fits, whatever head the base folder has (docs/lora.md).
+    Written to a temporary folder and renamed."""
     from safetensors.numpy import save_file
+
+    from rm_jax.models.hf_io import _pad_token_id, hf_config_from_decoder
 
     if not cfg.lora_rank:
         raise ModelLoadError("--adapter: this run trained without LoRA (lora.rank 0): export the full model instead")
+    if cfg.head == "reward" and tokenizer is not None and len(attribute_names) != cfg.num_labels:
+        raise ValueError(f"{len(attribute_names)} attribute names for a head with {cfg.num_labels} outputs")
     out_dir = os.path.abspath(out_dir)
     tmp = out_dir + ".tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    write_json(os.path.join(tmp, "adapter_config.json"), peft_config(cfg, base_path))
-    save_file(peft_tensors(cfg, params), os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+    write_json(os.path.join(tmp, ADAPTER_CONFIG), peft_config(cfg, base_path))
+    save_file(peft_tensors(cfg, params), os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+        merged = dataclasses.replace(cfg, lora_rank=0)
+        ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id")} if cfg.head == "lm" else {}
+        ids = {k: int(v) for k, v in ids.items() if isinstance(v, int)}
+        hf = hf_config_from_decoder(
+            merged, attribute_names, base_hf_config, _pad_token_id(tokenizer, base_hf_config), {**ids, **(extra or {})}
+        )
+        write_json(os.path.join(tmp, "config.json"), hf)
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
 
 
+def _active(value: Any) -> bool:
+    return value not in (None, False, "none", "") and value != {} and value != []
+
+
 def read_peft_config(adapter_dir: str) -> dict:
-    """A PEFT LoRA adapter folder's adapter_config.json, checked for what rm_jax can apply."""
+    """A PEFT LoRA adapter folder's adapter_config.json, checked for what rm_jax can apply: every field that
+    would make PEFT compute something rm_jax does not stops here, with one line naming it."""
     from rm_jax.core.files import read_json
 
-    where = os.path.join(adapter_dir, "adapter_config.json")
-    cfg = read_json(where, f"{where}: missing; a PEFT adapter folder needs adapter_config.json", ModelLoadError)
+    where = os.path.join(adapter_dir, ADAPTER_CONFIG)
+    cfg = read_json(where, f"{where}: missing; a PEFT adapter folder needs {ADAPTER_CONFIG}", ModelLoadError)
     if cfg.get("peft_type") != "LORA":
         raise ModelLoadError(f"{where}: peft_type {cfg.get('peft_type')!r}; only LORA adapters are supported")
-    for key in ("use_dora", "use_rslora"):
-        if cfg.get(key):
-            raise ModelLoadError(f"{where}: {key}=true is not supported")
-    if cfg.get("bias", "none") != "none" or cfg.get("fan_in_fan_out"):
-        raise ModelLoadError(f"{where}: bias != none and fan_in_fan_out are not supported")
+    for key in UNSUPPORTED_FIELDS:
+        if _active(cfg.get(key)):
+            raise ModelLoadError(f"{where}: {key}={json.dumps(cfg[key])[:80]} is not supported by rm_jax")
+    init = cfg.get("init_lora_weights", True)
+    if not any(init is v or (isinstance(v, str) and init == v) for v in BASE_PRESERVING_INITS):
+        raise ModelLoadError(
+            f"{where}: init_lora_weights={json.dumps(init)} is not supported by rm_jax (that initialisation rewrites "
+            f"the base weights; convert the adapter with peft's path_initial_model_for_weight_conversion)"
+        )
+    save = cfg.get("modules_to_save") or []
+    bad = [m for m in ([save] if isinstance(save, str) else save) if m not in HEAD_MODULES]
+    if bad:
+        raise ModelLoadError(
+            f"{where}: modules_to_save={json.dumps(bad)} is not supported by rm_jax (only the score head or lm_head)"
+        )
+    rank, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ModelLoadError(f"{where}: r {rank!r}: must be a positive integer")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        raise ModelLoadError(f"{where}: lora_alpha {alpha!r}: must be a positive number")
     rate = cfg.get("lora_dropout", 0.0)
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
         raise ModelLoadError(f"{where}: lora_dropout {rate!r}: must be a number in [0, 1)")
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ModelLoadError(f"{where}: per-module rank_pattern / alpha_pattern are not supported")
     mods = cfg.get("target_modules") or []
-    mods = [mods] if isinstance(mods, str) else list(mods)
     by_module = {v.split(".")[-1]: k for k, v in HF_MODULES.items()}
+    if mods == "all-linear":  # peft: every linear layer but the output head, i.e. the seven projections
+        mods = list(by_module)
+    # peft saves "all-linear" as the full module names ("model.layers.0.self_attn.q_proj", ...): the projection
+    # is the last part (each one must then be adapted on every layer: a missing layer stops the import)
+    mods = [mods] if isinstance(mods, str) else [str(m).split(".")[-1] for m in mods]
     bad = [m for m in mods if m not in by_module]
     if bad or not mods:
-        raise ModelLoadError(f"{where}: target_modules {bad or mods}: supported are {', '.join(sorted(by_module))}")
+        raise ModelLoadError(
+            f"{where}: target_modules {bad or mods}: supported are {', '.join(sorted(by_module))} or all-linear"
+        )
     return {**cfg, "targets": tuple(t for t in HF_MODULES if HF_MODULES[t].split(".")[-1] in mods)}
+
+
+def _head_tensor_names(head: str) -> tuple[str, ...]:
+    module = "score" if head == "reward" else "lm_head"
+    return (f"{PEFT_PREFIX}{module}.weight", f"{PEFT_PREFIX}{module}.modules_to_save.weight")
+
+
+def peft_head_outputs(adapter_dir: str) -> Optional[int]:
+    """The number of outputs of an adapter's score head (``modules_to_save``), None when it has none; read from
+    the safetensors header only."""
+    from safetensors import safe_open
+
+    path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}")
+    with safe_open(path, "np") as f:
+        for name in _head_tensor_names("reward"):
+            if name in f.keys():
+                return int(f.get_slice(name).get_shape()[0])
+    return None
+
+
+def peft_attribute_names(adapter_dir: str, base_hf: dict, base: str) -> list[str]:
+    """The attributes a reward model made of an adapter and its base predicts: the adapter folder's config.json
+    ``id2label`` (rm_jax writes one), else the base's (a reward model with as many outputs), else the five
+    HelpSteer2 attributes for a 5-output head or ``reward`` for a one-output (TRL-style scalar) head. Stops when
+    the head cannot fit the base, or when neither adapter nor base has a head to score with."""
+    from rm_jax.core.attributes import ATTRIBUTES
+
+    n = peft_head_outputs(adapter_dir)
+    own = _id2label(os.path.join(adapter_dir, "config.json"))
+    if own is not None:
+        if n is not None and len(own) != n:
+            raise ModelLoadError(f"{adapter_dir}: config.json names {len(own)} labels but the score head has {n}")
+        return own
+    archs = base_hf.get("architectures") or []
+    base_names = _id2label_of(base_hf) if any(a.endswith("ForSequenceClassification") for a in archs) else None
+    if n is None:
+        if base_names is None:
+            raise ModelLoadError(
+                f"{adapter_dir}: the adapter has no score head (no score in modules_to_save) and its base {base} is "
+                f"not a reward model: there is no head to score with"
+            )
+        return base_names
+    if base_names is not None:
+        if len(base_names) != n:
+            raise ModelLoadError(
+                f"{adapter_dir}: the adapter's score head has {n} outputs but its base {base} has {len(base_names)}"
+            )
+        return base_names
+    if n == len(ATTRIBUTES):
+        return list(ATTRIBUTES)
+    if n == 1:
+        return [ONE_LABEL_NAME]
+    raise ModelLoadError(
+        f"{adapter_dir}: the adapter's score head has {n} outputs and nothing names them: add a config.json with "
+        f"id2label to the adapter folder"
+    )
+
+
+def _id2label(config_path: str) -> Optional[list[str]]:
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path, encoding="utf-8") as f:
+        return _id2label_of(json.load(f))
+
+
+def _id2label_of(hf: dict) -> Optional[list[str]]:
+    id2label = hf.get("id2label") or {}
+    if not id2label:
+        return None
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
 def import_peft_adapter(cfg: DecoderConfig, params: Any, adapter_dir: str, mesh: Any) -> tuple[DecoderConfig, dict]:
     """The base ``params`` (no adapters) with a PEFT LoRA adapter folder's weights as rm_jax adapters (and its
-    ``modules_to_save`` head, when it has one): the inverse of :func:`export_peft_adapter`."""
+    ``modules_to_save`` head, when it has one): the inverse of :func:`export_peft_adapter`. Every tensor of the
+    folder is applied or the import stops naming it; a reward head must have ``cfg.num_labels`` outputs; an
+    adapter without a head keeps the base's (a warning says so)."""
     from safetensors.numpy import load_file
+
+    from rm_jax.core.console import get_logger
 
     pc = read_peft_config(adapter_dir)
     cfg = dataclasses.replace(
         cfg,
         lora_rank=int(pc["r"]),
         lora_alpha=float(pc["lora_alpha"]),
+        lora_rslora=bool(pc.get("use_rslora", False)),
         lora_targets=pc["targets"],
         lora_dropout=float(pc.get("lora_dropout", 0.0)),  # a run continuing from it trains with it (docs/lora.md)
     )
-    path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
     if not os.path.isfile(path):
-        raise ModelLoadError(f"{adapter_dir}: no adapter_model.safetensors")
+        raise ModelLoadError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}")
     tensors = load_file(path)
+    heads = [n for n in _head_tensor_names(cfg.head) if n in tensors]
+    expected = {
+        f"{PEFT_PREFIX}model.layers.{i}.{HF_MODULES[name]}.{hf}.weight"
+        for i in range(cfg.num_hidden_layers)
+        for name in cfg.lora_targets
+        for hf in ("lora_A", "lora_B")
+    }
+    unused = sorted(set(tensors) - expected - set(heads[:1]))
+    if unused:
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise ModelLoadError(
+            f"{path}: tensor {unused[0]!r}{more} is not applied by rm_jax (it applies LoRA A/B on "
+            f"{', '.join(HF_MODULES[t].split('.')[-1] for t in cfg.lora_targets)} and the "
+            f"{'score' if cfg.head == 'reward' else 'lm_head'} head)"
+        )
     shard = _flat(param_shardings_for(cfg, mesh))
     out = _flat(add_adapters(params, cfg, mesh))
     r = cfg.lora_rank
 
     def take(name: str) -> np.ndarray:
         if name not in tensors:
-            raise ModelLoadError(f"{path}: missing tensor {name!r}")
+            raise ModelLoadError(f"{path}: missing tensor {name!r} (rm_jax adapts a target module on every layer)")
         return tensors[name].astype(np.float32)
 
     for name in cfg.lora_targets:
@@ -358,20 +531,33 @@ def import_peft_adapter(cfg: DecoderConfig, params: Any, adapter_dir: str, mesh:
                 w = take(f"{PEFT_PREFIX}model.layers.{i}.{HF_MODULES[name]}.{hf}.weight").T  # [in, r] or [r, out]
                 leaf_key = key or (f"layers_{i}", group, f"{name}_lora_{x}")
                 shape = out[leaf_key].shape[1:] if cfg.scan_layers else out[leaf_key].shape
-                if w.shape[0 if x == "b" else 1] != r:
+                if w.shape[0 if x == "b" else 1] != r or w.size != math.prod(shape):
                     raise ModelLoadError(
-                        f"{path}: {HF_MODULES[name]}.{hf} of layer {i} has shape {w.T.shape}, not rank {r}"
+                        f"{path}: {HF_MODULES[name]}.{hf} of layer {i} has shape {w.T.shape}, which does not fit "
+                        f"rank {r} on this base"
                     )
                 layers.append(w.reshape(shape))
                 if not cfg.scan_layers:
                     out[leaf_key] = jax.device_put(layers[-1], shard[leaf_key])
             if cfg.scan_layers:
                 out[key] = jax.device_put(np.stack(layers), shard[key])
-    head = {"reward": ("score", ("head_kernel",)), "lm": ("lm_head", ("lm_head_kernel",))}[cfg.head]
-    for candidate in (f"{PEFT_PREFIX}{head[0]}.weight", f"{PEFT_PREFIX}{head[0]}.modules_to_save.weight"):
-        if candidate in tensors and head[1] in out:
-            out[head[1]] = jax.device_put(take(candidate).T.copy(), shard[head[1]])
-            if cfg.head == "lm":
-                cfg = dataclasses.replace(cfg, lora_lm_head=True)
-            break
+    leaf = ("head_kernel",) if cfg.head == "reward" else ("lm_head_kernel",)
+    if heads and leaf in out:
+        w = take(heads[0]).T.copy()
+        if w.shape != tuple(out[leaf].shape):
+            what = (
+                f"{w.shape[1]} outputs; this model predicts {cfg.num_labels} attributes"
+                if cfg.head == "reward"
+                else f"shape {w.T.shape}; this model's LM head is {tuple(out[leaf].shape)[::-1]}"
+            )
+            raise ModelLoadError(f"{path}: the head {heads[0]!r} has {what}")
+        out[leaf] = jax.device_put(w, shard[leaf])
+        if cfg.head == "lm":
+            cfg = dataclasses.replace(cfg, lora_lm_head=True)
+    elif heads:  # a tied LM head: PEFT would replace the (tied) output matrix, which rm_jax does not untie
+        raise ModelLoadError(f"{path}: tensor {heads[0]!r}: the base's LM head is tied to its embedding")
+    elif cfg.head == "reward":
+        get_logger("models").warning(
+            f"{adapter_dir}: the adapter has no score head (no score in modules_to_save): the base's head is used"
+        )
     return cfg, _unflat(out)

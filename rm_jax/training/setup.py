@@ -122,6 +122,7 @@ def lora_opts(cfg: RunConfig) -> dict:
     return dict(
         lora_rank=lo.rank,
         lora_alpha=lo.alpha,
+        lora_rslora=lo.rslora,
         lora_targets=tuple(lo.targets),
         lora_lm_head=lo.train_lm_head,
         lora_dropout=lo.dropout,

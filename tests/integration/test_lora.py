@@ -6,6 +6,7 @@ The same for a policy (task sft) from a tiny causal LM, adapter export loaded by
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 
@@ -100,6 +101,31 @@ def test_scores_agree_merged_peft_and_run_folder(lora_run, tmp_path):
     assert main(["score", "--model", lora_run["run"], "--input", str(inp), "--output", str(out), "--no-progress"]) == 0
     ours = np.asarray([list(json.loads(x)["attributes"].values()) for x in open(out)])
     np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)
+
+
+def test_adapter_export_loads_as_the_docs_show(lora_run, tmp_path, monkeypatch, capsys):
+    """`rm-jax export --adapter` of a run from a reward-model base: the folder carries the tokenizer (chat
+    template), config.json with the attribute names, and the run's model.path as base_model_name_or_path;
+    docs/lora.md's loading lines, run exactly as written, give the merged export's scores within 1e-4.
+    (The causal-LM base: tests/models/test_lora.py.)"""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rm_jax.core.attributes import ATTRIBUTES
+    from tests.models.test_lora import run_docs_snippet
+
+    adapter = lora_run["adapter"]
+    assert {"config.json", "tokenizer_config.json"} <= set(os.listdir(adapter))
+    pc = json.load(open(os.path.join(adapter, "adapter_config.json")))
+    assert pc["base_model_name_or_path"] == lora_run["base"]  # the run's model.path, as given
+    (tmp_path / "runs").mkdir()
+    os.symlink(adapter, tmp_path / "runs" / "tiny-lora-adapter")
+    scope = run_docs_snippet(tmp_path, monkeypatch, capsys)
+    merged = AutoModelForSequenceClassification.from_pretrained(lora_run["merged"]).float().eval()
+    with torch.no_grad():
+        want, got = merged(scope["ids"]).logits.numpy(), scope["model"](scope["ids"]).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert list(ast.literal_eval(scope["printed"])) == list(ATTRIBUTES)
 
 
 def test_checkpoints_hold_adapters_and_head_only(lora_run):

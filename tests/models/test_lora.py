@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rm_jax.core.attributes import ATTRIBUTES
 from rm_jax.models import apply_model, init_params, param_logical_specs
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.lora import (
@@ -249,3 +250,324 @@ def test_peft_adapter_round_trip_keeps_the_dropout_rate(tmp_path):
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(pc))
     with pytest.raises(ModelLoadError, match="lora_dropout 1.0"):
         read_peft_config(out)
+
+
+# ---------------------------------------------------------------- the LoRA scale, computed by hand
+
+
+@pytest.mark.parametrize("rslora", [False, True], ids=["alpha_over_r", "rslora"])
+def test_adapters_add_the_hand_computed_update(rslora):
+    """The model's LoRA forward equals the base with each adapted kernel W replaced by W + s A B, s computed here
+    from alpha and r (rank 4, alpha 8: alpha/r = 2, alpha/sqrt(r) = 4 and alpha = 8 all differ), not taken
+    from the config, so a wrong scale in the model or in merge_adapters fails."""
+    import math
+
+    base_cfg, base, cfg, params, _ = _base_and_lora(scan=False)
+    cfg, params = cfg.replace(lora_rslora=rslora), _trained(params)
+    scale = 8.0 / (math.sqrt(4) if rslora else 4)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    leaves = {tuple(k.key for k in p): np.asarray(v, np.float64) for p, v in flat}
+    hand = {}
+    for path, w in leaves.items():
+        if "_lora_" in path[-1]:
+            continue
+        name = path[-1][: -len("_kernel")] if path[-1].endswith("_kernel") else None
+        a_path = path[:-1] + (f"{name}_lora_a",)
+        if name and a_path in leaves:
+            a, b = leaves[a_path], leaves[path[:-1] + (f"{name}_lora_b",)]
+            w = w + scale * (a.reshape(-1, 4) @ b.reshape(4, -1)).reshape(w.shape)
+        hand[path] = jnp.asarray(w, jnp.float32)
+    from flax import traverse_util
+
+    hand_params = traverse_util.unflatten_dict(hand)
+    want = np.asarray(apply_model(base_cfg, hand_params, _batch(), max_segments=2))
+    assert np.abs(want - np.asarray(apply_model(base_cfg, base, _batch(), max_segments=2))).max() > 1e-2
+    np.testing.assert_allclose(np.asarray(apply_model(cfg, params, _batch(), max_segments=2)), want, atol=2e-5)
+    mcfg, merged = merge_adapters(cfg, params)
+    np.testing.assert_allclose(np.asarray(apply_model(mcfg, merged, _batch(), max_segments=2)), want, atol=2e-5)
+
+
+def test_rslora_is_a_typed_config_option():
+    from rm_jax.core.config import RunConfig
+    from rm_jax.training.setup import lora_opts
+
+    cfg = RunConfig()
+    cfg.lora.rank, cfg.lora.rslora = 4, True
+    assert lora_opts(cfg)["lora_rslora"] is True
+    dcfg = DecoderConfig(**ARCH, **lora_opts(cfg))
+    assert dcfg.lora_scale == pytest.approx(cfg.lora.alpha / 2)
+
+
+# ---------------------------------------------------------------- PEFT adapters made by peft itself
+
+R, ALPHA = 4, 6  # alpha/r = 1.5, alpha/sqrt(r) = 3, alpha = 6
+
+
+@pytest.fixture(scope="module")
+def hf_bases(tmp_path_factory):
+    """A tiny random HF reward model (5 attributes) and causal LM, each with the bundled tokenizer."""
+    from tests.helpers import make_hf_causal_lm_with_tokenizer, make_hf_rm_with_tokenizer
+
+    d = tmp_path_factory.mktemp("peft_bases")
+    make_hf_rm_with_tokenizer("llama", str(d / "rm"), seed=1)
+    make_hf_causal_lm_with_tokenizer("llama", str(d / "lm"), seed=2)
+    return {"rm": str(d / "rm"), "lm": str(d / "lm")}
+
+
+def _peft_adapter(base: str, out: str, num_labels=None, **lora_kw):
+    """peft.get_peft_model on ``base`` (as a sequence classifier), every trainable tensor randomised so each one
+    matters, saved to ``out``; returns the PeftModel (eval, float32)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    kw = {"num_labels": num_labels} if num_labels else {}
+    model = AutoModelForSequenceClassification.from_pretrained(base, **kw).float()
+    lora = {"r": R, "lora_alpha": ALPHA, "target_modules": ["q_proj", "v_proj", "down_proj"], "task_type": "SEQ_CLS"}
+    pm = get_peft_model(model, LoraConfig(**{**lora, **lora_kw}))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if p.requires_grad and "lora_A" not in name:  # B, biases, saved modules, token deltas
+                p.normal_(0, 0.2)
+    pm.save_pretrained(out)
+    return pm.eval()
+
+
+def _convs():
+    from tests.helpers import random_conversations
+
+    return random_conversations(3, 6, 20, seed=4)
+
+
+def _jax_scores(cfg, params, convs):
+    from rm_jax.data.packing import build_batch
+    from tests.helpers import PAD
+
+    n = cfg.num_labels
+    z = np.zeros((len(convs), n), np.float32)
+    b = build_batch(convs, z, z + 1, [[i] for i in range(len(convs))], 24, 1, PAD)
+    return np.asarray(apply_model(cfg, params, b, 1))[:, 0]
+
+
+def _rm_jax_adapter_scores(adapter: str):
+    from rm_jax.runs.read import load_scoring_model
+
+    sm = load_scoring_model(adapter)
+    return _jax_scores(sm.cfg, sm.params, _convs()), sm
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"use_rslora": True}, {"target_modules": "all-linear"}],
+    ids=["alpha_over_r", "rslora", "all-linear"],
+)
+def test_peft_adapter_scores_as_peft(hf_bases, tmp_path, kw):
+    """An adapter (and score head) peft made scores in rm_jax as PeftModel scores it, within 1e-4."""
+    from tests.helpers import torch_scores
+
+    pm = _peft_adapter(hf_bases["rm"], str(tmp_path / "a"), **kw)
+    want = torch_scores(pm, _convs())
+    with pm.disable_adapter():
+        assert np.abs(want - torch_scores(pm, _convs())).max() > 1e-2  # the adapters matter
+    got, sm = _rm_jax_adapter_scores(str(tmp_path / "a"))
+    assert sm.cfg.lora_rslora == bool(kw.get("use_rslora")) and sm.attributes == list(ATTRIBUTES)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+UNSUPPORTED = [
+    ({"lora_bias": True}, "lora_bias"),
+    ({"modules_to_save": ["embed_tokens"]}, "modules_to_save"),
+    ({"trainable_token_indices": [3, 5]}, "trainable_token_indices"),
+    ({"use_dora": True}, "use_dora"),
+    ({"rank_pattern": {"q_proj": 2}}, "rank_pattern"),
+    ({"alpha_pattern": {"v_proj": 3}}, "alpha_pattern"),
+    ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication"),
+    ({"alora_invocation_tokens": [5, 6]}, "alora_invocation_tokens"),
+]
+
+
+@pytest.mark.parametrize("kw,field", UNSUPPORTED, ids=[f for _, f in UNSUPPORTED])
+def test_peft_features_rm_jax_does_not_apply_stop_naming_the_field(hf_bases, tmp_path, kw, field):
+    """Each feature changes peft's scores (so ignoring it would be a silent difference); rm_jax stops, one line
+    naming the field."""
+    from rm_jax.core.errors import ModelLoadError
+    from tests.helpers import torch_scores
+
+    plain = torch_scores(_peft_adapter(hf_bases["rm"], str(tmp_path / "plain")), _convs())
+    if field != "alora_invocation_tokens":  # aLoRA acts only after its invocation tokens, absent here
+        assert (
+            np.abs(torch_scores(_peft_adapter(hf_bases["rm"], str(tmp_path / "a"), **kw), _convs()) - plain).max()
+            > 1e-3
+        )
+    else:
+        _peft_adapter(hf_bases["rm"], str(tmp_path / "a"), **kw)
+    with pytest.raises(ModelLoadError) as e:
+        _rm_jax_adapter_scores(str(tmp_path / "a"))
+    assert "\n" not in str(e.value) and f"{field}=" in str(e.value), str(e.value)
+
+
+def test_fan_in_fan_out_stops(hf_bases, tmp_path):
+    """peft refuses fan_in_fan_out on nn.Linear itself; a config that says it (e.g. GPT-2 style) stops here."""
+    import json
+
+    from rm_jax.core.errors import ModelLoadError
+
+    _peft_adapter(hf_bases["rm"], str(tmp_path / "a"))
+    p = tmp_path / "a" / "adapter_config.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "fan_in_fan_out": True}))
+    with pytest.raises(ModelLoadError, match="fan_in_fan_out=true"):
+        _rm_jax_adapter_scores(str(tmp_path / "a"))
+
+
+def test_every_tensor_is_applied_or_the_import_stops(hf_bases, tmp_path):
+    """The config check's backstop: a lora_bias adapter whose config no longer says so still stops, naming the
+    first tensor rm_jax would not apply."""
+    import json
+
+    from rm_jax.core.errors import ModelLoadError
+
+    _peft_adapter(hf_bases["rm"], str(tmp_path / "a"), lora_bias=True)
+    p = tmp_path / "a" / "adapter_config.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "lora_bias": False}))
+    with pytest.raises(ModelLoadError, match=r"tensor '.*lora_B\.bias' \(and \d+ more\) is not applied"):
+        _rm_jax_adapter_scores(str(tmp_path / "a"))
+
+
+def test_one_label_adapter_on_a_causal_lm_base(hf_bases, tmp_path):
+    """TRL's reward trainer: AutoModelForSequenceClassification(num_labels=1) on a causal LM + LoRA. rm_jax scores
+    it as a one-attribute RM named "reward", as peft does; on a 5-attribute config or base it stops clearly."""
+    import json
+
+    from rm_jax.core.errors import ModelLoadError
+    from rm_jax.models.hf_io import load_hf_reward_model
+    from rm_jax.models.lora import import_peft_adapter
+    from tests.helpers import torch_scores
+
+    pm = _peft_adapter(hf_bases["lm"], str(tmp_path / "trl"), num_labels=1)
+    got, sm = _rm_jax_adapter_scores(str(tmp_path / "trl"))
+    assert sm.attributes == ["reward"] and got.shape == (3, 1)
+    np.testing.assert_allclose(got, torch_scores(pm, _convs()), atol=1e-4, rtol=0)
+    five = load_hf_reward_model(hf_bases["lm"])  # a training config with the five HelpSteer2 attributes
+    with pytest.raises(ModelLoadError, match="has 1 outputs; this model predicts 5 attributes"):
+        import_peft_adapter(five.cfg, five.params, str(tmp_path / "trl"), make_mesh(devices=jax.devices()[:1]))
+    p = tmp_path / "trl" / "adapter_config.json"  # the same adapter named onto the 5-attribute reward model
+    p.write_text(p.read_text().replace(json.dumps(hf_bases["lm"]), json.dumps(hf_bases["rm"])))
+    with pytest.raises(ModelLoadError, match="score head has 1 outputs but its base .* has 5"):
+        _rm_jax_adapter_scores(str(tmp_path / "trl"))
+
+
+def test_adapter_without_a_score_head(hf_bases, tmp_path, caplog):
+    """No score in modules_to_save: on a reward-model base the base's head scores (as peft), with a warning line;
+    on a causal LM base there is no head to score with, and loading stops saying so."""
+    import logging
+
+    from rm_jax.core.errors import ModelLoadError
+    from tests.helpers import torch_scores
+
+    pm = _peft_adapter(hf_bases["rm"], str(tmp_path / "rm"), task_type=None)
+    with caplog.at_level(logging.WARNING, logger="rm_jax"):
+        got, _ = _rm_jax_adapter_scores(str(tmp_path / "rm"))
+    assert any("no score head" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(got, torch_scores(pm, _convs()), atol=1e-4, rtol=0)
+    _peft_adapter(hf_bases["lm"], str(tmp_path / "lm"), task_type=None)
+    with pytest.raises(ModelLoadError, match="no score head .* not a reward model"):
+        _rm_jax_adapter_scores(str(tmp_path / "lm"))
+
+
+# ---------------------------------------------------------------- rm-jax export --adapter, loaded as docs/lora.md shows
+
+
+def docs_loading_snippet() -> str:
+    """The Python lines docs/lora.md gives for loading an ``--adapter`` export with peft, exactly as written."""
+    import os
+    import re
+
+    from tests.helpers import ROOT
+
+    text = open(os.path.join(ROOT, "docs", "lora.md"), encoding="utf-8").read()
+    blocks = re.findall(r"python - <<'PY'\n(.*?)\nPY\n", text, re.S)
+    found = [b for b in blocks if "PeftModel.from_pretrained" in b]
+    assert len(found) == 1, "docs/lora.md: one python block loads the adapter export with peft"
+    return found[0]
+
+
+def run_docs_snippet(cwd, monkeypatch, capsys) -> dict:
+    """Runs :func:`docs_loading_snippet` in ``cwd`` (which holds runs/tiny-lora-adapter); its names and output."""
+    monkeypatch.chdir(cwd)
+    scope: dict = {}
+    exec(compile(docs_loading_snippet(), "docs/lora.md", "exec"), scope)
+    scope["printed"] = capsys.readouterr().out
+    return scope
+
+
+def test_adapter_export_of_a_causal_lm_base_loads_as_the_docs_show(tmp_path, monkeypatch, capsys):
+    """The usual case: a reward model trained with LoRA from a causal LM (its score head new). The --adapter
+    folder (tokenizer, chat template, config.json with the attribute names) loads with docs/lora.md's lines as
+    written and scores as rm_jax does within 1e-4, rsLoRA scale included; rm-jax reads the folder back the same."""
+    import ast
+    import json
+    import os
+
+    import torch
+
+    from rm_jax.models.hf_io import load_hf_reward_model, load_tokenizer
+    from rm_jax.models.lora import export_peft_adapter
+    from rm_jax.runs.read import load_scoring_model
+    from tests.helpers import make_hf_causal_lm_with_tokenizer
+
+    runs = tmp_path / "runs"
+    make_hf_causal_lm_with_tokenizer("llama", str(runs / "tiny-base"), seed=6)
+    monkeypatch.chdir(tmp_path)
+    lm = load_hf_reward_model("runs/tiny-base", seed=1)
+    assert not lm.head_loaded  # a causal LM: the reward head is new
+    mesh = make_mesh(devices=jax.devices()[:1])
+    cfg = lm.cfg.replace(lora_rank=R, lora_alpha=float(ALPHA), lora_rslora=True, lora_targets=("q", "v", "up"))
+    params = _trained(add_adapters(lm.params, cfg, mesh, seed=4), seed=5)
+    tok = load_tokenizer("runs/tiny-base")
+    names = ["help", "correct", "coherent", "complex", "verbose"]  # not HelpSteer2's: the folder must carry them
+    export_peft_adapter(cfg, params, "runs/tiny-lora-adapter", "runs/tiny-base", tok, names, lm.hf_config)
+    files = set(os.listdir(runs / "tiny-lora-adapter"))
+    assert {"config.json", "tokenizer_config.json", "adapter_config.json", "adapter_model.safetensors"} <= files
+    pc = json.loads((runs / "tiny-lora-adapter" / "adapter_config.json").read_text())
+    assert pc["use_rslora"] is True and pc["base_model_name_or_path"] == "runs/tiny-base"
+
+    scope = run_docs_snippet(tmp_path, monkeypatch, capsys)
+    ids = scope["ids"][0].numpy().astype(np.int32)
+    assert list(ids) == list(tok.apply_chat_template(scope["chat"], return_dict=False))  # the run's template
+    want = _jax_scores(cfg, params, [ids])
+    with torch.no_grad():
+        got = scope["model"](scope["ids"]).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert list(ast.literal_eval(scope["printed"])) == names
+    sm = load_scoring_model("runs/tiny-lora-adapter")
+    assert sm.attributes == names and sm.cfg.lora_rslora
+    np.testing.assert_allclose(_jax_scores(sm.cfg, sm.params, [ids]), want, atol=1e-5, rtol=0)
+
+
+def test_adapter_base_name_is_the_model_path_as_given(tmp_path, monkeypatch):
+    """base_model_name_or_path: a hub id as typed (not the cache snapshot), a local path as typed while it names
+    the recorded base from here, else the recorded absolute path."""
+    import os
+
+    from rm_jax.runs.read import adapter_base_name
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "base").mkdir()
+    snapshot = str(tmp_path / "hub" / "models--org--model" / "snapshots" / "abc")
+
+    def given(path):
+        (run / "config.yaml").write_text(f"model:\n  path: {path}\n")
+
+    given("org/model")
+    assert adapter_base_name(str(run), snapshot) == "org/model"
+    given("org/other")  # not the id the recorded snapshot came from
+    assert adapter_base_name(str(run), snapshot) == snapshot
+    monkeypatch.chdir(tmp_path)
+    given("base")
+    assert adapter_base_name(str(run), str(tmp_path / "base")) == "base"
+    monkeypatch.chdir(run)  # "base" no longer names it from here
+    assert adapter_base_name(str(run), str(tmp_path / "base")) == str(tmp_path / "base")
+    os.remove(run / "config.yaml")
+    assert adapter_base_name(str(run), snapshot) == snapshot

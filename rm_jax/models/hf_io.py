@@ -379,11 +379,15 @@ def load_hf_reward_model(
     *,
     seed: int = 0,
     attribute_names: Optional[Sequence[str]] = None,
+    base_dtype: str = "float32",
+    float32_leaves: Sequence[str] = ("head_kernel", "lm_head_kernel"),
     **run_options: Any,
 ) -> LoadedModel:
     """Load an HF ``*ForCausalLM`` or ``*ForSequenceClassification`` folder onto ``mesh``.
 
-    run_options are DecoderConfig run fields (dtype, remat, scan_layers, attention).
+    run_options are DecoderConfig run fields (dtype, remat, scan_layers, attention). ``base_dtype``: the
+    storage dtype of every leaf but ``float32_leaves`` (a LoRA run's frozen base), cast tensor by tensor on
+    the host before it is placed, so the base is never whole in float32 on a device.
     """
     path = resolve_model_dir(path)
     hf = read_hf_config(path)
@@ -411,7 +415,8 @@ def load_hf_reward_model(
         notes.append("score.weight missing: head initialised")
     params = init_head_only(cfg, abstract, specs, mesh, seed) if not head_loaded else {}
 
-    _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh)
+    store = _store_dtype(base_dtype, float32_leaves)
+    _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh, store)
     pad = hf.get("pad_token_id")
     return LoadedModel(cfg, params, list(names), hf, path, head_loaded, pad if isinstance(pad, int) else None, notes)
 
@@ -425,8 +430,10 @@ def _read_tensors(
     specs: Any,
     abstract: Any,
     mesh: Mesh,
+    store: Optional[Callable[[tuple], Any]] = None,
 ) -> None:
-    """Every mapped tensor, read one at a time and placed straight onto its sharding, into ``params``."""
+    """Every mapped tensor, read one at a time and placed straight onto its sharding, into ``params``, in the
+    dtype ``store(path)`` gives (float32 by default)."""
     prefix = _strip_prefix(list(folder.weight_map))
     stacked: dict[tuple[str, ...], list] = {}
     for m in maps:
@@ -445,7 +452,7 @@ def _read_tensors(
                 f"{path}: tensor {hf_name!r} has shape {tuple(arr.shape)}, which does not fit "
                 f"the config (expected {tuple(shape)} after layout change)"
             )
-        placed = _place(w.astype(np.float32), logical_sharding(axes, shape, mesh))
+        placed = _place(w.astype(store(m.path) if store else np.float32), logical_sharding(axes, shape, mesh))
         if m.layer is not None:
             stacked.setdefault(m.path, [None] * cfg.num_hidden_layers)[m.layer] = placed
         else:
@@ -456,9 +463,17 @@ def _read_tensors(
         _set(params, p, jax.jit(lambda *xs: jnp.stack(xs), out_shardings=full)(*layers))
 
 
-def load_hf_causal_lm(path: str, mesh: Optional[Mesh] = None, **run_options: Any) -> LoadedModel:
+def load_hf_causal_lm(
+    path: str,
+    mesh: Optional[Mesh] = None,
+    *,
+    base_dtype: str = "float32",
+    float32_leaves: Sequence[str] = ("head_kernel", "lm_head_kernel"),
+    **run_options: Any,
+) -> LoadedModel:
     """Load an HF ``*ForCausalLM`` folder (llama, mistral, qwen2, qwen3; tied or untied embeddings) as
-    a policy: the same decoder with its LM head. run_options are DecoderConfig run fields."""
+    a policy: the same decoder with its LM head. run_options are DecoderConfig run fields; ``base_dtype`` and
+    ``float32_leaves`` as in :func:`load_hf_reward_model`."""
     path = resolve_model_dir(path)
     hf = read_hf_config(path)
     where = os.path.join(path, "config.json")
@@ -471,9 +486,17 @@ def load_hf_causal_lm(path: str, mesh: Optional[Mesh] = None, **run_options: Any
     if not cfg.tie_word_embeddings and "lm_head.weight" not in folder:
         raise ModelLoadError(f"{path}: tie_word_embeddings is false but the folder has no lm_head.weight")
     params: dict = {}
-    _read_tensors(folder, path, cfg, tensor_maps(cfg), params, param_logical_specs(cfg), abstract_params(cfg), mesh)
+    store = _store_dtype(base_dtype, float32_leaves)
+    specs, abstract = param_logical_specs(cfg), abstract_params(cfg)
+    _read_tensors(folder, path, cfg, tensor_maps(cfg), params, specs, abstract, mesh, store)
     pad = hf.get("pad_token_id")
     return LoadedModel(cfg, params, [], hf, path, True, pad if isinstance(pad, int) else None, [])
+
+
+def _store_dtype(base_dtype: str, float32_leaves: Sequence[str]) -> Callable[[tuple], Any]:
+    """path -> the numpy dtype a loaded leaf is stored in: ``base_dtype`` but float32 for ``float32_leaves``."""
+    base = np.dtype(jnp.dtype(base_dtype))
+    return lambda p: np.float32 if p[-1] in float32_leaves else base
 
 
 def _place(w: np.ndarray, sharding: NamedSharding) -> jax.Array:

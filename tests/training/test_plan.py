@@ -221,8 +221,8 @@ def test_plan_a_run_continued_from_another(tmp_path):
 
 def test_plan_with_the_optimizer_state_in_host_memory(monkeypatch):
     """train.optimizer_state_memory=host: the step planned is the host-state step (its optimizer state in
-    pinned_host), and that state is counted as host bytes, not in the device total; XLA:CPU's buffer assignment
-    does not separate host memory, so the figure comes from the state's shapes and the output says so."""
+    pinned_host), and that state is counted as host bytes; the step copies it onto the device for the update,
+    which XLA:CPU's buffer assignment does not count, so the plan adds it to the device figure and says so."""
     import rm_jax.training.plan as plan_module
 
     built = []
@@ -235,9 +235,13 @@ def test_plan_with_the_optimizer_state_in_host_memory(monkeypatch):
     assert (host.optimizer_memory, device.optimizer_memory) == ("host", "device") and device.host == 0
     assert host.optimizer == device.optimizer and host.params == device.params
     assert host.host == device.optimizer > 0
-    assert "in HOST memory (train.optimizer_state_memory=host): not in the total" in out
+    assert "in HOST memory (train.optimizer_state_memory=host) between steps" in out
+    assert "copies the host optimizer state to the device for the update" in out
     if jax.default_backend() == "cpu":
-        assert host.total == device.total - device.optimizer  # the same step, less the state the host holds
+        # the state leaves the arguments (host memory) and comes back as the update's copy
+        assert host.host_copy == device.optimizer and host.total == device.total
         assert "XLA:CPU's memory analysis does not separate host memory" in out
+        line = next(x for x in out.splitlines() if x.strip().startswith("host copy"))
+        assert f"{host.host_copy / 2**20:.2f} MiB" in line
     line = next(x for x in out.splitlines() if x.strip().startswith("host memory"))
     assert f"{host.host / 2**20:.2f} MiB" in line

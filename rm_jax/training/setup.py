@@ -219,8 +219,8 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
     if cfg.model.adapter:  # continue from a PEFT adapter: its rank, alpha and targets (check_lora: no clash)
         dcfg, params = import_peft_adapter(dcfg, params, cfg.model.adapter, mesh)
     dcfg = dcfg.replace(**lora_opts(cfg))
-    ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype)
     recorded = read_base_identity(cfg.run_dir)
+    ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype, known=recorded)
     ck = layout.checkpoints_dir(cfg.run_dir)
     if recorded is not None and os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck)):
         check_same_base(recorded, ident, cfg.run_dir)  # resuming: the adapters belong to the recorded base

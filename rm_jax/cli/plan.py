@@ -1,5 +1,6 @@
-"""``rm-jax plan CONFIG [key=value ...] [--devices N] [--device-memory 80GiB]``: per-device memory of the
-config's train step, whether it fits, and the largest train.batch_rows that does (rm_jax.training.plan).
+"""``rm-jax plan CONFIG [key=value ...] [--devices N] [--device-memory 80GiB] [--json]``: per-device memory of
+the config's setup, train step and validation forward, whether it fits, and the largest train.batch_rows that
+does (rm_jax.training.plan).
 
 The step is compiled for CPU devices faked before JAX starts (``jax_num_cpu_devices``), so nothing needs a
 GPU, the network or the weights."""
@@ -19,6 +20,7 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--device-memory", default="80GiB", help="memory of one device (default 80GiB)")
     ap.add_argument("--no-search", action="store_true", help="skip the largest-batch search (one compile)")
     ap.add_argument("--max-rows", type=int, default=4096, help="upper end of the batch search")
+    ap.add_argument("--json", action="store_true", help="print the plan as one JSON object (docs/plan.md: schema)")
     a = ap.parse_intermixed_args(list(argv))
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
@@ -28,9 +30,14 @@ def main(argv: Sequence[str]) -> int:
     except RuntimeError:
         pass
     from rm_jax.core.config import load_config
-    from rm_jax.training.plan import format_plan, parse_bytes, plan
+    from rm_jax.training.plan import format_plan, parse_bytes, plan, plan_json
 
     cfg = load_config(a.config, a.overrides)
     rep = plan(cfg, a.devices, parse_bytes(a.device_memory), search=not a.no_search, max_rows=a.max_rows)
-    print(format_plan(rep, a.config))
+    if a.json:
+        import json
+
+        print(json.dumps(plan_json(rep, a.config), indent=1))
+    else:
+        print(format_plan(rep, a.config))
     return 0

@@ -473,6 +473,8 @@ def load_hf_reward_model(
     attribute_names: Optional[Sequence[str]] = None,
     attribute_head: Optional[str] = None,
     label_levels: Optional[int] = None,
+    base_dtype: str = "float32",
+    float32_leaves: Sequence[str] = ("head_kernel", "head_thresholds", "lm_head_kernel"),
     **run_options: Any,
 ) -> LoadedModel:
     """Load an HF ``*ForCausalLM`` or ``*ForSequenceClassification`` folder onto ``mesh``.
@@ -480,7 +482,9 @@ def load_hf_reward_model(
     run_options are DecoderConfig run fields (dtype, remat, scan_layers, attention). ``attribute_head`` /
     ``label_levels`` (training: ``model.head`` / ``model.label_levels``): the head wanted; None = the
     folder's own (an rm_jax export names it under ``rm_jax``; any other RM is a regression head). A folder
-    whose head is of another kind gets a new head of the wanted kind (noted).
+    whose head is of another kind gets a new head of the wanted kind (noted). ``base_dtype``: the
+    storage dtype of every leaf but ``float32_leaves`` (a LoRA run's frozen base), cast tensor by tensor on
+    the host before it is placed, so the base is never whole in float32 on a device.
     """
     path = resolve_model_dir(path)
     hf = read_hf_config(path)
@@ -520,7 +524,8 @@ def load_hf_reward_model(
         free = read_thresholds(hf, where, cfg.num_labels, cfg.label_levels)
         params["head_thresholds"] = _place(free, logical_sharding(tuple(specs["head_thresholds"]), free.shape, mesh))
 
-    _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh)
+    store = _store_dtype(base_dtype, float32_leaves)
+    _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh, store)
     pad = hf.get("pad_token_id")
     return LoadedModel(cfg, params, list(names), hf, path, head_loaded, pad if isinstance(pad, int) else None, notes)
 
@@ -534,8 +539,10 @@ def _read_tensors(
     specs: Any,
     abstract: Any,
     mesh: Mesh,
+    store: Optional[Callable[[tuple], Any]] = None,
 ) -> None:
-    """Every mapped tensor, read one at a time and placed straight onto its sharding, into ``params``."""
+    """Every mapped tensor, read one at a time and placed straight onto its sharding, into ``params``, in the
+    dtype ``store(path)`` gives (float32 by default)."""
     prefix = _strip_prefix(list(folder.weight_map))
     stacked: dict[tuple[str, ...], list] = {}
     for m in maps:
@@ -554,7 +561,7 @@ def _read_tensors(
                 f"{path}: tensor {hf_name!r} has shape {tuple(arr.shape)}, which does not fit "
                 f"the config (expected {tuple(shape)} after layout change)"
             )
-        placed = _place(w.astype(np.float32), logical_sharding(axes, shape, mesh))
+        placed = _place(w.astype(store(m.path) if store else np.float32), logical_sharding(axes, shape, mesh))
         if m.layer is not None:
             stacked.setdefault(m.path, [None] * cfg.num_hidden_layers)[m.layer] = placed
         else:
@@ -565,9 +572,17 @@ def _read_tensors(
         _set(params, p, jax.jit(lambda *xs: jnp.stack(xs), out_shardings=full)(*layers))
 
 
-def load_hf_causal_lm(path: str, mesh: Optional[Mesh] = None, **run_options: Any) -> LoadedModel:
+def load_hf_causal_lm(
+    path: str,
+    mesh: Optional[Mesh] = None,
+    *,
+    base_dtype: str = "float32",
+    float32_leaves: Sequence[str] = ("head_kernel", "head_thresholds", "lm_head_kernel"),
+    **run_options: Any,
+) -> LoadedModel:
     """Load an HF ``*ForCausalLM`` folder (llama, mistral, qwen2, qwen3; tied or untied embeddings) as
-    a policy: the same decoder with its LM head. run_options are DecoderConfig run fields."""
+    a policy: the same decoder with its LM head. run_options are DecoderConfig run fields; ``base_dtype`` and
+    ``float32_leaves`` as in :func:`load_hf_reward_model`."""
     path = resolve_model_dir(path)
     hf = read_hf_config(path)
     where = os.path.join(path, "config.json")
@@ -580,9 +595,17 @@ def load_hf_causal_lm(path: str, mesh: Optional[Mesh] = None, **run_options: Any
     if not cfg.tie_word_embeddings and "lm_head.weight" not in folder:
         raise ModelLoadError(f"{path}: tie_word_embeddings is false but the folder has no lm_head.weight")
     params: dict = {}
-    _read_tensors(folder, path, cfg, tensor_maps(cfg), params, param_logical_specs(cfg), abstract_params(cfg), mesh)
+    store = _store_dtype(base_dtype, float32_leaves)
+    specs, abstract = param_logical_specs(cfg), abstract_params(cfg)
+    _read_tensors(folder, path, cfg, tensor_maps(cfg), params, specs, abstract, mesh, store)
     pad = hf.get("pad_token_id")
     return LoadedModel(cfg, params, [], hf, path, True, pad if isinstance(pad, int) else None, [])
+
+
+def _store_dtype(base_dtype: str, float32_leaves: Sequence[str]) -> Callable[[tuple], Any]:
+    """path -> the numpy dtype a loaded leaf is stored in: ``base_dtype`` but float32 for ``float32_leaves``."""
+    base = np.dtype(jnp.dtype(base_dtype))
+    return lambda p: np.float32 if p[-1] in float32_leaves else base
 
 
 def _place(w: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -157,28 +157,42 @@ def merge_adapters(cfg: DecoderConfig, params: Any) -> tuple[DecoderConfig, dict
 _HASHES: dict = {}
 
 
-def weights_hash(path: str) -> str:
-    """sha256 over the folder's safetensors files (names and bytes, sorted by name): what the adapters
-    were trained against. Cached per process by (name, size, mtime)."""
+def _weight_files(path: str) -> list:
+    """[[name, size, mtime_ns], ...] of the folder's safetensors files, sorted by name: what the hash covers."""
     files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     if not files:
         raise ModelLoadError(f"{path}: no *.safetensors files to identify the LoRA base by")
-    key = tuple((f, os.path.getsize(os.path.join(path, f)), os.path.getmtime(os.path.join(path, f))) for f in files)
-    key = (os.path.abspath(path),) + key
+    return [[f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns] for f in files]
+
+
+def _hash_files(path: str, files: list) -> str:
+    h = hashlib.sha256()
+    for f, _, _ in files:
+        h.update(f.encode() + b"\0")
+        with open(os.path.join(path, f), "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_hash(path: str, known: Optional[dict] = None) -> str:
+    """sha256 over the folder's safetensors files (names and bytes, sorted by name): what the adapters
+    were trained against. Not recomputed when the files' (name, size, mtime) are those ``known`` (a recorded
+    :func:`base_identity`, e.g. a run folder's lora_base.json) lists for the same path, nor twice per process."""
+    path = os.path.abspath(path)
+    files = _weight_files(path)
+    if known and known.get("path") == path and known.get("files") == files and known.get("sha256"):
+        return known["sha256"]
+    key = (path, tuple(map(tuple, files)))
     if key not in _HASHES:
-        h = hashlib.sha256()
-        for f in files:
-            h.update(f.encode() + b"\0")
-            with open(os.path.join(path, f), "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(chunk)
-        _HASHES[key] = h.hexdigest()
+        _HASHES[key] = _hash_files(path, files)
     return _HASHES[key]
 
 
-def base_identity(path: str, base_dtype: str = "float32") -> dict:
+def base_identity(path: str, base_dtype: str = "float32", known: Optional[dict] = None) -> dict:
+    """{path, sha256, base_dtype, files}: ``files`` lets a later read trust ``sha256`` while they are unchanged."""
     path = os.path.abspath(path)
-    return {"path": path, "sha256": weights_hash(path), "base_dtype": base_dtype}
+    return {"path": path, "sha256": weights_hash(path, known), "base_dtype": base_dtype, "files": _weight_files(path)}
 
 
 def read_base_identity(run_dir: str) -> Optional[dict]:
@@ -212,7 +226,7 @@ def fill_base(run_dir: str, abstract: Any, restored: Any) -> dict:
         raise ModelLoadError(
             f"{run_dir}: its LoRA base {recorded['path']} is gone (sha256 {recorded['sha256'][:16]}...)"
         )
-    check_same_base(recorded, base_identity(recorded["path"]), run_dir)
+    check_same_base(recorded, base_identity(recorded["path"], known=recorded), run_dir)  # hashed once: files unchanged
     flat_abs = _flat(abstract)
     leaf = next(iter(flat_abs.values()))
     mesh = leaf.sharding.mesh

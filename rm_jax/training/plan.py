@@ -36,6 +36,7 @@ from rm_jax.models.lora import cast_frozen, split_trainable
 from rm_jax.models.sharding import make_mesh, replicated
 from rm_jax.runs import layout
 from rm_jax.training.setup import (
+    check_lora,
     init_from_config,
     lora_opts,
     model_head,
@@ -44,6 +45,7 @@ from rm_jax.training.setup import (
     tokenizer_path,
 )
 from rm_jax.training.tasks import step_batch_spec, task_for
+from rm_jax.training.validators import validation_function
 
 GiB = 2**30
 
@@ -95,6 +97,7 @@ def planned_decoder(cfg: RunConfig) -> tuple[DecoderConfig, str]:
         hf, where = hf_architecture(cfg.model.path)
         hf = dict(hf, num_labels=len(cfg.model.attributes))
         dcfg = decoder_config_from_hf(hf, where, **head, **run_opts(cfg))
+        check_lora(cfg, dcfg)  # as train does: conflicting LoRA keys stop here too
     elif cfg.model.arch:
         from rm_jax.models.hf_io import load_tokenizer
 
@@ -102,7 +105,7 @@ def planned_decoder(cfg: RunConfig) -> tuple[DecoderConfig, str]:
         dcfg = scratch_config(cfg, len(load_tokenizer(tokenizer_path(cfg))))
     else:
         raise ConfigError("plan: set model.path, model.arch or model.init_from")
-    return dcfg.replace(**lora_opts(cfg)), where
+    return dcfg.replace(**lora_opts(cfg)), where  # model.adapter's rank, alpha and targets when it names one
 
 
 def _device_bytes(tree: Any, shardings: Any) -> int:
@@ -125,11 +128,22 @@ class StepMemory:
     gradients: int  # per device: float32 gradients of the trainable leaves (XLA counts them in temporaries)
     optimizer: int  # per device: optimizer state
     temporaries: int  # per device: XLA's temp buffers (activations, gradients, workspace)
-    total: int  # per device: arguments + outputs not aliased to them + temporaries (device memory only)
+    total: int  # per device: arguments + outputs not aliased to them + temporaries (+ host_copy) (device memory)
     compile_s: float
     optimizer_memory: OptimizerStateMemory = "device"  # where the optimizer state lives between steps
     host: int = 0  # per device: bytes in host memory (the optimizer state when it lives there)
     host_from: str = ""  # where the host figure comes from
+    host_copy: int = 0  # per device: the host state copied onto the device for the update, added to the total
+
+
+@dataclasses.dataclass
+class EvalMemory:
+    """The validation forward at ``train.eval_rows`` rows, run while the train state stays on the device."""
+
+    rows: int
+    temporaries: int  # per device: XLA's temp buffers of the forward
+    total: int  # per device: the resident train state + the forward's batch, outputs and temporaries
+    compile_s: float
 
 
 def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int) -> StepMemory:
@@ -173,7 +187,7 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
     )
     total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
     optimizer = _device_bytes(state["opt_state"], shard["opt_state"])
-    host, host_from = 0, ""
+    host, host_from, host_copy = 0, "", 0
     if memory == "host":
         seen = (
             m.host_argument_size_in_bytes
@@ -190,7 +204,11 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
             host_from = (
                 "computed from the optimizer state's shapes: XLA:CPU's memory analysis does not separate host memory"
             )
-            total -= optimizer
+            # The update needs the moments on the device: the step copies them in and back out. XLA:CPU's
+            # temporaries do not count those copies (no-ops there), so the plan adds them in full: an upper
+            # bound (a GPU compile counts them itself, and may stream them leaf by leaf).
+            host_copy = optimizer
+            total += host_copy - optimizer
     return StepMemory(
         batch_rows=batch_rows,
         params=_device_bytes(state["params"], shard["params"]),
@@ -202,7 +220,66 @@ def step_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any, batch_rows: int)
         optimizer_memory=memory,
         host=host,
         host_from=host_from,
+        host_copy=host_copy,
     )
+
+
+def _abstract_state(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any) -> tuple[Any, Any]:
+    """(abstract train state, its shardings) as a run creates them."""
+    tx = make_optimizer(cfg.train, 1000)
+    params = abstract_params(dcfg)
+    if dcfg.lora_rank:
+        params = jax.eval_shape(lambda p: cast_frozen(dcfg, p, cfg.lora.base_dtype), params)
+    state = jax.eval_shape(lambda p: init_state(dcfg, tx, p), params)
+    return state, state_shardings(state, param_shardings_for(dcfg, mesh), mesh, cfg.train.optimizer_state_memory)
+
+
+def eval_batch(cfg: RunConfig, dcfg: DecoderConfig, rows: int) -> dict:
+    """One validation batch as abstract arrays: a reward model's scoring batch (ids, segments, positions, as
+    rm_jax.engine.scoring.Scorer builds it) or a causal LM's loss batch (the task's loader, no accumulation)."""
+    if dcfg.head == "reward":
+        return {
+            k: jax.ShapeDtypeStruct((rows, cfg.data.seq_len), jnp.int32)
+            for k in ("input_ids", "segment_ids", "positions")
+        }
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=1))
+    return {k: jax.ShapeDtypeStruct(shape[1:], dt) for k, (shape, dt) in step_batch_spec(task_for(one), rows).items()}
+
+
+def eval_memory(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any) -> EvalMemory:
+    """Validation's forward (rm_jax.training.validators.validation_function) compiled for its largest batch,
+    ``train.eval_rows`` rounded up to the data-parallel size, with the parameters as the train state holds them."""
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = -(-cfg.train.eval_rows // dp) * dp
+    state, shard = _abstract_state(cfg, dcfg, mesh)
+    params = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state["params"], shard["params"]
+    )
+    batch = eval_batch(cfg, dcfg, rows)
+    bshard = batch_shardings(mesh, batch, accum=False)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bshard[k]) for k, v in batch.items()}
+    t = time.perf_counter()
+    m = validation_function(cfg, dcfg, mesh).lower(params, batch).compile().memory_analysis()
+    compile_s = time.perf_counter() - t
+    # Validation runs between steps: the parameters (its arguments) and the device-resident optimizer state
+    # stay where they are while the forward's batch, outputs and temporaries come and go.
+    resident = (
+        0 if cfg.train.optimizer_state_memory == "host" else _device_bytes(state["opt_state"], shard["opt_state"])
+    )
+    total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    return EvalMemory(rows, int(m.temp_size_in_bytes), int(total + resident), round(compile_s, 1))
+
+
+def load_peak(cfg: RunConfig, dcfg: DecoderConfig, mesh: Any) -> int:
+    """Per device, the most the model's setup holds at once: its parameters as the state keeps them (a LoRA
+    base read straight into lora.base_dtype, tensor by tensor: rm_jax.models.hf_io) plus its largest leaf once
+    more (scanned layers are placed one by one, then stacked into that leaf)."""
+    state, shard = _abstract_state(cfg, dcfg, mesh)
+    leaves = zip(
+        jax.tree.leaves(state["params"]), jax.tree.leaves(shard["params"], is_leaf=lambda x: hasattr(x, "spec"))
+    )
+    sizes = [int(np.prod(s.shard_shape(a.shape), dtype=np.int64)) * jnp.dtype(a.dtype).itemsize for a, s in leaves]
+    return sum(sizes) + max(sizes)
 
 
 def largest_batch(fits: Callable[[int], bool], unit: int, start: int, limit: int) -> Optional[int]:
@@ -241,11 +318,20 @@ class PlanReport:
     largest_batch_rows: Optional[int]
     compiles: int
     searched: bool = True
+    eval: Optional[EvalMemory] = None
+    load_peak: int = 0
+    base_dtype: str = "float32"
+
+    @property
+    def peak(self) -> int:
+        """Per device: the most any phase holds (setup, the train step, validation)."""
+        return max(self.at_config.total, self.eval.total if self.eval else 0, self.load_peak)
 
 
 def plan(cfg: RunConfig, devices: int, device_memory: int, search: bool = True, max_rows: int = 4096) -> PlanReport:
-    """Size ``cfg``'s train step on ``devices`` devices of ``device_memory`` bytes each (JAX's devices: a
-    CPU process with that many fake devices; see rm_jax.cli.plan)."""
+    """Size ``cfg``'s run on ``devices`` devices of ``device_memory`` bytes each (JAX's devices: a CPU process
+    with that many fake devices; see rm_jax.cli.plan): its setup (load peak), its train step at
+    ``train.batch_rows`` and its validation forward at ``train.eval_rows``; it fits when the largest fits."""
     avail = jax.devices()
     if len(avail) < devices:
         raise ConfigError(
@@ -260,6 +346,9 @@ def plan(cfg: RunConfig, devices: int, device_memory: int, search: bool = True, 
         raise ConfigError(
             f"train.batch_rows={cfg.train.batch_rows} is not a multiple of data x fsdp x grad_accum = {unit}"
         )
+    ev = eval_memory(cfg, dcfg, mesh)
+    load = load_peak(cfg, dcfg, mesh)
+    fixed = max(ev.total, load)  # what does not depend on train.batch_rows
     results: dict[int, StepMemory] = {}
 
     def measure(rows: int) -> StepMemory:
@@ -269,20 +358,60 @@ def plan(cfg: RunConfig, devices: int, device_memory: int, search: bool = True, 
 
     at = measure(cfg.train.batch_rows)
     best = None
-    if search:
+    if search and fixed <= device_memory:
         best = largest_batch(lambda r: measure(r).total <= device_memory, unit, cfg.train.batch_rows, max_rows)
-    return PlanReport(
-        dcfg,
-        where,
-        dict(mesh.shape),
-        devices,
-        device_memory,
-        at,
-        at.total <= device_memory,
-        best,
-        len(results),
-        search,
-    )
+    base_dtype = cfg.lora.base_dtype if dcfg.lora_rank else "float32"
+    rep = PlanReport(
+        dcfg, where, dict(mesh.shape), devices, device_memory, at, False, best, len(results) + 1, search, ev, load,
+        base_dtype,
+    )  # fmt: skip
+    rep.fits = rep.peak <= device_memory
+    return rep
+
+
+SCHEMA = "rm_jax.plan/1"
+
+
+def plan_json(rep: PlanReport, source: str) -> dict:
+    """``rm-jax plan --json``: the report as one JSON object (schema ``rm_jax.plan/1``, docs/plan.md). Every
+    byte figure is per device."""
+    m, d = rep.at_config, rep.dcfg
+    return {
+        "schema": SCHEMA,
+        "config": source,
+        "model": {
+            "parameters": d.num_params(),
+            "architecture_from": rep.where,
+            "lora_rank": d.lora_rank,
+            "lora_alpha": d.lora_alpha if d.lora_rank else None,
+            "lora_targets": list(d.lora_targets) if d.lora_rank else None,
+            "base_dtype": rep.base_dtype,
+            "compute_dtype": d.dtype,
+        },
+        "mesh": rep.mesh_shape,
+        "devices": rep.devices,
+        "device_memory_bytes": rep.device_memory,
+        "batch_rows": m.batch_rows,
+        "eval_rows": rep.eval.rows if rep.eval else None,
+        "per_device_bytes": {
+            "params": m.params,
+            "optimizer_state": m.optimizer,
+            "optimizer_state_memory": m.optimizer_memory,
+            "host": m.host,
+            "host_copy": m.host_copy,
+            "gradients": m.gradients,
+            "temporaries": m.temporaries,
+            "train_step": m.total,
+            "eval_temporaries": rep.eval.temporaries if rep.eval else None,
+            "eval_forward": rep.eval.total if rep.eval else None,
+            "load_peak": rep.load_peak,
+            "peak": rep.peak,
+        },
+        "fits": rep.fits,
+        "largest_batch_rows": rep.largest_batch_rows,
+        "searched": rep.searched,
+        "compiles": rep.compiles,
+    }
 
 
 def format_plan(rep: PlanReport, source: str) -> str:
@@ -291,24 +420,48 @@ def format_plan(rep: PlanReport, source: str) -> str:
     def g(b: int) -> str:
         return f"{b / GiB:8.2f} GiB" if b >= GiB // 10 else f"{b / 2**20:8.2f} MiB"
 
-    lora = f", LoRA rank {rep.dcfg.lora_rank}" if rep.dcfg.lora_rank else ""
+    d = rep.dcfg
+    lora = (
+        f", LoRA rank {d.lora_rank} alpha {d.lora_alpha:g} on {','.join(d.lora_targets)}, base in {rep.base_dtype}"
+        if d.lora_rank
+        else ""
+    )
     host = m.optimizer_memory == "host"
     lines = [
         f"plan for {source}",
-        f"  model: {rep.dcfg.num_params() / 1e9:.2f}B parameters ({rep.where}){lora}; {rep.dcfg.dtype} compute, "
-        f"remat {rep.dcfg.remat}, scan_layers {rep.dcfg.scan_layers}",
+        f"  model: {d.num_params() / 1e9:.2f}B parameters ({rep.where}){lora}; {d.dtype} compute, "
+        f"remat {d.remat}, scan_layers {d.scan_layers}",
         f"  mesh: {rep.mesh_shape} over {rep.devices} devices; train.batch_rows {m.batch_rows}",
         "  per device (XLA buffer assignment of the compiled train step):",
         f"    parameters   {g(m.params)}",
         f"    gradients    {g(m.gradients)}   (float32, trainable leaves; inside the temporaries)",
         f"    optimizer    {g(m.optimizer)}"
-        + ("   in HOST memory (train.optimizer_state_memory=host): not in the total" if host else ""),
+        + ("   in HOST memory (train.optimizer_state_memory=host) between steps" if host else ""),
         f"    temporaries  {g(m.temporaries)}   (activations, gradients, workspace)",
-        f"    total        {g(m.total)}   of {g(rep.device_memory).strip()}: "
-        + ("fits" if rep.fits else "DOES NOT FIT"),
     ]
     if host:
-        lines.insert(-1, f"    host memory  {g(m.host)}   (pinned_host, not device memory; {m.host_from})")
+        lines.append(f"    host memory  {g(m.host)}   (pinned_host, not device memory; {m.host_from})")
+        if m.host_copy:
+            lines.append(
+                f"    host copy    {g(m.host_copy)}   the step copies the host optimizer state to the device for "
+                f"the update: added to the step (XLA:CPU does not count the copies; an upper bound)"
+            )
+        else:
+            lines.append(
+                "    host copy    the step copies the host optimizer state to the device for the update: "
+                "XLA's device temporaries include those copies"
+            )
+    lines.append(f"    train step   {g(m.total)}   (arguments + outputs not aliased + temporaries)")
+    if rep.eval:
+        lines.append(
+            f"    validation   {g(rep.eval.total)}   (forward at train.eval_rows {rep.eval.rows}: temporaries "
+            f"{g(rep.eval.temporaries).strip()}, with the train state resident)"
+        )
+    lines.append(f"    load peak    {g(rep.load_peak)}   (setup: parameters + their largest leaf once more)")
+    lines.append(
+        f"    peak         {g(rep.peak)}   of {g(rep.device_memory).strip()}: "
+        + ("fits" if rep.fits else "DOES NOT FIT")
+    )
     if rep.largest_batch_rows is not None:
         lines.append(f"  largest train.batch_rows that fits: {rep.largest_batch_rows} ({rep.compiles} compiles)")
     elif rep.searched:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import jax
 
-from rm_jax.core.config import RunConfig
+from rm_jax.core.config import LoraConfig, RunConfig
 from rm_jax.core.errors import ConfigError, ConversationError
 from rm_jax.data.conversation import parse_attribute_label
 from rm_jax.data.pipeline import bundled_tokenizer_path
@@ -89,10 +89,12 @@ def tokenizer_path(cfg: RunConfig) -> str:
 
 
 def check_model_path(cfg: RunConfig) -> None:
-    """Fail before any compilation or data work when the model folder is wrong."""
+    """Fail before any compilation or data work when the model folder is wrong, or LoRA keys conflict with it
+    (:func:`check_lora`)."""
     if cfg.model.path:
         path = resolve_model_dir(cfg.model.path)
-        decoder_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"))
+        head = {"head": "lm"} if model_head(cfg) == "lm" else {}
+        check_lora(cfg, decoder_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"), **head))
     if cfg.model.init_from and not os.path.exists(os.path.join(cfg.model.init_from, META)):
         raise ConfigError(f"model.init_from={cfg.model.init_from!r}: not a finished rm_jax run folder (no {META})")
 
@@ -114,9 +116,70 @@ def check_label_probe(cfg: RunConfig) -> None:
         raise ConfigError(f"eval.label_probe.base sets {probe.attribute!r}, the attribute it varies")
 
 
+def adapter_lora(adapter_dir: str) -> dict:
+    """The DecoderConfig LoRA fields a PEFT adapter folder trains with (rank, alpha, targets, dropout, and
+    whether it carries an LM head), read as :func:`rm_jax.models.lora.import_peft_adapter` reads them."""
+    from rm_jax.models.lora import PEFT_PREFIX, read_peft_config
+
+    pc = read_peft_config(adapter_dir)
+    names: set = set()
+    weights = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if os.path.isfile(weights):  # the header only: the names of its tensors
+        from safetensors import safe_open
+
+        with safe_open(weights, "numpy") as f:
+            names = set(f.keys())
+    lm_head = any(f"{PEFT_PREFIX}lm_head{x}.weight" in names for x in ("", ".modules_to_save"))
+    return dict(
+        lora_rank=int(pc["r"]),
+        lora_alpha=float(pc["lora_alpha"]),
+        lora_targets=tuple(pc["targets"]),
+        lora_dropout=float(pc.get("lora_dropout", 0.0)),
+        lora_lm_head=lm_head,
+    )
+
+
+def check_lora(cfg: RunConfig, dcfg: DecoderConfig) -> None:
+    """LoRA keys that would be ignored stop the run, naming them. ``dcfg``: the model.path folder's decoder
+    (its ``tie_word_embeddings``). With ``model.adapter`` the adapter's adapter_config.json decides rank, alpha
+    and targets; the config's values at their defaults (rank 0, alpha 16, all seven targets) defer to it, any
+    other value must equal the adapter's (a default value set explicitly cannot be told from an unset one)."""
+    lo, default = cfg.lora, LoraConfig()
+    if cfg.model.adapter:
+        ad = adapter_lora(cfg.model.adapter)
+        clash = []
+        if lo.rank and lo.rank != ad["lora_rank"]:
+            clash.append(f"lora.rank={lo.rank} (adapter r={ad['lora_rank']})")
+        if lo.alpha != default.alpha and lo.alpha != ad["lora_alpha"]:
+            clash.append(f"lora.alpha={lo.alpha:g} (adapter lora_alpha={ad['lora_alpha']:g})")
+        if list(lo.targets) != list(default.targets) and set(lo.targets) != set(ad["lora_targets"]):
+            clash.append(f"lora.targets={list(lo.targets)} (adapter {list(ad['lora_targets'])})")
+        if lo.rslora and not ad.get("lora_rslora"):
+            clash.append("lora.rslora=true (adapter use_rslora false)")
+        if clash:
+            raise ConfigError(
+                f"model.adapter={cfg.model.adapter}: {'; '.join(clash)}: the adapter's adapter_config.json decides "
+                f"these; drop the keys or set the adapter's values"
+            )
+    lora = lo.rank or cfg.model.adapter  # a full fine-tune trains the (tied) head anyway
+    if lora and lo.train_lm_head and dcfg.head == "lm" and dcfg.tie_word_embeddings:
+        raise ConfigError(
+            f"lora.train_lm_head=true but model.path={cfg.model.path} ties its LM head to the input embeddings "
+            f"(tie_word_embeddings in its config.json): there is no separate head to train; drop lora.train_lm_head"
+        )
+
+
 def lora_opts(cfg: RunConfig) -> dict:
-    """The DecoderConfig LoRA fields of a run (none when lora.rank is 0)."""
+    """The DecoderConfig LoRA fields a run trains with (none without LoRA): ``model.adapter``'s rank, alpha
+    and targets (:func:`adapter_lora`; its LM head, or lora.train_lm_head; its dropout unless lora.dropout > 0),
+    else the lora section's."""
     lo = cfg.lora
+    if cfg.model.adapter:
+        ad = adapter_lora(cfg.model.adapter)
+        ad["lora_lm_head"] = ad["lora_lm_head"] or lo.train_lm_head
+        if lo.dropout > 0:  # else the adapter's own lora_dropout (docs/lora.md)
+            ad["lora_dropout"] = lo.dropout
+        return ad
     if not lo.rank:
         return {}
     return dict(
@@ -129,11 +192,22 @@ def lora_opts(cfg: RunConfig) -> dict:
     )
 
 
+def base_storage(cfg: RunConfig) -> dict:
+    """How the loader stores the base: a LoRA run's frozen leaves straight in lora.base_dtype (each tensor cast
+    on the host before it reaches a device), the trainable heads in float32; a full fine-tune all float32."""
+    opts = lora_opts(cfg)
+    if not opts:
+        return {}
+    keep = ("head_kernel", "head_thresholds") + (("lm_head_kernel",) if opts["lora_lm_head"] else ())
+    return dict(base_dtype=cfg.lora.base_dtype, float32_leaves=keep)
+
+
 def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> tuple[DecoderConfig, Any]:
     """The loaded base frozen with fresh adapters (lora.rank > 0), stored in lora.base_dtype; the base's
     identity is recorded in the run folder, and a resumed run must find the same base there."""
     if not cfg.lora.rank and not cfg.model.adapter:
         return dcfg, params
+    check_lora(cfg, dcfg)
     from rm_jax.core.files import write_json
     from rm_jax.models.hf_io import resolve_model_dir
     from rm_jax.models.lora import (
@@ -145,19 +219,11 @@ def attach_lora(cfg: RunConfig, dcfg: DecoderConfig, params: Any, mesh: Any) -> 
         read_base_identity,
     )
 
-    if cfg.model.adapter:  # continue from a PEFT adapter: its rank, alpha and targets
+    if cfg.model.adapter:  # continue from a PEFT adapter: its rank, alpha and targets (check_lora: no clash)
         dcfg, params = import_peft_adapter(dcfg, params, cfg.model.adapter, mesh)
-        if cfg.lora.rank and cfg.lora.rank != dcfg.lora_rank:
-            raise ConfigError(
-                f"lora.rank={cfg.lora.rank} but model.adapter {cfg.model.adapter} has rank {dcfg.lora_rank}"
-            )
-        dcfg = dcfg.replace(lora_lm_head=dcfg.lora_lm_head or cfg.lora.train_lm_head)
-        if cfg.lora.dropout > 0:  # else the adapter's own lora_dropout (docs/lora.md)
-            dcfg = dcfg.replace(lora_dropout=cfg.lora.dropout)
-    else:
-        dcfg = dcfg.replace(**lora_opts(cfg))
-    ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype)
+    dcfg = dcfg.replace(**lora_opts(cfg))
     recorded = read_base_identity(cfg.run_dir)
+    ident = base_identity(resolve_model_dir(cfg.model.path), cfg.lora.base_dtype, known=recorded)
     ck = layout.checkpoints_dir(cfg.run_dir)
     if recorded is not None and os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck)):
         check_same_base(recorded, ident, cfg.run_dir)  # resuming: the adapters belong to the recorded base
@@ -242,7 +308,7 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
     if cfg.model.path and model_head(cfg) == "lm":
         from rm_jax.models.hf_io import load_hf_causal_lm
 
-        lm = load_hf_causal_lm(cfg.model.path, mesh, **run_opts(cfg))
+        lm = load_hf_causal_lm(cfg.model.path, mesh, **base_storage(cfg), **run_opts(cfg))
         logger.info(f"loaded {cfg.model.path} (causal LM)")
         return (*attach_lora(cfg, lm.cfg, lm.params, mesh), lm.hf_config)
     if cfg.model.path:
@@ -252,6 +318,7 @@ def build_model(cfg: RunConfig, mesh: Any, tokenizer: Any) -> tuple[DecoderConfi
             seed=cfg.model.seed,
             attribute_names=cfg.model.attributes,
             **head_opts(cfg),
+            **base_storage(cfg),
             **run_opts(cfg),
         )
         for n in lm.notes:

@@ -60,6 +60,15 @@ class RewardPredictions:
         return self.metrics(pred, self.enc, self.probs), pred
 
 
+def validation_function(cfg: RunConfig, dcfg: Any, mesh: Any) -> Callable:
+    """The jitted ``(params, batch) -> ...`` validation calls on each batch of ``train.eval_rows`` rows: a reward
+    model's scores (the Scorer's own function) or a causal LM's loss sums. ``rm-jax plan`` compiles it too."""
+    ms = cfg.data.max_segments if cfg.data.packing else 1
+    if dcfg.head == "reward":
+        return Scorer(dcfg, None, mesh)._fn(ms)  # the very function Scorer.predict calls
+    return jax.jit(make_eval_sums_fn(dcfg, cfg.loss, ms, mesh, cfg.model.attributes), out_shardings=replicated(mesh))
+
+
 class LossSums:
     """A causal LM's training objective summed over the whole split, then ``metrics(sums)``. One compiled
     function for the split's fixed-shape batches; no predictions."""
@@ -71,12 +80,7 @@ class LossSums:
             for b in eval_batches(enc, d.seq_len, d.max_segments, cfg.train.eval_rows, parts.pad_id, d.packing)
         ]
         self.mesh, self.shardings, self.metrics = parts.mesh, None, metrics
-        self.fn = jax.jit(
-            make_eval_sums_fn(
-                parts.dcfg, cfg.loss, d.max_segments if d.packing else 1, parts.mesh, cfg.model.attributes
-            ),
-            out_shardings=replicated(parts.mesh),
-        )
+        self.fn = validation_function(cfg, parts.dcfg, parts.mesh)
 
     def __call__(self, params: Any) -> tuple[dict, Optional[np.ndarray]]:
         total: dict[str, float] = {}

@@ -221,8 +221,8 @@ def test_plan_a_run_continued_from_another(tmp_path):
 
 def test_plan_with_the_optimizer_state_in_host_memory(monkeypatch):
     """train.optimizer_state_memory=host: the step planned is the host-state step (its optimizer state in
-    pinned_host), and that state is counted as host bytes, not in the device total; XLA:CPU's buffer assignment
-    does not separate host memory, so the figure comes from the state's shapes and the output says so."""
+    pinned_host), and that state is counted as host bytes; the step copies it onto the device for the update,
+    which XLA:CPU's buffer assignment does not count, so the plan adds it to the device figure and says so."""
     import rm_jax.training.plan as plan_module
 
     built = []
@@ -235,9 +235,84 @@ def test_plan_with_the_optimizer_state_in_host_memory(monkeypatch):
     assert (host.optimizer_memory, device.optimizer_memory) == ("host", "device") and device.host == 0
     assert host.optimizer == device.optimizer and host.params == device.params
     assert host.host == device.optimizer > 0
-    assert "in HOST memory (train.optimizer_state_memory=host): not in the total" in out
+    assert "in HOST memory (train.optimizer_state_memory=host) between steps" in out
+    assert "copies the host optimizer state to the device for the update" in out
     if jax.default_backend() == "cpu":
-        assert host.total == device.total - device.optimizer  # the same step, less the state the host holds
+        # the state leaves the arguments (host memory) and comes back as the update's copy
+        assert host.host_copy == device.optimizer and host.total == device.total
         assert "XLA:CPU's memory analysis does not separate host memory" in out
+        line = next(x for x in out.splitlines() if x.strip().startswith("host copy"))
+        assert f"{host.host_copy / 2**20:.2f} MiB" in line
     line = next(x for x in out.splitlines() if x.strip().startswith("host memory"))
     assert f"{host.host / 2**20:.2f} MiB" in line
+
+
+# ---------------------------------------------------------------- what will run: adapter, validation, setup
+
+
+@pytest.fixture(scope="module")
+def base_and_adapter(tmp_path_factory):
+    """A tiny HF reward model and a rank-2 PEFT adapter (q and v, alpha 8) for it."""
+    from rm_jax.models.hf_io import load_hf_reward_model
+    from rm_jax.models.lora import add_adapters, export_peft_adapter
+    from rm_jax.models.sharding import make_mesh
+    from tests.helpers import make_hf_rm_with_tokenizer
+
+    d = tmp_path_factory.mktemp("plan_adapter")
+    base = str(d / "base")
+    make_hf_rm_with_tokenizer("llama", base)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    lm = load_hf_reward_model(base, mesh)
+    cfg = lm.cfg.replace(lora_rank=2, lora_alpha=8.0, lora_targets=("q", "v"))
+    return base, export_peft_adapter(cfg, add_adapters(lm.params, cfg, mesh), str(d / "adapter"), base)
+
+
+def test_plan_json_sizes_the_adapters_parameters(base_and_adapter, capsys):
+    """Acceptance: `rm-jax plan --json` with model.adapter: the optimizer state of the adapter's parameters
+    and the head only (AdamW: two float32 moments each), counted here from the adapter's own safetensors."""
+    from safetensors.numpy import load_file
+
+    base, adapter = base_and_adapter
+    args = [f"model.path={base}", "model.arch={}", f"model.adapter={adapter}", "lora.base_dtype=bfloat16"]
+    assert (
+        main(["plan", TINY, "--devices", "1", "--device-memory", "1GiB", "--no-search", "--json", *SMALL, *args]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    tensors = load_file(f"{adapter}/adapter_model.safetensors")
+    trained = sum(t.size for t in tensors.values())  # A and B of each adapted projection, and the score head
+    head = tensors["base_model.model.score.weight"].size
+    per = out["per_device_bytes"]
+    assert 0 <= per["optimizer_state"] - 2 * 4 * trained <= 16  # plus AdamW's step counter
+    assert per["gradients"] == 4 * trained
+    model = out["model"]
+    assert (model["lora_rank"], model["lora_alpha"], model["lora_targets"]) == (2, 8.0, ["q", "v"])
+    assert model["base_dtype"] == "bfloat16" and out["schema"] == "rm_jax.plan/1"
+    n = model["parameters"]  # the base model's (with its head); the frozen part bfloat16, the rest float32
+    assert per["params"] == 2 * (n - head) + 4 * trained
+    keys = "params optimizer_state optimizer_state_memory host host_copy gradients temporaries train_step"
+    assert set(per) == set(keys.split()) | {"eval_temporaries", "eval_forward", "load_peak", "peak"}
+    assert per["peak"] == max(per["train_step"], per["eval_forward"], per["load_peak"])
+    assert out["fits"] is (per["peak"] <= 2**30) and out["largest_batch_rows"] is None and out["eval_rows"] == 16
+    with pytest.raises(ConfigError, match="lora.alpha=16.*lora.targets"):  # keys the adapter would override
+        planned_decoder(load_config(TINY, SMALL + args + ["lora.alpha=16.5", "lora.targets=[q]"]))
+
+
+def test_plan_compiles_the_validation_forward(monkeypatch):
+    """The validation forward (validators.validation_function, the function a run's validation calls) compiled
+    at train.eval_rows: its temporaries grow with the rows, it is counted with the train state resident, and it
+    alone can make a config not fit."""
+    import rm_jax.training.plan as plan_module
+
+    seen = []
+    real = plan_module.validation_function
+    monkeypatch.setattr(plan_module, "validation_function", lambda *a: seen.append(a) or real(*a))
+    small = plan(load_config(TINY, SMALL + ["train.eval_rows=2"]), 1, 2**40, search=False)
+    big = plan(load_config(TINY, SMALL + ["train.eval_rows=64"]), 1, 2**40, search=False)
+    assert len(seen) == 2 and (small.eval.rows, big.eval.rows) == (2, 64)
+    assert 0 < small.eval.temporaries < big.eval.temporaries
+    m = big.at_config
+    assert big.eval.total > m.params + m.optimizer + big.eval.temporaries  # state resident + batch and outputs
+    assert big.eval.total > m.total  # 64 rows of forward outweigh 4 rows of training at this size
+    short = plan(load_config(TINY, SMALL + ["train.eval_rows=64"]), 1, m.total + 1, search=True, max_rows=8)
+    assert short.at_config.total <= m.total + 1 and not short.fits and short.largest_batch_rows is None
+    assert "validation" in format_plan(big, "tiny.yaml")

@@ -455,17 +455,21 @@ def test_steerlm2_fits_the_importance_weights_on_a_repeated_batch(models, labell
 
 
 def test_log_q_is_scored_under_the_sampling_distribution(models, tmp_path, capsys):
-    """Acceptance: `lm generate --temperature 0.5 --top-p 0.8` rows record their settings, and `steer label`
-    writes log Q' under that distribution: equal to the tempered nucleus log-prob (checked against numpy in
-    tests/policy/test_logprob.py), different from the plain log-prob. A row without settings among rows with
-    them is refused by name, and so is an unknown setting."""
+    """Acceptance: `lm generate --temperature 0.5 --top-p 0.8` rows record their settings and the token ids
+    drawn, and `steer label` writes log Q' of those ids under that distribution: ALL finished samples of a
+    byte-level policy are labelled, though most stop inside a multi-byte character (their text re-encodes to
+    other tokens); log Q' equals numpy's tempered nucleus log-prob on transformers' logits of prompt + ids,
+    and differs from the plain log-prob. A row without settings among rows with them is refused by name, and
+    so is an unknown setting."""
+    from rm_jax.data.conversation import encode_prompts, encode_responses
     from rm_jax.policy import load_policy, response_logprobs
     from tests.helpers import make_hf_causal_lm_that_ends_turns
+    from tests.policy.test_logprob import _numpy_sampled_logprob
 
     label, questions = "helpfulness:4,verbosity:1", ("Name a colour.", "What is 2 plus 2?")
     pol_dir = str(tmp_path / "ending")
     convs = [with_label([{"role": "user", "content": q}], label) for q in questions]
-    make_hf_causal_lm_that_ends_turns(pol_dir, prompts=convs)
+    model, tok = make_hf_causal_lm_that_ends_turns(pol_dir, prompts=convs, byte_tokens=True)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q, "attributes": label}) + "\n" for q in questions))
     samples, groups = tmp_path / "s.jsonl", tmp_path / "g.jsonl"
@@ -475,19 +479,37 @@ def test_log_q_is_scored_under_the_sampling_distribution(models, tmp_path, capsy
     rows = [json.loads(x) for x in open(samples)]
     want = {"temperature": 0.5, "top_p": 0.8, "seed": 3, "max_new_tokens": 16}
     assert all(r["sampling"] == want for r in rows) and '"top_p": 0.8' in capsys.readouterr().out
+    finished, round_trips = [], 0  # (prompt, text, ids drawn) of the finished responses
+    for r, c in zip(rows, convs):
+        for y, ids, f in zip(r["responses"], r["response_ids"], r["finished"]):
+            if f and y.strip():
+                finished.append((r["prompt"], y, ids))
+                again, st = encode_responses(tok, [c + [{"role": "assistant", "content": y}]])
+                round_trips += again[0][st[0] :].tolist() == ids
+    assert len(finished) >= 6 and round_trips <= len(finished) - 3  # most texts re-encode to other tokens
     cmd = ["steer", "label", "--policy", pol_dir, "--rm", models["rm"], "--sigma", SIGMA, "--no-progress"]
     cmd += ["--skip-empty", "--skip-unfinished", "--input", str(samples), "--output", str(groups)]
     assert main(cmd) == 0
     assert "log Q' under the sampling distribution: temperature 0.5 top-p 0.8" in capsys.readouterr().out
     pol = load_policy(pol_dir)
     got = load_groups(str(groups))
-    assert got and sum(len(g.responses) for g in got) >= 4
+    labelled = [(g.prompt[-1]["content"], y, ids) for g in got for y, ids in zip(g.responses, g.response_ids)]
+    assert sorted(labelled) == sorted(finished)  # every finished sample with the ids drawn, none refused
+    import torch
+
     for g in got:
-        convs = [with_label(g.prompt + [{"role": "assistant", "content": y}], g.label) for y in g.responses]
-        tempered, _ = response_logprobs(pol, convs, temperature=0.5, top_p=0.8)
-        plain, _ = response_logprobs(pol, convs)
-        np.testing.assert_allclose(g.log_q, tempered, atol=1e-4)
-        assert np.abs(g.log_q - plain).min() > 1e-2
+        conv = with_label(g.prompt, g.label)
+        p = encode_prompts(tok, [conv])[0]
+        want_q = []
+        for ids in g.response_ids:
+            x = np.concatenate([p, ids])
+            with torch.no_grad():
+                logits = model(input_ids=torch.as_tensor(x[None].astype(np.int64))).logits[0].numpy()
+            want_q.append(_numpy_sampled_logprob(logits[len(p) - 1 : -1], x[len(p) :], 0.5, 0.8))
+        np.testing.assert_allclose(g.log_q, want_q, atol=1e-4)
+        full = [conv + [{"role": "assistant", "content": y}] for y in g.responses]
+        plain, _ = response_logprobs(pol, full, response_ids=g.response_ids)
+        assert np.all(np.isfinite(g.log_q)) and np.abs(g.log_q - plain).min() > 1e-2
 
     rows[1].pop("sampling")
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -575,3 +575,42 @@ def test_uneven_groups_are_named_and_equal_groups_makes_them_nemo_safe(models, t
     got = load_groups(str(out))
     assert [g.responses for g in got] == [["a", "b", "c"], ["d", "e", "d"]]
     assert got[1].log_q[0] == got[1].log_q[2]  # the repeat is the same response, labelled the same
+
+
+def test_rows_that_cannot_be_scored_stop_by_name_or_are_skipped_and_counted(models, tmp_path, capsys):
+    """Default: the first row or response that cannot be scored stops `steer label`, naming file, line and
+    field, and nothing is written. `--on-bad-row skip`: it is left out, counted on the console and in the
+    report (with the reasons); the rest of the file is labelled."""
+    from rm_jax.steer.label import label_samples
+    from tests.helpers import bundled_tokenizer
+
+    tok = bundled_tokenizer()
+    ids = {y: tok(y + "\n", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for y in "ac"}
+    samples, out = tmp_path / "s.jsonl", tmp_path / "g.jsonl"
+    row = {"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "b", "c"]}
+    rows = [
+        {**row, "response_ids": [ids["a"], [5000], ids["c"]]},  # 5000: past the policy's 1000 tokens
+        {**row, "prompt": "no", "response_ids": "oops"},
+    ]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", str(samples)]
+    args += ["--output", str(out), "--sigma", SIGMA, "--no-progress"]
+    assert main(args) == 1
+    assert f"{samples}: line 2, field 'response_ids': expected one list" in capsys.readouterr().err
+    samples.write_text(json.dumps(rows[0]) + "\n")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{samples}: line 1, field 'responses[1]': response_ids: token id 5000 is outside the vocabulary" in err
+    assert "nothing written" in err and not out.exists()
+
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(args + ["--on-bad-row", "skip"]) == 0
+    got = capsys.readouterr()
+    assert "skipped 1 rows that could not be read, 1 responses that could not be scored" in got.out
+    assert f"first left out: {samples}: line 2, field 'response_ids'" in got.err
+    groups = load_groups(str(out))
+    assert [g.responses for g in groups] == [["a", "c"]] and groups[0].response_ids == [ids["a"], ids["c"]]
+    rep = label_samples(str(samples), models["policy"], models["rm"], str(out), sigma=SIGMA, progress=False,
+                        on_bad_row="skip")  # fmt: skip
+    assert rep["skipped"] == {"bad_rows": 1, "bad_responses": 1} and rep["scored_on_ids"] == 2
+    assert [b.split(", field ")[0] for b in rep["bad"]] == [f"{samples}: line 2", f"{samples}: line 1"]

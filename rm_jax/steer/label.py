@@ -11,6 +11,10 @@ For each (prompt x, label a) group of n responses y_i:
   softmax(logits / temperature) restricted to the top-p nucleus and renormalised, token by token. Rows that
   record no settings are taken as drawn at temperature 1, top-p 1 (said in the report); settings that cannot
   be reproduced (greedy, an unknown key, some rows recording them and others not) are refused by name.
+
+Where a row has ``"response_ids"`` (the token ids drawn), log Q' (and log P(y|x) when the unconditional model
+reads the policy's vocabulary) is that of those ids, and the groups carry them for training: a response's
+text need not re-encode to the tokens drawn (a byte-level policy that stops inside a multi-byte character).
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ def test_labels_follow_their_definitions(models, labelled):
     sigma = resolve_sigma(models["rm"], SIGMA)
     for row, g in zip(rows, groups):
         assert g.label == row["attributes"] and g.responses == row["responses"]
+        assert g.response_ids == row["response_ids"]  # the tokens drawn, scored and carried for training
         prompt = row_to_messages(
             {**{k: row[k] for k in ("prompt", "messages") if k in row}, "response": "x"}
             if "prompt" in row
@@ -96,8 +97,8 @@ def test_labels_follow_their_definitions(models, labelled):
         np.testing.assert_allclose(
             g.log_pa, log_p_attributes(pred, parse_attribute_label(g.label), sigma), rtol=1e-5, atol=1e-6
         )
-        q, _ = response_logprobs(pol, [with_label(c, g.label) for c in convs])
-        p, _ = response_logprobs(sft, convs)
+        q, _ = response_logprobs(pol, [with_label(c, g.label) for c in convs], response_ids=g.response_ids)
+        p, _ = response_logprobs(sft, convs, response_ids=g.response_ids)  # the same tokenizer: the same ids
         np.testing.assert_allclose(g.log_q, q, atol=1e-4)
         np.testing.assert_allclose(g.log_py, p, atol=1e-4)
         assert abs(g.weights.sum() - 1) < 1e-9
@@ -135,7 +136,7 @@ def test_without_sft_the_policy_without_its_label_stands_in(models, labelled, tm
     convs = [
         [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": y}] for y in g.responses
     ]
-    np.testing.assert_allclose(g.log_py, response_logprobs(pol, convs)[0], atol=1e-4)
+    np.testing.assert_allclose(g.log_py, response_logprobs(pol, convs, response_ids=g.response_ids)[0], atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -439,7 +440,8 @@ def test_steerlm2_fits_the_importance_weights_on_a_repeated_batch(models, labell
         "run_dir": str(tmp_path / "run"),
         "model": {"path": models["policy"]},
         "data": {"train": groups, "validation": None, "seq_len": 256, "max_segments": 8},
-        "train": {"max_steps": 8, "batch_rows": 6, "lr": 1e-2, "warmup_steps": 1, "log_every": 1},
+        # lr 1e-2 overshoots at step 2 on these groups (KL 0.93 -> 4.1) and ends near half its start
+        "train": {"max_steps": 8, "batch_rows": 6, "lr": 5e-3, "warmup_steps": 1, "log_every": 1},
         "checkpoint": {"keep_best": 0},
         "mesh": {"num_devices": 1, "data": 1},
         "logging": {"progress": False, "tensorboard": False},

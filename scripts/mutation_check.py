@@ -386,6 +386,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         (("rm_jax/models/lora.py", "    if unused:\n", "    if False:\n"),),
         ("tests/models/test_lora.py::test_every_tensor_is_applied_or_the_import_stops",),
     ),
+    Mutation(
+        "drawn_ids_ignored",
+        "log Q' and training score the token ids a policy drew, not a re-encoding of their text",
+        (
+            (
+                "rm_jax/data/drawn_tokens.py",
+                "given = [None] * n if response_ids is None else list(response_ids)",
+                "given = [None] * n",
+            ),
+        ),
+        (
+            "tests/data/test_drawn_tokens.py::test_drawn_ids_are_scored_even_when_their_text_re_encodes_otherwise",
+            "tests/data/test_steer_groups.py::test_groups_carry_the_drawn_ids_and_training_encodes_them",
+        ),
+    ),
 )
 
 

@@ -401,13 +401,16 @@ def make_hf_causal_lm_with_template(
     return model, tok
 
 
-def make_hf_causal_lm_that_ends_turns(out_dir: str, seed: int = 1, prompts: list | None = None):
+def make_hf_causal_lm_that_ends_turns(
+    out_dir: str, seed: int = 1, prompts: list | None = None, byte_tokens: bool = False
+):
     """A tiny random llama with the ``<|end|>`` template (its turn ends with the EOS ``<|end|>``, so re-encoding
     a sample gives back the tokens the policy emitted) that ends its turn within a few tokens when sampled at
     temperature 0.5 (a random model almost never emits EOS), and whose samples' text re-encodes to the sampled
     tokens (no partial UTF-8 byte tokens): the EOS row of its LM head points along the mean
     final hidden state of its own samples for ``prompts`` (conversations ending with the user's turn), scaled to
-    3/4 of a typical top logit. (model, tokenizer)."""
+    3/4 of a typical top logit. ``byte_tokens``: keep the partial UTF-8 byte tokens (their logits untouched), so
+    samples can stop inside a multi-byte character and their text not re-encode. (model, tokenizer)."""
     import torch
 
     from rm_jax.data.conversation import encode_prompts
@@ -419,7 +422,7 @@ def make_hf_causal_lm_that_ends_turns(out_dir: str, seed: int = 1, prompts: list
     with torch.no_grad():  # no partial UTF-8 byte tokens: their text does not re-encode to the sampled tokens
         head = model.get_output_embeddings().weight
         for i in range(len(tok)):
-            if "\ufffd" in tok.decode([i]):
+            if "\ufffd" in tok.decode([i]) and not byte_tokens:
                 head[i] = 0.0  # logit 0, far below the nucleus at temperature 0.5
     model.save_pretrained(out_dir, safe_serialization=True)
     prompts = prompts or [

@@ -13,8 +13,8 @@ def main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="rm-jax lm", description="causal LMs (policies): sampling and log-probs")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, what in (
-        ("generate", "rows {prompt}|{messages} (+ attributes) -> + responses"),
-        ("logprob", "rows with the response -> + logprob, response_tokens"),
+        ("generate", "rows {prompt}|{messages} (+ attributes) -> + responses, response_ids"),
+        ("logprob", "rows with the response (+ response_ids) -> + logprob, response_tokens"),
     ):
         p = sub.add_parser(name, help=what, description=what)
         p.add_argument(
@@ -26,6 +26,13 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--dtype", default="float32", choices=get_args(Dtype))
         p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together / packed rows per batch")
         p.add_argument("--no-progress", action="store_true")
+        if name == "logprob":
+            p.add_argument(
+                "--on-bad-row",
+                choices=["error", "skip"],
+                default="error",
+                help="a row that cannot be scored: stop naming it (default), or leave it out (counted)",
+            )
         if name == "generate":
             p.add_argument("--n", type=int, default=1, help="responses per row")
             p.add_argument("--temperature", type=float, default=1.0)
@@ -47,11 +54,12 @@ def main(argv: Sequence[str]) -> int:
 
     if a.batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {a.batch_size}")
+    skipped: list[str] | None = [] if a.cmd == "logprob" and a.on_bad_row == "skip" else None
     if a.cmd == "generate":
         check_sampling(a.n, a.temperature, a.top_p, a.max_new_tokens, a.greedy)
         rows, where = read_prompt_rows(a.input)  # bad rows fail before the model loads
     else:
-        rows, where = read_response_rows(a.input)
+        rows, where = read_response_rows(a.input, skipped)
     policy = load_policy(a.model, dtype=a.dtype, template=a.template)
     if a.cmd == "generate":
         out = generate_rows(
@@ -68,8 +76,11 @@ def main(argv: Sequence[str]) -> int:
             progress=not a.no_progress,
         )
     else:
-        out = logprob_rows(policy, rows, where=where, batch_rows=a.batch_size, progress=not a.no_progress)
+        out = logprob_rows(
+            policy, rows, where=where, batch_rows=a.batch_size, progress=not a.no_progress, skipped=skipped
+        )
     write_jsonl(a.output, out)
     settings = f" (sampling: {json.dumps(out[0]['sampling'])})" if a.cmd == "generate" and out else ""
-    print(f"lm {a.cmd}: {len(out)} rows -> {a.output}{settings}")
+    bad = f"; skipped {len(skipped)} rows that could not be scored (first: {skipped[0]})" if skipped else ""
+    print(f"lm {a.cmd}: {len(out)} rows -> {a.output}{settings}{bad}")
     return 0

@@ -45,6 +45,13 @@ def main(argv: Sequence[str]) -> int:
         help="NeMo-safe output: every group the same number of responses (NeMo-Aligner needs it per batch): "
         "drop the smaller groups, or fill them by repeating their responses (biases those groups' weights)",
     )
+    lb.add_argument(
+        "--on-bad-row",
+        choices=["error", "skip"],
+        default="error",
+        help="a row or response that cannot be scored (bad response_ids, log Q' outside the nucleus): stop "
+        "naming file, line and field, writing nothing (default), or leave it out (counted, reasons in the report)",
+    )
     lb.add_argument("--no-progress", action="store_true")
     ev = sub.add_parser("eval", help="requested vs RM-predicted attributes of a policy's samples")
     ev.add_argument("--policy", required=True)
@@ -85,6 +92,7 @@ def main(argv: Sequence[str]) -> int:
             skip_unfinished=a.skip_unfinished,
             progress=not a.no_progress,
             equal_groups=a.equal_groups,
+            on_bad_row=a.on_bad_row,
         )
         sk = rep["skipped"]
         what = [
@@ -92,6 +100,8 @@ def main(argv: Sequence[str]) -> int:
             for k, name in (
                 ("empty_responses", "empty responses"),
                 ("unfinished_responses", "cut-off responses"),
+                ("bad_rows", "rows that could not be read"),
+                ("bad_responses", "responses that could not be scored"),
                 ("groups", "groups left with fewer than 2"),
             )
             if sk.get(k)
@@ -100,6 +110,8 @@ def main(argv: Sequence[str]) -> int:
             f"labelled {rep['groups']} groups ({rep['responses']} responses) -> {a.output}; log P(y|x) from "
             f"{rep['log_p_y_given_x']}" + (f"; skipped {', '.join(what)}" if what else "")
         )
+        if rep["bad"]:
+            print(f"--on-bad-row skip: first left out: {rep['bad'][0]}", file=sys.stderr)
         if rep["equal_groups"]:
             eq = rep["equal_groups"]
             done = "dropped" if eq["policy"] == "drop" else "filled"

@@ -7,6 +7,10 @@ move between the two codebases both ways::
      "responses": [{"from": "Assistant", "value": "y_1", "log(P(a|x,y))": v1, "log(P(y|x))": v2,
                     "log(Q(y|a,x))": v3}, ...]}
 
+rm_jax adds ``"response_ids"`` to a response when it knows the token ids the policy drew (``rm-jax steer label``
+copies them from the samples): log Q' was scored on them and training encodes them, since a response's text need
+not re-encode to them. NeMo-Aligner reads the keys it knows and ignores this one.
+
 Per group the importance weights are w = softmax(log P(a|x,y) + log P(y|x) - log Q'(y|a,x)), as NeMo's
 dataset computes them at load time.
 """
@@ -21,7 +25,9 @@ import numpy as np
 
 from rm_jax.core.errors import ConversationError, DataError
 from rm_jax.core.files import iter_jsonl, write_jsonl
-from rm_jax.data.conversation import Message, attribute_label, encode_responses, render, with_label
+from rm_jax.data.conversation import Message, attribute_label, render, with_label
+from rm_jax.data.drawn_tokens import FIELD as IDS
+from rm_jax.data.drawn_tokens import encode_with_response_ids, parse_ids
 from rm_jax.data.pipeline import Encoded, LengthReport
 
 LOG_PA, LOG_PY, LOG_Q = "log(P(a|x,y))", "log(P(y|x))", "log(Q(y|a,x))"
@@ -42,6 +48,7 @@ class SteerGroup:
     log_py: np.ndarray  # [n] log P(y_i|x)
     log_q: np.ndarray  # [n] log Q'(y_i|a,x), the sampling policy
     row: int = 0
+    response_ids: Optional[list[Optional[list[int]]]] = None  # [n] the ids drawn, where the file has them
 
     @property
     def weights(self) -> np.ndarray:
@@ -101,7 +108,7 @@ def parse_group(rec: Any, file: str, row: int) -> SteerGroup:
             f"{len(responses) if isinstance(responses, list) else type(responses).__name__}): "
             f"the weights are a softmax within the group",
         )
-    texts, pa, py, q = [], [], [], []
+    texts, pa, py, q, ids = [], [], [], [], []
     for j, r in enumerate(responses):
         where = f"responses[{j}]"
         if not isinstance(r, Mapping) or not isinstance(r.get("value"), str):
@@ -112,7 +119,12 @@ def parse_group(rec: Any, file: str, row: int) -> SteerGroup:
         pa.append(_number(r, LOG_PA, file, row, where))
         py.append(_number(r, LOG_PY, file, row, where))
         q.append(_number(r, LOG_Q, file, row, where))
-    return SteerGroup(system, prompt, label, texts, np.asarray(pa), np.asarray(py), np.asarray(q), row)
+        drawn = r.get(IDS)
+        if drawn is not None and parse_ids(drawn):
+            raise DataError(file, row, f"{where}.{IDS}", parse_ids(drawn))
+        ids.append(drawn)
+    drawn_ids = ids if any(x is not None for x in ids) else None
+    return SteerGroup(system, prompt, label, texts, np.asarray(pa), np.asarray(py), np.asarray(q), row, drawn_ids)
 
 
 def unequal_sizes(sizes: Sequence[int], name: Any = None) -> Optional[str]:
@@ -164,23 +176,32 @@ def group_record(
     log_pa: Iterable[float],
     log_py: Iterable[float],
     log_q: Iterable[float],
+    response_ids: Optional[Sequence[Optional[Sequence[int]]]] = None,
 ) -> dict:
-    """One line of the NeMo format."""
+    """One line of the NeMo format; a response with ``response_ids[i]`` carries them (rm_jax's addition)."""
     inverse = {v: k for k, v in ROLES.items()}
+    ids = list(response_ids) if response_ids is not None else [None] * len(responses)
+    out = []
+    for y, a, b, c, x in zip(responses, log_pa, log_py, log_q, ids):
+        rec = {"from": "Assistant", "value": y, LOG_PA: float(a), LOG_PY: float(b), LOG_Q: float(c)}
+        if x is not None:
+            rec[IDS] = [int(t) for t in x]
+        out.append(rec)
     return {
         "system": system,
         "prompt_turns": [{"from": inverse[m["role"]], "value": m["content"]} for m in prompt],
         "label": label,
-        "responses": [
-            {"from": "Assistant", "value": y, LOG_PA: float(a), LOG_PY: float(b), LOG_Q: float(c)}
-            for y, a, b, c in zip(responses, log_pa, log_py, log_q)
-        ],
+        "responses": out,
     }
 
 
 def write_groups(path: str, groups: Sequence[SteerGroup]) -> None:
     write_jsonl(
-        path, (group_record(g.system, g.prompt, g.label, g.responses, g.log_pa, g.log_py, g.log_q) for g in groups)
+        path,
+        (
+            group_record(g.system, g.prompt, g.label, g.responses, g.log_pa, g.log_py, g.log_q, g.response_ids)
+            for g in groups
+        ),
     )
 
 
@@ -246,11 +267,14 @@ def encode_groups(
     prompt cut once for the whole group (never the label), or the group dropped whole (its weights would no
     longer be a softmax over what is trained); the report counts groups (truncated, dropped)."""
     report = LengthReport(rows=len(groups))
-    convs = []
+    convs, drawn, where = [], [], []
     for g in groups:
         base = g.messages()
         convs.extend(base + [{"role": "assistant", "content": y}] for y in g.responses)
-    ids, starts = encode_responses(tokenizer, convs, template)
+        drawn.extend(g.response_ids or [None] * len(g.responses))
+        where.extend(f"row {g.row}, field 'responses[{j}]'" for j in range(len(g.responses)))
+    # the ids drawn where the group has them: the tokens log Q' was scored on (their text need not re-encode to them)
+    ids, starts = encode_with_response_ids(tokenizer, convs, drawn, template, where)
     bos = getattr(tokenizer, "bos_token_id", None)
     kept_ids, kept_start, units, w, lq, grp, src = [], [], [], [], [], [], []
     k, first = 0, 0

@@ -15,7 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rm_jax.core.errors import ConversationError, InputError
-from rm_jax.data.conversation import Message, encode_responses
+from rm_jax.data.conversation import Message
+from rm_jax.data.drawn_tokens import encode_with_response_ids
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
 from rm_jax.models import CausalLM
 from rm_jax.models.sharding import activate
@@ -64,13 +65,18 @@ def response_logprobs(
     locations: Optional[Sequence[str]] = None,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    response_ids: Optional[Sequence[Optional[Sequence[int]]]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sum of response-token log-probabilities [N] float64, response token counts [N]) of whole
     conversations (ending with the assistant's response; a SteerLM label, if carried, conditions it).
     ``locations`` name the conversations in errors (file, row, field). ``temperature`` / ``top_p``: the
     log-probabilities under the distribution :func:`rm_jax.policy.generate.sample_token` samples from with
     those settings (:func:`rm_jax.policy.generate.sampling_logprob`); -inf for a response holding a token
-    outside the nucleus. The defaults are the model's own distribution."""
+    outside the nucleus. The defaults are the model's own distribution. ``response_ids``: per conversation, the
+    token ids the policy drew for its response (or None: the text is encoded): the log-probability is that of
+    those tokens, after the prompt as the sampler encoded it
+    (:func:`rm_jax.data.drawn_tokens.encode_with_response_ids`; ids outside the vocabulary, or that do not
+    decode to the response text, are refused by location)."""
     if batch_rows < 1:
         raise InputError(f"--batch-size: must be at least 1, got {batch_rows}")
     if not temperature > 0:
@@ -79,7 +85,9 @@ def response_logprobs(
         raise InputError(f"top_p: must be in (0, 1], got {top_p}")
     temperature, top_p = float(temperature), float(top_p)
     try:
-        ids, starts = encode_responses(policy.tokenizer, conversations, policy.template, locations)
+        ids, starts = encode_with_response_ids(
+            policy.tokenizer, conversations, response_ids, policy.template, locations, policy.cfg.vocab_size
+        )
     except ConversationError as e:
         raise InputError(str(e)) from None
     n = len(ids)

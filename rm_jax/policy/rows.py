@@ -3,15 +3,16 @@
 Generate rows: ``{"prompt": str}`` (a HelpSteer2 prompt, turns joined by ``<extra_id_1>`` markers) or
 ``{"messages": [...]}`` ending with the user's turn, each optionally with ``"attributes"`` (a SteerLM
 label string or ``{name: level}``). Logprob rows: the same with the response, ``{"prompt", "response"}``
-or ``{"messages"}`` ending with the assistant's turn. Every row is checked before any model work; errors
-name the file, line and field.
+or ``{"messages"}`` ending with the assistant's turn, optionally with ``"response_ids"`` (the token ids the
+policy drew for that response, as ``lm generate`` writes them: the log-probability is then that of those
+tokens). Every row is checked before any model work; errors name the file, line and field.
 
 ``where`` names rows in errors: a string (row i is ``"{where}: row {i}"``) or one location per row (what
 :func:`read_prompt_rows` / :func:`read_response_rows` return: ``"IN.jsonl: line 7"``)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from rm_jax.core.errors import ConversationError, InputError
 from rm_jax.core.files import iter_jsonl
@@ -23,6 +24,8 @@ from rm_jax.data.conversation import (
     split_prompt,
     with_label,
 )
+from rm_jax.data.drawn_tokens import FIELD as IDS
+from rm_jax.data.drawn_tokens import ids_problem, parse_ids
 
 Where = Union[str, Sequence[str]]
 
@@ -73,6 +76,10 @@ def response_messages(row: dict, where: str) -> list[Message]:
     prompt = [m for m in msgs[:-1] if m["role"] != ATTRIBUTES_ROLE]
     if not prompt or not prompt[-1]["content"].strip():
         raise InputError(f"{where}, field '{'messages' if 'messages' in row else 'prompt'}': empty prompt")
+    if row.get(IDS) is not None:
+        problem = parse_ids(row[IDS])
+        if problem:
+            raise InputError(f"{where}, field '{IDS}': {problem}")
     return msgs
 
 
@@ -84,11 +91,19 @@ def _locations(rows: Sequence[dict], where: Where) -> list[str]:
     return list(where)
 
 
-def _read(path: str, parse: Callable[[dict, str], Any]) -> tuple[list[dict], list[str]]:
+def _read(
+    path: str, parse: Callable[[dict, str], Any], skipped: Optional[list[str]] = None
+) -> tuple[list[dict], list[str]]:
     rows, wheres = [], []
     for lineno, row in iter_jsonl(path):
         where = f"{path}: line {lineno}"
-        parse(row, where)  # every row checked before any model work
+        try:
+            parse(row, where)  # every row checked before any model work
+        except InputError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
+            continue
         rows.append(row)
         wheres.append(where)
     if not rows:
@@ -101,9 +116,10 @@ def read_prompt_rows(path: str) -> tuple[list[dict], list[str]]:
     return _read(path, prompt_messages)
 
 
-def read_response_rows(path: str) -> tuple[list[dict], list[str]]:
-    """(rows, their locations) of an ``rm-jax lm logprob`` input, every row checked."""
-    return _read(path, response_messages)
+def read_response_rows(path: str, skipped: Optional[list[str]] = None) -> tuple[list[dict], list[str]]:
+    """(rows, their locations) of an ``rm-jax lm logprob`` input, every row checked. With a ``skipped`` list
+    (``--on-bad-row skip``) a bad row is left out and its error appended there instead of raised."""
+    return _read(path, response_messages, skipped)
 
 
 def generate_rows(
@@ -121,7 +137,9 @@ def generate_rows(
     progress: bool = True,
 ) -> list[dict]:
     """The rows plus ``"responses"`` (n texts each, in row order), sampled as :func:`rm_jax.policy.generate`
-    samples (a row's ``"attributes"`` condition it), ``"finished"`` (per response: it ended its turn
+    samples (a row's ``"attributes"`` condition it), ``"response_ids"`` (per response, the token ids drawn,
+    through the end-of-turn token when one was drawn: a response's text need not re-encode to them, e.g. one
+    that stops inside a multi-byte character), ``"finished"`` (per response: it ended its turn
     within ``max_new_tokens``; false means cut off) and ``"sampling"`` (the settings they were drawn with:
     temperature, 0 for greedy, top_p, seed, max_new_tokens; ``rm-jax steer label`` scores log Q' under them)."""
     from rm_jax.policy.generate import generate, sampling_record
@@ -146,21 +164,56 @@ def generate_rows(
     )
     settings = sampling_record(temperature, top_p, seed, max_new_tokens, greedy)
     return [
-        {**r, "responses": t, "finished": f, "sampling": settings} for r, t, f in zip(rows, gen.texts, gen.finished)
+        {**r, "responses": t, IDS: [x.tolist() for x in ids], "finished": f, "sampling": settings}
+        for r, t, ids, f in zip(rows, gen.texts, gen.tokens, gen.finished)
     ]
 
 
 def logprob_rows(
-    policy: Any, rows: Sequence[dict], *, where: Where = "rows", batch_rows: int = 8, progress: bool = True
+    policy: Any,
+    rows: Sequence[dict],
+    *,
+    where: Where = "rows",
+    batch_rows: int = 8,
+    progress: bool = True,
+    skipped: Optional[list[str]] = None,
 ) -> list[dict]:
-    """The rows plus ``"logprob"`` (the response's summed token log-probabilities, given the prompt and the
-    label when present) and ``"response_tokens"``."""
+    """The rows plus ``"logprob"`` (the summed token log-probabilities of the response, or of its
+    ``"response_ids"`` when the row has them, given the prompt and the label when present) and
+    ``"response_tokens"``. A row whose ids cannot be scored (outside the policy's vocabulary, or not decoding to
+    the response) raises, naming it; with a ``skipped`` list it is left out and its error appended there."""
     from rm_jax.policy.logprob import response_logprobs
 
     locations = _locations(rows, where)
-    convs = [response_messages(r, w) for r, w in zip(rows, locations)]
-    lp, count = response_logprobs(policy, convs, batch_rows=batch_rows, progress=progress, locations=locations)
-    return [{**r, "logprob": float(a), "response_tokens": int(c)} for r, a, c in zip(rows, lp, count)]
+    keep, convs, ids = [], [], []
+    for i, (r, w) in enumerate(zip(rows, locations)):
+        try:
+            msgs = response_messages(r, w)
+            drawn = r.get(IDS)
+            problem = None
+            if drawn is not None:
+                problem = ids_problem(
+                    policy.tokenizer, msgs[-1]["content"], drawn, policy.template, policy.cfg.vocab_size
+                )
+            if problem:
+                raise InputError(f"{w}, field '{IDS}': {problem}")
+        except InputError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
+            continue
+        keep.append(i)
+        convs.append(msgs)
+        ids.append(drawn)
+    lp, count = response_logprobs(
+        policy,
+        convs,
+        batch_rows=batch_rows,
+        progress=progress,
+        locations=[locations[i] for i in keep],
+        response_ids=ids,
+    )
+    return [{**rows[i], "logprob": float(a), "response_tokens": int(c)} for i, a, c in zip(keep, lp, count)]
 
 
 __all__ = [

@@ -1,8 +1,10 @@
 """Sampling n responses per (prompt, label): the samples ``rm-jax steer label`` turns into SteerLM 2.0 groups.
 
 Output rows are ``rm-jax lm generate``'s: the prompt (or messages), ``"attributes"`` (the label the policy
-was given), ``"responses"`` (n texts), ``"finished"`` (false for a response cut off at ``max_new_tokens``)
-and ``"sampling"`` (temperature, top_p, seed, max_new_tokens: the distribution log Q' is scored under)."""
+was given), ``"responses"`` (n texts), ``"response_ids"`` (per response, the token ids drawn: what log Q' and
+training score, since a text need not re-encode to them), ``"finished"`` (false for a response cut off at
+``max_new_tokens``) and ``"sampling"`` (temperature, top_p, seed, max_new_tokens: the distribution log Q' is
+scored under)."""
 
 from __future__ import annotations
 
@@ -66,8 +68,15 @@ def sample_prompts(
     write_jsonl(
         output,
         (
-            {**p.row, "attributes": lab, "responses": list(ys), "finished": list(fs), "sampling": settings}
-            for (p, lab), ys, fs in zip(jobs, gen.texts, gen.finished)
+            {
+                **p.row,
+                "attributes": lab,
+                "responses": list(ys),
+                "response_ids": [x.tolist() for x in ids],
+                "finished": list(fs),
+                "sampling": settings,
+            }
+            for (p, lab), ys, ids, fs in zip(jobs, gen.texts, gen.tokens, gen.finished)
         ),
     )
     return {

@@ -125,7 +125,17 @@ STEP_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # rm-jax steer label: samples -> groups.jsonl (NeMo-Aligner's SteerLM 2.0 format)
     "label": (
         ("policy", "rm", "input"),
-        ("sft", "sigma", "batch_size", "skip_empty", "skip_unfinished", "devices", "dtype", "equal_groups"),
+        (
+            "sft",
+            "sigma",
+            "batch_size",
+            "skip_empty",
+            "skip_unfinished",
+            "devices",
+            "dtype",
+            "equal_groups",
+            "on_bad_row",
+        ),
     ),
     # rm-jax steer eval: a policy's attribute-following error, one results row per evaluated policy
     "steer_eval": (

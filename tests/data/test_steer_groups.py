@@ -5,11 +5,12 @@ tests/engine/test_losses.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from rm_jax.core.errors import DataError
+from rm_jax.core.errors import ConversationError, DataError
 from rm_jax.data.pipeline import bundled_tokenizer_path
 from rm_jax.data.steer_groups import encode_groups, equalise, load_groups, unequal_sizes
 from rm_jax.models.hf_io import load_tokenizer
@@ -120,3 +121,34 @@ def test_unequal_group_sizes_are_named_and_equalised():
     filled, n = equalise(groups, "fill", len, lambda g, k: [g[j % len(g)] for j in range(k)])
     assert filled == [list("abc"), list("aba"), list("xyz"), list("qqq")] and n == 2
     assert unequal_sizes([len(g) for g in filled]) is None
+
+
+def test_groups_carry_the_drawn_ids_and_training_encodes_them(tok, tmp_path):
+    """`steer label` writes each response's drawn ids into its group; the steerlm2 task trains on those tokens
+    (what log Q' was scored on), not on a re-encoding of the text, which differs for a split character."""
+    from rm_jax.data.conversation import end_of_turn_ids, response_text
+    from rm_jax.data.steer_groups import group_record, write_groups
+
+    split = tok("hé", add_special_tokens=False)["input_ids"][:2] + end_of_turn_ids(tok)[:1]  # 'h' + half of 'é'
+    text = response_text(tok, tok.decode(split, skip_special_tokens=False))
+    rec = group_record("", [{"role": "user", "content": TURNS[0]}], LABEL, [text, "Fine."], [-1, -1], [-2, -2],
+                       [-3, -3], [split, None])  # fmt: skip
+    assert rec["responses"][0]["response_ids"] == split and "response_ids" not in rec["responses"][1]
+    groups, path = _load(tmp_path, [rec])
+    assert groups[0].response_ids == [split, None]
+    write_groups(str(tmp_path / "again.jsonl"), groups)  # the ids survive a rewrite
+    assert load_groups(str(tmp_path / "again.jsonl"))[0].response_ids == [split, None]
+    enc = encode_groups(groups, tok, 10_000)
+    assert enc.ids[0][enc.response_start[0] :].tolist() == split
+    plain = encode_groups([dataclasses.replace(groups[0], response_ids=None)], tok, 10_000)
+    assert plain.ids[0][plain.response_start[0] :].tolist() != split  # the text alone would train other tokens
+    assert enc.ids[1].tolist() == plain.ids[1].tolist()  # a response without ids: its text, as before
+
+    rec["responses"][1]["response_ids"] = [5, "6"]
+    with pytest.raises(DataError) as e:
+        _load(tmp_path, [rec])
+    assert str(e.value).startswith(f"{path}: row 1, field 'responses[1].response_ids': item 1 is '6'")
+    rec["responses"][1]["response_ids"] = [len(tok)]
+    groups, _ = _load(tmp_path, [rec])
+    with pytest.raises(ConversationError, match=r"row 1, field 'responses\[1\]': response_ids: token id 1000 is out"):
+        encode_groups(groups, tok, 10_000)

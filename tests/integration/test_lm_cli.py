@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rm_jax.cli import main
-from rm_jax.data.conversation import row_to_messages
+from rm_jax.data.conversation import response_text, row_to_messages
 from rm_jax.policy import generate, load_policy, read_prompt_rows, response_logprobs
 from rm_jax.policy.rows import generate_rows
 from tests.helpers import make_hf_causal_lm_with_tokenizer
@@ -61,6 +61,11 @@ def test_generate_and_logprob_commands(hf_dir, tmp_path, capsys):
     got = [json.loads(x) for x in open(out)]
     assert [g["id"] for g in got[:1]] == [1] and "id" not in got[1] and got[1]["messages"] == rows[1]["messages"]
     assert all(len(g["responses"]) == 2 and all(isinstance(t, str) for t in g["responses"]) for g in got)
+    tok = load_policy(hf_dir).tokenizer
+    for g in got:  # the ids drawn, beside the text they decode to
+        assert len(g["response_ids"]) == 2 and all(isinstance(t, int) for x in g["response_ids"] for t in x)
+        texts = [response_text(tok, tok.decode(x, skip_special_tokens=False)) for x in g["response_ids"]]
+        assert texts == g["responses"]
     assert main(args) == 0 and [json.loads(x) for x in open(out)] == got  # the same seed, the same responses
     # the library call the command wraps (what sweep steps call)
     pol = load_policy(hf_dir)
@@ -81,22 +86,33 @@ def test_generate_and_logprob_commands(hf_dir, tmp_path, capsys):
     ]
     assert [json.loads(x)["responses"] for x in open(greedy)] == generate(pol, convs, greedy=True, max_new_tokens=5)
 
-    # logprob: each generated response scored, with the row's label
-    scored_in = _write(
-        tmp_path / "resp.jsonl",
-        [
-            {"prompt": "Hi there", "response": got[0]["responses"][0] or "x", "attributes": "verbosity:2"},
-            {"messages": rows[1]["messages"] + [{"role": "assistant", "content": "Fine."}]},
-        ],
-    )
+    # logprob: each generated response scored, with the row's label; the third on the ids drawn
+    drawn = {"prompt": "Hi there", "response": got[0]["responses"][1], "attributes": "verbosity:2"}
+    resp = [
+        {"prompt": "Hi there", "response": got[0]["responses"][0] or "x", "attributes": "verbosity:2"},
+        {"messages": rows[1]["messages"] + [{"role": "assistant", "content": "Fine."}]},
+        {**drawn, "response_ids": got[0]["response_ids"][1]},
+    ]
+    scored_in = _write(tmp_path / "resp.jsonl", resp)
     scored = str(tmp_path / "scored.jsonl")
-    assert main(["lm", "logprob", "--model", hf_dir, "--input", scored_in, "--output", scored, "--no-progress"]) == 0
+    cmd = ["lm", "logprob", "--model", hf_dir, "--input", scored_in, "--output", scored, "--no-progress"]
+    assert main(cmd) == 0
     recs = [json.loads(x) for x in open(scored)]
-    convs = [row_to_messages(json.loads(x), with_attributes=True) for x in open(scored_in)]
-    want, n = response_logprobs(pol, convs)
+    convs = [row_to_messages(r, with_attributes=True) for r in resp]
+    want, n = response_logprobs(pol, convs, response_ids=[None, None, got[0]["response_ids"][1]])
     assert [r["logprob"] for r in recs] == pytest.approx(list(want), abs=1e-6)
     assert [r["response_tokens"] for r in recs] == list(n) and all(x > 0 for x in n)
-    assert "lm logprob: 2 rows" in capsys.readouterr().out
+    k = len(got[0]["response_ids"][1])
+    assert n[2] == k if got[0]["finished"][1] else n[2] > k  # a cut-off response: + its end of turn
+    assert "lm logprob: 3 rows" in capsys.readouterr().out
+    # a row whose ids cannot be scored: named by default, left out and counted with --on-bad-row skip
+    _write(tmp_path / "resp.jsonl", resp + [{**drawn, "response_ids": [5000]}])
+    assert main(cmd) == 1
+    assert f"{scored_in}: line 4, field 'response_ids': token id 5000 is outside" in capsys.readouterr().err
+    assert main(cmd + ["--on-bad-row", "skip"]) == 0
+    assert [json.loads(x) for x in open(scored)] == recs
+    out = capsys.readouterr().out
+    assert f"lm logprob: 3 rows -> {scored}; skipped 1 rows that could not be scored (first: {scored_in}: line 4" in out
 
 
 BAD = [
@@ -116,6 +132,7 @@ BAD = [
     ("logprob", {"prompt": "x", "response": " "}, "line 2, field 'response': empty response"),
     ("logprob", {"prompt": "", "response": "y"}, "line 2, field 'prompt': empty prompt"),
     ("logprob", {"prompt": "x", "response": "y", "attributes": "helpfulness=4"}, "field 'attributes': 'helpfulness=4'"),
+    ("logprob", {"prompt": "x", "response": "y", "response_ids": [1, "2"]}, "field 'response_ids': item 1 is '2'"),
 ]
 
 

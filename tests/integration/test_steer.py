@@ -83,6 +83,7 @@ def test_labels_follow_their_definitions(models, labelled):
     sigma = resolve_sigma(models["rm"], SIGMA)
     for row, g in zip(rows, groups):
         assert g.label == row["attributes"] and g.responses == row["responses"]
+        assert g.response_ids == row["response_ids"]  # the tokens drawn, scored and carried for training
         prompt = row_to_messages(
             {**{k: row[k] for k in ("prompt", "messages") if k in row}, "response": "x"}
             if "prompt" in row
@@ -96,8 +97,8 @@ def test_labels_follow_their_definitions(models, labelled):
         np.testing.assert_allclose(
             g.log_pa, log_p_attributes(pred, parse_attribute_label(g.label), sigma), rtol=1e-5, atol=1e-6
         )
-        q, _ = response_logprobs(pol, [with_label(c, g.label) for c in convs])
-        p, _ = response_logprobs(sft, convs)
+        q, _ = response_logprobs(pol, [with_label(c, g.label) for c in convs], response_ids=g.response_ids)
+        p, _ = response_logprobs(sft, convs, response_ids=g.response_ids)  # the same tokenizer: the same ids
         np.testing.assert_allclose(g.log_q, q, atol=1e-4)
         np.testing.assert_allclose(g.log_py, p, atol=1e-4)
         assert abs(g.weights.sum() - 1) < 1e-9
@@ -135,7 +136,7 @@ def test_without_sft_the_policy_without_its_label_stands_in(models, labelled, tm
     convs = [
         [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": y}] for y in g.responses
     ]
-    np.testing.assert_allclose(g.log_py, response_logprobs(pol, convs)[0], atol=1e-4)
+    np.testing.assert_allclose(g.log_py, response_logprobs(pol, convs, response_ids=g.response_ids)[0], atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -439,7 +440,8 @@ def test_steerlm2_fits_the_importance_weights_on_a_repeated_batch(models, labell
         "run_dir": str(tmp_path / "run"),
         "model": {"path": models["policy"]},
         "data": {"train": groups, "validation": None, "seq_len": 256, "max_segments": 8},
-        "train": {"max_steps": 8, "batch_rows": 6, "lr": 1e-2, "warmup_steps": 1, "log_every": 1},
+        # lr 1e-2 overshoots at step 2 on these groups (KL 0.93 -> 4.1) and ends near half its start
+        "train": {"max_steps": 8, "batch_rows": 6, "lr": 5e-3, "warmup_steps": 1, "log_every": 1},
         "checkpoint": {"keep_best": 0},
         "mesh": {"num_devices": 1, "data": 1},
         "logging": {"progress": False, "tensorboard": False},
@@ -455,17 +457,21 @@ def test_steerlm2_fits_the_importance_weights_on_a_repeated_batch(models, labell
 
 
 def test_log_q_is_scored_under_the_sampling_distribution(models, tmp_path, capsys):
-    """Acceptance: `lm generate --temperature 0.5 --top-p 0.8` rows record their settings, and `steer label`
-    writes log Q' under that distribution: equal to the tempered nucleus log-prob (checked against numpy in
-    tests/policy/test_logprob.py), different from the plain log-prob. A row without settings among rows with
-    them is refused by name, and so is an unknown setting."""
+    """Acceptance: `lm generate --temperature 0.5 --top-p 0.8` rows record their settings and the token ids
+    drawn, and `steer label` writes log Q' of those ids under that distribution: ALL finished samples of a
+    byte-level policy are labelled, though most stop inside a multi-byte character (their text re-encodes to
+    other tokens); log Q' equals numpy's tempered nucleus log-prob on transformers' logits of prompt + ids,
+    and differs from the plain log-prob. A row without settings among rows with them is refused by name, and
+    so is an unknown setting."""
+    from rm_jax.data.conversation import encode_prompts, encode_responses
     from rm_jax.policy import load_policy, response_logprobs
     from tests.helpers import make_hf_causal_lm_that_ends_turns
+    from tests.policy.test_logprob import _numpy_sampled_logprob
 
     label, questions = "helpfulness:4,verbosity:1", ("Name a colour.", "What is 2 plus 2?")
     pol_dir = str(tmp_path / "ending")
     convs = [with_label([{"role": "user", "content": q}], label) for q in questions]
-    make_hf_causal_lm_that_ends_turns(pol_dir, prompts=convs)
+    model, tok = make_hf_causal_lm_that_ends_turns(pol_dir, prompts=convs, byte_tokens=True)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q, "attributes": label}) + "\n" for q in questions))
     samples, groups = tmp_path / "s.jsonl", tmp_path / "g.jsonl"
@@ -475,19 +481,37 @@ def test_log_q_is_scored_under_the_sampling_distribution(models, tmp_path, capsy
     rows = [json.loads(x) for x in open(samples)]
     want = {"temperature": 0.5, "top_p": 0.8, "seed": 3, "max_new_tokens": 16}
     assert all(r["sampling"] == want for r in rows) and '"top_p": 0.8' in capsys.readouterr().out
+    finished, round_trips = [], 0  # (prompt, text, ids drawn) of the finished responses
+    for r, c in zip(rows, convs):
+        for y, ids, f in zip(r["responses"], r["response_ids"], r["finished"]):
+            if f and y.strip():
+                finished.append((r["prompt"], y, ids))
+                again, st = encode_responses(tok, [c + [{"role": "assistant", "content": y}]])
+                round_trips += again[0][st[0] :].tolist() == ids
+    assert len(finished) >= 6 and round_trips <= len(finished) - 3  # most texts re-encode to other tokens
     cmd = ["steer", "label", "--policy", pol_dir, "--rm", models["rm"], "--sigma", SIGMA, "--no-progress"]
     cmd += ["--skip-empty", "--skip-unfinished", "--input", str(samples), "--output", str(groups)]
     assert main(cmd) == 0
     assert "log Q' under the sampling distribution: temperature 0.5 top-p 0.8" in capsys.readouterr().out
     pol = load_policy(pol_dir)
     got = load_groups(str(groups))
-    assert got and sum(len(g.responses) for g in got) >= 4
+    labelled = [(g.prompt[-1]["content"], y, ids) for g in got for y, ids in zip(g.responses, g.response_ids)]
+    assert sorted(labelled) == sorted(finished)  # every finished sample with the ids drawn, none refused
+    import torch
+
     for g in got:
-        convs = [with_label(g.prompt + [{"role": "assistant", "content": y}], g.label) for y in g.responses]
-        tempered, _ = response_logprobs(pol, convs, temperature=0.5, top_p=0.8)
-        plain, _ = response_logprobs(pol, convs)
-        np.testing.assert_allclose(g.log_q, tempered, atol=1e-4)
-        assert np.abs(g.log_q - plain).min() > 1e-2
+        conv = with_label(g.prompt, g.label)
+        p = encode_prompts(tok, [conv])[0]
+        want_q = []
+        for ids in g.response_ids:
+            x = np.concatenate([p, ids])
+            with torch.no_grad():
+                logits = model(input_ids=torch.as_tensor(x[None].astype(np.int64))).logits[0].numpy()
+            want_q.append(_numpy_sampled_logprob(logits[len(p) - 1 : -1], x[len(p) :], 0.5, 0.8))
+        np.testing.assert_allclose(g.log_q, want_q, atol=1e-4)
+        full = [conv + [{"role": "assistant", "content": y}] for y in g.responses]
+        plain, _ = response_logprobs(pol, full, response_ids=g.response_ids)
+        assert np.all(np.isfinite(g.log_q)) and np.abs(g.log_q - plain).min() > 1e-2
 
     rows[1].pop("sampling")
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -553,3 +577,42 @@ def test_uneven_groups_are_named_and_equal_groups_makes_them_nemo_safe(models, t
     got = load_groups(str(out))
     assert [g.responses for g in got] == [["a", "b", "c"], ["d", "e", "d"]]
     assert got[1].log_q[0] == got[1].log_q[2]  # the repeat is the same response, labelled the same
+
+
+def test_rows_that_cannot_be_scored_stop_by_name_or_are_skipped_and_counted(models, tmp_path, capsys):
+    """Default: the first row or response that cannot be scored stops `steer label`, naming file, line and
+    field, and nothing is written. `--on-bad-row skip`: it is left out, counted on the console and in the
+    report (with the reasons); the rest of the file is labelled."""
+    from rm_jax.steer.label import label_samples
+    from tests.helpers import bundled_tokenizer
+
+    tok = bundled_tokenizer()
+    ids = {y: tok(y + "\n", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for y in "ac"}
+    samples, out = tmp_path / "s.jsonl", tmp_path / "g.jsonl"
+    row = {"prompt": "ok", "attributes": "verbosity:1", "responses": ["a", "b", "c"]}
+    rows = [
+        {**row, "response_ids": [ids["a"], [5000], ids["c"]]},  # 5000: past the policy's 1000 tokens
+        {**row, "prompt": "no", "response_ids": "oops"},
+    ]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["steer", "label", "--policy", models["policy"], "--rm", models["rm"], "--input", str(samples)]
+    args += ["--output", str(out), "--sigma", SIGMA, "--no-progress"]
+    assert main(args) == 1
+    assert f"{samples}: line 2, field 'response_ids': expected one list" in capsys.readouterr().err
+    samples.write_text(json.dumps(rows[0]) + "\n")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{samples}: line 1, field 'responses[1]': response_ids: token id 5000 is outside the vocabulary" in err
+    assert "nothing written" in err and not out.exists()
+
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(args + ["--on-bad-row", "skip"]) == 0
+    got = capsys.readouterr()
+    assert "skipped 1 rows that could not be read, 1 responses that could not be scored" in got.out
+    assert f"first left out: {samples}: line 2, field 'response_ids'" in got.err
+    groups = load_groups(str(out))
+    assert [g.responses for g in groups] == [["a", "c"]] and groups[0].response_ids == [ids["a"], ids["c"]]
+    rep = label_samples(str(samples), models["policy"], models["rm"], str(out), sigma=SIGMA, progress=False,
+                        on_bad_row="skip")  # fmt: skip
+    assert rep["skipped"] == {"bad_rows": 1, "bad_responses": 1} and rep["scored_on_ids"] == 2
+    assert [b.split(", field ")[0] for b in rep["bad"]] == [f"{samples}: line 2", f"{samples}: line 1"]

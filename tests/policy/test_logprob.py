@@ -73,11 +73,11 @@ def test_response_logprobs_equal_a_torch_forward_pass(lm):
     assert abs(other[0] - lp[1]) > 1e-3
 
 
-@pytest.mark.parametrize("lm", [("qwen3", True)], indirect=True, ids=["qwen3-tied"])
-def test_label_as_a_system_message_and_a_long_response(lm):
+@pytest.mark.parametrize("hf_causal_lm", [("qwen3", True)], indirect=True, ids=["qwen3-tied"])
+def test_label_as_a_system_message_and_a_long_response(hf_causal_lm):
     """A chat template without a label turn puts the label in the system message; a ~400-token response
     is summed in float64 (a float32 sum of that many terms drifts past 1e-4)."""
-    d, model, tok = lm
+    d, model, tok = hf_causal_lm
     pol = load_policy(d, template=CHATML)
     long = row_to_messages(
         {"prompt": "Tell me a story.", "response": " ".join(["once upon a time"] * 100), "attributes": "verbosity:4"},
@@ -90,6 +90,39 @@ def test_label_as_a_system_message_and_a_long_response(lm):
     assert count[0] > 300 and "Be brief.\nverbosity:1" in tok.decode(ids[1])
     for i in range(2):
         assert lp[i] == pytest.approx(_torch_logprob(model, ids[i], starts[i]), abs=1e-4)
+
+
+@pytest.mark.parametrize("hf_causal_lm", [("llama", False)], indirect=True, ids=["llama"])
+def test_drawn_ids_are_scored_not_their_re_encoded_text(hf_causal_lm):
+    """A response given with the ids drawn ('h', then half of the two-byte 'é', then EOS: its text 'h\ufffd'
+    re-encodes to other tokens) is scored on those ids after the prompt the sampler encoded, plain and under
+    a tempered distribution (against transformers' logits); `lm logprob` rows with `response_ids` too."""
+    from rm_jax.data.conversation import encode_prompts, response_text
+    from rm_jax.policy import logprob_rows
+
+    d, model, tok = hf_causal_lm
+    pol = load_policy(d)
+    drawn = tok("hé", add_special_tokens=False)["input_ids"][:2] + [tok.eos_token_id]
+    text = response_text(tok, tok.decode(drawn, skip_special_tokens=False))
+    conv = CONVS[1][:-1] + [{"role": "assistant", "content": text}]
+    ids, starts = encode_responses(tok, [conv])
+    assert ids[0][starts[0] :].tolist() != drawn  # the text alone would score other tokens
+    x = np.concatenate([encode_prompts(tok, [conv[:-1]])[0], drawn])
+    s = len(x) - len(drawn)
+    lp, count = response_logprobs(pol, [conv, conv], response_ids=[drawn, None])
+    assert count[0] == 3 and lp[0] == pytest.approx(_torch_logprob(model, x, s), abs=1e-4)
+    assert lp[1] == pytest.approx(_torch_logprob(model, ids[0], starts[0]), abs=1e-4)  # no ids: the text
+    assert abs(lp[0] - lp[1]) > 1e-2
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.as_tensor(x[None].astype(np.int64))).logits[0].numpy()
+    tempered, _ = response_logprobs(pol, [conv], response_ids=[drawn], temperature=0.5)
+    assert tempered[0] == pytest.approx(_numpy_sampled_logprob(logits[s - 1 : -1], x[s:], 0.5, 1.0), abs=1e-4)
+    row = {"prompt": "Name a red fruit.", "response": text, "attributes": "helpfulness:4,verbosity:0"}
+    out = logprob_rows(pol, [row, {**row, "response_ids": drawn}], progress=False)
+    assert out[1]["logprob"] == pytest.approx(lp[0], abs=1e-5) and out[1]["response_tokens"] == 3
+    assert out[0]["logprob"] == pytest.approx(lp[1], abs=1e-5)
 
 
 @pytest.fixture(scope="module", params=["end", "chatml"])

@@ -66,3 +66,22 @@ def test_prompt_turns_must_alternate_user_assistant_for_nemo(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"{path}: line 2, field 'messages': turn 1 is the user's") and "alternate" in msg
     assert len(read_samples(_file(tmp_path, rows[:1]))) == 1
+
+
+def test_response_ids_are_read_per_response_and_bad_ones_named_or_skipped(tmp_path):
+    ids = [[5, 2], None, [7, 2]]
+    got = read_samples(_file(tmp_path, [_row(responses=["a", "b", "c"], finished=[True] * 3, response_ids=ids)]))
+    assert got[0].response_ids == ids and got[0].ids() == ids
+    assert read_samples(_file(tmp_path, [_row()]))[0].ids() == [None, None]  # older files: the text
+    bad_ids = [[5, 2], [True], [7, 2]]
+    path = _file(tmp_path, [_row(responses=["a", "b", "c"], finished=[True] * 3, response_ids=bad_ids),
+                            _row(response_ids=[[1]])])  # fmt: skip
+    with pytest.raises(InputError) as e:
+        read_samples(path)
+    assert str(e.value).startswith(f"{path}: line 1, field 'response_ids[1]': item 0 is True, not a token id")
+    skipped, bad = {}, []
+    got = read_samples(path, skipped=skipped, bad=bad)
+    assert [s.responses for s in got] == [["a", "c"]] and got[0].response_ids == [[5, 2], [7, 2]]
+    assert skipped == {"bad_responses": 1, "bad_rows": 1}
+    assert bad[0].startswith(f"{path}: line 1, field 'response_ids[1]'")
+    assert bad[1].startswith(f"{path}: line 2, field 'response_ids': expected one list of token ids")

@@ -9,6 +9,7 @@ step differentiates with respect to those leaves only (:func:`split_trainable`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -231,11 +232,17 @@ def fill_base(run_dir: str, abstract: Any, restored: Any) -> dict:
     leaf = next(iter(flat_abs.values()))
     mesh = leaf.sharding.mesh
     scan = any(p[0] == "layers" for p in flat_abs)
-    if ("head_kernel",) in flat_abs:
-        base = load_hf_reward_model(recorded["path"], mesh, scan_layers=scan).params
-    else:
-        base = load_hf_causal_lm(recorded["path"], mesh, scan_layers=scan).params
     out = _flat(restored)
+    # Read the frozen leaves straight into their stored dtype (lora.base_dtype), tensor by tensor on the host, as
+    # training loads them: the base is never whole in float32 on a device. Leaves stored otherwise (float32) keep it.
+    frozen = [a.dtype for p, a in flat_abs.items() if p not in out]
+    base_dtype = collections.Counter(map(str, frozen)).most_common(1)[0][0] if frozen else "float32"
+    keep = tuple({p[-1] for p, a in flat_abs.items() if p not in out and str(a.dtype) != base_dtype})
+    opts = dict(scan_layers=scan, base_dtype=base_dtype, float32_leaves=keep)
+    if ("head_kernel",) in flat_abs:
+        base = load_hf_reward_model(recorded["path"], mesh, **opts).params
+    else:
+        base = load_hf_causal_lm(recorded["path"], mesh, **opts).params
     for p, v in _flat(base).items():
         if p not in out:
             a = flat_abs[p]

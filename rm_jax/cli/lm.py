@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Sequence, get_args
 
-from rm_jax.core.config import Dtype
+from rm_jax.core.config import Dtype, OnBadRow
 
 
 def main(argv: Sequence[str]) -> int:
@@ -29,7 +29,7 @@ def main(argv: Sequence[str]) -> int:
         if name == "logprob":
             p.add_argument(
                 "--on-bad-row",
-                choices=["error", "skip"],
+                choices=get_args(OnBadRow),
                 default="error",
                 help="a row that cannot be scored: stop naming it (default), or leave it out (counted)",
             )

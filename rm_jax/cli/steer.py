@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from typing import Sequence, get_args
+
+from rm_jax.core.config import OnBadRow
 
 
 def main(argv: Sequence[str]) -> int:
@@ -47,7 +49,7 @@ def main(argv: Sequence[str]) -> int:
     )
     lb.add_argument(
         "--on-bad-row",
-        choices=["error", "skip"],
+        choices=get_args(OnBadRow),
         default="error",
         help="a row or response that cannot be scored (bad response_ids, log Q' outside the nucleus): stop "
         "naming file, line and field, writing nothing (default), or leave it out (counted, reasons in the report)",

@@ -23,11 +23,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, get_args
 
 import numpy as np
 
 from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.config import OnBadRow
 from rm_jax.core.errors import InputError
 from rm_jax.core.files import iter_jsonl, write_jsonl
 from rm_jax.data.conversation import Message, parse_attribute_label, with_label
@@ -282,8 +283,8 @@ def label_samples(
     from rm_jax.steer.placement import policy as load
     from rm_jax.steer.placement import reward_model
 
-    if on_bad_row not in ("error", "skip"):
-        raise InputError(f"--on-bad-row: {on_bad_row!r} is not error or skip")
+    if on_bad_row not in get_args(OnBadRow):
+        raise InputError(f"--on-bad-row: {on_bad_row!r} is not one of {', '.join(get_args(OnBadRow))}")
     if equal_groups is not None and equal_groups not in ("drop", "fill"):
         raise InputError(f"--equal-groups: {equal_groups!r} is not drop or fill")
     skipped: dict = {}

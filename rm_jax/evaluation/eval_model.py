@@ -180,7 +180,7 @@ def _report_lengths(what: str, c: Mapping[str, Any]) -> None:
         )
     if c.get("cut"):
         _warn(
-            f"{what}: {c['cut']} conversations longer than {c['seq_len']} tokens were cut on the "
+            f"{what}: {c['cut']} completions longer than {c['seq_len']} tokens were cut on the tokenizer's "
             f"{c.get('truncation_side')} side ({c.get('length_policy')}'s rule"
             + (
                 "; cut on the right, the reward reads a token before the end of the response)"

@@ -20,8 +20,8 @@ from rm_jax.core.files import iter_jsonl, write_jsonl
 from rm_jax.data.conversation import encode, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed
 from rm_jax.engine.train_step import batch_shardings, make_score_fn, put_batch
-from rm_jax.models.llama import DecoderConfig
-from rm_jax.models.sharding import make_mesh, replicated
+from rm_jax.models.llama import DecoderConfig, RewardModel
+from rm_jax.models.sharding import activate, make_mesh, replicated
 
 
 class Scorer:
@@ -99,6 +99,47 @@ class Scorer:
                 out[idx[sel]] = scores[sel]
                 bar.update(int((b["segment_ids"] > 0).sum()))
         return (out, lev) if probs else out
+
+    def embed(
+        self,
+        ids: Sequence[np.ndarray],
+        seq_len: Optional[int] = None,
+        rows: int = 16,
+        max_segments: int = 16,
+        progress: bool = True,
+        desc: str = "embedding",
+    ) -> np.ndarray:
+        """[N, hidden] float32: the hidden state the head reads (after the final norm) at each sequence's last
+        token, each sequence alone (packed like :meth:`predict`). A gate reads it at a prompt's last token."""
+        n, h = len(ids), self.cfg.hidden_size
+        out = np.zeros((n, h), np.float32)
+        if n == 0:
+            return out
+        seq_len = seq_len or _round_up(max(len(x) for x in ids), 64)
+        key = ("features", max_segments)
+        if key not in self._fns:
+            cfg, mesh = self.cfg, self.mesh
+
+            def features(params: Any, batch: dict) -> Any:
+                with activate(mesh):
+                    return RewardModel(cfg).apply(
+                        {"params": params}, batch["input_ids"], batch["segment_ids"], batch["positions"],
+                        max_segments=max_segments, output="features",
+                    )  # fmt: skip
+
+            self._fns[key] = jax.jit(features, out_shardings=replicated(mesh))
+        ms, fn = max_segments, self._fns[key]
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        bins = plan_packed([len(x) for x in ids], seq_len, ms)
+        rows = _round_up(max(rows, 1), dp)
+        zeros = np.zeros((n, 1), np.float32)
+        for start in tqdm(range(0, len(bins), rows), desc=desc, disable=not progress, leave=False):
+            b = build_batch(ids, zeros, zeros, bins[start : start + rows], seq_len, ms, self.pad_id, rows=rows)
+            sh = batch_shardings(self.mesh, {k: b[k] for k in ("input_ids", "segment_ids", "positions")}, False)
+            feats = np.asarray(jax.device_get(fn(self.params, put_batch(b, sh))), np.float32)
+            idx = b["example_index"]
+            out[idx[idx >= 0]] = feats[idx >= 0]
+        return out
 
 
 # ---------------------------------------------------------------- rows -> scores (rm-jax score)

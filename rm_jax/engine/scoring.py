@@ -167,15 +167,18 @@ def score_rows(
     progress: bool = True,
     where: Union[str, Sequence[str]] = "input",
     probs: bool = False,
+    row_weights: Optional[np.ndarray] = None,
 ) -> tuple:
     """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
     :class:`rm_jax.runs.read.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
     max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
     each row's location. With ``probs`` (a categorical or ordinal head): a third element, the level
-    probabilities [N, A, K]."""
+    probabilities [N, A, K]. ``row_weights`` [N, A] (a prompt gate's, model attribute order) replaces
+    ``weights``: reward_i = row_weights_i . attributes_i."""
     if probs and model.cfg.attribute_head == "regression":
         raise InputError("--probs: this model has a regression head (no level probabilities); see docs/heads.md")
-    w = resolve_reward_weights(weights, model.attributes)  # matched to the model's attribute names
+    # matched to the model's attribute names
+    w = resolve_reward_weights(weights, model.attributes) if row_weights is None else None
     ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
     limit = seq_len or model.cfg.max_position_embeddings
     for i, x in enumerate(ids):
@@ -191,7 +194,7 @@ def score_rows(
         ids, seq_len, batch_rows, max_segments, progress=progress, probs=probs
     )
     pred, lev = out if probs else (out, None)
-    reward = pred.astype(np.float64) @ w
+    reward = pred.astype(np.float64) @ w if w is not None else (pred.astype(np.float64) * row_weights).sum(-1)
     return (pred, reward, lev) if probs else (pred, reward)
 
 
@@ -202,14 +205,18 @@ def write_scored(
     pred: np.ndarray,
     reward: np.ndarray,
     probs: Optional[np.ndarray] = None,
+    row_weights: Optional[np.ndarray] = None,
 ) -> None:
     """The input rows plus ``attributes`` and ``reward`` (and, given ``probs`` [N, A, K], ``"probs"``:
-    {attribute: [P(level 0), ..., P(level K-1)]}); written atomically."""
+    {attribute: [P(level 0), ..., P(level K-1)]}; given a gate's ``row_weights`` [N, A], ``"weights"``:
+    {attribute: weight} used for that row); written atomically."""
 
     def out(i: int, r: dict) -> dict:
         o = {**r, "attributes": {a: float(v) for a, v in zip(attributes, pred[i])}, "reward": float(reward[i])}
         if probs is not None:
             o["probs"] = level_probs_record(attributes, probs[i])
+        if row_weights is not None:
+            o["weights"] = {a: float(v) for a, v in zip(attributes, row_weights[i])}
         return o
 
     write_jsonl(path, (out(i, r) for i, r in enumerate(rows)))

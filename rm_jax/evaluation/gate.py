@@ -358,7 +358,7 @@ def save_gate(out_dir: str, report: Mapping[str, Any], tensors: Mapping[str, np.
 
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, GATE_TENSORS + ".tmp")
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, tmp)
+    save_file({k: np.array(v, np.float32, order="C") for k, v in tensors.items()}, tmp)
     os.replace(tmp, os.path.join(out_dir, GATE_TENSORS))
     write_json(os.path.join(out_dir, GATE_JSON), dict(report))
 

@@ -1,12 +1,13 @@
 """``rm-jax weights fit``: the attribute weights that best order preference pairs (Bradley-Terry regression
 on the RM's predicted attribute differences, L2-regularised on standardised differences, no intercept), with
 held-out accuracy of the fit and of every preset on k folds of prompts. W.json works as ``--weights`` in
-score / eval / serve / configs."""
+score / eval / serve / configs. ``--gate`` fits a prompt gate instead (one weighting per prompt from the RM's
+prompt embedding: :mod:`rm_jax.evaluation.gate`), written to a folder that works as ``--weights GATE_DIR``."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence, get_args
+from typing import Optional, Sequence, get_args
 
 from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
@@ -39,7 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         help="prompt: each prompt counts once in fit and accuracy (a pair weighs 1/pairs of its prompt); pair: 1 each",
     )
     fit.add_argument("--seed", type=int, default=0, help="fold assignment (folds are groups of prompts)")
-    fit.add_argument("--output", required=True, help="W.json; predictions go to <stem>.fit_predictions.jsonl")
+    fit.add_argument(
+        "--output", required=True, help="W.json (predictions to <stem>.fit_predictions.jsonl); with --gate a folder"
+    )
+    gate = fit.add_argument_group("prompt gate (ArmoRM stage 2): weights per prompt from the RM's prompt embedding")
+    gate.add_argument("--gate", action="store_true", help="fit a gate MLP; --output is then GATE_DIR")
+    gate.add_argument("--gate-hidden", type=int, default=64, help="hidden units per layer (ArmoRM: 1024)")
+    gate.add_argument("--gate-layers", type=int, default=2, help="hidden layers (ArmoRM: 3)")
+    gate.add_argument("--gate-temperature", type=float, default=10.0, help="softmax temperature (ArmoRM: 10)")
+    gate.add_argument("--gate-steps", type=int, default=400, help="full-batch Adam steps")
+    gate.add_argument("--gate-lr", type=float, default=3e-3)
+    gate.add_argument("--gate-l2", type=float, default=0.01, help="L2 on the gate's kernels (pulls toward a constant)")
     fit.add_argument("--seq-len", type=int, default=None)
     fit.add_argument("--batch-rows", type=int, default=16)
     fit.add_argument("--max-segments", type=int, default=16)
@@ -60,6 +71,8 @@ def main(argv: Sequence[str]) -> int:
     for name in ("folds", "batch_rows", "max_segments"):
         if getattr(a, name) < 1:
             raise InputError(f"--{name.replace('_', '-')}: must be a positive integer, got {getattr(a, name)}")
+    if a.gate:
+        return _fit_gate(a, kind)
     from rm_jax.evaluation.weight_fit import fit_weights, format_fit
 
     report, path = fit_weights(
@@ -81,4 +94,45 @@ def main(argv: Sequence[str]) -> int:
     )
     print(format_fit(report))
     print(f"\nweights -> {path}")
+    return 0
+
+
+def _fit_gate(a: argparse.Namespace, kind: Optional[str]) -> int:
+    from rm_jax.evaluation.gate import GateConfig, fit_gate, format_gate
+
+    if a.from_predictions or not kind:
+        raise InputError(
+            "--gate reads the RM's prompt embeddings, which a predictions file does not hold: give --model and a "
+            "pair source, not --from-predictions"
+        )
+    if a.output.endswith(".json"):
+        raise InputError(f"--gate: --output is a folder (gate.json and gate.safetensors go in it), got {a.output}")
+    cfg = GateConfig(
+        hidden=a.gate_hidden,
+        layers=a.gate_layers,
+        temperature=a.gate_temperature,
+        steps=a.gate_steps,
+        lr=a.gate_lr,
+        l2=a.gate_l2,
+        seed=a.seed,
+    )
+    report = fit_gate(
+        a.output,
+        model_path=a.model,
+        kind=kind,
+        source=getattr(a, kind),
+        split=a.split,
+        folds=a.folds,
+        l2=a.l2,
+        seed=a.seed,
+        pair_weighting=a.pair_weighting,
+        cfg=cfg,
+        seq_len=a.seq_len,
+        batch_rows=a.batch_rows,
+        max_segments=a.max_segments,
+        dtype=a.dtype,
+        progress=not a.no_progress,
+    )
+    print(format_gate(report))
+    print(f"\ngate -> {a.output} (use it as --weights {a.output})")
     return 0

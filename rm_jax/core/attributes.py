@@ -110,10 +110,24 @@ def _resolve(spec: WeightSpec, attributes: Sequence[str], allow_file: bool) -> t
     return w, unnamed
 
 
+GATE_FILE = "gate.json"
+
+
+def is_gate_spec(spec: object) -> bool:
+    """Whether a weight spec names a prompt-gate folder (``rm-jax weights fit --gate``: one weight vector per
+    prompt, not a constant). Consumers that can apply one check this first (rm_jax.evaluation.gate)."""
+    return isinstance(spec, str) and os.path.isfile(os.path.join(spec.strip(), GATE_FILE))
+
+
 def _values(spec: WeightSpec, allow_file: bool) -> tuple[str, Union[list[float], dict[str, float]]]:
     """("preset" | "named" | "positional", the values) of a spec, before any model is involved."""
     if isinstance(spec, str):
         key = spec.strip()
+        if is_gate_spec(key):  # never read as a constant: a consumer that cannot apply a gate stops here
+            raise ValueError(
+                f"reward weights {spec!r} are a prompt gate (weights fit --gate: weights per prompt, computed from "
+                "the RM's prompt embedding); this consumer needs one constant weight vector"
+            )
         if key in REWARD_PRESETS:
             return "preset", preset_weights(key)
         if allow_file and key.endswith(".json"):

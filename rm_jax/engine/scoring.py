@@ -20,8 +20,8 @@ from rm_jax.core.files import iter_jsonl, write_jsonl
 from rm_jax.data.conversation import encode, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed
 from rm_jax.engine.train_step import batch_shardings, make_score_fn, put_batch
-from rm_jax.models.llama import DecoderConfig
-from rm_jax.models.sharding import make_mesh, replicated
+from rm_jax.models.llama import DecoderConfig, RewardModel
+from rm_jax.models.sharding import activate, make_mesh, replicated
 
 
 class Scorer:
@@ -100,6 +100,47 @@ class Scorer:
                 bar.update(int((b["segment_ids"] > 0).sum()))
         return (out, lev) if probs else out
 
+    def embed(
+        self,
+        ids: Sequence[np.ndarray],
+        seq_len: Optional[int] = None,
+        rows: int = 16,
+        max_segments: int = 16,
+        progress: bool = True,
+        desc: str = "embedding",
+    ) -> np.ndarray:
+        """[N, hidden] float32: the hidden state the head reads (after the final norm) at each sequence's last
+        token, each sequence alone (packed like :meth:`predict`). A gate reads it at a prompt's last token."""
+        n, h = len(ids), self.cfg.hidden_size
+        out = np.zeros((n, h), np.float32)
+        if n == 0:
+            return out
+        seq_len = seq_len or _round_up(max(len(x) for x in ids), 64)
+        key = ("features", max_segments)
+        if key not in self._fns:
+            cfg, mesh = self.cfg, self.mesh
+
+            def features(params: Any, batch: dict) -> Any:
+                with activate(mesh):
+                    return RewardModel(cfg).apply(
+                        {"params": params}, batch["input_ids"], batch["segment_ids"], batch["positions"],
+                        max_segments=max_segments, output="features",
+                    )  # fmt: skip
+
+            self._fns[key] = jax.jit(features, out_shardings=replicated(mesh))
+        ms, fn = max_segments, self._fns[key]
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        bins = plan_packed([len(x) for x in ids], seq_len, ms)
+        rows = _round_up(max(rows, 1), dp)
+        zeros = np.zeros((n, 1), np.float32)
+        for start in tqdm(range(0, len(bins), rows), desc=desc, disable=not progress, leave=False):
+            b = build_batch(ids, zeros, zeros, bins[start : start + rows], seq_len, ms, self.pad_id, rows=rows)
+            sh = batch_shardings(self.mesh, {k: b[k] for k in ("input_ids", "segment_ids", "positions")}, False)
+            feats = np.asarray(jax.device_get(fn(self.params, put_batch(b, sh))), np.float32)
+            idx = b["example_index"]
+            out[idx[idx >= 0]] = feats[idx >= 0]
+        return out
+
 
 # ---------------------------------------------------------------- rows -> scores (rm-jax score)
 
@@ -126,15 +167,18 @@ def score_rows(
     progress: bool = True,
     where: Union[str, Sequence[str]] = "input",
     probs: bool = False,
+    row_weights: Optional[np.ndarray] = None,
 ) -> tuple:
     """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
     :class:`rm_jax.runs.read.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
     max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
     each row's location. With ``probs`` (a categorical or ordinal head): a third element, the level
-    probabilities [N, A, K]."""
+    probabilities [N, A, K]. ``row_weights`` [N, A] (a prompt gate's, model attribute order) replaces
+    ``weights``: reward_i = row_weights_i . attributes_i."""
     if probs and model.cfg.attribute_head == "regression":
         raise InputError("--probs: this model has a regression head (no level probabilities); see docs/heads.md")
-    w = resolve_reward_weights(weights, model.attributes)  # matched to the model's attribute names
+    # matched to the model's attribute names
+    w = resolve_reward_weights(weights, model.attributes) if row_weights is None else None
     ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
     limit = seq_len or model.cfg.max_position_embeddings
     for i, x in enumerate(ids):
@@ -150,7 +194,7 @@ def score_rows(
         ids, seq_len, batch_rows, max_segments, progress=progress, probs=probs
     )
     pred, lev = out if probs else (out, None)
-    reward = pred.astype(np.float64) @ w
+    reward = pred.astype(np.float64) @ w if w is not None else (pred.astype(np.float64) * row_weights).sum(-1)
     return (pred, reward, lev) if probs else (pred, reward)
 
 
@@ -161,14 +205,18 @@ def write_scored(
     pred: np.ndarray,
     reward: np.ndarray,
     probs: Optional[np.ndarray] = None,
+    row_weights: Optional[np.ndarray] = None,
 ) -> None:
     """The input rows plus ``attributes`` and ``reward`` (and, given ``probs`` [N, A, K], ``"probs"``:
-    {attribute: [P(level 0), ..., P(level K-1)]}); written atomically."""
+    {attribute: [P(level 0), ..., P(level K-1)]}; given a gate's ``row_weights`` [N, A], ``"weights"``:
+    {attribute: weight} used for that row); written atomically."""
 
     def out(i: int, r: dict) -> dict:
         o = {**r, "attributes": {a: float(v) for a, v in zip(attributes, pred[i])}, "reward": float(reward[i])}
         if probs is not None:
             o["probs"] = level_probs_record(attributes, probs[i])
+        if row_weights is not None:
+            o["weights"] = {a: float(v) for a, v in zip(attributes, row_weights[i])}
         return o
 
     write_jsonl(path, (out(i, r) for i, r in enumerate(rows)))

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
@@ -19,12 +21,14 @@ from rm_jax.data.pipeline import resolve_pairs_source, resolve_source
 from rm_jax.data.rewardbench2_sets import load_rewardbench2
 from rm_jax.data.sources import load_helpsteer, load_pairs
 from rm_jax.evaluation.evaluate import (
+    GATE_ROW_WEIGHTS,
     _note_weights,
     _ordered,
     evaluate_helpsteer,
     evaluate_rewardbench,
     evaluate_rewardbench2,
 )
+from rm_jax.evaluation.gate import is_gate, open_gate
 from rm_jax.evaluation.predictions import (
     HELPSTEER_SUFFIX,
     REWARDBENCH2_SUFFIX,
@@ -90,7 +94,14 @@ def evaluate_model(
             "nothing to evaluate: give --helpsteer FILE|HUB_ID, --rewardbench FILE|HUB_ID, --rewardbench2 SRC, "
             "--rm-bench SRC, --judgebench SRC and/or --helpsteer3 SRC"
         )
-    if weights is not None:  # matched by name to the attributes the folder names (HelpSteer2's when unreadable)
+    if weights is not None and is_gate(weights):  # a prompt gate: its folder now, its attributes below
+        open_gate(weights)
+        if yardsticks:
+            raise InputError(
+                f"--weights {weights}: a prompt gate is not applied by the yardsticks (--rm-bench, --judgebench, "
+                "--helpsteer3) yet; they take one constant weighting (a preset, W.json or numbers)"
+            )
+    elif weights is not None:  # matched by name to the attributes the folder names (HelpSteer2's when unreadable)
         check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
     if template:
         from rm_jax.data.conversation import resolve_template
@@ -114,7 +125,10 @@ def evaluate_model(
         raise ModelLoadError(f"--model {model_path}: {e}") from None
     attributes = list(model.attributes)
     weights = weights if weights is not None else default_weights(attributes)
-    check_weights(weights, attributes)
+    if is_gate(weights):
+        open_gate(weights, attributes)
+    else:
+        check_weights(weights, attributes)
 
     out_path = output if output.endswith(".json") else output + ".json"
     stem = output_stem(out_path)
@@ -149,7 +163,15 @@ def evaluate_model(
         result["counts"]["rewardbench2"] = dict(rep.pop("counts"), source=rewardbench2)
         result["rewardbench2"] = rep
         _report_lengths("RewardBench 2 completions", result["counts"]["rewardbench2"])
-        write_jsonl(stem + REWARDBENCH2_SUFFIX, rewardbench2_records(rb2_sets, pred, attributes, weights))
+        gate_w = rep.pop(GATE_ROW_WEIGHTS, None)
+        records = rewardbench2_records(
+            rb2_sets, pred, attributes, weights if gate_w is None else [1.0] * len(attributes)
+        )
+        if gate_w is not None:  # each completion's reward under its set's gate weights, and those weights
+            for rec, p, w in zip(records, pred, gate_w):
+                rec["reward"] = None if rec["reward"] is None else float(np.asarray(p, np.float64) @ w)
+                rec["weights"] = {a: float(x) for a, x in zip(attributes, w)}
+        write_jsonl(stem + REWARDBENCH2_SUFFIX, records)
     for name, data in yard_data.items():
         policy = "rm_bench" if name == "rm_bench" and length_policy == "rm_bench" else "prompt-left"
         rep, records = evaluate_yardstick(model, name, data, weights, length_policy=policy, **opts)

@@ -32,12 +32,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, weights_note
+from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, applicable_presets, weights_note
 from rm_jax.core.errors import InputError
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs
 from rm_jax.data.rewardbench2_sets import RUN_V2_MAX_LENGTH, RB2Set, encode_run_v2, flatten
 from rm_jax.engine.scoring import Scorer
-from rm_jax.evaluation.metrics import helpsteer_metrics
+from rm_jax.evaluation.gate import is_gate, open_gate, row_weights
+from rm_jax.evaluation.metrics import helpsteer_metrics, pairwise_by_weights
 from rm_jax.evaluation.predictions import (
     REWARDBENCH2_SUFFIX,
     find_predictions,
@@ -141,13 +142,22 @@ def evaluate_helpsteer(
     """
     attributes = list(model.attributes)
     weights = default_weights(attributes) if weights is None else weights
-    check_weights(weights, attributes)
+    gate, base = _gate_and_base(weights, attributes)
     limit = _limit(model, seq_len)
     enc = encode_helpsteer(rows, model.tokenizer, limit, model.template, overlength, attributes=ATTRIBUTES)
     levels = model.cfg.attribute_head != "regression"
     out = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "helpsteer", levels)
     pred, probs = out if levels else (out, None)
-    report = helpsteer_metrics(pred, attributes, enc.labels, enc.label_mask, enc.group, weights, probs)
+    report = helpsteer_metrics(pred, attributes, enc.labels, enc.label_mask, enc.group, base, probs)
+    if gate is not None:  # the gate's reward: each row's own weights . its attributes
+        w = row_weights(gate, model, [rows[int(i)] for i in enc.source_rows], limit, batch_rows, max_segments, progress)
+        h = ATTRIBUTES.index("helpfulness")
+        groups = list(np.asarray(enc.group).tolist())
+        ones = {gate.label: np.ones(len(attributes))}
+        report["pairwise"] = _only_presets(report["pairwise"], base)
+        report["pairwise"][gate.label] = pairwise_by_weights(
+            pred * w, enc.labels[:, h], np.asarray(enc.label_mask)[:, h] != 0, groups, ones
+        )[gate.label]
     report["counts"] = _counts(enc, len(enc.ids), limit)
     return report, helpsteer_records(enc.source_rows, enc.group, pred, attributes, enc.labels, enc.label_mask)
 
@@ -174,7 +184,7 @@ def evaluate_rewardbench(
     """
     attributes = list(model.attributes)
     weights = default_weights(attributes) if weights is None else weights
-    check_weights(weights, attributes)
+    gate, base = _gate_and_base(weights, attributes)
     limit = _limit(model, seq_len)
     enc = encode_pairs(
         rows,
@@ -191,9 +201,19 @@ def evaluate_rewardbench(
     chosen = np.full((len(rows), len(attributes)), np.nan, np.float32)
     rejected = np.full_like(chosen, np.nan)
     chosen[scored], rejected[scored] = pred[0::2], pred[1::2]
-    report = rewardbench_metrics(
-        [subset_of(rows[i]) for i in scored], chosen[scored], rejected[scored], attributes, weights
-    )
+    subsets = [subset_of(rows[i]) for i in scored]
+    report = rewardbench_metrics(subsets, chosen[scored], rejected[scored], attributes, base)
+    if gate is not None:  # a pair's two responses share its prompt, so its weights
+        convs = [{"prompt": rows[i]["prompt"], "response": rows[i]["chosen"]} for i in scored]
+        w = row_weights(gate, model, convs, limit, batch_rows, max_segments, progress)
+        presets = _only_presets(report["presets"], base)
+        report = rewardbench_metrics(
+            subsets, chosen[scored] * w, rejected[scored] * w, attributes, [1.0] * len(attributes)
+        )
+        report["presets"] = {
+            **presets,
+            gate.label: {k: report[k] for k in ("overall", "sections", "subsets", "unknown_subsets")},
+        }
     report["counts"] = _counts(enc, len(scored), limit)
     return report, chosen, rejected
 
@@ -320,13 +340,39 @@ def evaluate_rewardbench2(
     ``sets`` plus ``counts``; and the per-completion predictions of :func:`predict_rewardbench2`."""
     attributes = list(model.attributes)
     weights = default_weights(attributes) if weights is None else weights
-    check_weights(weights, attributes)
+    gate, base = _gate_and_base(weights, attributes)
     pred, counts = predict_rewardbench2(model, sets, **opts)
     if counts["scored_sets"] == 0:
         raise InputError("RewardBench 2: every set was dropped for length (raise --seq-len)")
-    report = rewardbench2_metrics(sets, pred, attributes, weights)  # drops the NaN sets, names empty subsets
+    report = rewardbench2_metrics(sets, pred, attributes, base)  # drops the NaN sets, names empty subsets
+    if gate is not None:  # every completion of a set weighed by the gate on the set's prompt
+        o = {k: opts[k] for k in ("batch_rows", "max_segments", "progress") if k in opts}
+        w = row_weights(gate, model, flatten(sets), _limit(model, opts.get("seq_len")), **o)
+        presets = _only_presets(report["presets"], base)
+        report = rewardbench2_metrics(sets, pred * w, attributes, [1.0] * len(attributes))
+        report["presets"] = {**presets, gate.label: {"score": report["score"], "subsets": report["subsets"]}}
+        report[GATE_ROW_WEIGHTS] = w  # for the per-completion scores file; eval_model pops it
     report["counts"] = counts
     return report, pred
+
+
+GATE_ROW_WEIGHTS = "_gate_row_weights"
+
+
+def _gate_and_base(weights: WeightSpec, attributes: Sequence[str]) -> tuple[Any, WeightSpec]:
+    """(the gate ``weights`` names, or None; the constant spec the metrics run with): for a gate, the presets'
+    (the gate's own reward is computed beside them), else ``weights`` itself, checked."""
+    if is_gate(weights):
+        gate = open_gate(weights, attributes)
+        presets = applicable_presets(attributes)
+        return gate, next(iter(presets)) if presets else [1.0] * len(attributes)
+    check_weights(weights, attributes)
+    return None, weights
+
+
+def _only_presets(by_name: dict, base: WeightSpec) -> dict:
+    """A metrics table without the stand-in weighting :func:`_gate_and_base` ran it with (unless a preset)."""
+    return {k: v for k, v in by_name.items() if not isinstance(base, list) or not k.startswith("w")}
 
 
 def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -> dict:
@@ -337,6 +383,11 @@ def reweight_from_predictions(path: str, weights: Optional[WeightSpec] = None) -
     folder (its ``predictions/validation.jsonl``). Model and length counts are copied from the
     earlier results json when it is there.
     """
+    if is_gate(weights):
+        raise InputError(
+            f"--from-predictions: saved predictions hold no prompt embeddings, so the prompt gate {weights} cannot "
+            "be applied to them; run rm-jax eval --model ... --weights GATE_DIR"
+        )
     hs_path, rb_path, json_path = find_predictions(path)
     rb2_path: Optional[str] = None if os.path.isdir(path) else output_stem(path) + REWARDBENCH2_SUFFIX
     rb2_path = rb2_path if rb2_path and os.path.isfile(rb2_path) else None
@@ -390,6 +441,8 @@ def _ordered(result: dict) -> dict:
 
 
 def _note_weights(spec: WeightSpec, attributes: Sequence[str]) -> None:
+    if is_gate(spec):
+        return
     note = weights_note(spec, attributes)  # a W.json naming a subset: say which attributes weigh 0
     if note:
         print(f"rm-jax eval: {note}", file=sys.stderr)

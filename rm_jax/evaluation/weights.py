@@ -12,6 +12,7 @@ from rm_jax.core.attributes import (
     REWARD_PRESETS,
     WeightSpec,
     applicable_presets,
+    is_gate_spec,
     resolve_reward_weights,
     unnamed_attributes,
 )
@@ -60,7 +61,21 @@ def _label(spec: WeightSpec, attributes: Sequence[str]) -> str:
 
 def weights_record(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, Any]:
     """The weights an evaluation used, by attribute name; ``zero_unnamed``: the model attributes a W.json
-    (or mapping) left out, which weigh 0."""
+    (or mapping) left out, which weigh 0. A prompt gate (weights per prompt) is recorded by its folder and
+    its held-out accuracy."""
+    if is_gate_spec(spec):
+        from rm_jax.evaluation.gate import open_gate
+
+        gate = open_gate(spec, attributes)
+        return {
+            "spec": str(spec),
+            "label": gate.label,
+            "kind": "gate",
+            "source": f"gate {os.path.abspath(str(spec).strip())}",
+            "values": None,
+            "note": "weights per prompt: the gate on the RM's prompt embedding (weights fit --gate)",
+            "heldout_accuracy": gate.meta.get("heldout_accuracy"),
+        }
     w = check_weights(spec, attributes)
     if isinstance(spec, str):
         shown: Any = spec

@@ -696,7 +696,8 @@ class RewardModel(nn.Module):
     ) -> Any:
         """``output``: "attributes" (E[y] per attribute [B, S, A], what every consumer reads), "raw" (the
         head's own outputs: regression scores [B, S, A], categorical logits [B, S, A, K], ordinal
-        z [B, S, A, K-1]) or "levels" (E[y] and the level probabilities [B, S, A, K])."""
+        z [B, S, A, K-1]), "levels" (E[y] and the level probabilities [B, S, A, K]) or "features" (the final-norm
+        hidden state the head reads [B, S, H], float32)."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         last, present = last_token_index(segment_ids, max_segments)
         pooled, _, _ = decoder_stack(
@@ -705,6 +706,8 @@ class RewardModel(nn.Module):
 
         # The final norm is per token, so only the pooled tokens need it.
         pooled = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(pooled).astype(jnp.float32)
+        if output == "features":  # the head's input [B, S, H] (e.g. a prompt embedding for a gate)
+            return jnp.where(present[..., None], pooled, 0.0)
         init, kind = nn.initializers.normal(cfg.initializer_range), cfg.attribute_head
         if kind == "categorical":  # [H, A, K]: exported attribute-major as score.weight [A*K, H]
             shape, axes = (cfg.hidden_size, cfg.num_labels, cfg.label_levels), ("embed", "attributes", "levels")

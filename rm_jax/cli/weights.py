@@ -98,7 +98,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _fit_gate(a: argparse.Namespace, kind: Optional[str]) -> int:
-    from rm_jax.evaluation.gate import GateConfig, fit_gate, format_gate
+    from rm_jax.evaluation.gate import GateConfig
+    from rm_jax.evaluation.gate_fit import fit_gate, format_gate
 
     if a.from_predictions or not kind:
         raise InputError(

@@ -12,17 +12,8 @@ import pytest
 from rm_jax import cli
 from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS, resolve_reward_weights
 from rm_jax.core.errors import InputError
-from rm_jax.evaluation.gate import (
-    GateConfig,
-    _mix,
-    fit_gate_params,
-    gate_report,
-    gate_weights,
-    load_gate,
-    prompt_embeddings,
-    prompt_of,
-    save_gate,
-)
+from rm_jax.evaluation.gate import GateConfig, _mix, gate_weights, load_gate, prompt_embeddings, prompt_of
+from rm_jax.evaluation.gate_fit import fit_gate_params, gate_report, save_gate
 from rm_jax.evaluation.weight_fit import fit_report
 
 KIND_WORDS = ("the cat sat on a mat and then it ran far".split(), "away from home because rain fell every roof".split())

@@ -15,6 +15,7 @@ import jax
 from jax.sharding import Mesh
 
 from rm_jax.engine.checkpoint import Checkpointer, abstract_with_shardings
+from rm_jax.core.attributes import REWARD_HEAD
 from rm_jax.core.config import CheckpointConfig
 from rm_jax.core.console import get_logger
 from rm_jax.data.conversation import resolve_template
@@ -115,7 +116,7 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
         if read_meta(path).get("decoder", {}).get("head", "reward") != "reward":
             raise ConfigError(f"{path}: a policy run (task {read_meta(path).get('task')}); scoring needs a reward model")
         cfg, params, meta, tok = load_run(path, mesh, dtype, step)
-        return ScoringModel(cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh,
+        return ScoringModel(cfg, params, output_names(cfg, meta["attributes"]), tok, template or meta.get("template"), mesh,
                             meta.get("hf_config"))
     if step is not None:
         raise InputError(f"step {step} asked of {path}, which is not an rm_jax run folder (an HF folder has no steps)")
@@ -125,9 +126,17 @@ def load_scoring_model(path: str, mesh: Optional[Mesh] = None, dtype: str = "flo
             raise ModelLoadError(f"{path}: adapter_config.json names no base_model_name_or_path")
         lm = load_hf_reward_model(base, mesh, dtype=dtype)
         cfg, params = import_peft_adapter(lm.cfg, lm.params, path, mesh)
-        return ScoringModel(cfg, params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
+        names = output_names(cfg, lm.attribute_names)
+        return ScoringModel(cfg, params, names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
     lm = load_hf_reward_model(path, mesh, dtype=dtype)
-    return ScoringModel(lm.cfg, lm.params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
+    names = output_names(lm.cfg, lm.attribute_names)
+    return ScoringModel(lm.cfg, lm.params, names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
+
+
+def output_names(cfg: DecoderConfig, attributes: Any) -> list[str]:
+    """The names of a reward model's output columns: its attributes, then ``reward_head`` for a separate
+    reward output (so ``--weights reward_head`` picks it, and every other weighting gives it 0)."""
+    return list(attributes) + ([REWARD_HEAD] if cfg.reward_head else [])
 
 
 def export_run(run_dir: str, out_dir: str, step: Optional[int] = None, adapter: bool = False) -> str:

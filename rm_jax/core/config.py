@@ -475,7 +475,9 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
             f"task rm with data.kind=helpsteer (data.kind={cfg.data.kind}, task {cfg.task})"
         )
     if cfg.loss.pair_weight and "helpfulness" not in cfg.model.attributes:
-        raise ConfigError(f"{where}: loss.pair_weight orders a prompt's responses by helpfulness: not in model.attributes")
+        raise ConfigError(
+            f"{where}: loss.pair_weight orders a prompt's responses by helpfulness: not in model.attributes"
+        )
     if cfg.loss.pair_target != "attributes" and not cfg.loss.pair_weight:
         raise ConfigError(f"{where}: loss.pair_target={cfg.loss.pair_target} needs loss.pair_weight > 0")
     if cfg.loss.pair_target == "separate" and cfg.lora.rank:

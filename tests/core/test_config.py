@@ -4,9 +4,9 @@ line naming the key through the real CLI."""
 from __future__ import annotations
 
 import ast
-import re
 import dataclasses
 import os
+import re
 import typing
 from typing import Annotated, Literal, Union
 

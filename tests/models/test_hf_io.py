@@ -218,3 +218,49 @@ def test_reward_head_row_count_is_checked(tmp_path):
     json.dump(hf, open(path, "w"))
     with pytest.raises(ModelLoadError, match="rm_jax.reward_head must be true or false"):
         load_hf_reward_model(out)
+
+
+def _ordinal_export(tmp_path):
+    from rm_jax.core.attributes import ATTRIBUTES
+    from rm_jax.models import init_params
+    from rm_jax.models.llama import DecoderConfig
+    from tests.helpers import TINY_DECODER
+
+    cfg = DecoderConfig(**TINY_DECODER, num_labels=5, attribute_head="ordinal")
+    params = init_params(cfg, make_mesh(devices=jax.devices()[:1]), 2)
+    return export_hf(cfg, params, str(tmp_path / "ord"), ATTRIBUTES)
+
+
+def test_ordinal_import_rejects_score_rows_that_are_not_copies(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    out = _ordinal_export(tmp_path)
+    load_hf_reward_model(out)  # the export itself loads
+    path = os.path.join(out, "model.safetensors")
+    tensors = load_file(path)
+    tensors["score.weight"][6] += 0.01  # attribute 1's second copy
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="the 4 rows of each attribute differ"):
+        load_hf_reward_model(out)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("head", "softmax", "rm_jax.head 'softmax' is not one of regression, categorical, ordinal"),
+        ("attributes", [], "rm_jax.attributes must be a non-empty list of names"),
+        ("label_levels", 1, "rm_jax.label_levels must be an integer >= 2, got 1"),
+        ("label_levels", 6, "num_labels 20 is not 5 attributes x 5 \\(ordinal head\\)"),
+        ("thresholds", [[0.0, 1.0, 0.5, 2.0]] * 5, "rm_jax.thresholds: ordinal thresholds must strictly increase"),
+        ("thresholds", [[0.0, 1.0]] * 5, "rm_jax.thresholds: expected 5 x 4 finite numbers"),
+    ],
+)
+def test_bad_rm_jax_fields_are_one_line_errors_naming_the_field(tmp_path, field, value, message):
+    out = _ordinal_export(tmp_path)
+    path = os.path.join(out, "config.json")
+    hf = json.load(open(path))
+    hf["rm_jax"][field] = value
+    json.dump(hf, open(path, "w"))
+    with pytest.raises(ModelLoadError, match=message) as e:
+        load_hf_reward_model(out)
+    assert "\n" not in str(e.value) and str(e.value).startswith(path)

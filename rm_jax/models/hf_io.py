@@ -670,7 +670,8 @@ def iter_hf_tensors(cfg: DecoderConfig, params: Any) -> Iterator[tuple[str, np.n
         arr = np.asarray(jax.device_get(leaf[m.layer] if m.layer is not None else leaf), dtype=np.float32)
         out = m.to_hf(arr)
         if m.hf_name == "score.weight" and cfg.reward_head:  # the separate reward: one more logit, the last
-            out = np.concatenate([out, np.asarray(jax.device_get(params["reward_head_kernel"]), np.float32)[None]])
+            reward_row = np.asarray(jax.device_get(params["reward_head_kernel"]), np.float32)[None]
+            out = np.concatenate([out, reward_row])
         yield m.hf_name, np.ascontiguousarray(out)
 
 

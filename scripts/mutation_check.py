@@ -324,6 +324,51 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "joint_pair_weight_ignored",
+        "loss.pair_weight: the joint loss is pointwise + lambda * BT",
+        (
+            (
+                "rm_jax/engine/train_step.py",
+                '"num": point["num"] / d_point + pair_weight * pair["num"] / d_pair,',
+                '"num": point["num"] / d_point + pair["num"] / d_pair,',
+            ),
+        ),
+        ("tests/engine/test_train_step_joint.py::test_first_step_loss_is_pointwise_plus_lambda_bt",),
+    ),
+    Mutation(
+        "joint_per_micro_batch_norms",
+        "loss.pair_weight: both parts normalised by the whole step's totals, so accumulation is exact",
+        (
+            (
+                "rm_jax/engine/train_step.py",
+                "norms = joint_norms(batch, attr_w) if joint else None",
+                "norms = None",
+            ),
+        ),
+        ("tests/engine/test_train_step_joint.py::test_first_step_loss_is_pointwise_plus_lambda_bt",),
+    ),
+    Mutation(
+        "prompt_pairs_reversed",
+        "loss.pair_weight: the response with the higher helpfulness label is the chosen one",
+        (("rm_jax/data/pipeline.py", "(i, j) if y[i] > y[j] else (j, i)", "(i, j) if y[i] < y[j] else (j, i)"),),
+        (
+            "tests/data/test_pipeline.py::test_prompt_pair_units_order_by_helpfulness_and_leave_out_ties_and_missing",
+            "tests/engine/test_train_step_joint.py::test_first_step_loss_is_pointwise_plus_lambda_bt",
+        ),
+    ),
+    Mutation(
+        "reward_head_row_first",
+        "loss.pair_target separate: the reward output is score.weight's last row (the last logit)",
+        (
+            (
+                "rm_jax/models/hf_io.py",
+                "out = np.concatenate([out, reward_row])",
+                "out = np.concatenate([reward_row, out])",
+            ),
+        ),
+        ("tests/models/test_hf_io.py::test_reward_head_is_the_last_logit_and_scores_as_weights_reward_head",),
+    ),
+    Mutation(
         "ordinal_unordered",
         "ordinal head: thresholds ordered by construction, so P(y > k) never increases with k",
         (

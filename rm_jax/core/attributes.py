@@ -11,6 +11,10 @@ Reward weights are matched to a model's attributes by name (a model may list its
   does not name gets weight 0 (:func:`unnamed_attributes` says which, for reports);
 * a list of numbers (or the string ``w1,...,wn``) is positional, in the model's own attribute order, and must
   have one value per attribute.
+
+A model trained with ``loss.pair_target: separate`` has one more output beside its attributes, named
+``reward_head`` (:data:`REWARD_HEAD`): ``--weights reward_head`` scores with it alone; every other spec is
+matched to the attributes as above and gives it weight 0.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ REWARD_PRESETS: dict[str, tuple[float, ...]] = {
 }
 
 WeightSpec = Union[str, Sequence[float], Mapping[str, float]]
+# The output name of a separate scalar reward (loss.pair_target: separate), and the weight spec that picks it.
+REWARD_HEAD = "reward_head"
 
 
 def preset_weights(name: str) -> dict[str, float]:
@@ -73,6 +79,17 @@ def _resolve(spec: WeightSpec, attributes: Sequence[str], allow_file: bool) -> t
     if isinstance(attributes, (int, np.integer)) or isinstance(attributes, str):
         raise TypeError("resolve_reward_weights: pass the model's attribute names, not a count")
     attributes = list(attributes)
+    if isinstance(spec, str) and spec.strip() == REWARD_HEAD:
+        if REWARD_HEAD not in attributes:
+            raise ValueError(
+                f"reward weights {REWARD_HEAD!r}: the model has no separate reward output (it is trained with "
+                f"loss.pair_target: separate); model outputs: {', '.join(attributes)}"
+            )
+        return np.asarray([float(a == REWARD_HEAD) for a in attributes]), []
+    if REWARD_HEAD in attributes:  # every other spec weighs the attributes only
+        rest = [a for a in attributes if a != REWARD_HEAD]
+        w, unnamed = _resolve(spec, rest, allow_file)
+        return np.insert(w, attributes.index(REWARD_HEAD), 0.0), unnamed
     kind, values = _values(spec, allow_file)
     unnamed: list[str] = []
     if kind == "positional":
@@ -130,6 +147,8 @@ def _values(spec: WeightSpec, allow_file: bool) -> tuple[str, Union[list[float],
             )
         if key in REWARD_PRESETS:
             return "preset", preset_weights(key)
+        if key == REWARD_HEAD:
+            return "named", {REWARD_HEAD: 1.0}
         if allow_file and key.endswith(".json"):
             return "named", fitted_weights(key)
         if "," in key or _is_float(key):

@@ -37,6 +37,7 @@ OptimizerName = Literal["adamw", "adafactor"]
 OptimizerStateMemory = Literal["device", "host"]
 AttributeHead = Literal["regression", "categorical", "ordinal"]  # rm_jax.models.heads, docs/heads.md
 SoftLabels = Literal["none", "gaussian"]
+PairTarget = Literal["attributes", "separate"]  # what loss.pair_weight's Bradley-Terry term reads (docs/heads.md)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,12 @@ class LossConfig:
     label_smoothing: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     soft_labels: SoftLabels = "none"  # gaussian: LDL-style discretised N(y, soft_label_sigma^2) targets
     soft_label_sigma: Positive = 1.0
+    # task rm on HelpSteer2 rows: the joint objective pointwise + pair_weight * BT on the pairs of responses to one
+    # prompt (ordered by helpfulness, ties left out); the BT term reads the weighted attribute reward
+    # (pair_target attributes: E[y] @ reward_weights) or a separate scalar output beside the attribute head
+    # (separate: exported as the extra logit "reward_head", scored with --weights reward_head)
+    pair_weight: NonNegative = 0.0
+    pair_target: PairTarget = "attributes"
 
 
 @dataclass
@@ -463,6 +470,19 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: data.domains / data.languages filter HelpSteer3 rows: set data.kind=helpsteer3")
     if cfg.model.head == "regression" and (cfg.loss.label_smoothing or cfg.loss.soft_labels != "none"):
         raise ConfigError(f"{where}: loss.label_smoothing / loss.soft_labels need model.head categorical or ordinal")
+    if cfg.loss.pair_weight and (cfg.task != "rm" or cfg.data.kind != "helpsteer"):
+        raise ConfigError(
+            f"{where}: loss.pair_weight adds Bradley-Terry on the responses to one prompt of HelpSteer2 rows: "
+            f"task rm with data.kind=helpsteer (data.kind={cfg.data.kind}, task {cfg.task})"
+        )
+    if cfg.loss.pair_weight and "helpfulness" not in cfg.model.attributes:
+        raise ConfigError(
+            f"{where}: loss.pair_weight orders a prompt's responses by helpfulness: not in model.attributes"
+        )
+    if cfg.loss.pair_target != "attributes" and not cfg.loss.pair_weight:
+        raise ConfigError(f"{where}: loss.pair_target={cfg.loss.pair_target} needs loss.pair_weight > 0")
+    if cfg.loss.pair_target == "separate" and cfg.lora.rank:
+        raise ConfigError(f"{where}: loss.pair_target=separate is not supported with LoRA (lora.rank > 0)")
     if cfg.model.head != "regression" and cfg.task != "rm":
         raise ConfigError(
             f"{where}: model.head={cfg.model.head} is a reward model's head; task {cfg.task} trains a policy"
@@ -495,7 +515,7 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         except ValueError as e:
             raise ConfigError(f"{where}: eval.reward_weights: {e}") from None
     try:
-        if cfg.data.kind in PAIR_KINDS:
+        if cfg.data.kind in PAIR_KINDS or (cfg.loss.pair_weight and cfg.loss.pair_target == "attributes"):
             resolve_reward_weights(cfg.loss.reward_weights, cfg.model.attributes)
     except ValueError as e:
         raise ConfigError(f"{where}: loss.reward_weights: {e}") from None

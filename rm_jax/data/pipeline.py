@@ -10,6 +10,7 @@ only its own rows on its devices.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
@@ -67,6 +68,10 @@ class Encoded:
     # [N] per-example values laid out per slot in batches (SteerLM 2.0: "w", "logq_prime"); with them a
     # batch also gets "steer_group": each slot's unit within the batch, -1 for empty slots.
     example_values: dict = field(default_factory=dict)
+    # [P, 2] (chosen, rejected) example indices of pairs inside units (task rm with loss.pair_weight > 0: the
+    # responses to one prompt, :func:`prompt_pair_units`) and their strength [P]; batches get pair_* slots.
+    pairs: Optional[np.ndarray] = None
+    pair_strength: Optional[np.ndarray] = None
 
     @property
     def unit_lengths(self) -> np.ndarray:
@@ -197,6 +202,27 @@ def encode_pairs(
         strength=np.asarray(strength, np.float32),
         report=report,
     )
+
+
+def prompt_pair_units(enc: Encoded, by: int) -> Encoded:
+    """``enc`` (one unit per response) with each prompt's responses as one unit (``enc.group``: HelpSteer2's
+    consecutive rows with one prompt), so a step sees all of them together, and every pair of responses to a
+    prompt ordered by label column ``by`` (the higher label is chosen; ties and missing labels left out).
+    Pair strength is 1: HelpSteer2 rows carry no preference strength."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(enc.group.tolist()):
+        members.setdefault(int(g), []).append(i)
+    units = [tuple(m) for m in members.values()]
+    y, known = enc.labels[:, by], enc.label_mask[:, by] > 0
+    pairs = [
+        (i, j) if y[i] > y[j] else (j, i)
+        for u in units
+        for a, i in enumerate(u)
+        for j in u[a + 1 :]
+        if known[i] and known[j] and y[i] != y[j]
+    ]
+    arr = np.asarray(pairs, np.int64).reshape(-1, 2)
+    return dataclasses.replace(enc, units=units, pairs=arr, pair_strength=np.ones(len(arr), np.float32))
 
 
 def subset_prompts(
@@ -359,7 +385,9 @@ def make_batch(
         b["steer_group"] = np.where(present, local.reshape(groups.shape) - (1 if (~present).any() else 0), -1).astype(
             np.int32
         )
-    if unit_size == 2 and enc.response_start is None:  # reward-model pairs
+    if enc.pairs is not None:  # pairs inside units (responses to one prompt): those whose both sides are here
+        b.update(_unit_pairs(enc, b["example_index"].reshape(-1), max(1, rows * max_segments * (unit_size - 1) // 2)))
+    elif unit_size == 2 and enc.response_start is None:  # reward-model pairs
         n_pairs = rows * max_segments // 2
         flat = b["example_index"].reshape(-1)
         slot_of = {int(e): s for s, e in enumerate(flat) if e >= 0}
@@ -375,6 +403,24 @@ def make_batch(
                 k += 1
         b.update(pair_chosen=chosen, pair_rejected=rejected, pair_mask=pmask, pair_strength=strength)
     return b
+
+
+def _unit_pairs(enc: Encoded, flat: np.ndarray, n_pairs: int) -> dict:
+    """pair_chosen / pair_rejected (slots in the flat [B*S] outputs), pair_mask and pair_strength [n_pairs] of
+    ``enc.pairs`` whose both examples sit in this batch (units are never split, so that is all of a unit's)."""
+    assert enc.pairs is not None and enc.pair_strength is not None
+    slot = np.full(len(enc.ids), -1, np.int64)
+    slot[flat[flat >= 0]] = np.flatnonzero(flat >= 0)
+    here = np.flatnonzero((slot[enc.pairs[:, 0]] >= 0) & (slot[enc.pairs[:, 1]] >= 0))
+    if len(here) > n_pairs:
+        raise ValueError(f"{len(here)} pairs in a batch with room for {n_pairs}")
+    out = {k: np.zeros(n_pairs, np.int32) for k in ("pair_chosen", "pair_rejected")}
+    out["pair_mask"], out["pair_strength"] = np.zeros(n_pairs, np.float32), np.zeros(n_pairs, np.float32)
+    out["pair_chosen"][: len(here)] = slot[enc.pairs[here, 0]]
+    out["pair_rejected"][: len(here)] = slot[enc.pairs[here, 1]]
+    out["pair_mask"][: len(here)] = 1.0
+    out["pair_strength"][: len(here)] = enc.pair_strength[here]
+    return out
 
 
 def eval_batches(

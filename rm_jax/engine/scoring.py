@@ -70,7 +70,7 @@ class Scorer:
         """[N, num_labels] predictions (E[y] for a distributional head) for token-id sequences, each scored
         alone (packing never mixes them); with ``probs`` also the level probabilities [N, num_labels, K]."""
         n = len(ids)
-        out = np.zeros((n, self.cfg.num_labels), np.float32)
+        out = np.zeros((n, self.cfg.num_outputs), np.float32)
         lev = np.zeros((n, self.cfg.num_labels, self.cfg.label_levels), np.float32) if probs else None
         if n == 0:
             return (out, lev) if probs else out

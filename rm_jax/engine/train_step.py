@@ -24,6 +24,7 @@ from rm_jax.core.config import LossConfig, OptimizerStateMemory, TrainConfig
 from rm_jax.core.errors import ConfigError
 from rm_jax.engine.losses import level_sums, mse_sums, pair_sums, steerlm2_sums, token_nll_sums
 from rm_jax.models import CausalLM, RewardModel, param_shardings_for
+from rm_jax.models.heads import expected_level
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.lora import combine, split_trainable
 from rm_jax.models.sharding import activate
@@ -274,6 +275,7 @@ def _sums(
     attr_w: jax.Array,
     reward_w: jax.Array,
     dropout_key: Optional[jax.Array] = None,
+    norms: Optional[tuple[jax.Array, jax.Array]] = None,
 ) -> dict:
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     if model_cfg.head == "lm":  # a causal LM
@@ -300,19 +302,22 @@ def _sums(
         )
     kind = model_cfg.attribute_head
     pointwise = loss_cfg.type == "mse"
-    scores = RewardModel(model_cfg).apply(
+    out = RewardModel(model_cfg).apply(
         {"params": params},
         mb["input_ids"],
         mb["segment_ids"],
         mb["positions"],
         max_segments=max_segments,
-        output="raw" if pointwise else "attributes",
+        output="raw_reward" if pointwise else "attributes",
         rngs=rngs,
     )
-    if pointwise and kind != "regression":
+    if not pointwise:
+        return pair_sums(out, mb, reward_w, loss_cfg.type, loss_cfg.centering)
+    raw, separate = out
+    if kind != "regression":
         ls = loss_cfg
-        return level_sums(
-            scores,
+        sums = level_sums(
+            raw,
             mb["labels"],
             mb["label_mask"],
             attr_w,
@@ -321,9 +326,52 @@ def _sums(
             ls.soft_labels,
             ls.soft_label_sigma,
         )
-    if pointwise:
-        return mse_sums(scores, mb["labels"], mb["label_mask"], attr_w)
-    return pair_sums(scores, mb, reward_w, loss_cfg.type, loss_cfg.centering)
+    else:
+        sums = mse_sums(raw, mb["labels"], mb["label_mask"], attr_w)
+    if not loss_cfg.pair_weight:
+        return sums
+    return joint_sums(sums, raw, separate, mb, kind, reward_w, loss_cfg.pair_weight, norms)
+
+
+def joint_sums(
+    point: dict,
+    raw: jax.Array,
+    separate: Optional[jax.Array],
+    mb: dict,
+    kind: str,
+    reward_w: jax.Array,
+    pair_weight: float,
+    norms: Optional[tuple[jax.Array, jax.Array]],
+) -> dict:
+    """task rm with loss.pair_weight = lambda > 0: pointwise / D_point + lambda * BT / D_pair, where the D are
+    the whole optimizer step's totals (label weight, pair count; :func:`joint_norms`), known before the
+    micro-batches run, so accumulation stays exact. BT (``pair_sums``' scaled_bt: strength 1 is plain BT)
+    reads E[y] @ reward_weights (loss.pair_target attributes) or the separate reward output. ``num`` is the
+    normalised loss and ``den`` this micro-batch's share of the label weight (they sum to 1 over the step)."""
+    if separate is not None:
+        reward, w = separate[..., None], jnp.ones((1,), jnp.float32)
+    else:
+        reward, w = expected_level(raw, kind), reward_w
+    pair = pair_sums(reward, mb, w, "scaled_bt", 0.0)
+    d_point, d_pair = norms if norms is not None else (jnp.maximum(point["den"], 1e-9), jnp.maximum(pair["den"], 1.0))
+    return {
+        **point,
+        "num": point["num"] / d_point + pair_weight * pair["num"] / d_pair,
+        "den": point["den"] / d_point,
+        "point_num": point["num"] / d_point,
+        "pair_num": pair["num"] / d_pair,
+        "pair_n": pair["den"],
+        "correct": pair["correct"],
+    }
+
+
+def joint_norms(batch: dict, attr_w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The step's (pointwise label weight, pair count) of a batch with any leading axes: the joint loss's
+    denominators (at least 1e-9 and 1, so a step without pairs adds 0)."""
+    return (
+        jnp.maximum(jnp.sum(batch["label_mask"] * attr_w), 1e-9),
+        jnp.maximum(jnp.sum(batch["pair_mask"]), 1.0),
+    )
 
 
 def _combine_sums(acc: dict, sums: dict) -> dict:
@@ -334,7 +382,8 @@ def _pair_reward_weights(
     model_cfg: DecoderConfig, loss_cfg: LossConfig, attributes: Optional[Sequence[str]]
 ) -> jax.Array:
     """The reward of a pair loss: loss.reward_weights matched to the attribute names (unused otherwise: zeros)."""
-    if model_cfg.head == "lm" or loss_cfg.type == "mse":
+    joint = loss_cfg.pair_weight and loss_cfg.pair_target == "attributes"
+    if model_cfg.head == "lm" or (loss_cfg.type == "mse" and not joint):
         return jnp.zeros((model_cfg.num_labels,), jnp.float32)
     if attributes is None:
         raise ValueError(f"loss.type {loss_cfg.type}: the model's attribute names are needed to weigh the reward")
@@ -360,6 +409,7 @@ def make_train_step(
     which a pair loss's ``loss.reward_weights`` are matched to by name."""
     attr_w = jnp.asarray(np.asarray(loss_cfg.attribute_weights, np.float32))
     reward_w = _pair_reward_weights(model_cfg, loss_cfg, attributes)
+    joint = model_cfg.head == "reward" and loss_cfg.type == "mse" and loss_cfg.pair_weight > 0
 
     def step(state: dict, batch: dict) -> tuple[dict, dict]:
         if host_opt_shardings is not None:
@@ -367,11 +417,13 @@ def make_train_step(
         # With LoRA only the adapters (and head) are differentiated: no gradient buffers for the base.
         params, frozen = split_trainable(model_cfg, state["params"])
 
+        norms = joint_norms(batch, attr_w) if joint else None
+
         def micro(acc: Any, xs: tuple) -> tuple[Any, None]:
             mb, key = xs
 
             def f(p: Any) -> tuple[jax.Array, dict]:
-                s = _sums(model_cfg, loss_cfg, combine(p, frozen), mb, max_segments, attr_w, reward_w, key)
+                s = _sums(model_cfg, loss_cfg, combine(p, frozen), mb, max_segments, attr_w, reward_w, key, norms)
                 return s["num"], s
 
             (_, sums), g = jax.value_and_grad(f, has_aux=True)(params)
@@ -389,6 +441,8 @@ def make_train_step(
                     max_segments,
                     attr_w,
                     reward_w,
+                    None,
+                    norms,
                 )
             )
             zero_s = {  # a "_min" entry is a minimum over micro-batches, the rest are sums
@@ -397,7 +451,8 @@ def make_train_step(
             n_micro = batch["input_ids"].shape[0]
             keys = dropout_keys(seed, state["step"], n_micro) if model_cfg.adapter_dropout else None
             (grads, sums), _ = jax.lax.scan(micro, (zero_g, zero_s), (batch, keys))
-        den = jnp.maximum(sums["den"], 1e-9)
+        # The joint objective's sums are already normalised by the step's totals (joint_sums).
+        den = jnp.ones(()) if joint else jnp.maximum(sums["den"], 1e-9)
         grads = jax.tree.map(lambda g: g / den, grads)
         loss = sums["num"] / den
         gnorm = optax.tree.norm(grads)
@@ -425,7 +480,12 @@ def make_train_step(
             metrics["ess_w_min"] = jnp.where(sums["groups"] > 0, sums["ess_min"], 0.0)
         if "attr_sq" in sums:
             metrics["attr_mse"] = sums["attr_sq"] / jnp.maximum(sums["attr_n"], 1.0)
-        if "correct" in sums:
+        if "pair_n" in sums:  # the joint objective: its two parts and the pairs' accuracy
+            metrics["pointwise_loss"] = sums["point_num"]
+            metrics["pair_loss"] = sums["pair_num"]
+            metrics["pair_accuracy"] = sums["correct"] / jnp.maximum(sums["pair_n"], 1.0)
+            metrics["pairs"] = sums["pair_n"]
+        elif "correct" in sums:
             metrics["pair_accuracy"] = sums["correct"] / den
         return new, metrics
 

@@ -100,7 +100,7 @@ def predict_ids(
     """Attribute predictions [len(ids), A] for token id sequences (each at most ``limit`` long); with
     ``probs`` the pair (predictions, level probabilities [len(ids), A, K])."""
     if not ids:
-        empty = np.zeros((0, model.cfg.num_labels), np.float32)
+        empty = np.zeros((0, model.cfg.num_outputs), np.float32)
         return (empty, np.zeros((0, model.cfg.num_labels, model.cfg.label_levels), np.float32)) if probs else empty
     longest = max(len(x) for x in ids)
     pack_len = min(limit, ((longest + 63) // 64) * 64)

@@ -11,13 +11,17 @@ from typing import Any, Mapping, Optional, Sequence
 from rm_jax.evaluation.metrics import STAT_KEYS
 from rm_jax.evaluation.rewardbench import SECTIONS, SUBSET_COUNTS
 
+LEVEL_KEYS = ("nll", "ece")  # attribute_metrics' keys for a head with level probabilities (docs/heads.md)
+
 
 def _fmt(x: Optional[float], width: int, digits: int = 4) -> str:
     return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
 
 
 def format_attribute_table(per_attribute: Mapping[str, Mapping[str, Any]], keys: Sequence[str] = STAT_KEYS) -> str:
-    """Fixed-width text table of attribute_metrics output (columns ``keys``); undefined values print as '-'."""
+    """Fixed-width text table of attribute_metrics output (columns ``keys``, then ``nll`` and ``ece`` where a
+    distributional head's rows have them); undefined values print as '-'."""
+    keys = list(keys) + [k for k in LEVEL_KEYS if k not in keys and any(k in m for m in per_attribute.values())]
     name_w = max([len("attribute")] + [len(n) for n in per_attribute])
     header = f"{'attribute':<{name_w}} {'n':>7} " + " ".join(f"{k:>9}" for k in keys)
     lines = [header, "-" * len(header)]

@@ -9,6 +9,7 @@ import numpy as np
 
 from rm_jax.core.attributes import (
     ATTRIBUTES,
+    REWARD_HEAD,
     REWARD_PRESETS,
     WeightSpec,
     applicable_presets,
@@ -22,7 +23,9 @@ DEFAULT_WEIGHTS = "70b-rewardbench"
 
 
 def default_weights(attributes: Sequence[str]) -> str:
-    """``70b-rewardbench`` for the five HelpSteer2 attributes (in any order), ``1`` for a one-attribute model."""
+    """``70b-rewardbench`` for the five HelpSteer2 attributes (in any order), ``1`` for a one-attribute model
+    (a separate ``reward_head`` output aside)."""
+    attributes = [a for a in attributes if a != REWARD_HEAD]
     if sorted(attributes) == sorted(ATTRIBUTES):
         return DEFAULT_WEIGHTS
     if len(attributes) == 1:
@@ -45,7 +48,9 @@ def weight_sets(spec: WeightSpec, attributes: Sequence[str]) -> dict[str, np.nda
     """Every preset (when the attributes are HelpSteer2's five, in any order: matched by name) plus the user's
     weights, keyed by name (a preset's name, or ``w<v1>_<v2>...``)."""
     out: dict[str, np.ndarray] = (
-        dict(applicable_presets(attributes)) if sorted(attributes) == sorted(ATTRIBUTES) else {}
+        dict(applicable_presets(attributes))
+        if sorted(a for a in attributes if a != REWARD_HEAD) == sorted(ATTRIBUTES)
+        else {}
     )
     out[_label(spec, attributes)] = check_weights(spec, attributes)
     return out

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.attributes import ATTRIBUTES, REWARD_HEAD
 from rm_jax.core.errors import ModelLoadError
 from rm_jax.core.files import read_json
 from rm_jax.models import abstract_params, param_logical_specs
@@ -222,7 +222,9 @@ def hf_config_from_decoder(
             out["problem_type"] = "regression"
         # The head's kind for readers of the folder (docs/heads.md); replaces any a base model carried.
         head = {"head": cfg.attribute_head, "attributes": list(attribute_names), "label_levels": cfg.label_levels}
-        stale = ("head", "attributes", "label_levels", "thresholds")
+        if cfg.reward_head:
+            head["reward_head"] = True
+        stale = ("head", "attributes", "label_levels", "thresholds", "reward_head")
         out["rm_jax"] = {**{k: v for k, v in (out.get("rm_jax") or {}).items() if k not in stale}, **head}
     if cfg.rope_scaling:
         out["rope_scaling"] = dict(cfg.rope_scaling)
@@ -242,13 +244,16 @@ def hf_config_from_decoder(
 
 def head_labels(cfg: DecoderConfig, attribute_names: Sequence[str]) -> list[str]:
     """The exported head's output names, attribute-major: ``a`` (regression), ``a=k`` (categorical logit of
-    level k) or ``a>k`` (ordinal: logit P(a > k) once the threshold is subtracted, docs/heads.md)."""
+    level k) or ``a>k`` (ordinal: logit P(a > k) once the threshold is subtracted, docs/heads.md), then
+    ``reward_head`` for a separate reward output (the last logit)."""
     k = cfg.label_levels
     if cfg.attribute_head == "categorical":
-        return [f"{a}={j}" for a in attribute_names for j in range(k)]
-    if cfg.attribute_head == "ordinal":
-        return [f"{a}>{j}" for a in attribute_names for j in range(k - 1)]
-    return list(attribute_names)
+        labels = [f"{a}={j}" for a in attribute_names for j in range(k)]
+    elif cfg.attribute_head == "ordinal":
+        labels = [f"{a}>{j}" for a in attribute_names for j in range(k - 1)]
+    else:
+        labels = list(attribute_names)
+    return labels + ([REWARD_HEAD] if cfg.reward_head else [])
 
 
 # ---------------------------------------------------------------- the name map
@@ -382,11 +387,21 @@ def read_head_config(hf: dict, where: str) -> Optional[tuple[str, list[str], int
     if not isinstance(levels, int) or levels < 2:
         raise ModelLoadError(f"{where}: rm_jax.label_levels must be an integer >= 2, got {levels!r}")
     width = attr_heads.head_width(kind, levels)
-    if "num_labels" in hf and int(hf["num_labels"]) != len(names) * width:
+    separate = read_reward_head(hf, where)
+    if "num_labels" in hf and int(hf["num_labels"]) != len(names) * width + separate:
         raise ModelLoadError(
             f"{where}: num_labels {hf['num_labels']} is not {len(names)} attributes x {width} ({kind} head)"
+            + (" + 1 (reward_head)" if separate else "")
         )
     return kind, names, levels
+
+
+def read_reward_head(hf: dict, where: str) -> bool:
+    """Whether an rm_jax export has a separate reward output (``rm_jax.reward_head``: score.weight's last row)."""
+    value = (hf.get("rm_jax") or {}).get("reward_head", False) if isinstance(hf.get("rm_jax"), dict) else False
+    if not isinstance(value, bool):
+        raise ModelLoadError(f"{where}: rm_jax.reward_head must be true or false, got {value!r}")
+    return value
 
 
 def read_thresholds(hf: dict, where: str, n_attributes: int, levels: int) -> np.ndarray:
@@ -475,6 +490,7 @@ def load_hf_reward_model(
     label_levels: Optional[int] = None,
     base_dtype: str = "float32",
     float32_leaves: Sequence[str] = ("head_kernel", "head_thresholds", "lm_head_kernel"),
+    reward_head: Optional[bool] = None,
     **run_options: Any,
 ) -> LoadedModel:
     """Load an HF ``*ForCausalLM`` or ``*ForSequenceClassification`` folder onto ``mesh``.
@@ -484,7 +500,9 @@ def load_hf_reward_model(
     folder's own (an rm_jax export names it under ``rm_jax``; any other RM is a regression head). A folder
     whose head is of another kind gets a new head of the wanted kind (noted). ``base_dtype``: the
     storage dtype of every leaf but ``float32_leaves`` (a LoRA run's frozen base), cast tensor by tensor on
-    the host before it is placed, so the base is never whole in float32 on a device.
+    the host before it is placed, so the base is never whole in float32 on a device. ``reward_head``: a separate
+    reward output (loss.pair_target: separate), None = the folder's own; one the folder lacks starts new (noted),
+    one the folder has but is not wanted is left out (noted).
     """
     path = resolve_model_dir(path)
     hf = read_hf_config(path)
@@ -497,6 +515,8 @@ def load_hf_reward_model(
     kind = attribute_head or file_kind
     levels = label_levels or file_levels
     same_head = is_rm and kind == file_kind and (kind == "regression" or levels == file_levels)
+    file_reward = bool(file_head) and read_reward_head(hf, where)
+    separate = file_reward if reward_head is None else reward_head
     if is_rm:
         id2label = hf.get("id2label") or {}
         file_names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
@@ -508,7 +528,9 @@ def load_hf_reward_model(
     else:
         names = names or list(ATTRIBUTES)
         hf = dict(hf, num_labels=len(names))
-    cfg = decoder_config_from_hf(hf, where, attribute_head=kind, label_levels=levels, **run_options)
+    cfg = decoder_config_from_hf(
+        hf, where, attribute_head=kind, label_levels=levels, reward_head=separate, **run_options
+    )
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     folder = SafetensorsFolder(path)
     specs = param_logical_specs(cfg)
@@ -520,12 +542,19 @@ def load_hf_reward_model(
     elif is_rm and not same_head:
         notes.append(f"the folder has a {file_kind} head; model.head={kind}: a new {kind} head initialised")
     params = init_head_only(cfg, abstract, specs, mesh, seed) if not head_loaded else {}
+    if separate and head_loaded and not file_reward:
+        params["reward_head_kernel"] = init_head_only(cfg, abstract, specs, mesh, seed)["reward_head_kernel"]
+        notes.append("the folder has no separate reward output: reward_head initialised")
+    elif head_loaded and file_reward and not separate:
+        notes.append("the folder's separate reward output (reward_head) left out: loss.pair_target is not separate")
     if head_loaded and kind == "ordinal":
         free = read_thresholds(hf, where, cfg.num_labels, cfg.label_levels)
         params["head_thresholds"] = _place(free, logical_sharding(tuple(specs["head_thresholds"]), free.shape, mesh))
 
     store = _store_dtype(base_dtype, float32_leaves)
-    _read_tensors(folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh, store)
+    _read_tensors(
+        folder, path, cfg, tensor_maps(cfg, with_head=head_loaded), params, specs, abstract, mesh, store, file_reward
+    )
     pad = hf.get("pad_token_id")
     return LoadedModel(cfg, params, list(names), hf, path, head_loaded, pad if isinstance(pad, int) else None, notes)
 
@@ -540,15 +569,25 @@ def _read_tensors(
     abstract: Any,
     mesh: Mesh,
     store: Optional[Callable[[tuple], Any]] = None,
+    reward_row: bool = False,
 ) -> None:
     """Every mapped tensor, read one at a time and placed straight onto its sharding, into ``params``, in the
-    dtype ``store(path)`` gives (float32 by default)."""
+    dtype ``store(path)`` gives (float32 by default). ``reward_row``: score.weight's last row is a separate reward
+    output (read into ``reward_head_kernel`` when the config has one, else dropped)."""
     prefix = _strip_prefix(list(folder.weight_map))
     stacked: dict[tuple[str, ...], list] = {}
     for m in maps:
         top = m.hf_name in ("score.weight", "lm_head.weight")
         hf_name = m.hf_name if top or not prefix else prefix + m.hf_name[len("model.") :]
         arr = folder.get(hf_name)
+        if reward_row and m.hf_name == "score.weight":
+            arr, last = np.asarray(arr)[:-1], np.asarray(arr)[-1]
+            if cfg.reward_head:
+                shape = _get(abstract, ("reward_head_kernel",)).shape
+                if last.shape != shape:
+                    raise ModelLoadError(f"{path}: score.weight's reward_head row has {last.shape[0]} values")
+                sh = logical_sharding(tuple(specs["reward_head_kernel"]), shape, mesh)
+                params["reward_head_kernel"] = _place(last.astype(np.float32), sh)
         target = _get(abstract, m.path)
         spec = _get(specs, m.path)
         if m.layer is not None:
@@ -620,6 +659,10 @@ def init_head_only(cfg: DecoderConfig, abstract: Any, specs: Any, mesh: Mesh, se
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal(shape) * cfg.initializer_range).astype(np.float32)
     out = {"head_kernel": _place(w, logical_sharding(tuple(specs["head_kernel"]), shape, mesh))}
+    if "reward_head_kernel" in abstract:
+        shape = abstract["reward_head_kernel"].shape
+        r = (rng.standard_normal(shape) * cfg.initializer_range).astype(np.float32)
+        out["reward_head_kernel"] = _place(r, logical_sharding(tuple(specs["reward_head_kernel"]), shape, mesh))
     if "head_thresholds" in abstract:
         shape = abstract["head_thresholds"].shape
         free = np.asarray(attr_heads.thresholds_init(None, shape), np.float32)
@@ -647,7 +690,11 @@ def iter_hf_tensors(cfg: DecoderConfig, params: Any) -> Iterator[tuple[str, np.n
     for m in tensor_maps(cfg, with_head=True):
         leaf = _get(params, m.path)
         arr = np.asarray(jax.device_get(leaf[m.layer] if m.layer is not None else leaf), dtype=np.float32)
-        yield m.hf_name, np.ascontiguousarray(m.to_hf(arr))
+        out = m.to_hf(arr)
+        if m.hf_name == "score.weight" and cfg.reward_head:  # the separate reward: one more logit, the last
+            reward_row = np.asarray(jax.device_get(params["reward_head_kernel"]), np.float32)[None]
+            out = np.concatenate([out, reward_row])
+        yield m.hf_name, np.ascontiguousarray(out)
 
 
 def export_hf(

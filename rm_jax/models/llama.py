@@ -65,6 +65,9 @@ class DecoderConfig:
     # (regression) or a distribution over the levels 0..label_levels-1 (categorical, ordinal).
     attribute_head: str = "regression"
     label_levels: int = 5
+    # A separate scalar reward output beside the attribute head (loss.pair_target: separate, SMORM's shape):
+    # ``reward_head_kernel`` [hidden]; scorers see it as one more output column, named "reward_head".
+    reward_head: bool = False
     # How to run: compute dtype (params stay float32), remat policy, scan over layers, attention kernel.
     dtype: str = "float32"
     remat: str = "none"
@@ -131,6 +134,11 @@ class DecoderConfig:
         return self.label_levels if self.attribute_head == "categorical" else 1
 
     @property
+    def num_outputs(self) -> int:
+        """Columns of the scores every consumer reads: the attributes (E[y]) plus the separate reward, if any."""
+        return self.num_labels + int(self.reward_head)
+
+    @property
     def lora_scale(self) -> float:
         """PEFT's ``scaling``: alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
         if not self.lora_rank:
@@ -166,7 +174,8 @@ class DecoderConfig:
         )
         layer = attn + 3 * h * i + 2 * h
         # An LM head is a matmul every token pays for, tied or not: counted with the non-embedding params.
-        head = h * self.num_labels * self.head_outputs if self.head == "reward" else h * self.vocab_size
+        outputs = self.num_labels * self.head_outputs + self.reward_head
+        head = h * outputs if self.head == "reward" else h * self.vocab_size
         total = self.num_hidden_layers * layer + h + head
         untied_embedding = self.head == "reward" or not self.tie_word_embeddings
         return total + (self.vocab_size * h if include_embedding and untied_embedding else 0)
@@ -696,8 +705,10 @@ class RewardModel(nn.Module):
     ) -> Any:
         """``output``: "attributes" (E[y] per attribute [B, S, A], what every consumer reads), "raw" (the
         head's own outputs: regression scores [B, S, A], categorical logits [B, S, A, K], ordinal
-        z [B, S, A, K-1]), "levels" (E[y] and the level probabilities [B, S, A, K]) or "features" (the final-norm
-        hidden state the head reads [B, S, H], float32)."""
+        z [B, S, A, K-1]), "levels" (E[y] and the level probabilities [B, S, A, K]), "raw_reward" (the raw
+        outputs and the separate reward [B, S], None without one) or "features" (the final-norm hidden state the
+        head reads [B, S, H], float32). With ``cfg.reward_head`` the attributes ("attributes", "levels") gain the
+        separate reward as a last column [B, S, A+1]."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         last, present = last_token_index(segment_ids, max_segments)
         pooled, _, _ = decoder_stack(
@@ -725,9 +736,18 @@ class RewardModel(nn.Module):
                 ("attributes", "levels"),
             )
             raw = raw[..., None] - heads.ordinal_thresholds(free)
+        raw = jnp.where(present.reshape(present.shape + (1,) * (raw.ndim - 2)), raw, 0.0)
+        reward = None
+        if cfg.reward_head:
+            rw = _param(self, "reward_head_kernel", init, (cfg.hidden_size,), ("embed",))
+            reward = jnp.where(present, jnp.einsum("bsh,h->bs", pooled, rw, precision=cfg.precision), 0.0)
         if output == "raw":
-            return jnp.where(present.reshape(present.shape + (1,) * (raw.ndim - 2)), raw, 0.0)
+            return raw
+        if output == "raw_reward":
+            return raw, reward
         scores = jnp.where(present[..., None], heads.expected_level(raw, kind), 0.0)
+        if reward is not None:
+            scores = jnp.concatenate([scores, reward[..., None]], axis=-1)
         if output == "levels":
             if kind == "regression":
                 raise ValueError("a regression head has no level probabilities")

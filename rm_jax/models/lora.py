@@ -29,7 +29,9 @@ from rm_jax.models import abstract_params, param_shardings_for
 from rm_jax.models.llama import DecoderConfig, lora_a_init
 
 BASE_FILE = "lora_base.json"  # in a LoRA run folder: the frozen base's path, content hash and storage dtype
-HEAD_LEAVES = ("head_kernel", "lm_head_kernel")
+# The reward head's leaves (an ordinal head's thresholds, a separate reward output) train with the adapters.
+REWARD_HEAD_LEAVES = ("head_kernel", "head_thresholds", "reward_head_kernel")
+HEAD_LEAVES = REWARD_HEAD_LEAVES + ("lm_head_kernel",)
 # rm_jax projection -> (HF module under a decoder layer)
 HF_MODULES = {
     "q": "self_attn.q_proj",
@@ -57,7 +59,7 @@ def is_trainable(cfg: DecoderConfig, path: tuple[str, ...]) -> bool:
         return True
     if is_adapter(path):
         return True
-    return path[-1] == "head_kernel" or (path[-1] == "lm_head_kernel" and cfg.lora_lm_head)
+    return path[-1] in REWARD_HEAD_LEAVES or (path[-1] == "lm_head_kernel" and cfg.lora_lm_head)
 
 
 def has_adapters(params: Any) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import jax
 from jax.sharding import Mesh
 
+from rm_jax.core.attributes import REWARD_HEAD
 from rm_jax.core.config import CheckpointConfig
 from rm_jax.core.console import get_logger
 from rm_jax.core.errors import CheckpointError, ConfigError, InputError, ModelLoadError
@@ -133,14 +134,27 @@ def load_scoring_model(
             )
         cfg, params, meta, tok = load_run(path, mesh, dtype, step)
         return ScoringModel(
-            cfg, params, list(meta["attributes"]), tok, template or meta.get("template"), mesh, meta.get("hf_config")
+            cfg,
+            params,
+            output_names(cfg, meta["attributes"]),
+            tok,
+            template or meta.get("template"),
+            mesh,
+            meta.get("hf_config"),
         )
     if step is not None:
         raise InputError(f"step {step} asked of {path}, which is not an rm_jax run folder (an HF folder has no steps)")
     if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):  # a PEFT LoRA adapter: on its base
         return _load_adapter(path, mesh, dtype, template)
     lm = load_hf_reward_model(path, mesh, dtype=dtype)
-    return ScoringModel(lm.cfg, lm.params, lm.attribute_names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
+    names = output_names(lm.cfg, lm.attribute_names)
+    return ScoringModel(lm.cfg, lm.params, names, load_tokenizer(lm.path), template, mesh, lm.hf_config)
+
+
+def output_names(cfg: DecoderConfig, attributes: Any) -> list[str]:
+    """The names of a reward model's output columns: its attributes, then ``reward_head`` for a separate
+    reward output (so ``--weights reward_head`` picks it, and every other weighting gives it 0)."""
+    return list(attributes) + ([REWARD_HEAD] if cfg.reward_head else [])
 
 
 def _load_adapter(path: str, mesh: Mesh, dtype: str, template: Optional[str]) -> ScoringModel:
@@ -156,7 +170,7 @@ def _load_adapter(path: str, mesh: Mesh, dtype: str, template: Optional[str]) ->
     cfg, params = import_peft_adapter(lm.cfg, lm.params, path, mesh)
     own_tokenizer = os.path.isfile(os.path.join(path, "tokenizer_config.json"))
     tok = load_tokenizer(path if own_tokenizer else lm.path)
-    return ScoringModel(cfg, params, names, tok, template, mesh, lm.hf_config)
+    return ScoringModel(cfg, params, output_names(cfg, names), tok, template, mesh, lm.hf_config)
 
 
 def adapter_base_name(run_dir: str, recorded: str) -> str:

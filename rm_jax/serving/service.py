@@ -51,7 +51,8 @@ class Prepared:
 class RewardService:
     def __init__(self, model: ScoringModel, cfg: ServeConfig, model_path: str):
         self.model, self.cfg, self.model_path = model, cfg, os.path.abspath(model_path)
-        n = model.cfg.num_labels
+        # outputs: the attributes (plus a separate reward_head column); level probabilities: the attributes'
+        n, m = model.cfg.num_labels, model.cfg.num_outputs
         try:
             self.weights = resolve_reward_weights(cfg.weights, model.attributes)  # by attribute name
             self.zero_unnamed = unnamed_attributes(cfg.weights, model.attributes)
@@ -70,7 +71,7 @@ class RewardService:
             else (lambda batch, b: scorer.score_batch(batch, b.max_segments)),
             self.buckets,
             # A distributional head's rows carry E[y] then the level probabilities, flattened: one forward pass
-            n * (1 + model.cfg.label_levels) if self.has_levels else n,
+            m + n * model.cfg.label_levels if self.has_levels else m,
             model.pad_id,
             cfg.max_queue,
             cfg.max_wait_ms / 1000.0,
@@ -122,13 +123,13 @@ class RewardService:
         return self.batcher.submit(prepared.ids, done)
 
     def answer(self, prepared: Prepared, job: Job) -> dict:
-        enc, n = prepared.encoded, self.model.cfg.num_labels
-        pred = np.zeros((len(enc.ids), n), np.float32)
-        pred[enc.to_score] = job.out[:, :n]
+        enc, n, m = prepared.encoded, self.model.cfg.num_labels, self.model.cfg.num_outputs
+        pred = np.zeros((len(enc.ids), m), np.float32)
+        pred[enc.to_score] = job.out[:, :m]
         probs = None
         if prepared.probs:
             probs = np.zeros((len(enc.ids), n, self.model.cfg.label_levels), np.float32)
-            probs[enc.to_score] = job.out[:, n:].reshape(len(enc.to_score), n, -1)
+            probs[enc.to_score] = job.out[:, m:].reshape(len(enc.to_score), n, -1)
         w = self.weights if prepared.weights is None else prepared.weights
         reward = pred.astype(np.float64) @ w  # as rm_jax.engine.scoring.score_rows computes it
         self.metrics.rows.labels(prepared.endpoint, "scored").inc(len(enc.to_score))
@@ -156,6 +157,13 @@ class RewardService:
             "model": self.model_path,
             "model_type": mc.model_type,
             "attributes": list(self.model.attributes),
+            # the attribute head (docs/heads.md): what "attributes" mean and whether "probs" can be asked for
+            "head": {
+                "kind": mc.attribute_head,
+                "label_levels": mc.label_levels,
+                "probs": self.has_levels,
+                "reward_head": mc.reward_head,
+            },
             "weights": {
                 "spec": self.cfg.weights,
                 "source": weights_source(self.cfg.weights),

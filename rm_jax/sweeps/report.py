@@ -38,6 +38,9 @@ VARYING_COLUMNS = (
     ("loss", "loss", "type"),
     ("model_seed", "model", "seed"),
     ("subset_seed", "data", "subset_seed"),
+    ("head", "model", "head"),
+    ("pair_weight", "loss", "pair_weight"),
+    ("pair_target", "loss", "pair_target"),
 )
 _AXIS_OF = {
     "train.seed": "seed",
@@ -45,6 +48,9 @@ _AXIS_OF = {
     "loss.type": "loss",
     "model.seed": "model_seed",
     "data.subset_seed": "subset_seed",
+    "model.head": "head",
+    "loss.pair_weight": "pair_weight",
+    "loss.pair_target": "pair_target",
     "data.fraction": "data_fraction",
     "loss.attribute_weights": "attribute_loss_weights",
 }
@@ -295,8 +301,9 @@ def _column_values(plan: dict) -> tuple[list, list, dict]:
         v["attribute_loss_weights"] = r["labels"].get("loss.attribute_weights") or attribute_weights_label(
             c["loss"]["attribute_weights"], plan["attributes"]
         )
+        defaults = {"head": "regression", "pair_weight": 0.0, "pair_target": "attributes"}  # older plan.json
         for col, sec, key in VARYING_COLUMNS:
-            v[col] = c[sec][key]
+            v[col] = c[sec].get(key, defaults.get(col))
     fixed = ["data_fraction", "attribute_loss_weights"]
     trained = [r for r in runs if not r.get("step") and r["config"].get("task", "rm") == "rm"]
     extra = [col for col, _, _ in VARYING_COLUMNS if len({json.dumps(values[r["name"]][col]) for r in trained}) > 1]
@@ -537,8 +544,13 @@ def make_plots(sweep_dir: str, rows: list, columns: list, attributes: list, desc
     weightings = list(dict.fromkeys(r["reward_weights"] for r in rows))
     first_rw = [r for r in rows if r["reward_weights"] == weightings[0]]
     panels = []  # (file stem, title, aggregated data)
-    titles = {"val_loss": "validation loss", "qwk_mean": "quadratic-weighted kappa (mean of attributes)"}
-    for metric in ["val_loss"] + [f"pearson_{a}" for a in attributes] + ["qwk_mean"]:
+    titles = {
+        "val_loss": "validation loss",
+        "qwk_mean": "quadratic-weighted kappa (mean of attributes)",
+        "nll_mean": "level NLL (mean of attributes)",
+        "ece_mean": "ECE (mean of attributes)",
+    }
+    for metric in ["val_loss"] + [f"pearson_{a}" for a in attributes] + ["qwk_mean", "nll_mean", "ece_mean"]:
         d = _aggregate(first_rw, metric, group_cols)
         if d:
             panels.append((metric, titles.get(metric, metric.replace("_", " ", 1)), d))

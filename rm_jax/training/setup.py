@@ -195,10 +195,12 @@ def lora_opts(cfg: RunConfig) -> dict:
 def base_storage(cfg: RunConfig) -> dict:
     """How the loader stores the base: a LoRA run's frozen leaves straight in lora.base_dtype (each tensor cast
     on the host before it reaches a device), the trainable heads in float32; a full fine-tune all float32."""
+    from rm_jax.models.lora import REWARD_HEAD_LEAVES
+
     opts = lora_opts(cfg)
     if not opts:
         return {}
-    keep = ("head_kernel", "head_thresholds") + (("lm_head_kernel",) if opts["lora_lm_head"] else ())
+    keep = REWARD_HEAD_LEAVES + (("lm_head_kernel",) if opts["lora_lm_head"] else ())
     return dict(base_dtype=cfg.lora.base_dtype, float32_leaves=keep)
 
 
@@ -254,7 +256,10 @@ def run_opts(cfg: RunConfig) -> dict:
 
 def head_opts(cfg: RunConfig) -> dict:
     """The DecoderConfig fields of a reward model's attribute head (model.head, model.label_levels)."""
-    return dict(attribute_head=cfg.model.head, label_levels=cfg.model.label_levels) if cfg.task == "rm" else {}
+    if cfg.task != "rm":
+        return {}
+    separate = bool(cfg.loss.pair_weight) and cfg.loss.pair_target == "separate"
+    return dict(attribute_head=cfg.model.head, label_levels=cfg.model.label_levels, reward_head=separate)
 
 
 def model_head(cfg: RunConfig) -> str:
@@ -290,6 +295,11 @@ def init_from_config(cfg: RunConfig) -> tuple[DecoderConfig, dict]:
         )
     if cfg.task == "rm" and meta["attributes"] != list(cfg.model.attributes):
         raise ConfigError(f"model.init_from: that run's attributes {meta['attributes']} differ from model.attributes")
+    if cfg.task == "rm" and dcfg.reward_head != head_opts(cfg)["reward_head"]:
+        raise ConfigError(
+            f"model.init_from: that run {'has' if dcfg.reward_head else 'has no'} separate reward output; "
+            f"loss.pair_target={cfg.loss.pair_target}, loss.pair_weight={cfg.loss.pair_weight:g}"
+        )
     if cfg.task == "rm" and (dcfg.attribute_head, dcfg.label_levels) != (cfg.model.head, cfg.model.label_levels):
         raise ConfigError(
             f"model.init_from: that run has a {dcfg.attribute_head} head with {dcfg.label_levels} levels; "

@@ -17,7 +17,15 @@ import numpy as np
 from rm_jax.core.attributes import eval_weightings, resolve_reward_weights
 from rm_jax.core.config import PAIR_KINDS, LossConfig, RunConfig
 from rm_jax.data.helpsteer3_pairs import load_helpsteer3
-from rm_jax.data.pipeline import Encoded, Loader, encode_helpsteer, encode_pairs, resolve_source, subset_prompts
+from rm_jax.data.pipeline import (
+    Encoded,
+    Loader,
+    encode_helpsteer,
+    encode_pairs,
+    prompt_pair_units,
+    resolve_source,
+    subset_prompts,
+)
 from rm_jax.data.sft import encode_sft
 from rm_jax.data.sources import LoadResult, load_chat, load_helpsteer, load_pairs
 from rm_jax.data.steer_groups import encode_groups, load_groups, unequal_sizes
@@ -32,6 +40,12 @@ from rm_jax.training.validators import LossSums, ModelParts, RewardPredictions, 
 LOOP_KEYS = ("loss", "lr", "grad_norm", "ok", "real_tokens")
 
 MetricFormat = Callable[[Any], dict]
+PAIR_ORDER = "helpfulness"  # the label that orders the responses to one prompt for loss.pair_weight
+
+
+def split_outputs(pred: np.ndarray, n_attributes: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(attributes [N, A], the separate reward [N] or None) of a reward model's output columns."""
+    return pred[:, :n_attributes], (pred[:, n_attributes] if pred.shape[1] > n_attributes else None)
 
 
 def plain_metric(key: str, value: Any) -> dict:
@@ -148,17 +162,46 @@ class RegressionTask(Task):
     """A multi-attribute reward model on rated rows: masked, attribute-weighted MSE."""
 
     name = "rm"
-    formats = {"attr_mse": "_attr_mse"}
+    formats = {
+        "attr_mse": "_attr_mse",
+        "pair_accuracy": "_pair_accuracy",
+        "pair_loss": "_pair_loss",
+        "pointwise_loss": "_pointwise_loss",
+        "pairs": "_pairs",
+    }
+
+    @property
+    def joint(self) -> bool:
+        """loss.pair_weight > 0: Bradley-Terry on the responses to one prompt beside the pointwise loss."""
+        return self.cfg.loss.pair_weight > 0 and self.cfg.data.kind == "helpsteer"
 
     def encode(self, rows: list, tokenizer: Any) -> Encoded:
-        d = self.cfg.data
-        return encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, self.cfg.model.attributes)
+        d, attributes = self.cfg.data, self.cfg.model.attributes
+        enc = encode_helpsteer(rows, tokenizer, d.seq_len, d.template, d.overlength, attributes)
+        # The joint objective's pairs are the responses to one prompt, ordered by helpfulness: one unit each.
+        return prompt_pair_units(enc, list(attributes).index(PAIR_ORDER)) if self.joint else enc
 
     def stand_in(self) -> Encoded:
-        return _stand_in(1, len(self.cfg.model.attributes))
+        n = len(self.cfg.model.attributes)
+        if self.joint:
+            pairs = np.asarray([[0, 1]], np.int64)
+            return _stand_in(2, n, pairs=pairs, pair_strength=np.ones(1, np.float32))
+        return _stand_in(1, n)
 
     def _attr_mse(self, value: Any) -> dict:
         return {f"train_mse_{a}": float(v) for a, v in zip(self.cfg.model.attributes, value)}
+
+    def _pair_accuracy(self, value: Any) -> dict:
+        return {"train_pair_accuracy": float(value)}
+
+    def _pair_loss(self, value: Any) -> dict:
+        return {"train_pair_loss": float(value)}
+
+    def _pointwise_loss(self, value: Any) -> dict:
+        return {"train_pointwise_loss": float(value)}
+
+    def _pairs(self, value: Any) -> dict:
+        return {"train_pairs": int(value)}
 
     def validator(self, parts: ModelParts, enc: Encoded) -> Validator:
         levels = self.cfg.model.head != "regression" and self.cfg.data.kind == "helpsteer"
@@ -172,6 +215,7 @@ class RegressionTask(Task):
         if cfg.data.kind != "helpsteer":
             return {}
         weights = {str(w): w for w in eval_weightings(cfg.eval.reward_weights, cfg.model.attributes)}
+        pred = split_outputs(pred, len(cfg.model.attributes))[0]
         rep = helpsteer_report(pred, enc.labels, enc.label_mask, enc.group, weights, cfg.model.attributes, probs)
         return {"per_attribute": rep["per_attribute"], "pairwise": rep["pairwise"]}
 
@@ -180,13 +224,36 @@ class RegressionTask(Task):
         cross-entropy against the labels' level targets, without smoothing) and per-attribute MSE of
         predictions [N, A] (E[y] for a distributional head)."""
         w = np.asarray(self.cfg.loss.attribute_weights, np.float64)
+        pred, separate = split_outputs(pred, len(self.cfg.model.attributes))
         err = (pred - enc.labels) ** 2 * enc.label_mask
         loss = err if probs is None else level_cross_entropy(probs, enc.labels) * enc.label_mask
         out: dict[str, Any] = {"val_loss": float((loss * w).sum() / max((enc.label_mask * w).sum(), 1e-9))}
         for a, name in enumerate(self.cfg.model.attributes):
             n = enc.label_mask[:, a].sum()
             out[f"val_mse_{name}"] = float(err[:, a].sum() / n) if n else None
+        if self.joint and enc.pairs is not None and len(enc.pairs):
+            out.update(self._val_pairs(pred, separate, enc))
         return out
+
+    def _val_pairs(self, pred: np.ndarray, separate: Optional[np.ndarray], enc: Encoded) -> dict:
+        """The BT term and its accuracy on the validation split's prompt pairs (the reward the term reads)."""
+        assert enc.pairs is not None and enc.pair_strength is not None
+        if separate is not None:
+            reward = separate.astype(np.float64)
+        else:
+            w = resolve_reward_weights(self.cfg.loss.reward_weights, self.cfg.model.attributes)
+            reward = pred.astype(np.float64) @ w
+        batch = {
+            "pair_chosen": enc.pairs[:, 0],
+            "pair_rejected": enc.pairs[:, 1],
+            "pair_mask": np.ones(len(enc.pairs)),
+            "pair_strength": enc.pair_strength,
+        }
+        sums = pair_sums(reward[None, :, None], batch, np.ones(1), "scaled_bt", 0.0)
+        return {
+            "val_pair_loss": float(sums["num"] / sums["den"]),
+            "val_pair_accuracy": float(sums["correct"] / sums["den"]),
+        }
 
 
 class PairsTask(RegressionTask):

@@ -54,10 +54,12 @@ class RewardPredictions:
         out = self.scorer.predict(
             self.enc.ids, d.seq_len, rows, d.max_segments, d.packing, False, "validation", probs=self.levels
         )
+        # metrics see every output column (a separate reward too); predictions are the attributes'
+        n = len(self.cfg.model.attributes)
         if not self.levels:
-            return self.metrics(out, self.enc), out
+            return self.metrics(out, self.enc), out[:, :n]
         pred, self.probs = out
-        return self.metrics(pred, self.enc, self.probs), pred
+        return self.metrics(pred, self.enc, self.probs), pred[:, :n]
 
 
 def validation_function(cfg: RunConfig, dcfg: Any, mesh: Any) -> Callable:

@@ -94,3 +94,19 @@ def test_eval_weightings_keep_presets_for_helpsteer_attributes_in_any_order():
     specs = ["70b-rewardbench", "helpfulness-only", "1,0"]
     assert eval_weightings(specs, REORDERED) == specs
     assert eval_weightings(specs, ["a", "b"]) == ["1,0"]
+
+
+def test_reward_head_spec_picks_the_separate_output_and_others_give_it_zero(tmp_path):
+    from rm_jax.core.attributes import REWARD_HEAD
+
+    outputs = REORDERED + [REWARD_HEAD]
+    np.testing.assert_array_equal(resolve_reward_weights("reward_head", outputs), [0, 0, 0, 0, 0, 1])
+    preset = resolve_reward_weights("70b-rewardbench", outputs)
+    np.testing.assert_array_equal(preset[:5], resolve_reward_weights("70b-rewardbench", REORDERED))
+    assert preset[5] == 0
+    assert resolve_reward_weights("1,2,3,4,5", outputs).tolist() == [1, 2, 3, 4, 5, 0]  # positional: attributes
+    named = _w_json(tmp_path / "W.json", {"correctness": 2.0})
+    assert resolve_reward_weights(named, outputs).tolist() == [2, 0, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="no separate reward output"):
+        resolve_reward_weights("reward_head", REORDERED)
+    check_weight_spec("reward_head")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import re
 import typing
 from typing import Annotated, Literal, Union
 
@@ -13,7 +14,7 @@ import pytest
 
 from rm_jax.cli import main
 from rm_jax.core import config as config_module
-from rm_jax.core.config import ConfigError, Range, RunConfig, build_config
+from rm_jax.core.config import ConfigError, Range, RunConfig, build_config, load_config
 from tests.helpers import TINY, rm_jax_sources
 
 
@@ -107,6 +108,9 @@ def test_every_range_field_rejects_a_value_outside_and_keeps_its_bounds(key, bas
         ("lora.dropout=1.0", "lora.dropout must be in [0, 1), got 1.0"),
         ("lora.dropout=-0.1", "lora.dropout must be in [0, 1), got -0.1"),
         ("lora.dropout=0.1", "lora.dropout applies to LoRA adapters: set lora.rank > 0 (or model.adapter)"),
+        ("loss.pair_weight=-1", "loss.pair_weight must be at least 0, got -1.0"),
+        ("loss.pair_target=separate", "loss.pair_target=separate needs loss.pair_weight > 0"),
+        ("loss.pair_target=both", "loss.pair_target: 'both' is not one of attributes, separate"),
     ],
 )
 def test_a_bad_value_is_one_line_from_the_cli(override, line, capsys, tmp_path):
@@ -138,3 +142,20 @@ def test_optimizer_state_memory_is_device_or_host():
     assert got.train.optimizer_state_memory == "host"
     with pytest.raises(ConfigError, match="train.optimizer_state_memory: 'disk' is not one of device, host"):
         build_config({}, ["train.optimizer_state_memory=disk"])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.kind=pairs", "loss.type=bt"], "task rm with data.kind=helpsteer (data.kind=pairs, task rm)"),
+        (["task=sft"], "task rm with data.kind=helpsteer (data.kind=helpsteer, task sft)"),
+        (
+            ["model.attributes=[correctness]", "loss.attribute_weights=[1]", "eval.reward_weights=[1]"],
+            "orders a prompt's responses by helpfulness: not in model.attributes",
+        ),
+    ],
+)
+def test_pair_weight_needs_helpsteer_rows_of_a_reward_model(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(TINY, ["loss.pair_weight=1", *overrides])
+    load_config(TINY, ["loss.pair_weight=1", "loss.pair_target=separate"])  # the supported shape loads

@@ -171,3 +171,29 @@ def test_data_stats_cli_matches_numpy_and_scipy(capsys, rows):
         assert s["std"] == pytest.approx(x.std(ddof=1), abs=1e-6)
         if name != "helpfulness":
             assert s["pearson_helpfulness"] == pytest.approx(sps.pearsonr(x, h)[0], abs=1e-6)
+
+
+def test_prompt_pair_units_order_by_helpfulness_and_leave_out_ties_and_missing():
+    from rm_jax.data.pipeline import Encoded, Loader, prompt_pair_units
+
+    group = np.asarray([0, 0, 1, 1, 2, 2, 2, 3, 4, 4])
+    y = np.asarray([1, 3, 2, 2, 4, 0, 2, 3, 1, 0], np.float32)
+    labels = np.stack([np.zeros(10), y], 1).astype(np.float32)  # column 1 orders the pairs
+    mask = np.ones_like(labels)
+    mask[9, 1] = 0  # prompt 4: one label missing, no pair
+    ids = [np.full(3 + i % 4, i + 1, np.int32) for i in range(10)]
+    enc = Encoded(ids, labels, mask, [(i,) for i in range(10)], np.arange(10), group, np.ones(10, np.float32))
+    out = prompt_pair_units(enc, 1)
+    assert out.units == [(0, 1), (2, 3), (4, 5, 6), (7,), (8, 9)]
+    assert sorted(map(tuple, out.pairs.tolist())) == [(1, 0), (4, 5), (4, 6), (6, 5)]
+    # Batches keep each prompt's responses together and point the pair slots at them.
+    loader = Loader(out, 32, 6, 2, pad_id=0, seed=2)
+    seen = []
+    for _ in range(loader.steps_per_epoch()):
+        b = next(loader)
+        flat = b["example_index"].reshape(-1)
+        for u in out.units:
+            assert np.isin(u, flat).all() or not np.isin(u, flat).any()
+        m = b["pair_mask"] > 0
+        seen += list(zip(flat[b["pair_chosen"][m]].tolist(), flat[b["pair_rejected"][m]].tolist()))
+    assert sorted(seen) == [(1, 0), (4, 5), (4, 6), (6, 5)]

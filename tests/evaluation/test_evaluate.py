@@ -557,3 +557,28 @@ def test_lora_merged_export_holds_the_adapters(lora_rm_run):
     base, merged = (load_file(os.path.join(lora_rm_run[k], "model.safetensors")) for k in ("base", "merged"))
     name = "model.layers.0.self_attn.q_proj.weight"
     assert np.abs(merged[name] - base[name]).max() > 1e-4
+
+
+def test_eval_helpsteer_reports_nll_and_ece_of_a_distributional_head(data_files, tmp_path, capsys):
+    """`rm-jax eval --helpsteer` on an ordinal export: the results json's nll / ece are metrics.py's level_nll /
+    expected_calibration_error of the probabilities `rm-jax score --probs` gives, and the console table shows them."""
+    from rm_jax.data.sources import load_helpsteer
+    from rm_jax.engine.scoring import score_rows
+    from rm_jax.evaluation.metrics import expected_calibration_error, level_nll
+    from tests.serving.test_service import _head_model
+
+    model = _head_model(tmp_path, "ordinal")
+    out = tmp_path / "res.json"
+    argv = ["eval", "--model", str(tmp_path / "ordinal"), "--helpsteer", data_files["validation"]]
+    assert cli.main([*argv, "--output", str(out), "--no-progress"]) == 0
+    res = json.load(open(out))
+    rows = load_helpsteer(data_files["validation"]).rows
+    _, _, probs = score_rows(model, rows, progress=False, probs=True)
+    for j, a in enumerate(ATTRIBUTES):
+        labels = np.asarray([-1 if r[a] is None else r[a] for r in rows])
+        present = labels >= 0
+        got = res["per_attribute"][a]
+        assert got["nll"] == pytest.approx(level_nll(probs[:, j], labels, present), rel=1e-5)
+        assert got["ece"] == pytest.approx(expected_calibration_error(probs[:, j], labels, present), abs=1e-5)
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("attribute"))
+    assert header.split()[-2:] == ["nll", "ece"]

@@ -214,6 +214,13 @@ def test_format_attribute_table():
     with_qwk = format_attribute_table(out, ("mse", "qwk")).splitlines()
     assert with_qwk[0].split() == ["attribute", "n", "mse", "qwk"]
     assert with_qwk[2].split()[-1] == f"{out['helpfulness']['qwk']:.4f}" and with_qwk[-1].split()[-1] == "-"
+    # A distributional head's nll / ece follow the stats, as attribute_metrics computed them.
+    probs = np.random.default_rng(1).dirichlet(np.ones(5), size=(20, 5))
+    levels = attribute_metrics(pred, np.where(mask == 1, np.clip(np.round(target), 0, 4), -100), mask, probs=probs)
+    lines = format_attribute_table(levels).splitlines()
+    assert lines[0].split()[-2:] == ["nll", "ece"] and len({len(line) for line in lines}) == 1
+    h = levels["helpfulness"]
+    assert lines[2].split()[-2:] == [f"{h['nll']:.4f}", f"{h['ece']:.4f}"] and lines[-1].split()[-2:] == ["-", "-"]
 
 
 # ----------------------------------------------------------------------------- agreement and calibration

@@ -131,3 +131,136 @@ def test_hub_download_result_is_loaded_like_a_folder(tmp_path, monkeypatch):
     lm = load_hf_reward_model("Qwen/Qwen3-tiny")
     convs = random_conversations(2, 3, 10, seed=2)
     np.testing.assert_allclose(_scores(lm, convs), torch_scores(tm, convs), atol=1e-4)
+
+
+# ---------------------------------------------------------------- a separate reward output (loss.pair_target)
+
+
+def _reward_head_export(tmp_path, kind: str, seed: int = 3):
+    from rm_jax.core.attributes import ATTRIBUTES
+    from rm_jax.models import init_params
+    from rm_jax.models.llama import DecoderConfig
+    from tests.helpers import TINY_DECODER, bundled_tokenizer
+
+    tok = bundled_tokenizer()
+    arch = {**TINY_DECODER, "vocab_size": len(tok), "max_position_embeddings": 256}
+    cfg = DecoderConfig(**arch, num_labels=5, attribute_head=kind, reward_head=True)
+    params = init_params(cfg, make_mesh(devices=jax.devices()[:1]), seed)
+    return cfg, params, export_hf(cfg, params, str(tmp_path / f"hf-{kind}"), ATTRIBUTES, tok)
+
+
+@pytest.mark.parametrize("kind", ["regression", "ordinal"])
+def test_reward_head_is_the_last_logit_and_scores_as_weights_reward_head(kind, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rm_jax.core.attributes import REWARD_PRESETS
+    from rm_jax.data.conversation import encode, row_to_messages
+    from rm_jax.engine.scoring import score_rows
+    from rm_jax.runs.read import load_scoring_model
+
+    _, params, out = _reward_head_export(tmp_path, kind)
+    hf = json.load(open(os.path.join(out, "config.json")))
+    width = 1 if kind == "regression" else 4
+    assert hf["num_labels"] == 5 * width + 1 and hf["id2label"][str(5 * width)] == "reward_head"
+    assert hf["rm_jax"]["reward_head"] is True
+
+    model = load_scoring_model(out)
+    assert model.attributes[-1] == "reward_head" and model.cfg.reward_head
+    np.testing.assert_array_equal(np.asarray(model.params["reward_head_kernel"]), params["reward_head_kernel"])
+    rows = [
+        {"prompt": "What is 2+2?", "response": "4"},
+        {"prompt": "Name a colour.", "response": "Blue, like the sky on a clear day."},
+        {"prompt": "Say hi.", "response": "Hello there!"},
+    ]
+    pred, reward = score_rows(model, rows, weights="reward_head", progress=False)
+    np.testing.assert_array_equal(reward, pred[:, 5])
+    torch_model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
+    with torch.no_grad():
+        logits = np.concatenate([torch_model(input_ids=torch.tensor(x)[None]).logits.numpy() for x in ids])
+    np.testing.assert_allclose(logits[:, -1], reward, atol=1e-4)
+    attrs = logits[:, :-1]
+    if kind == "ordinal":  # docs/heads.md's formula on the attribute logits
+        z = attrs.reshape(-1, 5, 4) - np.asarray(hf["rm_jax"]["thresholds"])
+        attrs = (1 / (1 + np.exp(-z))).sum(-1)
+    np.testing.assert_allclose(attrs, pred[:, :5], atol=1e-4)
+    # Any other weighting reads the attributes only (the reward_head column weighs 0).
+    _, default = score_rows(model, rows, progress=False)
+    np.testing.assert_allclose(default, pred[:, :5] @ np.asarray(REWARD_PRESETS["70b-rewardbench"]), atol=1e-9)
+
+
+def test_reward_head_import_keeps_drops_or_starts_the_row(tmp_path):
+    _, params, out = _reward_head_export(tmp_path, "regression")
+    kept = load_hf_reward_model(out)
+    assert kept.cfg.reward_head and kept.head_loaded and not kept.notes
+    np.testing.assert_array_equal(np.asarray(kept.params["head_kernel"]), params["head_kernel"])
+    dropped = load_hf_reward_model(out, reward_head=False)
+    assert not dropped.cfg.reward_head and "reward_head_kernel" not in dropped.params
+    np.testing.assert_array_equal(np.asarray(dropped.params["head_kernel"]), params["head_kernel"])
+    assert any("left out" in n for n in dropped.notes)
+    # A folder without the row, asked for one: the attribute head is read, the reward output starts new.
+    plain = export_hf(dropped.cfg, dropped.params, str(tmp_path / "plain"), kept.attribute_names)
+    started = load_hf_reward_model(plain, reward_head=True)
+    assert started.cfg.reward_head and any("reward_head initialised" in n for n in started.notes)
+    np.testing.assert_array_equal(np.asarray(started.params["head_kernel"]), params["head_kernel"])
+
+
+def test_reward_head_row_count_is_checked(tmp_path):
+    _, _, out = _reward_head_export(tmp_path, "regression")
+    path = os.path.join(out, "config.json")
+    hf = json.load(open(path))
+    hf["rm_jax"]["reward_head"] = False  # 6 logits, 5 attributes, no reward row: a wrong folder
+    json.dump(hf, open(path, "w"))
+    with pytest.raises(ModelLoadError, match="num_labels 6 is not 5 attributes x 1"):
+        load_hf_reward_model(out)
+    hf["rm_jax"]["reward_head"] = "yes"
+    json.dump(hf, open(path, "w"))
+    with pytest.raises(ModelLoadError, match="rm_jax.reward_head must be true or false"):
+        load_hf_reward_model(out)
+
+
+def _ordinal_export(tmp_path):
+    from rm_jax.core.attributes import ATTRIBUTES
+    from rm_jax.models import init_params
+    from rm_jax.models.llama import DecoderConfig
+    from tests.helpers import TINY_DECODER
+
+    cfg = DecoderConfig(**TINY_DECODER, num_labels=5, attribute_head="ordinal")
+    params = init_params(cfg, make_mesh(devices=jax.devices()[:1]), 2)
+    return export_hf(cfg, params, str(tmp_path / "ord"), ATTRIBUTES)
+
+
+def test_ordinal_import_rejects_score_rows_that_are_not_copies(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    out = _ordinal_export(tmp_path)
+    load_hf_reward_model(out)  # the export itself loads
+    path = os.path.join(out, "model.safetensors")
+    tensors = load_file(path)
+    tensors["score.weight"][6] += 0.01  # attribute 1's second copy
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="the 4 rows of each attribute differ"):
+        load_hf_reward_model(out)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("head", "softmax", "rm_jax.head 'softmax' is not one of regression, categorical, ordinal"),
+        ("attributes", [], "rm_jax.attributes must be a non-empty list of names"),
+        ("label_levels", 1, "rm_jax.label_levels must be an integer >= 2, got 1"),
+        ("label_levels", 6, "num_labels 20 is not 5 attributes x 5 \\(ordinal head\\)"),
+        ("thresholds", [[0.0, 1.0, 0.5, 2.0]] * 5, "rm_jax.thresholds: ordinal thresholds must strictly increase"),
+        ("thresholds", [[0.0, 1.0]] * 5, "rm_jax.thresholds: expected 5 x 4 finite numbers"),
+    ],
+)
+def test_bad_rm_jax_fields_are_one_line_errors_naming_the_field(tmp_path, field, value, message):
+    out = _ordinal_export(tmp_path)
+    path = os.path.join(out, "config.json")
+    hf = json.load(open(path))
+    hf["rm_jax"][field] = value
+    json.dump(hf, open(path, "w"))
+    with pytest.raises(ModelLoadError, match=message) as e:
+        load_hf_reward_model(out)
+    assert "\n" not in str(e.value) and str(e.value).startswith(path)

@@ -571,3 +571,18 @@ def test_adapter_base_name_is_the_model_path_as_given(tmp_path, monkeypatch):
     assert adapter_base_name(str(run), str(tmp_path / "base")) == str(tmp_path / "base")
     os.remove(run / "config.yaml")
     assert adapter_base_name(str(run), snapshot) == snapshot
+
+
+def test_every_reward_head_leaf_trains_and_is_checkpointed_with_the_adapters():
+    """An ordinal head's thresholds and a separate reward output are head leaves: trained and kept in a LoRA run's
+    checkpoints (the frozen base is re-read from its folder, which has neither)."""
+    import dataclasses
+
+    from rm_jax.models import lora as lora_mod
+    from rm_jax.models.llama import DecoderConfig
+
+    cfg = dataclasses.replace(DecoderConfig(), lora_rank=2)
+    for leaf in ("head_kernel", "head_thresholds", "reward_head_kernel"):
+        assert lora_mod.is_trainable(cfg, (leaf,)) and lora_mod.is_checkpointed((leaf,)), leaf
+    assert not lora_mod.is_trainable(cfg, ("layers", "mlp", "up_kernel"))
+    assert not lora_mod.is_trainable(cfg, ("lm_head_kernel",)) and lora_mod.is_checkpointed(("lm_head_kernel",))

@@ -59,3 +59,74 @@ def test_serve_config_checks_weights_before_the_model_loads():
 
     with pytest.raises(InputError, match="--weights: unknown reward-weight preset 'goodnes'"):
         ServeConfig(weights="goodnes").check()
+
+
+def _head_model(tmp_path, kind: str):
+    """A tiny rm_jax export with a ``kind`` head (random weights, the bundled tokenizer), loaded to score."""
+    import jax
+
+    from rm_jax.models import init_params
+    from rm_jax.models.hf_io import export_hf
+    from rm_jax.models.llama import DecoderConfig
+    from rm_jax.models.sharding import make_mesh
+    from rm_jax.runs.read import load_scoring_model
+    from tests.helpers import TINY_DECODER, bundled_tokenizer
+
+    tok = bundled_tokenizer()
+    cfg = DecoderConfig(
+        **{**TINY_DECODER, "vocab_size": len(tok), "max_position_embeddings": 256}, num_labels=5, attribute_head=kind
+    )
+    params = init_params(cfg, make_mesh(devices=jax.devices()[:1]), 7)
+    return load_scoring_model(export_hf(cfg, params, str(tmp_path / kind), ATTRIBUTES, tok))
+
+
+ROWS = [
+    {"prompt": "What is 2+2?", "response": "4"},
+    {"prompt": "Name a colour.", "response": "Blue, like the sky on a clear day."},
+]
+
+
+def test_score_probs_on_a_categorical_model_match_rm_jax_score_and_info_names_the_head(tmp_path):
+    import threading
+    import time
+
+    from rm_jax.engine.scoring import score_rows
+    from rm_jax.serving.service import RewardService
+    from rm_jax.serving.settings import ServeConfig
+
+    model = _head_model(tmp_path, "categorical")
+    svc = RewardService(model, ServeConfig(seq_len=128, max_batch_tokens=256, min_batch_tokens=128), str(tmp_path))
+    info = svc.info()
+    assert info["head"] == {"kind": "categorical", "label_levels": 5, "probs": True, "reward_head": False}
+    svc.start()
+    try:
+        deadline = time.monotonic() + 300
+        while svc.state != "ready":  # compiling its batch shapes
+            assert time.monotonic() < deadline, f"the service did not become ready ({svc.state})"
+            time.sleep(0.05)
+        prepared = svc._prepare("score", json.dumps({"rows": ROWS, "probs": True}).encode())
+        done = threading.Event()
+        job = svc.submit(prepared, lambda exc: done.set())
+        assert done.wait(300), "the batcher did not score the request"
+        results = svc.answer(prepared, job)["results"]
+    finally:
+        svc.close()
+    pred, _, probs = score_rows(model, ROWS, progress=False, probs=True)
+    for i, r in enumerate(results):
+        got = np.asarray([r["probs"][a] for a in ATTRIBUTES])
+        np.testing.assert_allclose(got, probs[i], atol=1e-5)
+        np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose([r["attributes"][a] for a in ATTRIBUTES], got @ np.arange(5), atol=1e-5)
+        np.testing.assert_allclose([r["attributes"][a] for a in ATTRIBUTES], pred[i], atol=1e-5)
+
+
+def test_score_probs_on_a_regression_model_is_a_400_naming_probs(tmp_path):
+    from rm_jax.serving.service import RewardService
+    from rm_jax.serving.settings import ServeConfig
+
+    svc = RewardService(_head_model(tmp_path, "regression"), ServeConfig(seq_len=128), str(tmp_path))
+    assert svc.info()["head"]["kind"] == "regression" and svc.info()["head"]["probs"] is False
+    with pytest.raises(BadRequest) as e:
+        svc._prepare("score", json.dumps({"rows": ROWS, "probs": True}).encode())
+    assert e.value.status == 400 and e.value.body()["field"] == "probs"
+    assert "regression head" in str(e.value)

@@ -139,3 +139,51 @@ def test_fitted_w_json_as_an_eval_weighting(data_files, tmp_path):
     want, _ = plain_run_v2(rows_, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
     assert abs(float(rows[0]["rb2_score"]) - want) < 1e-6
     assert rows[0]["rb2_score"] != rows[1]["rb2_score"]
+
+
+def fake_train_levels(cfg):
+    """fake_train plus a distributional head's eval.json nll / ece (metrics.py's functions of random level
+    probabilities, which are saved next to it as levels.npy)."""
+    from rm_jax.evaluation.metrics import attribute_metrics
+
+    rd = fake_train(cfg)
+    if cfg.model.head == "regression":
+        return rd
+    recs = [json.loads(line) for line in open(os.path.join(rd, "predictions", "validation.jsonl"))]
+    labels = np.array([[rec["label"][a] for a in ATTRIBUTES] for rec in recs], np.float64)
+    pred = np.array([[rec["pred"][a] for a in ATTRIBUTES] for rec in recs], np.float64)
+    probs = np.random.default_rng(int(10 * cfg.loss.pair_weight)).dirichlet(np.ones(5), size=labels.shape)
+    np.save(os.path.join(rd, "levels.npy"), probs)
+    ev = json.load(open(os.path.join(rd, "eval.json")))
+    ev["per_attribute"] = attribute_metrics(pred, labels, probs=probs)
+    json.dump(ev, open(os.path.join(rd, "eval.json"), "w"))
+    return rd
+
+
+def test_head_and_pair_weight_axes_give_columns_and_nll_ece_from_metrics(data_files, tmp_path):
+    from rm_jax.evaluation.metrics import expected_calibration_error, level_nll
+
+    exp = tmp_path / "e.yaml"
+    sweep_axes = {"model.head": ["regression", "categorical", "ordinal"], "loss.pair_weight": [0, 1]}
+    base = {**tiny_base(data_files), "eval": {"reward_weights": ["helpfulness-only"]}}
+    exp.write_text(yaml.safe_dump({"base": base, "sweep": sweep_axes}))
+    sd = tmp_path / "s"
+    assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=fake_train_levels, out=io.StringIO()) == 0
+    rows = _csv(sd / "results.csv")
+    assert len(rows) == 6 and {(r["head"], float(r["pair_weight"])) for r in rows} == {
+        (h, w) for h in sweep_axes["model.head"] for w in (0.0, 1.0)
+    }
+    for r in rows:
+        if r["head"] == "regression":
+            assert r["nll_mean"] == "" and r["ece_helpfulness"] == ""
+            continue
+        probs = np.load(sd / r["run"] / "levels.npy")
+        recs = [json.loads(line) for line in open(sd / r["run"] / "predictions" / "validation.jsonl")]
+        nll, ece = [], []
+        for j, a in enumerate(ATTRIBUTES):
+            labels = np.array([rec["label"][a] for rec in recs])
+            nll.append(level_nll(probs[:, j], labels))
+            ece.append(expected_calibration_error(probs[:, j], labels))
+            assert abs(float(r[f"nll_{a}"]) - nll[-1]) < 1e-9 and abs(float(r[f"ece_{a}"]) - ece[-1]) < 1e-9
+        assert abs(float(r["nll_mean"]) - np.mean(nll)) < 1e-9 and abs(float(r["ece_mean"]) - np.mean(ece)) < 1e-9
+    assert (sd / "plots" / "nll_mean.png").exists() and (sd / "plots" / "ece_mean.png").exists()

@@ -7,7 +7,7 @@ as a library.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Hashable, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -19,30 +19,53 @@ from rm_jax.core.errors import ConversationError, InputError
 from rm_jax.core.files import iter_jsonl, write_jsonl
 from rm_jax.data.conversation import encode, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed
+from rm_jax.data.prefix_sharing import (
+    SharePrompts,
+    ShareReport,
+    build_shared_batch,
+    plan_shared,
+    plan_units,
+    resolve_share,
+)
 from rm_jax.engine.train_step import batch_shardings, make_score_fn, put_batch
+from rm_jax.models.attention import SHARED_KERNELS, shared_layout_kernel
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.sharding import make_mesh, replicated
 
 
 class Scorer:
-    """Holds one compiled score function per (rows, seq_len, max_segments) shape."""
+    """Holds one compiled score function per (max_segments, layout) and batch shape."""
 
     def __init__(self, cfg: DecoderConfig, params: Any, mesh: Optional[Mesh] = None, pad_id: int = 0):
         self.cfg, self.params, self.pad_id = cfg, params, pad_id
         self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
-        self._fns: dict[int, Any] = {}
+        self._fns: dict[tuple[int, bool], Any] = {}
+        self.share_report: Optional[ShareReport] = None  # the last predict()'s, when it shared prompts
 
-    def _fn(self, max_segments: int) -> Any:
-        if max_segments not in self._fns:
+    def _fn(self, max_segments: int, shared: bool = False) -> Any:
+        if (max_segments, shared) not in self._fns:
+            cfg = self.cfg
+            if shared:  # a kernel whose mask reads prompt ids (rm_jax.models.attention.SHARED_KERNELS)
+                cfg = cfg.replace(attention=shared_layout_kernel(cfg.attention, dtype=cfg.dtype))
             # Replicated output: every process can read all scores (multi-host validation).
-            self._fns[max_segments] = jax.jit(
-                make_score_fn(self.cfg, max_segments, self.mesh), out_shardings=replicated(self.mesh)
+            self._fns[max_segments, shared] = jax.jit(
+                make_score_fn(cfg, max_segments, self.mesh), out_shardings=replicated(self.mesh)
             )
-        return self._fns[max_segments]
+        return self._fns[max_segments, shared]
 
-    def score_batch(self, batch: dict, max_segments: int) -> np.ndarray:
+    def shares(self, share: SharePrompts, groups: Optional[Sequence[Hashable]]) -> bool:
+        """Whether ``predict(..., groups, share)`` lays prompts out once: ``share=True`` always (with
+        groups); ``auto`` where two examples share a key and the configured kernel reads the shared layout
+        (elsewhere the blockwise xla kernel would replace a faster one)."""
+        if groups is None or not resolve_share(share, groups):
+            return False
+        if share == "auto":
+            return self.cfg.attention_kernel() in SHARED_KERNELS
+        return True
+
+    def score_batch(self, batch: dict, max_segments: int, shared: bool = False) -> np.ndarray:
         sh = batch_shardings(self.mesh, {k: batch[k] for k in ("input_ids", "segment_ids", "positions")}, accum=False)
-        out = self._fn(max_segments)(self.params, put_batch(batch, sh))
+        out = self._fn(max_segments, shared)(self.params, put_batch(batch, sh))
         return np.asarray(jax.device_get(out), dtype=np.float32)
 
     def predict(
@@ -54,10 +77,18 @@ class Scorer:
         packing: bool = True,
         progress: bool = True,
         desc: str = "scoring",
+        groups: Optional[Sequence[Hashable]] = None,
+        share: SharePrompts = False,
     ) -> np.ndarray:
-        """[N, num_labels] predictions for token-id sequences, each scored alone (packing never mixes them)."""
+        """[N, num_labels] predictions for token-id sequences, each scored alone (packing never mixes them).
+
+        ``groups`` (one key per sequence; equal keys: the same prompt) with ``share`` (``auto`` / True /
+        False): examples of a group are laid out as their common token prefix once and each one's rest
+        after it (``rm_jax.data.prefix_sharing``), the same scores up to float rounding; what it saved is
+        then in ``self.share_report``."""
         n = len(ids)
         out = np.zeros((n, self.cfg.num_labels), np.float32)
+        self.share_report = None
         if n == 0:
             return out
         longest = max(len(x) for x in ids)
@@ -66,21 +97,30 @@ class Scorer:
             raise ValueError(f"a conversation has {longest} tokens, more than seq_len={seq_len}")
         dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         rows = _round_up(max(rows, 1), dp)
+        shared = packing and self.shares(share, groups)
         ms = max_segments if packing else 1
-        bins = plan_packed([len(x) for x in ids], seq_len, ms) if packing else [[i] for i in range(n)]
+        lengths = [len(x) for x in ids]
+        if shared:
+            units, self.share_report = plan_units(ids, list(groups or ()), seq_len, ms)
+            bins = plan_shared(units, lengths, seq_len, ms)
+        else:
+            bins = plan_packed(lengths, seq_len, ms) if packing else [[i] for i in range(n)]
         # Even batches: 17 rows at rows=16 run as 2 x 9, not 16 + 1 with 15 empty rows.
         rows = _round_up(-(-len(bins) // -(-len(bins) // rows)), dp)
         zeros = np.zeros((n, self.cfg.num_labels), np.float32)
-        real = sum(len(x) for x in ids)
+        real = self.share_report.tokens if shared else sum(lengths)
         with tqdm(total=real, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False) as bar:
             for start in range(0, len(bins), rows):
                 chunk = bins[start : start + rows]
-                b = build_batch(ids, zeros, zeros, chunk, seq_len, ms, self.pad_id, rows=rows)
-                scores = self.score_batch(b, ms)
+                if shared:
+                    b = build_shared_batch(ids, zeros, zeros, units, chunk, seq_len, ms, self.pad_id, rows=rows)
+                else:
+                    b = build_batch(ids, zeros, zeros, chunk, seq_len, ms, self.pad_id, rows=rows)
+                scores = self.score_batch(b, ms, shared)
                 idx = b["example_index"]
                 sel = idx >= 0
                 out[idx[sel]] = scores[sel]
-                bar.update(int((b["segment_ids"] > 0).sum()))
+                bar.update(int((b["segment_ids"] != 0).sum()))
         return out
 
 

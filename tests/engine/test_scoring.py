@@ -185,3 +185,76 @@ def test_bad_model_and_weights(rm_dir, tmp_path, capsys):
     )
     assert "in.jsonl: row 1:" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o.jsonl")
+
+
+# ---------------------------------------------------------------- shared prompts (rm_jax.data.prefix_sharing)
+
+
+def _shared_groups(seed: int, n_groups: int = 5) -> tuple[list[np.ndarray], list[int]]:
+    """Groups of 1-4 responses after a 12-40 token prompt (so a group spans several 8-token blocks and
+    Mistral's 7-token window), in interleaved order, plus a plain conversation of its own."""
+    from tests.helpers import VOCAB
+
+    rng = np.random.default_rng(seed)
+    ids, groups = [], []
+    for g in range(n_groups):
+        prompt = rng.integers(1, VOCAB, int(rng.integers(12, 40)))
+        for _ in range(int(rng.integers(1, 5))):
+            ids.append(np.concatenate([prompt, rng.integers(1, VOCAB, int(rng.integers(1, 15)))]).astype(np.int32))
+            groups.append(g)
+    order = rng.permutation(len(ids))
+    return [ids[i] for i in order], [groups[i] for i in order]
+
+
+def _tiny_rm(family: str, **run):
+    import jax
+
+    from rm_jax.models.hf_io import decoder_config_from_hf
+    from rm_jax.models.llama import RewardModel
+    from tests.helpers import FAMILIES, VOCAB
+
+    # A large init scale makes attention sharp, so a key seen or missed moves the scores visibly.
+    hf = dict(FAMILIES[family], vocab_size=VOCAB, num_labels=5, initializer_range=0.5)
+    cfg = decoder_config_from_hf(hf, dtype="float32", attention="xla", attention_block=8, **run)
+    ids = np.ones((1, 16), np.int32)
+    params = RewardModel(cfg).init(jax.random.key(0), ids, ids, ids, 1)["params"]
+    return cfg, params
+
+
+@pytest.mark.parametrize(
+    "family,run",
+    [("llama", {}), ("mistral", {}), ("qwen2", {"scan_layers": True}), ("qwen3", {})],
+)
+def test_shared_prompts_score_like_unshared(family, run):
+    """Float32 scores of the shared layout equal the unshared ones within 1e-5 (GQA, sliding window, Qwen3's
+    head_dim, a scanned stack), and the shared layout lays out fewer tokens."""
+    from rm_jax.engine.scoring import Scorer
+
+    cfg, params = _tiny_rm(family, **run)
+    ids, groups = _shared_groups(1)
+    scorer = Scorer(cfg, params)
+    plain = scorer.predict(ids, 128, rows=4, max_segments=6, progress=False, groups=groups, share=False)
+    assert scorer.share_report is None
+    shared = scorer.predict(ids, 128, rows=4, max_segments=6, progress=False, groups=groups, share=True)
+    rep = scorer.share_report
+    assert rep.shared_groups >= 3 and rep.prompt_tokens_saved > 100, rep.as_dict()
+    assert np.abs(plain).max() > 0.1  # scores that a wrong mask would move
+    np.testing.assert_allclose(shared, plain, rtol=0, atol=1e-5 * max(1.0, float(np.abs(plain).max())))
+
+
+def test_shared_groups_split_over_rows_score_the_same():
+    """A group longer than seq_len (or with more responses than max_segments) is split with its prompt
+    repeated, counted, and still scores as unshared."""
+    from rm_jax.engine.scoring import Scorer
+
+    cfg, params = _tiny_rm("mistral")
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(1, 97, 30)
+    ids = [np.concatenate([prompt, rng.integers(1, 97, 10)]).astype(np.int32) for _ in range(7)]
+    scorer = Scorer(cfg, params)
+    plain = scorer.predict(ids, 64, rows=2, max_segments=3, progress=False)
+    shared = scorer.predict(ids, 64, rows=2, max_segments=3, progress=False, groups=[0] * 7, share=True)
+    rep = scorer.share_report
+    assert (rep.split_groups, rep.repeated_prompts) == (1, 2)  # 3 + 3 + 1 responses: two more prompt copies
+    assert rep.tokens == 3 * 30 + 70
+    np.testing.assert_allclose(shared, plain, rtol=0, atol=1e-5 * max(1.0, float(np.abs(plain).max())))

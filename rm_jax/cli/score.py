@@ -36,6 +36,13 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--max-segments", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=get_args(Dtype))
+    ap.add_argument(
+        "--share-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="encode each prompt once for all its responses (exact; default: on where rows share a prompt "
+        "and the attention kernel reads the shared layout, docs/sharing.md)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--step", type=int, default=None, help="a run folder's checkpoint step (default: the kept one)")
     a = ap.parse_args(list(argv))
@@ -47,7 +54,15 @@ def main(argv: Sequence[str]) -> int:
     model = load_scoring_model(a.model, dtype=a.dtype, template=a.template, step=a.step)
     check_weights(a.weights, model.cfg.num_labels)
     pred, reward = score_rows(
-        model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress, where=a.input
+        model,
+        rows,
+        a.weights,
+        a.batch_rows,
+        a.max_segments,
+        a.seq_len,
+        not a.no_progress,
+        where=a.input,
+        share_prompts="auto" if a.share_prompts is None else a.share_prompts,
     )
     write_scored(a.output, rows, model.attributes, pred, reward)
     print(f"scored {len(rows)} rows -> {a.output}")

@@ -7,6 +7,7 @@ as a library.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Hashable, Optional, Sequence, Union
 
 import jax
@@ -148,13 +149,16 @@ def score_rows(
     seq_len: Optional[int] = None,
     progress: bool = True,
     where: Union[str, Sequence[str]] = "input",
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
     :class:`rm_jax.runs.read.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
     max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
-    each row's location."""
+    each row's location. Rows with the same conversation before their last message share its tokens per
+    ``share_prompts`` (rm_jax.data.prefix_sharing)."""
     w = resolve_reward_weights(weights, model.cfg.num_labels)
-    ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
+    messages = [row_to_messages(r) for r in rows]
+    ids = encode(model.tokenizer, messages, model.template)
     limit = seq_len or model.cfg.max_position_embeddings
     for i, x in enumerate(ids):
         if len(x) > limit:
@@ -165,8 +169,9 @@ def score_rows(
             )
     longest = max((len(x) for x in ids), default=1)
     seq_len = seq_len or min(max(512, _round_up(longest, 128)), limit)
+    groups = [json.dumps(m[:-1], sort_keys=True) for m in messages]
     pred = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
-        ids, seq_len, batch_rows, max_segments, progress=progress
+        ids, seq_len, batch_rows, max_segments, progress=progress, groups=groups, share=share_prompts
     )
     return pred, pred.astype(np.float64) @ w
 

@@ -36,6 +36,7 @@ from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs, resolve_pairs_source, resolve_source
+from rm_jax.data.prefix_sharing import SharePrompts
 from rm_jax.data.rewardbench2_sets import RB2Set, flatten, load_rewardbench2
 from rm_jax.data.sources import load_helpsteer, load_pairs
 from rm_jax.engine.scoring import Scorer
@@ -82,9 +83,14 @@ def predict_encoded(
     max_segments: int = 16,
     progress: bool = True,
     desc: str = "scoring",
+    share_prompts: SharePrompts = "auto",
+    sharing: Optional[dict] = None,
 ) -> np.ndarray:
-    """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs."""
-    return predict_ids(model, list(enc.ids), limit, batch_rows, max_segments, progress, desc)
+    """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs;
+    examples of one prompt group (``enc.group``) share their prompt's tokens per ``share_prompts``."""
+    return predict_ids(
+        model, list(enc.ids), limit, batch_rows, max_segments, progress, desc, list(enc.group), share_prompts, sharing
+    )
 
 
 def predict_ids(
@@ -95,17 +101,35 @@ def predict_ids(
     max_segments: int = 16,
     progress: bool = True,
     desc: str = "scoring",
+    groups: Optional[Sequence[Any]] = None,
+    share_prompts: SharePrompts = "auto",
+    sharing: Optional[dict] = None,
 ) -> np.ndarray:
-    """Attribute predictions [len(ids), A] for token id sequences (each at most ``limit`` long)."""
+    """Attribute predictions [len(ids), A] for token id sequences (each at most ``limit`` long). ``groups``
+    (a key per sequence, equal for one prompt) and ``share_prompts``: rm_jax.data.prefix_sharing; what
+    sharing saved is written into ``sharing`` when given (empty when it was off)."""
     if not ids:
         return np.zeros((0, model.cfg.num_labels), np.float32)
     longest = max(len(x) for x in ids)
     pack_len = min(limit, ((longest + 63) // 64) * 64)
     scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)
-    return scorer.predict(list(ids), pack_len, batch_rows, max_segments, packing=True, progress=progress, desc=desc)
+    pred = scorer.predict(
+        list(ids),
+        pack_len,
+        batch_rows,
+        max_segments,
+        packing=True,
+        progress=progress,
+        desc=desc,
+        groups=groups,
+        share=share_prompts,
+    )
+    if sharing is not None and scorer.share_report is not None:
+        sharing.update(scorer.share_report.as_dict())
+    return pred
 
 
-def _counts(enc: Encoded, scored: int, limit: int) -> dict:
+def _counts(enc: Encoded, scored: int, limit: int, sharing: Optional[dict] = None) -> dict:
     return {
         "rows": enc.report.rows,
         "scored": int(scored),
@@ -113,6 +137,7 @@ def _counts(enc: Encoded, scored: int, limit: int) -> dict:
         "response_cut": enc.report.response_cut,
         "dropped": enc.report.dropped,
         "seq_len": limit,
+        **({"sharing": sharing} if sharing else {}),
     }
 
 
@@ -126,6 +151,7 @@ def evaluate_helpsteer(
     max_segments: int = 16,
     overlength: str = "truncate",
     progress: bool = True,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[dict, list[dict]]:
     """Score HelpSteer2 rows and compute their metrics.
 
@@ -140,9 +166,10 @@ def evaluate_helpsteer(
     check_weights(weights, attributes)
     limit = _limit(model, seq_len)
     enc = encode_helpsteer(rows, model.tokenizer, limit, model.template, overlength, attributes=ATTRIBUTES)
-    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "helpsteer")
+    sharing: dict = {}
+    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "helpsteer", share_prompts, sharing)
     report = helpsteer_metrics(pred, attributes, enc.labels, enc.label_mask, enc.group, weights)
-    report["counts"] = _counts(enc, len(enc.ids), limit)
+    report["counts"] = _counts(enc, len(enc.ids), limit, sharing)
     return report, helpsteer_records(enc.source_rows, enc.group, pred, attributes, enc.labels, enc.label_mask)
 
 
@@ -157,6 +184,7 @@ def evaluate_rewardbench(
     overlength: str = "truncate",
     drop_long_pairs: bool = False,
     progress: bool = True,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Score RewardBench-format pairs (rows as :func:`rm_jax.data.sources.load_pairs` gives them).
 
@@ -179,7 +207,8 @@ def evaluate_rewardbench(
         n_attributes=len(attributes),
         cut_response=not drop_long_pairs,
     )
-    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "rewardbench")
+    sharing: dict = {}
+    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "rewardbench", share_prompts, sharing)
     position = {r.get("_row", i): i for i, r in enumerate(rows)}
     scored = np.asarray([position[int(src)] for src in enc.source_rows[0::2]], np.int64)
     chosen = np.full((len(rows), len(attributes)), np.nan, np.float32)
@@ -188,7 +217,7 @@ def evaluate_rewardbench(
     report = rewardbench_metrics(
         [subset_of(rows[i]) for i in scored], chosen[scored], rejected[scored], attributes, weights
     )
-    report["counts"] = _counts(enc, len(scored), limit)
+    report["counts"] = _counts(enc, len(scored), limit, sharing)
     return report, chosen, rejected
 
 
@@ -201,6 +230,7 @@ def predict_rewardbench2(
     max_segments: int = 16,
     drop_long_pairs: bool = False,
     progress: bool = True,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Attribute predictions [completions, A] of every completion of ``sets`` (flattened as run_v2 does:
     set by set, chosen first) and the length counts.
@@ -215,7 +245,7 @@ def predict_rewardbench2(
     limit = _limit(model, seq_len)
     rows = flatten(sets)
     pred, counts = predict_conversations(
-        model, rows, limit, not drop_long_pairs, batch_rows, max_segments, progress, "rewardbench2"
+        model, rows, limit, not drop_long_pairs, batch_rows, max_segments, progress, "rewardbench2", share_prompts
     )
     bounds = np.cumsum([0] + [len(s.completions) for s in sets])
     dropped_sets = 0
@@ -242,20 +272,28 @@ def predict_conversations(
     max_segments: int = 16,
     progress: bool = True,
     desc: str = "scoring",
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Attribute predictions [len(rows), A] of ``{"prompt", "response"}`` rows (NaN for a dropped row) and
     length counts. Over-long prompts are cut from the left; a response that alone does not fit is cut
-    from the left (``cut_response``) or dropped. Each distinct token sequence is scored once."""
+    from the left (``cut_response``) or dropped. Each distinct token sequence is scored once; rows with one
+    prompt text share its tokens per ``share_prompts`` (rm_jax.data.prefix_sharing)."""
     rows = [dict(r, _row=i) for i, r in enumerate(rows)]
     enc = encode_helpsteer(
         rows, model.tokenizer, limit, model.template, "truncate", attributes=(), cut_response=cut_response
     )
     unique: dict[bytes, int] = {}
     which = np.empty(len(enc.ids), np.int64)
+    prompt_of: list[str] = []
     for j, x in enumerate(enc.ids):
         which[j] = unique.setdefault(np.asarray(x, np.int32).tobytes(), len(unique))
+        if which[j] == len(prompt_of):
+            prompt_of.append(str(rows[int(enc.source_rows[j])].get("prompt")))
     distinct = [np.frombuffer(k, np.int32) for k in unique]
-    pred_unique = predict_ids(model, distinct, limit, batch_rows, max_segments, progress, desc)
+    sharing: dict = {}
+    pred_unique = predict_ids(
+        model, distinct, limit, batch_rows, max_segments, progress, desc, prompt_of, share_prompts, sharing
+    )
     pred = np.full((len(rows), len(model.attributes)), np.nan, np.float32)
     pred[enc.source_rows] = pred_unique[which]
     counts = {
@@ -265,6 +303,7 @@ def predict_conversations(
         "response_cut": enc.report.response_cut,
         "dropped_completions": enc.report.dropped,
         "seq_len": limit,
+        **({"sharing": sharing} if sharing else {}),
     }
     return pred, counts
 
@@ -391,6 +430,7 @@ def evaluate_model(
     drop_long_pairs: bool = False,
     progress: bool = True,
     step: Optional[int] = None,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[dict, str]:
     """``rm-jax eval --model``: evaluate on HelpSteer2 rows, RewardBench pairs, RewardBench 2 sets and/or the
     ``yardsticks`` ({name: (source, split)}: rm_bench, judgebench, helpsteer3), write the results json and the
@@ -439,19 +479,23 @@ def evaluate_model(
         "counts": {},
     }
     if hs_rows is not None:
-        rep, preds = evaluate_helpsteer(model, hs_rows, weights, **opts)
+        rep, preds = evaluate_helpsteer(model, hs_rows, weights, share_prompts=share_prompts, **opts)
         result["counts"]["helpsteer"] = dict(rep.pop("counts"), source=helpsteer, split=helpsteer_split)
         result.update(rep)
         _report_lengths("HelpSteer2 rows", result["counts"]["helpsteer"])
         write_jsonl(stem + HELPSTEER_SUFFIX, preds)
     if rb_rows is not None:
-        rep, chosen, rejected = evaluate_rewardbench(model, rb_rows, weights, drop_long_pairs=drop_long_pairs, **opts)
+        rep, chosen, rejected = evaluate_rewardbench(
+            model, rb_rows, weights, drop_long_pairs=drop_long_pairs, share_prompts=share_prompts, **opts
+        )
         result["counts"]["rewardbench"] = dict(rep.pop("counts"), source=rewardbench, split=rewardbench_split)
         result["rewardbench"] = rep
         _report_lengths("RewardBench pairs", result["counts"]["rewardbench"])
         write_jsonl(stem + REWARDBENCH_SUFFIX, rewardbench_records(rb_rows, chosen, rejected, attributes))
     if rb2_sets is not None:
-        rep, pred = evaluate_rewardbench2(model, rb2_sets, weights, drop_long_pairs=drop_long_pairs, **opts)
+        rep, pred = evaluate_rewardbench2(
+            model, rb2_sets, weights, drop_long_pairs=drop_long_pairs, share_prompts=share_prompts, **opts
+        )
         result["counts"]["rewardbench2"] = dict(rep.pop("counts"), source=rewardbench2)
         result["rewardbench2"] = rep
         _report_lengths("RewardBench 2 completions", result["counts"]["rewardbench2"])

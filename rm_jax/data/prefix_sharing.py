@@ -26,13 +26,12 @@ Pure numpy, like :mod:`rm_jax.data.packing`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable, Literal, Optional, Sequence, Union
+from typing import Hashable, Optional, Sequence
 
 import numpy as np
 
+from rm_jax.core.config import SharePrompts
 from rm_jax.data.packing import plan_packed
-
-SharePrompts = Union[bool, Literal["auto"]]
 
 __all__ = [
     "ShareReport",
@@ -42,6 +41,8 @@ __all__ = [
     "plan_shared",
     "plan_units",
     "resolve_share",
+    "row_units",
+    "shared_length",
     "unit_length",
 ]
 
@@ -162,6 +163,30 @@ def plan_units(
         units.extend(Unit(p, tuple(c)) if len(c) > 1 else Unit(0, (c[0],)) for c in chunks)
     rep.tokens = int(sum(unit_length(u, lengths) for u in units))
     return units, rep
+
+
+def shared_length(seqs: Sequence[np.ndarray]) -> int:
+    """Tokens ``seqs`` take laid out as one unit (their common prefix once)."""
+    p = common_prefix_len(seqs) if len(seqs) > 1 else 0
+    return p + sum(len(s) - p for s in seqs)
+
+
+def row_units(ids: Sequence[np.ndarray], group: Sequence[Hashable], bins: Sequence[Sequence[int]]):
+    """(units, unit bins) for rows of example indices (a training loader's plan): the examples of a row
+    with one ``group`` key become one unit (their common prefix once), in the row's order."""
+    units: list[Unit] = []
+    unit_bins: list[list[int]] = []
+    for row in bins:
+        by: dict[Hashable, list[int]] = {}
+        for i in row:
+            by.setdefault(group[int(i)], []).append(int(i))
+        unit_bins.append([])
+        for members in by.values():
+            p = common_prefix_len([ids[i] for i in members]) if len(members) > 1 else 0
+            new = [Unit(p, tuple(members))] if p else [Unit(0, (i,)) for i in members]
+            unit_bins[-1].extend(range(len(units), len(units) + len(new)))
+            units.extend(new)
+    return units, unit_bins
 
 
 def plan_shared(units: Sequence[Unit], lengths: Sequence[int], seq_len: int, max_segments: int) -> list[list[int]]:

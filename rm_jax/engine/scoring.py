@@ -33,6 +33,9 @@ from rm_jax.models.attention import SHARED_KERNELS, shared_layout_kernel
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.sharding import make_mesh, replicated
 
+# share_prompts=auto lays prompts out once only where that saves at least this share of the tokens.
+AUTO_MIN_SAVED = 0.1
+
 
 class Scorer:
     """Holds one compiled score function per (max_segments, layout) and batch shape."""
@@ -55,9 +58,10 @@ class Scorer:
         return self._fns[max_segments, shared]
 
     def shares(self, share: SharePrompts, groups: Optional[Sequence[Hashable]]) -> bool:
-        """Whether ``predict(..., groups, share)`` lays prompts out once: ``share=True`` always (with
+        """Whether ``predict(..., groups, share)`` may lay prompts out once: ``share=True`` always (with
         groups); ``auto`` where two examples share a key and the configured kernel reads the shared layout
-        (elsewhere the blockwise xla kernel would replace a faster one)."""
+        (elsewhere the blockwise xla kernel would replace a faster one), and then only where it saves at
+        least ``AUTO_MIN_SAVED`` of the tokens."""
         if groups is None or not resolve_share(share, groups):
             return False
         if share == "auto":
@@ -103,6 +107,10 @@ class Scorer:
         lengths = [len(x) for x in ids]
         if shared:
             units, self.share_report = plan_units(ids, list(groups or ()), seq_len, ms)
+            # auto: short prompts save too little to pay for the sparser packing of multi-slot units.
+            if share == "auto" and self.share_report.prompt_tokens_saved < AUTO_MIN_SAVED * sum(lengths):
+                shared, self.share_report = False, None
+        if shared:
             bins = plan_shared(units, lengths, seq_len, ms)
         else:
             bins = plan_packed(lengths, seq_len, ms) if packing else [[i] for i in range(n)]

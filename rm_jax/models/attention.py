@@ -405,11 +405,10 @@ SHARED_KERNELS = ("xla", "cudnn_dense")
 
 
 def shared_layout_kernel(name: str, backend: Optional[str] = None, *, dtype: Optional[str] = None) -> str:
-    """The kernel ``model.attention: name`` runs a shared-prompt batch with: the one ``resolve_kernel``
-    picks when its mask reads prompt ids (``SHARED_KERNELS``), else the blockwise ``xla`` kernel, which
-    runs on every backend (cuDNN's packed layout and splash take plain segment ids only)."""
-    kernel = resolve_kernel(name, backend, dtype=dtype)
-    return kernel if kernel in SHARED_KERNELS else "xla"
+    """The ``model.attention`` setting a shared-prompt batch runs with: ``name`` itself when the kernel it
+    resolves to reads prompt ids (``SHARED_KERNELS``), else the blockwise ``xla`` kernel, which runs on every
+    backend (cuDNN's packed layout and splash take plain segment ids only)."""
+    return name if resolve_kernel(name, backend, dtype=dtype) in SHARED_KERNELS else "xla"
 
 
 def attend(

@@ -258,3 +258,21 @@ def test_shared_groups_split_over_rows_score_the_same():
     assert (rep.split_groups, rep.repeated_prompts) == (1, 2)  # 3 + 3 + 1 responses: two more prompt copies
     assert rep.tokens == 3 * 30 + 70
     np.testing.assert_allclose(shared, plain, rtol=0, atol=1e-5 * max(1.0, float(np.abs(plain).max())))
+
+
+def test_score_share_prompts_flag(rm_dir, tmp_path):
+    """`rm-jax score --share-prompts`: rows with one conversation before their last message share its tokens,
+    and every row's attributes equal `--no-share-prompts` within 1e-5."""
+    d, _, _ = rm_dir
+    long_prompt = "Explain the water cycle in detail, step by step. " * 12
+    rows = [{"prompt": long_prompt, "response": r} for r in ("Evaporation first.", "Rain falls.", "Clouds form.")]
+    rows += [ROWS[0], {"prompt": ROWS[0]["prompt"], "response": "It is 4."}]
+    _write(tmp_path / "in.jsonl", rows)
+    got = {}
+    for flag in ("--share-prompts", "--no-share-prompts"):
+        out = tmp_path / f"{flag}.jsonl"
+        argv = ["score", "--model", d, "--input", str(tmp_path / "in.jsonl"), "--output", str(out), flag]
+        assert main(argv + ["--no-progress"]) == 0
+        got[flag] = np.array([list(json.loads(line)["attributes"].values()) for line in open(out)])
+    np.testing.assert_allclose(got["--share-prompts"], got["--no-share-prompts"], atol=1e-5, rtol=0)
+    assert np.abs(got["--no-share-prompts"]).max() > 1e-3

@@ -188,6 +188,7 @@ def label_samples(
     dtype: str = "float32",
     progress: bool = True,
     equal_groups: Optional[str] = None,
+    share_prompts: Any = "auto",
 ) -> dict:
     """Write ``output`` (NeMo-format groups); returns a report. ``policy``/``sft``: folders or loaded
     :class:`rm_jax.policy.Policy`; ``rm``: an RM folder (HF or run); ``sigma``: see
@@ -221,7 +222,15 @@ def label_samples(
         flat_y += smp.responses
         flat_where += smp.locations
     rows = [{"messages": m + [{"role": "assistant", "content": y}]} for m, y in zip(flat_prompt, flat_y)]
-    pred, _ = score_rows(rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress, where=flat_where)
+    pred, _ = score_rows(
+        rm_model,
+        rows,
+        "helpfulness-only",
+        batch_rows=batch_size,
+        progress=progress,
+        where=flat_where,
+        share_prompts=share_prompts,  # a prompt's samples share its tokens (docs/sharing.md)
+    )
     log_pa = (
         np.concatenate(
             [log_p_attributes(pred[i : i + 1], parse_attribute_label(lab), sig) for i, lab in enumerate(flat_label)]

@@ -34,6 +34,50 @@ import numpy as np
 from bench_common import bench_model_config, environment, parse_overrides
 
 FLOORS = {"rb2": 1.5, "short": 0.95}
+# --train: an epoch of regression steps (examples per second), shared vs unshared; not floored yet (measured).
+
+
+def train_epochs(cfg, ids, groups, a, repeats: int) -> dict:
+    """One epoch of ``make_train_step`` steps over the same examples (a prompt's responses sampled together
+    either way, as data.share_prompts does), loaders with share_prompts False and True: steps, tokens, time."""
+    from bench_train import JaxTrainer
+
+    from rm_jax.data.pipeline import Encoded, Loader
+
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    n = len(ids)
+    enc = Encoded(
+        ids=ids,
+        labels=np.zeros((n, cfg.num_labels), np.float32),
+        label_mask=np.ones((n, cfg.num_labels), np.float32),
+        units=[tuple(m) for m in members.values()],
+        source_rows=np.arange(n),
+        group=np.asarray(groups),
+        strength=np.ones(len(members), np.float32),
+    )
+    epochs = {}
+    for share in (False, True):
+        loader = Loader(enc, a.seq_len, a.max_segments, a.batch_rows, 0, shuffle=False, share_prompts=share)
+        epochs[share] = [next(loader) for _ in range(loader.steps_per_epoch())]
+    trainer = JaxTrainer(cfg, a.max_segments)
+    for share in (False, True):
+        trainer.step(epochs[share][0])  # compile
+    times: dict = {False: [], True: []}
+    for _ in range(repeats):
+        for share in (False, True):
+            times[share].append(sum(trainer.step(b) for b in epochs[share]))
+    t_plain, t_shared = statistics.median(times[False]), statistics.median(times[True])
+    return {
+        "steps_unshared": len(epochs[False]),
+        "steps_shared": len(epochs[True]),
+        "epoch_unshared_s": t_plain,
+        "epoch_shared_s": t_shared,
+        "examples_per_s_unshared": n / t_plain,
+        "examples_per_s_shared": n / t_shared,
+        "speedup": t_plain / t_shared,
+    }
 
 
 def shape(name: str, rng: np.random.Generator, n_prompts: int, vocab: int) -> tuple[list[np.ndarray], list[int]]:
@@ -71,6 +115,7 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--model", default="shipped", help="DecoderConfig overrides, '+'-joined key=value")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train", action="store_true", help="time an epoch of train steps instead of scoring")
     a = ap.parse_args(argv)
     n_prompts = a.prompts or (6 if a.quick else 16)
     repeats = a.repeats or (2 if a.quick else 3)
@@ -93,6 +138,13 @@ def main(argv: Optional[list] = None) -> int:
     results, ok = {}, True
     for name in a.shapes.split(","):
         ids, groups = shape(name, rng, n_prompts, cfg.vocab_size)
+        if a.train:
+            results[name] = r = train_epochs(cfg, ids, groups, a, repeats)
+            log(
+                f"{name} (train): {r['steps_unshared']} -> {r['steps_shared']} steps an epoch; "
+                f"{r['epoch_unshared_s']:.2f}s -> {r['epoch_shared_s']:.2f}s: {r['speedup']:.2f}x"
+            )
+            continue
 
         def run(share) -> tuple[float, np.ndarray]:
             t = time.perf_counter()
@@ -140,7 +192,7 @@ def main(argv: Optional[list] = None) -> int:
             f"{auto_speedup:.2f}x (floor {floor}), max |diff| {diff:.2e}"
         )
     out = {
-        "benchmark": "share",
+        "benchmark": "share_train" if a.train else "share",
         "quick": a.quick,
         "variant": a.model,
         "seq_len": a.seq_len,

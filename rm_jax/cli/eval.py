@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
         help="recompute all metrics from an earlier eval's saved predictions (its results json or "
         "stem); no model needed",
     )
+    ap.add_argument(
+        "--share-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="encode each prompt once for all its responses (exact; default: on where rows share a prompt "
+        "and the attention kernel reads the shared layout, docs/sharing.md)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -168,6 +175,7 @@ def main(argv: Sequence[str]) -> int:
         progress=not a.no_progress,
         step=a.step,
         length_policy=a.length_policy,
+        share_prompts="auto" if a.share_prompts is None else a.share_prompts,
     )
     print(format_report(result))
     print(f"\nresults -> {out_path}")

@@ -47,6 +47,13 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument(
         "--probs", action="store_true", help="also write each attribute's level probabilities (categorical/ordinal)"
     )
+    ap.add_argument(
+        "--share-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="encode each prompt once for all its responses (exact; default: on where rows share a prompt "
+        "and the attention kernel reads the shared layout, docs/sharing.md)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--step", type=int, default=None, help="a run folder's checkpoint step (default: the kept one)")
     a = ap.parse_args(list(argv))
@@ -71,9 +78,18 @@ def main(argv: Sequence[str]) -> int:
         if note:
             print(f"rm-jax score: {note}", file=sys.stderr)
     out = score_rows(
-        model, rows, a.weights, a.batch_rows, a.max_segments, a.seq_len, not a.no_progress, a.input, a.probs,
+        model,
+        rows,
+        a.weights,
+        a.batch_rows,
+        a.max_segments,
+        a.seq_len,
+        not a.no_progress,
+        a.input,
+        a.probs,
         row_weights,
-    )  # fmt: skip
+        share_prompts="auto" if a.share_prompts is None else a.share_prompts,
+    )
     write_scored(a.output, rows, model.attributes, *out, row_weights=row_weights)
     print(f"scored {len(rows)} rows -> {a.output}")
     return 0

@@ -30,6 +30,12 @@ def main(argv: Sequence[str]) -> int:
     )
     lb.add_argument("--batch-size", type=int, default=16)
     lb.add_argument(
+        "--share-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="encode each prompt once for all its responses (exact; default: where it saves tokens, docs/sharing.md)",
+    )
+    lb.add_argument(
         "--skip-empty",
         action="store_true",
         help="leave out empty responses (counted) instead of stopping; a group left with one response goes too",
@@ -95,6 +101,7 @@ def main(argv: Sequence[str]) -> int:
             progress=not a.no_progress,
             equal_groups=a.equal_groups,
             on_bad_row=a.on_bad_row,
+            share_prompts="auto" if a.share_prompts is None else a.share_prompts,
         )
         sk = rep["skipped"]
         what = [

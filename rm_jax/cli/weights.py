@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-rows", type=int, default=16)
     fit.add_argument("--max-segments", type=int, default=16)
     fit.add_argument("--dtype", default="float32", choices=get_args(Dtype))
+    fit.add_argument(
+        "--share-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="encode each prompt once for all its responses (exact; default: where it saves tokens, docs/sharing.md)",
+    )
     fit.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -91,6 +97,7 @@ def main(argv: Sequence[str]) -> int:
         max_segments=a.max_segments,
         dtype=a.dtype,
         progress=not a.no_progress,
+        share_prompts="auto" if a.share_prompts is None else a.share_prompts,
     )
     print(format_fit(report))
     print(f"\nweights -> {path}")

@@ -30,6 +30,7 @@ PAIR_KINDS = ("pairs", "helpsteer3")  # data kinds read as preference pairs (a p
 PaddingSide = Literal["right", "left"]
 Overlength = Literal["truncate", "drop"]
 OnBadRow = Literal["error", "skip"]
+SharePrompts = Union[bool, Literal["auto"]]  # each prompt encoded once for its responses (docs/sharing.md)
 Schedule = Literal["constant", "cosine", "linear"]
 LossType = Literal["mse", "bt", "margin_bt", "scaled_bt"]
 Steerlm2Normalisation = Literal["group_mean_length", "batch_mean_length"]
@@ -116,6 +117,9 @@ class DataConfig:
     on_bad_row: OnBadRow = "error"  # skip: counted and reported
     shuffle: bool = True
     attributes_as_label: bool = False  # task sft on HelpSteer2 rows: each response's labels become its SteerLM label
+    # Reward-model tasks: a prompt's tokens once per packed row, its responses after it (exact; docs/sharing.md).
+    # auto: on where responses share a prompt. Off by default in training: it changes which examples share a step.
+    share_prompts: SharePrompts = False
 
 
 @dataclass

@@ -21,7 +21,7 @@ Pure numpy on purpose: this runs in the host input pipeline and in tests without
 from __future__ import annotations
 
 import bisect
-from typing import Mapping, Sequence, get_args
+from typing import Mapping, Optional, Sequence, get_args
 
 import numpy as np
 
@@ -44,8 +44,13 @@ def _check_positive(name: str, value: int) -> int:
     return int(value)
 
 
-def plan_packed(lengths: Sequence[int], seq_len: int, max_segments: int) -> list[list[int]]:
+def plan_packed(
+    lengths: Sequence[int], seq_len: int, max_segments: int, counts: Optional[Sequence[int]] = None
+) -> list[list[int]]:
     """Assign example indices to rows of capacity ``seq_len`` holding <= ``max_segments`` each.
+
+    ``counts[i]`` (default 1): the segment slots item i takes (a shared-prompt unit takes one per
+    response, ``rm_jax.data.prefix_sharing``).
 
     Best-fit-decreasing: examples are visited longest first (ties by lower index) and each
     goes into the open row with the least remaining room that still fits it, ties to the
@@ -82,26 +87,36 @@ def plan_packed(lengths: Sequence[int], seq_len: int, max_segments: int) -> list
         i = int(empty[0])
         raise ValueError(f"example {i} has length {int(lens[i])}; every example needs >= 1 token")
 
+    cnt = [1] * lens.size if counts is None else [int(c) for c in counts]
+    if len(cnt) != lens.size or any(c < 1 or c > max_segments for c in cnt):
+        raise ValueError(f"counts must give 1..max_segments={max_segments} slots for each of {lens.size} items")
+
     # Stable sort on -length: longest first, equal lengths in index order (determinism).
     order = np.argsort(-lens.astype(np.int64), kind="stable")
     lens_list = lens.tolist()
 
     rows: list[list[int]] = []
     room: list[int] = []
+    slots: list[int] = []
     open_rows: list[tuple[int, int]] = []  # (remaining capacity, row id), sorted
     for i in order.tolist():
-        n = lens_list[i]
+        n, c = lens_list[i], cnt[i]
         pos = bisect.bisect_left(open_rows, (n, -1))
+        # With counts > 1 the tightest row may lack slots: take the next that has them.
+        while pos < len(open_rows) and slots[open_rows[pos][1]] + c > max_segments:
+            pos += 1
         if pos < len(open_rows):
             _, r = open_rows.pop(pos)
         else:
             r = len(rows)
             rows.append([])
             room.append(seq_len)
+            slots.append(0)
         rows[r].append(i)
         room[r] -= n
+        slots[r] += c
         # A row with 0 room can't take anything (lengths >= 1), so it is closed too.
-        if room[r] > 0 and len(rows[r]) < max_segments:
+        if room[r] > 0 and slots[r] < max_segments:
             bisect.insort(open_rows, (room[r], r))
 
     for row in rows:

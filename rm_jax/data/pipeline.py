@@ -18,9 +18,11 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from rm_jax.core.attributes import ATTRIBUTES
+from rm_jax.core.config import SharePrompts
 from rm_jax.core.errors import ConfigError
 from rm_jax.data.conversation import encode_with_prompt_lengths, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
+from rm_jax.data.prefix_sharing import build_shared_batch, resolve_share, row_units, shared_length
 from rm_jax.data.sources import pair_ids
 
 BUNDLED = "bundled"
@@ -262,11 +264,23 @@ class Loader:
         padding_side: str = "right",
         seed: int = 0,
         shuffle: bool = True,
+        share_prompts: SharePrompts = False,
     ):
         if not enc.units:
             raise ConfigError("no training examples left (after subsetting and the over-length policy)")
         self.enc, self.seq_len, self.rows = enc, seq_len, rows_per_batch
-        self.unit_size = max(len(u) for u in enc.units)  # 2 for pairs; a SteerLM 2.0 group's response count
+        # Shared prompts (rm_jax.data.prefix_sharing): reward-model examples only (a causal LM's targets need
+        # whole segments). Whether batches carry the layout and its token counts is the setting's, not the
+        # data's, so the step's inputs do not change with the data; "auto" then shares where prompts repeat.
+        self.share = share_prompts is not False and packing and enc.response_start is None
+        self.units = list(enc.units)
+        if self.share and max(len(u) for u in self.units) == 1 and resolve_share(share_prompts, list(enc.group)):
+            # Single examples (attribute regression): a prompt's responses are sampled together.
+            by: dict = {}
+            for (i,) in self.units:
+                by.setdefault(int(enc.group[i]), []).append(i)
+            self.units = [tuple(m) for m in by.values()]
+        self.unit_size = max(len(u) for u in self.units)  # 2 for pairs; a SteerLM 2.0 group's response count
         self.max_segments = max_segments if packing else 1
         if packing and self.max_segments < self.unit_size:
             raise ConfigError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
@@ -284,13 +298,24 @@ class Loader:
         self._plan: list[list[list[int]]] = []
 
     def _longest_unit(self) -> int:
-        return int(self.enc.unit_lengths.max())
+        return int(self.unit_lengths.max())
+
+    @property
+    def unit_lengths(self) -> np.ndarray:
+        """Tokens each sampling unit takes in a row: its common prompt once when sharing."""
+        if not hasattr(self, "_unit_lengths"):
+            if self.share:
+                lens = [shared_length([self.enc.ids[i] for i in u]) for u in self.units]
+            else:
+                lens = [sum(len(self.enc.ids[i]) for i in u) for u in self.units]
+            self._unit_lengths = np.asarray(lens, np.int64)
+        return self._unit_lengths
 
     def _epoch_plan(self, epoch: int) -> list[list[list[int]]]:
         if self._plan_epoch != epoch:
-            n = len(self.enc.units)
+            n = len(self.units)
             order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            lengths = self.enc.unit_lengths[order]
+            lengths = self.unit_lengths[order]
             # A pair longer than a row as a whole gets one row per side (a block of two rows that
             # stays in one batch); everything else is packed as whole units.
             split = lengths > self.seq_len if self.packing else np.full(n, self.unit_size > 1)
@@ -299,14 +324,26 @@ class Loader:
             if self.packing and len(whole):
                 for b in plan_packed(lengths[whole].tolist(), self.seq_len, self.max_segments // self.unit_size):
                     units = [int(whole[u]) for u in b]
-                    blocks.append((units[0], [[e for u in units for e in self.enc.units[order[u]]]]))
+                    blocks.append((units[0], [[e for u in units for e in self.units[order[u]]]]))
             elif len(whole):
-                blocks += [(int(u), [list(self.enc.units[order[u]])]) for u in whole]
-            blocks += [(int(u), [[e] for e in self.enc.units[order[u]]]) for u in np.flatnonzero(split)]
+                blocks += [(int(u), [list(self.units[order[u]])]) for u in whole]
+            blocks += [(int(u), [[e] for e in self.units[order[u]]]) for u in np.flatnonzero(split)]
             blocks.sort(key=lambda x: x[0])  # keep the shuffled order
             self._plan = _cut_into_batches([b for _, b in blocks], self.rows)
             self._plan_epoch = epoch
         return self._plan
+
+    def share_summary(self) -> dict:
+        """data_report.json's ``sharing``: an epoch's tokens without and with shared prompts."""
+        unshared = int(sum(len(self.enc.ids[i]) for u in self.units for i in u))
+        tokens = int(self.unit_lengths.sum())
+        return {
+            "on": bool(self.share),
+            "sampling_units": len(self.units),
+            "tokens_unshared": unshared,
+            "tokens": tokens,
+            "prompt_tokens_saved": unshared - tokens,
+        }
 
     def steps_per_epoch(self, accum: int = 1) -> int:
         return -(-len(self._epoch_plan(0)) // accum)
@@ -334,7 +371,15 @@ class Loader:
         bins = plan[self.index]
         self.index += 1
         return make_batch(
-            self.enc, bins, self.seq_len, self.max_segments, self.rows, self.pad_id, self.padding_side, self.unit_size
+            self.enc,
+            bins,
+            self.seq_len,
+            self.max_segments,
+            self.rows,
+            self.pad_id,
+            self.padding_side,
+            self.unit_size,
+            self.share,
         )
 
 
@@ -357,19 +402,30 @@ def make_batch(
     pad_id: int,
     padding_side: str = "right",
     unit_size: int = 1,
+    share: bool = False,
 ) -> dict:
-    """One fixed-shape batch; pair units add chosen/rejected slot indices into the flat [B*S] outputs."""
-    b = build_batch(
-        enc.ids,
-        enc.labels,
-        enc.label_mask,
-        bins,
-        seq_len,
-        max_segments,
-        pad_id,
-        rows=rows,
-        padding_side=padding_side if max_segments == 1 else "right",
-    )
+    """One fixed-shape batch; pair units add chosen/rejected slot indices into the flat [B*S] outputs.
+    ``share``: a row's examples of one ``enc.group`` share their common prompt (rm_jax.data.prefix_sharing),
+    and ``tokens_unshared`` [rows] counts the tokens each row would hold without sharing."""
+    if share:
+        units, unit_bins = row_units(enc.ids, enc.group, bins)
+        b = build_shared_batch(
+            enc.ids, enc.labels, enc.label_mask, units, unit_bins, seq_len, max_segments, pad_id, rows=rows
+        )
+        b["tokens_unshared"] = np.zeros(rows, np.int32)
+        b["tokens_unshared"][: len(bins)] = [sum(len(enc.ids[i]) for i in row) for row in bins]
+    else:
+        b = build_batch(
+            enc.ids,
+            enc.labels,
+            enc.label_mask,
+            bins,
+            seq_len,
+            max_segments,
+            pad_id,
+            rows=rows,
+            padding_side=padding_side if max_segments == 1 else "right",
+        )
     if enc.response_start is not None:  # a causal LM: next-token targets on the response tokens
         for k in ("labels", "label_mask"):
             b.pop(k)

@@ -7,7 +7,8 @@ as a library.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+import json
+from typing import Any, Hashable, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -19,39 +20,67 @@ from rm_jax.core.errors import ConversationError, InputError
 from rm_jax.core.files import iter_jsonl, write_jsonl
 from rm_jax.data.conversation import encode, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed
+from rm_jax.data.prefix_sharing import (
+    SharePrompts,
+    ShareReport,
+    build_shared_batch,
+    plan_shared,
+    plan_units,
+    resolve_share,
+)
 from rm_jax.engine.train_step import batch_shardings, make_score_fn, put_batch
+from rm_jax.models.attention import SHARED_KERNELS, shared_layout_kernel
 from rm_jax.models.llama import DecoderConfig, RewardModel
 from rm_jax.models.sharding import activate, make_mesh, replicated
 
+# share_prompts=auto lays prompts out once only where that saves at least this share of the tokens.
+AUTO_MIN_SAVED = 0.1
+
 
 class Scorer:
-    """Holds one compiled score function per (rows, seq_len, max_segments) shape."""
+    """Holds one compiled score function per (max_segments, layout) and batch shape."""
 
     def __init__(self, cfg: DecoderConfig, params: Any, mesh: Optional[Mesh] = None, pad_id: int = 0):
         self.cfg, self.params, self.pad_id = cfg, params, pad_id
         self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
-        self._fns: dict[int, Any] = {}
+        self._fns: dict[tuple[int, bool], Any] = {}
+        self.share_report: Optional[ShareReport] = None  # the last predict()'s, when it shared prompts
 
     @property
     def has_levels(self) -> bool:
         """Whether the head gives level probabilities (a categorical or ordinal head)."""
         return self.cfg.attribute_head != "regression"
 
-    def _fn(self, max_segments: int, probs: bool = False) -> Any:
-        key = (max_segments, probs)
+    def _fn(self, max_segments: int, probs: bool = False, shared: bool = False) -> Any:
+        key = (max_segments, probs, shared)
         if key not in self._fns:
+            cfg = self.cfg
+            if shared:  # a kernel whose mask reads prompt ids (rm_jax.models.attention.SHARED_KERNELS)
+                cfg = cfg.replace(attention=shared_layout_kernel(cfg.attention, dtype=cfg.dtype))
             # Replicated output: every process can read all scores (multi-host validation).
             self._fns[key] = jax.jit(
-                make_score_fn(self.cfg, max_segments, self.mesh, probs), out_shardings=replicated(self.mesh)
+                make_score_fn(cfg, max_segments, self.mesh, probs), out_shardings=replicated(self.mesh)
             )
         return self._fns[key]
 
-    def score_batch(self, batch: dict, max_segments: int, probs: bool = False) -> Any:
-        """Attributes E[y] [B, S, A]; with ``probs`` the pair (attributes, level probabilities [B, S, A, K])."""
+    def shares(self, share: SharePrompts, groups: Optional[Sequence[Hashable]]) -> bool:
+        """Whether ``predict(..., groups, share)`` may lay prompts out once: ``share=True`` always (with
+        groups); ``auto`` where two examples share a key and the configured kernel reads the shared layout
+        (elsewhere the blockwise xla kernel would replace a faster one), and then only where it saves at
+        least ``AUTO_MIN_SAVED`` of the tokens."""
+        if groups is None or not resolve_share(share, groups):
+            return False
+        if share == "auto":
+            return self.cfg.attention_kernel() in SHARED_KERNELS
+        return True
+
+    def score_batch(self, batch: dict, max_segments: int, probs: bool = False, shared: bool = False) -> Any:
+        """Attributes E[y] [B, S, A]; with ``probs`` the pair (attributes, level probabilities [B, S, A, K]).
+        ``shared``: the batch has the prompt-shared layout (rm_jax.data.prefix_sharing)."""
         if probs and not self.has_levels:
             raise ValueError("level probabilities need a categorical or ordinal head; this model is a regression RM")
         sh = batch_shardings(self.mesh, {k: batch[k] for k in ("input_ids", "segment_ids", "positions")}, accum=False)
-        out = jax.device_get(self._fn(max_segments, probs)(self.params, put_batch(batch, sh)))
+        out = jax.device_get(self._fn(max_segments, probs, shared)(self.params, put_batch(batch, sh)))
         if probs:
             return np.asarray(out[0], np.float32), np.asarray(out[1], np.float32)
         return np.asarray(out, dtype=np.float32)
@@ -66,12 +95,20 @@ class Scorer:
         progress: bool = True,
         desc: str = "scoring",
         probs: bool = False,
+        groups: Optional[Sequence[Hashable]] = None,
+        share: SharePrompts = False,
     ) -> Any:
-        """[N, num_labels] predictions (E[y] for a distributional head) for token-id sequences, each scored
-        alone (packing never mixes them); with ``probs`` also the level probabilities [N, num_labels, K]."""
+        """[N, num_outputs] predictions (E[y] for a distributional head) for token-id sequences, each scored
+        alone (packing never mixes them); with ``probs`` also the level probabilities [N, num_labels, K].
+
+        ``groups`` (one key per sequence; equal keys: the same prompt) with ``share`` (``auto`` / True /
+        False): examples of a group are laid out as their common token prefix once and each one's rest
+        after it (``rm_jax.data.prefix_sharing``), the same scores up to float rounding; what it saved is
+        then in ``self.share_report``."""
         n = len(ids)
         out = np.zeros((n, self.cfg.num_outputs), np.float32)
         lev = np.zeros((n, self.cfg.num_labels, self.cfg.label_levels), np.float32) if probs else None
+        self.share_report = None
         if n == 0:
             return (out, lev) if probs else out
         longest = max(len(x) for x in ids)
@@ -80,24 +117,37 @@ class Scorer:
             raise ValueError(f"a conversation has {longest} tokens, more than seq_len={seq_len}")
         dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         rows = _round_up(max(rows, 1), dp)
+        shared = packing and self.shares(share, groups)
         ms = max_segments if packing else 1
-        bins = plan_packed([len(x) for x in ids], seq_len, ms) if packing else [[i] for i in range(n)]
+        lengths = [len(x) for x in ids]
+        if shared:
+            units, self.share_report = plan_units(ids, list(groups or ()), seq_len, ms)
+            # auto: short prompts save too little to pay for the sparser packing of multi-slot units.
+            if share == "auto" and self.share_report.prompt_tokens_saved < AUTO_MIN_SAVED * sum(lengths):
+                shared, self.share_report = False, None
+        if shared:
+            bins = plan_shared(units, lengths, seq_len, ms)
+        else:
+            bins = plan_packed(lengths, seq_len, ms) if packing else [[i] for i in range(n)]
         # Even batches: 17 rows at rows=16 run as 2 x 9, not 16 + 1 with 15 empty rows.
         rows = _round_up(-(-len(bins) // -(-len(bins) // rows)), dp)
         zeros = np.zeros((n, self.cfg.num_labels), np.float32)
-        real = sum(len(x) for x in ids)
+        real = self.share_report.tokens if shared else sum(lengths)
         with tqdm(total=real, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False) as bar:
             for start in range(0, len(bins), rows):
                 chunk = bins[start : start + rows]
-                b = build_batch(ids, zeros, zeros, chunk, seq_len, ms, self.pad_id, rows=rows)
-                scores = self.score_batch(b, ms, probs)
+                if shared:
+                    b = build_shared_batch(ids, zeros, zeros, units, chunk, seq_len, ms, self.pad_id, rows=rows)
+                else:
+                    b = build_batch(ids, zeros, zeros, chunk, seq_len, ms, self.pad_id, rows=rows)
+                scores = self.score_batch(b, ms, probs, shared)
                 idx = b["example_index"]
                 sel = idx >= 0
                 if probs:
                     scores, p = scores
                     lev[idx[sel]] = p[sel]
                 out[idx[sel]] = scores[sel]
-                bar.update(int((b["segment_ids"] > 0).sum()))
+                bar.update(int((b["segment_ids"] != 0).sum()))
         return (out, lev) if probs else out
 
     def embed(
@@ -168,18 +218,21 @@ def score_rows(
     where: Union[str, Sequence[str]] = "input",
     probs: bool = False,
     row_weights: Optional[np.ndarray] = None,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple:
     """(attributes [N, A], reward [N]) for rows in either input form; ``model`` is a
     :class:`rm_jax.runs.read.ScoringModel`. A conversation longer than ``seq_len`` (default: the model's
     max_position_embeddings) is an error naming its row: ``where`` is the file (rows counted from 1) or
     each row's location. With ``probs`` (a categorical or ordinal head): a third element, the level
     probabilities [N, A, K]. ``row_weights`` [N, A] (a prompt gate's, model attribute order) replaces
-    ``weights``: reward_i = row_weights_i . attributes_i."""
+    ``weights``: reward_i = row_weights_i . attributes_i. Rows with the same conversation before their last
+    message share its tokens per ``share_prompts`` (rm_jax.data.prefix_sharing)."""
     if probs and model.cfg.attribute_head == "regression":
         raise InputError("--probs: this model has a regression head (no level probabilities); see docs/heads.md")
     # matched to the model's attribute names
     w = resolve_reward_weights(weights, model.attributes) if row_weights is None else None
-    ids = encode(model.tokenizer, [row_to_messages(r) for r in rows], model.template)
+    messages = [row_to_messages(r) for r in rows]
+    ids = encode(model.tokenizer, messages, model.template)
     limit = seq_len or model.cfg.max_position_embeddings
     for i, x in enumerate(ids):
         if len(x) > limit:
@@ -190,8 +243,9 @@ def score_rows(
             )
     longest = max((len(x) for x in ids), default=1)
     seq_len = seq_len or min(max(512, _round_up(longest, 128)), limit)
+    groups = [json.dumps(m[:-1], sort_keys=True) for m in messages]
     out = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
-        ids, seq_len, batch_rows, max_segments, progress=progress, probs=probs
+        ids, seq_len, batch_rows, max_segments, progress=progress, probs=probs, groups=groups, share=share_prompts
     )
     pred, lev = out if probs else (out, None)
     reward = pred.astype(np.float64) @ w if w is not None else (pred.astype(np.float64) * row_weights).sum(-1)

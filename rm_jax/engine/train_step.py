@@ -469,8 +469,11 @@ def make_train_step(
             "grad_norm": gnorm,
             "lr": schedule(state["step"]),
             "ok": ok,
-            "real_tokens": jnp.sum(batch["segment_ids"] > 0),
+            "real_tokens": jnp.sum(batch["segment_ids"] != 0),  # a shared prompt's tokens have negative ids
         }
+        if "tokens_unshared" in batch:  # shared prompts (rm_jax.data.prefix_sharing): what they saved
+            metrics["tokens_unshared"] = jnp.sum(batch["tokens_unshared"])
+            metrics["prompt_tokens_saved"] = metrics["tokens_unshared"] - metrics["real_tokens"]
         if model_cfg.head == "lm" and "kl_sum" not in sums:
             metrics["loss_tokens"] = sums["den"]
         if "kl_sum" in sums:  # SteerLM 2.0: how far the current policy's baseline is from the targets

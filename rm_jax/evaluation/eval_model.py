@@ -18,6 +18,7 @@ from rm_jax.core.attributes import ATTRIBUTES, WeightSpec
 from rm_jax.core.errors import InputError, ModelLoadError
 from rm_jax.core.files import write_json, write_jsonl
 from rm_jax.data.pipeline import resolve_pairs_source, resolve_source
+from rm_jax.data.prefix_sharing import SharePrompts
 from rm_jax.data.rewardbench2_sets import load_rewardbench2
 from rm_jax.data.sources import load_helpsteer, load_pairs
 from rm_jax.evaluation.evaluate import (
@@ -82,6 +83,7 @@ def evaluate_model(
     progress: bool = True,
     step: Optional[int] = None,
     length_policy: str = "prompt-left",
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[dict, str]:
     """``rm-jax eval --model``: evaluate on HelpSteer2 rows, RewardBench pairs, RewardBench 2 sets and/or the
     ``yardsticks`` ({name: (source, split)}: rm_bench, judgebench, helpsteer3), write the results json and the
@@ -140,13 +142,15 @@ def evaluate_model(
     }
     _note_weights(weights, attributes)
     if hs_rows is not None:
-        rep, preds = evaluate_helpsteer(model, hs_rows, weights, **opts)
+        rep, preds = evaluate_helpsteer(model, hs_rows, weights, share_prompts=share_prompts, **opts)
         result["counts"]["helpsteer"] = dict(rep.pop("counts"), source=helpsteer, split=helpsteer_split)
         result.update(rep)
         _report_lengths("HelpSteer2 rows", result["counts"]["helpsteer"])
         write_jsonl(stem + HELPSTEER_SUFFIX, preds)
     if rb_rows is not None:
-        rep, chosen, rejected = evaluate_rewardbench(model, rb_rows, weights, drop_long_pairs=drop_long_pairs, **opts)
+        rep, chosen, rejected = evaluate_rewardbench(
+            model, rb_rows, weights, drop_long_pairs=drop_long_pairs, share_prompts=share_prompts, **opts
+        )
         result["counts"]["rewardbench"] = dict(rep.pop("counts"), source=rewardbench, split=rewardbench_split)
         result["rewardbench"] = rep
         _report_lengths("RewardBench pairs", result["counts"]["rewardbench"])
@@ -158,6 +162,7 @@ def evaluate_model(
             weights,
             drop_long_pairs=drop_long_pairs,
             length_policy=length_policy if length_policy != "rm_bench" else "prompt-left",
+            share_prompts=share_prompts,
             **opts,
         )
         result["counts"]["rewardbench2"] = dict(rep.pop("counts"), source=rewardbench2)

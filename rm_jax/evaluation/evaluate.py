@@ -35,6 +35,7 @@ import numpy as np
 from rm_jax.core.attributes import ATTRIBUTES, WeightSpec, applicable_presets, weights_note
 from rm_jax.core.errors import InputError
 from rm_jax.data.pipeline import Encoded, encode_helpsteer, encode_pairs
+from rm_jax.data.prefix_sharing import SharePrompts
 from rm_jax.data.rewardbench2_sets import RUN_V2_MAX_LENGTH, RB2Set, encode_run_v2, flatten
 from rm_jax.engine.scoring import Scorer
 from rm_jax.evaluation.gate import is_gate, open_gate, row_weights
@@ -81,10 +82,25 @@ def predict_encoded(
     progress: bool = True,
     desc: str = "scoring",
     probs: bool = False,
+    share_prompts: SharePrompts = "auto",
+    sharing: Optional[dict] = None,
 ) -> Any:
     """Attribute predictions [len(enc.ids), A] for encoded examples, packed no wider than the data needs;
-    with ``probs`` (a distributional head) the pair (predictions, level probabilities [N, A, K])."""
-    return predict_ids(model, list(enc.ids), limit, batch_rows, max_segments, progress, desc, probs)
+    with ``probs`` (a distributional head) the pair (predictions, level probabilities [N, A, K]). Examples of
+    one prompt group (``enc.group``) share their prompt's tokens per ``share_prompts``."""
+    return predict_ids(
+        model,
+        list(enc.ids),
+        limit,
+        batch_rows,
+        max_segments,
+        progress,
+        desc,
+        probs,
+        groups=list(enc.group),
+        share_prompts=share_prompts,
+        sharing=sharing,
+    )
 
 
 def predict_ids(
@@ -96,21 +112,38 @@ def predict_ids(
     progress: bool = True,
     desc: str = "scoring",
     probs: bool = False,
+    groups: Optional[Sequence[Any]] = None,
+    share_prompts: SharePrompts = "auto",
+    sharing: Optional[dict] = None,
 ) -> Any:
     """Attribute predictions [len(ids), A] for token id sequences (each at most ``limit`` long); with
-    ``probs`` the pair (predictions, level probabilities [len(ids), A, K])."""
+    ``probs`` the pair (predictions, level probabilities [len(ids), A, K]). ``groups`` (a key per sequence,
+    equal for one prompt) and ``share_prompts``: rm_jax.data.prefix_sharing; what sharing saved is written
+    into ``sharing`` when given (empty when it was off)."""
     if not ids:
         empty = np.zeros((0, model.cfg.num_outputs), np.float32)
         return (empty, np.zeros((0, model.cfg.num_labels, model.cfg.label_levels), np.float32)) if probs else empty
     longest = max(len(x) for x in ids)
     pack_len = min(limit, ((longest + 63) // 64) * 64)
     scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)
-    return scorer.predict(
-        list(ids), pack_len, batch_rows, max_segments, packing=True, progress=progress, desc=desc, probs=probs
+    pred = scorer.predict(
+        list(ids),
+        pack_len,
+        batch_rows,
+        max_segments,
+        packing=True,
+        progress=progress,
+        desc=desc,
+        probs=probs,
+        groups=groups,
+        share=share_prompts,
     )
+    if sharing is not None and scorer.share_report is not None:
+        sharing.update(scorer.share_report.as_dict())
+    return pred
 
 
-def _counts(enc: Encoded, scored: int, limit: int) -> dict:
+def _counts(enc: Encoded, scored: int, limit: int, sharing: Optional[dict] = None) -> dict:
     return {
         "rows": enc.report.rows,
         "scored": int(scored),
@@ -118,6 +151,7 @@ def _counts(enc: Encoded, scored: int, limit: int) -> dict:
         "response_cut": enc.report.response_cut,
         "dropped": enc.report.dropped,
         "seq_len": limit,
+        **({"sharing": sharing} if sharing else {}),
     }
 
 
@@ -131,6 +165,7 @@ def evaluate_helpsteer(
     max_segments: int = 16,
     overlength: str = "truncate",
     progress: bool = True,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[dict, list[dict]]:
     """Score HelpSteer2 rows and compute their metrics.
 
@@ -146,7 +181,10 @@ def evaluate_helpsteer(
     limit = _limit(model, seq_len)
     enc = encode_helpsteer(rows, model.tokenizer, limit, model.template, overlength, attributes=ATTRIBUTES)
     levels = model.cfg.attribute_head != "regression"
-    out = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "helpsteer", levels)
+    sharing: dict = {}
+    out = predict_encoded(
+        model, enc, limit, batch_rows, max_segments, progress, "helpsteer", levels, share_prompts, sharing
+    )
     pred, probs = out if levels else (out, None)
     report = helpsteer_metrics(pred, attributes, enc.labels, enc.label_mask, enc.group, base, probs)
     if gate is not None:  # the gate's reward: each row's own weights . its attributes
@@ -158,7 +196,7 @@ def evaluate_helpsteer(
         report["pairwise"][gate.label] = pairwise_by_weights(
             pred * w, enc.labels[:, h], np.asarray(enc.label_mask)[:, h] != 0, groups, ones
         )[gate.label]
-    report["counts"] = _counts(enc, len(enc.ids), limit)
+    report["counts"] = _counts(enc, len(enc.ids), limit, sharing)
     return report, helpsteer_records(enc.source_rows, enc.group, pred, attributes, enc.labels, enc.label_mask)
 
 
@@ -173,6 +211,7 @@ def evaluate_rewardbench(
     overlength: str = "truncate",
     drop_long_pairs: bool = False,
     progress: bool = True,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Score RewardBench-format pairs (rows as :func:`rm_jax.data.sources.load_pairs` gives them).
 
@@ -195,7 +234,18 @@ def evaluate_rewardbench(
         n_attributes=len(attributes),
         cut_response=not drop_long_pairs,
     )
-    pred = predict_encoded(model, enc, limit, batch_rows, max_segments, progress, "rewardbench")
+    sharing: dict = {}
+    pred = predict_encoded(
+        model,
+        enc,
+        limit,
+        batch_rows,
+        max_segments,
+        progress,
+        "rewardbench",
+        share_prompts=share_prompts,
+        sharing=sharing,
+    )
     position = {r.get("_row", i): i for i, r in enumerate(rows)}
     scored = np.asarray([position[int(src)] for src in enc.source_rows[0::2]], np.int64)
     chosen = np.full((len(rows), len(attributes)), np.nan, np.float32)
@@ -214,7 +264,7 @@ def evaluate_rewardbench(
             **presets,
             gate.label: {k: report[k] for k in ("overall", "sections", "subsets", "unknown_subsets")},
         }
-    report["counts"] = _counts(enc, len(scored), limit)
+    report["counts"] = _counts(enc, len(scored), limit, sharing)
     return report, chosen, rejected
 
 
@@ -228,6 +278,7 @@ def predict_rewardbench2(
     drop_long_pairs: bool = False,
     progress: bool = True,
     length_policy: str = "prompt-left",
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Attribute predictions [completions, A] of every completion of ``sets`` (flattened as run_v2 does:
     set by set, chosen first) and the length counts.
@@ -262,7 +313,7 @@ def predict_rewardbench2(
     limit = _limit(model, seq_len)
     rows = flatten(sets)
     pred, counts = predict_conversations(
-        model, rows, limit, not drop_long_pairs, batch_rows, max_segments, progress, "rewardbench2"
+        model, rows, limit, not drop_long_pairs, batch_rows, max_segments, progress, "rewardbench2", share_prompts
     )
     bounds = np.cumsum([0] + [len(s.completions) for s in sets])
     has_nan = [bool(np.isnan(pred[a:b]).any()) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -290,12 +341,31 @@ def _predict_distinct(
     max_segments: int,
     progress: bool,
     desc: str = "rewardbench2",
+    groups: Optional[Sequence[Any]] = None,
+    share_prompts: SharePrompts = "auto",
+    sharing: Optional[dict] = None,
 ) -> tuple[np.ndarray, int]:
-    """Predictions [len(ids), A] with each distinct sequence scored once; and how many were distinct."""
+    """Predictions [len(ids), A] with each distinct sequence scored once; and how many were distinct.
+    ``groups`` (a prompt key per sequence) lets distinct sequences of one prompt share it (``share_prompts``)."""
     unique: dict[bytes, int] = {}
     which = np.array([unique.setdefault(np.asarray(x, np.int32).tobytes(), len(unique)) for x in ids], np.int64)
     distinct = [np.frombuffer(k, np.int32) for k in unique]
-    pred = predict_ids(model, distinct, limit, batch_rows, max_segments, progress, desc)
+    first = {}
+    for j, u in enumerate(which.tolist()):
+        first.setdefault(u, j)
+    dgroups = None if groups is None else [groups[first[u]] for u in range(len(distinct))]
+    pred = predict_ids(
+        model,
+        distinct,
+        limit,
+        batch_rows,
+        max_segments,
+        progress,
+        desc,
+        groups=dgroups,
+        share_prompts=share_prompts if groups is not None else False,
+        sharing=sharing,
+    )
     return pred[which], len(unique)
 
 
@@ -308,15 +378,21 @@ def predict_conversations(
     max_segments: int = 16,
     progress: bool = True,
     desc: str = "scoring",
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Attribute predictions [len(rows), A] of ``{"prompt", "response"}`` rows (NaN for a dropped row) and
     length counts. Over-long prompts are cut from the left; a response that alone does not fit is cut
-    from the left (``cut_response``) or dropped. Each distinct token sequence is scored once."""
+    from the left (``cut_response``) or dropped. Each distinct token sequence is scored once; rows with one
+    prompt text share its tokens per ``share_prompts`` (rm_jax.data.prefix_sharing)."""
     rows = [dict(r, _row=i) for i, r in enumerate(rows)]
     enc = encode_helpsteer(
         rows, model.tokenizer, limit, model.template, "truncate", attributes=(), cut_response=cut_response
     )
-    pred_kept, n_distinct = _predict_distinct(model, enc.ids, limit, batch_rows, max_segments, progress, desc)
+    prompts = [str(rows[int(i)].get("prompt")) for i in enc.source_rows]  # one key per prompt text
+    sharing: dict = {}
+    pred_kept, n_distinct = _predict_distinct(
+        model, enc.ids, limit, batch_rows, max_segments, progress, desc, prompts, share_prompts, sharing
+    )
     pred = np.full((len(rows), len(model.attributes)), np.nan, np.float32)
     pred[enc.source_rows] = pred_kept
     counts = {
@@ -326,6 +402,7 @@ def predict_conversations(
         "response_cut": enc.report.response_cut,
         "dropped_completions": enc.report.dropped,
         "seq_len": limit,
+        **({"sharing": sharing} if sharing else {}),
     }
     return pred, counts
 

@@ -387,6 +387,7 @@ def fit_weights(
     max_segments: int = 16,
     dtype: str = "float32",
     progress: bool = True,
+    share_prompts: Any = "auto",
 ) -> tuple[dict, str]:
     """Predict the pairs' attributes once (or read them back), fit, cross-validate; write W.json and the
     predictions file next to it. Returns (W.json content, its path)."""
@@ -413,7 +414,9 @@ def fit_weights(
             raise ModelLoadError(f"--model {model_path}: {e}") from None
         attributes = list(model.attributes)
         limit = sequence_limit(model, seq_len)
-        pred, counts = predict_conversations(model, convs, limit, True, batch_rows, max_segments, progress, "pairs")
+        pred, counts = predict_conversations(
+            model, convs, limit, True, batch_rows, max_segments, progress, "pairs", share_prompts
+        )
         write_fit_predictions(pred_path, attributes, pred, pairs, prompt_ids)
         c, r = np.asarray(pairs).T
         d = pred[c].astype(np.float64) - pred[r].astype(np.float64)

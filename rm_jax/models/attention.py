@@ -43,18 +43,69 @@ Precision = Optional[lax.Precision]
 
 # Large finite instead of -inf: a masked score must not turn exp() or its gradient into NaN.
 _NEG = -1e30
+# Segment id of the tokens that pad a row to whole blocks: below -T, so never a shared prompt's id.
+_BLOCK_PAD = -(2**30)
+
+
+def shared_token_info(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per token of a shared-prompt row (``rm_jax.data.prefix_sharing``): (the prompt id it may read, its
+    virtual index, the first key it can see).
+
+    In a shared row a prompt's tokens carry the negative id ``-g`` (g = the slot of its group's first
+    response) and its responses the positive slot ids that follow it; plain conversations come first in
+    the row. A response token reads the latest prompt before it (a running max), and its virtual index is
+    its index minus the tokens of earlier siblings between its prompt and it: its index in the unshared
+    layout, so a sliding window measures the same distances. Its first visible key is its prompt's first
+    token; every other token's is the first token of its segment. Rows without negative ids get
+    (0, index, segment start): the unshared layout. Ids below -T (the kernel's block padding) are no prompt
+    and share one code, as pads of their own."""
+    b, t = segment_ids.shape
+    idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    is_prompt = (segment_ids < 0) & (segment_ids >= -t)
+    group = jax.lax.cummax(jnp.where(is_prompt, -segment_ids, 0), axis=1)
+    group = jnp.where(segment_ids > 0, group, 0)  # only responses read another segment's tokens
+    # prompt -g -> t - g, pads and responses -> t + id, ids below -t -> 2t + 1 (segment ids are <= t)
+    code = jnp.where(segment_ids < -t, 2 * t + 1, jnp.clip(segment_ids + t, 0, 2 * t))
+    n = 2 * t + 2
+    seg_min = jax.vmap(lambda i, c: jax.ops.segment_min(i, c, num_segments=n))(idx, code)
+    seg_max = jax.vmap(lambda i, c: jax.ops.segment_max(i, c, num_segments=n))(idx, code)
+    own_first = jnp.take_along_axis(seg_min, code, axis=1)
+    prompt = t - group  # the prompt's code (only read where group > 0)
+    prompt_first = jnp.take_along_axis(seg_min, prompt, axis=1)
+    prompt_end = jnp.take_along_axis(seg_max, prompt, axis=1) + 1
+    shared = group > 0
+    vidx = jnp.where(shared, idx - (own_first - prompt_end), idx)
+    return group, vidx, jnp.where(shared, prompt_first, own_first)
+
+
+def _visible(qs, ks, qg, qi, ki, qv, kv, window: Optional[int]) -> jax.Array:
+    """Whether query (segment qs, prompt id qg, index qi, virtual index qv) sees key (ks, ki, kv): causal,
+    and the key is in the query's segment or is a token of the prompt the query reads (id -qg); inside the
+    sliding window measured in virtual indices (= positions in the unshared layout). Broadcasts."""
+    allowed = (qi >= ki) & ((qs == ks) | ((qg > 0) & (ks == -qg)))
+    if window is not None:
+        allowed &= (qv - kv) < window
+    return allowed
 
 
 def attention_mask(segment_ids: jax.Array, sliding_window: Optional[int]) -> jax.Array:
-    """[B, 1, 1, T, T] bool: causal, within one segment. Pads (segment 0) see only pads, so no row is
-    fully masked and no NaN appears; their outputs are never read."""
+    """[B, 1, 1, T, T] bool: causal, within one segment (and, in a shared-prompt row, a response to its
+    prompt). Pads (segment 0) see only pads, so no row is fully masked and no NaN appears; their outputs
+    are never read."""
     t = segment_ids.shape[-1]
     idx = jnp.arange(t)
-    causal = idx[:, None] >= idx[None, :]
-    if sliding_window is not None:
-        causal &= (idx[:, None] - idx[None, :]) < sliding_window
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (same & causal[None])[:, None, None]
+    group, vidx, _ = shared_token_info(segment_ids)
+    mask = _visible(
+        segment_ids[:, :, None],
+        segment_ids[:, None, :],
+        group[:, :, None],
+        idx[None, :, None],
+        idx[None, None, :],
+        vidx[:, :, None],
+        vidx[:, None, :],
+        sliding_window,
+    )
+    return mask[:, None, None]
 
 
 def pooled_query_attention(
@@ -67,17 +118,26 @@ def pooled_query_attention(
     precision: Precision = None,
 ) -> jax.Array:
     """Attention for a few queries per row: q [B,S,N,D] sits at tokens query_index [B,S]; k/v [B,T,K,D].
-    Each query sees the keys of its own segment up to itself (and inside the sliding window)."""
+    Each query sees the keys of its own segment up to itself, and of its prompt in a shared-prompt row
+    (and inside the sliding window)."""
     b, s, n, d = q.shape
     t, kv = k.shape[1], k.shape[2]
     qg = q.reshape(b, s, kv, n // kv, d)
     scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32, precision=precision) * (d**-0.5)
     idx = jnp.arange(t)[None, None, :]
-    qseg = jnp.take_along_axis(segment_ids, query_index, axis=1)
+    group, vidx, _ = shared_token_info(segment_ids)
+    at = functools.partial(jnp.take_along_axis, indices=query_index, axis=1)
     # The query's own token always passes, so no row is fully masked (absent segments point at token 0).
-    mask = (qseg[:, :, None] == segment_ids[:, None, :]) & (idx <= query_index[:, :, None])
-    if sliding_window is not None:
-        mask &= (query_index[:, :, None] - idx) < sliding_window
+    mask = _visible(
+        at(segment_ids)[:, :, None],
+        segment_ids[:, None, :],
+        at(group)[:, :, None],
+        query_index[:, :, None],
+        idx,
+        at(vidx)[:, :, None],
+        vidx[:, None, :],
+        sliding_window,
+    )
     scores = jnp.where(mask[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgst,btkd->bskgd", probs, v, precision=precision).reshape(b, s, n, d)
@@ -102,26 +162,35 @@ def _key_blocks(segment_ids: jax.Array, block: int, window: Optional[int]) -> ja
     maximum over the batch (one program runs every row)."""
     b, t = segment_ids.shape
     nb = t // block
-    need = first_visible_key(segment_ids).reshape(b, nb, block).min(axis=(0, 2))
+    _, vidx, first = shared_token_info(segment_ids)
+    if window is not None:  # the earliest key inside the window, in virtual indices (prompt keys keep theirs)
+        first = jnp.maximum(first, vidx - window + 1)
+    need = first.reshape(b, nb, block).min(axis=(0, 2))
     starts = jnp.arange(nb, dtype=jnp.int32) * block
-    if window is not None:
-        need = jnp.maximum(need, starts - window + 1)
     need = jnp.clip(need, 0, starts)  # a query always sees itself, so need <= the block's start
     return (starts + block - (need // block) * block) // block
 
 
-def _block_mask(
-    segment_ids: jax.Array, q0: jax.Array, k0: jax.Array, tq: int, tk: int, window: Optional[int]
-) -> jax.Array:
+class _Tokens:
+    """The per-token arrays the block masks read: segment ids, prompt ids, virtual indices ([B, T] each)."""
+
+    def __init__(self, seg: jax.Array):
+        self.seg = seg
+        self.group, self.vidx, _ = shared_token_info(seg)
+
+
+def _block_mask(tok: _Tokens, q0: jax.Array, k0: jax.Array, tq: int, tk: int, window: Optional[int]) -> jax.Array:
     """[B, tq, tk] bool for queries [q0, q0+tq) against keys [k0, k0+tk)."""
-    qi = q0 + jnp.arange(tq)[:, None]
-    ki = k0 + jnp.arange(tk)[None, :]
-    allowed = qi >= ki
-    if window is not None:
-        allowed &= (qi - ki) < window
-    qs = jax.lax.dynamic_slice_in_dim(segment_ids, q0, tq, axis=1)
-    ks = jax.lax.dynamic_slice_in_dim(segment_ids, k0, tk, axis=1)
-    return allowed[None] & (qs[:, :, None] == ks[:, None, :])
+    qi = q0 + jnp.arange(tq)[None, :, None]
+    ki = k0 + jnp.arange(tk)[None, None, :]
+
+    def q(x):
+        return jax.lax.dynamic_slice_in_dim(x, q0, tq, axis=1)[:, :, None]
+
+    def k(x):
+        return jax.lax.dynamic_slice_in_dim(x, k0, tk, axis=1)[:, None, :]
+
+    return _visible(q(tok.seg), k(tok.seg), q(tok.group), qi, ki, q(tok.vidx), k(tok.vidx), window)
 
 
 def _pad_to_blocks(x: jax.Array, tp: int, value: int = 0) -> jax.Array:
@@ -174,17 +243,17 @@ def _switch(plan: _Plan, needed: jax.Array, i: jax.Array, branch, *args):
 
 def _prepare(q, k, v, segment_ids, window, block, precision):
     """The forward's and the backward's common inputs: rows padded to whole blocks (pad tokens get
-    segment -1: they see only themselves and are sliced off at the end), heads-major layouts
+    segment _BLOCK_PAD: they see only themselves and are sliced off at the end), heads-major layouts
     ([B, kv, T, group, D] and [B, kv, T, D]) and the key blocks each query block needs."""
     p = _Plan(q, k, block, precision)
     # Make the segment ids depend on q, so nothing below is loop-invariant in a layer scan (see the
     # module docstring: otherwise JAX hoists every block's mask, for every width, out of the scan).
     q, segment_ids = jax.lax.optimization_barrier((q, segment_ids))
-    seg = _pad_to_blocks(segment_ids, p.tp, -1)
+    seg = _pad_to_blocks(segment_ids, p.tp, _BLOCK_PAD)
     qh = _heads_major(_pad_to_blocks(q, p.tp), p.kv)
     kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)
     vh = _pad_to_blocks(v, p.tp).transpose(0, 2, 1, 3)
-    return p, seg, qh, kh, vh, _key_blocks(seg, p.block, window)
+    return p, _Tokens(seg), qh, kh, vh, _key_blocks(seg, p.block, window)
 
 
 def _forward(q, k, v, segment_ids, window, block, precision):
@@ -331,6 +400,17 @@ def resolve_kernel(
     return "xla"  # cpu, and rocm (no cuDNN)
 
 
+# Kernels whose mask reads the shared-prompt layout's negative prompt ids (rm_jax.data.prefix_sharing).
+SHARED_KERNELS = ("xla", "cudnn_dense")
+
+
+def shared_layout_kernel(name: str, backend: Optional[str] = None, *, dtype: Optional[str] = None) -> str:
+    """The ``model.attention`` setting a shared-prompt batch runs with: ``name`` itself when the kernel it
+    resolves to reads prompt ids (``SHARED_KERNELS``), else the blockwise ``xla`` kernel, which runs on every
+    backend (cuDNN's packed layout and splash take plain segment ids only)."""
+    return name if resolve_kernel(name, backend, dtype=dtype) in SHARED_KERNELS else "xla"
+
+
 def attend(
     q: jax.Array,
     k: jax.Array,
@@ -385,10 +465,13 @@ def reference_attention(
 __all__ = [
     "KERNELS",
     "KernelUnavailableError",
+    "SHARED_KERNELS",
     "attend",
     "attention_mask",
     "flash_attention",
     "pooled_query_attention",
     "reference_attention",
     "resolve_kernel",
+    "shared_layout_kernel",
+    "shared_token_info",
 ]

@@ -268,6 +268,7 @@ def label_samples(
     progress: bool = True,
     equal_groups: Optional[str] = None,
     on_bad_row: str = "error",
+    share_prompts: Any = "auto",
 ) -> dict:
     """Write ``output`` (NeMo-format groups); returns a report. ``policy``/``sft``: folders or loaded
     :class:`rm_jax.policy.Policy`; ``rm``: an RM folder (HF or run); ``sigma``: see
@@ -309,10 +310,16 @@ def label_samples(
 
     flat_prompt, flat_label, flat_y, flat_where, flat_ids = flat(samples)
     rows = [{"messages": m + [{"role": "assistant", "content": y}]} for m, y in zip(flat_prompt, flat_y)]
-    # A categorical / ordinal RM's own level distribution gives P(a|x,y); a regression RM's the binned normal
     levels = rm_model.cfg.attribute_head != "regression"
     scored = score_rows(
-        rm_model, rows, "helpfulness-only", batch_rows=batch_size, progress=progress, where=flat_where, probs=levels
+        rm_model,
+        rows,
+        "helpfulness-only",
+        batch_rows=batch_size,
+        progress=progress,
+        where=flat_where,
+        probs=levels,
+        share_prompts=share_prompts,  # a prompt's samples share its tokens (docs/sharing.md)
     )
     pred = scored[0]
 

@@ -15,6 +15,7 @@ from rm_jax.data.conversation import parse_attribute_label
 from rm_jax.data.pipeline import bundled_tokenizer_path
 from rm_jax.engine.train_step import check_host_memory
 from rm_jax.models import init_params
+from rm_jax.models.attention import shared_layout_kernel
 from rm_jax.models.hf_io import (
     LoadedModel,
     decoder_config_from_hf,
@@ -248,7 +249,10 @@ def run_opts(cfg: RunConfig) -> dict:
         dtype=cfg.model.dtype,
         remat=cfg.model.remat,
         scan_layers=cfg.model.scan_layers,
-        attention=cfg.model.attention,
+        # Shared prompts need a kernel whose mask reads prompt ids (xla everywhere, cudnn_dense on GPUs).
+        attention=shared_layout_kernel(cfg.model.attention, dtype=cfg.model.dtype)
+        if cfg.data.share_prompts is not False and cfg.task == "rm"
+        else cfg.model.attention,
         attention_block=cfg.model.attention_block,
         matmul_precision=cfg.model.matmul_precision,
     )

@@ -98,6 +98,8 @@ class Task:
             rows = [rows[i] for i in subset_prompts(rows, d.fraction, d.max_prompts, d.subset_seed)]
         enc = self.encode(rows, tokenizer)
         report = split_report(source, split, rows_read, len(rows), enc)
+        if subset and d.share_prompts is not False and self.cfg.task == "rm":  # the training split's epoch
+            report["sharing"] = self.loader(enc, pad_id=0).share_summary()
         if extra:
             report["helpsteer3"] = {k: extra[k] for k in ("ties_left_out", "filtered_out", "domains")}
         report["rows_skipped"] = len(res.skipped)
@@ -125,6 +127,7 @@ class Task:
             d.padding_side,
             t.seed,
             d.shuffle,
+            d.share_prompts if self.cfg.task == "rm" else False,  # causal-LM tasks: not yet (docs/sharing.md)
         )
 
     def stand_in(self) -> Encoded:

@@ -31,7 +31,9 @@ def _fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, typing.A
 
 def _unwrap_optional(tp: typing.Any) -> typing.Any:
     if typing.get_origin(tp) is Union:
-        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(rest) == 1:  # Optional[X]; other unions (data.share_prompts: bool or "auto") stay whole
+            (tp,) = rest
     return tp
 
 
@@ -49,6 +51,16 @@ def _leaf(cfg: RunConfig, key: str) -> typing.Any:
     for part in key.split("."):
         cfg = getattr(cfg, part)
     return cfg
+
+
+def test_share_prompts_takes_auto_or_a_bool():
+    from rm_jax.core.config import RunConfig, from_dict
+    from rm_jax.core.errors import ConfigError
+
+    for v in ("auto", True, False):
+        assert from_dict(RunConfig, {"data": {"share_prompts": v}}).data.share_prompts == v
+    with pytest.raises(ConfigError, match="share_prompts"):
+        from_dict(RunConfig, {"data": {"share_prompts": "yes"}})
 
 
 def test_the_tables_cover_the_fields_the_issue_names():

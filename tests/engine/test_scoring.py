@@ -213,3 +213,94 @@ def test_w_json_is_matched_to_reordered_attributes_by_name(rm_dir, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "name safety, which the model does not predict" in err and len(err.splitlines()) == 1, err
     assert not os.path.exists(tmp_path / "o2.jsonl")
+
+
+# ---------------------------------------------------------------- shared prompts (rm_jax.data.prefix_sharing)
+
+
+def _shared_groups(seed: int, n_groups: int = 5) -> tuple[list[np.ndarray], list[int]]:
+    """Groups of 1-4 responses after a 12-40 token prompt (so a group spans several 8-token blocks and
+    Mistral's 7-token window), in interleaved order, plus a plain conversation of its own."""
+    from tests.helpers import VOCAB
+
+    rng = np.random.default_rng(seed)
+    ids, groups = [], []
+    for g in range(n_groups):
+        prompt = rng.integers(1, VOCAB, int(rng.integers(12, 40)))
+        for _ in range(int(rng.integers(1, 5))):
+            ids.append(np.concatenate([prompt, rng.integers(1, VOCAB, int(rng.integers(1, 15)))]).astype(np.int32))
+            groups.append(g)
+    order = rng.permutation(len(ids))
+    return [ids[i] for i in order], [groups[i] for i in order]
+
+
+def _tiny_rm(family: str, **run):
+    import jax
+
+    from rm_jax.models.hf_io import decoder_config_from_hf
+    from rm_jax.models.llama import RewardModel
+    from tests.helpers import FAMILIES, VOCAB
+
+    # A large init scale makes attention sharp, so a key seen or missed moves the scores visibly.
+    hf = dict(FAMILIES[family], vocab_size=VOCAB, num_labels=5, initializer_range=0.5)
+    cfg = decoder_config_from_hf(hf, dtype="float32", attention="xla", attention_block=8, **run)
+    ids = np.ones((1, 16), np.int32)
+    params = RewardModel(cfg).init(jax.random.key(0), ids, ids, ids, 1)["params"]
+    return cfg, params
+
+
+@pytest.mark.parametrize(
+    "family,run",
+    [("llama", {}), ("mistral", {}), ("qwen2", {"scan_layers": True}), ("qwen3", {})],
+)
+def test_shared_prompts_score_like_unshared(family, run):
+    """Float32 scores of the shared layout equal the unshared ones within 1e-5 (GQA, sliding window, Qwen3's
+    head_dim, a scanned stack), and the shared layout lays out fewer tokens."""
+    from rm_jax.engine.scoring import Scorer
+
+    cfg, params = _tiny_rm(family, **run)
+    ids, groups = _shared_groups(1)
+    scorer = Scorer(cfg, params)
+    plain = scorer.predict(ids, 128, rows=4, max_segments=6, progress=False, groups=groups, share=False)
+    assert scorer.share_report is None
+    shared = scorer.predict(ids, 128, rows=4, max_segments=6, progress=False, groups=groups, share=True)
+    rep = scorer.share_report
+    assert rep.shared_groups >= 3 and rep.prompt_tokens_saved > 100, rep.as_dict()
+    assert np.abs(plain).max() > 0.1  # scores that a wrong mask would move
+    np.testing.assert_allclose(shared, plain, rtol=0, atol=1e-5 * max(1.0, float(np.abs(plain).max())))
+
+
+def test_shared_groups_split_over_rows_score_the_same():
+    """A group longer than seq_len (or with more responses than max_segments) is split with its prompt
+    repeated, counted, and still scores as unshared."""
+    from rm_jax.engine.scoring import Scorer
+
+    cfg, params = _tiny_rm("mistral")
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(1, 97, 30)
+    ids = [np.concatenate([prompt, rng.integers(1, 97, 10)]).astype(np.int32) for _ in range(7)]
+    scorer = Scorer(cfg, params)
+    plain = scorer.predict(ids, 64, rows=2, max_segments=3, progress=False)
+    shared = scorer.predict(ids, 64, rows=2, max_segments=3, progress=False, groups=[0] * 7, share=True)
+    rep = scorer.share_report
+    assert (rep.split_groups, rep.repeated_prompts) == (1, 2)  # 3 + 3 + 1 responses: two more prompt copies
+    assert rep.tokens == 3 * 30 + 70
+    np.testing.assert_allclose(shared, plain, rtol=0, atol=1e-5 * max(1.0, float(np.abs(plain).max())))
+
+
+def test_score_share_prompts_flag(rm_dir, tmp_path):
+    """`rm-jax score --share-prompts`: rows with one conversation before their last message share its tokens,
+    and every row's attributes equal `--no-share-prompts` within 1e-5."""
+    d, _, _ = rm_dir
+    long_prompt = "Explain the water cycle in detail, step by step. " * 12
+    rows = [{"prompt": long_prompt, "response": r} for r in ("Evaporation first.", "Rain falls.", "Clouds form.")]
+    rows += [ROWS[0], {"prompt": ROWS[0]["prompt"], "response": "It is 4."}]
+    _write(tmp_path / "in.jsonl", rows)
+    got = {}
+    for flag in ("--share-prompts", "--no-share-prompts"):
+        out = tmp_path / f"{flag}.jsonl"
+        argv = ["score", "--model", d, "--input", str(tmp_path / "in.jsonl"), "--output", str(out), flag]
+        assert main(argv + ["--no-progress"]) == 0
+        got[flag] = np.array([list(json.loads(line)["attributes"].values()) for line in open(out)])
+    np.testing.assert_allclose(got["--share-prompts"], got["--no-share-prompts"], atol=1e-5, rtol=0)
+    assert np.abs(got["--no-share-prompts"]).max() > 1e-3

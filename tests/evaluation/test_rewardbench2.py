@@ -381,3 +381,22 @@ def test_eval_run_v2_policy_matches_transformers(hf_rm, tmp_path, capsys):
     assert "length_policy run_v2" in printed.out
     assert cli.main(argv + ["--drop-long-pairs"]) == 1
     assert "run_v2 never drops" in capsys.readouterr().err
+
+
+def test_share_prompts_scores_every_completion_as_unshared(hf_rm, tmp_path):
+    """`--share-prompts` (each set's prompt encoded once) and `--no-share-prompts` give the same
+    per-completion scores within 1e-5; only the shared run reports saved prompt tokens."""
+    d, _, _ = hf_rm
+    src = _write(tmp_path / "rb2.jsonl", _rb2_rows())
+    got = {}
+    for flag in ("--share-prompts", "--no-share-prompts"):
+        out = tmp_path / f"{flag[2:]}.json"
+        argv = ["eval", "--model", d, "--rewardbench2", src, "--seq-len", str(SEQ_LEN), "--max-segments", "3"]
+        assert cli.main(argv + [flag, "--no-progress", "--output", str(out)]) == 0
+        recs = [json.loads(line) for line in open(str(out)[:-5] + ".rewardbench2_scores.jsonl")]
+        got[flag] = (np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in recs]), json.loads(out.read_text()))
+    shared, plain = got["--share-prompts"][0], got["--no-share-prompts"][0]
+    np.testing.assert_allclose(shared, plain, atol=1e-5, rtol=0)
+    sharing = got["--share-prompts"][1]["counts"]["rewardbench2"]["sharing"]
+    assert sharing["prompt_tokens_saved"] > 0 and sharing["tokens"] < sharing["tokens_unshared"]
+    assert "sharing" not in got["--no-share-prompts"][1]["counts"]["rewardbench2"]

@@ -12,10 +12,12 @@ from jax import lax
 
 from rm_jax.models.attention import (
     _key_blocks,
+    attention_mask,
     first_visible_key,
     flash_attention,
     pooled_query_attention,
     reference_attention,
+    shared_token_info,
 )
 
 
@@ -33,6 +35,8 @@ def _segments(kind: str, b: int, t: int, rng: np.random.Generator) -> np.ndarray
             bounds = [0, *cuts, t - 2 - r]  # 4 conversations, then pads
             for i in range(4):
                 seg[r, bounds[i] : bounds[i + 1]] = i + 1
+        elif kind == "shared":  # a plain conversation, then a prompt (id -2) with three responses, then pads
+            seg[r, : t - 2 - r] = np.repeat([1, -2, 2, 3, 4], [5, 12, 6, 5 + r, 20])[: t - 2 - r]
     return seg
 
 
@@ -76,6 +80,8 @@ CASES = [
     ("packed", 6, 8),
     ("left_pad", 13, 4),
     ("right_pad", 6, 8),
+    ("shared", None, 8),
+    ("shared", 6, 4),
 ]
 
 
@@ -124,9 +130,28 @@ def test_blocks_skip_keys_of_earlier_conversations_and_the_upper_triangle():
     np.testing.assert_array_equal(_key_blocks(mixed, 8, None), np.arange(1, 9))
 
 
-def test_pooled_queries_equal_the_full_attention_at_those_tokens():
+def test_shared_prompt_rows_see_their_prompt_not_their_siblings():
+    """A plain conversation [0, 4), a prompt [4, 10) (id -2) and its responses 2: [10, 13), 3: [13, 16)."""
+    seg = jnp.asarray([np.repeat([1, -2, 2, 3, 0], [4, 6, 3, 3, 4])], jnp.int32)
+    group, vidx, first = (np.asarray(a)[0] for a in shared_token_info(seg))
+    np.testing.assert_array_equal(group, np.repeat([0, 0, 2, 2, 0], [4, 6, 3, 3, 4]))
+    # Response 3 sits where it would stand right after the prompt: 13, 14, 15 -> 10, 11, 12.
+    np.testing.assert_array_equal(vidx[10:16], [10, 11, 12, 10, 11, 12])
+    np.testing.assert_array_equal(first, np.repeat([0, 4, 4, 4, 16], [4, 6, 3, 3, 4]))
+    mask = np.asarray(attention_mask(seg, None))[0, 0, 0]
+    np.testing.assert_array_equal(np.flatnonzero(mask[14]), [4, 5, 6, 7, 8, 9, 13, 14])  # prompt + own, no sibling
+    np.testing.assert_array_equal(np.flatnonzero(mask[7]), [4, 5, 6, 7])
+    # A 4-token window counts response 3's second token as 11: it reaches the prompt's last 3 tokens.
+    window = np.asarray(attention_mask(seg, 4))[0, 0, 0]
+    np.testing.assert_array_equal(np.flatnonzero(window[14]), [8, 9, 13, 14])
+    # Block skipping starts each block at its queries' prompt: blocks of 4 from token 4 need block 1 on.
+    np.testing.assert_array_equal(_key_blocks(seg, 4, None), [1, 1, 2, 3, 1])
+
+
+@pytest.mark.parametrize("kind", ["packed", "shared"])
+def test_pooled_queries_equal_the_full_attention_at_those_tokens(kind):
     q, k, v, _, rng = _inputs(2, 30, 4, 1, 8, jnp.float32, seed=2)
-    seg = jnp.asarray(_segments("packed", 2, 30, rng))
+    seg = jnp.asarray(_segments(kind, 2, 30, rng))
     full = reference_attention(q, k, v, seg, sliding_window=7)
     idx = jnp.asarray([[3, 11, 20, 27], [0, 9, 17, 28]], jnp.int32)
     qs = jnp.take_along_axis(q, idx[..., None, None], axis=1)

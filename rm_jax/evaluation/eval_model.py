@@ -98,11 +98,6 @@ def evaluate_model(
         )
     if weights is not None and is_gate(weights):  # a prompt gate: its folder now, its attributes below
         open_gate(weights)
-        if yardsticks:
-            raise InputError(
-                f"--weights {weights}: a prompt gate is not applied by the yardsticks (--rm-bench, --judgebench, "
-                "--helpsteer3) yet; they take one constant weighting (a preset, W.json or numbers)"
-            )
     elif weights is not None:  # matched by name to the attributes the folder names (HelpSteer2's when unreadable)
         check_weights(weights, model_attributes_cheaply(model_path) or ATTRIBUTES)
     if template:

@@ -7,6 +7,10 @@ identical texts get bit-identical rewards and exact-tie rules see them tie), tur
 ``weights`` reward and every preset, and scores with the benchmark's own rules
 (:mod:`.rm_bench`, :mod:`.judgebench`, :mod:`.helpsteer3`). A response that alone does not fit is cut
 from the left, as RewardBench's pairs are, and counted; no row is dropped.
+
+``weights`` may name a prompt gate (``weights fit --gate``): each response's reward is then its attributes .
+the gate's weights for its prompt (the gate is the ``*`` weighting, labelled by its folder, every preset
+beside it) and each score-file record carries those ``weights``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.core.attributes import WeightSpec
+from rm_jax.core.attributes import WeightSpec, applicable_presets
 from rm_jax.core.errors import InputError
 from rm_jax.data import judgebench_pairs, rm_bench_rows
 from rm_jax.data.judgebench_pairs import JudgeBenchPair
 from rm_jax.data.rm_bench_rows import STYLES, RMBenchRow
-from rm_jax.evaluation.evaluate import _limit, predict_conversations
+from rm_jax.evaluation.evaluate import GATE_ROW_WEIGHTS, _limit, predict_conversations
+from rm_jax.evaluation.gate import is_gate, open_gate, row_weights
 from rm_jax.evaluation.helpsteer3 import score_helpsteer3
 from rm_jax.evaluation.judgebench import score_judgebench
 from rm_jax.evaluation.rm_bench import score_rm_bench
@@ -34,20 +39,46 @@ def _predict(model: Any, convs: list[dict], seq_len: Optional[int], desc: str, *
 
 
 def _with_presets(
-    score: Callable[[np.ndarray], dict], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+    score: Callable[[np.ndarray], dict],
+    pred: np.ndarray,
+    attributes: Sequence[str],
+    weights: WeightSpec,
+    gate_w: Optional[np.ndarray] = None,
 ) -> dict:
-    """``score(reward)`` for the ``weights`` reward, and every preset's headline under ``presets``."""
-    result = score(pred @ check_weights(weights, attributes))
+    """``score(reward)`` for the ``weights`` reward, and every preset's headline under ``presets``. With a
+    prompt gate, ``gate_w`` [responses, A] are each response's weights: the reward is ``sum(pred * gate_w)``
+    and the gate's headline sits beside the presets', under its folder's name."""
+    if gate_w is None:
+        result = score(pred @ check_weights(weights, attributes))
+        sets = weight_sets(weights, attributes)
+    else:
+        result = score((np.asarray(pred, np.float64) * gate_w).sum(axis=1))
+        sets = applicable_presets(attributes)
     headline = next(k for k in ("overall", "accuracy") if k in result)
-    result["presets"] = {name: score(pred @ w)[headline] for name, w in weight_sets(weights, attributes).items()}
+    result["presets"] = {name: score(pred @ w)[headline] for name, w in sets.items()}
+    if gate_w is not None:
+        result["presets"][open_gate(weights).label] = result[headline]
+        result[GATE_ROW_WEIGHTS] = gate_w  # for the score records; evaluate_yardstick pops it
     return result
 
 
 def _weights(model: Any, weights: Optional[WeightSpec]) -> tuple[list[str], WeightSpec]:
     attributes = list(model.attributes)
     weights = default_weights(attributes) if weights is None else weights
-    check_weights(weights, attributes)
+    if is_gate(weights):
+        open_gate(weights, attributes)
+    else:
+        check_weights(weights, attributes)
     return attributes, weights
+
+
+def _gate_weights(model: Any, weights: WeightSpec, convs: list[dict], limit: int, opts: dict) -> Optional[np.ndarray]:
+    """Each response's weights [responses, A] when ``weights`` names a prompt gate (the gate on the prompt
+    of its own conversation), else None."""
+    if not is_gate(weights):
+        return None
+    o = {k: opts[k] for k in ("batch_rows", "max_segments", "progress") if k in opts}
+    return row_weights(open_gate(weights, model.attributes), model, convs, limit, **o)
 
 
 RM_BENCH_MAX_LENGTH = 2048  # RM-Bench scripts/run_rm.py --max_length default
@@ -104,12 +135,13 @@ def evaluate_rm_bench(
     else:
         pred, counts = _predict(model, convs, seq_len, "rm-bench", **opts)
     n = len(STYLES)
+    gate_w = _gate_weights(model, weights, convs, int(counts.get("seq_len") or _limit(model, seq_len)), opts)
 
     def score(reward: np.ndarray) -> dict:
         r = reward.reshape(len(rows), 2 * n)
         return score_rm_bench(rows, r[:, :n], r[:, n:])
 
-    report = _with_presets(score, pred, attributes, weights)
+    report = _with_presets(score, pred, attributes, weights, gate_w)
     report["counts"] = counts
     return report, pred
 
@@ -124,13 +156,15 @@ def evaluate_judgebench(
 ) -> tuple[dict, np.ndarray]:
     """JudgeBench single-game accuracy and the attribute predictions [pairs * 2, A] (A then B)."""
     attributes, weights = _weights(model, weights)
-    pred, counts = _predict(model, judgebench_pairs.flatten(pairs), seq_len, "judgebench", **opts)
+    convs = judgebench_pairs.flatten(pairs)
+    pred, counts = _predict(model, convs, seq_len, "judgebench", **opts)
+    gate_w = _gate_weights(model, weights, convs, _limit(model, seq_len), opts)
 
     def score(reward: np.ndarray) -> dict:
         r = reward.reshape(len(pairs), 2)
         return score_judgebench(pairs, r[:, 0], r[:, 1])
 
-    report = _with_presets(score, pred, attributes, weights)
+    report = _with_presets(score, pred, attributes, weights, gate_w)
     report["counts"] = counts
     return report, pred
 
@@ -149,12 +183,13 @@ def evaluate_helpsteer3(
     attributes, weights = _weights(model, weights)
     convs = [{"prompt": r["prompt"], "response": t} for r in rows for t in (r["chosen"], r["rejected"])]
     pred, counts = _predict(model, convs, seq_len, "helpsteer3", **opts)
+    gate_w = _gate_weights(model, weights, convs, _limit(model, seq_len), opts)
 
     def score(reward: np.ndarray) -> dict:
         r = reward.reshape(len(rows), 2)
         return score_helpsteer3(rows, r[:, 0], r[:, 1], ties_left_out)
 
-    report = _with_presets(score, pred, attributes, weights)
+    report = _with_presets(score, pred, attributes, weights, gate_w)
     report["counts"] = counts
     return report, pred
 
@@ -162,42 +197,82 @@ def evaluate_helpsteer3(
 # ----------------------------------------------------------------------------- per-response score files
 
 
-def _record(pred_row: np.ndarray, attributes: Sequence[str], w: np.ndarray, **key: Any) -> dict:
+def _record(pred_row: np.ndarray, attributes: Sequence[str], w: np.ndarray, gate: bool, **key: Any) -> dict:
     p = np.asarray(pred_row, np.float64)
-    return {**key, "reward": float(p @ w), "attributes": {a: float(x) for a, x in zip(attributes, p)}}
+    rec = {**key, "reward": float(p @ w), "attributes": {a: float(x) for a, x in zip(attributes, p)}}
+    if gate:  # the response's own weights (a prompt gate's, for its prompt)
+        rec["weights"] = {a: float(x) for a, x in zip(attributes, w)}
+    return rec
+
+
+def _response_weights(
+    weights: WeightSpec, attributes: Sequence[str], n: int, gate_w: Optional[np.ndarray]
+) -> np.ndarray:
+    """[n, A]: ``gate_w`` (each response's gate weights) or the constant ``weights`` on every row."""
+    if gate_w is not None:
+        if len(gate_w) != n:
+            raise ValueError(f"{len(gate_w)} rows of gate weights for {n} responses")
+        return np.asarray(gate_w, np.float64)
+    return np.broadcast_to(check_weights(weights, attributes), (n, len(attributes)))
 
 
 def rm_bench_records(
-    rows: Sequence[RMBenchRow], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+    rows: Sequence[RMBenchRow],
+    pred: np.ndarray,
+    attributes: Sequence[str],
+    weights: WeightSpec,
+    gate_w: Optional[np.ndarray] = None,
 ) -> list[dict]:
-    w, n, out = check_weights(weights, attributes), len(STYLES), []
+    n, out = len(STYLES), []
+    w = _response_weights(weights, attributes, len(pred), gate_w)
     for i, r in enumerate(rows):
         for k in range(2 * n):
             side, style = ("chosen", STYLES[k]) if k < n else ("rejected", STYLES[k - n])
-            out.append(_record(pred[i * 2 * n + k], attributes, w, id=r.id, domain=r.domain, side=side, style=style))
+            j = i * 2 * n + k
+            out.append(
+                _record(pred[j], attributes, w[j], gate_w is not None, id=r.id, domain=r.domain, side=side, style=style)
+            )
     return out
 
 
 def judgebench_records(
-    pairs: Sequence[JudgeBenchPair], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+    pairs: Sequence[JudgeBenchPair],
+    pred: np.ndarray,
+    attributes: Sequence[str],
+    weights: WeightSpec,
+    gate_w: Optional[np.ndarray] = None,
 ) -> list[dict]:
-    w = check_weights(weights, attributes)
+    w, g = _response_weights(weights, attributes, len(pred), gate_w), gate_w is not None
     return [
-        _record(pred[2 * i + k], attributes, w, pair_id=p.pair_id, source=p.source, response="AB"[k], label=p.label)
+        _record(
+            pred[2 * i + k],
+            attributes,
+            w[2 * i + k],
+            g,
+            pair_id=p.pair_id,
+            source=p.source,
+            response="AB"[k],
+            label=p.label,
+        )  # fmt: skip
         for i, p in enumerate(pairs)
         for k in range(2)
     ]
 
 
 def helpsteer3_records(
-    rows: Sequence[dict], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec
+    rows: Sequence[dict],
+    pred: np.ndarray,
+    attributes: Sequence[str],
+    weights: WeightSpec,
+    gate_w: Optional[np.ndarray] = None,
 ) -> list[dict]:
-    w = check_weights(weights, attributes)
+    w, g = _response_weights(weights, attributes, len(pred), gate_w), gate_w is not None
     return [
         _record(
             pred[2 * i + k],
             attributes,
-            w,
+            w[2 * i + k],
+            g,
             row=r["_row"],
             context_id=r["context_id"],
             domain=r["domain"],
@@ -242,20 +317,21 @@ def evaluate_yardstick(
 ) -> tuple[dict, list[dict]]:
     """Score ``data`` (from :func:`load_yardstick`) as yardstick ``name`` with ``model``: the report
     (``counts`` included) and the per-response score records. ``length_policy``: ``prompt-left`` (rm_jax's:
-    the prompt cut from the left, a response alone too long cut from the left) or, for RM-Bench, ``rm_bench``."""
+    the prompt cut from the left, a response alone too long cut from the left) or, for RM-Bench, ``rm_bench``.
+    With a prompt gate as ``weights`` each record carries the response's ``weights``."""
     attributes = list(model.attributes)
     w = default_weights(attributes) if weights is None else weights
     if length_policy not in ("prompt-left", "rm_bench") or (length_policy == "rm_bench" and name != "rm_bench"):
         raise InputError(f"length policy {length_policy!r} does not apply to {TITLES[name]}")
     if name == "rm_bench":
         report, pred = evaluate_rm_bench(model, data, w, length_policy=length_policy, **opts)
-        records = rm_bench_records(data, pred, attributes, w)
+        records = rm_bench_records(data, pred, attributes, w, report.pop(GATE_ROW_WEIGHTS, None))
     elif name == "judgebench":
         report, pred = evaluate_judgebench(model, data, w, **opts)
-        records = judgebench_records(data, pred, attributes, w)
+        records = judgebench_records(data, pred, attributes, w, report.pop(GATE_ROW_WEIGHTS, None))
     else:
         report, pred = evaluate_helpsteer3(model, data.rows, w, ties_left_out=data.ties_left_out, **opts)
-        records = helpsteer3_records(data.rows, pred, attributes, w)
+        records = helpsteer3_records(data.rows, pred, attributes, w, report.pop(GATE_ROW_WEIGHTS, None))
     counts = report["counts"]
     report["counts"] = {"responses": counts.pop("rows"), **counts}
     return report, records

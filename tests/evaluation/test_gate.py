@@ -48,6 +48,16 @@ def synthetic(tmp_path_factory):
             "emb": emb}  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def gate_dir(synthetic, tmp_path_factory):
+    """A gate fitted on the synthetic pairs (kind-dependent weighting), saved as a GATE_DIR named ``G``."""
+    cfg = GateConfig(steps=150)
+    t = fit_gate_params(synthetic["emb"], np.arange(200), _pairs(synthetic, BY_KIND), np.ones(200), 0.01, cfg)
+    d = tmp_path_factory.mktemp("gate_dir") / "G"
+    save_gate(str(d), {"attributes": list(ATTRIBUTES), "gate": cfg.__dict__}, t)
+    return str(d)
+
+
 def _pairs(s, weightings):
     """Chosen - rejected differences of each prompt's two responses, ordered by its kind's hidden weighting."""
     p, out = s["pred"], []
@@ -216,9 +226,76 @@ def test_gate_needs_the_model_and_consumers_that_cannot_apply_it_stop(synthetic,
     save_gate(str(tmp_path / "G"), {"attributes": list(ATTRIBUTES), "gate": GateConfig(steps=2).__dict__}, t)
     with pytest.raises(InputError, match="--from-predictions: saved predictions hold no prompt embeddings"):
         reweight_from_predictions(str(tmp_path / "res.json"), str(tmp_path / "G"))
-    argv = ["eval", "--model", str(synthetic["dir"] / "rm"), "--rm-bench", "bundled", "--weights", str(tmp_path / "G")]
-    assert cli.main(argv) == 1
-    assert "a prompt gate is not applied by the yardsticks" in capsys.readouterr().err
     for spec in (str(tmp_path / "G"), str(tmp_path / "G") + "/"):  # serve, steer, sweeps, configs: one line
         with pytest.raises(ValueError, match="are a prompt gate .* needs one constant weight vector"):
             resolve_reward_weights(spec, ATTRIBUTES)
+
+
+def test_eval_cli_yardstick_with_a_gate_writes_each_response_s_weights(synthetic, gate_dir, tmp_path):
+    res = tmp_path / "res.json"
+    argv = ["eval", "--model", str(synthetic["dir"] / "rm"), "--judgebench", "bundled", "--weights", gate_dir]
+    assert cli.main(argv + ["--output", str(res), "--no-progress"]) == 0
+    r = json.loads(res.read_text())
+    assert r["weights"]["kind"] == "gate" and r["judgebench"]["presets"]["G"] == r["judgebench"]["overall"]
+    recs = [json.loads(line) for line in open(tmp_path / "res.judgebench_scores.jsonl")]
+    assert len(recs) == 2 * r["judgebench"]["pairs"]
+    for rec in recs:
+        assert rec["reward"] == pytest.approx(sum(rec["weights"][a] * rec["attributes"][a] for a in ATTRIBUTES))
+
+
+def _prompt_messages(prompt):
+    from rm_jax.data.conversation import split_prompt
+
+    return split_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+
+
+@pytest.mark.parametrize("name", ["rm_bench", "judgebench", "helpsteer3"])
+def test_yardsticks_with_a_gate_weigh_each_response_by_its_prompt(synthetic, gate_dir, name):
+    """RM-Bench / JudgeBench / HelpSteer3 with --weights GATE_DIR: against numpy on the records' attributes and
+    the gate applied to each row's own prompt embedding (one per row, repeated over its responses), scored by
+    the benchmark's rule (theirs for RM-Bench and JudgeBench); every preset beside the gate, named G."""
+    from rm_jax.evaluation.yardsticks import evaluate_yardstick, load_yardstick
+    from tests.evaluation.test_judgebench import _theirs as their_judgebench_metric
+    from tests.evaluation.test_rm_bench import _their_compute_accuracy
+
+    model = synthetic["model"]
+    data = load_yardstick(name, "bundled")
+    if name == "helpsteer3":
+        data.rows = data.rows[:16]
+        rows, prompts, per = data.rows, [r["prompt"] for r in data.rows], 2
+    else:
+        data = rows = data[:12]
+        prompts, per = [getattr(r, "prompt", None) or r.question for r in rows], 6 if name == "rm_bench" else 2
+    report, records = evaluate_yardstick(model, name, data, gate_dir, progress=False, batch_rows=4)
+    emb, _ = prompt_embeddings(model, [_prompt_messages(p) for p in prompts], 512, 4, 16, False)
+    w = np.repeat(load_gate(gate_dir).weights(emb), per, axis=0)
+    assert np.ptp(w, axis=0).max() > 0.05 * np.abs(w).max()  # prompts get different weights: a row mix-up shows
+    att = np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in records])
+    rec_w = np.array([[r["weights"][a] for a in ATTRIBUTES] for r in records])
+    np.testing.assert_allclose(rec_w, w, rtol=1e-4, atol=1e-8)
+    reward = (att * w).sum(1)
+    np.testing.assert_allclose([r["reward"] for r in records], reward, rtol=1e-4, atol=1e-7)
+    head = "accuracy" if name == "helpsteer3" else "overall"
+    if name == "rm_bench":
+        theirs = _their_compute_accuracy(
+            [
+                {"domain": r.domain, "score_chosen": list(s[:3]), "score_rejected": list(s[3:])}
+                for r, s in zip(rows, reward.reshape(-1, 6))
+            ]  # fmt: skip
+        )
+        assert report["overall"] == pytest.approx(theirs["total_avg_acc"], abs=1e-9)
+        assert (report["hard"], report["normal"], report["easy"]) == pytest.approx(
+            (theirs["hard_acc"], theirs["normal_acc"], theirs["easy_acc"]), abs=1e-9
+        )
+    elif name == "judgebench":
+        ab = reward.reshape(-1, 2)
+        recs = [{"source": p.source, "label": p.label, "judgments": [{"decision": "A>B" if a > b else "B>A"}]}
+                for p, (a, b) in zip(rows, ab)]  # fmt: skip
+        assert 100 * report["overall"] == pytest.approx(their_judgebench_metric(recs, lambda x: True), abs=1e-9)
+    else:
+        cr = reward.reshape(-1, 2)
+        assert report["accuracy"] == pytest.approx(np.mean(cr[:, 0] > cr[:, 1]), abs=1e-9)
+    assert report["presets"]["G"] == report[head] and set(report["presets"]) == set(REWARD_PRESETS) | {"G"}
+    again, again_records = evaluate_yardstick(model, name, data, "helpfulness-only", progress=False, batch_rows=4)
+    assert report["presets"]["helpfulness-only"] == again[head]  # presets are still the constant weightings
+    assert all("weights" not in r for r in again_records) and "_gate_row_weights" not in report

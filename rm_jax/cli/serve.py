@@ -36,8 +36,9 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument(
         "--weights",
         default=d.weights,
-        help="default reward weights, matched by attribute name: a preset, a W.json (weights fit), or w1,...,wn "
-        "in the model's attribute order",
+        help="default reward weights, matched by attribute name: a preset, a W.json (weights fit), w1,...,wn "
+        "in the model's attribute order, or a GATE_DIR (weights fit --gate: per-row weights on /score, "
+        "returned in each result; /get_reward then needs the request's own weights)",
     )
     ap.add_argument(
         "--seq-len",

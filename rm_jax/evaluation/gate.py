@@ -183,9 +183,12 @@ def prompt_embeddings(
     batch_rows: int = 16,
     max_segments: int = 16,
     progress: bool = True,
+    scorer: Any = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Embeddings [N, H] of prompt conversations (messages before the response), each distinct token sequence
-    embedded once; a prompt longer than ``limit`` keeps its last ``limit`` tokens (counted as ``truncated``)."""
+    embedded once; a prompt longer than ``limit`` keeps its last ``limit`` tokens (counted as ``truncated``).
+    ``scorer``: a :class:`rm_jax.engine.scoring.Scorer` of ``model`` to reuse (its compiled shapes are kept:
+    the server embeds every request's prompts with one); default a new one."""
     from rm_jax.data.conversation import encode_prompts
     from rm_jax.engine.scoring import Scorer
 
@@ -197,7 +200,8 @@ def prompt_embeddings(
     distinct = [None] * len(index)
     for x, k in zip(ids, which):
         distinct[k] = x
-    emb = Scorer(model.cfg, model.params, model.mesh, model.pad_id).embed(
+    scorer = scorer if scorer is not None else Scorer(model.cfg, model.params, model.mesh, model.pad_id)
+    emb = scorer.embed(
         distinct, min(limit, max(64, -(-max(len(x) for x in distinct) // 64) * 64)), batch_rows, max_segments,
         progress, "prompts",
     )  # fmt: skip

@@ -185,15 +185,19 @@ def score_response(
     tokens: Sequence[int],
     errors: Mapping[int, str],
     probs: Optional[np.ndarray] = None,
+    row_weights: Optional[np.ndarray] = None,
 ) -> dict:
     """``{"results": [...]}`` in row order; a row the server did not score carries ``error`` and nulls.
-    Given ``probs`` [N, A, K]: each result also has ``"probs": {attribute: [P(level 0), ...]}``."""
+    Given ``probs`` [N, A, K]: each result also has ``"probs": {attribute: [P(level 0), ...]}``; given
+    ``row_weights`` [N, A] (a prompt gate's): ``"weights": {attribute: weight}``, the row's reward weights."""
     results = []
     for i, n in enumerate(tokens):
         if i in errors:
             results.append({"attributes": None, "reward": None, "tokens": int(n), "error": errors[i]})
             if probs is not None:
                 results[-1]["probs"] = None
+            if row_weights is not None:
+                results[-1]["weights"] = None
         else:
             results.append(
                 {
@@ -204,6 +208,8 @@ def score_response(
             )
             if probs is not None:
                 results[-1]["probs"] = {a: [float(x) for x in p] for a, p in zip(attributes, probs[i])}
+            if row_weights is not None:
+                results[-1]["weights"] = {a: float(x) for a, x in zip(attributes, row_weights[i])}
     return {"results": results}
 
 

@@ -45,6 +45,11 @@ def load_service(model_path: str, cfg: ServeConfig) -> RewardService:
     model = load_scoring_model(model_path, dtype=cfg.dtype, template=cfg.template)
     service = RewardService(model, cfg, model_path)
     log.info("seq_len %d; batch shapes %s", service.seq_len, ", ".join(b.name() for b in service.buckets))
+    if service.gate is not None:
+        log.info(
+            "weights: prompt gate %s (per-row weights on /score; /get_reward needs the request's own weights)",
+            cfg.weights,
+        )
     if service.zero_unnamed:  # a W.json naming a subset of the attributes: the rest weigh 0
         log.info("weights %s do not name %s: weight 0", cfg.weights, ", ".join(service.zero_unnamed))
     return service

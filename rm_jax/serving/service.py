@@ -16,7 +16,13 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from rm_jax.core.attributes import REWARD_PRESETS, resolve_reward_weights, unnamed_attributes, weights_source
+from rm_jax.core.attributes import (
+    REWARD_PRESETS,
+    is_gate_spec,
+    resolve_reward_weights,
+    unnamed_attributes,
+    weights_source,
+)
 from rm_jax.core.errors import InputError
 from rm_jax.engine.scoring import Scorer
 from rm_jax.runs.read import ScoringModel
@@ -25,6 +31,7 @@ from rm_jax.serving.buckets import ladder
 from rm_jax.serving.encoding import Encoded, Encoder
 from rm_jax.serving.prometheus import ServeMetrics, count_xla_compilations
 from rm_jax.serving.protocol import (
+    BadRequest,
     parse_json,
     parse_reward_request,
     parse_score_request,
@@ -42,6 +49,7 @@ class Prepared:
     encoded: Encoded
     weights: Optional[np.ndarray]  # None: the server's
     probs: bool = False  # /score asked for the level probabilities
+    row_weights: Optional[np.ndarray] = None  # [rows, A]: the server's prompt gate on each row's prompt
 
     @property
     def ids(self) -> list[np.ndarray]:
@@ -53,17 +61,33 @@ class RewardService:
         self.model, self.cfg, self.model_path = model, cfg, os.path.abspath(model_path)
         # outputs: the attributes (plus a separate reward_head column); level probabilities: the attributes'
         n, m = model.cfg.num_labels, model.cfg.num_outputs
-        try:
-            self.weights = resolve_reward_weights(cfg.weights, model.attributes)  # by attribute name
-            self.zero_unnamed = unnamed_attributes(cfg.weights, model.attributes)
-        except ValueError as e:
-            raise InputError(f"--weights: {e}") from None
+        self.gate: Any = None  # a prompt gate (weights fit --gate): per-row weights on /score
+        self.weights: Optional[np.ndarray] = None
+        self.zero_unnamed: list[str] = []
+        if is_gate_spec(cfg.weights):
+            from rm_jax.evaluation.gate import open_gate
+
+            self.gate = open_gate(cfg.weights, model.attributes)
+            if self.gate.hidden_size != model.cfg.hidden_size:
+                raise InputError(
+                    f"--weights {cfg.weights}: the gate reads {self.gate.hidden_size}-wide prompt embeddings; this "
+                    f"model's are {model.cfg.hidden_size} wide (a gate works only with the RM it was fitted on)"
+                )
+        else:
+            try:
+                self.weights = resolve_reward_weights(cfg.weights, model.attributes)  # by attribute name
+                self.zero_unnamed = unnamed_attributes(cfg.weights, model.attributes)
+            except ValueError as e:
+                raise InputError(f"--weights: {e}") from None
         self.seq_len = cfg.resolve_seq_len(model.cfg.max_position_embeddings)
         self.buckets = ladder(self.seq_len, cfg.max_batch_tokens, cfg.min_batch_tokens, cfg.max_segments)
         self.encoder = Encoder(model.tokenizer, model.template, self.seq_len)
         self.metrics = ServeMetrics()
         count_xla_compilations(self.metrics.compilations.inc)
         scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id)  # the rm-jax score forward pass
+        # The gate's prompt embeddings run on the encode thread, outside the batcher, through their own Scorer
+        # (same parameters) so its compiled shapes (prompt lengths in steps of 64) are kept between requests.
+        self._gate_scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id) if self.gate else None
         self.has_levels = scorer.has_levels
         self.batcher = Batcher(
             (lambda batch, b: _with_levels(*scorer.score_batch(batch, b.max_segments, True)))
@@ -115,9 +139,22 @@ class RewardService:
         if endpoint == "score":
             req = parse_score_request(obj, names, limit, self.has_levels)
             enc = self.encoder.conversations(req.conversations, req.fields)
-            return Prepared(endpoint, enc, req.weights, req.probs)
+            row_w = None
+            if req.weights is None and self.gate is not None:  # the request's own weights win over the gate
+                row_w = self.gate_weights([c[:-1] for c in req.conversations])
+            return Prepared(endpoint, enc, req.weights, req.probs, row_w)
         rreq = parse_reward_request(obj, names, limit)
+        if rreq.weights is None and self.gate is not None:
+            raise BadRequest(GET_REWARD_GATE, field="weights")
         return Prepared(endpoint, self.encoder.texts(rreq.texts), rreq.weights)
+
+    def gate_weights(self, prompts: list) -> np.ndarray:
+        """[rows, A]: the gate's weights for each prompt conversation (the messages before the response),
+        a prompt longer than the served limit read from its last ``seq_len`` tokens, as ``rm-jax score``."""
+        from rm_jax.evaluation.gate import prompt_embeddings
+
+        emb, _ = prompt_embeddings(self.model, prompts, self.seq_len, 16, 16, progress=False, scorer=self._gate_scorer)
+        return self.gate.weights(emb, self.model.attributes)
 
     def submit(self, prepared: Prepared, done: Callable[[Optional[BaseException]], None]) -> Job:
         return self.batcher.submit(prepared.ids, done)
@@ -130,13 +167,17 @@ class RewardService:
         if prepared.probs:
             probs = np.zeros((len(enc.ids), n, self.model.cfg.label_levels), np.float32)
             probs[enc.to_score] = job.out[:, m:].reshape(len(enc.to_score), n, -1)
-        w = self.weights if prepared.weights is None else prepared.weights
-        reward = pred.astype(np.float64) @ w  # as rm_jax.engine.scoring.score_rows computes it
+        if prepared.row_weights is not None:  # as rm_jax.engine.scoring.score_rows computes it
+            reward = (pred.astype(np.float64) * prepared.row_weights).sum(-1)
+        else:
+            reward = pred.astype(np.float64) @ (self.weights if prepared.weights is None else prepared.weights)
         self.metrics.rows.labels(prepared.endpoint, "scored").inc(len(enc.to_score))
         if enc.errors:
             self.metrics.rows.labels(prepared.endpoint, "over_length").inc(len(enc.errors))
         if prepared.endpoint == "score":
-            return score_response(self.model.attributes, pred, reward, enc.tokens, enc.errors, probs)
+            return score_response(
+                self.model.attributes, pred, reward, enc.tokens, enc.errors, probs, prepared.row_weights
+            )
         return reward_response(reward, enc.errors)
 
     # ------------------------------------------------------------ /health, /info
@@ -164,13 +205,7 @@ class RewardService:
                 "probs": self.has_levels,
                 "reward_head": mc.reward_head,
             },
-            "weights": {
-                "spec": self.cfg.weights,
-                "source": weights_source(self.cfg.weights),
-                "values": [float(x) for x in self.weights],  # in the order of "attributes"
-                "by_attribute": {a: float(x) for a, x in zip(self.model.attributes, self.weights)},
-                **({"zero_unnamed": self.zero_unnamed} if self.zero_unnamed else {}),
-            },
+            "weights": self._weights_info(),
             "weight_presets": sorted(REWARD_PRESETS),
             "seq_len": self.seq_len,
             "max_position_embeddings": mc.max_position_embeddings,
@@ -187,6 +222,31 @@ class RewardService:
             "auth": "bearer" if self.cfg.api_key is not None else "none",  # never the key itself
             "state": self.state,
         }
+
+    def _weights_info(self) -> dict[str, Any]:
+        if self.gate is not None:
+            from rm_jax.evaluation.weights import weights_record
+
+            return {
+                **weights_record(self.cfg.weights, self.model.attributes),
+                "by_attribute": None,
+                "endpoints": {"score": "per-row weights, returned in each result", "get_reward": GET_REWARD_GATE},
+            }
+        assert self.weights is not None
+        return {
+            "spec": self.cfg.weights,
+            "source": weights_source(self.cfg.weights),
+            "values": [float(x) for x in self.weights],  # in the order of "attributes"
+            "by_attribute": {a: float(x) for a, x in zip(self.model.attributes, self.weights)},
+            **({"zero_unnamed": self.zero_unnamed} if self.zero_unnamed else {}),
+        }
+
+
+GET_REWARD_GATE = (
+    "get_reward: the server's --weights is a prompt gate (weights per prompt), and an OpenRLHF query is one "
+    'templated text from which the prompt cannot be separated; send "weights" (a preset or numbers) with the '
+    "request, or use /score with {prompt, response} rows"
+)
 
 
 def _with_levels(attrs: np.ndarray, probs: np.ndarray) -> np.ndarray:

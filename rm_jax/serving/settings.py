@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, get_args
 
-from rm_jax.core.attributes import check_weight_spec
+from rm_jax.core.attributes import check_weight_spec, is_gate_spec
 from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 from rm_jax.serving.auth import check_exposure
@@ -15,7 +15,9 @@ from rm_jax.serving.auth import check_exposure
 class ServeConfig:
     host: str = "127.0.0.1"  # loopback unless told otherwise; elsewhere only with a key or allow_unauthenticated
     port: int = 8000
-    weights: str = "70b-rewardbench"  # default reward weights, matched by attribute name (a request may bring its own)
+    # default reward weights, matched by attribute name (a request may bring its own); a GATE_DIR: per-row
+    # weights from the gate on each /score row's prompt (/get_reward then needs the request's own weights)
+    weights: str = "70b-rewardbench"
     seq_len: Optional[int] = None  # longest conversation served; None: min(max_position_embeddings, 4096)
     max_batch_tokens: int = 16384  # token slots of the largest compiled batch
     min_batch_tokens: int = 64  # token slots of the smallest one (the ladder halves down to it)
@@ -56,10 +58,15 @@ class ServeConfig:
             raise InputError(f"--drain-timeout: must be >= 0, got {self.drain_timeout_s}")
         if self.dtype not in get_args(Dtype):
             raise InputError(f"--dtype: {self.dtype!r}; choose {' or '.join(get_args(Dtype))}")
-        try:  # a typo fails before the model loads; matched to the model's attribute names once it has
-            check_weight_spec(self.weights)
-        except ValueError as e:
-            raise InputError(f"--weights: {e}") from None
+        if is_gate_spec(self.weights):  # a prompt gate: its folder read now, its attributes once the model loads
+            from rm_jax.evaluation.gate import open_gate
+
+            open_gate(self.weights)
+        else:
+            try:  # a typo fails before the model loads; matched to the model's attribute names once it has
+                check_weight_spec(self.weights)
+            except ValueError as e:
+                raise InputError(f"--weights: {e}") from None
         check_exposure(self.host, self.api_key, self.allow_unauthenticated)
         return self
 

@@ -1,5 +1,6 @@
 """The serving side of fitted weights: ``--weights W.json`` becomes the server's default and ``/info``
-names it; a request can not make the server read a file."""
+names it; a request can not make the server read a file; ``--weights GATE_DIR`` weighs each /score row by the
+gate on its prompt and /get_reward refuses it."""
 
 import json
 
@@ -130,3 +131,111 @@ def test_score_probs_on_a_regression_model_is_a_400_naming_probs(tmp_path):
         svc._prepare("score", json.dumps({"rows": ROWS, "probs": True}).encode())
     assert e.value.status == 400 and e.value.body()["field"] == "probs"
     assert "regression head" in str(e.value)
+
+
+def _random_gate(path, hidden_size: int, emb=None, seed: int = 0) -> str:
+    """A gate folder with a random one-layer MLP (no fitting), its features standardised over ``emb`` as a
+    fit does: prompts get clearly different weights."""
+    from rm_jax.evaluation.gate import GateConfig
+    from rm_jax.evaluation.gate_fit import save_gate
+
+    rng, h, a = np.random.default_rng(seed), 8, len(ATTRIBUTES)
+    mean, std = (np.zeros(hidden_size), np.ones(hidden_size)) if emb is None else (emb.mean(0), emb.std(0) + 1e-3)
+    t = {"feature_mean": mean, "feature_std": std,
+         "hidden0.kernel": rng.normal(0, 1 / np.sqrt(hidden_size), (hidden_size, h)), "hidden0.bias": np.zeros(h),
+         "out.kernel": rng.normal(0, 1, (h, a)), "out.bias": np.zeros(a), "log_scale": np.array(0.0),
+         "orientation": np.array([1.0, 1, 1, 1, -1]), "attribute_scale": np.full(a, 0.5)}  # fmt: skip
+    save_gate(str(path), {"attributes": list(ATTRIBUTES), "gate": {**GateConfig(hidden=h, layers=1).__dict__,
+              "temperature": 1.0}}, t)  # fmt: skip
+    return str(path)
+
+
+GATE_ROWS = [
+    {"prompt": "What is 2+2?", "response": "4"},
+    {"prompt": "Name a colour.", "response": "Blue, like the sky on a clear day."},
+    {"prompt": "What is 2+2?", "response": "Four, I think."},
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                  {"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "No."}]},
+]  # fmt: skip
+
+
+def test_serve_with_a_prompt_gate_weighs_each_score_row_by_its_prompt(tmp_path):
+    """--weights GATE_DIR: /score rows carry the gate's weights for their prompt (checked against the gate in
+    numpy on transformers' hidden state at the prompt's last token) and reward = weights . attributes (as
+    rm-jax score); a request's own weights win; /get_reward refuses the gate (400 naming the endpoint)
+    unless the request brings weights; /info says the weighting is a gate."""
+    import threading
+    import time
+
+    import torch
+
+    from rm_jax.data.conversation import encode_prompts, row_to_messages
+    from rm_jax.engine.scoring import score_rows
+    from rm_jax.evaluation.gate import GateConfig, gate_weights, load_gate
+    from rm_jax.runs.read import load_scoring_model
+    from rm_jax.serving.service import RewardService
+    from rm_jax.serving.settings import ServeConfig
+    from tests.helpers import make_hf_rm_with_tokenizer
+
+    hf, _ = make_hf_rm_with_tokenizer("llama", str(tmp_path / "rm"), seed=3)
+    model = load_scoring_model(str(tmp_path / "rm"))
+    ids = encode_prompts(model.tokenizer, [row_to_messages(r)[:-1] for r in GATE_ROWS], model.template)
+    with torch.no_grad():  # the reference embedding: HF's last hidden state at the prompt's last token
+        emb = np.stack(
+            [hf(torch.tensor(x[None]).long(), output_hidden_states=True).hidden_states[-1][0, -1].numpy() for x in ids]
+        )
+    gate_dir = _random_gate(tmp_path / "G", model.cfg.hidden_size, emb)
+    cfg = ServeConfig(weights=gate_dir, seq_len=128, max_batch_tokens=256, min_batch_tokens=128).check()
+    svc = RewardService(model, cfg, str(tmp_path / "rm"))
+    info = svc.info()["weights"]
+    assert info["kind"] == "gate" and info["label"] == "G" and info["values"] is None
+    assert "get_reward" in info["endpoints"]
+    with pytest.raises(BadRequest) as e:
+        svc._prepare("get_reward", json.dumps({"query": ["some text"]}).encode())
+    assert e.value.status == 400 and e.value.body()["field"] == "weights" and "get_reward" in str(e.value)
+    assert svc._prepare("get_reward", json.dumps({"query": ["x"], "weights": "helpfulness-only"}).encode())
+
+    def score(body):
+        prepared = svc._prepare("score", json.dumps(body).encode())
+        done = threading.Event()
+        job = svc.submit(prepared, lambda exc: done.set())
+        assert done.wait(300), "the batcher did not score the request"
+        return svc.answer(prepared, job)["results"]
+
+    svc.start()
+    try:
+        deadline = time.monotonic() + 300
+        while svc.state != "ready":
+            assert time.monotonic() < deadline, f"the service did not become ready ({svc.state})"
+            time.sleep(0.05)
+        results = score({"rows": GATE_ROWS})
+        own = score({"rows": GATE_ROWS, "weights": "helpfulness-only"})
+    finally:
+        svc.close()
+    gate = load_gate(gate_dir)
+    want_w = gate_weights(gate.tensors, emb, GateConfig(**gate.meta["gate"]))
+    assert np.abs(want_w[0] - want_w[1]).max() > 0.1 * np.abs(want_w).max()  # prompts weigh differently
+    got_w = np.array([[r["weights"][a] for a in ATTRIBUTES] for r in results])
+    np.testing.assert_allclose(got_w, want_w, rtol=2e-3, atol=1e-6)
+    pred, reward = score_rows(model, GATE_ROWS, progress=False, row_weights=got_w)
+    np.testing.assert_allclose([r["reward"] for r in results], reward, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([[r["attributes"][a] for a in ATTRIBUTES] for r in results], pred, atol=1e-5)
+    assert all("weights" not in r for r in own)
+    np.testing.assert_allclose([r["reward"] for r in own], pred[:, 0], atol=1e-5)
+
+
+def test_serve_gate_folder_is_checked_before_and_against_the_model(tmp_path):
+    from rm_jax.runs.read import load_scoring_model
+    from rm_jax.serving.service import RewardService
+    from rm_jax.serving.settings import ServeConfig
+    from tests.helpers import make_hf_rm_with_tokenizer
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "gate.json").write_text("{}")
+    with pytest.raises(InputError, match="--weights .*broken: not a readable gate folder"):
+        ServeConfig(weights=str(tmp_path / "broken")).check()
+    make_hf_rm_with_tokenizer("llama", str(tmp_path / "rm"))
+    model = load_scoring_model(str(tmp_path / "rm"))
+    wrong = _random_gate(tmp_path / "wide", model.cfg.hidden_size + 4)
+    with pytest.raises(InputError, match="wide prompt embeddings; this model's are"):
+        RewardService(model, ServeConfig(weights=wrong, seq_len=128), str(tmp_path))

@@ -512,6 +512,9 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
             )
     from rm_jax.core.attributes import eval_weightings, resolve_reward_weights
 
+    for spec in cfg.eval.reward_weights:
+        refuse_gate(spec, f"{where}: eval.reward_weights")
+    refuse_gate(cfg.loss.reward_weights, f"{where}: loss.reward_weights")
     # Weights are matched to model.attributes by name; presets are scored for HelpSteer2's five attributes only.
     for spec in eval_weightings(cfg.eval.reward_weights, cfg.model.attributes):
         try:
@@ -523,6 +526,19 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
             resolve_reward_weights(cfg.loss.reward_weights, cfg.model.attributes)
     except ValueError as e:
         raise ConfigError(f"{where}: loss.reward_weights: {e}") from None
+
+
+def refuse_gate(spec: object, where: str) -> None:
+    """A prompt gate (``weights fit --gate``) is fitted on one trained RM; the runs a config or a sweep names
+    train their own, so a gate cannot weigh their training or evaluation: a ConfigError, never a constant."""
+    from rm_jax.core.attributes import is_gate_spec
+
+    if is_gate_spec(spec):
+        raise ConfigError(
+            f"{where}: {str(spec).strip()!r} is a prompt gate (weights fit --gate), fitted on one trained RM; a run "
+            "trains its own RM, so the gate cannot weigh it: after training, fit one on the run (rm-jax weights "
+            "fit --model RUN --gate) and evaluate with rm-jax eval --model RUN --weights GATE_DIR"
+        )
 
 
 def dump_yaml(cfg: RunConfig, path: str) -> None:

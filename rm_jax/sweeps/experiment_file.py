@@ -44,7 +44,16 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, Sequence
 
 from rm_jax.core.attributes import resolve_reward_weights
-from rm_jax.core.config import ConfigError, RunConfig, _yaml_floats, build_config, load_yaml, parse_override, to_dict
+from rm_jax.core.config import (
+    ConfigError,
+    RunConfig,
+    _yaml_floats,
+    build_config,
+    load_yaml,
+    parse_override,
+    refuse_gate,
+    to_dict,
+)
 from rm_jax.runs.layout import RESERVED_IN_SWEEP
 
 EXPERIMENT_KEYS = ("name", "description", "sweep_dir", "base_config", "base", "sweep", "zip", "members")
@@ -604,6 +613,7 @@ def expand(exp: Experiment) -> Plan:
         specs = exp.base.get("eval", {}).get("reward_weights", RunConfig().eval.reward_weights)
         evals = [(reward_weights_label(s), s) for s in (specs if isinstance(specs, list) else [specs])]
     for label, spec in evals:
+        refuse_gate(spec, f"{where}: eval.reward_weights {label!r}")  # a gate weighs only the RM it was fitted on
         try:
             resolve_reward_weights(spec, attributes)  # matched by attribute name
         except ValueError as e:

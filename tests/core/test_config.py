@@ -171,3 +171,13 @@ def test_pair_weight_needs_helpsteer_rows_of_a_reward_model(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(TINY, ["loss.pair_weight=1", *overrides])
     load_config(TINY, ["loss.pair_weight=1", "loss.pair_target=separate"])  # the supported shape loads
+
+
+@pytest.mark.parametrize("key", ["eval.reward_weights", "loss.reward_weights"])
+def test_a_prompt_gate_in_a_run_config_is_refused_never_read_as_a_constant(tmp_path, key):
+    """A gate is fitted on one trained RM; a run trains its own, so a config naming one stops with one line."""
+    (tmp_path / "G").mkdir()
+    (tmp_path / "G" / "gate.json").write_text("{}")
+    value = f"[{tmp_path / 'G'}]" if key == "eval.reward_weights" else str(tmp_path / "G")
+    with pytest.raises(ConfigError, match=f"{re.escape(key)}: .*G' is a prompt gate .*--weights GATE_DIR"):
+        load_config(TINY, [f"{key}={value}"])

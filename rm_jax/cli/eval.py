@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         "--weights",
         default=None,
         help=f"reward weights, matched to the model's attributes by name: a preset ({', '.join(REWARD_PRESETS)}), "
-        f"a W.json from 'rm-jax weights fit', or w1,...,wn in the model's attribute order (default {DEFAULT_WEIGHTS})",
+        f"a W.json from 'rm-jax weights fit', w1,...,wn in the model's attribute order, or a GATE_DIR from "
+        f"'rm-jax weights fit --gate' (each row weighed by the gate on its prompt) (default {DEFAULT_WEIGHTS})",
     )
     ap.add_argument(
         "--output",

@@ -23,6 +23,19 @@ from rm_jax.engine.train_step import batch_shardings, make_score_fn, put_batch
 from rm_jax.models.llama import DecoderConfig
 from rm_jax.models.sharding import make_mesh, replicated
 
+# Token slots per forward pass on a CPU (rows x seq_len, at least one row). XLA:CPU scores a batch fastest
+# while its activations stay in the caches: on a 2-core EPYC, 16 rows of 1,344 tokens ran at under half the
+# tokens/s of one row, 3 rows at 0.84x (docs/performance.md, "Scoring on a CPU"). Accelerators take the rows
+# asked for.
+CPU_TOKENS_PER_PASS = 2048
+
+
+def rows_per_pass(rows: int, seq_len: int, backend: Optional[str] = None) -> int:
+    """Rows per forward pass: ``rows``, capped on a CPU to :data:`CPU_TOKENS_PER_PASS` token slots."""
+    if (backend or jax.default_backend()) == "cpu":
+        return max(1, min(rows, CPU_TOKENS_PER_PASS // seq_len))
+    return rows
+
 
 class Scorer:
     """Holds one compiled score function per (rows, seq_len, max_segments) shape."""
@@ -79,7 +92,7 @@ class Scorer:
         if longest > seq_len:
             raise ValueError(f"a conversation has {longest} tokens, more than seq_len={seq_len}")
         dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        rows = _round_up(max(rows, 1), dp)
+        rows = _round_up(rows_per_pass(max(rows, 1), seq_len), dp)
         ms = max_segments if packing else 1
         bins = plan_packed([len(x) for x in ids], seq_len, ms) if packing else [[i] for i in range(n)]
         # Even batches: 17 rows at rows=16 run as 2 x 9, not 16 + 1 with 15 empty rows.

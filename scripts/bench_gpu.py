@@ -1612,6 +1612,12 @@ def parent(a: argparse.Namespace, argv: list) -> int:
             f.write(text + "\n")
     print(table(res), file=sys.stderr, flush=True)
     ok = any("step_s" in r for k, r in res["sections"].items() if k.startswith(("rm_jax:", "rm_jax_lora:", "full_ft:")))
+    ok = ok or any(
+        "real_tokens_per_s" in run
+        for k, r in res["sections"].items()
+        if k.startswith("score:")
+        for run in r.get("runs", {}).values()
+    )
     return 0 if ok else 1
 
 

@@ -395,8 +395,7 @@ def bench_eval_rewardbench2(a: Any, log: Callable) -> dict:
     mine = []
     with open(scores_path, encoding="utf-8") as f:
         for line in f:
-            row = json.loads(line)
-            mine += [[c[k] for k in ATTRIBUTES] for c in row["attributes"]] if "attributes" in row else []
+            mine.append([json.loads(line)["attributes"][k] for k in ATTRIBUTES])  # one line per completion, in order
     med = {k: statistics.median(v) for k, v in walls.items()}
     best = min((k for k in med if k.startswith("torch")), key=med.get)
     res = {

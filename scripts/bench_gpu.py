@@ -38,8 +38,18 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
                 largest-first against the device's bytes_limit (``--card-memory``; --smoke: a pretend 24 MiB
                 card), then a real run of the rung that fits (``--ft-steps`` 3): peak memory, tokens/s, plan/peak
 
-Named groups for ``--sections``: ``memory`` (rm_jax:auto,rm_jax_lora:auto), ``full_ft`` (all four options) and
-``big_rm`` (rm_jax:auto,torch_packed,rm_jax_lora:auto,torch_peft: the plan, packed-baseline and LoRA floors);
+  score:SHAPE / torch_score:SHAPE   (not in the default plan) scoring, SHAPE 1b or 8b (Llama-3.2-1B, 3.1-8B):
+                ``rm-jax score``'s path (Scorer.predict, packed rows of --seq-len, --score-rows a pass, attention
+                auto; bf16, and float32 on 1B) against transformers under no_grad: bf16 sdpa and flash_attention_2
+                over length-sorted batches (--torch-score-batch), bf16 padding-free packing (flash_attention_2
+                with restarting position ids, DataCollatorWithFlattening's feed; only where flash_attn is
+                installed), float32 sdpa (1B); the same HelpSteer2-shaped conversations, real tokens/s, median of
+                --score-passes passes after a warm-up. Floor score_SHAPE_vs_best_torch >= 2 (bf16 against the
+                best bf16 transformers run). ``--sections score``
+
+Named groups for ``--sections``: ``memory`` (rm_jax:auto,rm_jax_lora:auto), ``full_ft`` (all four options),
+``big_rm`` (rm_jax:auto,torch_packed,rm_jax_lora:auto,torch_peft: the plan, packed-baseline and LoRA floors) and
+``score`` (score:1b,torch_score:1b,score:8b,torch_score:8b);
 each is about one 10-minute call: ``bash scripts/bench_gpu.sh --sections full_ft --budget-s 580``.
 
 Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
@@ -369,6 +379,10 @@ _NOT_ARCH = {
     "lora_targets",
     "lora_lm_head",
     "lora_dropout",
+    "lora_rslora",
+    "attribute_head",  # the head's kind, levels and separate reward output come from model.head / loss
+    "label_levels",
+    "reward_head",
 }
 
 
@@ -1054,6 +1068,184 @@ def section_score_parity(a: argparse.Namespace) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- scoring: rm-jax score's path vs transformers
+
+SCORE_SHAPES = {"1b": arch, "8b": arch_8b}
+
+
+def score_conversations(a: argparse.Namespace, shape: str, vocab: int) -> list[np.ndarray]:
+    """HelpSteer2-shaped conversations to score (truncated to --seq-len): the same ids for both sides."""
+    n = 16 if a.smoke else {"1b": 1024, "8b": 256}[shape]
+    return conversations(np.random.default_rng(a.seed + 7), n, a.seq_len, vocab)
+
+
+def _timed_passes(run: Callable[[], Any], sync: Callable[[], None], passes: int) -> tuple[float, list[float]]:
+    """(warm-up seconds, timed pass seconds): the first call compiles; every pass ends synchronised."""
+    t = time.perf_counter()
+    run()
+    sync()
+    warm = time.perf_counter() - t
+    times = []
+    for _ in range(passes):
+        t = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - t)
+    return warm, times
+
+
+def section_score(a: argparse.Namespace, shape: str) -> dict:
+    """``rm-jax score``'s forward path (``Scorer.predict``: packed rows of --seq-len, 16 rows a pass, attention
+    auto) on the Llama-3.2-1B or 3.1-8B shape, bf16 and (1B) float32 compute, real tokens/s."""
+    import dataclasses
+
+    import jax
+
+    from rm_jax.engine.scoring import Scorer
+    from rm_jax.models import init_params
+    from rm_jax.models.llama import DecoderConfig
+    from rm_jax.models.sharding import make_mesh
+
+    spec = SCORE_SHAPES[shape](a.smoke)
+    convs = score_conversations(a, shape, spec["vocab_size"])
+    real = sum(len(c) for c in convs)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    base = DecoderConfig(model_type="llama", num_labels=5, dtype="bfloat16", attention="auto", **spec)
+    params = init_params(base, mesh, a.seed)
+    out: dict = {"shape": shape, "conversations": len(convs), "real_tokens": real, "seq_len": a.seq_len, "runs": {}}
+    dtypes = ["bfloat16", "float32"] if shape == "1b" or a.smoke else ["bfloat16"]
+    for dtype in dtypes:
+        cfg = dataclasses.replace(base, dtype=dtype)
+        scorer = Scorer(cfg, params, mesh)
+        warm, times = _timed_passes(
+            lambda: scorer.predict(convs, a.seq_len, a.score_rows, a.max_segments, progress=False),
+            lambda: None,  # predict returns host numpy: already synchronised
+            a.score_passes,
+        )
+        med = statistics.median(times)
+        out["runs"][f"rm_jax_{dtype}"] = {
+            "kernel": cfg.attention_kernel(),
+            "warmup_s": round(warm, 2),
+            "pass_s": med,
+            "pass_s_all": [round(x, 4) for x in times],
+            "real_tokens_per_s": real / med,
+        }
+        log(f"score:{shape} rm_jax {dtype} ({cfg.attention_kernel()}): {real / med:,.0f} real tok/s")
+    return out
+
+
+def section_torch_score(a: argparse.Namespace, shape: str) -> dict:
+    """transformers ``*ForSequenceClassification`` on the same conversations under ``torch.no_grad``: bf16 with
+    sdpa and (if installed) flash_attention_2, length-sorted batches of --torch-score-batch (minimal padding);
+    bf16 padding-free packing (position ids restarting per conversation, attention_mask=None, as
+    DataCollatorWithFlattening feeds it: flash_attention_2 only); float32 sdpa sorted on the 1B shape."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rm_jax.data.packing import plan_packed
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = SCORE_SHAPES[shape](a.smoke)
+    convs = score_conversations(a, shape, spec["vocab_size"])
+    real = sum(len(c) for c in convs)
+    cfg = LlamaConfig(num_labels=5, pad_token_id=0, **spec)
+    torch.manual_seed(a.seed)
+    with torch.device(dev):
+        model = LlamaForSequenceClassification(cfg).to(torch.bfloat16).eval()
+    order = sorted(range(len(convs)), key=lambda j: len(convs[j]))
+
+    def sorted_batches() -> list:
+        out = []
+        for i in range(0, len(order), a.torch_score_batch):
+            chunk = [convs[j] for j in order[i : i + a.torch_score_batch]]
+            width = max(len(c) for c in chunk)
+            x = np.zeros((len(chunk), width), np.int64)
+            m = np.zeros_like(x)
+            for r, c in enumerate(chunk):
+                x[r, : len(c)], m[r, : len(c)] = c, 1
+            out.append((torch.from_numpy(x).to(dev), torch.from_numpy(m).to(dev)))
+        return out
+
+    def packed_rows() -> list:
+        """rm_jax's packing plan, laid out flat: one row per plan row, ids, restarting positions, last tokens."""
+        out = []
+        for row in plan_packed([len(c) for c in convs], a.seq_len, a.max_segments):
+            ids = np.concatenate([convs[j] for j in row])
+            pos = np.concatenate([np.arange(len(convs[j])) for j in row])
+            ends = np.cumsum([len(convs[j]) for j in row]) - 1
+            t = lambda v: torch.from_numpy(np.asarray(v, np.int64)).to(dev)  # noqa: E731
+            out.append((t(ids[None]), t(pos[None]), t(ends)))
+        return out
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    out: dict = {"shape": shape, "conversations": len(convs), "real_tokens": real, "device": str(dev), "runs": {}}
+    batches = sorted_batches()
+    out["sorted_fill"] = real / sum(x.numel() for x, _ in batches)
+    try:
+        import flash_attn  # noqa: F401
+
+        impls = ["sdpa", "flash_attention_2"]
+    except ImportError:
+        impls = ["sdpa"]
+        out["flash_attention_2"] = "flash_attn is not installed: no flash_attention_2 and no padding-free run"
+    runs = [(f"torch_bf16_{i}_sorted", i, torch.bfloat16, "sorted") for i in impls]
+    if "flash_attention_2" in impls:
+        runs.append(("torch_bf16_flash_attention_2_packed", "flash_attention_2", torch.bfloat16, "packed"))
+    if shape == "1b" or a.smoke:
+        runs.append(("torch_float32_sdpa_sorted", "sdpa", torch.float32, "sorted"))
+    rows = packed_rows() if any(r[3] == "packed" for r in runs) else []
+    for name, impl, dtype, feed in runs:
+        try:
+            model.to(dtype)
+            _set_attn(model, impl)
+
+            def run() -> None:
+                with torch.no_grad():
+                    if feed == "sorted":
+                        for x, m in batches:
+                            model(input_ids=x, attention_mask=m).logits.float().cpu()
+                    else:
+                        for ids, pos, ends in rows:
+                            h = model.model(input_ids=ids, position_ids=pos).last_hidden_state
+                            model.score(h[0, ends]).float().cpu()
+
+            warm, times = _timed_passes(run, sync, a.score_passes)
+        except Exception as e:  # an attention implementation this build cannot run: recorded, the rest go on
+            out["runs"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            log(f"torch_score:{shape} {name}: FAILED {type(e).__name__}")
+            continue
+        med = statistics.median(times)
+        out["runs"][name] = {
+            "attn_implementation": impl,
+            "feed": feed,
+            "warmup_s": round(warm, 2),
+            "pass_s": med,
+            "pass_s_all": [round(x, 4) for x in times],
+            "real_tokens_per_s": real / med,
+        }
+        log(f"torch_score:{shape} {name}: {real / med:,.0f} real tok/s")
+    return out
+
+
+def score_floors(s: dict) -> dict:
+    """rm_jax's bf16 real tokens/s against the best bf16 transformers run, per scoring shape (floor 2x)."""
+    out = {}
+    for shape in SCORE_SHAPES:
+        mine = s.get(f"score:{shape}", {}).get("runs", {}).get("rm_jax_bfloat16", {}).get("real_tokens_per_s")
+        theirs = {
+            k: v["real_tokens_per_s"]
+            for k, v in s.get(f"torch_score:{shape}", {}).get("runs", {}).items()
+            if k.startswith("torch_bf16") and "real_tokens_per_s" in v
+        }
+        best = max(theirs, key=theirs.get) if theirs else None
+        value = mine / theirs[best] if mine and best else None
+        out[f"score_{shape}_vs_best_torch"] = {**_floor(value, FLOORS["score_vs_best_torch"]), "best": best}
+    return out
+
+
 class _EosFree:
     """The sampler's view of a tokenizer (end of turn, padding) for a random-id benchmark: an EOS id no token
     has, so every row runs the full --gen-new tokens, as transformers does with eos_token_id=None."""
@@ -1180,10 +1372,17 @@ PLAN_GROUPS = {
     # peak, auto >= 1.3x the packed PyTorch baseline, 8B LoRA >= 1.5x transformers + peft.
     "big_rm": ["rm_jax:auto", "torch_packed", "rm_jax_lora:auto", "torch_peft"],
     "full_ft": [f"full_ft:{k}" for k in FT_OPTIONS],  # the largest full fine-tune per memory option
+    # rm-jax score's path against transformers' best scoring loop, 1B and 8B shapes: floor score_vs_best_torch
+    "score": ["score:1b", "torch_score:1b", "score:8b", "torch_score:8b"],
 }
+SCORE_LIMIT_S = 150
 
 
 def run_section(name: str, a: argparse.Namespace) -> dict:
+    if name.startswith("score:"):
+        return section_score(a, name.split(":", 1)[1])
+    if name.startswith("torch_score:"):
+        return section_torch_score(a, name.split(":", 1)[1])
     if name.startswith("rm_jax:"):
         return section_rm_jax(a, name.split(":", 1)[1])
     if name.startswith("rm_jax_lora:"):
@@ -1203,6 +1402,7 @@ FLOORS = {
     "score_max_abs_diff": 1e-4,
     "lora_vs_torch_peft": 1.5,
     "plan_within_15pct": 0.15,  # |plan / measured peak - 1|, rm_jax:auto and the LoRA section
+    "score_vs_best_torch": 2.0,  # rm-jax score's path, bf16, real tokens/s over the best transformers loop
 }
 
 
@@ -1252,6 +1452,7 @@ def derive(res: dict) -> None:
             {k: s[k].get("plan_vs_peak") for k in ("rm_jax:auto", lora_key) if k in s},
             FLOORS["plan_within_15pct"],
         ),
+        **score_floors(s),
         "xla_fits": {"value": "step_s" in xla, "met": "step_s" in xla} if xla else {"value": None, "met": None},
         "score_max_abs_diff": (
             {
@@ -1276,7 +1477,7 @@ def table(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["sections"].items():
-        if name in ("peak", "score_parity", "generate") or name.startswith("full_ft:"):
+        if name in ("peak", "score_parity", "generate") or name.startswith(("full_ft:", "score:", "torch_score:")):
             continue
         if "step_s" not in r and "seconds" not in r:
             why = r.get("skipped") or r.get("error", "?")
@@ -1394,6 +1595,8 @@ def parent(a: argparse.Namespace, argv: list) -> int:
     for name in plan:
         if name.startswith("full_ft:"):
             limit = FULL_FT_LIMIT_S
+        elif name.startswith(("score:", "torch_score:")):
+            limit = SCORE_LIMIT_S
         else:
             limit = RM_JAX_LIMIT_S if name.startswith(("rm_jax:", "rm_jax_lora:")) else SECTIONS[name][1]
         left = deadline - time.perf_counter()
@@ -1413,6 +1616,12 @@ def parent(a: argparse.Namespace, argv: list) -> int:
             f.write(text + "\n")
     print(table(res), file=sys.stderr, flush=True)
     ok = any("step_s" in r for k, r in res["sections"].items() if k.startswith(("rm_jax:", "rm_jax_lora:", "full_ft:")))
+    ok = ok or any(
+        "real_tokens_per_s" in run
+        for k, r in res["sections"].items()
+        if k.startswith("score:")
+        for run in r.get("runs", {}).values()
+    )
     return 0 if ok else 1
 
 
@@ -1478,6 +1687,9 @@ def main(argv: Optional[list] = None) -> int:
         "--gen-prompt", type=int, default=None, help="generate section: prompt tokens (default 256, smoke 16)"
     )
     ap.add_argument("--gen-new", type=int, default=None, help="generate section: new tokens (default 128, smoke 8)")
+    ap.add_argument("--score-rows", type=int, default=16, help="score sections: rm_jax packed rows per pass")
+    ap.add_argument("--torch-score-batch", type=int, default=16, help="torch_score: conversations per sorted batch")
+    ap.add_argument("--score-passes", type=int, default=3, help="score sections: timed passes after the warm-up")
     ap.add_argument("--budget-s", type=float, default=560, help="whole-run budget; sections past it are skipped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)  # internal: run one section here

@@ -343,6 +343,10 @@ def run(args: argparse.Namespace) -> dict:
         "model": model,
         "seq_len": info["seq_len"],
         "buckets": [f"{b['rows']}x{b['seq_len']}" for b in info["buckets"]],
+        # The largest batch: on a CPU one row of seq_len by default (rm-jax serve --max-batch-tokens; compare
+        # with --server-args "--max-batch-tokens 16384", the old default, to see what it buys)
+        "max_batch_tokens": info.get("max_batch_tokens"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "clients": args.clients,
         "rounds": args.rounds,
         "max_wait_ms": info["max_wait_ms"],

@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "plan CONFIG [key=value ...] [--devices N] [--device-memory 80GiB]   memory per device"),
 }
 
+# Commands whose compiled programs go to the persistent compilation cache (rm_jax.core.compile_cache).
+CACHED_COMMANDS = ("score", "eval", "serve", "weights")
+
 
 def usage() -> str:
     lines = ["rm-jax COMMAND ...", ""] + [f"  {u}" for _, u in COMMANDS.values()]
@@ -56,6 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from rm_jax.core.errors import RmJaxError
 
     setup_logging()  # the library's one-line messages on stderr (rm_jax.core.console)
+    if cmd in CACHED_COMMANDS:
+        from rm_jax.core import compile_cache
+
+        compile_cache.enable()  # a second run of the same command loads its programs (docs/performance.md)
     try:
         module = importlib.import_module(f"rm_jax.cli.{COMMANDS[cmd][0]}")
         return int(module.main(rest) or 0)

@@ -46,7 +46,13 @@ def main(argv: Sequence[str]) -> int:
         default=None,
         help="longest conversation served (default: the model's context, at most 4096)",
     )
-    ap.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens, help="token slots of the largest batch")
+    ap.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=d.max_batch_tokens,
+        help="token slots of the largest batch (default 16384 on a GPU / TPU; on a CPU one row of --seq-len, "
+        "at least 2048: bigger CPU batches score fewer tokens/s)",
+    )
     ap.add_argument(
         "--min-batch-tokens", type=int, default=d.min_batch_tokens, help="token slots of the smallest batch"
     )

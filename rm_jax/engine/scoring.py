@@ -36,6 +36,19 @@ from rm_jax.models.sharding import activate, make_mesh, replicated
 # share_prompts=auto lays prompts out once only where that saves at least this share of the tokens.
 AUTO_MIN_SAVED = 0.1
 
+# Token slots per forward pass on a CPU (rows x seq_len, at least one row). XLA:CPU scores a batch fastest
+# while its activations stay in the caches: on a 2-core EPYC, 16 rows of 1,344 tokens ran at under half the
+# tokens/s of one row, 3 rows at 0.84x (docs/performance.md, "Scoring on a CPU"). Accelerators take the rows
+# asked for.
+CPU_TOKENS_PER_PASS = 2048
+
+
+def rows_per_pass(rows: int, seq_len: int, backend: Optional[str] = None) -> int:
+    """Rows per forward pass: ``rows``, capped on a CPU to :data:`CPU_TOKENS_PER_PASS` token slots."""
+    if (backend or jax.default_backend()) == "cpu":
+        return max(1, min(rows, CPU_TOKENS_PER_PASS // seq_len))
+    return rows
+
 
 class Scorer:
     """Holds one compiled score function per (max_segments, layout) and batch shape."""
@@ -116,7 +129,7 @@ class Scorer:
         if longest > seq_len:
             raise ValueError(f"a conversation has {longest} tokens, more than seq_len={seq_len}")
         dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        rows = _round_up(max(rows, 1), dp)
+        rows = _round_up(rows_per_pass(max(rows, 1), seq_len), dp)
         shared = packing and self.shares(share, groups)
         ms = max_segments if packing else 1
         lengths = [len(x) for x in ids]

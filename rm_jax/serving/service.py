@@ -80,7 +80,8 @@ class RewardService:
             except ValueError as e:
                 raise InputError(f"--weights: {e}") from None
         self.seq_len = cfg.resolve_seq_len(model.cfg.max_position_embeddings)
-        self.buckets = ladder(self.seq_len, cfg.max_batch_tokens, cfg.min_batch_tokens, cfg.max_segments)
+        self.max_batch_tokens = cfg.resolve_max_batch_tokens(self.seq_len)
+        self.buckets = ladder(self.seq_len, self.max_batch_tokens, cfg.min_batch_tokens, cfg.max_segments)
         self.encoder = Encoder(model.tokenizer, model.template, self.seq_len)
         self.metrics = ServeMetrics()
         count_xla_compilations(self.metrics.compilations.inc)
@@ -215,7 +216,7 @@ class RewardService:
             "devices": [str(d) for d in self.model.mesh.devices.flat],
             "template": self.model.template or "the tokenizer's chat template",
             "buckets": [{"rows": b.rows, "seq_len": b.seq_len, "max_segments": b.max_segments} for b in self.buckets],
-            "max_batch_tokens": self.cfg.max_batch_tokens,
+            "max_batch_tokens": self.max_batch_tokens,
             "max_wait_ms": self.cfg.max_wait_ms,
             "max_queue": self.cfg.max_queue,
             "max_body_bytes": self.cfg.max_body_bytes,

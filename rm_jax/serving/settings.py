@@ -10,6 +10,8 @@ from rm_jax.core.config import Dtype
 from rm_jax.core.errors import InputError
 from rm_jax.serving.auth import check_exposure
 
+ACCELERATOR_MAX_BATCH_TOKENS = 16384  # --max-batch-tokens' default on a GPU / TPU
+
 
 @dataclass
 class ServeConfig:
@@ -19,7 +21,9 @@ class ServeConfig:
     # weights from the gate on each /score row's prompt (/get_reward then needs the request's own weights)
     weights: str = "70b-rewardbench"
     seq_len: Optional[int] = None  # longest conversation served; None: min(max_position_embeddings, 4096)
-    max_batch_tokens: int = 16384  # token slots of the largest compiled batch
+    # Token slots of the largest compiled batch; None: 16384 on an accelerator, on a CPU one row of seq_len and
+    # at least rm_jax.engine.scoring.CPU_TOKENS_PER_PASS (bigger CPU batches score fewer tokens/s).
+    max_batch_tokens: Optional[int] = None
     min_batch_tokens: int = 64  # token slots of the smallest one (the ladder halves down to it)
     max_segments: int = 32  # conversations packed into one row, at most
     max_wait_ms: float = 5.0  # longest a row waits for company before its batch runs
@@ -42,8 +46,9 @@ class ServeConfig:
 
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port: {self.port} is not a TCP port")
+        if self.max_batch_tokens is not None:
+            positive("--max-batch-tokens", self.max_batch_tokens)
         for flag, value in (
-            ("--max-batch-tokens", self.max_batch_tokens),
             ("--max-queue", self.max_queue),
             ("--max-body-bytes", self.max_body_bytes),
             ("--max-segments", self.max_segments),
@@ -74,9 +79,22 @@ class ServeConfig:
         """The served limit: ``--seq-len`` or the model's context capped at 4096 (larger contexts compile
         huge batches; raise it explicitly). The largest batch must hold one row of that length."""
         seq_len = self.seq_len or min(max_position_embeddings, 4096)
-        if seq_len > self.max_batch_tokens:
+        if self.max_batch_tokens is not None and seq_len > self.max_batch_tokens:
             raise InputError(
                 f"--max-batch-tokens {self.max_batch_tokens} is less than --seq-len {seq_len}: "
                 f"a conversation of the longest allowed length would not fit in any batch"
             )
         return seq_len
+
+    def resolve_max_batch_tokens(self, seq_len: int, backend: Optional[str] = None) -> int:
+        """``--max-batch-tokens``, or its default for ``backend`` (default: jax's): 16384 on an accelerator; on a
+        CPU one row of ``seq_len``, at least ``CPU_TOKENS_PER_PASS`` slots (docs/performance.md)."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        import jax
+
+        from rm_jax.engine.scoring import CPU_TOKENS_PER_PASS
+
+        if (backend or jax.default_backend()) == "cpu":
+            return max(seq_len, CPU_TOKENS_PER_PASS)
+        return ACCELERATOR_MAX_BATCH_TOKENS

@@ -278,7 +278,7 @@ def scratch_config(cfg: RunConfig, vocab_size: int) -> DecoderConfig:
     arch.setdefault("num_key_value_heads", arch.get("num_attention_heads", 32))
     fields = {f.name for f in dataclasses.fields(DecoderConfig)}
     for k in arch:
-        if k not in fields or k in run_opts(cfg) or k in ("num_labels", "head"):
+        if k not in fields or k in run_opts(cfg) or k in ("num_labels", "head") or k in head_opts(cfg):
             raise ConfigError(f"unknown config key 'model.arch.{k}'")
     head = {"head": model_head(cfg)} if model_head(cfg) != "reward" else {}
     try:

@@ -304,3 +304,44 @@ def test_score_share_prompts_flag(rm_dir, tmp_path):
         got[flag] = np.array([list(json.loads(line)["attributes"].values()) for line in open(out)])
     np.testing.assert_allclose(got["--share-prompts"], got["--no-share-prompts"], atol=1e-5, rtol=0)
     assert np.abs(got["--no-share-prompts"]).max() > 1e-3
+
+
+def test_cpu_passes_hold_at_most_the_token_budget_and_score_the_same(monkeypatch):
+    """On a CPU a pass holds <= CPU_TOKENS_PER_PASS token slots whatever --batch-rows asks (16 rows of 1,344
+    tokens ran at half the tokens/s of one row); the scores are those of the uncapped batches."""
+    import jax
+
+    from rm_jax.engine import scoring
+    from rm_jax.models import init_params
+    from rm_jax.models.llama import DecoderConfig
+    from rm_jax.models.sharding import make_mesh
+    from tests.helpers import random_conversations
+
+    assert scoring.rows_per_pass(16, 1344, "cpu") == 1
+    assert scoring.rows_per_pass(16, 512, "cpu") == scoring.CPU_TOKENS_PER_PASS // 512
+    assert scoring.rows_per_pass(2, 512, "cpu") == 2
+    assert scoring.rows_per_pass(16, 8192, "cpu") == 1  # one row longer than the budget still runs
+    assert scoring.rows_per_pass(16, 1344, "gpu") == 16  # accelerators take the rows asked for
+    cfg = DecoderConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, num_labels=3,
+    )  # fmt: skip
+    mesh = make_mesh(devices=jax.devices()[:1])
+    params = init_params(cfg, mesh, 0)
+    convs = random_conversations(12, 100, 500, seed=3)
+    rows_seen = []
+    real_build = scoring.build_batch
+
+    def build(*args, **kw):
+        rows_seen.append(kw["rows"])
+        return real_build(*args, **kw)
+
+    monkeypatch.setattr(scoring, "build_batch", build)
+    monkeypatch.setattr(scoring, "CPU_TOKENS_PER_PASS", 1024)
+    capped = scoring.Scorer(cfg, params, mesh).predict(convs, 512, rows=16, max_segments=2, progress=False)
+    assert rows_seen and max(rows_seen) * 512 <= 1024
+    rows_seen.clear()
+    monkeypatch.setattr(scoring, "rows_per_pass", lambda rows, seq_len, backend=None: rows)
+    full = scoring.Scorer(cfg, params, mesh).predict(convs, 512, rows=16, max_segments=2, progress=False)
+    assert max(rows_seen) > 2  # the uncapped run really had bigger passes
+    np.testing.assert_allclose(capped, full, atol=1e-5)

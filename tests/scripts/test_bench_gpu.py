@@ -127,3 +127,26 @@ def test_big_rm_group_runs_the_sections_each_floor_needs():
         assert floor in bg.FLOORS and need <= group, floor
     for name in group:  # every member dispatches to a section
         assert name in bg.SECTIONS or name.startswith(("rm_jax:", "rm_jax_lora:")), name
+
+
+def test_score_floor_divides_rm_jax_bf16_by_the_best_bf16_transformers_run():
+    s = {
+        "score:1b": {
+            "runs": {"rm_jax_bfloat16": {"real_tokens_per_s": 300.0}, "rm_jax_float32": {"real_tokens_per_s": 90.0}}
+        },
+        "torch_score:1b": {
+            "runs": {
+                "torch_bf16_sdpa_sorted": {"real_tokens_per_s": 100.0},
+                "torch_bf16_flash_attention_2_packed": {"real_tokens_per_s": 150.0},
+                "torch_float32_sdpa_sorted": {"real_tokens_per_s": 10.0},  # not a bf16 baseline
+                "torch_bf16_flash_attention_2_sorted": {"error": "ImportError"},
+            }
+        },
+        "score:8b": {"runs": {"rm_jax_bfloat16": {"real_tokens_per_s": 10.0}}},
+    }
+    got = bg.score_floors(s)
+    assert got["score_1b_vs_best_torch"] == {
+        "value": 2.0, "floor": 2.0, "met": True, "best": "torch_bf16_flash_attention_2_packed"
+    }  # fmt: skip
+    assert got["score_8b_vs_best_torch"]["met"] is None  # no transformers run: unmeasured, never met
+    assert set(bg.PLAN_GROUPS["score"]) == {"score:1b", "torch_score:1b", "score:8b", "torch_score:8b"}

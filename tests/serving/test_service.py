@@ -239,3 +239,21 @@ def test_serve_gate_folder_is_checked_before_and_against_the_model(tmp_path):
     wrong = _random_gate(tmp_path / "wide", model.cfg.hidden_size + 4)
     with pytest.raises(InputError, match="wide prompt embeddings; this model's are"):
         RewardService(model, ServeConfig(weights=wrong, seq_len=128), str(tmp_path))
+
+
+def test_largest_batch_defaults_to_one_cpu_row_and_16k_slots_on_an_accelerator():
+    from rm_jax.engine.scoring import CPU_TOKENS_PER_PASS
+    from rm_jax.serving.buckets import ladder
+    from rm_jax.serving.settings import ACCELERATOR_MAX_BATCH_TOKENS, ServeConfig
+
+    cfg = ServeConfig().check()
+    assert cfg.resolve_max_batch_tokens(4096, "cpu") == 4096  # one row of the longest conversation
+    assert cfg.resolve_max_batch_tokens(512, "cpu") == CPU_TOKENS_PER_PASS
+    assert cfg.resolve_max_batch_tokens(4096, "gpu") == ACCELERATOR_MAX_BATCH_TOKENS
+    assert ServeConfig(max_batch_tokens=8192).resolve_max_batch_tokens(4096, "cpu") == 8192  # asked for: kept
+    assert max(b.tokens for b in ladder(4096, cfg.resolve_max_batch_tokens(4096, "cpu"))) == 4096
+    assert cfg.resolve_seq_len(8192) == 4096  # no explicit limit: nothing to clash with
+    with pytest.raises(InputError, match="--max-batch-tokens 1024 is less than --seq-len 4096"):
+        ServeConfig(max_batch_tokens=1024).resolve_seq_len(8192)
+    with pytest.raises(InputError, match="--max-batch-tokens"):
+        ServeConfig(max_batch_tokens=0).check()

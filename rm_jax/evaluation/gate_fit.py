@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from rm_jax.core.attributes import ATTRIBUTES, REWARD_PRESETS
-from rm_jax.core.errors import InputError, ModelLoadError
+from rm_jax.core.errors import InputError
 from rm_jax.core.files import write_json
 from rm_jax.evaluation.gate import (
     EMBEDDING,
@@ -33,8 +33,8 @@ from rm_jax.evaluation.weight_fit import (
     cross_validate,
     fit_bt,
     fold_ids,
-    load_source_pairs,
     pair_weights,
+    predict_source_pairs,
     write_fit_predictions,
 )
 
@@ -262,22 +262,11 @@ def fit_gate(
     """Predict the pairs' attributes and embed their prompts once, cross-validate the gate against the
     constant fit and the presets, fit it on every pair; write ``output``/gate.json, gate.safetensors and the
     pairs' predictions (``fit_predictions.jsonl``, as ``weights fit`` writes them). Returns gate.json."""
-    from rm_jax.evaluation.evaluate import predict_conversations, sequence_limit
-    from rm_jax.runs.read import load_scoring_model
-
     cfg.check()
-    convs, pairs, prompt_ids = load_source_pairs(kind, source, split)
-    if not pairs:
-        raise InputError(f"--{kind} {source}: no preference pairs (ties and missing labels are left out)")
-    try:
-        model = load_scoring_model(model_path, dtype=dtype)
-    except FileNotFoundError as e:
-        raise ModelLoadError(f"--model {model_path}: {e}") from None
-    attributes = list(model.attributes)
-    limit = sequence_limit(model, seq_len)
-    pred, counts = predict_conversations(model, convs, limit, True, batch_rows, max_segments, progress, "pairs")
-    c, r = np.asarray(pairs).T
-    d = pred[c].astype(np.float64) - pred[r].astype(np.float64)
+    sp = predict_source_pairs(model_path, kind, source, split, seq_len, batch_rows, max_segments, dtype, progress)
+    model, limit, convs, pairs, prompt_ids = sp.model, sp.limit, sp.convs, sp.pairs, sp.prompt_ids
+    attributes, pred, counts, d = sp.attributes, sp.pred, sp.counts, sp.differences
+    c = np.asarray(pairs)[:, 0]
     # One embedding per pair's prompt (the chosen response's; a pair's two responses share it).
     emb, emb_counts = prompt_embeddings(
         model, [prompt_of(convs[i]) for i in c], limit, batch_rows, max_segments, progress

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -314,6 +315,60 @@ def load_source_pairs(
 # ----------------------------------------------------------------------------- predictions file
 
 
+@dataclass
+class SourcePairs:
+    """A preference source's pairs with the model's attribute predictions of both sides, predicted once."""
+
+    model: Any
+    limit: int
+    convs: list[dict]
+    pairs: list[tuple[int, int]]
+    prompt_ids: list[str]
+    pred: np.ndarray
+    counts: dict
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.model.attributes)
+
+    @property
+    def differences(self) -> np.ndarray:
+        """a(chosen) - a(rejected) per pair [pairs, A], float64."""
+        c, r = np.asarray(self.pairs).T
+        return self.pred[c].astype(np.float64) - self.pred[r].astype(np.float64)
+
+
+def predict_source_pairs(
+    model_path: str,
+    kind: str,
+    source: str,
+    split: Optional[str],
+    seq_len: Optional[int] = None,
+    batch_rows: int = 16,
+    max_segments: int = 16,
+    dtype: str = "float32",
+    progress: bool = True,
+    share_prompts: Any = "auto",
+) -> SourcePairs:
+    """Load ``kind``'s pairs from ``source`` (none is an error) and ``model_path``, and predict every
+    conversation once: what ``weights fit`` and ``weights fit --gate`` both start from."""
+    from rm_jax.evaluation.evaluate import predict_conversations, sequence_limit
+    from rm_jax.runs.read import load_scoring_model
+
+    convs, pairs, prompt_ids = load_source_pairs(kind, source, split)
+    if not pairs:
+        raise InputError(f"--{kind} {source}: no preference pairs (ties and missing labels are left out)")
+    try:
+        model = load_scoring_model(model_path, dtype=dtype)
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"--model {model_path}: {e}") from None
+    limit = sequence_limit(model, seq_len)
+    pred, counts = predict_conversations(
+        model, convs, limit, True, batch_rows, max_segments, progress, "pairs", share_prompts
+    )
+    return SourcePairs(model, limit, convs, pairs, prompt_ids, pred, counts)
+
+
 def write_fit_predictions(
     path: str,
     attributes: Sequence[str],
@@ -398,28 +453,16 @@ def fit_weights(
         attributes, d, prompt_ids = read_fit_predictions(from_predictions)
         provenance = {"from_predictions": os.path.abspath(from_predictions)}
     else:
-        from rm_jax.evaluation.evaluate import predict_conversations, sequence_limit
-        from rm_jax.runs.read import load_scoring_model
-
         if not model_path or not kind or not source:
             raise InputError(
                 "weights fit: give --model and one of --pairs / --rewardbench2 / --helpsteer / --helpsteer3"
             )
-        convs, pairs, prompt_ids = load_source_pairs(kind, source, split)
-        if not pairs:
-            raise InputError(f"--{kind} {source}: no preference pairs (ties and missing labels are left out)")
-        try:
-            model = load_scoring_model(model_path, dtype=dtype)
-        except FileNotFoundError as e:
-            raise ModelLoadError(f"--model {model_path}: {e}") from None
-        attributes = list(model.attributes)
-        limit = sequence_limit(model, seq_len)
-        pred, counts = predict_conversations(
-            model, convs, limit, True, batch_rows, max_segments, progress, "pairs", share_prompts
+        sp = predict_source_pairs(
+            model_path, kind, source, split, seq_len, batch_rows, max_segments, dtype, progress, share_prompts
         )
+        attributes, pred, pairs, prompt_ids, counts = sp.attributes, sp.pred, sp.pairs, sp.prompt_ids, sp.counts
         write_fit_predictions(pred_path, attributes, pred, pairs, prompt_ids)
-        c, r = np.asarray(pairs).T
-        d = pred[c].astype(np.float64) - pred[r].astype(np.float64)
+        d = sp.differences
         provenance = {
             "model": os.path.abspath(model_path),
             "source": {"kind": kind, "path": source, "split": split},

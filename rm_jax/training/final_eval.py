@@ -129,20 +129,17 @@ def score_rewardbench(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     predictions go to predictions/rewardbench.jsonl, so every reward weighting is scored from them
     without another forward pass; returns the metrics under eval.reward_weights[0] and adds them
     to eval.json (when the run wrote one)."""
-    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
+    model = _kept_model(cfg, run_dir, mesh)
     rows = load_pairs(
         resolve_pairs_source(cfg.eval.rewardbench), cfg.eval.rewardbench_split, on_bad_row=cfg.data.on_bad_row
     ).rows
-    weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+    weights = _reported_weights(cfg)
     report, chosen, rejected = evaluate_rewardbench(
         model,
         rows,
         weights,
-        seq_len=cfg.data.seq_len,
-        batch_rows=cfg.train.eval_rows,
-        max_segments=cfg.data.max_segments,
+        **_scoring_opts(cfg),
         overlength=cfg.data.overlength,
-        progress=cfg.logging.progress,
     )
     if jax.process_index() == 0:
         write_jsonl(
@@ -157,17 +154,14 @@ def score_rewardbench2(cfg: RunConfig, run_dir: str, mesh: Any = None) -> dict:
     """RewardBench 2 sets scored by the run's kept checkpoint: per-completion attributes go to
     predictions/rewardbench2.jsonl (any weighting is scored from them later), and the scores under
     eval.reward_weights[0] (every preset under ``presets``) to eval.json's ``rewardbench2``."""
-    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
+    model = _kept_model(cfg, run_dir, mesh)
     sets = load_rewardbench2(cfg.eval.rewardbench2, cfg.eval.rewardbench2_split)
-    weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+    weights = _reported_weights(cfg)
     report, pred = evaluate_rewardbench2(
         model,
         sets,
         weights,
-        seq_len=cfg.data.seq_len,
-        batch_rows=cfg.train.eval_rows,
-        max_segments=cfg.data.max_segments,
-        progress=cfg.logging.progress,
+        **_scoring_opts(cfg),
     )
     if jax.process_index() == 0:
         attributes = list(model.attributes)
@@ -198,20 +192,37 @@ def score_yardstick(cfg: RunConfig, run_dir: str, name: str, mesh: Any = None) -
 
     source, split = getattr(cfg.eval, name), getattr(cfg.eval, f"{name}_split", None)
     data = load_yardstick(name, source, split)
-    model = load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
-    weights = cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+    model = _kept_model(cfg, run_dir, mesh)
+    weights = _reported_weights(cfg)
     report, records = evaluate_yardstick(
         model,
         name,
         data,
         weights,
-        seq_len=cfg.data.seq_len,
-        batch_rows=cfg.train.eval_rows,
-        max_segments=cfg.data.max_segments,
-        progress=cfg.logging.progress,
+        **_scoring_opts(cfg),
     )
     report["counts"].update(source=str(source), split=split)
     if jax.process_index() == 0:
         write_jsonl(layout.predictions_path(run_dir, name), records)
         _add_to_eval_json(run_dir, name, report)
     return report
+
+
+def _kept_model(cfg: RunConfig, run_dir: str, mesh: Any) -> Any:
+    """The run's kept checkpoint as a scoring model, on ``mesh`` (default: the run's evaluation mesh)."""
+    return load_scoring_model(run_dir, mesh=mesh or build_mesh(cfg, train_state=False), dtype=cfg.model.dtype)
+
+
+def _reported_weights(cfg: RunConfig) -> Any:
+    """The weighting eval.json reports first (every preset's numbers go beside it)."""
+    return cfg.eval.reward_weights[0] if cfg.eval.reward_weights else None
+
+
+def _scoring_opts(cfg: RunConfig) -> dict:
+    """How the end-of-run yardsticks score: the training sequence length and packing, eval_rows per pass."""
+    return dict(
+        seq_len=cfg.data.seq_len,
+        batch_rows=cfg.train.eval_rows,
+        max_segments=cfg.data.max_segments,
+        progress=cfg.logging.progress,
+    )

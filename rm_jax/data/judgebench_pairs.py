@@ -14,9 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from rm_jax.core.errors import DataError
 from rm_jax.data.pipeline import ASSETS, BUNDLED
-from rm_jax.data.sources import _BadRow, _mapping, _records, _show, _string
+from rm_jax.data.sources import _BadRow, _mapping, _show, _string, load_unique
 
 LABELS = ("A>B", "B>A")
 # run_judge.py's source prefixes, in its order, and the names its paper gives the categories.
@@ -53,20 +52,7 @@ def bundled_judgebench_path() -> str:
 def load_judgebench(source: str, split: Optional[str] = None) -> list[JudgeBenchPair]:
     """Every pair of ``source`` (a file, folder, hub id or ``bundled``); hub split default ``gpt``."""
     source = bundled_judgebench_path() if str(source) == BUNDLED else str(source)
-    seen: dict[str, str] = {}
-    pairs: list[JudgeBenchPair] = []
-    for file, rownum, record in _records(source, split or "gpt"):
-        try:
-            p = _pair(record)
-            if p.pair_id in seen:
-                raise _BadRow("pair_id", f"duplicate pair_id {p.pair_id!r} (first seen at {seen[p.pair_id]})")
-        except _BadRow as e:
-            raise DataError(file, rownum, e.field, e.reason) from None
-        seen[p.pair_id] = f"{file} row {rownum}"
-        pairs.append(p)
-    if not pairs:
-        raise DataError(source, None, None, "no JudgeBench pairs")
-    return pairs
+    return load_unique(source, split or "gpt", _pair, lambda p: p.pair_id, "pair_id", "JudgeBench pairs")
 
 
 def _pair(record: Any) -> JudgeBenchPair:

@@ -27,11 +27,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rm_jax.core.errors import DataError, InputError
+from rm_jax.core.errors import InputError
 from rm_jax.data.pipeline import ASSETS, BUNDLED
 
 # The record readers and field checks are shared with the other loaders on purpose: one error format.
-from rm_jax.data.sources import _BadRow, _mapping, _records, _show, _string
+from rm_jax.data.sources import _BadRow, _mapping, _show, _string, load_unique
 
 HUB_ID = "allenai/reward-bench-2"
 HUB_SPLIT = "test"
@@ -66,20 +66,7 @@ def resolve_rewardbench2_source(source: str) -> str:
 def load_rewardbench2(source: str, split: Optional[str] = None) -> list[RB2Set]:
     """Every set of ``source`` (a file, folder, hub id or ``bundled``), validated; hub split default ``test``."""
     source = resolve_rewardbench2_source(str(source))
-    seen: dict[str, str] = {}
-    sets: list[RB2Set] = []
-    for file, rownum, record in _records(source, split or HUB_SPLIT):
-        try:
-            s = _set_row(record)
-            if s.id in seen:
-                raise _BadRow("id", f"duplicate id {s.id!r} (first seen at {seen[s.id]})")
-        except _BadRow as e:
-            raise DataError(file, rownum, e.field, e.reason) from None
-        seen[s.id] = f"{file} row {rownum}"
-        sets.append(s)
-    if not sets:
-        raise DataError(source, None, None, "no RewardBench 2 sets")
-    return sets
+    return load_unique(source, split or HUB_SPLIT, _set_row, lambda s: s.id, "id", "RewardBench 2 sets")
 
 
 def _set_row(record: Any) -> RB2Set:

@@ -19,9 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from rm_jax.core.errors import DataError
 from rm_jax.data.pipeline import ASSETS, BUNDLED
-from rm_jax.data.sources import _BadRow, _mapping, _records, _show, _string
+from rm_jax.data.sources import _BadRow, _mapping, _show, _string, load_unique
 
 DOMAINS = ("chat", "math", "code", "safety")  # RM-Bench's split_dataset_by_domain order
 STYLES = ("concise", "detailed_plain", "detailed_markdown")
@@ -55,20 +54,7 @@ def bundled_rm_bench_path() -> str:
 def load_rm_bench(source: str, split: Optional[str] = None) -> list[RMBenchRow]:
     """Every row of ``source`` (a file, folder, hub id or ``bundled``), validated."""
     source = bundled_rm_bench_path() if str(source) == BUNDLED else str(source)
-    seen: dict[str, str] = {}
-    rows: list[RMBenchRow] = []
-    for file, rownum, record in _records(source, split or "train"):
-        try:
-            row = _row(record)
-            if row.id in seen:
-                raise _BadRow("id", f"duplicate id {row.id!r} (first seen at {seen[row.id]})")
-        except _BadRow as e:
-            raise DataError(file, rownum, e.field, e.reason) from None
-        seen[row.id] = f"{file} row {rownum}"
-        rows.append(row)
-    if not rows:
-        raise DataError(source, None, None, "no RM-Bench rows")
-    return rows
+    return load_unique(source, split or "train", _row, lambda r: r.id, "id", "RM-Bench rows")
 
 
 def _row(record: Any) -> RMBenchRow:

@@ -287,6 +287,30 @@ def _show(value: Any) -> str:
 # Each yields (file name for messages, 1-based row number, record or _Unparsable).
 
 
+def load_unique(
+    source: str, split: str | None, convert: Callable[[Any], Any], key: Callable[[Any], Any], field: str, what: str
+) -> list:
+    """Every record of ``source`` through ``convert`` (which raises ``_BadRow``), ``key(row)`` unique: a bad or
+    repeated row is a :class:`DataError` naming file, row and field (a repeat also names where it was first
+    seen); no rows at all is one naming ``what``. The loop of the benchmark loaders (RewardBench 2 sets, RM-Bench
+    rows, JudgeBench pairs)."""
+    seen: dict[Any, str] = {}
+    rows: list = []
+    for file, rownum, record in _records(source, split):
+        try:
+            row = convert(record)
+            k = key(row)
+            if k in seen:
+                raise _BadRow(field, f"duplicate {field} {k!r} (first seen at {seen[k]})")
+        except _BadRow as e:
+            raise DataError(file, rownum, e.field, e.reason) from None
+        seen[k] = f"{file} row {rownum}"
+        rows.append(row)
+    if not rows:
+        raise DataError(source, None, None, f"no {what}")
+    return rows
+
+
 def _records(source: str, split: str | None) -> Iterator[tuple[str, int, Any]]:
     path = Path(source).expanduser()
     if path.is_file():

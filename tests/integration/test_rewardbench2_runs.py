@@ -66,3 +66,62 @@ def test_run_and_sweep_score_rewardbench2(data_files, tmp_path):
     n = len(trained)
     assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=counting, out=io.StringIO()) == 0
     assert len(trained) == n and (run_dir / "predictions" / "rewardbench2.jsonl").exists()
+
+
+def test_run_and_sweep_score_rm_bench_and_judgebench(data_files, tmp_path):
+    """eval.rm_bench / eval.judgebench score the kept checkpoint into eval.json and predictions/<name>.jsonl;
+    the sweep's rmb_ / jb_ columns are those predictions scored per weighting by the authors' rules
+    (re-implemented in tests/evaluation); a member whose predictions went missing is re-scored, not retrained."""
+    from tests.evaluation.test_judgebench import _theirs as their_judgebench_metric
+    from tests.evaluation.test_rm_bench import _their_compute_accuracy
+
+    base = tiny_base(data_files, steps=2, every=2)
+    base["eval"] = {"rm_bench": "bundled", "judgebench": "bundled"}
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump({"base": base, "sweep": {"eval.reward_weights": ["70b-rewardbench", "goodness"]}}))
+    sd = tmp_path / "s"
+    trained = []
+
+    def counting(cfg):
+        from rm_jax.training.run import train
+
+        trained.append(cfg.run_dir)
+        return train(cfg)
+
+    assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=counting, out=io.StringIO()) == 0
+    run_dir = sd / next(p.name for p in sd.iterdir() if (p / "DONE").exists())
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert set(ev["rm_bench"]["domains"]) == {"chat", "code", "math", "safety"} and ev["judgebench"]["pairs"] == 80
+
+    def reward(name, preset):
+        recs = [json.loads(line) for line in open(run_dir / "predictions" / f"{name}.jsonl")]
+        w = np.asarray(REWARD_PRESETS[preset])
+        return recs, [np.asarray([r["attributes"][a] for a in ATTRIBUTES]) @ w for r in recs]
+
+    with open(sd / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2
+    for row in table:
+        recs, r = reward("rm_bench", row["reward_weights"])
+        results = [
+            {
+                "domain": recs[6 * i]["domain"],
+                "score_chosen": r[6 * i : 6 * i + 3],
+                "score_rejected": r[6 * i + 3 : 6 * i + 6],
+            }
+            for i in range(len(recs) // 6)
+        ]
+        assert float(row["rmb_overall"]) == pytest.approx(_their_compute_accuracy(results)["total_avg_acc"], abs=1e-6)
+        recs, r = reward("judgebench", row["reward_weights"])
+        decided = [
+            {"source": recs[2 * i]["source"], "label": recs[2 * i]["label"],
+             "judgments": [{"decision": "A>B" if r[2 * i] > r[2 * i + 1] else "B>A"}]}
+            for i in range(len(recs) // 2)
+        ]  # fmt: skip
+        assert 100 * float(row["jb_overall"]) == pytest.approx(
+            their_judgebench_metric(decided, lambda x: True), abs=1e-6
+        )
+    (run_dir / "predictions" / "judgebench.jsonl").unlink()
+    n = len(trained)
+    assert sweep(str(exp), [f"sweep_dir={sd}"], trainer=counting, out=io.StringIO()) == 0
+    assert len(trained) == n and (run_dir / "predictions" / "judgebench.jsonl").exists()

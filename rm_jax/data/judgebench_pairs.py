@@ -9,13 +9,12 @@ The two splits are files named by the model that wrote the responses: ``gpt`` (g
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from rm_jax.data.pipeline import ASSETS, BUNDLED
-from rm_jax.data.sources import _BadRow, _mapping, _show, _string, load_unique
+from rm_jax.data.sources import _BadRow, _mapping, _row_id, _show, _string, load_unique
 
 LABELS = ("A>B", "B>A")
 # run_judge.py's source prefixes, in its order, and the names its paper gives the categories.
@@ -57,14 +56,12 @@ def load_judgebench(source: str, split: Optional[str] = None) -> list[JudgeBench
 
 def _pair(record: Any) -> JudgeBenchPair:
     rec = _mapping(record)
-    raw_id = rec.get("pair_id")
-    if raw_id is None or isinstance(raw_id, bool) or not isinstance(raw_id, (str, numbers.Integral)):
-        raise _BadRow("pair_id", f"expected a string or an integer, got {_show(raw_id)}")
+    row_id = _row_id(rec, "pair_id")
     label = _string(rec, "label", allow_empty=False)
     if label not in LABELS:
         raise _BadRow("label", f"expected 'A>B' or 'B>A', got {_show(label)}")
     return JudgeBenchPair(
-        str(raw_id),
+        row_id,
         _string(rec, "source", allow_empty=False),
         _string(rec, "question", allow_empty=False),
         _string(rec, "response_A", allow_empty=True),

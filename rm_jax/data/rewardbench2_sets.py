@@ -31,7 +31,7 @@ from rm_jax.core.errors import InputError
 from rm_jax.data.pipeline import ASSETS, BUNDLED
 
 # The record readers and field checks are shared with the other loaders on purpose: one error format.
-from rm_jax.data.sources import _BadRow, _mapping, _show, _string, load_unique
+from rm_jax.data.sources import _BadRow, _mapping, _row_id, _show, _string, load_unique
 
 HUB_ID = "allenai/reward-bench-2"
 HUB_SPLIT = "test"
@@ -71,10 +71,7 @@ def load_rewardbench2(source: str, split: Optional[str] = None) -> list[RB2Set]:
 
 def _set_row(record: Any) -> RB2Set:
     rec = _mapping(record)
-    raw_id = rec.get("id")
-    if raw_id is None or isinstance(raw_id, bool) or not isinstance(raw_id, (str, numbers.Integral)):
-        raise _BadRow("id", f"expected a string or an integer, got {_show(raw_id)}")
-    set_id = str(raw_id)
+    set_id = _row_id(rec, "id")
     prompt = _string(rec, "prompt", allow_empty=True)
     chosen = _texts(rec, "chosen")
     rejected = _texts(rec, "rejected")

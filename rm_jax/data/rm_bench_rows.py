@@ -14,13 +14,12 @@ readers (:mod:`rm_jax.data.sources`: json, jsonl, parquet, csv, a folder, a hub 
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from rm_jax.data.pipeline import ASSETS, BUNDLED
-from rm_jax.data.sources import _BadRow, _mapping, _show, _string, load_unique
+from rm_jax.data.sources import _BadRow, _mapping, _row_id, _show, _string, load_unique
 
 DOMAINS = ("chat", "math", "code", "safety")  # RM-Bench's split_dataset_by_domain order
 STYLES = ("concise", "detailed_plain", "detailed_markdown")
@@ -59,16 +58,14 @@ def load_rm_bench(source: str, split: Optional[str] = None) -> list[RMBenchRow]:
 
 def _row(record: Any) -> RMBenchRow:
     rec = _mapping(record)
-    raw_id = rec.get("id")
-    if raw_id is None or isinstance(raw_id, bool) or not isinstance(raw_id, (str, numbers.Integral)):
-        raise _BadRow("id", f"expected a string or an integer, got {_show(raw_id)}")
+    row_id = _row_id(rec, "id")
     domain = _string(rec, "domain", allow_empty=False)
     try:
         domain_bucket(domain)
     except ValueError as e:
         raise _BadRow("domain", str(e)) from None
     return RMBenchRow(
-        str(raw_id), domain, _string(rec, "prompt", allow_empty=True), _styles(rec, "chosen"), _styles(rec, "rejected")
+        row_id, domain, _string(rec, "prompt", allow_empty=True), _styles(rec, "chosen"), _styles(rec, "rejected")
     )
 
 

@@ -278,6 +278,14 @@ def _integer(rec: Mapping[str, Any], name: str, lo: int, hi: int, allow_missing:
     return number
 
 
+def _row_id(rec: Mapping[str, Any], name: str) -> str:
+    """A row's id field (a string or an integer; a bool is neither) as a string."""
+    raw = rec.get(name)
+    if raw is None or isinstance(raw, bool) or not isinstance(raw, (str, numbers.Integral)):
+        raise _BadRow(name, f"expected a string or an integer, got {_show(raw)}")
+    return str(raw)
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

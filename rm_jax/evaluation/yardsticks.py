@@ -216,6 +216,16 @@ def _response_weights(
     return np.broadcast_to(check_weights(weights, attributes), (n, len(attributes)))
 
 
+def _scored_records(
+    keys: Sequence[dict], pred: np.ndarray, attributes: Sequence[str], weights: WeightSpec, gate_w: Optional[np.ndarray]
+) -> list[dict]:
+    """One record per response: its identifying ``keys``, reward, attributes (and a gate's weights)."""
+    w = _response_weights(weights, attributes, len(pred), gate_w)
+    if len(keys) != len(pred):
+        raise ValueError(f"{len(keys)} responses but {len(pred)} predictions")
+    return [_record(pred[j], attributes, w[j], gate_w is not None, **k) for j, k in enumerate(keys)]
+
+
 def rm_bench_records(
     rows: Sequence[RMBenchRow],
     pred: np.ndarray,
@@ -223,16 +233,9 @@ def rm_bench_records(
     weights: WeightSpec,
     gate_w: Optional[np.ndarray] = None,
 ) -> list[dict]:
-    n, out = len(STYLES), []
-    w = _response_weights(weights, attributes, len(pred), gate_w)
-    for i, r in enumerate(rows):
-        for k in range(2 * n):
-            side, style = ("chosen", STYLES[k]) if k < n else ("rejected", STYLES[k - n])
-            j = i * 2 * n + k
-            out.append(
-                _record(pred[j], attributes, w[j], gate_w is not None, id=r.id, domain=r.domain, side=side, style=style)
-            )
-    return out
+    sides = [("chosen", s) for s in STYLES] + [("rejected", s) for s in STYLES]
+    keys = [dict(id=r.id, domain=r.domain, side=side, style=style) for r in rows for side, style in sides]
+    return _scored_records(keys, pred, attributes, weights, gate_w)
 
 
 def judgebench_records(
@@ -242,21 +245,8 @@ def judgebench_records(
     weights: WeightSpec,
     gate_w: Optional[np.ndarray] = None,
 ) -> list[dict]:
-    w, g = _response_weights(weights, attributes, len(pred), gate_w), gate_w is not None
-    return [
-        _record(
-            pred[2 * i + k],
-            attributes,
-            w[2 * i + k],
-            g,
-            pair_id=p.pair_id,
-            source=p.source,
-            response="AB"[k],
-            label=p.label,
-        )  # fmt: skip
-        for i, p in enumerate(pairs)
-        for k in range(2)
-    ]
+    keys = [dict(pair_id=p.pair_id, source=p.source, response=ab, label=p.label) for p in pairs for ab in "AB"]
+    return _scored_records(keys, pred, attributes, weights, gate_w)
 
 
 def helpsteer3_records(
@@ -266,23 +256,19 @@ def helpsteer3_records(
     weights: WeightSpec,
     gate_w: Optional[np.ndarray] = None,
 ) -> list[dict]:
-    w, g = _response_weights(weights, attributes, len(pred), gate_w), gate_w is not None
-    return [
-        _record(
-            pred[2 * i + k],
-            attributes,
-            w[2 * i + k],
-            g,
+    keys = [
+        dict(
             row=r["_row"],
             context_id=r["context_id"],
             domain=r["domain"],
             language=r["language"],
-            side=("chosen", "rejected")[k],
+            side=side,
             strength=r["strength"],
         )
-        for i, r in enumerate(rows)
-        for k in range(2)
+        for r in rows
+        for side in ("chosen", "rejected")
     ]
+    return _scored_records(keys, pred, attributes, weights, gate_w)
 
 
 # ----------------------------------------------------------------------------- one entry point per name

@@ -1251,6 +1251,15 @@ class _EosFree:
     has, so every row runs the full --gen-new tokens, as transformers does with eos_token_id=None."""
 
     eos_token_id, pad_token_id = -1, 0
+    # A chat template that writes nothing after a response: rm_jax.data.conversation.end_of_turn_ids then finds
+    # no end-of-turn token and the sampler stops only at eos_token_id, which no token has.
+    chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+    def apply_chat_template(self, messages: list, **_: Any) -> str:
+        return "".join(m["content"] for m in messages)
+
+    def __call__(self, text: str, **_: Any) -> dict:
+        return {"input_ids": []}
 
 
 def section_generate(a: argparse.Namespace) -> dict:

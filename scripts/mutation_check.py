@@ -446,6 +446,12 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/data/test_steer_groups.py::test_groups_carry_the_drawn_ids_and_training_encodes_them",
         ),
     ),
+    Mutation(
+        "shared_steps_planned_shared",
+        "shared_steps: same plans the epoch at unshared lengths: a shared run's steps hold the unshared run's examples",
+        (("rm_jax/data/pipeline.py", "            if self.fill:\n", "            if self.share:\n"),),
+        ("tests/data/test_pipeline.py::test_shared_steps_same_hold_the_unshared_examples_in_fewer_rows",),
+    ),
 )
 
 

@@ -31,6 +31,7 @@ PaddingSide = Literal["right", "left"]
 Overlength = Literal["truncate", "drop"]
 OnBadRow = Literal["error", "skip"]
 SharePrompts = Union[bool, Literal["auto"]]  # each prompt encoded once for its responses (docs/sharing.md)
+SharedSteps = Literal["same", "fill"]
 Schedule = Literal["constant", "cosine", "linear"]
 LossType = Literal["mse", "bt", "margin_bt", "scaled_bt"]
 Steerlm2Normalisation = Literal["group_mean_length", "batch_mean_length"]
@@ -117,9 +118,15 @@ class DataConfig:
     on_bad_row: OnBadRow = "error"  # skip: counted and reported
     shuffle: bool = True
     attributes_as_label: bool = False  # task sft on HelpSteer2 rows: each response's labels become its SteerLM label
+    # Attribute regression: a prompt's responses are sampled together (one unit), whatever the layout, so a
+    # shared and an unshared run see the same steps. false: each response on its own.
+    sample_by_prompt: bool = True
     # Reward-model tasks: a prompt's tokens once per packed row, its responses after it (exact; docs/sharing.md).
-    # auto: on where responses share a prompt. Off by default in training: it changes which examples share a step.
+    # auto: on where responses share a prompt.
     share_prompts: SharePrompts = False
+    # same: a step holds the examples the unshared layout gives it, in fewer rows (the same run, faster steps);
+    # fill: rows are filled at shared lengths (more examples per step, fewer steps per epoch).
+    shared_steps: SharedSteps = "same"
 
 
 @dataclass

@@ -18,11 +18,19 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from rm_jax.core.attributes import ATTRIBUTES
-from rm_jax.core.config import SharePrompts
+from rm_jax.core.config import SharedSteps, SharePrompts
 from rm_jax.core.errors import ConfigError
 from rm_jax.data.conversation import encode_with_prompt_lengths, row_to_messages
 from rm_jax.data.packing import build_batch, plan_packed, token_targets
-from rm_jax.data.prefix_sharing import build_shared_batch, resolve_share, row_units, shared_length
+from rm_jax.data.prefix_sharing import (
+    Unit,
+    build_shared_batch,
+    plan_units,
+    resolve_share,
+    row_units,
+    shared_length,
+    unit_tokens,
+)
 from rm_jax.data.sources import pair_ids
 
 BUNDLED = "bundled"
@@ -265,6 +273,8 @@ class Loader:
         seed: int = 0,
         shuffle: bool = True,
         share_prompts: SharePrompts = False,
+        sample_by_prompt: bool = False,
+        shared_steps: SharedSteps = "same",
     ):
         if not enc.units:
             raise ConfigError("no training examples left (after subsetting and the over-length policy)")
@@ -273,9 +283,13 @@ class Loader:
         # whole segments). Whether batches carry the layout and its token counts is the setting's, not the
         # data's, so the step's inputs do not change with the data; "auto" then shares where prompts repeat.
         self.share = share_prompts is not False and packing and enc.response_start is None
+        # "same": the epoch is planned at unshared lengths, so a step holds the unshared run's examples, then
+        # laid out shared in fewer rows (shared_rows). "fill": planned at shared lengths (more per step).
+        self.fill = self.share and shared_steps == "fill"
         self.units = list(enc.units)
-        if self.share and max(len(u) for u in self.units) == 1 and resolve_share(share_prompts, list(enc.group)):
-            # Single examples (attribute regression): a prompt's responses are sampled together.
+        single = max(len(u) for u in self.units) == 1
+        if single and (sample_by_prompt or (self.fill and resolve_share(share_prompts, list(enc.group)))):
+            # Attribute regression: a prompt's responses are sampled together.
             by: dict = {}
             for (i,) in self.units:
                 by.setdefault(int(enc.group[i]), []).append(i)
@@ -296,6 +310,7 @@ class Loader:
         self.epoch, self.index = 0, 0
         self._plan_epoch: Optional[int] = None
         self._plan: list[list[list[int]]] = []
+        self._shared_rows: Optional[int] = None
 
     def _longest_unit(self) -> int:
         return int(self.unit_lengths.max())
@@ -304,7 +319,7 @@ class Loader:
     def unit_lengths(self) -> np.ndarray:
         """Tokens each sampling unit takes in a row: its common prompt once when sharing."""
         if not hasattr(self, "_unit_lengths"):
-            if self.share:
+            if self.fill:
                 lens = [shared_length([self.enc.ids[i] for i in u]) for u in self.units]
             else:
                 lens = [sum(len(self.enc.ids[i]) for i in u) for u in self.units]
@@ -336,14 +351,58 @@ class Loader:
     def share_summary(self) -> dict:
         """data_report.json's ``sharing``: an epoch's tokens without and with shared prompts."""
         unshared = int(sum(len(self.enc.ids[i]) for u in self.units for i in u))
-        tokens = int(self.unit_lengths.sum())
-        return {
+        if self.share and not self.fill:
+            tokens = sum(unit_tokens(units, self.enc.ids) for units, _ in map(self._repack, self._epoch_plan(0)))
+        else:
+            tokens = int(self.unit_lengths.sum())
+        out = {
             "on": bool(self.share),
+            "steps": "fill" if self.fill else "same",
             "sampling_units": len(self.units),
             "tokens_unshared": unshared,
-            "tokens": tokens,
-            "prompt_tokens_saved": unshared - tokens,
+            "tokens": int(tokens),
+            "prompt_tokens_saved": unshared - int(tokens),
         }
+        if self.share and not self.fill:
+            out["rows_per_batch"] = {"unshared": self.rows, "shared": self.shared_rows()}
+        return out
+
+    def _repack(self, bins: Sequence[list[int]]) -> tuple[list[Unit], list[list[int]]]:
+        """A micro-batch's examples in the shared layout, packed anew (its rows of unshared bins become
+        units of one prompt each, then as few rows as fit)."""
+        step = [i for row in bins for i in row]
+        ids = [self.enc.ids[i] for i in step]
+        units, _ = plan_units(ids, [self.enc.group[i] for i in step], self.seq_len, self.max_segments)
+        units = [Unit(u.prompt_len, tuple(step[m] for m in u.members)) for u in units]
+        lengths = {i: len(self.enc.ids[i]) for i in step}
+        rows = plan_packed(
+            [u.prompt_len + sum(lengths[m] - u.prompt_len for m in u.members) for u in units],
+            self.seq_len,
+            self.max_segments,
+            counts=[len(u.members) for u in units],
+        )
+        return units, rows
+
+    def fix_shared_rows(self, micro_batches: int, multiple: int = 1) -> int:
+        """Rows of a shared micro-batch for a run of ``micro_batches`` micro-batches (``shared_steps: same``):
+        the most any of them needs, rounded up to ``multiple`` (the data-parallel size), never above the
+        unshared count. One number per run, so the step compiles once; a later micro-batch that needs more
+        (a longer run than planned) falls back to the unshared count of rows."""
+        per_epoch = len(self._epoch_plan(0))
+        need = 1
+        for e in range(-(-max(1, micro_batches) // per_epoch)):
+            for bins in self._epoch_plan(e):
+                need = max(need, len(self._repack(bins)[1]))
+        self._epoch_plan(self.epoch)
+        self._shared_rows = min(self.rows, -(-need // multiple) * multiple)
+        return self._shared_rows
+
+    def shared_rows(self) -> int:
+        """Rows of a shared micro-batch (``fix_shared_rows``; the first epoch's need when never fixed)."""
+        if self._shared_rows is None:
+            self.fix_shared_rows(len(self._epoch_plan(0)))
+        assert self._shared_rows is not None
+        return self._shared_rows
 
     def steps_per_epoch(self, accum: int = 1) -> int:
         return -(-len(self._epoch_plan(0)) // accum)
@@ -370,16 +429,22 @@ class Loader:
             plan = self._epoch_plan(self.epoch)
         bins = plan[self.index]
         self.index += 1
+        rows, shared = self.rows, None
+        if self.share and not self.fill:
+            units, unit_bins = self._repack(bins)
+            if len(unit_bins) <= self.shared_rows():
+                rows, shared = self.shared_rows(), (units, unit_bins)
         return make_batch(
             self.enc,
             bins,
             self.seq_len,
             self.max_segments,
-            self.rows,
+            rows,
             self.pad_id,
             self.padding_side,
             self.unit_size,
             self.share,
+            shared,
         )
 
 
@@ -403,17 +468,21 @@ def make_batch(
     padding_side: str = "right",
     unit_size: int = 1,
     share: bool = False,
+    shared: Optional[tuple[list[Unit], list[list[int]]]] = None,
 ) -> dict:
     """One fixed-shape batch; pair units add chosen/rejected slot indices into the flat [B*S] outputs.
     ``share``: a row's examples of one ``enc.group`` share their common prompt (rm_jax.data.prefix_sharing),
-    and ``tokens_unshared`` [rows] counts the tokens each row would hold without sharing."""
+    and ``tokens_unshared`` [rows] counts the tokens each row would hold without sharing. ``shared``: the
+    batch's examples already cut into units and rows of units (``Loader._repack``), else each row's own."""
     if share:
-        units, unit_bins = row_units(enc.ids, enc.group, bins)
+        units, unit_bins = shared if shared is not None else row_units(enc.ids, enc.group, bins)
         b = build_shared_batch(
             enc.ids, enc.labels, enc.label_mask, units, unit_bins, seq_len, max_segments, pad_id, rows=rows
         )
         b["tokens_unshared"] = np.zeros(rows, np.int32)
-        b["tokens_unshared"][: len(bins)] = [sum(len(enc.ids[i]) for i in row) for row in bins]
+        b["tokens_unshared"][: len(unit_bins)] = [
+            sum(len(enc.ids[i]) for u in row for i in units[u].members) for row in unit_bins
+        ]
     else:
         b = build_batch(
             enc.ids,

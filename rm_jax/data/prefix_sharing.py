@@ -44,6 +44,7 @@ __all__ = [
     "row_units",
     "shared_length",
     "unit_length",
+    "unit_tokens",
 ]
 
 
@@ -115,6 +116,11 @@ def common_prefix_len(seqs: Sequence[np.ndarray]) -> int:
 
 def unit_length(unit: Unit, lengths: Sequence[int]) -> int:
     return unit.prompt_len + sum(int(lengths[i]) - unit.prompt_len for i in unit.members)
+
+
+def unit_tokens(units: Sequence[Unit], ids: Sequence[np.ndarray]) -> int:
+    """Tokens ``units`` take laid out (each prompt once); members index ``ids``."""
+    return int(sum(u.prompt_len + sum(len(ids[i]) - u.prompt_len for i in u.members) for u in units))
 
 
 def plan_units(

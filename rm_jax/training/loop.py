@@ -123,6 +123,9 @@ def fit(cfg: RunConfig) -> FitResult:
     loader = task.loader(data.train, pad_id)
     opt = _optimization(cfg, parts, params, loader.steps_per_epoch(cfg.train.grad_accum))
     del params  # donated into the state
+    if loader.share and not loader.fill:  # shared prompts, the unshared run's steps: rows for the whole run
+        rows = loader.fix_shared_rows(opt.total * cfg.train.grad_accum, mesh.shape["data"] * mesh.shape["fsdp"])
+        logger.info(f"shared prompts: {rows} rows per micro-batch hold what {loader.rows} rows hold unshared")
 
     ckpt = Checkpointer(layout.checkpoints_dir(run_dir), cfg.checkpoint)
     try:

@@ -128,6 +128,8 @@ class Task:
             t.seed,
             d.shuffle,
             d.share_prompts if self.cfg.task == "rm" else False,  # causal-LM tasks: not yet (docs/sharing.md)
+            sample_by_prompt=d.sample_by_prompt and self.cfg.task == "rm",
+            shared_steps=d.shared_steps,
         )
 
     def stand_in(self) -> Encoded:

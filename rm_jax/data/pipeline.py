@@ -289,12 +289,18 @@ class Loader:
         self.units = list(enc.units)
         single = max(len(u) for u in self.units) == 1
         if single and (sample_by_prompt or (self.fill and resolve_share(share_prompts, list(enc.group)))):
-            # Attribute regression: a prompt's responses are sampled together.
+            # Attribute regression: a prompt's responses are sampled together where they fit one row together
+            # (else each on its own, so no unit spans rows and gradient accumulation still equals one big batch).
             by: dict = {}
             for (i,) in self.units:
                 by.setdefault(int(enc.group[i]), []).append(i)
-            self.units = [tuple(m) for m in by.values()]
+            measure = shared_length if self.fill else (lambda xs: sum(len(x) for x in xs))
+            self.units = []
+            for m in by.values():
+                whole = not packing or measure([enc.ids[i] for i in m]) <= seq_len
+                self.units.extend([tuple(m)] if whole and len(m) > 1 else [(i,) for i in m])
         self.unit_size = max(len(u) for u in self.units)  # 2 for pairs; a SteerLM 2.0 group's response count
+        self._data_unit_size = max(len(u) for u in enc.units)  # the data's own (pairs), not regression's groups
         self.max_segments = max_segments if packing else 1
         if packing and self.max_segments < self.unit_size:
             raise ConfigError(f"data.max_segments ({max_segments}) must be at least {self.unit_size}")
@@ -351,8 +357,12 @@ class Loader:
     def share_summary(self) -> dict:
         """data_report.json's ``sharing``: an epoch's tokens without and with shared prompts."""
         unshared = int(sum(len(self.enc.ids[i]) for u in self.units for i in u))
+        rows_needed = 0
         if self.share and not self.fill:
-            tokens = sum(unit_tokens(units, self.enc.ids) for units, _ in map(self._repack, self._epoch_plan(0)))
+            tokens = 0
+            for units, rows in map(self._repack, self._epoch_plan(0)):
+                tokens += unit_tokens(units, self.enc.ids)
+                rows_needed = max(rows_needed, len(rows))
         else:
             tokens = int(self.unit_lengths.sum())
         out = {
@@ -364,7 +374,8 @@ class Loader:
             "prompt_tokens_saved": unshared - int(tokens),
         }
         if self.share and not self.fill:
-            out["rows_per_batch"] = {"unshared": self.rows, "shared": self.shared_rows()}
+            # the first epoch's need; a run fixes its own over all its epochs (fix_shared_rows, logged)
+            out["rows_per_batch"] = {"unshared": self.rows, "shared": rows_needed}
         return out
 
     def _repack(self, bins: Sequence[list[int]]) -> tuple[list[Unit], list[list[int]]]:
@@ -398,11 +409,9 @@ class Loader:
         return self._shared_rows
 
     def shared_rows(self) -> int:
-        """Rows of a shared micro-batch (``fix_shared_rows``; the first epoch's need when never fixed)."""
-        if self._shared_rows is None:
-            self.fix_shared_rows(len(self._epoch_plan(0)))
-        assert self._shared_rows is not None
-        return self._shared_rows
+        """Rows of a shared micro-batch: what ``fix_shared_rows`` set, else the unshared count (the shape a
+        step's batch spec and the memory plan size, an upper bound)."""
+        return self.rows if self._shared_rows is None else self._shared_rows
 
     def steps_per_epoch(self, accum: int = 1) -> int:
         return -(-len(self._epoch_plan(0)) // accum)
@@ -442,7 +451,7 @@ class Loader:
             rows,
             self.pad_id,
             self.padding_side,
-            self.unit_size,
+            self._data_unit_size,
             self.share,
             shared,
         )

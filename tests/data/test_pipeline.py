@@ -299,13 +299,15 @@ def test_shared_steps_same_hold_the_unshared_examples_in_fewer_rows(tok, rows):
         saved += b["tokens_unshared"].sum() - (b["segment_ids"] != 0).sum()
     assert saved > 0
     summary = shared.share_summary()
-    assert summary["rows_per_batch"] == {"unshared": 6, "shared": rows_shared}
+    assert summary["rows_per_batch"]["unshared"] == 6 and summary["rows_per_batch"]["shared"] <= rows_shared
     assert summary["prompt_tokens_saved"] > 0 and summary["tokens"] < summary["tokens_unshared"]
 
 
 def test_fix_shared_rows_rounds_to_the_data_parallel_size_and_falls_back_past_the_horizon(tok, rows):
     enc = encode_helpsteer(rows[:120], tok, 256, attributes=ATTRS)
     loader = Loader(enc, 256, 8, 8, pad_id=0, sample_by_prompt=True, share_prompts=True)
+    assert next(loader)["input_ids"].shape[0] == 8  # never fixed (a batch spec, the memory plan): the upper bound
+    loader.epoch, loader.index = 0, 0
     one = loader.fix_shared_rows(loader.steps_per_epoch())
     assert loader.fix_shared_rows(loader.steps_per_epoch(), multiple=4) == -(-one // 4) * 4
     loader._shared_rows = 1  # a step needing more rows than fixed: the unshared count, never a dropped example

@@ -446,6 +446,33 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/data/test_steer_groups.py::test_groups_carry_the_drawn_ids_and_training_encodes_them",
         ),
     ),
+    Mutation(
+        "pallas_sees_sibling",
+        "the Pallas shared-prompt kernel never lets a response attend to a sibling response",
+        (
+            (
+                "rm_jax/models/pallas_shared.py",
+                "ok = (qi >= ki) & ((qs == ks) | ((qg > 0) & (ks == -qg)))",
+                "ok = (qi >= ki) & ((qs == ks) | ((qg > 0) & ((ks == -qg) | (ks >= qg))))",
+            ),
+        ),
+        ("tests/models/test_pallas_shared.py::test_float32_forward_and_gradients_match_the_dense_softmax",),
+    ),
+    Mutation(
+        "pallas_skips_visible_block",
+        "the Pallas kernel's block skipping reads every key block a query block can see (the prompt's last one)",
+        (
+            (
+                "rm_jax/models/pallas_shared.py",
+                "a_hi = -(-p_hi.reshape(b, nb, block).max(-1) // block)",
+                "a_hi = p_hi.reshape(b, nb, block).max(-1) // block",
+            ),
+        ),
+        (
+            "tests/models/test_pallas_shared.py::test_block_ranges_cover_every_visible_key",
+            "tests/models/test_pallas_shared.py::test_float32_forward_and_gradients_match_the_dense_softmax",
+        ),
+    ),
 )
 
 

@@ -152,7 +152,9 @@ def _fwd_kernel(rng_ref, qseg_ref, qgrp_ref, qvid_ref, seg_ref, vid_ref, q_ref, 
         s = jnp.where(mask, _dot(q, kb, c.precision, tb=True) * c.scale, _NEG)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
         corr = jnp.exp(m - m_new)
-        p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)  # a fully masked row adds nothing
+        # A row with no visible key yet would add exp(0) = 1 per key, which the next correction
+        # exp(_NEG - m) = 0 erases; zeroed here anyway so l and o never hold it.
+        p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)
         l = corr * l + jnp.sum(p, axis=1)
         o = corr[:, None] * o + _dot(p.astype(vb.dtype), vb, c.precision)
         return o, m_new, l

@@ -333,9 +333,7 @@ def test_shared_steerlm2_batches_give_the_unshared_loss_and_gradients(tok, rows,
     )
     params = CausalLM(cfg).init(jax.random.key(0), *([np.ones((1, 8), np.int32)] * 3))["params"]
     if run:  # LoRA's B starts at zero (A's gradient too): give it weights so the adapters take part
-        params = jax.tree_util.tree_map_with_path(
-            lambda p, x: x + 0.05 if "lora_b" in str(p) else x, params
-        )
+        params = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.05 if "lora_b" in str(p) else x, params)
     loss_s, g_s = _loss_and_grads(cfg, LossConfig(), params, shared, 9)
     loss_p, g_p = _loss_and_grads(cfg, LossConfig(), params, plain, 9)
     assert abs(float(loss_s) - float(loss_p)) <= 1e-5 * abs(float(loss_p)), (loss_s, loss_p)

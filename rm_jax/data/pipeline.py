@@ -383,6 +383,14 @@ class Loader:
         )
 
 
+def shared_unit_length(enc: Encoded, unit: Sequence[int]) -> int:
+    """Tokens a sampling unit takes in a row of the shared layout, as :func:`make_batch` lays it out: the
+    common prompt once, and for causal-LM examples (``enc.response_start``) the prompt's last token once per
+    response (:func:`rm_jax.data.prefix_sharing.lm_prompt_len`)."""
+    starts = None if enc.response_start is None else [int(enc.response_start[i]) for i in unit]
+    return shared_length([enc.ids[i] for i in unit], starts)
+
+
 def _cut_into_batches(blocks: list[list[list[int]]], rows: int) -> list[list[list[int]]]:
     """Consecutive blocks of rows into batches of at most ``rows`` rows; a block never straddles two."""
     batches: list[list[list[int]]] = [[]]
@@ -408,7 +416,8 @@ def make_batch(
     ``share``: a row's examples of one ``enc.group`` share their common prompt (rm_jax.data.prefix_sharing),
     and ``tokens_unshared`` [rows] counts the tokens each row would hold without sharing."""
     if share:
-        units, unit_bins = row_units(enc.ids, enc.group, bins)
+        # causal LMs (response_start): each response keeps the prompt's last token, which predicts its first
+        units, unit_bins = row_units(enc.ids, enc.group, bins, enc.response_start)
         b = build_shared_batch(
             enc.ids, enc.labels, enc.label_mask, units, unit_bins, seq_len, max_segments, pad_id, rows=rows
         )

@@ -12,6 +12,15 @@ like-for-like mask. ``--kernels`` adds rm_jax's other kernels by name (``cudnn``
     # on an H100 (the attention-alone table of docs/performance.md):
     python scripts/bench_attention.py --rows 4 --seq 4096 --heads 32 --kv-heads 8 --dtype bfloat16 \
         --segments 8 --kernels cudnn,cudnn_dense --no-torch --json
+
+``--shared PROMPT,RESPONSE,N`` times the kernels that read the shared-prompt layout instead (``xla``
+against the Pallas kernel ``pallas``, rm_jax.models.pallas_shared) on rows packed with groups of a
+PROMPT-token prompt and N RESPONSE-token responses, and reports their outputs' max difference. On a GPU:
+
+    python scripts/bench_attention.py --shared 1024,256,2 --rows 4 --seq 4096 --heads 32 --kv-heads 8 \
+        --dtype bfloat16 --no-torch --json
+    # off a GPU the Pallas kernel runs interpreted (slow): a smoke run only
+    python scripts/bench_attention.py --shared 40,24,3 --rows 1 --seq 256 --heads 4 --kv-heads 2 --repeats 1
 """
 
 from __future__ import annotations
@@ -38,6 +47,92 @@ def packed_segments(rng: np.random.Generator, rows: int, t: int, n: int) -> np.n
     return seg
 
 
+def shared_segments(rows: int, t: int, prompt: int, response: int, n: int) -> np.ndarray:
+    """Rows of whole groups in the shared layout (rm_jax.data.prefix_sharing): a prompt's tokens carry -g,
+    its responses the slots g, g+1, ...; pads (0) fill each row's tail."""
+    seg = np.zeros((rows, t), np.int32)
+    for r in range(rows):
+        at, slot = 0, 1
+        while at + prompt + n * response <= t:
+            seg[r, at : at + prompt] = -slot
+            at += prompt
+            for _ in range(n):
+                seg[r, at : at + response] = slot
+                at, slot = at + response, slot + 1
+    return seg
+
+
+def run_shared(a: argparse.Namespace) -> int:
+    """xla vs pallas, forward + backward, on shared-prompt rows (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from rm_jax.models.attention import attend
+
+    prompt, response, n_resp = (int(x) for x in a.shared.split(","))
+    b, t, n, kv, d = a.rows, a.seq, a.heads, a.kv_heads, 64
+    seg = shared_segments(b, t, prompt, response, n_resp)
+    if not (seg < 0).any():
+        raise SystemExit(f"--shared {a.shared}: no group fits a {t}-token row")
+    rng = np.random.default_rng(0)
+    dt = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
+    q, k, v, g = (
+        jnp.asarray(rng.standard_normal(s), dt) for s in ((b, t, n, d), (b, t, kv, d), (b, t, kv, d), (b, t, n, d))
+    )
+    prec = lax.Precision.HIGHEST if a.dtype == "float32" else None
+    fwd = {
+        name: jax.jit(lambda q, k, v, s, name=name: attend(q, k, v, s, kernel=name, precision=prec))
+        for name in ("xla", "pallas")
+    }
+    step = {
+        name: jax.jit(
+            jax.value_and_grad(lambda q, k, v, s, g, f=f: jnp.sum(f(q, k, v, s).astype(jnp.float32) * g), (0, 1, 2))
+        )
+        for name, f in fwd.items()
+    }
+    diff = float(jnp.abs(fwd["xla"](q, k, v, seg).astype(jnp.float32) - fwd["pallas"](q, k, v, seg)).max())
+    times: dict = {name: [] for name in step}
+    compile_s = {}
+    for name, f in step.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(q, k, v, seg, g))
+        compile_s[name] = round(time.perf_counter() - t0, 2)
+    for _ in range(a.repeats):
+        for name, f in step.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(q, k, v, seg, g))
+            times[name].append(time.perf_counter() - t0)
+    row = {
+        name: {"median_s": statistics.median(x), "all_s": [round(y, 4) for y in x], "compile_s": compile_s[name]}
+        for name, x in times.items()
+    }
+    res = {
+        "benchmark": "attention_shared_fwd_bwd",
+        "shape": {"prompt": prompt, "response": response, "responses": n_resp, "groups": int((seg < 0).any(1).sum())},
+        "rows": b,
+        "seq_len": t,
+        "heads": n,
+        "kv_heads": kv,
+        "head_dim": d,
+        "dtype": a.dtype,
+        "backend": jax.default_backend(),
+        "pallas_interpreted": jax.default_backend() not in ("gpu", "cuda"),
+        "max_abs_diff_pallas_vs_xla": diff,
+        "speedup_pallas_vs_xla": row["xla"]["median_s"] / row["pallas"]["median_s"],
+        "results": row,
+        "environment": environment(),
+    }
+    print(
+        f"[bench_attention] shared {a.shared}: xla {row['xla']['median_s']:.4f}s, pallas "
+        f"{row['pallas']['median_s']:.4f}s, max |diff| {diff:.2e}",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(json.dumps(res) if a.json else json.dumps(res, indent=1))
+    return 0
+
+
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=2)
@@ -52,7 +147,10 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--shared", default="", help="PROMPT,RESPONSE,N: time xla vs pallas on shared-prompt rows")
     a = ap.parse_args(argv)
+    if a.shared:
+        return run_shared(a)
 
     import jax
     import jax.numpy as jnp

@@ -452,6 +452,87 @@ MUTATIONS: tuple[Mutation, ...] = (
         (("rm_jax/data/pipeline.py", "            if self.fill:\n", "            if self.share:\n"),),
         ("tests/data/test_pipeline.py::test_shared_steps_same_hold_the_unshared_examples_in_fewer_rows",),
     ),
+    Mutation(
+        "pallas_sees_sibling",
+        "the Pallas shared-prompt kernel never lets a response attend to a sibling response",
+        (
+            (
+                "rm_jax/models/pallas_shared.py",
+                "ok = (qi >= ki) & ((qs == ks) | ((qg > 0) & (ks == -qg)))",
+                "ok = (qi >= ki) & ((qs == ks) | ((qg > 0) & ((ks == -qg) | (ks >= qg))))",
+            ),
+        ),
+        ("tests/models/test_pallas_shared.py::test_float32_forward_and_gradients_match_the_dense_softmax",),
+    ),
+    Mutation(
+        "pallas_skips_visible_block",
+        "the Pallas kernel's block skipping reads every key block a query block can see (the prompt's last one)",
+        (
+            (
+                "rm_jax/models/pallas_shared.py",
+                "a_hi = -(-p_hi.reshape(b, nb, block).max(-1) // block)",
+                "a_hi = p_hi.reshape(b, nb, block).max(-1) // block",
+            ),
+        ),
+        (
+            "tests/models/test_pallas_shared.py::test_block_ranges_cover_every_visible_key",
+            "tests/models/test_pallas_shared.py::test_float32_forward_and_gradients_match_the_dense_softmax",
+        ),
+    ),
+    Mutation(
+        "shared_lm_first_token_unpredicted",
+        "in the shared layout a causal LM's response keeps the prompt's last token, which predicts its first token",
+        (
+            (
+                "rm_jax/data/prefix_sharing.py",
+                "return max(0, min(common_prefix_len(seqs), min(int(s) for s in starts) - 1))",
+                "return max(0, min(common_prefix_len(seqs), min(int(s) for s in starts)))",
+            ),
+        ),
+        (
+            "tests/data/test_prefix_sharing.py::test_causal_lm_targets_and_contexts_are_the_unshared_ones",
+            "tests/data/test_pipeline.py::test_shared_steerlm2_batches_give_the_unshared_loss_and_gradients",
+            "tests/policy/test_logprob.py::test_shared_prompts_give_each_response_its_unshared_logprob",
+        ),
+    ),
+    Mutation(
+        "shared_lm_first_token_from_previous",
+        "a causal LM's response token in the shared layout is predicted from its own conversation's token before "
+        "it (the first from the prompt's last), never from the row's previous token (a sibling's last token)",
+        (
+            (
+                "rm_jax/data/prefix_sharing.py",
+                "return max(0, min(common_prefix_len(seqs), min(int(s) for s in starts) - 1))",
+                "return max(0, min(common_prefix_len(seqs), min(int(s) for s in starts)))",
+            ),
+            (
+                "rm_jax/data/packing.py",
+                "    same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0)\n",
+                "    same = (seg[:, :-1] != 0) & (seg[:, 1:] > 0)\n    start = np.roll(start, -1, axis=1)\n",
+            ),
+        ),
+        (
+            "tests/data/test_prefix_sharing.py::test_causal_lm_targets_and_contexts_are_the_unshared_ones",
+            "tests/data/test_pipeline.py::test_shared_steerlm2_batches_give_the_unshared_loss_and_gradients",
+            "tests/policy/test_logprob.py::test_shared_prompts_give_each_response_its_unshared_logprob",
+        ),
+    ),
+    Mutation(
+        "shared_lm_reads_sibling",
+        "a causal LM's response in the shared layout sees its prompt and itself, never an earlier sibling",
+        (
+            (
+                "rm_jax/models/attention.py",
+                "allowed = (qi >= ki) & ((qs == ks) | ((qg > 0) & (ks == -qg)))",
+                "allowed = (qi >= ki) & ((qs == ks) | ((qg > 0) & ((ks == -qg) | ((ks > 0) & (ks < qs)))))",
+            ),
+        ),
+        (
+            "tests/data/test_prefix_sharing.py::test_causal_lm_targets_and_contexts_are_the_unshared_ones",
+            "tests/data/test_pipeline.py::test_shared_steerlm2_batches_give_the_unshared_loss_and_gradients",
+            "tests/policy/test_logprob.py::test_shared_prompts_give_each_response_its_unshared_logprob",
+        ),
+    ),
 )
 
 

@@ -279,10 +279,10 @@ class Loader:
         if not enc.units:
             raise ConfigError("no training examples left (after subsetting and the over-length policy)")
         self.enc, self.seq_len, self.rows = enc, seq_len, rows_per_batch
-        # Shared prompts (rm_jax.data.prefix_sharing): reward-model examples only (a causal LM's targets need
-        # whole segments). Whether batches carry the layout and its token counts is the setting's, not the
-        # data's, so the step's inputs do not change with the data; "auto" then shares where prompts repeat.
-        self.share = share_prompts is not False and packing and enc.response_start is None
+        # Shared prompts (rm_jax.data.prefix_sharing; a causal LM's responses keep the prompt's last token).
+        # Whether batches carry the layout and its token counts is the setting's, not the data's, so the
+        # step's inputs do not change with the data; "auto" then shares where prompts repeat.
+        self.share = share_prompts is not False and packing
         # "same": the epoch is planned at unshared lengths, so a step holds the unshared run's examples, then
         # laid out shared in fewer rows (shared_rows). "fill": planned at shared lengths (more per step).
         self.fill = self.share and shared_steps == "fill"
@@ -326,7 +326,7 @@ class Loader:
         """Tokens each sampling unit takes in a row: its common prompt once when sharing."""
         if not hasattr(self, "_unit_lengths"):
             if self.fill:
-                lens = [shared_length([self.enc.ids[i] for i in u]) for u in self.units]
+                lens = [shared_unit_length(self.enc, u) for u in self.units]
             else:
                 lens = [sum(len(self.enc.ids[i]) for i in u) for u in self.units]
             self._unit_lengths = np.asarray(lens, np.int64)
@@ -383,7 +383,8 @@ class Loader:
         units of one prompt each, then as few rows as fit)."""
         step = [i for row in bins for i in row]
         ids = [self.enc.ids[i] for i in step]
-        units, _ = plan_units(ids, [self.enc.group[i] for i in step], self.seq_len, self.max_segments)
+        starts = None if self.enc.response_start is None else [int(self.enc.response_start[i]) for i in step]
+        units, _ = plan_units(ids, [self.enc.group[i] for i in step], self.seq_len, self.max_segments, starts)
         units = [Unit(u.prompt_len, tuple(step[m] for m in u.members)) for u in units]
         lengths = {i: len(self.enc.ids[i]) for i in step}
         rows = plan_packed(
@@ -457,6 +458,14 @@ class Loader:
         )
 
 
+def shared_unit_length(enc: Encoded, unit: Sequence[int]) -> int:
+    """Tokens a sampling unit takes in a row of the shared layout, as :func:`make_batch` lays it out: the
+    common prompt once, and for causal-LM examples (``enc.response_start``) the prompt's last token once per
+    response (:func:`rm_jax.data.prefix_sharing.lm_prompt_len`)."""
+    starts = None if enc.response_start is None else [int(enc.response_start[i]) for i in unit]
+    return shared_length([enc.ids[i] for i in unit], starts)
+
+
 def _cut_into_batches(blocks: list[list[list[int]]], rows: int) -> list[list[list[int]]]:
     """Consecutive blocks of rows into batches of at most ``rows`` rows; a block never straddles two."""
     batches: list[list[list[int]]] = [[]]
@@ -484,7 +493,8 @@ def make_batch(
     and ``tokens_unshared`` [rows] counts the tokens each row would hold without sharing. ``shared``: the
     batch's examples already cut into units and rows of units (``Loader._repack``), else each row's own."""
     if share:
-        units, unit_bins = shared if shared is not None else row_units(enc.ids, enc.group, bins)
+        # causal LMs (response_start): each response keeps the prompt's last token, which predicts its first
+        units, unit_bins = shared if shared is not None else row_units(enc.ids, enc.group, bins, enc.response_start)
         b = build_shared_batch(
             enc.ids, enc.labels, enc.label_mask, units, unit_bins, seq_len, max_segments, pad_id, rows=rows
         )

@@ -20,6 +20,14 @@ response keeps at least one token. A group that does not fit ``seq_len`` or ``ma
 over several units, members in order, each unit repeating the prompt (counted: ``split_groups``,
 ``repeated_prompts``).
 
+Causal-LM examples (``response_start`` given: SteerLM 2.0 groups, policy log-probabilities): a response's first
+token is predicted from the prompt's last token, which the shared layout would hold once for all responses.
+The shared prompt therefore stops one token before the earliest response start (:func:`lm_prompt_len`), so
+each response's segment begins with its own copy of the prompt's last token (one token per response) and the
+plain next-token shift inside a segment (:func:`rm_jax.data.packing.token_targets`) gives every response
+token exactly its unshared target and context; the shared prefix never reaches into the responses (their
+common first tokens), whose log-probabilities are counted per response.
+
 Pure numpy, like :mod:`rm_jax.data.packing`.
 """
 
@@ -38,6 +46,7 @@ __all__ = [
     "Unit",
     "build_shared_batch",
     "common_prefix_len",
+    "lm_prompt_len",
     "plan_shared",
     "plan_units",
     "resolve_share",
@@ -114,6 +123,21 @@ def common_prefix_len(seqs: Sequence[np.ndarray]) -> int:
     return n
 
 
+def lm_prompt_len(seqs: Sequence[np.ndarray], starts: Sequence[int]) -> int:
+    """The shared prompt of causal-LM examples ``seqs`` whose responses start at ``starts``: their common
+    prefix, stopping one token before the earliest response start (that token predicts each response's
+    first token, so every response keeps its own copy of it)."""
+    return max(0, min(common_prefix_len(seqs), min(int(s) for s in starts) - 1))
+
+
+def _prompt_len(ids: Sequence[np.ndarray], members: Sequence[int], starts: Optional[Sequence[int]]) -> int:
+    """A unit's shared prompt: :func:`common_prefix_len`, or :func:`lm_prompt_len` for causal-LM examples."""
+    if len(members) < 2:
+        return 0
+    seqs = [ids[i] for i in members]
+    return common_prefix_len(seqs) if starts is None else lm_prompt_len(seqs, [starts[i] for i in members])
+
+
 def unit_length(unit: Unit, lengths: Sequence[int]) -> int:
     return unit.prompt_len + sum(int(lengths[i]) - unit.prompt_len for i in unit.members)
 
@@ -128,9 +152,11 @@ def plan_units(
     groups: Sequence[Hashable],
     seq_len: int,
     max_segments: int,
+    response_start: Optional[Sequence[int]] = None,
 ) -> tuple[list[Unit], ShareReport]:
     """Units for examples ``ids`` grouped by ``groups`` (one hashable key per example; equal keys share a
-    prompt), in order of each group's first example.
+    prompt), in order of each group's first example. ``response_start``: causal-LM examples' first response
+    token (the prompt stops one token before it: :func:`lm_prompt_len`).
 
     A group's prompt is the common token prefix of its members (a group whose members share no token is
     laid out plain). A group that needs more than ``seq_len`` tokens or ``max_segments`` responses is cut
@@ -148,7 +174,7 @@ def plan_units(
     units: list[Unit] = []
     rep = ShareReport(examples=len(ids), tokens_unshared=int(sum(lengths)))
     for group in members.values():
-        p = common_prefix_len([ids[i] for i in group]) if len(group) > 1 else 0
+        p = _prompt_len(ids, group, response_start)
         if p == 0:
             units.extend(Unit(0, (i,)) for i in group)
             continue
@@ -171,15 +197,22 @@ def plan_units(
     return units, rep
 
 
-def shared_length(seqs: Sequence[np.ndarray]) -> int:
-    """Tokens ``seqs`` take laid out as one unit (their common prefix once)."""
-    p = common_prefix_len(seqs) if len(seqs) > 1 else 0
+def shared_length(seqs: Sequence[np.ndarray], starts: Optional[Sequence[int]] = None) -> int:
+    """Tokens ``seqs`` take laid out as one unit (their common prefix once; causal-LM examples with response
+    starts ``starts``: :func:`lm_prompt_len` once)."""
+    p = _prompt_len(seqs, range(len(seqs)), starts)
     return p + sum(len(s) - p for s in seqs)
 
 
-def row_units(ids: Sequence[np.ndarray], group: Sequence[Hashable], bins: Sequence[Sequence[int]]):
+def row_units(
+    ids: Sequence[np.ndarray],
+    group: Sequence[Hashable],
+    bins: Sequence[Sequence[int]],
+    response_start: Optional[Sequence[int]] = None,
+):
     """(units, unit bins) for rows of example indices (a training loader's plan): the examples of a row
-    with one ``group`` key become one unit (their common prefix once), in the row's order."""
+    with one ``group`` key become one unit (their common prefix once), in the row's order.
+    ``response_start``: causal-LM examples (:func:`lm_prompt_len`)."""
     units: list[Unit] = []
     unit_bins: list[list[int]] = []
     for row in bins:
@@ -188,7 +221,7 @@ def row_units(ids: Sequence[np.ndarray], group: Sequence[Hashable], bins: Sequen
             by.setdefault(group[int(i)], []).append(int(i))
         unit_bins.append([])
         for members in by.values():
-            p = common_prefix_len([ids[i] for i in members]) if len(members) > 1 else 0
+            p = _prompt_len(ids, members, response_start)
             new = [Unit(p, tuple(members))] if p else [Unit(0, (i,)) for i in members]
             unit_bins[-1].extend(range(len(units), len(units) + len(new)))
             units.extend(new)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rm_jax.core.config import Attention
-from rm_jax.models import cudnn, splash
+from rm_jax.models import cudnn, pallas_shared, splash
 from rm_jax.models.cudnn import KernelUnavailableError
 
 Precision = Optional[lax.Precision]
@@ -401,7 +401,7 @@ def resolve_kernel(
 
 
 # Kernels whose mask reads the shared-prompt layout's negative prompt ids (rm_jax.data.prefix_sharing).
-SHARED_KERNELS = ("xla", "cudnn_dense")
+SHARED_KERNELS = ("xla", "cudnn_dense", "pallas")
 
 
 def shared_layout_kernel(name: str, backend: Optional[str] = None, *, dtype: Optional[str] = None) -> str:
@@ -440,6 +440,10 @@ def attend(
     if kernel == "splash":
         return splash.splash_attention(
             q, k, v, segment_ids, sliding_window=sliding_window, precision=precision, mesh=mesh
+        )
+    if kernel == "pallas":  # its own block (BLOCK): attention_block sizes the xla kernel's scan
+        return pallas_shared.pallas_shared_attention(
+            q, k, v, segment_ids, sliding_window=sliding_window, precision=precision
         )
     raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 

@@ -357,6 +357,7 @@ def label_samples(
             temperature=t,
             top_p=p,
             response_ids=[flat_ids[i] for i in idx],
+            share_prompts=share_prompts is True,  # forced only (docs/sharing.md, policy log-probabilities)
         )
         log_q[idx], n_tokens[idx] = lq, nt
         for i in idx:
@@ -393,7 +394,8 @@ def label_samples(
     plain = [m + [{"role": "assistant", "content": y}] for m, y in zip(flat_prompt, flat_y)]
     # log P(y|x) of the same tokens when the unconditional model reads ids as the policy does
     same = _same_vocabulary(pol, uncond)
-    log_py, _ = response_logprobs(uncond, plain, locations=flat_where, response_ids=flat_ids if same else None)
+    ids, forced = flat_ids if same else None, share_prompts is True
+    log_py, _ = response_logprobs(uncond, plain, locations=flat_where, response_ids=ids, share_prompts=forced)
 
     records, k = [], 0
     for smp in samples:

@@ -127,7 +127,8 @@ class Task:
             d.padding_side,
             t.seed,
             d.shuffle,
-            d.share_prompts if self.cfg.task == "rm" else False,  # causal-LM tasks: not yet (docs/sharing.md)
+            # sft: not yet (its units are single examples; docs/sharing.md); steerlm2: a group's prompt once
+            d.share_prompts if self.cfg.task in ("rm", "steerlm2") else False,
             sample_by_prompt=d.sample_by_prompt and self.cfg.task == "rm",
             shared_steps=d.shared_steps,
         )
@@ -344,7 +345,10 @@ class SteerLM2Task(Task):
                 f"{source} [{split}]: over-length policy {d.overlength!r}: {enc.report.truncated} groups truncated "
                 f"(each group's prompt cut once), {enc.report.dropped} groups dropped (seq_len {d.seq_len})"
             )
-        return enc, split_report(source, split, len(groups), len(groups), enc)
+        report = split_report(source, split, len(groups), len(groups), enc)
+        if subset and d.share_prompts is not False:  # the training split's epoch
+            report["sharing"] = self.loader(enc, pad_id=0).share_summary()
+        return enc, report
 
     def stand_in(self) -> Encoded:
         # A group of two responses; the per-example values are encode_groups' (importance weight, log Q').

@@ -231,8 +231,12 @@ def _loss_and_grads(cfg, loss_cfg, params, batch, max_segments):
 
 @pytest.mark.parametrize(
     "task,run",
-    [("rm", {}), ("pairs", {"scan_layers": True, "remat": "full", "lora_rank": 4})],
-    ids=["rm", "pairs-scan-remat-lora"],
+    [
+        ("rm", {}),
+        ("rm", {"scan_layers": True, "remat": "full", "lora_rank": 4}),
+        ("pairs", {"scan_layers": True, "remat": "full", "lora_rank": 4}),
+    ],
+    ids=["rm", "rm-scan-remat-lora", "pairs-scan-remat-lora"],
 )
 def test_shared_batches_give_the_unshared_loss_and_gradients(tok, rows, task, run):
     """The first step's batch laid out with shared prompts and the same examples laid out whole: loss and
@@ -326,11 +330,73 @@ def test_shared_and_unshared_first_steps_give_one_loss(tok, rows):
     from tests.helpers import TINY_DECODER
 
     enc = encode_helpsteer(rows[:60], tok, 192, attributes=ATTRS)
-    first = {
-        s: next(Loader(enc, 192, 8, 4, pad_id=0, sample_by_prompt=True, share_prompts=s)) for s in (False, True)
-    }
+    first = {s: next(Loader(enc, 192, 8, 4, pad_id=0, sample_by_prompt=True, share_prompts=s)) for s in (False, True)}
     assert (first[True]["segment_ids"] != 0).sum() < (first[False]["segment_ids"] != 0).sum()
     cfg = DecoderConfig(**dict(TINY_DECODER, vocab_size=len(tok)), attention="xla", initializer_range=0.3)
     params = RewardModel(cfg).init(jax.random.key(0), *([np.ones((1, 8), np.int32)] * 3), 1)["params"]
     loss = {s: float(_loss_and_grads(cfg, LossConfig(), params, b, 8)[0]) for s, b in first.items()}
     assert abs(loss[True] - loss[False]) <= 1e-5 * abs(loss[False]), loss
+
+
+def _steer_groups(rows, n_groups):
+    """SteerLM 2.0 groups of 2-3 responses (a prompt's own two and another prompt's), log-probabilities drawn
+    so that neither w nor b is uniform."""
+    from rm_jax.data.conversation import split_prompt
+    from rm_jax.data.steer_groups import SteerGroup
+
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["prompt"], []).append(r["response"])
+    prompts = [p for p, ys in by.items() if len(ys) > 1][:n_groups]
+    rng = np.random.default_rng(0)
+    out = []
+    for k, p in enumerate(prompts):
+        ys = by[p][:2] + ([by[prompts[k - 1]][0]] if k % 2 else [])
+        logs = [rng.normal(-5.0, 2.0, len(ys)) for _ in range(3)]
+        out.append(SteerGroup("", split_prompt(p), "helpfulness:4,verbosity:1", ys, *logs, row=k))
+    return out
+
+
+@pytest.mark.parametrize("run", [{}, {"scan_layers": True, "remat": "full", "lora_rank": 4}], ids=["plain", "lora"])
+def test_shared_steerlm2_batches_give_the_unshared_loss_and_gradients(tok, rows, run):
+    """SteerLM 2.0 groups (log Q_theta of each response, summed over its tokens) laid out with each group's prompt
+    once and the same groups laid out whole: the first step's loss and every gradient equal within 1e-5
+    relative, the slots' response-token counts equal, and the shared batch holds fewer tokens."""
+    import jax
+
+    from rm_jax.core.config import LossConfig
+    from rm_jax.data.pipeline import make_batch, shared_unit_length
+    from rm_jax.data.steer_groups import encode_groups
+    from rm_jax.models.llama import CausalLM, DecoderConfig
+    from tests.helpers import TINY_DECODER
+
+    enc = encode_groups(_steer_groups(rows[:40], 6), tok, 1024)
+    bins = [[e for u in enc.units[k : k + 3] for e in u] for k in (0, 3)]  # three groups a row
+    width = -(-max(sum(len(enc.ids[i]) for i in row) for row in bins) // 64) * 64
+    shared = make_batch(enc, bins, width, 9, 2, 0, unit_size=3, share=True)
+    plain = make_batch(enc, bins, width, 9, 2, 0, unit_size=3)
+    for k in ("example_index", "w", "logq_prime", "steer_group"):
+        np.testing.assert_array_equal(shared[k], plain[k], err_msg=k)
+    assert shared["tokens_unshared"].sum() == (plain["segment_ids"] != 0).sum()
+    laid_out = sum(shared_unit_length(enc, u) for u in enc.units)  # what a loader plans with
+    assert (shared["segment_ids"] != 0).sum() == laid_out < shared["tokens_unshared"].sum()
+    assert shared["loss_mask"].sum() == plain["loss_mask"].sum()
+
+    cfg = DecoderConfig(
+        **dict(TINY_DECODER, vocab_size=len(tok)),
+        head="lm",
+        attention="xla",
+        attention_block=0,
+        initializer_range=0.3,
+        **run,
+    )
+    params = CausalLM(cfg).init(jax.random.key(0), *([np.ones((1, 8), np.int32)] * 3))["params"]
+    if run:  # LoRA's B starts at zero (A's gradient too): give it weights so the adapters take part
+        params = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.05 if "lora_b" in str(p) else x, params)
+    loss_s, g_s = _loss_and_grads(cfg, LossConfig(), params, shared, 9)
+    loss_p, g_p = _loss_and_grads(cfg, LossConfig(), params, plain, 9)
+    assert abs(float(loss_s) - float(loss_p)) <= 1e-5 * abs(float(loss_p)), (loss_s, loss_p)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_s), jax.tree.leaves(g_p)):
+        b = np.asarray(b)
+        assert np.abs(b).max() > 0, path
+        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=str(path))

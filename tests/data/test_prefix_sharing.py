@@ -114,3 +114,51 @@ def test_resolve_share():
     assert not resolve_share("auto", None) and resolve_share(True, ["a"]) and not resolve_share(False, ["a", "a"])
     with pytest.raises(ValueError, match="auto, true or false"):
         resolve_share("yes", ["a"])
+
+
+# ---------------------------------------------------------------- causal-LM targets (SteerLM 2.0, log-probs)
+
+
+def _lm_groups(seed: int, n: int = 10):
+    """Prompt groups whose responses often begin with the same tokens (a common prefix past the prompt)."""
+    rng = np.random.default_rng(seed)
+    ids, keys, starts = [], [], []
+    for g in range(n):
+        prompt = rng.integers(1, 50, int(rng.integers(1, 20)))
+        opening = rng.integers(1, 50, int(rng.integers(0, 3)))
+        for _ in range(int(rng.integers(1, 6))):
+            response = np.concatenate([opening, rng.integers(1, 50, int(rng.integers(1, 10)))])
+            ids.append(np.concatenate([prompt, response]))
+            keys.append(f"p{g}")
+            starts.append(len(prompt))
+    return ids, keys, np.asarray(starts)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_causal_lm_targets_and_contexts_are_the_unshared_ones(seed):
+    """Every response token of the shared layout is predicted from the token before it in its own conversation
+    (a response's first token from the prompt's last), seeing exactly that conversation's earlier tokens at their
+    unshared positions: never a sibling, and every response token counted once per response."""
+    import jax.numpy as jnp
+
+    from rm_jax.data.packing import token_targets
+    from rm_jax.models.attention import attention_mask
+
+    ids, keys, starts = _lm_groups(seed)
+    units, rep = plan_units(ids, keys, 64, 4, response_start=starts)
+    assert rep.prompt_tokens_saved > 0 and any(u.prompt_len for u in units)
+    for u in units:  # the prompt stops one token before the responses
+        assert all(u.prompt_len <= starts[i] - 1 for i in u.members)
+    bins = plan_shared(units, [len(x) for x in ids], 64, 4)
+    b = build_shared_batch(ids, np.zeros((len(ids), 0)), np.zeros((len(ids), 0)), units, bins, 64, 4, 0)
+    assert int((b["segment_ids"] != 0).sum()) == rep.tokens
+    tgt, mask = token_targets(b, starts)
+    seen = np.asarray(attention_mask(jnp.asarray(b["segment_ids"]), None))[:, 0, 0]  # [B, T, T]
+    got: dict[int, list] = {i: [] for i in range(len(ids))}
+    for r, t in zip(*np.nonzero(mask)):
+        i = int(b["example_index"][r, b["segment_ids"][r, t] - 1])
+        context = (tuple(b["input_ids"][r][seen[r, t]]), tuple(b["positions"][r][seen[r, t]]))
+        got[i].append((context, int(tgt[r, t])))
+    for i, x in enumerate(ids):
+        want = [((tuple(x[:j]), tuple(range(j))), int(x[j])) for j in range(starts[i], len(x))]
+        assert got[i] == want, i

@@ -232,3 +232,26 @@ def test_logprobs_under_the_sampling_distribution_equal_numpy(ending_lm):
         logits = model(input_ids=torch.as_tensor(ids[0][None].astype(np.int64))).logits[0].numpy()
     want = _numpy_sampled_logprob(logits[starts[0] - 1 : len(ids[0]) - 1], ids[0][starts[0] :], 0.5, 1.0)
     assert only_t[0] == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("hf_causal_lm", [("mistral", False)], indirect=True, ids=["mistral-window"])
+def test_shared_prompts_give_each_response_its_unshared_logprob(hf_causal_lm):
+    """A prompt's samples (some opening with the same words), another prompt's pair and a lone conversation:
+    laid out with each prompt once (``share_prompts="auto"`` shares here), every response's log-probability
+    equals the unshared one within 1e-5, plain and under a tempered distribution; Mistral's sliding window (7)
+    is shorter than the conversations, so it is measured in the unshared positions."""
+    d, _, _ = hf_causal_lm
+    pol = load_policy(d)
+    ys = ["Paris.", "Paris, of course.", "It is Paris, on the Seine.", "Lyon? No: Paris.", "The capital is Paris."]
+    convs = [CONVS[1][:-1] + [{"role": "assistant", "content": y}] for y in ys]
+    convs += [CONVS[0][:-1] + [{"role": "assistant", "content": y}] for y in ys[:2]] + [CONVS[2]]
+    for temperature in (1.0, 0.5):
+        report: list = []
+        shared, n_shared = response_logprobs(
+            pol, convs, max_segments=8, temperature=temperature, share_prompts="auto", share_report=report
+        )
+        plain, n_plain = response_logprobs(pol, convs, max_segments=8, temperature=temperature)
+        assert len(report) == 1 and report[0].shared_groups == 2 and report[0].prompt_tokens_saved > 0
+        np.testing.assert_array_equal(n_shared, n_plain)
+        np.testing.assert_allclose(shared, plain, rtol=1e-5, atol=1e-5)
+        assert np.isfinite(plain).all() and np.ptp(plain[:5]) > 1e-2  # different responses, different numbers

@@ -533,6 +533,42 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/policy/test_logprob.py::test_shared_prompts_give_each_response_its_unshared_logprob",
         ),
     ),
+    Mutation(
+        "serve_prompt_key_ignores_system",
+        "serve (and score) group rows by the whole conversation before the last message, system messages included",
+        (
+            (
+                "rm_jax/engine/scoring.py",
+                "return json.dumps(list(messages[:-1]), sort_keys=True)",
+                'return json.dumps([m for m in messages[:-1] if m["role"] != "system"], sort_keys=True)',
+            ),
+        ),
+        ("tests/serving/test_service.py::test_serve_share_prompts_scores_n_samples_of_one_prompt_as_unshared",),
+    ),
+    Mutation(
+        "serve_share_flag_dropped",
+        "rm-jax serve's --share-prompts reaches the batcher",
+        (("rm_jax/serving/service.py", "            share=self.share,\n", ""),),
+        ("tests/serving/test_service.py::test_serve_share_prompts_scores_n_samples_of_one_prompt_as_unshared",),
+    ),
+    Mutation(
+        "serve_share_budget_unshared",
+        "a shared serve batch is admitted by its shared-layout tokens under --max-batch-tokens",
+        (
+            (
+                "rm_jax/serving/batcher.py",
+                "after = tally.cost(x, job.key(i)) if tally is not None else tokens + len(x)",
+                "after = tokens + len(x)",
+            ),
+        ),
+        ("tests/serving/test_batcher.py::test_samples_of_one_prompt_share_it_across_requests_within_the_bucket",),
+    ),
+    Mutation(
+        "yardstick_share_flag_dropped",
+        "the yardsticks (HelpSteer3, RM-Bench, JudgeBench) score with the share_prompts they are given",
+        (("rm_jax/evaluation/yardsticks.py", '    opts["share_prompts"] = share_prompts\n', ""),),
+        ("tests/evaluation/test_yardsticks.py::test_share_prompts_scores_every_response_as_unshared",),
+    ),
 )
 
 

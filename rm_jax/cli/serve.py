@@ -65,6 +65,14 @@ def main(argv: Sequence[str]) -> int:
     )
     ap.add_argument("--template", default=None, help="chat template: the tokenizer's own (default) or 'nemotron'")
     ap.add_argument("--dtype", default=d.dtype, choices=get_args(Dtype))
+    ap.add_argument(
+        "--share-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rows of a batch with the same prompt (the conversation before the last message) encode it once "
+        "(exact; default: on where that saves >= 10%% of a batch's tokens and the attention kernel reads the "
+        "shared layout, docs/sharing.md)",
+    )
     ap.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
     ap.add_argument("--access-log", action="store_true", help="log every request")
     a = ap.parse_args(list(argv))
@@ -88,6 +96,7 @@ def main(argv: Sequence[str]) -> int:
         drain_timeout_s=a.drain_timeout,
         template=a.template,
         dtype=a.dtype,
+        share_prompts="auto" if a.share_prompts is None else a.share_prompts,
         log_level=a.log_level,
         access_log=a.access_log,
         api_key=api_key,

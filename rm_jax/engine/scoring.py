@@ -69,7 +69,11 @@ class Scorer:
         if key not in self._fns:
             cfg = self.cfg
             if shared:  # a kernel whose mask reads prompt ids (rm_jax.models.attention.SHARED_KERNELS)
-                cfg = cfg.replace(attention=shared_layout_kernel(cfg.attention, dtype=cfg.dtype))
+                kernel = shared_layout_kernel(cfg.attention, dtype=cfg.dtype)
+                if kernel == cfg.attention:  # the same function: compiled once for both layouts (serving)
+                    self._fns[key] = self._fn(max_segments, probs, False)
+                    return self._fns[key]
+                cfg = cfg.replace(attention=kernel)
             # Replicated output: every process can read all scores (multi-host validation).
             self._fns[key] = jax.jit(
                 make_score_fn(cfg, max_segments, self.mesh, probs), out_shardings=replicated(self.mesh)
@@ -256,13 +260,19 @@ def score_rows(
             )
     longest = max((len(x) for x in ids), default=1)
     seq_len = seq_len or min(max(512, _round_up(longest, 128)), limit)
-    groups = [json.dumps(m[:-1], sort_keys=True) for m in messages]
+    groups = [prompt_key(m) for m in messages]
     out = Scorer(model.cfg, model.params, model.mesh, model.pad_id).predict(
         ids, seq_len, batch_rows, max_segments, progress=progress, probs=probs, groups=groups, share=share_prompts
     )
     pred, lev = out if probs else (out, None)
     reward = pred.astype(np.float64) @ w if w is not None else (pred.astype(np.float64) * row_weights).sum(-1)
     return (pred, reward, lev) if probs else (pred, reward)
+
+
+def prompt_key(messages: Sequence[Any]) -> str:
+    """The group key of a conversation's prompt: every message before the last, system messages included.
+    Rows with one key may share their prompt's tokens (``rm-jax score``, ``rm-jax serve``)."""
+    return json.dumps(list(messages[:-1]), sort_keys=True)
 
 
 def write_scored(

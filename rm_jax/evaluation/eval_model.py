@@ -174,7 +174,9 @@ def evaluate_model(
         write_jsonl(stem + REWARDBENCH2_SUFFIX, records)
     for name, data in yard_data.items():
         policy = "rm_bench" if name == "rm_bench" and length_policy == "rm_bench" else "prompt-left"
-        rep, records = evaluate_yardstick(model, name, data, weights, length_policy=policy, **opts)
+        rep, records = evaluate_yardstick(
+            model, name, data, weights, length_policy=policy, share_prompts=share_prompts, **opts
+        )
         src, split = yardsticks[name]
         result["counts"][name] = dict(rep.pop("counts"), source=src, split=split)
         result[name] = rep

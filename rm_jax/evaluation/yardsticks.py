@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from rm_jax.core.attributes import WeightSpec, applicable_presets
+from rm_jax.core.config import SharePrompts
 from rm_jax.core.errors import InputError
 from rm_jax.data import judgebench_pairs, rm_bench_rows
 from rm_jax.data.judgebench_pairs import JudgeBenchPair
@@ -91,6 +92,7 @@ def predict_rm_bench_policy(
     batch_rows: int = 16,
     max_segments: int = 16,
     progress: bool = True,
+    share_prompts: SharePrompts = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Predictions as RM-Bench's runner tokenises (``scripts/run_rm.py``: ``tokenizer.truncation_side =
     "left"`` (L176), a text-classification pipeline with ``truncation=True, max_length=2048`` (L183-190), the
@@ -110,11 +112,24 @@ def predict_rm_bench_policy(
     finally:
         tok.truncation_side = side
     cut = sum(len(x) > limit for x in tok(texts, truncation=False)["input_ids"])
+    # A row's six responses share its prompt text; their common token prefix is laid out once
+    # (a text cut from the left may share less, or nothing: rm_jax.data.prefix_sharing computes it).
+    prompts = [str(c["prompt"]) for c in convs]
+    sharing: dict = {}
     pred, distinct = _predict_distinct(
-        model, [np.asarray(x, np.int32) for x in ids], limit, batch_rows, max_segments, progress, "rm-bench"
+        model,
+        [np.asarray(x, np.int32) for x in ids],
+        limit,
+        batch_rows,
+        max_segments,
+        progress,
+        "rm-bench",
+        prompts,
+        share_prompts,
+        sharing,
     )
     counts = {"rows": len(convs), "distinct_conversations": distinct, "length_policy": "rm_bench", "cut": cut}
-    return pred, {**counts, "seq_len": limit, "truncation_side": "left"}
+    return pred, {**counts, "seq_len": limit, "truncation_side": "left", **({"sharing": sharing} if sharing else {})}
 
 
 def evaluate_rm_bench(
@@ -299,13 +314,17 @@ def evaluate_yardstick(
     data: Any,
     weights: Optional[WeightSpec] = None,
     length_policy: str = "prompt-left",
+    share_prompts: SharePrompts = "auto",
     **opts: Any,
 ) -> tuple[dict, list[dict]]:
     """Score ``data`` (from :func:`load_yardstick`) as yardstick ``name`` with ``model``: the report
     (``counts`` included) and the per-response score records. ``length_policy``: ``prompt-left`` (rm_jax's:
     the prompt cut from the left, a response alone too long cut from the left) or, for RM-Bench, ``rm_bench``.
-    With a prompt gate as ``weights`` each record carries the response's ``weights``."""
+    With a prompt gate as ``weights`` each record carries the response's ``weights``. ``share_prompts``
+    (``auto`` / True / False): a row's responses (a pair's two, RM-Bench's six) share their prompt's tokens
+    (rm_jax.data.prefix_sharing); what that saved is in ``counts["sharing"]``."""
     attributes = list(model.attributes)
+    opts["share_prompts"] = share_prompts
     w = default_weights(attributes) if weights is None else weights
     if length_policy not in ("prompt-left", "rm_bench") or (length_policy == "rm_bench" and name != "rm_bench"):
         raise InputError(f"length policy {length_policy!r} does not apply to {TITLES[name]}")

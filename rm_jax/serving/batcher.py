@@ -14,6 +14,14 @@ waits for that request, but never past ``max_wait`` after the oldest waiting row
 client pays no batching delay, concurrent clients share batches, and no row waits more than
 ``max_wait`` for company (time spent behind a running batch is queueing, not batching delay).
 
+Prompt sharing (``share``: ``auto`` / True / False, ``--share-prompts``). Rows with one prompt key (a
+request's ``groups``; rows of different requests with equal keys too) may be laid out as their common token
+prefix once and each row's rest after it (rm_jax.data.prefix_sharing), the same scores up to float
+rounding. Then the batch is the longest FIFO prefix that packs into the largest bucket *in that layout*, so
+n samples of one prompt fit n times fewer prompt tokens into the same ``--max-batch-tokens``. ``auto``
+shares a batch only where that saves at least ``AUTO_MIN_SAVED`` of its tokens (as ``rm-jax score``),
+else packs it plain. Rows without a key (``/get_reward`` texts) never share.
+
 Back-pressure. At most ``max_queue`` rows are admitted and not yet in a batch; beyond that a request is
 refused with a Retry-After estimate from the measured row rate. A client that goes away cancels its job:
 its queued rows are dropped when they reach the head of the queue, its finished ones are discarded;
@@ -29,17 +37,30 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Hashable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from rm_jax.core.config import SharePrompts
 from rm_jax.data.packing import build_batch
-from rm_jax.serving.buckets import Bucket, fitting_prefix, plan
+from rm_jax.data.prefix_sharing import Unit, build_shared_batch
+from rm_jax.serving.buckets import (
+    Bucket,
+    SharedPlan,
+    SharedTally,
+    fitting_prefix,
+    fitting_shared_prefix,
+    plan,
+    plan_shared_bucket,
+)
 from rm_jax.serving.prometheus import ServeMetrics
 
 log = logging.getLogger("rm_jax.serve")
 
-ScoreFn = Callable[[dict, Bucket], np.ndarray]  # a packed batch -> [rows, max_segments, num_labels]
+# (a packed batch, its bucket, whether it has the shared-prompt layout) -> [rows, max_segments, num_labels]
+ScoreFn = Callable[[dict, Bucket, bool], np.ndarray]
+# share=auto lays a batch out shared only where that saves at least this share of its tokens (rm-jax score's rule)
+AUTO_MIN_SAVED = 0.1
 
 
 class QueueFull(Exception):
@@ -65,6 +86,24 @@ class Job:
     remaining: int = 0  # rows not yet scored
     cancelled: bool = False
     finished: bool = False
+    groups: Optional[list[Optional[Hashable]]] = None  # a prompt key per row (None: the row shares with none)
+
+    def key(self, i: int) -> Hashable:
+        g = None if self.groups is None else self.groups[i]
+        return ("row", id(self), i) if g is None else ("prompt", g)
+
+
+@dataclass
+class Taken:
+    """The rows of the next batch, their bucket and layout: ``units`` None is the plain layout (``bins`` rows of
+    indices into ``rows``), else the shared one (``bins`` rows of indices into ``units``)."""
+
+    rows: list[tuple[Job, int]]
+    bucket: Bucket
+    bins: list[list[int]]
+    units: Optional[list[Unit]] = None
+    tokens_unshared: int = 0
+    tokens: int = 0
 
 
 class Batcher:
@@ -77,7 +116,11 @@ class Batcher:
         max_queue: int,
         max_wait_s: float,
         metrics: Optional[ServeMetrics] = None,
+        share: SharePrompts = False,
     ):
+        if share not in ("auto", True, False):
+            raise ValueError(f"share must be auto, True or False, got {share!r}")
+        self.share = share
         self.score_fn, self.buckets = score_fn, sorted(buckets, key=lambda b: b.tokens)
         self.num_labels, self.pad_id = num_labels, pad_id
         self.max_queue, self.max_wait_s = max_queue, max_wait_s
@@ -113,10 +156,19 @@ class Batcher:
                 self._incoming -= 1
                 self._cond.notify()
 
-    def submit(self, ids: Sequence[np.ndarray], done: Callable[[Optional[BaseException]], None]) -> Job:
+    def submit(
+        self,
+        ids: Sequence[np.ndarray],
+        done: Callable[[Optional[BaseException]], None],
+        groups: Optional[Sequence[Optional[Hashable]]] = None,
+    ) -> Job:
         """Queue a request's rows; raises NotReady or QueueFull. ``done(None)`` fires when every row is
-        scored (``job.out`` holds them), ``done(exc)`` if its batch failed. No rows: done at once."""
-        job = Job(list(ids), np.zeros((len(ids), self.num_labels), np.float32), done)
+        scored (``job.out`` holds them), ``done(exc)`` if its batch failed. No rows: done at once.
+        ``groups``: a prompt key per row (equal keys: the same prompt, which the batch may share)."""
+        if groups is not None and len(groups) != len(ids):
+            raise ValueError(f"{len(groups)} prompt keys for {len(ids)} rows")
+        groups = list(groups) if groups is not None else None
+        job = Job(list(ids), np.zeros((len(ids), self.num_labels), np.float32), done, groups=groups)
         if not job.ids:
             job.finished = True
             done(None)
@@ -188,8 +240,8 @@ class Batcher:
                 taken = self._next_batch()
                 if taken is None:
                     return
-                if taken[0]:
-                    self._run(*taken)
+                if taken.rows:
+                    self._run(taken)
         except BaseException as e:  # a bug: fail every waiting request rather than leave it hanging
             self.state = f"failed: {type(e).__name__}: {e}"
             self.metrics.ready.set(0)
@@ -210,14 +262,25 @@ class Batcher:
         one = [np.asarray([self.pad_id], np.int32)]
         for b in self.buckets:
             t = time.perf_counter()
-            self.score_fn(self._batch(one, [[0]], b), b)
+            batch = self._batch(one, [[0]], b)
+            self.score_fn(batch, b, False)
+            if self.share is not False and b.max_segments > 1:  # the shared layout's function (compiled once
+                # for both where the configured kernel reads it): a 1-token prompt and two 1-token responses
+                two = [np.asarray([self.pad_id] * 2, np.int32)] * 2
+                self.score_fn(self._batch(two, [[0]], b, [Unit(1, (0, 1))]), b, True)
             log.info("compiled %s (max %d conversations) in %.1f s", b.name(), b.slots, time.perf_counter() - t)
 
-    def _batch(self, ids: Sequence[np.ndarray], bins: list[list[int]], b: Bucket) -> dict:
+    def _batch(
+        self, ids: Sequence[np.ndarray], bins: list[list[int]], b: Bucket, units: Optional[list[Unit]] = None
+    ) -> dict:
         zeros = np.zeros((len(ids), 1), np.float32)  # no labels at serving time
+        if units is not None:
+            return build_shared_batch(
+                ids, zeros, zeros, units, bins, b.seq_len, b.max_segments, self.pad_id, rows=b.rows
+            )
         return build_batch(ids, zeros, zeros, bins, b.seq_len, b.max_segments, self.pad_id, rows=b.rows)
 
-    def _next_batch(self) -> Optional[tuple[list[tuple[Job, int]], Bucket, list[list[int]]]]:
+    def _next_batch(self) -> Optional[Taken]:
         """Wait for rows (see the module docstring for when), then take the next batch off the queue."""
         big = self.buckets[-1]
         with self._cond:
@@ -234,21 +297,28 @@ class Batcher:
                 if not full and self._incoming > 0 and wait > 0 and not self._stopping:
                     self._cond.wait(wait)
                     continue
-                # Candidates: a FIFO prefix bounded by the largest bucket's token and conversation slots.
+                # Candidates: a FIFO prefix bounded by the largest bucket's token and conversation slots
+                # (tokens counted with each prompt group's common prefix once where prompts may be shared).
                 cand: list[tuple[Job, int]] = []
+                tally = SharedTally() if self.share is not False else None
                 tokens = 0
                 while self._queue and len(cand) < big.slots:
                     job, i = self._queue[0]
                     if job.cancelled:
                         self._queue.popleft()
                         continue
-                    if cand and tokens + len(job.ids[i]) > big.tokens:
+                    x = job.ids[i]
+                    after = tally.cost(x, job.key(i)) if tally is not None else tokens + len(x)
+                    if cand and after > big.tokens:
                         break
                     cand.append(self._queue.popleft())
-                    tokens += len(job.ids[i])
+                    tokens = after
+                    if tally is not None:
+                        tally.add(x, job.key(i))
                 break
         # Packing runs without the lock: submitters are never held up by it.
-        k = fitting_prefix([len(j.ids[i]) for j, i in cand], self.buckets)
+        shared = self._shared_prefix(cand)
+        k = shared if shared is not None else fitting_prefix([len(j.ids[i]) for j, i in cand], self.buckets)
         with self._cond:
             self._queue.extendleft(reversed(cand[k:]))  # back to the front, in order
             taken = []
@@ -262,17 +332,42 @@ class Batcher:
                 self._queued_tokens -= n
                 taken.append((j, i))
         if not taken:
-            return [], self.buckets[0], []
-        found = plan([len(j.ids[i]) for j, i in taken], self.buckets)
+            return Taken([], self.buckets[0], [])
+        lengths = [len(j.ids[i]) for j, i in taken]
+        if shared is not None:
+            sp = plan_shared_bucket([j.ids[i] for j, i in taken], [j.key(i) for j, i in taken], self.buckets)
+            if sp is not None:
+                return Taken(taken, sp.bucket, sp.bins, sp.units, sum(lengths), sp.report.tokens)
+        found = plan(lengths, self.buckets)
         assert found is not None, "a prefix that fits the largest bucket always has a bucket"
-        return taken, found[0], found[1]
+        return Taken(taken, found[0], found[1], None, sum(lengths), sum(lengths))
 
-    def _run(self, taken: list[tuple[Job, int]], bucket: Bucket, bins: list[list[int]]) -> None:
+    def _shared_prefix(self, cand: list[tuple[Job, int]]) -> Optional[int]:
+        """How many candidates the next batch takes in the shared layout, or None where it is plain: sharing
+        off, no two candidates with one prompt key, or (``auto``) saving under ``AUTO_MIN_SAVED``."""
+        if self.share is False or not cand:
+            return None
+        keys = [j.key(i) for j, i in cand]
+        if len(set(keys)) == len(keys):
+            return None
+        ids = [j.ids[i] for j, i in cand]
+        k = fitting_shared_prefix(ids, keys, self.buckets)
+        if k == 0:
+            return None
+        if self.share == "auto":
+            sp: Optional[SharedPlan] = plan_shared_bucket(ids[:k], keys[:k], self.buckets[-1:])
+            if sp is None or sp.report.prompt_tokens_saved < AUTO_MIN_SAVED * sp.report.tokens_unshared:
+                return None
+        return k
+
+    def _run(self, t: Taken) -> None:
+        taken, bucket, bins = t.rows, t.bucket, t.bins
         start = time.monotonic()
         self._running = {j for j, _ in taken}
         ids = [j.ids[i] for j, i in taken]
         try:
-            scores = self.score_fn(self._batch(ids, bins, bucket), bucket)
+            batch = self._batch(ids, bins, bucket, t.units)
+            scores = self.score_fn(batch, bucket, t.units is not None)
         except Exception as e:  # this batch's requests get a 500; the server goes on
             log.exception("a batch of %d conversations (%s) failed", len(taken), bucket.name())
             self.metrics.batch_failures.inc()
@@ -280,20 +375,24 @@ class Batcher:
                 self._fail(j, e)
             return
         dt = time.monotonic() - start
-        real = sum(len(x) for x in ids)
+        real = t.tokens  # as laid out: a shared prompt counts once
         m = self.metrics
         m.batches.labels(bucket.name()).inc()
         m.batch_rows.observe(len(taken))
         m.batch_fill.observe(real / bucket.tokens)
         m.batch_seconds.observe(dt)
         m.tokens.inc(real)
+        if t.tokens_unshared > real:
+            m.prompt_tokens_saved.inc(t.tokens_unshared - real)
+            m.shared_batches.inc()
         for j in {j for j, _ in taken}:
             m.queue_wait.observe(start - j.enqueued)
         rate = len(taken) / max(dt, 1e-6)
         self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
-        # Scores go back by (row, slot) -> the conversation's position in `taken` -> (job, row index).
-        for r, row in enumerate(bins):  # build_batch puts bin r's s-th conversation in slot (r, s)
-            for s, k in enumerate(row):
+        # Scores go back by (row, slot) -> the conversation's position in `taken` (the batch's example_index,
+        # in either layout) -> (job, row index).
+        for (r, s), k in np.ndenumerate(batch["example_index"]):
+            if k >= 0:
                 job, i = taken[k]
                 if job.cancelled or job.finished:
                     continue

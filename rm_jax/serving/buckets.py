@@ -5,14 +5,22 @@ it compiles a short ladder of (rows, seq_len, max_segments) buckets whose token 
 ``max_batch_tokens`` down to ``min_batch_tokens``, and every batch is padded up to the smallest bucket
 its rows pack into. Big buckets give throughput under load; small ones keep a lone short request
 from paying for a full batch. Pure numpy (rm_jax.data.packing does the bin packing).
+
+With prompt sharing (``--share-prompts``), rows with one prompt key are laid out as their common token
+prefix once and each row's rest after it (rm_jax.data.prefix_sharing): :func:`plan_shared_bucket` and
+:func:`fitting_shared_prefix` are :func:`plan` and :func:`fitting_prefix` for that layout, under the same
+token slots.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Hashable, Optional, Sequence
+
+import numpy as np
 
 from rm_jax.data.packing import plan_packed
+from rm_jax.data.prefix_sharing import ShareReport, Unit, common_prefix_len, plan_shared, plan_units
 
 
 @dataclass(frozen=True)
@@ -83,3 +91,78 @@ def fitting_prefix(lengths: Sequence[int], buckets: Sequence[Bucket]) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+@dataclass
+class SharedPlan:
+    bucket: Bucket
+    units: list[Unit]
+    bins: list[list[int]]  # rows of unit indices
+    report: ShareReport
+
+
+def plan_shared_bucket(
+    ids: Sequence[np.ndarray], groups: Sequence[Hashable], buckets: Sequence[Bucket]
+) -> Optional[SharedPlan]:
+    """The smallest bucket ``ids`` pack into with rows of one ``groups`` key sharing their common token
+    prefix, its units and bins; None if none holds them. A group longer than a bucket's rows is split,
+    its prompt repeated (the report counts it)."""
+    if not ids:
+        return None
+    lengths = [len(x) for x in ids]
+    longest, n = max(lengths), len(lengths)
+    for b in buckets:
+        if longest > b.seq_len or n > b.slots:
+            continue
+        units, report = plan_units(ids, groups, b.seq_len, b.max_segments)
+        if report.tokens > b.tokens:
+            continue
+        bins = plan_shared(units, lengths, b.seq_len, b.max_segments)
+        if len(bins) <= b.rows:
+            return SharedPlan(b, units, bins, report)
+    return None
+
+
+def fitting_shared_prefix(ids: Sequence[np.ndarray], groups: Sequence[Hashable], buckets: Sequence[Bucket]) -> int:
+    """:func:`fitting_prefix` for the shared layout: how many of ``ids`` (oldest first) go into the next
+    batch, their prompts shared per ``groups``."""
+    big = buckets[-1]
+    hi = min(len(ids), big.slots)
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if plan_shared_bucket(ids[:mid], groups[:mid], buckets[-1:]) is not None:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class SharedTally:
+    """The tokens rows take with each prompt group's common token prefix once, kept as rows are added (a
+    lower bound on a batch's tokens: splitting a long group repeats its prompt); the batcher's bound on
+    how many queued rows to consider for one shared batch."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self._groups: dict[Hashable, list] = {}  # key -> [first ids, common prefix, count, summed length]
+
+    def cost(self, x: np.ndarray, key: Hashable) -> int:
+        """The tokens after adding ``x`` with ``key`` (nothing added)."""
+        return self.tokens + self._delta(x, key)[0]
+
+    def add(self, x: np.ndarray, key: Hashable) -> None:
+        delta, state = self._delta(x, key)
+        self.tokens += delta
+        self._groups[key] = state
+
+    def _delta(self, x: np.ndarray, key: Hashable) -> tuple[int, list]:
+        g = self._groups.get(key)
+        if g is None:
+            return len(x), [x, 0, 1, len(x)]
+        first, p, count, total = g
+        q = common_prefix_len([first, x])
+        p = q if count == 1 else min(p, q)
+        before = total - (count - 1) * g[1]
+        after = total + len(x) - count * p
+        return after - before, [first, p, count + 1, total + len(x)]

@@ -44,7 +44,17 @@ class ServeMetrics:
             ["endpoint", "outcome"],
             registry=r,
         )
-        self.tokens = Counter("rm_serve_tokens", "Real tokens run through the model", registry=r)
+        self.tokens = Counter(
+            "rm_serve_tokens", "Real tokens run through the model (a shared prompt counted once)", registry=r
+        )
+        self.prompt_tokens_saved = Counter(
+            "rm_serve_prompt_tokens_saved",
+            "Prompt tokens not run through the model because rows of a batch shared their prompt (--share-prompts)",
+            registry=r,
+        )
+        self.shared_batches = Counter(
+            "rm_serve_shared_batches", "Batches run in the shared-prompt layout (--share-prompts)", registry=r
+        )
         self.batches = Counter(
             "rm_serve_batches", "Batches run, by compiled shape (rows x seq_len)", ["bucket"], registry=r
         )

@@ -24,7 +24,8 @@ from rm_jax.core.attributes import (
     weights_source,
 )
 from rm_jax.core.errors import InputError
-from rm_jax.engine.scoring import Scorer
+from rm_jax.engine.scoring import Scorer, prompt_key
+from rm_jax.models.attention import SHARED_KERNELS
 from rm_jax.runs.read import ScoringModel
 from rm_jax.serving.batcher import Batcher, Job, NotReady
 from rm_jax.serving.buckets import ladder
@@ -50,10 +51,15 @@ class Prepared:
     weights: Optional[np.ndarray]  # None: the server's
     probs: bool = False  # /score asked for the level probabilities
     row_weights: Optional[np.ndarray] = None  # [rows, A]: the server's prompt gate on each row's prompt
+    groups: Optional[list[str]] = None  # /score: each row's prompt key (rm-jax score's), for prompt sharing
 
     @property
     def ids(self) -> list[np.ndarray]:
         return [self.encoded.ids[i] for i in self.encoded.to_score]
+
+    @property
+    def row_groups(self) -> Optional[list[str]]:
+        return None if self.groups is None else [self.groups[i] for i in self.encoded.to_score]
 
 
 class RewardService:
@@ -90,10 +96,15 @@ class RewardService:
         # (same parameters) so its compiled shapes (prompt lengths in steps of 64) are kept between requests.
         self._gate_scorer = Scorer(model.cfg, model.params, model.mesh, model.pad_id) if self.gate else None
         self.has_levels = scorer.has_levels
+        # auto shares only where the configured kernel reads the shared layout (as rm-jax score): elsewhere a
+        # shared batch would run the blockwise xla kernel instead of a faster one (docs/sharing.md)
+        self.share = cfg.share_prompts
+        if self.share == "auto" and model.cfg.attention_kernel() not in SHARED_KERNELS:
+            self.share = False
         self.batcher = Batcher(
-            (lambda batch, b: _with_levels(*scorer.score_batch(batch, b.max_segments, True)))
+            (lambda batch, b, shared: _with_levels(*scorer.score_batch(batch, b.max_segments, True, shared)))
             if self.has_levels
-            else (lambda batch, b: scorer.score_batch(batch, b.max_segments)),
+            else (lambda batch, b, shared: scorer.score_batch(batch, b.max_segments, shared=shared)),
             self.buckets,
             # A distributional head's rows carry E[y] then the level probabilities, flattened: one forward pass
             m + n * model.cfg.label_levels if self.has_levels else m,
@@ -101,6 +112,7 @@ class RewardService:
             cfg.max_queue,
             cfg.max_wait_ms / 1000.0,
             self.metrics,
+            share=self.share,
         )
         # One thread owns the tokenizer (HF fast tokenizers are not thread-safe) and keeps JSON parsing and
         # chat templating off the event loop.
@@ -143,7 +155,8 @@ class RewardService:
             row_w = None
             if req.weights is None and self.gate is not None:  # the request's own weights win over the gate
                 row_w = self.gate_weights([c[:-1] for c in req.conversations])
-            return Prepared(endpoint, enc, req.weights, req.probs, row_w)
+            groups = [prompt_key(c) for c in req.conversations] if self.share is not False else None
+            return Prepared(endpoint, enc, req.weights, req.probs, row_w, groups)
         rreq = parse_reward_request(obj, names, limit)
         if rreq.weights is None and self.gate is not None:
             raise BadRequest(GET_REWARD_GATE, field="weights")
@@ -158,7 +171,7 @@ class RewardService:
         return self.gate.weights(emb, self.model.attributes)
 
     def submit(self, prepared: Prepared, done: Callable[[Optional[BaseException]], None]) -> Job:
-        return self.batcher.submit(prepared.ids, done)
+        return self.batcher.submit(prepared.ids, done, prepared.row_groups)
 
     def answer(self, prepared: Prepared, job: Job) -> dict:
         enc, n, m = prepared.encoded, self.model.cfg.num_labels, self.model.cfg.num_outputs
@@ -217,6 +230,8 @@ class RewardService:
             "template": self.model.template or "the tokenizer's chat template",
             "buckets": [{"rows": b.rows, "seq_len": b.seq_len, "max_segments": b.max_segments} for b in self.buckets],
             "max_batch_tokens": self.max_batch_tokens,
+            # the --share-prompts setting and whether batches may share (auto: off where the kernel cannot)
+            "share_prompts": {"setting": self.cfg.share_prompts, "on": self.share is not False},
             "max_wait_ms": self.cfg.max_wait_ms,
             "max_queue": self.cfg.max_queue,
             "max_body_bytes": self.cfg.max_body_bytes,

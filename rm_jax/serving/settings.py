@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional, get_args
 
 from rm_jax.core.attributes import check_weight_spec, is_gate_spec
-from rm_jax.core.config import Dtype
+from rm_jax.core.config import Dtype, SharePrompts
 from rm_jax.core.errors import InputError
 from rm_jax.serving.auth import check_exposure
 
@@ -31,6 +31,9 @@ class ServeConfig:
     max_body_bytes: int = 16 * 2**20  # request body limit; beyond: 413
     drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight requests may take to finish
     template: Optional[str] = None  # chat template override, as for rm-jax score
+    # rows of a batch with one prompt (the conversation before the last message) share its tokens
+    # (docs/sharing.md); auto: where the attention kernel reads the shared layout and it saves >= 10%
+    share_prompts: SharePrompts = "auto"
     dtype: str = "float32"
     log_level: str = "info"
     access_log: bool = False  # one log line per request (costs CPU under load)
@@ -61,6 +64,8 @@ class ServeConfig:
             raise InputError(f"--max-wait-ms: must be >= 0, got {self.max_wait_ms}")
         if self.drain_timeout_s < 0:
             raise InputError(f"--drain-timeout: must be >= 0, got {self.drain_timeout_s}")
+        if self.share_prompts not in ("auto", True, False):
+            raise InputError(f"--share-prompts: must be auto, true or false, got {self.share_prompts!r}")
         if self.dtype not in get_args(Dtype):
             raise InputError(f"--dtype: {self.dtype!r}; choose {' or '.join(get_args(Dtype))}")
         if is_gate_spec(self.weights):  # a prompt gate: its folder read now, its attributes once the model loads

@@ -2,6 +2,8 @@
 metrics (re-implemented in tests/evaluation/test_rm_bench.py and test_judgebench.py from their code) on
 transformers' scores of the same model and rows; every response's attributes match transformers'."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -18,12 +20,19 @@ W = np.asarray(REWARD_PRESETS["70b-rewardbench"])
 
 
 @pytest.fixture(scope="module")
-def rm(tmp_path_factory):
-    from rm_jax.runs.read import load_scoring_model
+def rm_dir(tmp_path_factory):
     from tests.helpers import make_hf_rm_with_tokenizer
 
     d = str(tmp_path_factory.mktemp("yardstick_rm"))
     model, tok = make_hf_rm_with_tokenizer("llama", d, seed=4)
+    return d, model, tok
+
+
+@pytest.fixture(scope="module")
+def rm(rm_dir):
+    from rm_jax.runs.read import load_scoring_model
+
+    d, model, tok = rm_dir
     return load_scoring_model(d), model, tok
 
 
@@ -157,3 +166,47 @@ def test_rm_bench_length_policy_cuts_the_whole_text_from_the_left_as_their_runne
     finally:
         tok.truncation_side = side
     assert tok.truncation_side == side  # the policy leaves the tokenizer as it found it
+
+
+def _small(name, data):
+    if name == "helpsteer3":
+        data.rows = data.rows[:6]
+        return data
+    return data[:4]
+
+
+@pytest.mark.parametrize(
+    "name,policy", [("rm_bench", "prompt-left"), ("rm_bench", "rm_bench"), ("judgebench", None), ("helpsteer3", None)]
+)
+def test_share_prompts_scores_every_response_as_unshared(rm, name, policy):
+    """share_prompts=True (a row's responses laid out after one copy of their prompt) gives every response the
+    attributes of share_prompts=False within 1e-5; only the shared run counts saved prompt tokens."""
+    from rm_jax.evaluation.yardsticks import evaluate_yardstick, load_yardstick
+
+    scoring, _, _ = rm
+    data = _small(name, load_yardstick(name, "bundled"))
+    opts = dict(progress=False, batch_rows=4, length_policy=policy or "prompt-left")
+    got = {s: evaluate_yardstick(scoring, name, data, None, share_prompts=s, **opts) for s in (True, False)}
+    (rep_s, recs_s), (rep_p, recs_p) = got[True], got[False]
+    attrs = [[list(r["attributes"].values()) for r in recs] for recs in (recs_s, recs_p)]
+    np.testing.assert_allclose(attrs[0], attrs[1], atol=1e-5, rtol=0)
+    sharing = rep_s["counts"]["sharing"]
+    assert sharing["prompt_tokens_saved"] > 0 and sharing["tokens"] < sharing["tokens_unshared"]
+    assert sharing["shared_groups"] >= 1
+    assert "sharing" not in rep_p["counts"]
+
+
+def test_eval_passes_share_prompts_to_the_yardsticks(rm_dir, tmp_path):
+    """rm-jax eval's --no-share-prompts reaches the yardsticks (no sharing counted); --share-prompts is
+    written under counts.<yardstick>.sharing."""
+    from rm_jax import cli
+
+    d = rm_dir[0]
+    counts = {}
+    for flag in ("--share-prompts", "--no-share-prompts"):
+        out = str(tmp_path / f"{flag[2:]}.json")
+        argv = ["eval", "--model", d, "--judgebench", "bundled", flag, "--no-progress", "--output", out]
+        assert cli.main(argv) == 0
+        counts[flag] = json.load(open(out))["counts"]["judgebench"]
+    assert counts["--share-prompts"]["sharing"]["prompt_tokens_saved"] > 0
+    assert "sharing" not in counts["--no-share-prompts"]

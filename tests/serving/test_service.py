@@ -257,3 +257,66 @@ def test_largest_batch_defaults_to_one_cpu_row_and_16k_slots_on_an_accelerator()
         ServeConfig(max_batch_tokens=1024).resolve_seq_len(8192)
     with pytest.raises(InputError, match="--max-batch-tokens"):
         ServeConfig(max_batch_tokens=0).check()
+
+
+SHARE_PROMPT = "Write a short poem about the sea and the wind, with four lines and a rhyme."
+SHARE_ROWS = [{"prompt": SHARE_PROMPT, "response": f"Sample {i}: waves."} for i in range(6)] + [
+    # the same user message after a system message: another prompt, which must not join the six
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": SHARE_PROMPT},
+                  {"role": "assistant", "content": "Sample 0: waves."}]},
+    {"prompt": "Hi", "response": "Hello!"},
+]  # fmt: skip
+
+
+def _serve_once(model, tmp_path, rows, **cfg):
+    """(/score results, /info, the service's Prometheus registry) of one request to a fresh service."""
+    import threading
+    import time
+
+    from rm_jax.serving.service import RewardService
+    from rm_jax.serving.settings import ServeConfig
+
+    svc = RewardService(model, ServeConfig(seq_len=128, max_batch_tokens=256, min_batch_tokens=128, **cfg), "rm")
+    svc.start()
+    try:
+        deadline = time.monotonic() + 300
+        while svc.state != "ready":
+            assert time.monotonic() < deadline, f"the service did not become ready ({svc.state})"
+            time.sleep(0.05)
+        prepared = svc._prepare("score", json.dumps({"rows": rows}).encode())
+        done = threading.Event()
+        job = svc.submit(prepared, lambda exc: done.set())
+        assert done.wait(300), "the batcher did not score the request"
+        return svc.answer(prepared, job)["results"], svc.info(), svc.metrics.registry
+    finally:
+        svc.close()
+
+
+def test_serve_share_prompts_scores_n_samples_of_one_prompt_as_unshared(tmp_path):
+    """--share-prompts: six samples of one prompt in one /score request are laid out after one copy of their
+    prompt (a row with the same user message after a system message is another prompt): every attribute equals
+    --no-share-prompts' within 1e-5 float32, the saved tokens are 5 x the six rows' common token prefix (counted
+    in /metrics), fewer batches run under the same --max-batch-tokens, and /info names the setting."""
+    from rm_jax.data.conversation import encode, row_to_messages
+    from rm_jax.data.prefix_sharing import common_prefix_len
+    from rm_jax.runs.read import load_scoring_model
+    from tests.helpers import make_hf_rm_with_tokenizer
+
+    make_hf_rm_with_tokenizer("llama", str(tmp_path / "rm"), seed=5)
+    model = load_scoring_model(str(tmp_path / "rm"))
+    ids = encode(model.tokenizer, [row_to_messages(r) for r in SHARE_ROWS], model.template)
+    p = common_prefix_len(ids[:6])
+    assert p > 30 and p + sum(len(x) - p for x in ids[:6]) <= 128  # one unit in one 128-token row
+    got = {s: _serve_once(model, tmp_path, SHARE_ROWS, share_prompts=s) for s in (True, False)}
+    attrs = {s: np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in got[s][0]]) for s in got}
+    np.testing.assert_allclose(attrs[True], attrs[False], atol=1e-5, rtol=0)
+    np.testing.assert_allclose([r["reward"] for r in got[True][0]], [r["reward"] for r in got[False][0]], atol=1e-5)
+    reg = {s: got[s][2] for s in got}
+    assert reg[True].get_sample_value("rm_serve_prompt_tokens_saved_total") == 5 * p
+    assert reg[False].get_sample_value("rm_serve_prompt_tokens_saved_total") == 0
+    tokens = {s: reg[s].get_sample_value("rm_serve_tokens_total") for s in got}
+    assert tokens[False] == sum(len(x) for x in ids) and tokens[True] == tokens[False] - 5 * p
+    batches = {s: reg[s].get_sample_value("rm_serve_batch_seconds_count") for s in got}
+    assert batches[True] == 1 < batches[False]
+    assert got[True][1]["share_prompts"] == {"setting": True, "on": True}
+    assert got[False][1]["share_prompts"] == {"setting": False, "on": False}

@@ -18,8 +18,18 @@ as a per-row error, like ``rm-jax score`` refuses it. 503s are retried after Ret
 Reports rows/s for both phases and their ratio, p50/p99 latency, status counts, lost and wrong answers.
 Exit 0 when nothing was lost or wrong (and the ratio >= --min-speedup, if given).
 
+``--compare-old`` measures this round's serving speed-ups instead (issue 33): two servers on the same model, one
+as ``rm-jax serve`` was before them (``--max-batch-tokens 16384``: up to 4 rows of 4,096 a pass on a CPU;
+``RM_JAX_COMPILATION_CACHE=off``) and one with the new defaults (one row a pass on a CPU, the persistent compilation
+cache in a fresh folder), the same requests to both (short HelpSteer2-shaped rows, long 1,024-4,096-token rows,
+and a 3:1 mix; 1..--max-rows rows each from --clients threads), phases alternated; requests/s, rows/s, p50/p95
+latency, their ratios, each server's start-up to ready (and the new one's second start, on its filled cache),
+and transformers scoring the same conversations one at a time (scripts/bench_score.py's batch-1 loops). Every
+reward is checked against ``rm-jax score``'s as above.
+
     python scripts/load_test.py --model /tmp/serve_demo_run                 # the full run (>= 2,000 requests)
     python scripts/load_test.py --synthetic tiny --quick --json             # short, self-contained, JSON out
+    python scripts/load_test.py --synthetic small --compare-old --json      # old vs new serving configuration
 """
 
 from __future__ import annotations
@@ -159,12 +169,14 @@ class Load:
         max_body: int,
         seed: int,
         tolerance: float,
+        timeout: float = 120.0,
     ):
         import functools
 
         from rm_jax.serving.client import Client
 
-        self.Client = functools.partial(Client, api_key=os.environ.get("RM_JAX_API_KEY"))
+        # a request unanswered after ``timeout`` seconds is a connection error: counted as lost
+        self.Client = functools.partial(Client, api_key=os.environ.get("RM_JAX_API_KEY"), timeout=timeout)
         self.url, self.rows, self.want, self.texts, self.weights = url, rows, want, texts, weights
         self.max_body, self.tolerance = max_body, tolerance
         self.rng = random.Random(seed)
@@ -563,7 +575,15 @@ def compare(args: argparse.Namespace) -> dict:
             sub = ([rows[i] for i in pool], [want[i] for i in pool], [texts[i] for i in pool])
             for c in configs:  # the same seed: both servers get the same requests in the same order
                 loads[wl, c] = (
-                    Load(servers[c].url, *sub, args.weights, args.max_body_bytes, args.seed, args.tolerance),
+                    Load(
+                        servers[c].url,
+                        *sub,
+                        args.weights,
+                        args.max_body_bytes,
+                        args.seed,
+                        args.tolerance,
+                        args.client_timeout,
+                    ),
                     n_req,
                 )
             out.setdefault("workloads", {})[wl] = {
@@ -602,7 +622,7 @@ def compare(args: argparse.Namespace) -> dict:
             out.setdefault("examples", []).extend(t.examples[:3])
         o, n = row["old"], row["new"]
         row["ratio_requests_per_s"] = (
-            round(n["requests_per_s"] / o["requests_per_s"], 2) if o["requests_per_s"] else None
+            round(n["requests_per_s"] / o["requests_per_s"], 2) if o["requests_per_s"] and n["requests_per_s"] else None
         )
         row["ratio_p50"] = round(o["p50_ms"] / n["p50_ms"], 2) if o["p50_ms"] and n["p50_ms"] else None
         row["ratio_p95"] = round(o["p95_ms"] / n["p95_ms"], 2) if o["p95_ms"] and n["p95_ms"] else None
@@ -620,7 +640,8 @@ def compare(args: argparse.Namespace) -> dict:
                 }
             best = max(tb, key=lambda k: tb[k]["rows_per_s"])
             row["transformers_b1"] = {**tb, "best": best}
-            row["new_rows_per_s_vs_transformers_b1"] = round(n["rows_per_s"] / tb[best]["rows_per_s"], 2)
+            if n["rows_per_s"]:  # None where the phase ran past --seconds and sent nothing
+                row["new_rows_per_s_vs_transformers_b1"] = round(n["rows_per_s"] / tb[best]["rows_per_s"], 2)
     out.update(
         clients=args.clients,
         max_rows=args.max_rows,
@@ -643,12 +664,13 @@ def compare_table(out: dict) -> str:
         "| transformers b1 rows/s | new rows/s | x b1 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    f = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
     for wl, r in out["workloads"].items():
         o, n, tb = r["old"], r["new"], r.get("transformers_b1")
         lines.append(
             f"| {wl} ({r['mean_tokens']:.0f}) | {o['requests_per_s']} | {n['requests_per_s']} | "
-            f"{r['ratio_requests_per_s']} | {o['p50_ms']:.0f} / {o['p95_ms']:.0f} | {n['p50_ms']:.0f} / "
-            f"{n['p95_ms']:.0f} | "
+            f"{r['ratio_requests_per_s']} | {f(o['p50_ms'])} / {f(o['p95_ms'])} | {f(n['p50_ms'])} / "
+            f"{f(n['p95_ms'])} | "
             + (f"{tb[tb['best']]['rows_per_s']} ({tb['best']}) | " if tb else "- | ")
             + f"{n['rows_per_s']} | {r.get('new_rows_per_s_vs_transformers_b1', '-')} |"
         )
@@ -691,6 +713,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seconds", type=float, default=600, help="wall-time bound for the load phases")
     ap.add_argument("--max-body-bytes", type=int, default=256 * 1024, help="server limit (oversize requests exceed it)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="server compute dtype")
+    ap.add_argument("--client-timeout", type=float, default=120.0, help="seconds a request may wait (else lost)")
     ap.add_argument("--tolerance", type=float, default=1e-5, help="largest |reward - rm-jax score's| accepted")
     ap.add_argument("--server-args", default="", help="more rm-jax serve flags, one string")
     ap.add_argument("--quick", action="store_true", help="short run: 300 concurrent + 100 sequential requests")

@@ -1294,8 +1294,10 @@ def _yaml_scalar(v: Any) -> str:
     """``v`` as bench_common.parse_overrides reads it back (YAML 1.1: ``1e-05`` is a string, ``1.0e-05`` a float)."""
     if isinstance(v, bool):
         return str(v).lower()
+    if not isinstance(v, float):
+        return str(v)
     text = repr(v)
-    return text.replace("e", ".0e", 1) if isinstance(v, float) and "e" in text and "." not in text else text
+    return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
 
 
 def section_share(a: argparse.Namespace, what: str) -> dict:

@@ -47,9 +47,20 @@ paper's Table 2 lengths; no internet, no ``datasets``/``grain``/``tensorboardX``
                 --score-passes passes after a warm-up. Floor score_SHAPE_vs_best_torch >= 2 (bf16 against the
                 best bf16 transformers run). ``--sections score``
 
+  share:score / share:train:SHAPE   (not in the default plan) prefix sharing (issue 31), shared vs unshared in one
+                run: scripts/bench_share.py's ``main`` called in the section's process on the Llama-3.2-1B shape
+                (bf16, attention auto; --smoke: tiny, float32), rows of --share-seq-len (2048) x --share-rows (4),
+                --share-prompts prompts (64) of each shape: ``share:score`` scores helpsteer2, rb2, long_pairs,
+                groups8 and short (Scorer.predict, share False / True / auto); ``share:train:SHAPE`` times an epoch
+                of train steps over one shape, unshared and shared. Floors (SHARE_FLOORS): rb2 scoring >= 1.6,
+                groups8 scoring and training >= 2.5, long_pairs training >= 1.5, helpsteer2 training >= 1.15,
+                short scoring (share auto) >= 0.95. ``--sections share`` (--smoke: share:score and share:train,
+                every shape in one process). A train step holds whole groups: groups8 runs 8 rows a step
+
 Named groups for ``--sections``: ``memory`` (rm_jax:auto,rm_jax_lora:auto), ``full_ft`` (all four options),
-``big_rm`` (rm_jax:auto,torch_packed,rm_jax_lora:auto,torch_peft: the plan, packed-baseline and LoRA floors) and
-``score`` (score:1b,torch_score:1b,score:8b,torch_score:8b);
+``big_rm`` (rm_jax:auto,torch_packed,rm_jax_lora:auto,torch_peft: the plan, packed-baseline and LoRA floors),
+``score`` (score:1b,torch_score:1b,score:8b,torch_score:8b) and ``share`` (share:score, share:train:SHAPE for
+the five shapes);
 each is about one 10-minute call: ``bash scripts/bench_gpu.sh --sections full_ft --budget-s 580``.
 
 Each section runs in its own process (``--section NAME``): torch and XLA do not share the card's
@@ -1246,6 +1257,116 @@ def score_floors(s: dict) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- prefix sharing: shared vs unshared (issue 31)
+
+# bench_share.py's shapes; floors from issue 31 item 6 (speed-up of shared over unshared, same run). "short" is
+# the never-slower check: scoring's default (share="auto", which declines where it saves < 10%) >= 0.95x, the 5%
+# a noisy pass may cost (bench_share.py's own allowance).
+SHARE_SHAPES = ("helpsteer2", "rb2", "long_pairs", "groups8", "short")
+SHARE_FLOORS = {
+    "share_score_rb2": 1.6,
+    "share_score_groups8": 2.5,
+    "share_score_short_auto": 0.95,
+    "share_train_long_pairs": 1.5,
+    "share_train_helpsteer2": 1.15,
+    "share_train_groups8": 2.5,
+}
+SHARE_LIMIT_S = 150
+
+
+def share_argv(a: argparse.Namespace) -> list[str]:
+    """bench_share.py's command line for the Llama-3.2-1B shape (smoke: the tiny one), bf16 compute with
+    ``attention: auto`` on an accelerator (a shared batch runs the kernel that reads its layout), float32 in
+    --smoke, remat and scan as the train sections."""
+    from rm_jax.models.llama import DecoderConfig
+
+    fields = {f for f in DecoderConfig.__dataclass_fields__}
+    spec = {k: v for k, v in arch(a.smoke).items() if k in fields and k != "rope_scaling"}  # rope: no cost
+    spec.update(max_position_embeddings=max(a.share_seq_len, 4096), attention="auto", remat=a.remat)
+    spec.update(scan_layers=not a.no_scan, dtype=a.share_dtype or ("float32" if a.smoke else "bfloat16"))
+    model = "+".join(f"{k}={_yaml_scalar(v)}" for k, v in spec.items())
+    argv = ["--json", "--model", model, "--seq-len", str(a.share_seq_len), "--batch-rows", str(a.share_rows)]
+    argv += ["--prompts", str(a.share_prompts or (2 if a.smoke else 64)), "--repeats", "1" if a.smoke else "3"]
+    return argv + ["--seed", str(a.seed)]
+
+
+def _yaml_scalar(v: Any) -> str:
+    """``v`` as bench_common.parse_overrides reads it back (YAML 1.1: ``1e-05`` is a string, ``1.0e-05`` a float)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if not isinstance(v, float):
+        return str(v)
+    text = repr(v)
+    return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
+
+
+def section_share(a: argparse.Namespace, what: str) -> dict:
+    """bench_share.py run here, one call: ``score`` times all five shapes through Scorer.predict (share False,
+    True and auto), ``train:SHAPE`` an epoch of train steps over one shape's examples, unshared and shared."""
+    import contextlib
+    import io
+
+    import bench_share
+
+    argv = share_argv(a)
+    if what == "score":
+        argv += ["--shapes", ",".join(SHARE_SHAPES)]
+    else:  # "train" (every shape, one process: --smoke) or "train:SHAPE"
+        shapes = what.split(":", 1)[1] if ":" in what else ",".join(SHARE_SHAPES)
+        if "groups8" in shapes:  # a train step holds whole groups: 8 rows when each member takes one
+            argv[argv.index("--batch-rows") + 1] = str(max(a.share_rows, 8))
+        argv += ["--train", "--shapes", shapes]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = bench_share.main(argv)  # its own CPU floors decide only its exit code, recorded, not used
+    out = json.loads(buf.getvalue())
+    out.pop("environment", None)
+    return {"argv": argv, "bench_share_exit": code, **out}
+
+
+def share_floors(s: dict) -> dict:
+    """Issue 31's floors from the share sections (null where a section did not run)."""
+    score = s.get("share:score", {}).get("shapes", {})
+
+    def train(shape: str) -> Optional[float]:
+        for name in (f"share:train:{shape}", "share:train"):
+            if shape in s.get(name, {}).get("shapes", {}):
+                return s[name]["shapes"][shape].get("speedup")
+        return None
+
+    values = {
+        "share_score_rb2": score.get("rb2", {}).get("speedup"),
+        "share_score_groups8": score.get("groups8", {}).get("speedup"),
+        "share_score_short_auto": score.get("short", {}).get("auto_speedup"),
+        "share_train_long_pairs": train("long_pairs"),
+        "share_train_helpsteer2": train("helpsteer2"),
+        "share_train_groups8": train("groups8"),
+    }
+    return {k: _floor(v, SHARE_FLOORS[k]) for k, v in values.items()}
+
+
+def share_lines(sections: dict) -> list[str]:
+    lines = []
+    for name, r in sections.items():
+        if not name.startswith("share:"):
+            continue
+        if "shapes" not in r:
+            lines.append(f"{name}: {r.get('skipped') or r.get('error', '?')}"[:200])
+            continue
+        for shape, x in r["shapes"].items():
+            if "tokens_shared" in x:
+                lines.append(
+                    f"{name} {shape}: tokens {x['tokens_unshared']} -> {x['tokens_shared']}, {x['speedup']:.2f}x "
+                    f"(auto {x['auto_speedup']:.2f}x), max |diff| {x['max_abs_diff']:.1e}"
+                )
+            else:
+                lines.append(
+                    f"{name} {shape}: steps {x['steps_unshared']} -> {x['steps_shared']}, epoch "
+                    f"{x['epoch_unshared_s']:.2f} -> {x['epoch_shared_s']:.2f} s, {x['speedup']:.2f}x"
+                )
+    return lines
+
+
 class _EosFree:
     """The sampler's view of a tokenizer (end of turn, padding) for a random-id benchmark: an EOS id no token
     has, so every row runs the full --gen-new tokens, as transformers does with eos_token_id=None."""
@@ -1383,11 +1504,16 @@ PLAN_GROUPS = {
     "full_ft": [f"full_ft:{k}" for k in FT_OPTIONS],  # the largest full fine-tune per memory option
     # rm-jax score's path against transformers' best scoring loop, 1B and 8B shapes: floor score_vs_best_torch
     "score": ["score:1b", "torch_score:1b", "score:8b", "torch_score:8b"],
+    # prefix sharing, shared vs unshared (issue 31's floors): scoring on five shapes, then an epoch of training
+    # per shape, the floored ones first
+    "share": ["share:score"] + [f"share:train:{k}" for k in ("long_pairs", "helpsteer2", "groups8", "rb2", "short")],
 }
 SCORE_LIMIT_S = 150
 
 
 def run_section(name: str, a: argparse.Namespace) -> dict:
+    if name.startswith("share:"):
+        return section_share(a, name.split(":", 1)[1])
     if name.startswith("score:"):
         return section_score(a, name.split(":", 1)[1])
     if name.startswith("torch_score:"):
@@ -1462,6 +1588,7 @@ def derive(res: dict) -> None:
             FLOORS["plan_within_15pct"],
         ),
         **score_floors(s),
+        **share_floors(s),
         "xla_fits": {"value": "step_s" in xla, "met": "step_s" in xla} if xla else {"value": None, "met": None},
         "score_max_abs_diff": (
             {
@@ -1486,7 +1613,9 @@ def table(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["sections"].items():
-        if name in ("peak", "score_parity", "generate") or name.startswith(("full_ft:", "score:", "torch_score:")):
+        if name in ("peak", "score_parity", "generate") or name.startswith(
+            ("full_ft:", "score:", "torch_score:", "share:")
+        ):
             continue
         if "step_s" not in r and "seconds" not in r:
             why = r.get("skipped") or r.get("error", "?")
@@ -1529,6 +1658,7 @@ def table(res: dict) -> str:
                 f"(matmul_precision=default: {r['max_abs_diff_default_precision']:.2e})"
             )
     lines += memory_lines(res["sections"])
+    lines += share_lines(res["sections"])
     for k, v in res.get("floors", {}).items():
         lines.append(f"floor {k}: {v}")
     return "\n".join(lines)
@@ -1574,7 +1704,9 @@ def memory_lines(sections: dict) -> list[str]:
 
 def parent(a: argparse.Namespace, argv: list) -> int:
     plan = [s.strip() for s in a.sections.split(",")] if a.sections else list(DEFAULT_PLAN)
-    plan = [x for s in plan for x in PLAN_GROUPS.get(s, [s])]
+    # --smoke trains every share shape in one process (process start-up is most of a tiny section's time)
+    groups = {**PLAN_GROUPS, "share": ["share:score", "share:train"]} if a.smoke else PLAN_GROUPS
+    plan = [x for s in plan for x in groups.get(s, [s])]
     if a.attention:
         plan = [s for s in plan if not s.startswith("rm_jax:")]
         plan += [f"rm_jax:{k.strip()}" for k in a.attention.split(",") if k.strip()]
@@ -1606,6 +1738,8 @@ def parent(a: argparse.Namespace, argv: list) -> int:
             limit = FULL_FT_LIMIT_S
         elif name.startswith(("score:", "torch_score:")):
             limit = SCORE_LIMIT_S
+        elif name.startswith("share:"):
+            limit = SHARE_LIMIT_S
         else:
             limit = RM_JAX_LIMIT_S if name.startswith(("rm_jax:", "rm_jax_lora:")) else SECTIONS[name][1]
         left = deadline - time.perf_counter()
@@ -1631,6 +1765,7 @@ def parent(a: argparse.Namespace, argv: list) -> int:
         if k.startswith("score:")
         for run in r.get("runs", {}).values()
     )
+    ok = ok or any("shapes" in r for k, r in res["sections"].items() if k.startswith("share:"))
     return 0 if ok else 1
 
 
@@ -1699,6 +1834,10 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--score-rows", type=int, default=16, help="score sections: rm_jax packed rows per pass")
     ap.add_argument("--torch-score-batch", type=int, default=16, help="torch_score: conversations per sorted batch")
     ap.add_argument("--score-passes", type=int, default=3, help="score sections: timed passes after the warm-up")
+    ap.add_argument("--share-seq-len", type=int, default=2048, help="share sections: packed row length")
+    ap.add_argument("--share-rows", type=int, default=4, help="share sections: rows per pass / train step")
+    ap.add_argument("--share-prompts", type=int, default=None, help="share sections: prompts per shape (64, smoke 2)")
+    ap.add_argument("--share-dtype", default=None, help="share sections: compute dtype (bfloat16, smoke float32)")
     ap.add_argument("--budget-s", type=float, default=560, help="whole-run budget; sections past it are skipped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)  # internal: run one section here

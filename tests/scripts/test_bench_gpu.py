@@ -150,3 +150,48 @@ def test_score_floor_divides_rm_jax_bf16_by_the_best_bf16_transformers_run():
     }  # fmt: skip
     assert got["score_8b_vs_best_torch"]["met"] is None  # no transformers run: unmeasured, never met
     assert set(bg.PLAN_GROUPS["score"]) == {"score:1b", "torch_score:1b", "score:8b", "torch_score:8b"}
+
+
+def test_share_sections_call_bench_share_on_the_1b_shape(monkeypatch):
+    import json
+
+    import bench_share
+    from bench_common import parse_overrides
+
+    seen = []
+
+    def fake_main(argv):  # bench_share's entry point: records what the section asks for, prints its JSON
+        seen.append(argv)
+        print(json.dumps({"shapes": {"groups8": {"speedup": 2.6}}, "environment": {}}))
+        return 1
+
+    monkeypatch.setattr(bench_share, "main", fake_main)
+    a = _args(smoke=False, share_seq_len=2048, share_rows=4, share_prompts=None, share_dtype=None, seed=0)
+    got = bg.section_share(a, "train:groups8")
+    assert got["shapes"] == {"groups8": {"speedup": 2.6}} and got["bench_share_exit"] == 1
+    argv = seen[-1]
+    assert argv[argv.index("--batch-rows") + 1] == "8"  # a step holds a whole group of 8
+    assert argv[-3:] == ["--train", "--shapes", "groups8"] and argv[argv.index("--seq-len") + 1] == "2048"
+    model = parse_overrides(argv[argv.index("--model") + 1])
+    want = {k: v for k, v in bg.arch(False).items() if k in model and k != "max_position_embeddings"}
+    assert len(want) >= 9 and all(model[k] == want[k] for k in want)  # Llama-3.2-1B's body
+    assert (model["hidden_size"], model["num_hidden_layers"], model["dtype"]) == (2048, 16, "bfloat16")
+    assert (model["attention"], model["remat"], model["scan_layers"]) == ("auto", "dots_no_batch", True)
+    bg.section_share(a, "score")
+    assert "--train" not in seen[-1] and seen[-1][seen[-1].index("--batch-rows") + 1] == "4"
+    assert seen[-1][-1] == ",".join(bg.SHARE_SHAPES)
+
+
+def test_share_floors_read_the_issue_31_figures_per_shape_and_from_the_smoke_section():
+    s = {
+        "share:score": {"shapes": {"rb2": {"speedup": 1.7, "auto_speedup": 1.5}, "short": {"auto_speedup": 0.9}}},
+        "share:train:long_pairs": {"shapes": {"long_pairs": {"speedup": 1.4}}},
+        "share:train": {"shapes": {"helpsteer2": {"speedup": 1.2}}},  # --smoke: every shape in one section
+    }
+    f = bg.share_floors(s)
+    assert f["share_score_rb2"] == {"value": 1.7, "floor": 1.6, "met": True}  # share=True, not auto
+    assert f["share_score_short_auto"]["met"] is False  # the default must not be slower on short prompts
+    assert f["share_train_long_pairs"] == {"value": 1.4, "floor": 1.5, "met": False}
+    assert f["share_train_helpsteer2"]["met"] is True
+    assert f["share_score_groups8"]["met"] is None and f["share_train_groups8"]["met"] is None  # not run: unmeasured
+    assert set(bg.PLAN_GROUPS["share"]) == {"share:score"} | {f"share:train:{k}" for k in bg.SHARE_SHAPES}

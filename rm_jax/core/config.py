@@ -23,7 +23,8 @@ __all__ = ["ConfigError", "RunConfig", "build_config", "load_config", "load_yaml
 Task = Literal["rm", "sft", "steerlm2"]
 Dtype = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
-Attention = Literal["auto", "xla", "cudnn", "cudnn_dense", "splash", "pallas"]  # pallas: rm_jax.models.pallas_shared
+# pallas: rm_jax.models.pallas_shared (Triton); pallas_tpu: rm_jax.models.pallas_shared_tpu (Mosaic)
+Attention = Literal["auto", "xla", "cudnn", "cudnn_dense", "splash", "pallas", "pallas_tpu"]
 MatmulPrecision = Literal["default", "high", "highest"]
 DataKind = Literal["helpsteer", "pairs", "helpsteer3", "chat"]
 PAIR_KINDS = ("pairs", "helpsteer3")  # data kinds read as preference pairs (a pair loss)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rm_jax.core.config import Attention
-from rm_jax.models import cudnn, pallas_shared, splash
+from rm_jax.models import cudnn, pallas_shared, pallas_shared_tpu, splash
 from rm_jax.models.cudnn import KernelUnavailableError
 
 Precision = Optional[lax.Precision]
@@ -401,7 +401,7 @@ def resolve_kernel(
 
 
 # Kernels whose mask reads the shared-prompt layout's negative prompt ids (rm_jax.data.prefix_sharing).
-SHARED_KERNELS = ("xla", "cudnn_dense", "pallas")
+SHARED_KERNELS = ("xla", "cudnn_dense", "pallas", "pallas_tpu")
 
 
 def shared_layout_kernel(name: str, backend: Optional[str] = None, *, dtype: Optional[str] = None) -> str:
@@ -444,6 +444,10 @@ def attend(
     if kernel == "pallas":  # its own block (BLOCK): attention_block sizes the xla kernel's scan
         return pallas_shared.pallas_shared_attention(
             q, k, v, segment_ids, sliding_window=sliding_window, precision=precision
+        )
+    if kernel == "pallas_tpu":  # Mosaic; per shard under a mesh, as splash
+        return pallas_shared_tpu.pallas_shared_tpu_attention(
+            q, k, v, segment_ids, sliding_window=sliding_window, precision=precision, mesh=mesh
         )
     raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 

@@ -21,6 +21,12 @@ PROMPT-token prompt and N RESPONSE-token responses, and reports their outputs' m
         --dtype bfloat16 --no-torch --json
     # off a GPU the Pallas kernel runs interpreted (slow): a smoke run only
     python scripts/bench_attention.py --shared 40,24,3 --rows 1 --seq 256 --heads 4 --kv-heads 2 --repeats 1
+
+``--shared-kernel pallas_tpu`` times the TPU (Mosaic) variant (rm_jax.models.pallas_shared_tpu) against
+``xla`` instead; on a TPU:
+
+    python scripts/bench_attention.py --shared 1024,256,2 --shared-kernel pallas_tpu --rows 4 --seq 4096 \
+        --heads 32 --kv-heads 8 --dtype bfloat16 --no-torch --json
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ def shared_segments(rows: int, t: int, prompt: int, response: int, n: int) -> np
 
 
 def run_shared(a: argparse.Namespace) -> int:
-    """xla vs pallas, forward + backward, on shared-prompt rows (module docstring)."""
+    """xla vs --shared-kernel (pallas or pallas_tpu), forward + backward, on shared-prompt rows (module docstring)."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -83,7 +89,7 @@ def run_shared(a: argparse.Namespace) -> int:
     prec = lax.Precision.HIGHEST if a.dtype == "float32" else None
     fwd = {
         name: jax.jit(lambda q, k, v, s, name=name: attend(q, k, v, s, kernel=name, precision=prec))
-        for name in ("xla", "pallas")
+        for name in ("xla", a.shared_kernel)
     }
     step = {
         name: jax.jit(
@@ -91,7 +97,8 @@ def run_shared(a: argparse.Namespace) -> int:
         )
         for name, f in fwd.items()
     }
-    diff = float(jnp.abs(fwd["xla"](q, k, v, seg).astype(jnp.float32) - fwd["pallas"](q, k, v, seg)).max())
+    other = a.shared_kernel
+    diff = float(jnp.abs(fwd["xla"](q, k, v, seg).astype(jnp.float32) - fwd[other](q, k, v, seg)).max())
     times: dict = {name: [] for name in step}
     compile_s = {}
     for name, f in step.items():
@@ -117,15 +124,16 @@ def run_shared(a: argparse.Namespace) -> int:
         "head_dim": d,
         "dtype": a.dtype,
         "backend": jax.default_backend(),
-        "pallas_interpreted": jax.default_backend() not in ("gpu", "cuda"),
-        "max_abs_diff_pallas_vs_xla": diff,
-        "speedup_pallas_vs_xla": row["xla"]["median_s"] / row["pallas"]["median_s"],
+        "kernel": other,
+        f"{other}_interpreted": jax.default_backend() not in (("tpu",) if other == "pallas_tpu" else ("gpu", "cuda")),
+        f"max_abs_diff_{other}_vs_xla": diff,
+        f"speedup_{other}_vs_xla": row["xla"]["median_s"] / row[other]["median_s"],
         "results": row,
         "environment": environment(),
     }
     print(
-        f"[bench_attention] shared {a.shared}: xla {row['xla']['median_s']:.4f}s, pallas "
-        f"{row['pallas']['median_s']:.4f}s, max |diff| {diff:.2e}",
+        f"[bench_attention] shared {a.shared}: xla {row['xla']['median_s']:.4f}s, {other} "
+        f"{row[other]['median_s']:.4f}s, max |diff| {diff:.2e}",
         file=sys.stderr,
         flush=True,
     )
@@ -148,6 +156,12 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--shared", default="", help="PROMPT,RESPONSE,N: time xla vs pallas on shared-prompt rows")
+    ap.add_argument(
+        "--shared-kernel",
+        default="pallas",
+        choices=["pallas", "pallas_tpu"],
+        help="the kernel --shared times against xla: pallas (Triton, GPU) or pallas_tpu (Mosaic, TPU)",
+    )
     a = ap.parse_args(argv)
     if a.shared:
         return run_shared(a)

@@ -569,6 +569,48 @@ MUTATIONS: tuple[Mutation, ...] = (
         (("rm_jax/evaluation/yardsticks.py", '    opts["share_prompts"] = share_prompts\n', ""),),
         ("tests/evaluation/test_yardsticks.py::test_share_prompts_scores_every_response_as_unshared",),
     ),
+    Mutation(
+        "pallas_tpu_sees_sibling",
+        "the TPU shared-prompt kernel never lets a response attend to a sibling response",
+        (
+            (
+                "rm_jax/models/pallas_shared_tpu.py",
+                "ok = (qi >= ki) & ((qs == ks) | ((qg > 0) & (ks == -qg)))",
+                "ok = (qi >= ki) & ((qs == ks) | ((qg > 0) & ((ks == -qg) | (ks >= qg))))",
+            ),
+        ),
+        ("tests/models/test_pallas_shared_tpu.py::test_float32_forward_and_gradients_match_the_dense_softmax",),
+    ),
+    Mutation(
+        "pallas_tpu_fwd_skips_prompt_block",
+        "the TPU kernel's forward / dq grid steps read the prompt's key blocks (scalar-prefetch index map)",
+        (
+            (
+                "rm_jax/models/pallas_shared_tpu.py",
+                "return jnp.where(j < n_a, a_lo + j, jnp.minimum(c_lo + j - n_a, i))",
+                "return jnp.where(j < n_a, a_lo + j + 1, jnp.minimum(c_lo + j - n_a, i))",
+            ),
+        ),
+        (
+            "tests/models/test_pallas_shared_tpu.py::test_grid_steps_read_every_visible_block_and_skip_siblings",
+            "tests/models/test_pallas_shared_tpu.py::test_float32_forward_and_gradients_match_the_dense_softmax",
+        ),
+    ),
+    Mutation(
+        "pallas_tpu_dkv_skips_prompt_block",
+        "the TPU kernel's dk/dv steps take every query block that reads a prompt's key block, not only its own",
+        (
+            (
+                "rm_jax/models/pallas_shared_tpu.py",
+                "reads = ((a_lo <= j) & (j < a_lo + n_a)) | (c_lo <= j)",
+                "reads = c_lo <= j",
+            ),
+        ),
+        (
+            "tests/models/test_pallas_shared_tpu.py::test_grid_steps_read_every_visible_block_and_skip_siblings",
+            "tests/models/test_pallas_shared_tpu.py::test_float32_forward_and_gradients_match_the_dense_softmax",
+        ),
+    ),
 )
 
 

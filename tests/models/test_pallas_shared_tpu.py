@@ -24,6 +24,7 @@ from rm_jax.models.attention import (
     shared_layout_kernel,
 )
 from rm_jax.models.pallas_shared import block_ranges
+from tests.helpers import requires_devices
 
 T, BLK = 512, 128
 
@@ -94,8 +95,8 @@ def test_grid_steps_read_every_visible_block_and_skip_siblings(window):
         np.testing.assert_array_equal(qblk[0, 1][live[0, 1]], [1, 2, 3])  # the prompt's: by its responses
 
 
-def _check(dtype, window, seed, atol, grad_atol, grad_rtol):
-    q, k, v, g = _inputs(dtype, seed=seed)
+def _check(dtype, window, seed, atol, grad_atol, grad_rtol, n=4, kv=2):
+    q, k, v, g = _inputs(dtype, n=n, kv=kv, seed=seed)
     seg = jnp.asarray(_rows())
     hi = lax.Precision.HIGHEST if dtype == jnp.float32 else None
     kern = functools.partial(pst.pallas_shared_tpu_attention, sliding_window=window, block=BLK, precision=hi)
@@ -118,19 +119,30 @@ def test_float32_forward_and_gradients_match_the_dense_softmax(window):
 
 def test_bfloat16_inputs_follow_the_float32_function():
     # Probabilities and outputs rounded to bf16 (as for the other kernels' tests); gradients pass more roundings.
-    _check(jnp.bfloat16, None, seed=1, atol=2e-2, grad_atol=6e-2, grad_rtol=6e-2)
+    _check(jnp.bfloat16, None, seed=1, atol=2e-2, grad_atol=6e-2, grad_rtol=6e-2, n=2, kv=1)
 
 
-def test_model_attention_pallas_tpu_is_dispatched_and_never_auto():
-    q, k, v, _ = _inputs(jnp.float32, b=1, n=2, kv=1, d=16)
-    seg = jnp.asarray(np.repeat([1, -2, 2, 3, 0], [50, 100, 90, 200, 72])[None], jnp.int32)
-    out = attend(q[:, :200], k[:, :200], v[:, :200], seg[:, :200], kernel="pallas_tpu", precision=lax.Precision.HIGHEST)
-    want = reference_attention(q[:, :200], k[:, :200], v[:, :200], seg[:, :200])  # T=200: padded to 256 inside
-    np.testing.assert_allclose(out, want, atol=2e-6, rtol=1e-5)
+def test_model_attention_pallas_tpu_is_a_shared_kernel_never_picked_by_auto():
     assert "pallas_tpu" in SHARED_KERNELS and shared_layout_kernel("pallas_tpu", "tpu") == "pallas_tpu"
     for backend in ("cpu", "gpu", "tpu"):  # not compiled by Mosaic yet: auto never picks it, shared batches stay xla
         assert resolve_kernel("auto", backend, dtype="bfloat16", compute_capability=(9, 0)) != "pallas_tpu"
         assert shared_layout_kernel("auto", backend, dtype="bfloat16") != "pallas_tpu"
     assert shared_layout_kernel("auto", "tpu", dtype="bfloat16") == "xla"  # splash reads no prompt ids
+    q, k, v, _ = _inputs(jnp.float32, b=1, n=2, kv=1, d=16)
     with pytest.raises(ValueError, match="multiple of 128"):
-        pst.pallas_shared_tpu_attention(q, k, v, seg, block=64)
+        pst.pallas_shared_tpu_attention(q, k, v, jnp.ones((1, T), jnp.int32), block=64)
+
+
+@requires_devices(4)
+def test_attend_runs_it_per_shard_on_a_mesh():
+    """attend(kernel="pallas_tpu", mesh=...): rows over data, heads over tensor (one kv head per shard), a row
+    length that is no whole number of blocks (200: padded to 256 inside); forward only (the gradients are
+    the single-device tests')."""
+    from rm_jax.models.sharding import make_mesh
+
+    mesh = make_mesh(data=2, tensor=2, devices=jax.devices()[:4])
+    q, k, v, _ = _inputs(jnp.float32, n=4, kv=2, d=16)
+    q, k, v = (x[:, :200] for x in (q, k, v))
+    seg = jnp.asarray(_rows()[:, :200])
+    out = attend(q, k, v, seg, kernel="pallas_tpu", precision=lax.Precision.HIGHEST, mesh=mesh)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, seg), atol=2e-6, rtol=1e-5)

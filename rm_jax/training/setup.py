@@ -251,7 +251,7 @@ def run_opts(cfg: RunConfig) -> dict:
         scan_layers=cfg.model.scan_layers,
         # Shared prompts need a kernel whose mask reads prompt ids (xla everywhere, cudnn_dense on GPUs).
         attention=shared_layout_kernel(cfg.model.attention, dtype=cfg.model.dtype)
-        if cfg.data.share_prompts is not False and cfg.task in ("rm", "steerlm2")
+        if cfg.data.share_prompts is not False and cfg.task != "sft"
         else cfg.model.attention,
         attention_block=cfg.model.attention_block,
         matmul_precision=cfg.model.matmul_precision,

@@ -128,7 +128,7 @@ class Task:
             t.seed,
             d.shuffle,
             # sft: not yet (its units are single examples; docs/sharing.md); steerlm2: a group's prompt once
-            d.share_prompts if self.cfg.task in ("rm", "steerlm2") else False,
+            d.share_prompts if self.cfg.task != "sft" else False,
             sample_by_prompt=d.sample_by_prompt and self.cfg.task == "rm",
             shared_steps=d.shared_steps,
         )

@@ -19,8 +19,8 @@ group outside (simple, and each program writes its own tile). Softmax in float32
 Off a GPU it runs in Pallas interpret mode (the same program evaluated by XLA): exact and slow, which is
 how the tests check it on CPU. It has not been compiled by Triton here (no GPU), so ``auto`` never picks
 it and shared batches default to the ``xla`` kernel; docs/sharing.md ("Kernels: pallas") has the command
-that measures it. No TPU variant: Mosaic wants the per-token ids laid out lane-dense and the block
-bounds in scalar memory (splash's layout), which interpret mode on CPU would not check.
+that measures it. The TPU (Mosaic) variant, with these block ranges in scalar memory and splash's
+lane-dense layout, is ``rm_jax.models.pallas_shared_tpu``.
 """
 
 from __future__ import annotations

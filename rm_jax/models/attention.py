@@ -172,8 +172,12 @@ def _key_blocks(segment_ids: jax.Array, block: int, window: Optional[int]) -> ja
     b, t = segment_ids.shape
     nb = t // block
     _, _, first, _, _ = _shared_info(segment_ids)
+    idx = jnp.arange(t, dtype=jnp.int32)
+    # A pad's output is never read: its block alone keeps it from a fully masked row. Otherwise the pads
+    # after a short row's last conversation would read the whole causal triangle over themselves.
+    first = jnp.where(segment_ids == 0, (idx // block) * block, first)
     if window is not None:  # own keys keep the query's offset, so plain indices measure the window
-        first = jnp.maximum(first, jnp.arange(t, dtype=jnp.int32) - window + 1)
+        first = jnp.maximum(first, idx - window + 1)
     need = first.reshape(b, nb, block).min(axis=(0, 2))
     starts = jnp.arange(nb, dtype=jnp.int32) * block
     need = jnp.clip(need, 0, starts)  # a query always sees itself, so need <= the block's start
@@ -276,9 +280,13 @@ class _Plan:
         self.nb = self.tp // self.block
         self.scale = self.d**-0.5
         # Key-window widths (in blocks) with a compiled branch each. Capped so compile time stays
-        # flat in T: past the cap a block reads up to (nb / cap) blocks more than it needs.
+        # flat in T: every width up to a quarter of the cap (short conversations, a shared row's responses
+        # and prompts, pads), then evenly spaced, so past the cap a block reads up to about
+        # nb / (0.75 cap) blocks more than it needs.
         n = min(self.nb, MAX_WIDTHS)
-        self.widths = sorted({-(-(j + 1) * self.nb // n) for j in range(n)})
+        small = n // 4
+        rest = n - small
+        self.widths = list(range(1, small + 1)) + [small + -(-(j + 1) * (self.nb - small) // rest) for j in range(rest)]
 
     def key_start(self, i: jax.Array, tk: int) -> jax.Array:
         """First key of a window of tk keys ending at block i's end; a window wider than what
@@ -478,8 +486,10 @@ def flash_attention(
 ) -> jax.Array:
     """Causal, segment-masked attention; q [B,T,N,D], k/v [B,T,K,D] (K divides N) -> [B,T,N,D].
 
-    Softmax in float32 whatever the compute dtype. Pads (segment 0) attend to pads only, so no row
-    is fully masked; their outputs are never read. block <= 0 means one block of the whole row."""
+    Softmax in float32 whatever the compute dtype. Pads (segment 0) attend to some pads before them
+    (their own block's at least, themselves always), so no row is fully masked; their outputs are
+    finite, never read, and not ``reference_attention``'s (which reads every earlier pad): nothing but
+    pads sees a pad, so every other output and gradient is. block <= 0 means one block of the whole row."""
     return _flash(q, k, v, segment_ids, sliding_window, int(block), precision)
 
 

@@ -222,22 +222,26 @@ def _own_mask(tok: _Tokens, q0: jax.Array, k0: jax.Array, tq: int, tk: int, wind
 
 
 def _rows_slice(x: jax.Array, starts: jax.Array, size: int) -> jax.Array:
-    """x[r, ..., starts[r] : starts[r] + size, ...] along axis 1 of x[r] (the token axis of [B, kv, T, ...])
-    or axis 0 of a [B, T] array: each row its own start."""
-    axis = 0 if x.ndim == 2 else 1
-    return jax.vmap(lambda xr, s: jax.lax.dynamic_slice_in_dim(xr, s, size, axis=axis))(x, starts)
+    """x[r, ..., starts[r] : starts[r] + size, ...] along the token axis (axis 2 of [B, kv, T, D], axis 1 of
+    [B, T]): each row its own start. One dynamic slice per row (rows are few and static): a vmapped slice
+    lowers to a gather, 2-3x slower on CPU."""
+    axis = 1 if x.ndim == 2 else 2
+    rows = [
+        jax.lax.dynamic_slice_in_dim(jax.lax.dynamic_slice_in_dim(x, r, 1, axis=0), starts[r], size, axis=axis)
+        for r in range(x.shape[0])
+    ]
+    return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
 
 
 def _rows_add(x: jax.Array, starts: jax.Array, upd: jax.Array) -> jax.Array:
-    """x with upd added at each row's start along the token axis of [B, kv, T, D] (``_rows_slice``'s transpose)."""
+    """x [B, kv, T, D] with upd [B, kv, size, D] added at each row's start (``_rows_slice``'s transpose), as
+    in-place updates of one row's window each (a vmapped update lowers to a scatter)."""
     size = upd.shape[2]
-
-    def one(xr, s, ur):
-        return jax.lax.dynamic_update_slice_in_dim(
-            xr, jax.lax.dynamic_slice_in_dim(xr, s, size, axis=1) + ur, s, axis=1
-        )
-
-    return jax.vmap(one)(x, starts, upd)
+    for r in range(x.shape[0]):
+        at = (r, 0, starts[r], 0)
+        old = jax.lax.dynamic_slice(x, at, (1, x.shape[1], size, x.shape[3]))
+        x = jax.lax.dynamic_update_slice(x, old + upd[r : r + 1], at)
+    return x
 
 
 def _prompt_mask(tok: _Tokens, q0: jax.Array, starts: jax.Array, tq: int, tk: int, window: Optional[int]) -> jax.Array:

@@ -452,8 +452,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             (
                 "rm_jax/models/attention.py",
+                "allowed = (qg > 0) & (ks == -qg) & (ki < own0)  # prompt keys precede",
                 "allowed = (qg > 0) & (ks == -qg)  # prompt keys precede",
-                "allowed = (qg > 0) & ((ks == -qg) | (ks > 0))  # prompt keys precede",
             ),
         ),
         (

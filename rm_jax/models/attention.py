@@ -184,15 +184,21 @@ def _key_blocks(segment_ids: jax.Array, block: int, window: Optional[int]) -> ja
     return (starts + block - (need // block) * block) // block
 
 
-def _prompt_spans(segment_ids: jax.Array, block: int, window: Optional[int]) -> tuple[jax.Array, jax.Array]:
+def _prompt_spans(
+    segment_ids: jax.Array, block: int, window: Optional[int], before: Optional[jax.Array] = None
+) -> tuple[jax.Array, jax.Array]:
     """The prompt range of each query block, per row: ([B, T / block] first prompt key any of the block's
     response queries reads, [T / block] key blocks to read, the maximum over rows; 0 where no query of the
-    block reads a prompt, in any row). A block holding responses of two groups spans both prompts."""
+    block reads a prompt, in any row). Only keys before ``before`` [T / block] (the own range's first key:
+    the own range reads the rest) count. A block holding responses of two groups spans both prompts, or
+    the earlier one only where the later one lies in the own range."""
     b, t = segment_ids.shape
     nb = t // block
     group, vidx, _, lo, hi = _shared_info(segment_ids)
     if window is not None:  # prompt keys keep their indices; the query's is virtual
         lo = jnp.maximum(lo, vidx - window + 1)
+    if before is not None:
+        hi = jnp.minimum(hi, jnp.repeat(before, block)[None])
     reads = (group > 0) & (lo < hi)
     lo = jnp.where(reads, lo, t).reshape(b, nb, block).min(axis=2)
     hi = jnp.where(reads, hi, 0).reshape(b, nb, block).max(axis=2)
@@ -209,16 +215,18 @@ class _Tokens:
 
 
 def _own_mask(tok: _Tokens, q0: jax.Array, k0: jax.Array, tq: int, tk: int, window: Optional[int]) -> jax.Array:
-    """[B, tq, tk] bool, queries [q0, q0+tq) against keys [k0, k0+tk) of their own segment: causal, inside
-    the window (own keys keep the query's offset from the unshared layout, so plain indices measure it)."""
+    """[B, tq, tk] bool for queries [q0, q0+tq) against the own range's keys [k0, k0+tk): every key the
+    query sees there (its segment's, and a response's prompt keys that fall inside the range)."""
     qi = q0 + jnp.arange(tq)[None, :, None]
     ki = k0 + jnp.arange(tk)[None, None, :]
-    qs = jax.lax.dynamic_slice_in_dim(tok.seg, q0, tq, axis=1)[:, :, None]
-    ks = jax.lax.dynamic_slice_in_dim(tok.seg, k0, tk, axis=1)[:, None, :]
-    allowed = (qi >= ki) & (qs == ks)
-    if window is not None:
-        allowed &= (qi - ki) < window
-    return allowed
+
+    def q(x):
+        return jax.lax.dynamic_slice_in_dim(x, q0, tq, axis=1)[:, :, None]
+
+    def k(x):
+        return jax.lax.dynamic_slice_in_dim(x, k0, tk, axis=1)[:, None, :]
+
+    return _visible(q(tok.seg), k(tok.seg), q(tok.group), qi, ki, q(tok.vidx), k(tok.vidx), window)
 
 
 def _rows_slice(x: jax.Array, starts: jax.Array, size: int) -> jax.Array:
@@ -244,14 +252,17 @@ def _rows_add(x: jax.Array, starts: jax.Array, upd: jax.Array) -> jax.Array:
     return x
 
 
-def _prompt_mask(tok: _Tokens, q0: jax.Array, starts: jax.Array, tq: int, tk: int, window: Optional[int]) -> jax.Array:
-    """[B, tq, tk] bool, queries [q0, q0+tq) against the keys [starts[r], starts[r]+tk) of row r: only the
-    tokens of the prompt a response query reads. A prompt key never has the query's segment id, so this
-    mask and ``_own_mask`` are disjoint and no key is counted twice."""
+def _prompt_mask(
+    tok: _Tokens, q0: jax.Array, starts: jax.Array, own0: jax.Array, tq: int, tk: int, window: Optional[int]
+) -> jax.Array:
+    """[B, tq, tk] bool, queries [q0, q0+tq) against the keys [starts[r], starts[r]+tk) of row r: the
+    tokens of the prompt a response query reads that lie before the own range's first key own0. The own
+    range reads those from own0 on, so the two ranges are disjoint and no key is counted twice."""
     qg = jax.lax.dynamic_slice_in_dim(tok.group, q0, tq, axis=1)[:, :, None]
     qv = jax.lax.dynamic_slice_in_dim(tok.vidx, q0, tq, axis=1)[:, :, None]
     ks = _rows_slice(tok.seg, starts, tk)[:, None, :]
-    allowed = (qg > 0) & (ks == -qg)  # prompt keys precede their responses: causal already
+    ki = starts[:, None, None] + jnp.arange(tk)[None, None, :]
+    allowed = (qg > 0) & (ks == -qg) & (ki < own0)  # prompt keys precede their responses: causal already
     if window is not None:
         allowed &= (qv - _rows_slice(tok.vidx, starts, tk)[:, None, :]) < window
     return allowed
@@ -321,9 +332,14 @@ class _Ranges:
     """The key ranges of every query block: ``own`` [nb] key blocks ending with the block's own, and the
     prompt range's per-row first key ``prompt_lo`` [B, nb] and width in blocks ``prompt`` [nb]."""
 
-    def __init__(self, seg: jax.Array, block: int, window: Optional[int]):
-        self.own = _key_blocks(seg, block, window)
-        self.prompt_lo, self.prompt = _prompt_spans(seg, block, window)
+    def __init__(self, p: _Plan, seg: jax.Array, window: Optional[int]):
+        self.own = _key_blocks(seg, p.block, window)
+        # The own range's first key per block, as _switch and _Plan.key_start place it.
+        i = jnp.arange(p.nb, dtype=jnp.int32)
+        widths = jnp.asarray(p.widths, jnp.int32)
+        tk = widths[jnp.searchsorted(widths, jnp.clip(self.own, 1, i + 1))] * p.block
+        self.own0 = jnp.clip((i + 1) * p.block - tk, 0, p.tp - tk)
+        self.prompt_lo, self.prompt = _prompt_spans(seg, p.block, window, self.own0)
 
     def prompt_start(self, p: _Plan, i: jax.Array, tk: int) -> jax.Array:
         """[B] first key of each row's tk-key prompt window for block i (moved left to fit the row)."""
@@ -342,7 +358,7 @@ def _prepare(q, k, v, segment_ids, window, block, precision):
     qh = _heads_major(_pad_to_blocks(q, p.tp), p.kv)
     kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)
     vh = _pad_to_blocks(v, p.tp).transpose(0, 2, 1, 3)
-    return p, _Tokens(seg), qh, kh, vh, _Ranges(seg, p.block, window)
+    return p, _Tokens(seg), qh, kh, vh, _Ranges(p, seg, window)
 
 
 def _forward(q, k, v, segment_ids, window, block, precision):
@@ -384,7 +400,12 @@ def _forward(q, k, v, segment_ids, window, block, precision):
         q0, k0 = i * blk, ranges.prompt_start(p, i, tk)
         qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
         m2, l2, o2 = scores_pv(
-            qb, _rows_slice(kh, k0, tk), _rows_slice(vh, k0, tk), _prompt_mask(seg, q0, k0, blk, tk, window), tk, False
+            qb,
+            _rows_slice(kh, k0, tk),
+            _rows_slice(vh, k0, tk),
+            _prompt_mask(seg, q0, k0, ranges.own0[i], blk, tk, window),
+            tk,
+            False,
         )
         mm = jnp.maximum(m, m2)  # the own range always has the query itself: mm is finite
         c, c2 = jnp.exp(m - mm), jnp.exp(m2 - mm)
@@ -454,7 +475,7 @@ def _flash_bwd(window, block, precision, res, dout):
         dk, dv = carry
         tk = w * blk
         k0 = ranges.prompt_start(p, i, tk)
-        mask = _prompt_mask(seg, i * blk, k0, blk, tk, window)
+        mask = _prompt_mask(seg, i * blk, k0, ranges.own0[i], blk, tk, window)
         dq_b, dk_b, dv_b = grads(i, _rows_slice(kh, k0, tk), _rows_slice(vh, k0, tk), mask, tk)
         return (_rows_add(dk, k0, dk_b), _rows_add(dv, k0, dv_b)), dq + dq_b
 

@@ -6,7 +6,14 @@ probabilities from a saved log-sum-exp instead of storing them. Which keys a blo
 decided at run time from the segment ids: a block inside a packed conversation skips every key
 before that conversation's start as well as the causal upper triangle. The key window is a whole
 number of blocks, picked by ``lax.switch`` among at most 16 static widths, so the program stays
-static-shaped and compiles one body, not one per block.
+static-shaped and compiles one body, not one per block. Pads (segment 0) read their own block only.
+
+A shared-prompt row (``rm_jax.data.prefix_sharing``) gives a block two key ranges: the own range, from
+the block's earliest own-segment start (not its prompt's) to the block, with the full mask; and, where
+a query of the block reads a prompt, the prompt range: that prompt's keys before the own range, from a
+start per row (rows differ) and a width out of the same static widths (the widest row's). The two are
+disjoint by position and merged by their log-sum-exp, forward and backward, so a response never reads
+the keys of the siblings between its prompt and itself; an unshared batch skips the prompt range.
 
 Why by hand: XLA's autodiff of a blockwise softmax keeps every [block, T] probability tile alive for
 the backward and, on CPU, transposes them for the gradient dots; a packed 2048-token row of ~600-token

@@ -10,6 +10,7 @@ means):
   rb2           RewardBench 2-shaped sets: a 600-900-token prompt, four 40-120-token completions
   long_pairs    pairs after a 1k-token prompt, 256-token responses
   groups8       SteerLM 2.0 groups: eight 200-token responses after a 300-token prompt
+  groups8_long  SteerLM 2.0 groups after a long prompt: eight 150-token responses after a 1000-token prompt
   short         pairs after a 20-token prompt, 200-token responses (sharing must not be slower)
 
 Method: each side runs once to compile and warm up; then timed passes alternate shared / unshared so load
@@ -91,6 +92,7 @@ def shape(name: str, rng: np.random.Generator, n_prompts: int, vocab: int) -> tu
         "rb2": (lambda: int(rng.integers(600, 900)), 4, lambda: int(rng.integers(40, 120))),
         "long_pairs": (lambda: 1024, 2, lambda: 256),
         "groups8": (lambda: around(300), 8, lambda: around(200)),
+        "groups8_long": (lambda: around(1000), 8, lambda: around(150)),
         "short": (lambda: 20, 2, lambda: around(200)),
     }[name]
     prompt_len, n_resp, resp_len = spec

@@ -6,7 +6,14 @@ probabilities from a saved log-sum-exp instead of storing them. Which keys a blo
 decided at run time from the segment ids: a block inside a packed conversation skips every key
 before that conversation's start as well as the causal upper triangle. The key window is a whole
 number of blocks, picked by ``lax.switch`` among at most 16 static widths, so the program stays
-static-shaped and compiles one body, not one per block.
+static-shaped and compiles one body, not one per block. Pads (segment 0) read their own block only.
+
+A shared-prompt row (``rm_jax.data.prefix_sharing``) gives a block two key ranges: the own range, from
+the block's earliest own-segment start (not its prompt's) to the block, with the full mask; and, where
+a query of the block reads a prompt, the prompt range: that prompt's keys before the own range, from a
+start per row (rows differ) and a width out of the same static widths (the widest row's). The two are
+disjoint by position and merged by their log-sum-exp, forward and backward, so a response never reads
+the keys of the siblings between its prompt and itself; an unshared batch skips the prompt range.
 
 Why by hand: XLA's autodiff of a blockwise softmax keeps every [block, T] probability tile alive for
 the backward and, on CPU, transposes them for the gradient dots; a packed 2048-token row of ~600-token
@@ -47,18 +54,9 @@ _NEG = -1e30
 _BLOCK_PAD = -(2**30)
 
 
-def shared_token_info(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per token of a shared-prompt row (``rm_jax.data.prefix_sharing``): (the prompt id it may read, its
-    virtual index, the first key it can see).
-
-    In a shared row a prompt's tokens carry the negative id ``-g`` (g = the slot of its group's first
-    response) and its responses the positive slot ids that follow it; plain conversations come first in
-    the row. A response token reads the latest prompt before it (a running max), and its virtual index is
-    its index minus the tokens of earlier siblings between its prompt and it: its index in the unshared
-    layout, so a sliding window measures the same distances. Its first visible key is its prompt's first
-    token; every other token's is the first token of its segment. Rows without negative ids get
-    (0, index, segment start): the unshared layout. Ids below -T (the kernel's block padding) are no prompt
-    and share one code, as pads of their own."""
+def _shared_info(segment_ids: jax.Array) -> tuple[jax.Array, ...]:
+    """(prompt id, virtual index, own segment's first token, prompt's first token, prompt's end) per token;
+    the last two are only meaningful where the prompt id is > 0. See ``shared_token_info``."""
     b, t = segment_ids.shape
     idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     is_prompt = (segment_ids < 0) & (segment_ids >= -t)
@@ -75,7 +73,23 @@ def shared_token_info(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax
     prompt_end = jnp.take_along_axis(seg_max, prompt, axis=1) + 1
     shared = group > 0
     vidx = jnp.where(shared, idx - (own_first - prompt_end), idx)
-    return group, vidx, jnp.where(shared, prompt_first, own_first)
+    return group, vidx, own_first, prompt_first, prompt_end
+
+
+def shared_token_info(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per token of a shared-prompt row (``rm_jax.data.prefix_sharing``): (the prompt id it may read, its
+    virtual index, the first key it can see).
+
+    In a shared row a prompt's tokens carry the negative id ``-g`` (g = the slot of its group's first
+    response) and its responses the positive slot ids that follow it; plain conversations come first in
+    the row. A response token reads the latest prompt before it (a running max), and its virtual index is
+    its index minus the tokens of earlier siblings between its prompt and it: its index in the unshared
+    layout, so a sliding window measures the same distances. Its first visible key is its prompt's first
+    token; every other token's is the first token of its segment. Rows without negative ids get
+    (0, index, segment start): the unshared layout. Ids below -T (the kernel's block padding) are no prompt
+    and share one code, as pads of their own."""
+    group, vidx, own_first, prompt_first, _ = _shared_info(segment_ids)
+    return group, vidx, jnp.where(group > 0, prompt_first, own_first)
 
 
 def _visible(qs, ks, qg, qi, ki, qv, kv, window: Optional[int]) -> jax.Array:
@@ -158,17 +172,45 @@ def first_visible_key(segment_ids: jax.Array) -> jax.Array:
 
 
 def _key_blocks(segment_ids: jax.Array, block: int, window: Optional[int]) -> jax.Array:
-    """[T / block] int32: how many key blocks (ending with its own) each query block needs, the
-    maximum over the batch (one program runs every row)."""
+    """[T / block] int32: how many key blocks (ending with its own) each query block needs for its own
+    range (keys of each query's own segment), the maximum over the batch (one program runs every row).
+    A shared row's prompt keys are the other range (``_prompt_spans``), so a response block starts at its
+    own response, not at its prompt: the siblings in between are never read."""
     b, t = segment_ids.shape
     nb = t // block
-    _, vidx, first = shared_token_info(segment_ids)
-    if window is not None:  # the earliest key inside the window, in virtual indices (prompt keys keep theirs)
-        first = jnp.maximum(first, vidx - window + 1)
+    _, _, first, _, _ = _shared_info(segment_ids)
+    idx = jnp.arange(t, dtype=jnp.int32)
+    # A pad's output is never read: its block alone keeps it from a fully masked row. Otherwise the pads
+    # after a short row's last conversation would read the whole causal triangle over themselves.
+    first = jnp.where(segment_ids == 0, (idx // block) * block, first)
+    if window is not None:  # own keys keep the query's offset, so plain indices measure the window
+        first = jnp.maximum(first, idx - window + 1)
     need = first.reshape(b, nb, block).min(axis=(0, 2))
     starts = jnp.arange(nb, dtype=jnp.int32) * block
     need = jnp.clip(need, 0, starts)  # a query always sees itself, so need <= the block's start
     return (starts + block - (need // block) * block) // block
+
+
+def _prompt_spans(
+    segment_ids: jax.Array, block: int, window: Optional[int], before: Optional[jax.Array] = None
+) -> tuple[jax.Array, jax.Array]:
+    """The prompt range of each query block, per row: ([B, T / block] first prompt key any of the block's
+    response queries reads, [T / block] key blocks to read, the maximum over rows; 0 where no query of the
+    block reads a prompt, in any row). Only keys before ``before`` [T / block] (the own range's first key:
+    the own range reads the rest) count. A block holding responses of two groups spans both prompts, or
+    the earlier one only where the later one lies in the own range."""
+    b, t = segment_ids.shape
+    nb = t // block
+    group, vidx, _, lo, hi = _shared_info(segment_ids)
+    if window is not None:  # prompt keys keep their indices; the query's is virtual
+        lo = jnp.maximum(lo, vidx - window + 1)
+    if before is not None:
+        hi = jnp.minimum(hi, jnp.repeat(before, block)[None])
+    reads = (group > 0) & (lo < hi)
+    lo = jnp.where(reads, lo, t).reshape(b, nb, block).min(axis=2)
+    hi = jnp.where(reads, hi, 0).reshape(b, nb, block).max(axis=2)
+    span = jnp.maximum(hi - lo, 0).max(axis=0)
+    return lo, -(-span // block)
 
 
 class _Tokens:
@@ -176,11 +218,12 @@ class _Tokens:
 
     def __init__(self, seg: jax.Array):
         self.seg = seg
-        self.group, self.vidx, _ = shared_token_info(seg)
+        self.group, self.vidx, _, _, _ = _shared_info(seg)
 
 
-def _block_mask(tok: _Tokens, q0: jax.Array, k0: jax.Array, tq: int, tk: int, window: Optional[int]) -> jax.Array:
-    """[B, tq, tk] bool for queries [q0, q0+tq) against keys [k0, k0+tk)."""
+def _own_mask(tok: _Tokens, q0: jax.Array, k0: jax.Array, tq: int, tk: int, window: Optional[int]) -> jax.Array:
+    """[B, tq, tk] bool for queries [q0, q0+tq) against the own range's keys [k0, k0+tk): every key the
+    query sees there (its segment's, and a response's prompt keys that fall inside the range)."""
     qi = q0 + jnp.arange(tq)[None, :, None]
     ki = k0 + jnp.arange(tk)[None, None, :]
 
@@ -191,6 +234,45 @@ def _block_mask(tok: _Tokens, q0: jax.Array, k0: jax.Array, tq: int, tk: int, wi
         return jax.lax.dynamic_slice_in_dim(x, k0, tk, axis=1)[:, None, :]
 
     return _visible(q(tok.seg), k(tok.seg), q(tok.group), qi, ki, q(tok.vidx), k(tok.vidx), window)
+
+
+def _rows_slice(x: jax.Array, starts: jax.Array, size: int) -> jax.Array:
+    """x[r, ..., starts[r] : starts[r] + size, ...] along the token axis (axis 2 of [B, kv, T, D], axis 1 of
+    [B, T]): each row its own start. One dynamic slice per row (rows are few and static): a vmapped slice
+    lowers to a gather, 2-3x slower on CPU."""
+    axis = 1 if x.ndim == 2 else 2
+    rows = [
+        jax.lax.dynamic_slice_in_dim(jax.lax.dynamic_slice_in_dim(x, r, 1, axis=0), starts[r], size, axis=axis)
+        for r in range(x.shape[0])
+    ]
+    return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
+
+
+def _rows_add(x: jax.Array, starts: jax.Array, upd: jax.Array) -> jax.Array:
+    """x [B, kv, T, D] with upd [B, kv, size, D] added at each row's start (``_rows_slice``'s transpose), as
+    in-place updates of one row's window each (a vmapped update lowers to a scatter)."""
+    size = upd.shape[2]
+    for r in range(x.shape[0]):
+        at = (r, 0, starts[r], 0)
+        old = jax.lax.dynamic_slice(x, at, (1, x.shape[1], size, x.shape[3]))
+        x = jax.lax.dynamic_update_slice(x, old + upd[r : r + 1], at)
+    return x
+
+
+def _prompt_mask(
+    tok: _Tokens, q0: jax.Array, starts: jax.Array, own0: jax.Array, tq: int, tk: int, window: Optional[int]
+) -> jax.Array:
+    """[B, tq, tk] bool, queries [q0, q0+tq) against the keys [starts[r], starts[r]+tk) of row r: the
+    tokens of the prompt a response query reads that lie before the own range's first key own0. The own
+    range reads those from own0 on, so the two ranges are disjoint and no key is counted twice."""
+    qg = jax.lax.dynamic_slice_in_dim(tok.group, q0, tq, axis=1)[:, :, None]
+    qv = jax.lax.dynamic_slice_in_dim(tok.vidx, q0, tq, axis=1)[:, :, None]
+    ks = _rows_slice(tok.seg, starts, tk)[:, None, :]
+    ki = starts[:, None, None] + jnp.arange(tk)[None, None, :]
+    allowed = (qg > 0) & (ks == -qg) & (ki < own0)  # prompt keys precede their responses: causal already
+    if window is not None:
+        allowed &= (qv - _rows_slice(tok.vidx, starts, tk)[:, None, :]) < window
+    return allowed
 
 
 def _pad_to_blocks(x: jax.Array, tp: int, value: int = 0) -> jax.Array:
@@ -220,9 +302,13 @@ class _Plan:
         self.nb = self.tp // self.block
         self.scale = self.d**-0.5
         # Key-window widths (in blocks) with a compiled branch each. Capped so compile time stays
-        # flat in T: past the cap a block reads up to (nb / cap) blocks more than it needs.
+        # flat in T: every width up to a quarter of the cap (short conversations, a shared row's responses
+        # and prompts, pads), then evenly spaced, so past the cap a block reads up to about
+        # nb / (0.75 cap) blocks more than it needs.
         n = min(self.nb, MAX_WIDTHS)
-        self.widths = sorted({-(-(j + 1) * self.nb // n) for j in range(n)})
+        small = n // 4
+        rest = n - small
+        self.widths = list(range(1, small + 1)) + [small + -(-(j + 1) * (self.nb - small) // rest) for j in range(rest)]
 
     def key_start(self, i: jax.Array, tk: int) -> jax.Array:
         """First key of a window of tk keys ending at block i's end; a window wider than what
@@ -235,16 +321,42 @@ MAX_WIDTHS = 16
 
 def _switch(plan: _Plan, needed: jax.Array, i: jax.Array, branch, *args):
     """Run branch(width_in_blocks, *args) with the narrowest compiled width that covers the
-    needed[i] key blocks of query block i; each branch has static shapes."""
+    needed[i] key blocks of query block i (own range); each branch has static shapes."""
     need = jnp.clip(needed[i], 1, i + 1)
     choice = jnp.searchsorted(jnp.asarray(plan.widths, jnp.int32), need)
     return jax.lax.switch(choice, [functools.partial(branch, w) for w in plan.widths], *args)
 
 
+def _prompt_switch(plan: _Plan, needed: jax.Array, i: jax.Array, branch, skip, *args):
+    """Run branch(width_in_blocks, *args) for query block i's prompt range with the narrowest compiled width
+    covering needed[i] blocks, or skip(*args) where no query of the block reads a prompt (needed[i] == 0:
+    every block of an unshared batch, which then costs what it did before the prompt range existed)."""
+    choice = jnp.searchsorted(jnp.asarray([0, *plan.widths], jnp.int32), needed[i])
+    return jax.lax.switch(choice, [skip] + [functools.partial(branch, w) for w in plan.widths], *args)
+
+
+class _Ranges:
+    """The key ranges of every query block: ``own`` [nb] key blocks ending with the block's own, and the
+    prompt range's per-row first key ``prompt_lo`` [B, nb] and width in blocks ``prompt`` [nb]."""
+
+    def __init__(self, p: _Plan, seg: jax.Array, window: Optional[int]):
+        self.own = _key_blocks(seg, p.block, window)
+        # The own range's first key per block, as _switch and _Plan.key_start place it.
+        i = jnp.arange(p.nb, dtype=jnp.int32)
+        widths = jnp.asarray(p.widths, jnp.int32)
+        tk = widths[jnp.searchsorted(widths, jnp.clip(self.own, 1, i + 1))] * p.block
+        self.own0 = jnp.clip((i + 1) * p.block - tk, 0, p.tp - tk)
+        self.prompt_lo, self.prompt = _prompt_spans(seg, p.block, window, self.own0)
+
+    def prompt_start(self, p: _Plan, i: jax.Array, tk: int) -> jax.Array:
+        """[B] first key of each row's tk-key prompt window for block i (moved left to fit the row)."""
+        return jnp.clip(self.prompt_lo[:, i], 0, p.tp - tk)
+
+
 def _prepare(q, k, v, segment_ids, window, block, precision):
     """The forward's and the backward's common inputs: rows padded to whole blocks (pad tokens get
     segment _BLOCK_PAD: they see only themselves and are sliced off at the end), heads-major layouts
-    ([B, kv, T, group, D] and [B, kv, T, D]) and the key blocks each query block needs."""
+    ([B, kv, T, group, D] and [B, kv, T, D]) and the key ranges each query block reads."""
     p = _Plan(q, k, block, precision)
     # Make the segment ids depend on q, so nothing below is loop-invariant in a layer scan (see the
     # module docstring: otherwise JAX hoists every block's mask, for every width, out of the scan).
@@ -253,27 +365,26 @@ def _prepare(q, k, v, segment_ids, window, block, precision):
     qh = _heads_major(_pad_to_blocks(q, p.tp), p.kv)
     kh = _pad_to_blocks(k, p.tp).transpose(0, 2, 1, 3)
     vh = _pad_to_blocks(v, p.tp).transpose(0, 2, 1, 3)
-    return p, _Tokens(seg), qh, kh, vh, _key_blocks(seg, p.block, window)
+    return p, _Tokens(seg), qh, kh, vh, _Ranges(p, seg, window)
 
 
 def _forward(q, k, v, segment_ids, window, block, precision):
-    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block, precision)
+    """Per query block: softmax statistics and the unnormalized output over the own range, then (shared
+    rows only) over the prompt range, merged by their running maxima: exactly the softmax over both."""
+    p, seg, qh, kh, vh, ranges = _prepare(q, k, v, segment_ids, window, block, precision)
     b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
 
-    def one_block(w: int, i: jax.Array):
-        tk = w * blk
-        q0 = i * blk
-        k0 = p.key_start(i, tk)
-        qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
-        kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
-        vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
+    def scores_pv(qb, kb, vb, mask, tk, own: bool):
+        """(max, sum of exp, unnormalized output) of one range. The own range always holds the query itself,
+        so exp(_NEG - max) = 0 at its masked keys; the prompt range can mask a whole row (max = _NEG)."""
         s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32, precision=p.precision).reshape(
             b, kv, blk, g, tk
         )
-        s = jnp.where(_block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :], s * p.scale, _NEG)
+        s = jnp.where(mask[:, None, :, None, :], s * p.scale, _NEG)
         m = jnp.max(s, axis=-1, keepdims=True)
         e = jnp.exp(s - m)
-        l = jnp.sum(e, axis=-1, keepdims=True)
+        if not own:
+            e = jnp.where(mask[:, None, :, None, :], e, 0.0)
         o = jnp.einsum(
             "bkrs,bksd->bkrd",
             e.reshape(b, kv, blk * g, tk).astype(v.dtype),
@@ -281,10 +392,38 @@ def _forward(q, k, v, segment_ids, window, block, precision):
             preferred_element_type=jnp.float32,
             precision=p.precision,
         )
-        o = (o.reshape(b, kv, blk, g, d) / l).astype(q.dtype)
-        return o, (m + jnp.log(l))[..., 0]
+        return m, jnp.sum(e, axis=-1, keepdims=True), o.reshape(b, kv, blk, g, d)
 
-    _, (ob, lse) = jax.lax.scan(lambda c, i: (c, _switch(p, needed, i, one_block, i)), None, jnp.arange(p.nb))
+    def own(w: int, i: jax.Array):
+        tk = w * blk
+        q0, k0 = i * blk, p.key_start(i, tk)
+        qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
+        kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
+        vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
+        return scores_pv(qb, kb, vb, _own_mask(seg, q0, k0, blk, tk, window), tk, True)
+
+    def prompt(w: int, i: jax.Array, m, l, o):
+        tk = w * blk
+        q0, k0 = i * blk, ranges.prompt_start(p, i, tk)
+        qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
+        m2, l2, o2 = scores_pv(
+            qb,
+            _rows_slice(kh, k0, tk),
+            _rows_slice(vh, k0, tk),
+            _prompt_mask(seg, q0, k0, ranges.own0[i], blk, tk, window),
+            tk,
+            False,
+        )
+        mm = jnp.maximum(m, m2)  # the own range always has the query itself: mm is finite
+        c, c2 = jnp.exp(m - mm), jnp.exp(m2 - mm)
+        return mm, l * c + l2 * c2, o * c + o2 * c2
+
+    def one_block(i: jax.Array):
+        m, l, o = _switch(p, ranges.own, i, own, i)
+        m, l, o = _prompt_switch(p, ranges.prompt, i, prompt, lambda i, *mlo: mlo, i, m, l, o)
+        return (o / l).astype(q.dtype), (m + jnp.log(l))[..., 0]
+
+    _, (ob, lse) = jax.lax.scan(lambda c, i: (c, one_block(i)), None, jnp.arange(p.nb))
     out = ob.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, : p.t]  # [nb,B,kv,blk,g,D] -> [B,T,N,D]
     return out, lse
 
@@ -296,28 +435,24 @@ def _flash_fwd(q, k, v, segment_ids, window, block, precision):
 
 def _flash_bwd(window, block, precision, res, dout):
     q, k, v, segment_ids, out, lse = res
-    p, seg, qh, kh, vh, needed = _prepare(q, k, v, segment_ids, window, block, precision)
+    p, seg, qh, kh, vh, ranges = _prepare(q, k, v, segment_ids, window, block, precision)
     b, kv, g, d, blk = p.b, p.kv, p.g, p.d, p.block
     doh = _heads_major(_pad_to_blocks(dout, p.tp), kv)
     # delta_i = sum_j P_ij dP_ij = dO_i . O_i  (the softmax backward's row term)
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, N]
     delta = _pad_to_blocks(delta, p.tp).reshape(b, p.tp, kv, g).transpose(0, 2, 1, 3)  # [B, kv, T, g]
 
-    def one_block(w: int, carry, i: jax.Array):
-        dk, dv = carry
-        tk = w * blk
+    def grads(i, kb, vb, mask, tk):
+        """(dq, dk, dv) of one key range of block i; the probabilities from the forward's log-sum-exp over
+        both ranges, so each range's share is exact on its own."""
         q0 = i * blk
-        k0 = p.key_start(i, tk)
         qb = jax.lax.dynamic_slice_in_dim(qh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
         dob = jax.lax.dynamic_slice_in_dim(doh, q0, blk, axis=2).reshape(b, kv, blk * g, d)
-        kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
-        vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
         db = jax.lax.dynamic_slice_in_dim(delta, q0, blk, axis=2)[..., None]
         s = jnp.einsum("bkrd,bksd->bkrs", qb, kb, preferred_element_type=jnp.float32, precision=p.precision).reshape(
             b, kv, blk, g, tk
         )
-        mask = _block_mask(seg, q0, k0, blk, tk, window)[:, None, :, None, :]
-        prob = jnp.where(mask, jnp.exp(s * p.scale - lse[i][..., None]), 0.0)
+        prob = jnp.where(mask[:, None, :, None, :], jnp.exp(s * p.scale - lse[i][..., None]), 0.0)
         dprob = jnp.einsum(
             "bkrd,bksd->bkrs", dob, vb, preferred_element_type=jnp.float32, precision=p.precision
         ).reshape(b, kv, blk, g, tk)
@@ -326,16 +461,38 @@ def _flash_bwd(window, block, precision, res, dout):
         dv_b = jnp.einsum("bkrs,bkrd->bksd", prob, dob, preferred_element_type=jnp.float32, precision=p.precision)
         dk_b = jnp.einsum("bkrs,bkrd->bksd", ds, qb, preferred_element_type=jnp.float32, precision=p.precision)
         dq_b = jnp.einsum("bkrs,bksd->bkrd", ds, kb, preferred_element_type=jnp.float32, precision=p.precision)
+        return dq_b, dk_b, dv_b
+
+    def own(w: int, carry, i: jax.Array):
+        dk, dv = carry
+        tk = w * blk
+        k0 = p.key_start(i, tk)
+        kb = jax.lax.dynamic_slice_in_dim(kh, k0, tk, axis=2)
+        vb = jax.lax.dynamic_slice_in_dim(vh, k0, tk, axis=2)
+        dq_b, dk_b, dv_b = grads(i, kb, vb, _own_mask(seg, i * blk, k0, blk, tk, window), tk)
         dk = jax.lax.dynamic_update_slice_in_dim(
             dk, jax.lax.dynamic_slice_in_dim(dk, k0, tk, axis=2) + dk_b, k0, axis=2
         )
         dv = jax.lax.dynamic_update_slice_in_dim(
             dv, jax.lax.dynamic_slice_in_dim(dv, k0, tk, axis=2) + dv_b, k0, axis=2
         )
-        return (dk, dv), dq_b.reshape(b, kv, blk, g, d).astype(q.dtype)
+        return (dk, dv), dq_b
+
+    def prompt(w: int, carry, dq, i: jax.Array):
+        dk, dv = carry
+        tk = w * blk
+        k0 = ranges.prompt_start(p, i, tk)
+        mask = _prompt_mask(seg, i * blk, k0, ranges.own0[i], blk, tk, window)
+        dq_b, dk_b, dv_b = grads(i, _rows_slice(kh, k0, tk), _rows_slice(vh, k0, tk), mask, tk)
+        return (_rows_add(dk, k0, dk_b), _rows_add(dv, k0, dv_b)), dq + dq_b
+
+    def one_block(carry, i: jax.Array):
+        carry, dq = _switch(p, ranges.own, i, own, carry, i)
+        carry, dq = _prompt_switch(p, ranges.prompt, i, prompt, lambda *a: a[:2], carry, dq, i)
+        return carry, dq.reshape(b, kv, blk, g, d).astype(q.dtype)
 
     zeros = jnp.zeros((b, kv, p.tp, d), jnp.float32)
-    (dk, dv), dqb = jax.lax.scan(lambda c, i: _switch(p, needed, i, one_block, c, i), (zeros, zeros), jnp.arange(p.nb))
+    (dk, dv), dqb = jax.lax.scan(one_block, (zeros, zeros), jnp.arange(p.nb))
     dq = dqb.transpose(1, 0, 3, 2, 4, 5).reshape(b, p.tp, p.n, d)[:, : p.t]
     dk = dk.transpose(0, 2, 1, 3)[:, : p.t].astype(k.dtype)
     dv = dv.transpose(0, 2, 1, 3)[:, : p.t].astype(v.dtype)
@@ -361,8 +518,10 @@ def flash_attention(
 ) -> jax.Array:
     """Causal, segment-masked attention; q [B,T,N,D], k/v [B,T,K,D] (K divides N) -> [B,T,N,D].
 
-    Softmax in float32 whatever the compute dtype. Pads (segment 0) attend to pads only, so no row
-    is fully masked; their outputs are never read. block <= 0 means one block of the whole row."""
+    Softmax in float32 whatever the compute dtype. Pads (segment 0) attend to some pads before them
+    (their own block's at least, themselves always), so no row is fully masked; their outputs are
+    finite, never read, and not ``reference_attention``'s (which reads every earlier pad): nothing but
+    pads sees a pad, so every other output and gradient is. block <= 0 means one block of the whole row."""
     return _flash(q, k, v, segment_ids, sliding_window, int(block), precision)
 
 

@@ -12,6 +12,7 @@ from jax import lax
 
 from rm_jax.models.attention import (
     _key_blocks,
+    _prompt_spans,
     attention_mask,
     first_visible_key,
     flash_attention,
@@ -37,6 +38,13 @@ def _segments(kind: str, b: int, t: int, rng: np.random.Generator) -> np.ndarray
                 seg[r, bounds[i] : bounds[i + 1]] = i + 1
         elif kind == "shared":  # a plain conversation, then a prompt (id -2) with three responses, then pads
             seg[r, : t - 2 - r] = np.repeat([1, -2, 2, 3, 4], [5, 12, 6, 5 + r, 20])[: t - 2 - r]
+        elif kind == "groups":  # rows of different layouts: several groups, plain conversations first, one unshared
+            ids, lens = [
+                ([1, 2, -3, 3, 4, 5, -6, 6, 7], [3, 4, 9, 5, 4, 6, 7, 3, 8]),
+                ([-1, 1, 2, 3, 4, 5, 6, 7, 8, -9, 9, 10], [6, 2, 3, 2, 4, 3, 2, 3, 2, 5, 4, 6]),
+                ([1, 2, 3], [12, 15, 9]),
+            ][r % 3]
+            seg[r] = np.repeat([*ids, 0], [*lens, t])[:t]
     return seg
 
 
@@ -68,6 +76,29 @@ def _loss(fn):
     return lambda q, k, v, seg, g: jnp.sum(fn(q, k, v, seg).astype(jnp.float32) * g.astype(jnp.float32))
 
 
+def _real(x, seg):
+    """x at the tokens that are not pads (segment 0), zero at pads: the flash kernel's pad outputs are
+    finite but unspecified (nothing reads them), so outputs are compared, and cotangents given, at real
+    tokens only. No key but a pad's is seen by a pad, so dk / dv stay comparable everywhere."""
+    return jnp.where((seg != 0)[:, :, None, None], x, 0)
+
+
+def _check_flash(q, k, v, g, seg, window, block, f32=True):
+    """flash_attention against reference_attention: outputs at real tokens, and dq, dk, dv of a loss
+    weighted by g at real tokens, within float32 tolerance."""
+    g = _real(g, seg)
+    flash = lambda *a: flash_attention(*a, sliding_window=window, block=block, precision=F32)  # noqa: E731
+    ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
+    np.testing.assert_allclose(
+        _real(jax.jit(flash)(q, k, v, seg), seg), _real(ref(q, k, v, seg), seg), atol=2e-6, rtol=1e-5
+    )
+    got = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
+    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
+    for name, a, b in zip("qkv", got, want):
+        assert np.all(np.isfinite(np.asarray(a))), name
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"d{name}")
+
+
 # Every layout with several blocks per row (the skipping path), plus: a block larger than the row,
 # block 0 (= one block), and sliding windows shorter / longer than a block.
 CASES = [
@@ -88,15 +119,46 @@ CASES = [
 @pytest.mark.parametrize("kind,window,block", CASES)
 def test_flash_matches_dense_softmax_and_its_gradients(kind, window, block):
     q, k, v, g, rng = _inputs(2, 37, 4, 2, 16, jnp.float32)
-    seg = jnp.asarray(_segments(kind, 2, 37, rng))
-    flash = lambda *a: flash_attention(*a, sliding_window=window, block=block, precision=F32)  # noqa: E731
-    ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
-    np.testing.assert_allclose(jax.jit(flash)(q, k, v, seg), ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
-    got = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
-    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
-    for name, a, b in zip("qkv", got, want):
-        assert np.all(np.isfinite(np.asarray(a))), name
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"d{name}")
+    _check_flash(q, k, v, g, jnp.asarray(_segments(kind, 2, 37, rng)), window, block)
+
+
+# Shared rows with several groups each, rows of three layouts in one batch (the third unshared): blocks that
+# do and don't divide T, one block of the whole row, GQA / MQA / plain heads, windows inside and across blocks
+# and shorter than a prompt (a response then reads only its prompt's last tokens, or none).
+GROUP_CASES = [
+    (None, 8, 2),
+    (None, 5, 1),
+    (None, 0, 4),
+    (4, 5, 2),
+    (20, 6, 2),
+]
+
+
+@pytest.mark.parametrize("window,block,kv", GROUP_CASES)
+def test_flash_on_shared_rows_of_several_groups(window, block, kv):
+    q, k, v, g, rng = _inputs(3, 61, 4, kv, 8, jnp.float32, seed=11)
+    seg = jnp.asarray(_segments("groups", 3, 61, rng))
+    _check_flash(q, k, v, g, seg, window, block)
+
+
+def test_prompt_ranges_start_per_row_and_skip_unshared_blocks():
+    """Rows of different layouts: each row's prompt range starts at the prompt its block's responses read;
+    a block no response query is in reads no prompt range, and an unshared batch reads none at all."""
+    seg = jnp.asarray(_segments("groups", 3, 64, np.random.default_rng(0)))
+    lo, need = (np.asarray(a) for a in _prompt_spans(seg, 8, None))
+    # Row 0: prompt -3 at [7, 16), responses [16, 31); prompt -6 at [31, 38), responses [38, 49). Row 1:
+    # prompt -1 at [0, 6), eight responses [6, 27); prompt -9 at [27, 32), responses [32, 42). Row 2 unshared.
+    # Blocks without a response query get T (no range).
+    np.testing.assert_array_equal(lo[0], [64, 64, 7, 7, 31, 31, 31, 64])
+    np.testing.assert_array_equal(lo[1], [0, 0, 0, 0, 27, 27, 64, 64])
+    np.testing.assert_array_equal(lo[2], [64] * 8)
+    # Widths in blocks, the widest row's: row 0's 9-token prompt -3 from token 7 spans 2 blocks.
+    np.testing.assert_array_equal(need, [1, 1, 2, 2, 1, 1, 1, 0])
+    # A sliding window of 4 moves the range's start to the earliest prompt key the window still reaches.
+    lo_w, _ = (np.asarray(a) for a in _prompt_spans(seg, 8, 4))
+    assert lo_w[0, 2] == 13  # response 3's first token (16) sits at 16 in the unshared layout: keys 13, 14, 15
+    packed = jnp.asarray(_segments("packed", 2, 64, np.random.default_rng(0)))
+    np.testing.assert_array_equal(_prompt_spans(packed, 8, None)[1], np.zeros(8))
 
 
 def test_bfloat16_inputs_follow_the_float32_function():
@@ -144,8 +206,12 @@ def test_shared_prompt_rows_see_their_prompt_not_their_siblings():
     # A 4-token window counts response 3's second token as 11: it reaches the prompt's last 3 tokens.
     window = np.asarray(attention_mask(seg, 4))[0, 0, 0]
     np.testing.assert_array_equal(np.flatnonzero(window[14]), [8, 9, 13, 14])
-    # Block skipping starts each block at its queries' prompt: blocks of 4 from token 4 need block 1 on.
-    np.testing.assert_array_equal(_key_blocks(seg, 4, None), [1, 1, 2, 3, 1])
+    # The own range starts at each block's earliest own segment (block 3 at response 2's, block 2 at the
+    # prompt's): no sibling is read; the prompt is the other range, read from token 4 by blocks 2 and 3.
+    np.testing.assert_array_equal(_key_blocks(seg, 4, None), [1, 1, 2, 2, 1])
+    lo, need = (np.asarray(a) for a in _prompt_spans(seg, 4, None))
+    np.testing.assert_array_equal(lo[0], [20, 20, 4, 4, 20])  # T where no response query
+    np.testing.assert_array_equal(need, [0, 0, 2, 2, 0])
 
 
 @pytest.mark.parametrize("kind", ["packed", "shared"])
@@ -166,16 +232,9 @@ def test_capped_key_widths_round_up_and_stay_exact(monkeypatch):
 
     monkeypatch.setattr(attention, "MAX_WIDTHS", 3)
     q, k, v, g, rng = _inputs(2, 37, 4, 2, 16, jnp.float32, seed=3)
-    for kind, window in (("packed", None), ("left_pad", 9), ("single", None)):
-        seg = jnp.asarray(_segments(kind, 2, 37, rng))
-        flash = lambda *a: flash_attention(*a, sliding_window=window, block=4, precision=F32)  # noqa: E731
-        ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
-        assert attention._Plan(q, k, 4).widths == [4, 7, 10]
-        np.testing.assert_allclose(jax.jit(flash)(q, k, v, seg), ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
-        got = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)
-        want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
-        for name, a, b in zip("qkv", got, want):
-            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=f"{kind} d{name}")
+    assert attention._Plan(q, k, 4).widths == [4, 7, 10]
+    for kind, window in (("packed", None), ("left_pad", 9), ("single", None), ("shared", None), ("shared", 6)):
+        _check_flash(q, k, v, g, jnp.asarray(_segments(kind, 2, 37, rng)), window, 4)
 
 
 # ---------------------------------------------------------------- Pallas splash attention (interpret mode on CPU)
@@ -203,7 +262,8 @@ def test_splash_matches_the_xla_kernel_and_the_dense_softmax(kind, window, t, kv
     ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
     out = jax.jit(splash)(q, k, v, seg)
     np.testing.assert_allclose(out, ref(q, k, v, seg), atol=2e-6, rtol=1e-5)
-    np.testing.assert_allclose(out, jax.jit(flash)(q, k, v, seg), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(_real(out, seg), _real(jax.jit(flash)(q, k, v, seg), seg), atol=2e-6, rtol=1e-5)
+    g = _real(g, seg)  # the xla kernel's pad outputs are unspecified
     got = jax.jit(jax.grad(_loss(splash), argnums=(0, 1, 2)))(q, k, v, seg, g)
     want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v, seg, g)
     xla = jax.jit(jax.grad(_loss(flash), argnums=(0, 1, 2)))(q, k, v, seg, g)

@@ -45,6 +45,7 @@ from jax import lax
 from rm_jax.core.config import Attention
 from rm_jax.models import cudnn, pallas_shared, pallas_shared_tpu, splash
 from rm_jax.models.cudnn import KernelUnavailableError
+from rm_jax.models.shared_layout import shared_spans, shared_token_info
 
 Precision = Optional[lax.Precision]
 
@@ -52,44 +53,6 @@ Precision = Optional[lax.Precision]
 _NEG = -1e30
 # Segment id of the tokens that pad a row to whole blocks: below -T, so never a shared prompt's id.
 _BLOCK_PAD = -(2**30)
-
-
-def _shared_info(segment_ids: jax.Array) -> tuple[jax.Array, ...]:
-    """(prompt id, virtual index, own segment's first token, prompt's first token, prompt's end) per token;
-    the last two are only meaningful where the prompt id is > 0. See ``shared_token_info``."""
-    b, t = segment_ids.shape
-    idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    is_prompt = (segment_ids < 0) & (segment_ids >= -t)
-    group = jax.lax.cummax(jnp.where(is_prompt, -segment_ids, 0), axis=1)
-    group = jnp.where(segment_ids > 0, group, 0)  # only responses read another segment's tokens
-    # prompt -g -> t - g, pads and responses -> t + id, ids below -t -> 2t + 1 (segment ids are <= t)
-    code = jnp.where(segment_ids < -t, 2 * t + 1, jnp.clip(segment_ids + t, 0, 2 * t))
-    n = 2 * t + 2
-    seg_min = jax.vmap(lambda i, c: jax.ops.segment_min(i, c, num_segments=n))(idx, code)
-    seg_max = jax.vmap(lambda i, c: jax.ops.segment_max(i, c, num_segments=n))(idx, code)
-    own_first = jnp.take_along_axis(seg_min, code, axis=1)
-    prompt = t - group  # the prompt's code (only read where group > 0)
-    prompt_first = jnp.take_along_axis(seg_min, prompt, axis=1)
-    prompt_end = jnp.take_along_axis(seg_max, prompt, axis=1) + 1
-    shared = group > 0
-    vidx = jnp.where(shared, idx - (own_first - prompt_end), idx)
-    return group, vidx, own_first, prompt_first, prompt_end
-
-
-def shared_token_info(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per token of a shared-prompt row (``rm_jax.data.prefix_sharing``): (the prompt id it may read, its
-    virtual index, the first key it can see).
-
-    In a shared row a prompt's tokens carry the negative id ``-g`` (g = the slot of its group's first
-    response) and its responses the positive slot ids that follow it; plain conversations come first in
-    the row. A response token reads the latest prompt before it (a running max), and its virtual index is
-    its index minus the tokens of earlier siblings between its prompt and it: its index in the unshared
-    layout, so a sliding window measures the same distances. Its first visible key is its prompt's first
-    token; every other token's is the first token of its segment. Rows without negative ids get
-    (0, index, segment start): the unshared layout. Ids below -T (the kernel's block padding) are no prompt
-    and share one code, as pads of their own."""
-    group, vidx, own_first, prompt_first, _ = _shared_info(segment_ids)
-    return group, vidx, jnp.where(group > 0, prompt_first, own_first)
 
 
 def _visible(qs, ks, qg, qi, ki, qv, kv, window: Optional[int]) -> jax.Array:
@@ -178,7 +141,7 @@ def _key_blocks(segment_ids: jax.Array, block: int, window: Optional[int]) -> ja
     own response, not at its prompt: the siblings in between are never read."""
     b, t = segment_ids.shape
     nb = t // block
-    _, _, first, _, _ = _shared_info(segment_ids)
+    _, _, first, _, _ = shared_spans(segment_ids)
     idx = jnp.arange(t, dtype=jnp.int32)
     # A pad's output is never read: its block alone keeps it from a fully masked row. Otherwise the pads
     # after a short row's last conversation would read the whole causal triangle over themselves.
@@ -201,7 +164,7 @@ def _prompt_spans(
     the earlier one only where the later one lies in the own range."""
     b, t = segment_ids.shape
     nb = t // block
-    group, vidx, _, lo, hi = _shared_info(segment_ids)
+    group, vidx, _, lo, hi = shared_spans(segment_ids)
     if window is not None:  # prompt keys keep their indices; the query's is virtual
         lo = jnp.maximum(lo, vidx - window + 1)
     if before is not None:
@@ -218,7 +181,7 @@ class _Tokens:
 
     def __init__(self, seg: jax.Array):
         self.seg = seg
-        self.group, self.vidx, _, _, _ = _shared_info(seg)
+        self.group, self.vidx, _, _, _ = shared_spans(seg)
 
 
 def _own_mask(tok: _Tokens, q0: jax.Array, k0: jax.Array, tq: int, tk: int, window: Optional[int]) -> jax.Array:

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from rm_jax.models.shared_layout import shared_token_info
+
 Precision = Optional[lax.Precision]
 
 BLOCK = 64  # query and key block; Triton tiles are powers of two, and dots want >= 16 per side
@@ -48,8 +50,6 @@ def _pow2(n: int) -> int:
 def _token_arrays(seg: jax.Array, window: Optional[int]) -> tuple[jax.Array, ...]:
     """Per token of block-padded rows: (prompt id, virtual index, the prompt keys it may read [lo, hi),
     the first own-segment key it may read). Empty prompt range for every token but a response's."""
-    from rm_jax.models.attention import shared_token_info
-
     b, t = seg.shape
     idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     group, vidx, first = shared_token_info(seg)

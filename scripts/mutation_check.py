@@ -626,6 +626,18 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/models/test_attention.py::test_flash_matches_dense_softmax_and_its_gradients[shared-None-8]",
         ),
     ),
+    Mutation(
+        "single_range_skips_prompt",
+        "with one key range per block (shared_prompts false) a shared row's response blocks start at their prompt",
+        (
+            (
+                "rm_jax/models/attention.py",
+                "        first = jnp.where(group > 0, prompt_first, first)",
+                "        first = jnp.where(group > 0, first, first)",
+            ),
+        ),
+        ("tests/models/test_attention.py::test_flash_on_shared_rows_of_several_groups",),
+    ),
 )
 
 

@@ -74,6 +74,9 @@ class DecoderConfig:
     scan_layers: bool = False
     attention: str = "auto"  # auto | xla | cudnn | cudnn_dense | splash (rm_jax.models.attention)
     attention_block: int = 128  # xla path: query block; each block reads only the keys it can see
+    # Batches hold shared-prompt rows (training, policy log-probs): the xla kernel reads a response block's
+    # prompt as a key range of its own. Exact either way; False compiles faster (rm_jax.models.attention).
+    shared_prompts: bool = False
     matmul_precision: Optional[str] = None  # None: highest for float32, default for bfloat16 (every dot)
     # LoRA: rank 0 = none; else each projection in lora_targets gets x @ A @ B * (alpha / rank) added.
     lora_rank: int = 0
@@ -356,6 +359,7 @@ class Attention(nn.Module):
                 precision=prec,
                 max_segments=self.max_segments,
                 mesh=active_mesh(),
+                prompt_range=cfg.shared_prompts,
             )
 
         wo = _param(self, "o_kernel", init, (n, d, h), ("heads", "head_dim", "embed"))

@@ -42,7 +42,7 @@ AUTO_MIN_SAVED = 0.1
 def _program(policy: Any, max_segments: int, temperature: float = 1.0, top_p: float = 1.0, shared: bool = False) -> Any:
     cfg = policy.cfg
     if shared:  # a kernel whose mask reads prompt ids (rm_jax.models.attention.SHARED_KERNELS)
-        cfg = cfg.replace(attention=shared_layout_kernel(cfg.attention, dtype=cfg.dtype))
+        cfg = cfg.replace(attention=shared_layout_kernel(cfg.attention, dtype=cfg.dtype), shared_prompts=True)
     model, mesh = CausalLM(cfg), policy.mesh
     if (temperature, top_p) != (1.0, 1.0):
         return program(

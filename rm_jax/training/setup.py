@@ -255,6 +255,7 @@ def run_opts(cfg: RunConfig) -> dict:
         else cfg.model.attention,
         attention_block=cfg.model.attention_block,
         matmul_precision=cfg.model.matmul_precision,
+        shared_prompts=cfg.data.share_prompts is not False and cfg.task != "sft",
     )
 
 

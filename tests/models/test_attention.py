@@ -83,11 +83,13 @@ def _real(x, seg):
     return jnp.where((seg != 0)[:, :, None, None], x, 0)
 
 
-def _check_flash(q, k, v, g, seg, window, block, f32=True):
+def _check_flash(q, k, v, g, seg, window, block, f32=True, prompt_range=True):
     """flash_attention against reference_attention: outputs at real tokens, and dq, dk, dv of a loss
     weighted by g at real tokens, within float32 tolerance."""
     g = _real(g, seg)
-    flash = lambda *a: flash_attention(*a, sliding_window=window, block=block, precision=F32)  # noqa: E731
+    flash = lambda *a: flash_attention(  # noqa: E731
+        *a, sliding_window=window, block=block, precision=F32, prompt_range=prompt_range
+    )
     ref = lambda *a: reference_attention(*a, sliding_window=window)  # noqa: E731
     np.testing.assert_allclose(
         _real(jax.jit(flash)(q, k, v, seg), seg), _real(ref(q, k, v, seg), seg), atol=2e-6, rtol=1e-5
@@ -126,19 +128,22 @@ def test_flash_matches_dense_softmax_and_its_gradients(kind, window, block):
 # do and don't divide T, one block of the whole row, GQA / MQA / plain heads, windows inside and across blocks
 # and shorter than a prompt (a response then reads only its prompt's last tokens, or none).
 GROUP_CASES = [
-    (None, 8, 2),
-    (None, 5, 1),
-    (None, 0, 4),
-    (4, 5, 2),
-    (20, 6, 2),
+    (None, 8, 2, True),
+    (None, 5, 1, True),
+    (None, 0, 4, True),
+    (4, 5, 2, True),
+    (20, 6, 2, True),
+    # one key range per block (DecoderConfig.shared_prompts false): from the prompt on, siblings masked
+    (None, 8, 2, False),
+    (4, 5, 2, False),
 ]
 
 
-@pytest.mark.parametrize("window,block,kv", GROUP_CASES)
-def test_flash_on_shared_rows_of_several_groups(window, block, kv):
+@pytest.mark.parametrize("window,block,kv,prompt_range", GROUP_CASES)
+def test_flash_on_shared_rows_of_several_groups(window, block, kv, prompt_range):
     q, k, v, g, rng = _inputs(3, 61, 4, kv, 8, jnp.float32, seed=11)
     seg = jnp.asarray(_segments("groups", 3, 61, rng))
-    _check_flash(q, k, v, g, seg, window, block)
+    _check_flash(q, k, v, g, seg, window, block, prompt_range=prompt_range)
 
 
 def test_prompt_ranges_start_per_row_and_skip_unshared_blocks():

@@ -234,7 +234,7 @@ def _loss_and_grads(cfg, loss_cfg, params, batch, max_segments):
     [
         ("rm", {}),
         ("rm", {"scan_layers": True, "remat": "full", "lora_rank": 4}),
-        ("pairs", {"scan_layers": True, "remat": "full", "lora_rank": 4}),
+        ("pairs", {"scan_layers": True, "remat": "full", "lora_rank": 4, "shared_prompts": True}),
     ],
     ids=["rm", "rm-scan-remat-lora", "pairs-scan-remat-lora"],
 )

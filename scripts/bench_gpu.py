@@ -383,6 +383,7 @@ def section_rm_jax(a: argparse.Namespace, attention: str, lora: bool = False) ->
 _RUN_OPTS = ("dtype", "remat", "scan_layers", "attention", "attention_block", "matmul_precision")
 _NOT_ARCH = {
     *_RUN_OPTS,
+    "shared_prompts",  # data.share_prompts decides it
     "num_labels",
     "head",
     "lora_rank",
@@ -1315,7 +1316,7 @@ def section_share(a: argparse.Namespace, what: str) -> dict:
         shapes = what.split(":", 1)[1] if ":" in what else ",".join(SHARE_SHAPES)
         if "groups8" in shapes:  # a train step holds whole groups: 8 rows when each member takes one
             argv[argv.index("--batch-rows") + 1] = str(max(a.share_rows, 8))
-        argv += ["--train", "--shapes", shapes]
+        argv += ["--train", "--shapes", shapes, "--shared-steps", a.share_steps]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = bench_share.main(argv)  # its own CPU floors decide only its exit code, recorded, not used
@@ -1836,6 +1837,12 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--score-passes", type=int, default=3, help="score sections: timed passes after the warm-up")
     ap.add_argument("--share-seq-len", type=int, default=2048, help="share sections: packed row length")
     ap.add_argument("--share-rows", type=int, default=4, help="share sections: rows per pass / train step")
+    ap.add_argument(
+        "--share-steps",
+        choices=["fill", "same"],
+        default="fill",
+        help="share train sections: data.shared_steps (fill: rows filled shared, the speed mode the floors name)",
+    )
     ap.add_argument("--share-prompts", type=int, default=None, help="share sections: prompts per shape (64, smoke 2)")
     ap.add_argument("--share-dtype", default=None, help="share sections: compute dtype (bfloat16, smoke float32)")
     ap.add_argument("--budget-s", type=float, default=560, help="whole-run budget; sections past it are skipped")

@@ -40,7 +40,8 @@ FLOORS = {"rb2": 1.5, "short": 0.95}
 
 def train_epochs(cfg, ids, groups, a, repeats: int) -> dict:
     """One epoch of ``make_train_step`` steps over the same examples (a prompt's responses sampled together
-    either way, as data.share_prompts does), loaders with share_prompts False and True: steps, tokens, time."""
+    either way, as data.sample_by_prompt does), loaders with share_prompts False and True (``a.shared_steps``):
+    steps, rows, time."""
     from bench_train import JaxTrainer
 
     from rm_jax.data.pipeline import Encoded, Loader
@@ -58,21 +59,40 @@ def train_epochs(cfg, ids, groups, a, repeats: int) -> dict:
         group=np.asarray(groups),
         strength=np.ones(len(members), np.float32),
     )
-    epochs = {}
+    epochs, rows = {}, {}
     for share in (False, True):
-        loader = Loader(enc, a.seq_len, a.max_segments, a.batch_rows, 0, shuffle=False, share_prompts=share)
+        loader = Loader(
+            enc,
+            a.seq_len,
+            a.max_segments,
+            a.batch_rows,
+            0,
+            shuffle=False,
+            share_prompts=share,
+            shared_steps=a.shared_steps,
+        )
+        if share and a.shared_steps == "same":  # the run's rows per micro-batch, as rm-jax train fixes them
+            loader.fix_shared_rows(loader.steps_per_epoch())
         epochs[share] = [next(loader) for _ in range(loader.steps_per_epoch())]
-    trainer = JaxTrainer(cfg, a.max_segments)
+        rows[share] = int(epochs[share][0]["input_ids"].shape[0])
+    # The shared side compiles the prompt-range kernel, as a run with data.share_prompts does.
+    trainers = {
+        False: JaxTrainer(cfg, a.max_segments),
+        True: JaxTrainer(cfg.replace(shared_prompts=True), a.max_segments),
+    }
     for share in (False, True):
-        trainer.step(epochs[share][0])  # compile
+        trainers[share].step(epochs[share][0])  # compile
     times: dict = {False: [], True: []}
     for _ in range(repeats):
         for share in (False, True):
-            times[share].append(sum(trainer.step(b) for b in epochs[share]))
+            times[share].append(sum(trainers[share].step(b) for b in epochs[share]))
     t_plain, t_shared = statistics.median(times[False]), statistics.median(times[True])
     return {
+        "shared_steps": a.shared_steps,
         "steps_unshared": len(epochs[False]),
         "steps_shared": len(epochs[True]),
+        "rows_per_step_unshared": rows[False],
+        "rows_per_step_shared": rows[True],
         "epoch_unshared_s": t_plain,
         "epoch_shared_s": t_shared,
         "examples_per_s_unshared": n / t_plain,
@@ -118,6 +138,12 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--model", default="shipped", help="DecoderConfig overrides, '+'-joined key=value")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", action="store_true", help="time an epoch of train steps instead of scoring")
+    ap.add_argument(
+        "--shared-steps",
+        choices=["same", "fill"],
+        default="same",
+        help="--train: data.shared_steps (same: the unshared steps in fewer rows; fill: rows filled shared)",
+    )
     a = ap.parse_args(argv)
     n_prompts = a.prompts or (6 if a.quick else 16)
     repeats = a.repeats or (2 if a.quick else 3)
@@ -143,7 +169,8 @@ def main(argv: Optional[list] = None) -> int:
         if a.train:
             results[name] = r = train_epochs(cfg, ids, groups, a, repeats)
             log(
-                f"{name} (train): {r['steps_unshared']} -> {r['steps_shared']} steps an epoch; "
+                f"{name} (train, {a.shared_steps}): {r['steps_unshared']} -> {r['steps_shared']} steps an epoch of "
+                f"{r['rows_per_step_unshared']} -> {r['rows_per_step_shared']} rows; "
                 f"{r['epoch_unshared_s']:.2f}s -> {r['epoch_shared_s']:.2f}s: {r['speedup']:.2f}x"
             )
             continue

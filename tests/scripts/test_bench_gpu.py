@@ -167,11 +167,13 @@ def test_share_sections_call_bench_share_on_the_1b_shape(monkeypatch):
 
     monkeypatch.setattr(bench_share, "main", fake_main)
     a = _args(smoke=False, share_seq_len=2048, share_rows=4, share_prompts=None, share_dtype=None, seed=0)
+    a.share_steps = "fill"
     got = bg.section_share(a, "train:groups8")
     assert got["shapes"] == {"groups8": {"speedup": 2.6}} and got["bench_share_exit"] == 1
     argv = seen[-1]
     assert argv[argv.index("--batch-rows") + 1] == "8"  # a step holds a whole group of 8
-    assert argv[-3:] == ["--train", "--shapes", "groups8"] and argv[argv.index("--seq-len") + 1] == "2048"
+    assert argv[-5:] == ["--train", "--shapes", "groups8", "--shared-steps", "fill"]
+    assert argv[argv.index("--seq-len") + 1] == "2048"
     model = parse_overrides(argv[argv.index("--model") + 1])
     want = {k: v for k, v in bg.arch(False).items() if k in model and k != "max_position_embeddings"}
     assert len(want) >= 9 and all(model[k] == want[k] for k in want)  # Llama-3.2-1B's body

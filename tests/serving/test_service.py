@@ -12,6 +12,16 @@ from rm_jax.core.errors import InputError
 from rm_jax.serving.protocol import BadRequest, parse_weights
 
 
+def _wait_ready(svc, seconds: float = 300) -> None:
+    """Until the service has compiled its batch shapes."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while svc.state != "ready":
+        assert time.monotonic() < deadline, f"the service did not become ready ({svc.state})"
+        time.sleep(0.05)
+
+
 def test_service_info_reports_fitted_weights_and_their_file(tmp_path):
     from rm_jax.runs.read import load_scoring_model
     from rm_jax.serving.service import RewardService
@@ -89,7 +99,6 @@ ROWS = [
 
 def test_score_probs_on_a_categorical_model_match_rm_jax_score_and_info_names_the_head(tmp_path):
     import threading
-    import time
 
     from rm_jax.engine.scoring import score_rows
     from rm_jax.serving.service import RewardService
@@ -101,10 +110,7 @@ def test_score_probs_on_a_categorical_model_match_rm_jax_score_and_info_names_th
     assert info["head"] == {"kind": "categorical", "label_levels": 5, "probs": True, "reward_head": False}
     svc.start()
     try:
-        deadline = time.monotonic() + 300
-        while svc.state != "ready":  # compiling its batch shapes
-            assert time.monotonic() < deadline, f"the service did not become ready ({svc.state})"
-            time.sleep(0.05)
+        _wait_ready(svc)
         prepared = svc._prepare("score", json.dumps({"rows": ROWS, "probs": True}).encode())
         done = threading.Event()
         job = svc.submit(prepared, lambda exc: done.set())
@@ -165,7 +171,6 @@ def test_serve_with_a_prompt_gate_weighs_each_score_row_by_its_prompt(tmp_path):
     rm-jax score); a request's own weights win; /get_reward refuses the gate (400 naming the endpoint)
     unless the request brings weights; /info says the weighting is a gate."""
     import threading
-    import time
 
     import torch
 
@@ -204,10 +209,7 @@ def test_serve_with_a_prompt_gate_weighs_each_score_row_by_its_prompt(tmp_path):
 
     svc.start()
     try:
-        deadline = time.monotonic() + 300
-        while svc.state != "ready":
-            assert time.monotonic() < deadline, f"the service did not become ready ({svc.state})"
-            time.sleep(0.05)
+        _wait_ready(svc)
         results = score({"rows": GATE_ROWS})
         own = score({"rows": GATE_ROWS, "weights": "helpfulness-only"})
     finally:
@@ -271,7 +273,6 @@ SHARE_ROWS = [{"prompt": SHARE_PROMPT, "response": f"Sample {i}: waves."} for i 
 def _serve_once(model, tmp_path, rows, **cfg):
     """(/score results, /info, the service's Prometheus registry) of one request to a fresh service."""
     import threading
-    import time
 
     from rm_jax.serving.service import RewardService
     from rm_jax.serving.settings import ServeConfig
@@ -279,10 +280,7 @@ def _serve_once(model, tmp_path, rows, **cfg):
     svc = RewardService(model, ServeConfig(seq_len=128, max_batch_tokens=256, min_batch_tokens=128, **cfg), "rm")
     svc.start()
     try:
-        deadline = time.monotonic() + 300
-        while svc.state != "ready":
-            assert time.monotonic() < deadline, f"the service did not become ready ({svc.state})"
-            time.sleep(0.05)
+        _wait_ready(svc)
         prepared = svc._prepare("score", json.dumps({"rows": rows}).encode())
         done = threading.Event()
         job = svc.submit(prepared, lambda exc: done.set())

@@ -88,7 +88,8 @@ def run_shared(a: argparse.Namespace) -> int:
     )
     prec = lax.Precision.HIGHEST if a.dtype == "float32" else None
     fwd = {
-        name: jax.jit(lambda q, k, v, s, name=name: attend(q, k, v, s, kernel=name, precision=prec))
+        # xla as a run with shared prompts compiles it (DecoderConfig.shared_prompts: the prompt range)
+        name: jax.jit(lambda q, k, v, s, name=name: attend(q, k, v, s, kernel=name, precision=prec, prompt_range=True))
         for name in ("xla", a.shared_kernel)
     }
     step = {

@@ -112,7 +112,7 @@ def _check(dtype, window, seed, atol, grad_atol, grad_rtol, n=4, kv=2):
         np.testing.assert_allclose(a, b, atol=grad_atol, rtol=grad_rtol, err_msg=f"d{name}")
 
 
-@pytest.mark.parametrize("window", [None, 100])
+@pytest.mark.parametrize("window", [100])  # no window: the grid-steps test and the bfloat16 test run it
 def test_float32_forward_and_gradients_match_the_dense_softmax(window):
     _check(jnp.float32, window, seed=0, atol=2e-6, grad_atol=1e-5, grad_rtol=1e-5)
 

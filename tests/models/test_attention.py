@@ -125,13 +125,12 @@ def test_flash_matches_dense_softmax_and_its_gradients(kind, window, block):
 
 
 # Shared rows with several groups each, rows of three layouts in one batch (the third unshared): blocks that
-# do and don't divide T, one block of the whole row, GQA / MQA / plain heads, windows inside and across blocks
+# do and don't divide T, one block of the whole row, GQA / MQA / plain heads, a window across blocks
 # and shorter than a prompt (a response then reads only its prompt's last tokens, or none).
 GROUP_CASES = [
     (None, 5, 1, True),
     (None, 0, 4, True),
     (4, 5, 2, True),
-    (20, 6, 2, True),
     # one key range per block (DecoderConfig.shared_prompts false): from the prompt on, siblings masked
     (None, 8, 2, False),
     (4, 5, 2, False),

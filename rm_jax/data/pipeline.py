@@ -289,15 +289,16 @@ class Loader:
         self.units = list(enc.units)
         single = max(len(u) for u in self.units) == 1
         if single and (sample_by_prompt or (self.fill and resolve_share(share_prompts, list(enc.group)))):
-            # Attribute regression: a prompt's responses are sampled together where they fit one row together
-            # (else each on its own, so no unit spans rows and gradient accumulation still equals one big batch).
+            # Attribute regression: a prompt's responses are sampled together where they fit one packed row
+            # together (else each on its own, so no unit spans rows and gradient accumulation still equals one
+            # big batch; unpacked rows hold one response each, so there they stay single).
             by: dict = {}
             for (i,) in self.units:
                 by.setdefault(int(enc.group[i]), []).append(i)
             measure = shared_length if self.fill else (lambda xs: sum(len(x) for x in xs))
             self.units = []
             for m in by.values():
-                whole = not packing or measure([enc.ids[i] for i in m]) <= seq_len
+                whole = packing and measure([enc.ids[i] for i in m]) <= seq_len
                 self.units.extend([tuple(m)] if whole and len(m) > 1 else [(i,) for i in m])
         self.unit_size = max(len(u) for u in self.units)  # 2 for pairs; a SteerLM 2.0 group's response count
         self._data_unit_size = max(len(u) for u in enc.units)  # the data's own (pairs), not regression's groups

@@ -25,6 +25,7 @@ from rm_jax.data.packing import build_batch, plan_packed, token_targets
 from rm_jax.data.prefix_sharing import (
     Unit,
     build_shared_batch,
+    plan_shared,
     plan_units,
     resolve_share,
     row_units,
@@ -386,14 +387,8 @@ class Loader:
         ids = [self.enc.ids[i] for i in step]
         starts = None if self.enc.response_start is None else [int(self.enc.response_start[i]) for i in step]
         units, _ = plan_units(ids, [self.enc.group[i] for i in step], self.seq_len, self.max_segments, starts)
+        rows = plan_shared(units, [len(x) for x in ids], self.seq_len, self.max_segments)
         units = [Unit(u.prompt_len, tuple(step[m] for m in u.members)) for u in units]
-        lengths = {i: len(self.enc.ids[i]) for i in step}
-        rows = plan_packed(
-            [u.prompt_len + sum(lengths[m] - u.prompt_len for m in u.members) for u in units],
-            self.seq_len,
-            self.max_segments,
-            counts=[len(u.members) for u in units],
-        )
         return units, rows
 
     def fix_shared_rows(self, micro_batches: int, multiple: int = 1) -> int:

@@ -144,7 +144,8 @@ def unit_length(unit: Unit, lengths: Sequence[int]) -> int:
 
 def unit_tokens(units: Sequence[Unit], ids: Sequence[np.ndarray]) -> int:
     """Tokens ``units`` take laid out (each prompt once); members index ``ids``."""
-    return int(sum(u.prompt_len + sum(len(ids[i]) - u.prompt_len for i in u.members) for u in units))
+    lengths = {i: len(ids[i]) for u in units for i in u.members}
+    return int(sum(unit_length(u, lengths) for u in units))
 
 
 def plan_units(
